@@ -1,0 +1,460 @@
+"""Configuration types, validation and loading: the one place that knows the YAML shape."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_SMTP_PORTS = {"none": 25, "starttls": 25, "implicit": 465}
+TlsMode = Literal["none", "starttls", "implicit"]
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names file, key path and problem."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """`30s`, `5m`, `1h`, `250ms` or plain seconds, to seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 30s, 5m, 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(f"bad duration {value!r}: use seconds or a string like 30s, 5m, 1h")
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be greater than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def split_host_port(text: str, default_port: int | None) -> tuple[str, int | None]:
+    """`host`, `host:port`, `1.2.3.4:53`, `[::1]:53` or a bare IPv6 address."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty address")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"bad address {text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"bad address {text!r}")
+        port_text = rest[1:] if rest else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""  # a bare name or a bare IPv6 address
+    if not host:
+        raise ValueError(f"bad address {text!r}: no host")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"bad port in {text!r}: use 1-65535")
+    return host, int(port_text)
+
+
+def _check_hostname(value: str) -> str:
+    value = value.strip().rstrip(".") if value.strip() != "." else value
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    labels = value.split(".")
+    if not value or len(value) > 253 or not all(
+        re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?", label) for label in labels
+    ):
+        raise ValueError(f"bad host name {value!r}")
+    return value
+
+
+Hostname = Annotated[str, BeforeValidator(lambda v: _check_hostname(v) if isinstance(v, str) else v)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Secret(_Strict):
+    """A secret given inline, from a file, or from an environment variable; never printed."""
+
+    value: SecretStr | None = None
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Secret:
+        given = [k for k in ("value", "file", "env") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of value, file, env")
+        return self
+
+    def reveal(self) -> str:
+        if self.value is not None:
+            return self.value.get_secret_value()
+        if self.file is not None:
+            try:
+                return self.file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from None
+        assert self.env is not None
+        if self.env not in os.environ:
+            raise ValueError(f"environment variable {self.env} is not set")
+        return os.environ[self.env]
+
+
+def _secret_from_shorthand(value: Any) -> Any:
+    return {"value": value} if isinstance(value, str) else value
+
+
+SecretField = Annotated[Secret, BeforeValidator(_secret_from_shorthand)]
+
+
+class Defaults(_Strict):
+    interval: Duration = 60.0
+    timeout: Duration = 10.0
+    alert_after: int = Field(default=2, ge=1)
+    max_concurrency: int = Field(default=500, ge=1, le=100_000)
+    cert_warn_days: int = Field(default=14, ge=0)
+    helo: Hostname | None = None
+
+
+class AgentConfig(_Strict):
+    state_dir: Path = Path("/var/lib/smtp-monitor")
+
+
+class DnsConfig(_Strict):
+    nameservers: list[str] = []
+    timeout: Duration = 5.0
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, values: list[str]) -> list[str]:
+        for value in values:
+            host, _ = split_host_port(value, 53)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"nameserver {value!r} must be an IP address") from None
+        return values
+
+    def nameserver_addresses(self) -> list[tuple[str, int]]:
+        out = []
+        for value in self.nameservers:
+            host, port = split_host_port(value, 53)
+            out.append((host, port or 53))
+        return out
+
+
+class PrometheusConfig(_Strict):
+    listen: str | None = "127.0.0.1:9465"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            _, port = split_host_port(value, None)
+            if port is None:
+                raise ValueError(f"listen address {value!r} needs a port")
+        return value
+
+    def address(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, port = split_host_port(self.listen, None)
+        assert port is not None
+        return host, port
+
+
+AuthProtocol = Literal["md5", "sha", "sha224", "sha256", "sha384", "sha512"]
+PrivProtocol = Literal["des", "aes128", "aes192", "aes256"]
+
+
+def _v3_password_length(value: Secret) -> Secret:
+    if value.value is not None and len(value.value.get_secret_value()) < 8:
+        raise ValueError("SNMPv3 passwords need at least 8 characters (RFC 3414)")
+    return value
+
+
+V3Password = Annotated[SecretField, AfterValidator(_v3_password_length)]
+
+
+class SnmpAuth(_Strict):
+    protocol: AuthProtocol = "sha256"
+    password: V3Password
+
+
+class SnmpPriv(_Strict):
+    protocol: PrivProtocol = "aes128"
+    password: V3Password
+
+
+class SnmpCommunity(_Strict):
+    name: SecretField
+    allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+
+
+class SnmpUser(_Strict):
+    name: str = Field(min_length=1, max_length=32)
+    auth: SnmpAuth
+    priv: SnmpPriv | None = None
+
+
+class SnmpNotify(_Strict):
+    host: Hostname
+    port: Port = 162
+    version: Literal["1", "2c", "3"] = "2c"
+    type: Literal["trap", "inform"] = "trap"
+    community: SecretField | None = None
+    user: str | None = None
+    auth: SnmpAuth | None = None
+    priv: SnmpPriv | None = None
+    timeout: Duration = 5.0
+    retries: int = Field(default=3, ge=0, le=20)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SnmpNotify:
+        if self.version == "3":
+            if not self.user or self.auth is None:
+                raise ValueError("an SNMPv3 receiver needs user and auth")
+        elif self.community is None:
+            raise ValueError(f"an SNMPv{self.version} receiver needs community")
+        if self.version == "1" and self.type == "inform":
+            raise ValueError("SNMPv1 has no informs: use version 2c or 3")
+        return self
+
+
+class SnmpConfig(_Strict):
+    enabled: bool = True
+    listen: list[str] = ["udp:0.0.0.0:161"]
+    communities: list[SnmpCommunity] = []
+    users: list[SnmpUser] = []
+    notify: list[SnmpNotify] = []
+    engine_id: str | None = None  # hex; generated and kept in state_dir when absent
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_snmp_listen(value)
+        return values
+
+    @field_validator("engine_id")
+    @classmethod
+    def _engine_id(cls, value: str | None) -> str | None:
+        if value is not None:
+            text = value.removeprefix("0x")
+            if not re.fullmatch(r"([0-9A-Fa-f]{2}){5,32}", text):
+                raise ValueError("engine_id must be 5 to 32 bytes of hex")
+        return value
+
+    def listen_addresses(self) -> list[tuple[str, str, int]]:
+        return [parse_snmp_listen(v) for v in self.listen]
+
+
+def parse_snmp_listen(value: str) -> tuple[str, str, int]:
+    """`udp:0.0.0.0:161`, `udp6:[::]:161`, `127.0.0.1:1161` to (transport, host, port)."""
+    transport = "udp"
+    text = value
+    for prefix in ("udp6:", "udp:"):
+        if value.startswith(prefix):
+            transport, text = prefix[:-1], value[len(prefix) :]
+            break
+    host, port = split_host_port(text, 161)
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"SNMP listen address {value!r} must be an IP address") from None
+    if addr.version == 6:
+        transport = "udp6"
+    assert port is not None
+    return transport, host, port
+
+
+class SmtpProbeConfig(_Strict):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    host: Hostname
+    port: Port | None = None
+    tls: TlsMode = "starttls"
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    alert_after: int | None = Field(default=None, ge=1)
+    ca_file: Path | None = None
+    servername: Hostname | None = None
+    helo: Hostname | None = None
+    verify: bool = True
+    cert_warn_days: int | None = Field(default=None, ge=0)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or DEFAULT_SMTP_PORTS[self.tls]
+
+
+class MxCheckConfig(_Strict):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    domain: Hostname
+    expect: list[Hostname] = []
+    require_mx: bool = False
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    alert_after: int | None = Field(default=None, ge=1)
+    probe_hosts: bool = False
+    port: Port = 25
+    tls: TlsMode = "starttls"
+    ca_file: Path | None = None
+    verify: bool = True
+
+
+class Config(_Strict):
+    agent: AgentConfig = AgentConfig()
+    defaults: Defaults = Defaults()
+    dns: DnsConfig = DnsConfig()
+    prometheus: PrometheusConfig = PrometheusConfig()
+    snmp: SnmpConfig = SnmpConfig()
+    smtp: list[SmtpProbeConfig] = []
+    mx: list[MxCheckConfig] = []
+
+    def duplicate_names(self) -> list[str]:
+        """Probe names are unique across smtp and mx: they index metrics and MIB rows."""
+        seen: dict[str, str] = {}
+        problems = []
+        for section, entries in (("smtp", self.smtp), ("mx", self.mx)):
+            for index, entry in enumerate(entries):
+                where = f"{section}[{index}]"
+                if entry.name in seen:
+                    problems.append(
+                        f"{where}.name: duplicate probe name {entry.name!r} (also {seen[entry.name]})"
+                    )
+                seen[entry.name] = where
+        return problems
+
+    def check_secrets(self) -> list[str]:
+        """Read every file/env secret now, so a missing one is a load-time error."""
+        problems = []
+        for path, secret in _walk_secrets(self, "snmp", self.snmp):
+            try:
+                secret.reveal()
+            except ValueError as exc:
+                problems.append(f"{path}: {exc}")
+        return problems
+
+
+def _walk_secrets(model: Any, path: str, value: Any) -> list[tuple[str, Secret]]:
+    found: list[tuple[str, Secret]] = []
+    if isinstance(value, Secret):
+        found.append((path, value))
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            found += _walk_secrets(model, f"{path}.{name}", getattr(value, name))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += _walk_secrets(model, f"{path}[{i}]", item)
+    return found
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate mapping keys instead of keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    keys = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in keys:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        keys.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "tagged-union")) or part in {"str", "int", "float"}:
+            continue  # pydantic's internal validator names are not keys
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def format_validation_error(path: Path | str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{path}: {_key_path(tuple(err['loc']))}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate an already parsed document."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping, got {type(data).__name__}")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+    problems = config.duplicate_names() + config.check_secrets()
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    return config
+
+
+def load_config(path: Path | str) -> Config:
+    """Read, parse and validate a YAML config file; every failure is a ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,220 @@
+"""Probe result values: what every probe returns and every exporter reads."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class Status(enum.Enum):
+    """Alerting status of a probe, as kept by the results store."""
+
+    OK = "ok"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+class Phase(enum.Enum):
+    """A step of a probe; a failed result names the step it failed in."""
+
+    RESOLVE = "resolve"
+    CONNECT = "connect"
+    TLS = "tls"  # the TLS handshake, implicit (465) or after STARTTLS
+    BANNER = "banner"
+    EHLO = "ehlo"
+    STARTTLS = "starttls"
+    EHLO_TLS = "ehlo_tls"  # the EHLO repeated inside TLS
+    QUIT = "quit"
+    MX = "mx"  # the MX query of an MX check
+    ADDRESS = "address"  # A/AAAA lookups of the exchanges
+    HOSTS = "hosts"  # SMTP probes of the exchanges
+    INTERNAL = "internal"
+
+
+class Reason(enum.Enum):
+    """Why a probe failed, coarse enough to alert on."""
+
+    TIMEOUT = "timeout"
+    REFUSED = "refused"
+    UNREACHABLE = "unreachable"
+    RESET = "reset"
+    DNS = "dns"
+    REPLY = "reply"  # the server answered 4xx/5xx
+    PROTOCOL = "protocol"  # not SMTP, malformed or oversized reply
+    TLS = "tls"
+    TLS_VERIFY = "tls_verify"
+    NXDOMAIN = "nxdomain"
+    NO_MX = "no_mx"
+    NULL_MX = "null_mx"
+    NO_ADDRESS = "no_address"
+    SERVFAIL = "servfail"
+    UNEXPECTED_MX = "unexpected_mx"
+    HOSTS_DOWN = "hosts_down"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    """Facts of one X.509 certificate, reported whether or not it verified."""
+
+    subject: str
+    issuer: str
+    sans: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    serial: str
+    sha256: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "sans": list(self.sans),
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+            "serial": self.serial,
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TlsInfo:
+    """The negotiated TLS session and the verification outcome."""
+
+    version: str
+    cipher: str
+    verified: bool
+    verify_error: str = ""
+    cert: CertInfo | None = None
+    chain_not_after: datetime | None = None  # earliest expiry in the presented chain
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "cipher": self.cipher,
+            "verified": self.verified,
+            "verify_error": self.verify_error,
+            "cert": self.cert.as_dict() if self.cert else None,
+            "chain_not_after": self.chain_not_after.isoformat() if self.chain_not_after else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply: code and the text of all its lines."""
+
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.lines)
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}".strip()
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpResult:
+    """Outcome of one SMTP handshake probe."""
+
+    host: str
+    port: int
+    tls_mode: str
+    started_at: float  # wall-clock time (epoch seconds) the probe started
+    ok: bool
+    phase: Phase | None = None  # the failed phase; None when ok
+    reason: Reason | None = None
+    error: str = ""
+    reply: Reply | None = None  # the failing reply, when a reply failed the probe
+    address: str = ""  # the IP address connected to
+    timings: dict[str, float] = field(default_factory=dict)  # phase value -> seconds
+    total: float = 0.0
+    banner: str = ""
+    helo_fallback: bool = False  # EHLO was refused and HELO used instead
+    extensions: dict[str, str] = field(default_factory=dict)  # keyword -> parameters
+    tls: TlsInfo | None = None
+
+    @property
+    def reply_code(self) -> int:
+        return self.reply.code if self.reply else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "smtp",
+            "status": "ok" if self.ok else "failed",
+            "host": self.host,
+            "port": self.port,
+            "tls_mode": self.tls_mode,
+            "address": self.address,
+            "started_at": self.started_at,
+            "phase": self.phase.value if self.phase else None,
+            "reason": self.reason.value if self.reason else None,
+            "error": self.error,
+            "reply_code": self.reply.code if self.reply else None,
+            "reply": str(self.reply) if self.reply else None,
+            "timings": {**self.timings, "total": self.total},
+            "banner": self.banner,
+            "helo_fallback": self.helo_fallback,
+            "extensions": dict(self.extensions),
+            "tls": self.tls.as_dict() if self.tls else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MxRecord:
+    """One exchange of an MX answer, with its addresses and, if probed, its SMTP result."""
+
+    preference: int
+    exchange: str
+    addresses: tuple[str, ...]
+    error: str = ""  # why the addresses could not be had
+    probe: SmtpResult | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "preference": self.preference,
+            "exchange": self.exchange,
+            "addresses": list(self.addresses),
+            "error": self.error,
+            "probe": self.probe.as_dict() if self.probe else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MxResult:
+    """Outcome of one MX check of a domain."""
+
+    domain: str
+    started_at: float
+    ok: bool
+    phase: Phase | None = None
+    reason: Reason | None = None
+    error: str = ""
+    records: tuple[MxRecord, ...] = ()
+    implicit_mx: bool = False  # no MX: the domain's own address is the exchange (RFC 5321 5.1)
+    missing: tuple[str, ...] = ()  # expected exchanges not in the answer
+    unexpected: tuple[str, ...] = ()  # exchanges in the answer not expected
+    timings: dict[str, float] = field(default_factory=dict)
+    total: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "mx",
+            "status": "ok" if self.ok else "failed",
+            "domain": self.domain,
+            "started_at": self.started_at,
+            "phase": self.phase.value if self.phase else None,
+            "reason": self.reason.value if self.reason else None,
+            "error": self.error,
+            "implicit_mx": self.implicit_mx,
+            "missing": list(self.missing),
+            "unexpected": list(self.unexpected),
+            "timings": {**self.timings, "total": self.total},
+            "mx": [r.as_dict() for r in self.records],
+        }
+
+
+ProbeResult = SmtpResult | MxResult
