@@ -45,6 +45,7 @@ class Reason(enum.Enum):
     PROTOCOL = "protocol"  # not SMTP, malformed or oversized reply
     TLS = "tls"
     TLS_VERIFY = "tls_verify"
+    NO_STARTTLS = "no_starttls"  # STARTTLS required but not offered
     NXDOMAIN = "nxdomain"
     NO_MX = "no_mx"
     NULL_MX = "null_mx"

@@ -1,0 +1,41 @@
+"""Probes: one module per kind, each `async def run(config, env) -> result`, touching nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import dns.asyncresolver
+import dns.nameserver
+
+from monitor.config import Config, Defaults, DnsConfig
+from monitor.probes.tls import TlsContexts
+
+
+def build_resolver(dns_config: DnsConfig) -> dns.asyncresolver.Resolver:
+    """dnspython's async resolver: the system's unless nameservers are configured."""
+    if dns_config.nameservers:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [
+            dns.nameserver.Do53Nameserver(host, port)
+            for host, port in dns_config.nameserver_addresses()
+        ]
+    else:
+        resolver = dns.asyncresolver.Resolver()
+    resolver.lifetime = dns_config.timeout
+    resolver.timeout = dns_config.timeout
+    # Probes must see the DNS as it is now, not as a cache remembers it.
+    resolver.cache = None
+    return resolver
+
+
+@dataclass
+class ProbeEnv:
+    """What probes share: the resolver, cached TLS contexts and the defaults."""
+
+    resolver: dns.asyncresolver.Resolver
+    defaults: Defaults = field(default_factory=Defaults)
+    tls: TlsContexts = field(default_factory=TlsContexts)
+
+    @classmethod
+    def from_config(cls, config: Config) -> ProbeEnv:
+        return cls(resolver=build_resolver(config.dns), defaults=config.defaults)

@@ -1,0 +1,260 @@
+"""SMTP handshake probe: connect, greeting, EHLO, STARTTLS or implicit TLS, QUIT."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+import time
+
+from monitor.config import SmtpProbeConfig
+from monitor.probes import ProbeEnv, resolve
+from monitor.probes.smtp_wire import SmtpClientProtocol, WireError, parse_extensions
+from monitor.probes.tls import tls_facts, unverified_context
+from monitor.results import Phase, Reason, Reply, SmtpResult, TlsInfo
+
+# EHLO refusals after which HELO is worth a try (RFC 5321 4.1.4); a 421 is not one.
+_HELO_FALLBACK_CODES = {500, 501, 502, 504, 550}
+_QUIT_GRACE = 1.0  # seconds: QUIT is a courtesy, never worth the whole deadline
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
+
+
+class ReplyFailed(Exception):
+    """The server answered a step with 4xx/5xx."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+class _Failure(Exception):
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _default_helo() -> str:
+    name = socket.getfqdn()
+    return name if "." in name else "smtp-monitor.localdomain"
+
+
+class _Dialogue:
+    """One probe's state: phase timings, what was learned, and the connection."""
+
+    def __init__(self, config: SmtpProbeConfig, env: ProbeEnv) -> None:
+        self.config = config
+        self.env = env
+        self.phase = Phase.RESOLVE
+        self.phase_started = time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self.address = ""
+        self.banner = ""
+        self.extensions: dict[str, str] = {}
+        self.helo_fallback = False
+        self.tls: TlsInfo | None = None
+        self.proto = SmtpClientProtocol()
+        self.transport: asyncio.Transport | None = None
+
+    def enter(self, phase: Phase) -> None:
+        self.phase = phase
+        self.phase_started = time.perf_counter()
+
+    def done(self) -> None:
+        self.timings[self.phase.value] = time.perf_counter() - self.phase_started
+
+    async def command(self, line: str) -> Reply:
+        self.proto.write(line.encode("ascii") + b"\r\n")
+        return await self.proto.read_reply()
+
+    async def expect(self, line: str | None, ok_codes: range) -> Reply:
+        reply = await (self.command(line) if line else self.proto.read_reply())
+        if reply.code not in ok_codes:
+            raise ReplyFailed(reply)
+        return reply
+
+    # -- steps ----------------------------------------------------------------
+    async def resolve(self) -> None:
+        self.enter(Phase.RESOLVE)
+        addrs = await resolve.addresses(self.env.resolver, self.config.host)
+        self.address = addrs[0]
+        self.done()
+
+    async def connect(self) -> None:
+        self.enter(Phase.CONNECT)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_connection(lambda: self.proto, self.address, self.effective_port)
+        self.transport = transport
+        self.done()
+
+    @property
+    def effective_port(self) -> int:
+        return self.config.effective_port
+
+    @property
+    def server_name(self) -> str:
+        return self.config.servername or self.config.host
+
+    async def handshake(self, deadline: float) -> None:
+        self.enter(Phase.TLS)
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        ctx = self.env.tls.get(self.config.ca_file, self.config.verify)
+        # Bytes the server sent before the handshake are not part of the TLS session.
+        self.proto.discard_buffer()
+        timeout = max(deadline - loop.time(), 0.001)
+        try:
+            new = await loop.start_tls(
+                self.transport, self.proto, ctx, server_hostname=self.server_name,
+                ssl_handshake_timeout=timeout,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            self.transport.abort()
+            self.transport = None
+            raise _Failure(Reason.TLS_VERIFY, f"certificate verification failed: {exc.verify_message}") from exc
+        assert isinstance(new, asyncio.Transport)
+        self.transport = new
+        self.proto.transport = new
+        self.proto.reset_after_tls()
+        sslobj = new.get_extra_info("ssl_object")
+        verified = self.config.verify
+        self.tls = tls_facts(sslobj, verified, "" if verified else "verification disabled")
+        self.done()
+
+    async def greet(self) -> None:
+        self.enter(Phase.BANNER)
+        reply = await self.expect(None, range(220, 221))
+        self.banner = str(reply)
+        self.done()
+
+    async def ehlo(self, phase: Phase) -> None:
+        self.enter(phase)
+        helo = self.config.helo or self.env.defaults.helo or _default_helo()
+        reply = await self.command(f"EHLO {helo}")
+        if reply.code in _HELO_FALLBACK_CODES and phase is Phase.EHLO:
+            self.helo_fallback = True
+            reply = await self.command(f"HELO {helo}")
+            if reply.code // 100 != 2:
+                raise ReplyFailed(reply)
+            self.extensions = {}
+        elif reply.code // 100 != 2:
+            raise ReplyFailed(reply)
+        else:
+            self.extensions = parse_extensions(reply)
+        self.done()
+
+    async def starttls(self) -> None:
+        self.enter(Phase.STARTTLS)
+        if "STARTTLS" not in self.extensions:
+            raise _Failure(Reason.NO_STARTTLS, "server does not offer STARTTLS")
+        await self.expect("STARTTLS", range(220, 221))
+        self.done()
+
+    async def quit(self) -> None:
+        self.enter(Phase.QUIT)
+        try:
+            async with asyncio.timeout(_QUIT_GRACE):
+                await self.command("QUIT")
+            self.done()
+        except (WireError, TimeoutError, OSError, ssl.SSLError):
+            pass  # the dialogue already succeeded; a sloppy goodbye is not an outage
+
+    def close(self) -> None:
+        # abort(), not close(): a graceful TLS shutdown can wait on a silent peer.
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def run(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
+    """Probe one SMTP server; every outcome, good or bad, is a result value."""
+    started_at = time.time()
+    t0 = time.perf_counter()
+    timeout = config.timeout or env.defaults.timeout
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    d = _Dialogue(config, env)
+    reason: Reason | None = None
+    error = ""
+    reply: Reply | None = None
+    try:
+        async with asyncio.timeout_at(deadline):
+            await d.resolve()
+            await d.connect()
+            if config.tls == "implicit":
+                await d.handshake(deadline)
+            await d.greet()
+            await d.ehlo(Phase.EHLO)
+            if config.tls == "starttls":
+                await d.starttls()
+                await d.handshake(deadline)
+                await d.ehlo(Phase.EHLO_TLS)
+            await d.quit()
+    except TimeoutError:
+        reason, error = Reason.TIMEOUT, f"no answer within {timeout:g}s"
+    except ReplyFailed as exc:
+        reason, error, reply = Reason.REPLY, str(exc.reply), exc.reply
+    except _Failure as exc:
+        reason, error = exc.reason, str(exc)
+    except resolve.LookupFailed as exc:
+        reason, error = (Reason.TIMEOUT if exc.reason is Reason.TIMEOUT else Reason.DNS), str(exc)
+    except WireError as exc:
+        reason, error = (Reason.RESET if exc.kind == "reset" else Reason.PROTOCOL), str(exc)
+    except ssl.SSLError as exc:
+        reason, error = Reason.TLS, f"TLS error: {exc.reason or exc}"
+    except ConnectionRefusedError:
+        reason, error = Reason.REFUSED, "connection refused"
+    except ConnectionResetError:
+        reason, error = Reason.RESET, "connection reset by server"
+    except OSError as exc:
+        reason = Reason.UNREACHABLE if exc.errno in _UNREACHABLE else Reason.RESET
+        error = exc.strerror or str(exc)
+    finally:
+        d.close()
+    if reason is Reason.TLS_VERIFY:
+        d.tls = await _look_at_certificate(d, deadline, error)
+    return SmtpResult(
+        host=config.host,
+        port=config.effective_port,
+        tls_mode=config.tls,
+        started_at=started_at,
+        ok=reason is None,
+        phase=d.phase if reason is not None else None,
+        reason=reason,
+        error=error,
+        reply=reply,
+        address=d.address,
+        timings=d.timings,
+        total=time.perf_counter() - t0,
+        banner=d.banner,
+        helo_fallback=d.helo_fallback,
+        extensions=d.extensions,
+        tls=d.tls,
+    )
+
+
+async def _look_at_certificate(failed: _Dialogue, deadline: float, verify_error: str) -> TlsInfo | None:
+    """Repeat the dialogue up to the handshake without verification, so that the
+    certificate's facts (expiry above all) are known even when it does not verify."""
+    d = _Dialogue(failed.config, failed.env)
+    d.address = failed.address
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout_at(deadline):
+            await d.connect()
+            if failed.config.tls == "starttls":
+                await d.greet()
+                await d.ehlo(Phase.EHLO)
+                await d.starttls()
+            assert d.transport is not None
+            d.proto.discard_buffer()
+            new = await loop.start_tls(
+                d.transport, d.proto, unverified_context(), server_hostname=d.server_name,
+                ssl_handshake_timeout=max(deadline - loop.time(), 0.001),
+            )
+            assert isinstance(new, asyncio.Transport)
+            d.transport = new
+            return tls_facts(new.get_extra_info("ssl_object"), False, verify_error)
+    except (TimeoutError, OSError, ssl.SSLError, WireError, ReplyFailed, _Failure):
+        return None
+    finally:
+        d.close()

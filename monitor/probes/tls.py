@@ -1,0 +1,122 @@
+"""TLS contexts for probes, and certificate facts read from a handshake."""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID
+
+from monitor.results import CertInfo, TlsInfo
+
+
+class TlsContexts:
+    """Client SSL contexts, built once per (CA file, verify) pair.
+
+    Loading the system CA store costs tens of milliseconds of CPU; doing it per
+    probe would dominate the cost of a TLS probe.
+    """
+
+    def __init__(self) -> None:
+        self._contexts: dict[tuple[str | None, bool], ssl.SSLContext] = {}
+
+    def get(self, ca_file: Path | None, verify: bool) -> ssl.SSLContext:
+        key = (str(ca_file) if ca_file else None, verify)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = _build(ca_file, verify)
+        return ctx
+
+
+def _build(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    # Probes observe what servers offer: accept down to TLS 1.0 and report the version,
+    # rather than failing old servers at the handshake without saying why.
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def unverified_context() -> ssl.SSLContext:
+    """For the second look at a certificate that failed verification."""
+    return _build(None, verify=False)
+
+
+def tls_facts(ssl_object: Any, verified: bool, verify_error: str = "") -> TlsInfo:
+    """Version, cipher and certificate facts of an established TLS session."""
+    cipher = ssl_object.cipher()
+    leaf_der = ssl_object.getpeercert(binary_form=True)
+    leaf = cert_info(leaf_der) if leaf_der else None
+    chain = _chain_der(ssl_object) or ([leaf_der] if leaf_der else [])
+    chain_not_after = None
+    for der in chain:
+        try:
+            not_after = x509.load_der_x509_certificate(der).not_valid_after_utc
+        except ValueError:
+            continue
+        if chain_not_after is None or not_after < chain_not_after:
+            chain_not_after = not_after
+    return TlsInfo(
+        version=ssl_object.version() or "",
+        cipher=cipher[0] if cipher else "",
+        verified=verified,
+        verify_error=verify_error,
+        cert=leaf,
+        chain_not_after=chain_not_after,
+    )
+
+
+def _chain_der(ssl_object: Any) -> list[bytes]:
+    # get_unverified_chain() is public from Python 3.13; 3.11/3.12 expose it on _sslobj.
+    getter = getattr(ssl_object, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
+    if getter is None:
+        return []
+    try:
+        chain = getter() or []
+    except (ssl.SSLError, ValueError):
+        return []
+    out = []
+    for cert in chain:
+        if isinstance(cert, bytes):
+            out.append(cert)
+        else:
+            out.append(cert.public_bytes(ssl.ENCODING_DER))
+    return out
+
+
+def cert_info(der: bytes) -> CertInfo | None:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return None
+    sans: list[str] = []
+    try:
+        ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        san = ext.value
+        assert isinstance(san, x509.SubjectAlternativeName)
+        sans += [f"DNS:{n}" for n in san.get_values_for_type(x509.DNSName)]
+        sans += [f"IP:{ip}" for ip in san.get_values_for_type(x509.IPAddress)]
+    except (x509.ExtensionNotFound, ValueError):
+        pass
+    return CertInfo(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        sans=tuple(sans),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        serial=format(cert.serial_number, "x"),
+        sha256=hashlib.sha256(der).hexdigest(),
+    )
+
+
+def days_left(not_after: datetime, now: datetime) -> int:
+    """Whole days until expiry, negative once expired."""
+    return int((not_after - now).total_seconds() // 86400)

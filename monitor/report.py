@@ -1,0 +1,78 @@
+"""One-shot output: monitoring-plugin status lines with perfdata, JSON, and exit codes."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from monitor.probes.tls import days_left
+from monitor.results import MxResult, SmtpResult
+
+# Monitoring-plugins convention (Nagios, Icinga, Naemon).
+EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3
+_LABELS = {EXIT_OK: "OK", EXIT_WARNING: "WARNING", EXIT_CRITICAL: "CRITICAL", EXIT_UNKNOWN: "UNKNOWN"}
+
+
+def _perfdata(timings: dict[str, float], total: float) -> str:
+    parts = [f"{phase}={seconds:.6f}s" for phase, seconds in timings.items()]
+    parts.append(f"total={total:.6f}s")
+    return " ".join(parts)
+
+
+def cert_warning(result: SmtpResult, warn_days: int, now: datetime | None = None) -> str:
+    """Non-empty when the certificate (or its chain) expires within warn_days."""
+    if result.tls is None or result.tls.cert is None:
+        return ""
+    now = now or datetime.now(UTC)
+    expiry = result.tls.chain_not_after or result.tls.cert.not_after
+    left = days_left(expiry, now)
+    if left < warn_days:
+        return f"certificate expires in {left} days ({expiry:%Y-%m-%d})"
+    return ""
+
+
+def smtp_exit_code(result: SmtpResult, warn_days: int) -> int:
+    if not result.ok:
+        return EXIT_CRITICAL
+    return EXIT_WARNING if cert_warning(result, warn_days) else EXIT_OK
+
+
+def smtp_line(result: SmtpResult, warn_days: int) -> str:
+    code = smtp_exit_code(result, warn_days)
+    target = f"{result.host}:{result.port}"
+    if result.ok:
+        words = [target]
+        if result.tls is not None:
+            words += [result.tls_mode.upper(), result.tls.version]
+            if not result.tls.verified:
+                words.append("(certificate not verified)")
+        warning = cert_warning(result, warn_days)
+        if warning:
+            words.append(warning)
+        words.append(f"{result.total:.3f}s")
+        summary = " ".join(words)
+    else:
+        reason = result.reason.value if result.reason else "?"
+        phase = result.phase.value if result.phase else "?"
+        summary = f"{target} failed in {phase}: {reason}: {result.error}"
+    return f"SMTP {_LABELS[code]} - {summary} | {_perfdata(result.timings, result.total)}"
+
+
+def mx_exit_code(result: MxResult) -> int:
+    return EXIT_OK if result.ok else EXIT_CRITICAL
+
+
+def mx_line(result: MxResult) -> str:
+    code = mx_exit_code(result)
+    exchanges = ", ".join(f"{r.preference} {r.exchange}" for r in result.records)
+    if result.ok:
+        kind = "implicit MX (no MX record)" if result.implicit_mx else f"{len(result.records)} MX"
+        summary = f"{result.domain} {kind} ({exchanges}) {result.total:.3f}s"
+    else:
+        reason = result.reason.value if result.reason else "?"
+        summary = f"{result.domain} {reason}: {result.error}"
+    return f"MX {_LABELS[code]} - {summary} | {_perfdata(result.timings, result.total)}"
+
+
+def as_json(result: SmtpResult | MxResult) -> str:
+    return json.dumps(result.as_dict(), indent=2, sort_keys=False)

@@ -1,0 +1,218 @@
+"""The results store: per-probe state, status transitions and the events they publish."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Literal
+
+from monitor.config import MxCheckConfig, SmtpProbeConfig
+from monitor.results import MxResult, ProbeResult, SmtpResult, Status
+
+log = logging.getLogger("smtp_monitor.store")
+
+ProbeConfig = SmtpProbeConfig | MxCheckConfig
+ProbeKind = Literal["smtp", "mx"]
+EventKind = Literal["failed", "recovered", "cert_expiring"]
+
+
+def kind_of(config: ProbeConfig) -> ProbeKind:
+    return "smtp" if isinstance(config, SmtpProbeConfig) else "mx"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeState:
+    """Everything known about one probe; replaced, never mutated, on every write."""
+
+    name: str
+    kind: ProbeKind
+    config: ProbeConfig
+    alert_after: int
+    cert_warn_days: int
+    status: Status = Status.UNKNOWN
+    last_result: ProbeResult | None = None
+    consecutive_failures: int = 0
+    runs: int = 0
+    failures: int = 0
+    # (phase, reason) -> count, for failures_total{phase,reason}
+    failures_by_cause: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    last_success: float | None = None  # epoch seconds
+    last_change: float | None = None
+    cert_warned_for: str = ""  # fingerprint of the certificate already warned about
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEvent:
+    """A status change (failed/recovered) or a certificate coming close to expiry."""
+
+    kind: EventKind
+    name: str
+    probe_kind: ProbeKind
+    old: Status
+    new: Status
+    state: ProbeState
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A consistent, read-only view of the store at one version."""
+
+    version: int
+    taken_at: float
+    states: Mapping[str, ProbeState]
+
+    def of_kind(self, kind: ProbeKind) -> list[ProbeState]:
+        return [s for s in self.states.values() if s.kind == kind]
+
+
+Subscriber = Callable[[StoreEvent], None]
+
+
+class ResultsStore:
+    """Written only by the scheduler; read by exporters through snapshots."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, ProbeState] = {}
+        self._version = 0
+        self._snapshot: Snapshot | None = None
+        self._subscribers: list[Subscriber] = []
+
+    # -- configuration ---------------------------------------------------------
+    def configure(self, entries: Iterable[tuple[ProbeConfig, int, int]]) -> tuple[list[str], list[str]]:
+        """Set the probes (config, alert_after, cert_warn_days): new ones start unknown,
+        changed ones start afresh, unchanged ones keep state and history.
+        Returns the names added (or changed) and removed."""
+        wanted = {cfg.name: (cfg, alert_after, warn) for cfg, alert_after, warn in entries}
+        added = []
+        states: dict[str, ProbeState] = {}
+        for name, (cfg, alert_after, warn) in wanted.items():
+            old = self._states.get(name)
+            if old is not None and old.config == cfg:
+                states[name] = replace(old, alert_after=alert_after, cert_warn_days=warn)
+            else:
+                states[name] = ProbeState(name, kind_of(cfg), cfg, alert_after, warn)
+                added.append(name)
+        removed = [name for name in self._states if name not in wanted]
+        self._states = states
+        self._bump()
+        return added, removed
+
+    def restore(self, state: ProbeState) -> None:
+        """Put back a state saved before a restart (for a probe still configured)."""
+        current = self._states.get(state.name)
+        if current is not None and current.config == state.config:
+            self._states[state.name] = replace(
+                state, alert_after=current.alert_after, cert_warn_days=current.cert_warn_days
+            )
+            self._bump()
+
+    # -- writes ----------------------------------------------------------------
+    def record(self, name: str, result: ProbeResult) -> list[StoreEvent]:
+        """Take one probe result; return (and publish) the events it caused."""
+        old = self._states.get(name)
+        if old is None:
+            return []  # removed by a reload while it ran
+        now = time.time()
+        if result.ok:
+            consecutive = 0
+            status = Status.OK
+            failures, causes = old.failures, old.failures_by_cause
+            last_success: float | None = now
+        else:
+            consecutive = old.consecutive_failures + 1
+            status = Status.FAILED if consecutive >= old.alert_after else old.status
+            failures = old.failures + 1
+            cause = (
+                result.phase.value if result.phase else "internal",
+                result.reason.value if result.reason else "internal",
+            )
+            causes = {**old.failures_by_cause, cause: old.failures_by_cause.get(cause, 0) + 1}
+            last_success = old.last_success
+        changed = status is not old.status
+        new = replace(
+            old,
+            status=status,
+            last_result=result,
+            consecutive_failures=consecutive,
+            runs=old.runs + 1,
+            failures=failures,
+            failures_by_cause=causes,
+            last_success=last_success,
+            last_change=now if changed else old.last_change,
+        )
+        events: list[StoreEvent] = []
+        if changed and status is Status.FAILED:
+            events.append(StoreEvent("failed", name, old.kind, old.status, status, new, now))
+        elif changed and status is Status.OK and old.status is Status.FAILED:
+            events.append(StoreEvent("recovered", name, old.kind, old.status, status, new, now))
+        new, cert_event = self._cert_check(new, now)
+        if cert_event:
+            events.append(cert_event)
+        self._states[name] = new
+        self._bump()
+        for event in events:
+            self._publish(event)
+        return events
+
+    def _cert_check(self, state: ProbeState, now: float) -> tuple[ProbeState, StoreEvent | None]:
+        result = state.last_result
+        if not isinstance(result, SmtpResult) or result.tls is None or result.tls.cert is None:
+            return state, None
+        cert = result.tls.cert
+        expiry = result.tls.chain_not_after or cert.not_after
+        left = (expiry - datetime.fromtimestamp(now, UTC)).total_seconds() / 86400
+        if left >= state.cert_warn_days:
+            return replace(state, cert_warned_for=""), None
+        if state.cert_warned_for == cert.sha256:
+            return state, None  # one warning per certificate, not per probe run
+        state = replace(state, cert_warned_for=cert.sha256)
+        return state, StoreEvent("cert_expiring", state.name, state.kind, state.status, state.status, state, now)
+
+    def _bump(self) -> None:
+        self._version += 1
+        self._snapshot = None
+
+    def _publish(self, event: StoreEvent) -> None:
+        result = event.state.last_result
+        detail = ""
+        if result is not None and not result.ok:
+            phase = result.phase.value if result.phase else "?"
+            reason = result.reason.value if result.reason else "?"
+            detail = f" phase={phase} reason={reason} error={result.error!r}"
+        level = logging.INFO if event.kind == "recovered" else logging.WARNING
+        what = "certificate expiring" if event.kind == "cert_expiring" else "status"
+        log.log(
+            level, "%s %s %s: %s -> %s%s",
+            event.probe_kind, event.name, what, event.old.value, event.new.value, detail,
+        )
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("event subscriber failed for %s", event.name)
+
+    # -- reads -----------------------------------------------------------------
+    def subscribe(self, callback: Subscriber) -> None:
+        self._subscribers.append(callback)
+
+    def snapshot(self) -> Snapshot:
+        """The states at this moment; cheap when nothing changed since the last call."""
+        snap = self._snapshot
+        if snap is None:
+            snap = self._snapshot = Snapshot(
+                self._version, time.time(), MappingProxyType(dict(self._states))
+            )
+        return snap
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+
+def result_kind(result: ProbeResult) -> ProbeKind:
+    return "mx" if isinstance(result, MxResult) else "smtp"
