@@ -1,0 +1,7 @@
+"""`python -m monitor` runs the smtp-monitor command line."""
+
+import sys
+
+from monitor.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""The long-running agent: wires config, scheduler, store and exporters; handles signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from monitor import logs
+from monitor.config import Config, ConfigError, load_config
+from monitor.health import AgentHealth
+from monitor.http import HttpBindError, MetricsServer
+from monitor.metrics import build_registry
+from monitor.probes import ProbeEnv
+from monitor.scheduler import ProbeScheduler
+from monitor.store import ResultsStore
+
+log = logging.getLogger("smtp_monitor.agent")
+
+SHUTDOWN_GRACE = 2.0  # seconds for in-flight probes before they are cancelled
+EXIT_STARTUP = 2  # config or bind problems at startup
+
+
+class StartupError(Exception):
+    """The agent cannot start: a port it cannot bind, a state directory it cannot use."""
+
+
+class Agent:
+    """Owns every component; the only place that knows how they connect."""
+
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.store = ResultsStore()
+        self.health = AgentHealth(config_path=str(config_path), config_loaded_at=time.time())
+        self.env = ProbeEnv.from_config(config)
+        self.scheduler = ProbeScheduler(self.store, self.health, self.env, config.defaults.max_concurrency)
+        self.http: MetricsServer | None = None
+        self.snmp: Any = None
+        self.notifier: Any = None
+        self._stopping = asyncio.Event()
+        self._started = False
+
+    async def start(self) -> None:
+        _prepare_state_dir(self.config.agent.state_dir)
+        await self._start_exporters()
+        self.scheduler.start(self.config)
+        self._started = True
+        log.info(
+            "started: %d SMTP probes, %d MX checks from %s",
+            len(self.config.smtp), len(self.config.mx), self.config_path,
+        )
+
+    async def _start_exporters(self) -> None:
+        address = self.config.prometheus.address()
+        if address is not None:
+            self.http = MetricsServer(
+                address[0], address[1], build_registry(self.store, self.health), self.store,
+                ready=lambda: self._started and not self._stopping.is_set(),
+            )
+            try:
+                await self.http.start()
+            except HttpBindError as exc:
+                raise StartupError(str(exc)) from None
+        snmp = self.config.snmp
+        if snmp.enabled and snmp.notify:
+            from monitor.snmp.notify import Notifier
+
+            self.notifier = Notifier(snmp.notify, self.health)
+            self.notifier.subscribe(self.store)
+            await self.notifier.start()
+        if snmp.enabled and snmp.listen:
+            from monitor.snmp.agent import SnmpAgent, SnmpBindError
+
+            self.snmp = SnmpAgent(snmp, self.config.agent.state_dir, self.store, self.health)
+            try:
+                await self.snmp.start()
+            except SnmpBindError as exc:
+                raise StartupError(str(exc)) from None
+        if self.notifier is not None:
+            await self.notifier.cold_start()
+
+    async def reload(self) -> None:
+        """SIGHUP: apply a new config; a bad one is refused and the old one keeps running."""
+        try:
+            config = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            self.health.config_load_success = False
+            self.health.config_reloads["failure"] += 1
+            log.error("reload refused, keeping the running config: %s", str(exc).replace("\n", "; "))
+            return
+        unreloadable = [
+            section for section in ("agent", "prometheus", "snmp", "dns")
+            if getattr(config, section) != getattr(self.config, section)
+        ]
+        if unreloadable:
+            log.warning("reload: changes to %s take effect only after a restart", ", ".join(unreloadable))
+        self.config = config.model_copy(
+            update={section: getattr(self.config, section) for section in unreloadable}
+        )
+        self.scheduler.apply(self.config)
+        self.health.config_load_success = True
+        self.health.config_loaded_at = time.time()
+        self.health.config_reloads["success"] += 1
+        log.info("reloaded %s: %d SMTP probes, %d MX checks", self.config_path, len(config.smtp), len(config.mx))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await self.scheduler.stop(SHUTDOWN_GRACE)
+        if self.snmp is not None:
+            await self.snmp.stop()
+        if self.notifier is not None:
+            await self.notifier.stop(1.0)
+        if self.http is not None:
+            await self.http.stop()
+        log.info("stopped")
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT; SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        try:
+            await self.start()
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+
+
+def _prepare_state_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create state directory {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK):
+        raise StartupError(f"state directory {path} is not writable")
+
+
+def run_agent(config_path: Path, log_format: str = "text", log_level: str = "info") -> int:
+    """Entry point of `smtp-monitor run`; config errors propagate to the CLI (exit 2)."""
+    logs.setup(log_format, log_level)
+    config = load_config(config_path)
+    try:
+        asyncio.run(Agent(config_path, config).serve())
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_STARTUP
+    return 0

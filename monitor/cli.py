@@ -1,0 +1,146 @@
+"""Command line: one-shot `probe` and `mx`, `check-config`, and the `run` agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from monitor import __version__, report
+from monitor.config import (
+    ConfigError,
+    DnsConfig,
+    MxCheckConfig,
+    SmtpProbeConfig,
+    load_config,
+    parse_duration,
+    split_host_port,
+)
+from monitor.probes import ProbeEnv, build_resolver, mx, smtp
+
+EXIT_CONFIG = 2  # a bad config file, for check-config and run
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 3 (UNKNOWN), so a mistyped plugin command never reads as CRITICAL."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(report.EXIT_UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="smtp-monitor", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"smtp-monitor {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("probe", help="probe one SMTP server once (monitoring-plugin style)")
+    p.add_argument("target", help="HOST[:PORT]; IPv6 as [::1]:25")
+    p.add_argument("--tls", choices=["none", "starttls", "implicit"], default="starttls")
+    p.add_argument("--timeout", type=_duration, default=10.0, help="whole dialogue deadline (default 10s)")
+    p.add_argument("--ca-file", type=Path, help="CA bundle to verify against (default: system CAs)")
+    p.add_argument("--servername", help="name to verify the certificate for (default: HOST)")
+    p.add_argument("--helo", help="name to send in EHLO/HELO (default: this host's FQDN)")
+    p.add_argument("--no-verify", action="store_true", help="report the certificate without verifying it")
+    p.add_argument("--cert-warn-days", type=int, default=14, help="WARNING when the certificate expires sooner")
+    p.add_argument("--nameserver", action="append", default=[], metavar="HOST[:PORT]")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    m = sub.add_parser("mx", help="check one domain's MX records once")
+    m.add_argument("domain")
+    m.add_argument("--nameserver", action="append", default=[], metavar="HOST[:PORT]")
+    m.add_argument("--expect", action="append", default=[], metavar="HOST", help="an expected exchange")
+    m.add_argument("--require-mx", action="store_true", help="fail on an implicit MX (no MX record)")
+    m.add_argument("--probe-hosts", action="store_true", help="also SMTP-probe every exchange")
+    m.add_argument("--tls", choices=["none", "starttls", "implicit"], default="starttls")
+    m.add_argument("--port", type=int, default=25)
+    m.add_argument("--ca-file", type=Path)
+    m.add_argument("--timeout", type=_duration, default=10.0)
+    m.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("check-config", help="validate a config file and exit")
+    c.add_argument("-c", "--config", required=True, type=Path)
+
+    r = sub.add_parser("run", help="run the monitoring agent")
+    r.add_argument("-c", "--config", required=True, type=Path)
+    r.add_argument("--log-format", choices=["text", "json"], default="text")
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    return parser
+
+
+def _env(nameservers: list[str], timeout: float) -> ProbeEnv:
+    dns_config = DnsConfig(nameservers=nameservers, timeout=min(timeout, 5.0))
+    return ProbeEnv(resolver=build_resolver(dns_config))
+
+
+def _probe(args: argparse.Namespace) -> int:
+    host, port = split_host_port(args.target, None)
+    spec = SmtpProbeConfig(
+        name="cli", host=host, port=port, tls=args.tls, timeout=args.timeout, ca_file=args.ca_file,
+        servername=args.servername, helo=args.helo, verify=not args.no_verify,
+    )
+    result = asyncio.run(smtp.run(spec, _env(args.nameserver, args.timeout)))
+    print(report.as_json(result) if args.json else report.smtp_line(result, args.cert_warn_days))
+    return report.smtp_exit_code(result, args.cert_warn_days)
+
+
+def _mx(args: argparse.Namespace) -> int:
+    spec = MxCheckConfig(
+        name="cli", domain=args.domain, expect=args.expect, require_mx=args.require_mx,
+        probe_hosts=args.probe_hosts, tls=args.tls, port=args.port, ca_file=args.ca_file,
+        timeout=args.timeout,
+    )
+    result = asyncio.run(mx.run(spec, _env(args.nameserver, args.timeout)))
+    print(report.as_json(result) if args.json else report.mx_line(result))
+    return report.mx_exit_code(result)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{args.config}: ok ({len(config.smtp)} SMTP probes, {len(config.mx)} MX checks)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from monitor.agent import run_agent  # the agent's imports are heavy; one-shots skip them
+
+    return run_agent(args.config, log_format=args.log_format, log_level=args.log_level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"probe": _probe, "mx": _mx, "check-config": _check_config, "run": _run}
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        print(f"smtp-monitor: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:  # a bad argument value that argparse could not see (e.g. a host name)
+        print(f"smtp-monitor: {_first_error_line(exc)}", file=sys.stderr)
+        return report.EXIT_UNKNOWN
+    except KeyboardInterrupt:
+        return 130
+
+
+def _first_error_line(exc: ValueError) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"])
+        return f"{field}: {str(err['msg']).removeprefix('Value error, ')}"
+    return str(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Prometheus collector: metric families built from a store snapshot on every scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from monitor.config import MxCheckConfig, SmtpProbeConfig
+from monitor.health import AgentHealth
+from monitor.results import MxResult, SmtpResult, Status
+from monitor.store import ProbeState, ResultsStore
+
+
+def _g(name: str, doc: str, labels: list[str], unit: str = "") -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels, unit=unit)
+
+
+class StoreCollector(Collector):
+    """Reads the results store and agent health; writes nothing."""
+
+    def __init__(self, store: ResultsStore, health: AgentHealth) -> None:
+        self.store = store
+        self.health = health
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.store.snapshot()
+        states = list(snap.states.values())
+        yield from self._smtp([s for s in states if s.kind == "smtp"])
+        yield from self._mx([s for s in states if s.kind == "mx"])
+        yield from self._agent()
+
+    # -- SMTP probes ---------------------------------------------------------------
+    def _smtp(self, states: list[ProbeState]) -> Iterator[Metric]:
+        success = _g("smtp_probe_success", "1 if the last SMTP probe succeeded, else 0", ["probe", "host", "port", "tls"])
+        status = _g("smtp_probe_status", "Alerting status of the probe (1 for the current one)", ["probe", "status"])
+        duration = _g("smtp_probe_duration_seconds", "Duration of the last SMTP probe", ["probe"])
+        phase = _g("smtp_probe_phase_duration_seconds", "Duration of each phase of the last SMTP probe", ["probe", "phase"])
+        reply = _g("smtp_probe_reply_code", "SMTP reply code that failed the last probe (0 if none)", ["probe"])
+        consecutive = _g("smtp_probe_consecutive_failures", "Failures since the last success", ["probe"])
+        runs = CounterMetricFamily("smtp_probe_runs", "SMTP probe runs", labels=["probe"])
+        failures = CounterMetricFamily("smtp_probe_failures", "Failed SMTP probe runs by phase and reason", labels=["probe", "phase", "reason"])
+        last_success = _g("smtp_probe_last_success_timestamp_seconds", "When the probe last succeeded", ["probe"])
+        last_change = _g("smtp_probe_last_change_timestamp_seconds", "When the probe's status last changed", ["probe"])
+        not_after = _g("smtp_tls_cert_not_after_timestamp_seconds", "Expiry of the server's certificate, also when it did not verify", ["probe"])
+        chain_not_after = _g("smtp_tls_chain_not_after_timestamp_seconds", "Earliest expiry in the presented certificate chain", ["probe"])
+        tls_info = InfoMetricFamily("smtp_tls", "Negotiated TLS version and cipher", labels=["probe", "version", "cipher"])
+        verified = _g("smtp_tls_verified", "1 if the certificate chain and host name verified", ["probe"])
+        ehlo_ext = InfoMetricFamily("smtp_ehlo_extension", "Extensions the server advertised in its last EHLO", labels=["probe", "extension"])
+        for state in states:
+            cfg = state.config
+            assert isinstance(cfg, SmtpProbeConfig)
+            name = state.name
+            result = state.last_result
+            assert result is None or isinstance(result, SmtpResult)
+            success.add_metric([name, cfg.host, str(cfg.effective_port), cfg.tls], 1.0 if result and result.ok else 0.0)
+            for st in Status:
+                status.add_metric([name, st.value], 1.0 if state.status is st else 0.0)
+            runs.add_metric([name], state.runs)
+            for (ph, reason), count in state.failures_by_cause.items():
+                failures.add_metric([name, ph, reason], count)
+            consecutive.add_metric([name], state.consecutive_failures)
+            if state.last_success is not None:
+                last_success.add_metric([name], state.last_success)
+            if state.last_change is not None:
+                last_change.add_metric([name], state.last_change)
+            if result is None:
+                continue
+            duration.add_metric([name], result.total)
+            for ph, seconds in result.timings.items():
+                phase.add_metric([name, ph], seconds)
+            reply.add_metric([name], result.reply_code)
+            for ext in result.extensions:
+                ehlo_ext.add_metric([name, ext], {})
+            if result.tls is not None:
+                tls_info.add_metric([name, result.tls.version, result.tls.cipher], {})
+                verified.add_metric([name], 1.0 if result.tls.verified else 0.0)
+                if result.tls.cert is not None:
+                    not_after.add_metric([name], result.tls.cert.not_after.timestamp())
+                if result.tls.chain_not_after is not None:
+                    chain_not_after.add_metric([name], result.tls.chain_not_after.timestamp())
+        yield from (success, status, duration, phase, reply, consecutive, runs, failures, last_success,
+                    last_change, not_after, chain_not_after, tls_info, verified, ehlo_ext)
+
+    # -- MX checks -------------------------------------------------------------------
+    def _mx(self, states: list[ProbeState]) -> Iterator[Metric]:
+        success = _g("mx_check_success", "1 if the last MX check succeeded, else 0", ["check", "domain"])
+        status = _g("mx_check_status", "Alerting status of the check (1 for the current one)", ["check", "status"])
+        records = _g("mx_check_records", "Exchanges in the last MX answer", ["check"])
+        duration = _g("mx_check_duration_seconds", "Duration of the last MX check", ["check"])
+        phase = _g("mx_check_phase_duration_seconds", "Duration of each phase of the last MX check", ["check", "phase"])
+        implicit = _g("mx_check_implicit_mx", "1 if the domain has no MX and its address serves as exchange", ["check"])
+        up = _g("mx_check_exchange_up", "1 if the exchange answered SMTP (only when hosts are probed)", ["check", "exchange"])
+        preference = _g("mx_check_exchange_preference", "MX preference of each exchange", ["check", "exchange"])
+        addresses = _g("mx_check_exchange_addresses", "A and AAAA addresses of each exchange", ["check", "exchange"])
+        runs = CounterMetricFamily("mx_check_runs", "MX check runs", labels=["check"])
+        failures = CounterMetricFamily("mx_check_failures", "Failed MX checks by phase and reason", labels=["check", "phase", "reason"])
+        last_success = _g("mx_check_last_success_timestamp_seconds", "When the check last succeeded", ["check"])
+        last_change = _g("mx_check_last_change_timestamp_seconds", "When the check's status last changed", ["check"])
+        for state in states:
+            cfg = state.config
+            assert isinstance(cfg, MxCheckConfig)
+            name = state.name
+            result = state.last_result
+            assert result is None or isinstance(result, MxResult)
+            success.add_metric([name, cfg.domain], 1.0 if result and result.ok else 0.0)
+            for st in Status:
+                status.add_metric([name, st.value], 1.0 if state.status is st else 0.0)
+            runs.add_metric([name], state.runs)
+            for (ph, reason), count in state.failures_by_cause.items():
+                failures.add_metric([name, ph, reason], count)
+            if state.last_success is not None:
+                last_success.add_metric([name], state.last_success)
+            if state.last_change is not None:
+                last_change.add_metric([name], state.last_change)
+            if result is None:
+                continue
+            records.add_metric([name], len(result.records))
+            duration.add_metric([name], result.total)
+            implicit.add_metric([name], 1.0 if result.implicit_mx else 0.0)
+            for ph, seconds in result.timings.items():
+                phase.add_metric([name, ph], seconds)
+            for record in result.records:
+                preference.add_metric([name, record.exchange], record.preference)
+                addresses.add_metric([name, record.exchange], len(record.addresses))
+                if record.probe is not None:
+                    up.add_metric([name, record.exchange], 1.0 if record.probe.ok else 0.0)
+        yield from (success, status, records, duration, phase, implicit, up, preference, addresses,
+                    runs, failures, last_success, last_change)
+
+    # -- the agent itself ----------------------------------------------------------------
+    def _agent(self) -> Iterator[Metric]:
+        h = self.health
+        build = InfoMetricFamily("smtp_monitor_build", "Version of the running agent")
+        build.add_metric([], {"version": h.version})
+        yield build
+        yield GaugeMetricFamily("smtp_monitor_start_time_seconds", "When the agent started", value=h.started_at)
+        yield GaugeMetricFamily(
+            "smtp_monitor_config_last_reload_successful", "1 if the last config load or reload succeeded",
+            value=1.0 if h.config_load_success else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "smtp_monitor_config_last_reload_success_timestamp_seconds", "When the config was last loaded successfully",
+            value=h.config_loaded_at,
+        )
+        reloads = CounterMetricFamily("smtp_monitor_config_reloads", "Config reloads by outcome", labels=["outcome"])
+        for outcome in ("success", "failure"):
+            reloads.add_metric([outcome], h.config_reloads[outcome])
+        yield reloads
+        yield GaugeMetricFamily("smtp_monitor_probes_in_flight", "Probes running now", value=h.in_flight)
+        yield CounterMetricFamily(
+            "smtp_monitor_scheduler_skipped_runs", "Runs skipped because the previous run was still going",
+            value=h.skipped_runs,
+        )
+        lateness = HistogramMetricFamily(
+            "smtp_monitor_scheduler_lateness_seconds", "How late probe runs start after their scheduled time",
+        )
+        lateness.add_metric([], h.lateness.cumulative(), sum_value=h.lateness.total)
+        yield lateness
+        snmp = CounterMetricFamily("smtp_monitor_snmp_requests", "SNMP requests answered by PDU type", labels=["type"])
+        for pdu, count in sorted(h.snmp_requests.items()):
+            snmp.add_metric([pdu], count)
+        yield snmp
+        yield CounterMetricFamily(
+            "smtp_monitor_snmp_auth_failures", "SNMP requests refused: unknown community or bad credentials",
+            value=h.snmp_auth_failures,
+        )
+        yield CounterMetricFamily(
+            "smtp_monitor_snmp_dropped_packets", "Malformed or unsupported SNMP datagrams dropped", value=h.snmp_dropped,
+        )
+        notes = CounterMetricFamily(
+            "smtp_monitor_notifications", "SNMP notifications by receiver and outcome", labels=["receiver", "outcome"]
+        )
+        for (receiver, outcome), count in sorted(h.notifications.items()):
+            notes.add_metric([receiver, outcome], count)
+        yield notes
+
+
+def build_registry(store: ResultsStore, health: AgentHealth) -> CollectorRegistry:
+    """A registry of our collector plus the process's own CPU, memory and descriptor metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store, health))
+    ProcessCollector(registry=registry)
+    return registry

@@ -1,0 +1,330 @@
+"""OIDs and enumeration values of mibs/SMTP-MONITOR-MIB.txt, all derived from ENTERPRISE_OID."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Final
+
+# PLACEHOLDER: 32473 is RFC 5612's documentation enterprise number. Replace it with your
+# registered Private Enterprise Number here and in the MODULE-IDENTITY of
+# mibs/SMTP-MONITOR-MIB.txt (`smtpMonitorMIB ::= { enterprises 32473 }`); nothing else changes.
+ENTERPRISE_OID: tuple[int, ...] = (1, 3, 6, 1, 4, 1, 32473)
+
+Oid = tuple[int, ...]
+
+# smtpMonitorMIB is registered at the enterprise arc itself.
+MIB_ROOT: Final[Oid] = ENTERPRISE_OID
+
+NOTIFICATIONS: Final[Oid] = (*MIB_ROOT, 1)  # smtpMonitorNotifications
+NOTIFICATION_PREFIX: Final[Oid] = (*NOTIFICATIONS, 0)  # smtpMonitorNotificationPrefix
+OBJECTS: Final[Oid] = (*MIB_ROOT, 2)  # smtpMonitorObjects
+CONFORMANCE: Final[Oid] = (*MIB_ROOT, 3)  # smtpMonitorConformance
+
+SCALARS: Final[Oid] = (*OBJECTS, 1)  # smtpMonitorScalars
+SMTP_PROBE_TABLE: Final[Oid] = (*OBJECTS, 2)
+SMTP_PROBE_ENTRY: Final[Oid] = (*SMTP_PROBE_TABLE, 1)
+MX_CHECK_TABLE: Final[Oid] = (*OBJECTS, 3)
+MX_CHECK_ENTRY: Final[Oid] = (*MX_CHECK_TABLE, 1)
+MX_EXCHANGE_TABLE: Final[Oid] = (*OBJECTS, 4)
+MX_EXCHANGE_ENTRY: Final[Oid] = (*MX_EXCHANGE_TABLE, 1)
+
+COMPLIANCES: Final[Oid] = (*CONFORMANCE, 1)  # smtpMonitorCompliances
+GROUPS: Final[Oid] = (*CONFORMANCE, 2)  # smtpMonitorGroups
+COMPLIANCE: Final[Oid] = (*COMPLIANCES, 1)  # smtpMonitorCompliance
+
+
+class Scalar(enum.IntEnum):
+    """Scalars under smtpMonitorScalars; MIB name is smtpMonitor + CamelCase of the member."""
+
+    PROBE_COUNT = 1
+    PROBES_FAILED = 2
+    MX_CHECK_COUNT = 3
+    MX_CHECKS_FAILED = 4
+    VERSION = 5
+    CONFIG_LOAD_TIME = 6
+    CONFIG_LOAD_SUCCESS = 7
+
+
+class SmtpProbeColumn(enum.IntEnum):
+    """Columns of smtpProbeEntry; MIB name is smtpProbe + CamelCase of the member."""
+
+    INDEX_NAME = 1  # not-accessible index
+    NAME = 2
+    HOST = 3
+    PORT = 4
+    TLS_MODE = 5
+    INTERVAL = 6
+    STATUS = 7
+    LAST_ERROR = 8
+    FAILED_PHASE = 9
+    FAILED_REASON = 10
+    REPLY_CODE = 11
+    LATENCY = 12
+    CONNECT_LATENCY = 13
+    BANNER_LATENCY = 14
+    EHLO_LATENCY = 15
+    TLS_LATENCY = 16
+    CONSECUTIVE_FAILURES = 17
+    RUNS = 18
+    FAILURES = 19
+    LAST_SUCCESS = 20
+    LAST_CHANGE = 21
+    TLS_VERSION = 22
+    TLS_CIPHER = 23
+    CERT_EXPIRY = 24
+    CERT_DAYS_LEFT = 25
+    CERT_VERIFIED = 26
+    CERT_SUBJECT = 27
+    ADDRESS = 29
+
+
+class MxCheckColumn(enum.IntEnum):
+    """Columns of mxCheckEntry; MIB name is mxCheck + CamelCase of the member."""
+
+    INDEX_NAME = 1  # not-accessible index
+    NAME = 2
+    DOMAIN = 3
+    STATUS = 4
+    LAST_ERROR = 5
+    FAILED_PHASE = 6
+    FAILED_REASON = 7
+    RECORDS = 8
+    LATENCY = 9
+    CONSECUTIVE_FAILURES = 10
+    RUNS = 11
+    FAILURES = 12
+    LAST_SUCCESS = 13
+    LAST_CHANGE = 14
+    IMPLICIT_MX = 15
+
+
+class MxExchangeColumn(enum.IntEnum):
+    """Columns of mxExchangeEntry (index: check name, order); MIB name is mxExchange + CamelCase."""
+
+    ORDER = 1  # not-accessible index
+    NAME = 2
+    PREFERENCE = 3
+    ADDRESSES = 4
+    UP = 5
+
+
+class Notification(enum.IntEnum):
+    """Notifications under smtpMonitorNotificationPrefix; MIB name is lowerCamelCase of the member."""
+
+    SMTP_PROBE_FAILED = 1
+    SMTP_PROBE_RECOVERED = 2
+    MX_CHECK_FAILED = 3
+    MX_CHECK_RECOVERED = 4
+    SMTP_CERT_EXPIRING = 5
+
+
+class Group(enum.IntEnum):
+    """Conformance groups under smtpMonitorGroups; MIB name is lowerCamelCase of the member."""
+
+    SMTP_MONITOR_SCALAR_GROUP = 1
+    SMTP_PROBE_GROUP = 2
+    MX_CHECK_GROUP = 3
+    MX_EXCHANGE_GROUP = 4
+    SMTP_MONITOR_NOTIFICATION_GROUP = 5
+
+
+# Objects each notification carries, in the order of its OBJECTS clause (columns of one row).
+NOTIFICATION_OBJECTS: Final[Mapping[Notification, tuple[SmtpProbeColumn | MxCheckColumn, ...]]] = {
+    Notification.SMTP_PROBE_FAILED: (
+        SmtpProbeColumn.NAME,
+        SmtpProbeColumn.HOST,
+        SmtpProbeColumn.PORT,
+        SmtpProbeColumn.STATUS,
+        SmtpProbeColumn.FAILED_PHASE,
+        SmtpProbeColumn.FAILED_REASON,
+        SmtpProbeColumn.LAST_ERROR,
+        SmtpProbeColumn.LATENCY,
+        SmtpProbeColumn.REPLY_CODE,
+        SmtpProbeColumn.ADDRESS,
+        SmtpProbeColumn.CONSECUTIVE_FAILURES,
+    ),
+    Notification.SMTP_PROBE_RECOVERED: (
+        SmtpProbeColumn.NAME,
+        SmtpProbeColumn.HOST,
+        SmtpProbeColumn.PORT,
+        SmtpProbeColumn.STATUS,
+        SmtpProbeColumn.FAILED_PHASE,
+        SmtpProbeColumn.FAILED_REASON,
+        SmtpProbeColumn.LAST_ERROR,
+        SmtpProbeColumn.LATENCY,
+    ),
+    Notification.MX_CHECK_FAILED: (
+        MxCheckColumn.NAME,
+        MxCheckColumn.DOMAIN,
+        MxCheckColumn.STATUS,
+        MxCheckColumn.FAILED_PHASE,
+        MxCheckColumn.FAILED_REASON,
+        MxCheckColumn.LAST_ERROR,
+        MxCheckColumn.LATENCY,
+        MxCheckColumn.CONSECUTIVE_FAILURES,
+    ),
+    Notification.MX_CHECK_RECOVERED: (
+        MxCheckColumn.NAME,
+        MxCheckColumn.DOMAIN,
+        MxCheckColumn.STATUS,
+        MxCheckColumn.FAILED_PHASE,
+        MxCheckColumn.FAILED_REASON,
+        MxCheckColumn.LAST_ERROR,
+        MxCheckColumn.LATENCY,
+    ),
+    Notification.SMTP_CERT_EXPIRING: (
+        SmtpProbeColumn.NAME,
+        SmtpProbeColumn.HOST,
+        SmtpProbeColumn.PORT,
+        SmtpProbeColumn.STATUS,
+        SmtpProbeColumn.FAILED_PHASE,
+        SmtpProbeColumn.FAILED_REASON,
+        SmtpProbeColumn.LAST_ERROR,
+        SmtpProbeColumn.LATENCY,
+        SmtpProbeColumn.CERT_EXPIRY,
+        SmtpProbeColumn.CERT_DAYS_LEFT,
+        SmtpProbeColumn.CERT_SUBJECT,
+    ),
+}
+
+# Enumerations: Python-side snake_case value -> MIB integer. The MIB label of each is the
+# lowerCamelCase of the key (tls_verify -> tlsVerify). Values not yet produced by the agent
+# (auth .. mta_sts, unexpected_banner .. mta_sts_mismatch) are reserved in the MIB.
+STATUS_VALUES: Final[Mapping[str, int]] = {"ok": 1, "failed": 2, "unknown": 3}
+
+TLS_MODE_VALUES: Final[Mapping[str, int]] = {"none": 1, "starttls": 2, "implicit": 3}
+
+PHASE_VALUES: Final[Mapping[str, int]] = {
+    "none": 1,  # the run did not fail (Python: phase None)
+    "resolve": 2,
+    "connect": 3,
+    "tls": 4,
+    "banner": 5,
+    "ehlo": 6,
+    "starttls": 7,
+    "ehlo_tls": 8,
+    "quit": 9,
+    "mx": 10,
+    "address": 11,
+    "hosts": 12,
+    "internal": 13,
+    "auth": 14,
+    "mail": 15,
+    "rcpt": 16,
+    "dane": 17,
+    "mta_sts": 18,
+}
+
+REASON_VALUES: Final[Mapping[str, int]] = {
+    "none": 1,  # the run did not fail (Python: reason None)
+    "timeout": 2,
+    "refused": 3,
+    "unreachable": 4,
+    "reset": 5,
+    "dns": 6,
+    "reply": 7,
+    "protocol": 8,
+    "tls": 9,
+    "tls_verify": 10,
+    "nxdomain": 11,
+    "no_mx": 12,
+    "null_mx": 13,
+    "no_address": 14,
+    "servfail": 15,
+    "unexpected_mx": 16,
+    "hosts_down": 17,
+    "internal": 18,
+    "unexpected_banner": 19,
+    "missing_extension": 20,
+    "auth_failed": 21,
+    "open_relay": 22,
+    "dane_mismatch": 23,
+    "mta_sts_mismatch": 24,
+    "no_starttls": 26,  # added after the reserved values 19-24, which keep their numbers
+}
+
+MX_EXCHANGE_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}
+
+TRUTH_VALUES: Final[Mapping[bool, int]] = {True: 1, False: 2}  # SNMPv2-TC TruthValue
+
+# DateAndTime for an event that has not happened: year 0, January 1, 00:00:00.0 (see the MIB).
+DATE_AND_TIME_NEVER: Final[bytes] = bytes.fromhex("0000010100000000")
+
+NAME_INDEX_MAX: Final[int] = 100  # SIZE(1..100) of smtpProbeIndexName and mxCheckIndexName
+
+
+def name_index(name: str) -> Oid:
+    """The OID index of a probe or check name: length, then one sub-identifier per octet."""
+    octets = name.encode("utf-8")
+    if not 1 <= len(octets) <= NAME_INDEX_MAX:
+        raise ValueError(f"probe name {name!r} must be 1 to {NAME_INDEX_MAX} octets for the MIB index")
+    return (len(octets), *octets)
+
+
+def smtp_probe_oid(column: SmtpProbeColumn, name: str) -> Oid:
+    """The instance OID of a column of the smtpProbeTable row of the probe named `name`."""
+    return (*SMTP_PROBE_ENTRY, int(column), *name_index(name))
+
+
+def mx_check_oid(column: MxCheckColumn, name: str) -> Oid:
+    """The instance OID of a column of the mxCheckTable row of the check named `name`."""
+    return (*MX_CHECK_ENTRY, int(column), *name_index(name))
+
+
+def mx_exchange_oid(column: MxExchangeColumn, name: str, order: int) -> Oid:
+    """The instance OID of a column of an mxExchangeTable row: check name, 1-based position."""
+    if not 1 <= order <= 65535:
+        raise ValueError(f"exchange position {order} must be 1 to 65535")
+    return (*MX_EXCHANGE_ENTRY, int(column), *name_index(name), order)
+
+
+def scalar_oid(scalar: Scalar) -> Oid:
+    """The instance OID (with .0) of a scalar."""
+    return (*SCALARS, int(scalar), 0)
+
+
+def notification_oid(notification: Notification) -> Oid:
+    """The snmpTrapOID.0 value of a notification."""
+    return (*NOTIFICATION_PREFIX, int(notification))
+
+
+def mib_label(snake: str) -> str:
+    """The MIB descriptor or enumeration label for a snake_case name: tls_verify -> tlsVerify."""
+    first, *rest = snake.lower().split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+def _named(prefix: str, members: type[enum.IntEnum], base: Oid) -> dict[str, Oid]:
+    """Descriptor -> OID for the members of one enum: prefix + CamelCase, or lowerCamelCase."""
+    named: dict[str, Oid] = {}
+    for member in members:
+        label = mib_label(member.name)
+        named[prefix + label[0].upper() + label[1:] if prefix else label] = (*base, int(member))
+    return named
+
+
+# Every descriptor the MIB defines, to its OID (object types without the instance suffix).
+OID_BY_NAME: Final[Mapping[str, Oid]] = {
+    "smtpMonitorMIB": MIB_ROOT,
+    "smtpMonitorNotifications": NOTIFICATIONS,
+    "smtpMonitorNotificationPrefix": NOTIFICATION_PREFIX,
+    "smtpMonitorObjects": OBJECTS,
+    "smtpMonitorConformance": CONFORMANCE,
+    "smtpMonitorScalars": SCALARS,
+    "smtpProbeTable": SMTP_PROBE_TABLE,
+    "smtpProbeEntry": SMTP_PROBE_ENTRY,
+    "mxCheckTable": MX_CHECK_TABLE,
+    "mxCheckEntry": MX_CHECK_ENTRY,
+    "mxExchangeTable": MX_EXCHANGE_TABLE,
+    "mxExchangeEntry": MX_EXCHANGE_ENTRY,
+    "smtpMonitorCompliances": COMPLIANCES,
+    "smtpMonitorGroups": GROUPS,
+    "smtpMonitorCompliance": COMPLIANCE,
+    **_named("smtpMonitor", Scalar, SCALARS),
+    **_named("smtpProbe", SmtpProbeColumn, SMTP_PROBE_ENTRY),
+    **_named("mxCheck", MxCheckColumn, MX_CHECK_ENTRY),
+    **_named("mxExchange", MxExchangeColumn, MX_EXCHANGE_ENTRY),
+    **_named("", Notification, NOTIFICATION_PREFIX),
+    **_named("", Group, GROUPS),
+}

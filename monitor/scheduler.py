@@ -1,0 +1,164 @@
+"""Runs every configured probe at its interval on APScheduler and writes results to the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, EVENT_JOB_SUBMITTED, JobEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from monitor.config import Config, MxCheckConfig, SmtpProbeConfig
+from monitor.health import AgentHealth
+from monitor.probes import ProbeEnv, mx, smtp
+from monitor.results import MxResult, Phase, ProbeResult, Reason, SmtpResult
+from monitor.store import ProbeConfig, ResultsStore
+
+log = logging.getLogger("smtp_monitor.scheduler")
+
+ProbeRunner = Callable[[Any, ProbeEnv], Awaitable[ProbeResult]]
+RUNNERS: dict[type, ProbeRunner] = {SmtpProbeConfig: smtp.run, MxCheckConfig: mx.run}
+
+
+def spread_offset(name: str, interval: float) -> float:
+    """A stable offset within the interval, so that a thousand probes do not start in the
+    same second, and a restart keeps each probe at the same place in its cycle."""
+    return (zlib.crc32(name.encode()) / 2**32) * interval
+
+
+def probe_entries(config: Config) -> list[tuple[ProbeConfig, int, int]]:
+    """(probe config, alert_after, cert_warn_days) for every configured probe."""
+    d = config.defaults
+    out: list[tuple[ProbeConfig, int, int]] = []
+    for s in config.smtp:
+        out.append((s, s.alert_after or d.alert_after, d.cert_warn_days if s.cert_warn_days is None else s.cert_warn_days))
+    for m in config.mx:
+        out.append((m, m.alert_after or d.alert_after, d.cert_warn_days))
+    return out
+
+
+def internal_failure(probe: ProbeConfig, started_at: float, error: str) -> ProbeResult:
+    """The result of a probe that raised instead of returning: a bug, recorded as a failure."""
+    if isinstance(probe, SmtpProbeConfig):
+        return SmtpResult(
+            host=probe.host, port=probe.effective_port, tls_mode=probe.tls, started_at=started_at,
+            ok=False, phase=Phase.INTERNAL, reason=Reason.INTERNAL, error=error,
+        )
+    return MxResult(
+        domain=probe.domain, started_at=started_at, ok=False, phase=Phase.INTERNAL,
+        reason=Reason.INTERNAL, error=error,
+    )
+
+
+class ProbeScheduler:
+    """One APScheduler job per probe in the running event loop; the only store writer."""
+
+    def __init__(self, store: ResultsStore, health: AgentHealth, env: ProbeEnv, max_concurrency: int) -> None:
+        self.store = store
+        self.health = health
+        self.env = env
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._probes: dict[str, ProbeConfig] = {}
+        self._intervals: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._scheduler = AsyncIOScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1},
+            timezone="UTC",
+        )
+        self._scheduler.add_listener(self._on_event, EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        # APScheduler logs every skipped run at WARNING; we count them instead.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self, config: Config) -> None:
+        self.apply(config)
+        self._scheduler.start()
+
+    def apply(self, config: Config) -> None:
+        """Make the jobs match the config: add new, drop removed, reschedule changed."""
+        self.env.defaults = config.defaults
+        added, removed = self.store.configure(probe_entries(config))
+        wanted: dict[str, ProbeConfig] = {p.name: p for p in [*config.smtp, *config.mx]}
+        for name in removed:
+            self._remove_job(name)
+        now = datetime.now().astimezone()
+        for name, probe in wanted.items():
+            interval = probe.interval or config.defaults.interval
+            if name not in added and self._probes.get(name) == probe and self._intervals.get(name) == interval:
+                continue
+            self._remove_job(name)
+            self._probes[name] = probe
+            self._intervals[name] = interval
+            first = now + timedelta(seconds=spread_offset(name, interval))
+            self._scheduler.add_job(
+                self._run, IntervalTrigger(seconds=interval, start_date=first), args=[name], id=name,
+                name=name, misfire_grace_time=max(int(interval), 1), next_run_time=first,
+            )
+        if added or removed:
+            log.info("probes: %d configured, %d added or changed, %d removed", len(wanted), len(added), len(removed))
+
+    def _remove_job(self, name: str) -> None:
+        if self._scheduler.get_job(name) is not None:
+            self._scheduler.remove_job(name)
+        self._probes.pop(name, None)
+        self._intervals.pop(name, None)
+
+    async def stop(self, grace: float) -> None:
+        """Stop scheduling; let probes in flight finish within `grace`, then cancel them."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=1.0)
+
+    # -- running -----------------------------------------------------------------
+    async def _run(self, name: str) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await self.run_once(name)
+
+    async def run_once(self, name: str) -> ProbeResult | None:
+        probe = self._probes.get(name)
+        if probe is None:
+            return None
+        async with self._limit:
+            self.health.in_flight += 1
+            started_at = time.time()
+            try:
+                result = await RUNNERS[type(probe)](probe, self.env)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("probe %s raised instead of returning a result", name)
+                result = internal_failure(probe, started_at, f"internal error: {type(exc).__name__}: {exc}")
+            finally:
+                self.health.in_flight -= 1
+        # A reload may have changed this probe while it ran: its result belongs to the old config.
+        if self._probes.get(name) == probe:
+            self.store.record(name, result)
+        return result
+
+    def _on_event(self, event: JobEvent) -> None:
+        if event.code == EVENT_JOB_SUBMITTED:
+            times = getattr(event, "scheduled_run_times", None) or []
+            if times:
+                lateness = (datetime.now(times[-1].tzinfo) - times[-1]).total_seconds()
+                self.health.lateness.observe(lateness)
+        else:
+            self.health.skipped_runs += 1
+
+    @property
+    def job_count(self) -> int:
+        return len(self._scheduler.get_jobs())

@@ -1,0 +1,1 @@
+"""Test suite; a package so that `tests.peers` imports however pytest is started."""

@@ -1,0 +1,75 @@
+"""Session fixtures for real peers: a private Postfix, an NSD with the test zone, snmptrapd, base MIBs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers.mibs import base_mib_dir
+from tests.peers.nsd import NsdServer
+from tests.peers.postfix import PostfixServer
+from tests.peers.snmptrapd import TrapReceiver
+from tests.peers.zone import standard_zones
+
+# The session's Postfix, once some test has asked for it (so unit-only runs start nothing).
+_SESSION_POSTFIX = pytest.StashKey[PostfixServer]()
+
+
+@pytest.fixture(scope="session")
+def peers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One session directory holding every peer's files (configs, logs, queues)."""
+    return tmp_path_factory.mktemp("peers")
+
+
+@pytest.fixture(scope="session")
+def postfix(request: pytest.FixtureRequest, peers_dir: Path) -> Iterator[PostfixServer]:
+    """A running private Postfix for the whole session: plain_port, implicit_port, submission_port, ca_file.
+
+    Tests may pause() it to make probes fail; it is resumed after each test if left stopped.
+    """
+    server = PostfixServer(peers_dir / "postfix")
+    try:
+        server.start()
+        request.session.stash[_SESSION_POSTFIX] = server
+        yield server
+    finally:
+        server.stop()  # also on failed tests and on a failed start
+
+
+@pytest.fixture(autouse=True)
+def _resume_paused_postfix(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, restart the session Postfix if the test paused it and did not resume."""
+    yield
+    server = request.session.stash.get(_SESSION_POSTFIX, None)
+    if server is not None and not server.running():
+        server.resume()
+
+
+@pytest.fixture(scope="session")
+def dns_server(peers_dir: Path) -> Iterator[NsdServer]:
+    """A running NSD serving tests.peers.zone's standard zone (origin `test.`) at host:port."""
+    server = NsdServer(peers_dir / "nsd", standard_zones())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def trap_receiver(tmp_path: Path) -> Iterator[TrapReceiver]:
+    """A fresh snmptrapd per test (community `public`, every notification logged) at host:port."""
+    receiver = TrapReceiver(tmp_path / "snmptrapd")
+    try:
+        receiver.start()
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def base_mibs() -> Path:
+    """The directory of IETF base MIB texts (erlang-snmp's), for SMIPATH or net-snmp's -M."""
+    return base_mib_dir()

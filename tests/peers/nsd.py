@@ -1,0 +1,196 @@
+"""An authoritative NSD server for hand-written zones on a free loopback port (UDP and TCP)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+from .ports import HOST, free_tcp_udp_port
+from .procs import descendants, pid_runs, read_pid_file, terminate_tree, wait_gone
+
+NSD = "/usr/sbin/nsd"
+NSD_CHECKZONE = "/usr/sbin/nsd-checkzone"
+START_DEADLINE = 10.0
+STOP_DEADLINE = 10.0
+
+
+class NsdError(RuntimeError):
+    """NSD could not be configured, started or stopped; the message carries its log tail."""
+
+
+class NsdServer:
+    """NSD serving `zone_text_by_origin` ({"test.": "<zone file text>"}) on 127.0.0.1:`port`.
+
+    Runs in the foreground (`nsd -d`) as root without chroot or privilege drop, with
+    response rate limiting off (Debian's default limit drops answers under load).
+    Everything (config, zones, log, PID file, xfrd state) lives under `tmpdir`.
+    """
+
+    host = HOST
+
+    def __init__(self, tmpdir: Path | str, zone_text_by_origin: dict[str, str]) -> None:
+        if not zone_text_by_origin:
+            raise ValueError("NsdServer needs at least one zone")
+        self.root = Path(tmpdir).resolve()
+        self.zones = {_absolute(origin): text for origin, text in zone_text_by_origin.items()}
+        self.port = free_tcp_udp_port()
+        self.config_file = self.root / "nsd.conf"
+        self.pid_file = self.root / "nsd.pid"
+        self.log_file = self.root / "nsd.log"
+        self.output_file = self.root / "nsd.out"  # nsd's own stdout/stderr
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _zone_file(self, origin: str) -> Path:
+        return self.root / "zones" / f"{origin.rstrip('.') or 'root'}.zone"
+
+    def _config(self) -> str:
+        lines = [
+            "server:",
+            f"    ip-address: {HOST}",
+            f"    port: {self.port}",
+            "    do-ip4: yes",
+            "    do-ip6: no",
+            "    server-count: 1",
+            '    username: ""',  # stay root: no chown of our temp files needed
+            '    chroot: ""',
+            '    database: ""',  # serve straight from the zone files, no nsd.db
+            f'    zonesdir: "{self.root / "zones"}"',
+            f'    zonelistfile: "{self.root / "zone.list"}"',
+            f'    xfrdfile: "{self.root / "xfrd.state"}"',
+            f'    xfrdir: "{self.root / "xfr"}"',
+            f'    pidfile: "{self.pid_file}"',
+            f'    logfile: "{self.log_file}"',
+            "    verbosity: 1",
+            "    rrl-ratelimit: 0",  # Debian's NSD rate-limits 200 qps per /24 otherwise
+            "remote-control:",
+            "    control-enable: no",
+        ]
+        for origin in self.zones:
+            lines += ["zone:", f'    name: "{origin}"', f'    zonefile: "{self._zone_file(origin)}"']
+        return "\n".join(lines) + "\n"
+
+    def configure(self) -> None:
+        """Write config and zone files and check each zone with nsd-checkzone."""
+        (self.root / "zones").mkdir(parents=True, exist_ok=True)
+        (self.root / "xfr").mkdir(exist_ok=True)
+        for origin, text in self.zones.items():
+            path = self._zone_file(origin)
+            path.write_text(text)
+            # a broken zone makes NSD start without it: fail here with the parser's words
+            check = subprocess.run(
+                [NSD_CHECKZONE, origin, str(path)], capture_output=True, text=True, check=False
+            )
+            if check.returncode != 0:
+                raise NsdError(f"zone {origin} is invalid:\n{check.stdout}{check.stderr}")
+        self.config_file.write_text(self._config())
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of NSD's log and output, labelled, for error messages."""
+        parts = []
+        for path in (self.log_file, self.output_file):
+            try:
+                text = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            parts.append(f"{path}:\n" + "\n".join(text[-lines:]))
+        return "\n".join(parts) or "(no NSD log)"
+
+    def running(self) -> bool:
+        """Whether this server's main process is alive."""
+        pid = read_pid_file(self.pid_file)
+        return pid is not None and pid_runs(pid, "nsd")
+
+    def start(self) -> None:
+        """Start NSD and wait until it answers a SOA query for every zone."""
+        if self._process is not None and self._process.poll() is None:
+            raise NsdError(f"NSD under {self.root} is already running")
+        self.configure()
+        self.pid_file.unlink(missing_ok=True)
+        with self.output_file.open("ab") as out:
+            self._process = subprocess.Popen(
+                [NSD, "-d", "-c", str(self.config_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        end = time.monotonic() + START_DEADLINE
+        pending = list(self.zones)
+        last_error = ""
+        while pending:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise NsdError(f"nsd exited with {self._process.returncode}\n{self.log_tail()}")
+            origin = pending[0]
+            try:
+                reply = dns.query.udp(
+                    dns.message.make_query(origin, dns.rdatatype.SOA), HOST, port=self.port, timeout=0.5
+                )
+                if reply.rcode() == dns.rcode.NOERROR and reply.answer:
+                    pending.pop(0)
+                    continue
+                last_error = f"{origin} SOA: {dns.rcode.to_text(reply.rcode())}, {len(reply.answer)} answers"
+            except (dns.exception.DNSException, OSError) as exc:
+                last_error = f"{origin} SOA: {exc!r}"
+            if time.monotonic() >= end:
+                raise NsdError(
+                    f"NSD on {HOST}:{self.port} did not answer within {START_DEADLINE:.0f} s "
+                    f"(last: {last_error})\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop NSD: SIGTERM its main process (from the PID file), wait for it and its children."""
+        pid = read_pid_file(self.pid_file)
+        if pid is None or not pid_runs(pid, "nsd"):
+            pid = self._process.pid if self._process is not None else None
+        if pid is not None and pid_runs(pid, "nsd"):
+            # NSD renames its processes ("nsd: main", "nsd: xfrd"): the tree is found by parentage
+            tree = {pid} | descendants(pid)
+            terminate_tree(pid, deadline=STOP_DEADLINE)
+            if wait_gone(tree, STOP_DEADLINE):
+                raise NsdError(f"NSD processes {sorted(tree)} did not exit")
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=STOP_DEADLINE)  # reap our direct child
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=5)
+            self._process = None
+        self.pid_file.unlink(missing_ok=True)
+
+    def cleanup(self) -> None:
+        """Stop and remove the server directory."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> NsdServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _absolute(origin: str) -> str:
+    return origin if origin.endswith(".") else origin + "."

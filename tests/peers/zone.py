@@ -1,0 +1,87 @@
+"""The standard test DNS zone (origin `test.`), built from constants that tests can assert against.
+
+One zone with origin `test.` holds every test domain (good.test, nullmx.test, ...),
+so a single authoritative server answers for all of them.  `.test` is reserved
+(RFC 2606) and never reaches a real resolver.  Names are absolute (trailing dot),
+as dnspython prints them.
+"""
+
+from __future__ import annotations
+
+ORIGIN = "test."
+NS_HOST = "ns.test."
+LOOPBACK_V4 = "127.0.0.1"
+LOOPBACK_V6 = "::1"
+
+# good.test: two MX hosts with addresses; mx2 also has IPv6
+GOOD_DOMAIN = "good.test."
+GOOD_MX1 = "mx1.good.test."
+GOOD_MX2 = "mx2.good.test."
+GOOD_MX: tuple[tuple[int, str], ...] = ((10, GOOD_MX1), (20, GOOD_MX2))  # preference order
+
+# nullmx.test: RFC 7505 null MX ("MX 0 ."), the domain accepts no mail
+NULLMX_DOMAIN = "nullmx.test."
+
+# implicit.test: no MX, only an A record (RFC 5321 implicit MX)
+IMPLICIT_DOMAIN = "implicit.test."
+
+# noaddr.test: MX host exists (it has a TXT record) but has no A/AAAA: NOERROR with no answer
+NOADDR_DOMAIN = "noaddr.test."
+NOADDR_MX_HOST = "host.noaddr.test."
+
+# mail.test: the Postfix test instance's name (its certificate carries DNS:mail.test)
+MAIL_HOST = "mail.test."
+
+# dangling.test: MX host lies in a subdomain that does not exist: NXDOMAIN for the host
+DANGLING_DOMAIN = "dangling.test."
+DANGLING_MX_HOST = "mx.nowhere.dangling.test."
+
+# a name with no records at all in the zone: NXDOMAIN
+MISSING_DOMAIN = "missing.test."
+
+MX_RECORDS: dict[str, tuple[tuple[int, str], ...]] = {
+    GOOD_DOMAIN: GOOD_MX,
+    NULLMX_DOMAIN: ((0, "."),),
+    NOADDR_DOMAIN: ((10, NOADDR_MX_HOST),),
+    DANGLING_DOMAIN: ((10, DANGLING_MX_HOST),),
+}
+A_RECORDS: dict[str, tuple[str, ...]] = {
+    NS_HOST: (LOOPBACK_V4,),
+    GOOD_MX1: (LOOPBACK_V4,),
+    GOOD_MX2: (LOOPBACK_V4,),
+    IMPLICIT_DOMAIN: (LOOPBACK_V4,),
+    MAIL_HOST: (LOOPBACK_V4,),
+}
+AAAA_RECORDS: dict[str, tuple[str, ...]] = {
+    GOOD_MX2: (LOOPBACK_V6,),
+}
+TXT_RECORDS: dict[str, tuple[str, ...]] = {
+    NOADDR_MX_HOST: ("this name has no address records",),
+}
+
+TTL = 300
+SOA_SERIAL = 1
+
+
+def standard_zone_text() -> str:
+    """Zone file text for ORIGIN with every record in the constants above."""
+    lines = [
+        f"$ORIGIN {ORIGIN}",
+        f"$TTL {TTL}",
+        f"@ IN SOA {NS_HOST} hostmaster.{ORIGIN} {SOA_SERIAL} 3600 600 86400 {TTL}",
+        f"@ IN NS {NS_HOST}",
+    ]
+    for name, mxs in MX_RECORDS.items():
+        lines += [f"{name} IN MX {pref} {host}" for pref, host in mxs]
+    for name, addrs in A_RECORDS.items():
+        lines += [f"{name} IN A {addr}" for addr in addrs]
+    for name, addrs in AAAA_RECORDS.items():
+        lines += [f"{name} IN AAAA {addr}" for addr in addrs]
+    for name, texts in TXT_RECORDS.items():
+        lines += [f'{name} IN TXT "{text}"' for text in texts]
+    return "\n".join(lines) + "\n"
+
+
+def standard_zones() -> dict[str, str]:
+    """{origin: zone text} for NsdServer: just the standard zone."""
+    return {ORIGIN: standard_zone_text()}

@@ -1,0 +1,213 @@
+"""SMTP-MONITOR-MIB and monitor.mib_oids agree, as read by smilint and net-snmp's snmptranslate."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from monitor import mib_oids
+from monitor.config import TlsMode
+from monitor.results import Phase, Reason, Status
+
+ROOT = Path(__file__).resolve().parents[2]
+MIB_DIR = ROOT / "mibs"
+MIB_FILE = MIB_DIR / "SMTP-MONITOR-MIB.txt"
+MODULE = "SMTP-MONITOR-MIB"
+
+
+def _dotted(oid: tuple[int, ...]) -> str:
+    return ".".join(str(arc) for arc in oid)
+
+
+@pytest.fixture(scope="module")
+def tool_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """No inherited MIB settings; net-snmp's persistent files in a private directory."""
+    missing = [tool for tool in ("smilint", "snmptranslate") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"needs Debian packages smitools and snmp: {', '.join(missing)} not found")
+    env = {k: v for k, v in os.environ.items() if k not in ("MIBS", "MIBDIRS", "SMIPATH", "SNMPCONFPATH")}
+    env["SNMP_PERSISTENT_DIR"] = str(tmp_path_factory.mktemp("snmp-persist"))
+    env["SNMPCONFPATH"] = str(tmp_path_factory.mktemp("snmp-conf"))  # ignore ~/.snmp and /etc/snmp
+    # The first run in a fresh persistent directory reports creating it on stderr: do that run now.
+    subprocess.run(["snmptranslate", ".1.3"], capture_output=True, env=env, check=False, timeout=30)
+    return env
+
+
+def snmptranslate(base_mibs: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["snmptranslate", "-M", f"+{MIB_DIR}:{base_mibs}", "-m", MODULE, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=30,
+    )
+
+
+def mib_enum_values(base_mibs: Path, env: dict[str, str], obj: str) -> dict[str, int]:
+    """The named numbers of an object's SYNTAX, from the `Values:` line of snmptranslate -Tp."""
+    out = snmptranslate(base_mibs, env, "-Tp", f"{MODULE}::{obj}")
+    assert out.returncode == 0, out.stderr
+    match = re.search(r"Values: (.*)", out.stdout)
+    assert match, out.stdout
+    return {label: int(number) for label, number in re.findall(r"(\w+)\((\d+)\)", match.group(1))}
+
+
+def test_smilint_level_6_reports_nothing(base_mibs: Path, tool_env: dict[str, str]) -> None:
+    # smilint exits 0 even when it reports errors: any output at all is a finding.
+    out = subprocess.run(
+        ["smilint", "-l", "6", "-i", "namelength-32", "-s", "-m", str(MIB_FILE)],
+        capture_output=True,
+        text=True,
+        env={**tool_env, "SMIPATH": f"{MIB_DIR}:{base_mibs}"},
+        check=False,
+        timeout=30,
+    )
+    assert out.stdout + out.stderr == ""
+
+
+def test_snmptranslate_prints_the_tree_without_errors(base_mibs: Path, tool_env: dict[str, str]) -> None:
+    out = snmptranslate(base_mibs, tool_env, "-Tp", f"{MODULE}::smtpMonitorMIB")
+    assert out.returncode == 0
+    assert out.stderr == ""
+    assert f"smtpMonitorMIB({mib_oids.ENTERPRISE_OID[-1]})" in out.stdout
+    assert "mxExchangeUp(5)" in out.stdout
+
+
+@pytest.mark.parametrize(("name", "oid"), sorted(mib_oids.OID_BY_NAME.items()))
+def test_oid_constant_equals_snmptranslate_numeric_oid(
+    base_mibs: Path, tool_env: dict[str, str], name: str, oid: tuple[int, ...]
+) -> None:
+    out = snmptranslate(base_mibs, tool_env, "-On", f"{MODULE}::{name}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "." + _dotted(oid)
+
+
+def test_oid_by_name_lists_every_node_the_mib_defines(base_mibs: Path, tool_env: dict[str, str]) -> None:
+    out = snmptranslate(base_mibs, tool_env, "-Tz")
+    assert out.returncode == 0, out.stderr
+    root = _dotted(mib_oids.MIB_ROOT)
+    in_mib = {
+        name: oid
+        for name, oid in re.findall(r'"(\w+)"\s+"([\d.]+)"', out.stdout)
+        if oid == root or oid.startswith(root + ".")
+    }
+    assert in_mib == {name: _dotted(oid) for name, oid in mib_oids.OID_BY_NAME.items()}
+
+
+def test_enterprise_oid_sits_under_enterprises() -> None:
+    assert mib_oids.ENTERPRISE_OID[:6] == (1, 3, 6, 1, 4, 1)
+    assert len(mib_oids.ENTERPRISE_OID) == 7
+    assert mib_oids.MIB_ROOT == mib_oids.ENTERPRISE_OID
+
+
+@pytest.mark.parametrize(
+    ("obj", "values"),
+    [
+        ("smtpProbeStatus", mib_oids.STATUS_VALUES),
+        ("mxCheckStatus", mib_oids.STATUS_VALUES),
+        ("smtpProbeTlsMode", mib_oids.TLS_MODE_VALUES),
+        ("smtpProbeFailedPhase", mib_oids.PHASE_VALUES),
+        ("mxCheckFailedPhase", mib_oids.PHASE_VALUES),
+        ("smtpProbeFailedReason", mib_oids.REASON_VALUES),
+        ("mxCheckFailedReason", mib_oids.REASON_VALUES),
+        ("mxExchangeUp", mib_oids.MX_EXCHANGE_UP_VALUES),
+    ],
+)
+def test_enum_map_equals_mib_labels_in_camel_case(
+    base_mibs: Path, tool_env: dict[str, str], obj: str, values: Mapping[str, int]
+) -> None:
+    expected = {mib_oids.mib_label(key): number for key, number in values.items()}
+    assert mib_enum_values(base_mibs, tool_env, obj) == expected
+
+
+def test_truth_values_match_snmpv2_tc(base_mibs: Path, tool_env: dict[str, str]) -> None:
+    assert mib_enum_values(base_mibs, tool_env, "smtpProbeCertVerified") == {
+        "true": mib_oids.TRUTH_VALUES[True],
+        "false": mib_oids.TRUTH_VALUES[False],
+    }
+
+
+def test_mib_label_is_camel_case_of_snake_case() -> None:
+    assert mib_oids.mib_label("tls_verify") == "tlsVerify"
+    assert mib_oids.mib_label("ehlo_tls") == "ehloTls"
+    assert mib_oids.mib_label("mta_sts_mismatch") == "mtaStsMismatch"
+    assert mib_oids.mib_label("nxdomain") == "nxdomain"
+
+
+def test_every_python_status_phase_reason_and_tls_mode_has_a_mib_value() -> None:
+    assert {s.value for s in Status} <= mib_oids.STATUS_VALUES.keys()
+    assert {p.value for p in Phase} <= mib_oids.PHASE_VALUES.keys()
+    assert {r.value for r in Reason} <= mib_oids.REASON_VALUES.keys()
+    assert set(typing.get_args(TlsMode)) <= mib_oids.TLS_MODE_VALUES.keys()
+    # A run that did not fail has no Python phase or reason: the MIB says none(1).
+    assert mib_oids.PHASE_VALUES["none"] == 1
+    assert mib_oids.REASON_VALUES["none"] == 1
+
+
+@pytest.mark.parametrize("notification", list(mib_oids.Notification))
+def test_notification_objects_match_mib_objects_clause(
+    base_mibs: Path, tool_env: dict[str, str], notification: mib_oids.Notification
+) -> None:
+    name = mib_oids.mib_label(notification.name)
+    out = snmptranslate(base_mibs, tool_env, "-Td", f"{MODULE}::{name}")
+    assert out.returncode == 0, out.stderr
+    match = re.search(r"OBJECTS\s*\{([^}]*)\}", out.stdout)
+    assert match, out.stdout
+    in_mib = [word.strip() for word in match.group(1).split(",")]
+    by_oid = {oid: name for name, oid in mib_oids.OID_BY_NAME.items()}
+    entry = {
+        mib_oids.SmtpProbeColumn: mib_oids.SMTP_PROBE_ENTRY,
+        mib_oids.MxCheckColumn: mib_oids.MX_CHECK_ENTRY,
+    }
+    in_code = [by_oid[(*entry[type(col)], int(col))] for col in mib_oids.NOTIFICATION_OBJECTS[notification]]
+    assert in_code == in_mib
+
+
+def test_instance_oids_encode_name_index_as_snmptranslate_does(
+    base_mibs: Path, tool_env: dict[str, str]
+) -> None:
+    cases = {
+        f'{MODULE}::smtpProbeStatus."mail-1"': mib_oids.smtp_probe_oid(
+            mib_oids.SmtpProbeColumn.STATUS, "mail-1"
+        ),
+        f'{MODULE}::mxCheckDomain."ex.org"': mib_oids.mx_check_oid(mib_oids.MxCheckColumn.DOMAIN, "ex.org"),
+        f'{MODULE}::mxExchangeName."ex.org".3': mib_oids.mx_exchange_oid(
+            mib_oids.MxExchangeColumn.NAME, "ex.org", 3
+        ),
+        f"{MODULE}::smtpMonitorVersion.0": mib_oids.scalar_oid(mib_oids.Scalar.VERSION),
+    }
+    for text, oid in cases.items():
+        out = snmptranslate(base_mibs, tool_env, "-On", text)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "." + _dotted(oid), text
+
+
+def test_name_index_accepts_1_to_100_octets_within_the_oid_length_limit() -> None:
+    assert mib_oids.name_index("a") == (1, 97)
+    longest = mib_oids.mx_exchange_oid(mib_oids.MxExchangeColumn.UP, "n" * 100, 65535)
+    assert len(longest) <= 128  # RFC 2578 limit on sub-identifiers in an OID
+    with pytest.raises(ValueError, match="1 to 100"):
+        mib_oids.name_index("")
+    with pytest.raises(ValueError, match="1 to 100"):
+        mib_oids.name_index("n" * 101)
+    with pytest.raises(ValueError, match="1 to 65535"):
+        mib_oids.mx_exchange_oid(mib_oids.MxExchangeColumn.UP, "n", 0)
+
+
+def test_notification_oid_is_under_the_zero_arc() -> None:
+    oid = mib_oids.notification_oid(mib_oids.Notification.SMTP_CERT_EXPIRING)
+    assert oid == (*mib_oids.NOTIFICATIONS, 0, 5)
+
+
+def test_date_and_time_never_is_year_0_january_1() -> None:
+    never = mib_oids.DATE_AND_TIME_NEVER
+    assert (len(never), never[:2], never[2], never[3]) == (8, b"\0\0", 1, 1)
+    assert never[4:] == bytes(4)
