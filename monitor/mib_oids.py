@@ -76,7 +76,7 @@ class SmtpProbeColumn(enum.IntEnum):
     CERT_DAYS_LEFT = 25
     CERT_VERIFIED = 26
     CERT_SUBJECT = 27
-    ADDRESS = 29
+    ADDRESS = 28
 
 
 class MxCheckColumn(enum.IntEnum):
@@ -241,7 +241,7 @@ REASON_VALUES: Final[Mapping[str, int]] = {
     "open_relay": 22,
     "dane_mismatch": 23,
     "mta_sts_mismatch": 24,
-    "no_starttls": 26,  # added after the reserved values 19-24, which keep their numbers
+    "no_starttls": 25,  # added after the reserved values 19-24, which keep their numbers
 }
 
 MX_EXCHANGE_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}
