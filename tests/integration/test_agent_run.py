@@ -1,0 +1,232 @@
+"""`smtp-monitor run` as a process: metrics over HTTP, failure and recovery of a real Postfix, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.peers import zone
+from tests.peers.nsd import NsdServer
+from tests.peers.ports import free_tcp_port
+from tests.peers.postfix import PostfixServer
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+class AgentProcess:
+    """One agent subprocess on a config file of its own; always stopped by the fixture."""
+
+    def __init__(self, workdir: Path, config: dict[str, object]) -> None:
+        self.workdir = workdir
+        self.port = free_tcp_port()
+        self.config = config
+        self.config_file = workdir / "agent.yaml"
+        self.log_file = workdir / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.write_config(config)
+
+    def write_config(self, config: dict[str, object]) -> None:
+        full = {
+            "agent": {"state_dir": str(self.workdir / "state")},
+            "prometheus": {"listen": f"127.0.0.1:{self.port}"},
+            "snmp": {"enabled": False},
+            **config,
+        }
+        self.config_file.write_text(yaml.safe_dump(full))
+
+    def start(self) -> None:
+        self.log = self.log_file.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "run", "-c", str(self.config_file)],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self.wait_until(lambda: self.get("/-/ready")[0] == 200, 15, "agent never became ready")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:  # noqa: S310
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+        except OSError:
+            return 0, ""
+
+    def samples(self) -> Samples:
+        status, text = self.get("/metrics")
+        assert status == 200
+        out: Samples = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out[(s.name, frozenset(s.labels.items()))] = s.value
+        return out
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.samples().get((name, frozenset(labels.items())))
+
+    def logs(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        pytest.fail(f"{what}\n--- agent log ---\n{self.logs()[-3000:]}")
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, object]], AgentProcess]]:
+    agents: list[AgentProcess] = []
+
+    def make(config: dict[str, object]) -> AgentProcess:
+        agent = AgentProcess(tmp_path, config)
+        agents.append(agent)
+        agent.start()
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.stop()
+
+
+def smtp_probes(postfix: PostfixServer) -> list[dict[str, object]]:
+    common = {"host": "127.0.0.1", "ca_file": str(postfix.ca_file), "servername": "mail.test"}
+    return [
+        {"name": "plain", "port": postfix.plain_port, "tls": "none", **common},
+        {"name": "starttls", "port": postfix.plain_port, "tls": "starttls", **common},
+        {"name": "smtps", "port": postfix.implicit_port, "tls": "implicit", **common},
+        {"name": "submission", "port": postfix.submission_port, "tls": "starttls", **common},
+    ]
+
+
+class TestAgentMetrics:
+    def test_probes_and_mx_checks_against_real_peers_show_up_ok(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+        dns_server: NsdServer,
+    ) -> None:
+        agent = agent_factory({
+            "defaults": {"interval": "1s", "timeout": "5s"},
+            "dns": {"nameservers": [f"{dns_server.host}:{dns_server.port}"]},
+            "smtp": smtp_probes(postfix),
+            "mx": [{"name": "good", "domain": "good.test", "expect": ["mx1.good.test", "mx2.good.test"]}],
+        })
+        names = ["plain", "starttls", "smtps", "submission"]
+        agent.wait_until(
+            lambda: all(agent.value("smtp_probe_status", probe=n, status="ok") == 1.0 for n in names)
+            and agent.value("mx_check_status", check="good", status="ok") == 1.0,
+            20, "probes never turned ok",
+        )
+        samples = agent.samples()
+        assert samples[("smtp_tls_verified", frozenset({("probe", "starttls")}))] == 1.0
+        assert samples[("mx_check_records", frozenset({("check", "good")}))] == len(zone.GOOD_MX)
+        assert samples[("smtp_probe_phase_duration_seconds", frozenset({("probe", "smtps"), ("phase", "tls")}))] > 0
+        assert samples[("smtp_tls_cert_not_after_timestamp_seconds", frozenset({("probe", "smtps")}))] > time.time()
+
+    def test_live_exposition_passes_promtool(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+    ) -> None:
+        agent = agent_factory({"defaults": {"interval": "1s"}, "smtp": smtp_probes(postfix)})
+        agent.wait_until(lambda: agent.value("smtp_probe_runs_total", probe="smtps") is not None, 15, "no runs")
+        _, text = agent.get("/metrics")
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+        assert check.returncode == 0
+        assert check.stdout + check.stderr == ""
+
+    def test_stopped_postfix_turns_probes_failed_then_ok_again(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+    ) -> None:
+        agent = agent_factory({
+            "defaults": {"interval": "0.5s", "timeout": "2s", "alert_after": 2},
+            "smtp": smtp_probes(postfix)[:2],
+        })
+        agent.wait_until(lambda: agent.value("smtp_probe_status", probe="plain", status="ok") == 1.0, 15, "not ok")
+        postfix.pause()
+        agent.wait_until(lambda: agent.value("smtp_probe_status", probe="plain", status="failed") == 1.0, 15, "never failed")
+        assert (agent.value("smtp_probe_consecutive_failures", probe="plain") or 0) >= 2
+        assert (agent.value("smtp_probe_failures_total", probe="plain", phase="connect", reason="refused") or 0) >= 2
+        postfix.resume()
+        agent.wait_until(lambda: agent.value("smtp_probe_status", probe="plain", status="ok") == 1.0, 20, "never recovered")
+        log = agent.logs()
+        assert "smtp plain status: ok -> failed" in log
+        assert "smtp plain status: failed -> ok" in log
+
+
+class TestAgentLifecycle:
+    def test_sighup_adds_and_removes_probes(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+    ) -> None:
+        probes = smtp_probes(postfix)
+        agent = agent_factory({"defaults": {"interval": "0.5s"}, "smtp": probes[:1]})
+        agent.wait_until(lambda: agent.value("smtp_probe_runs_total", probe="plain") is not None, 10, "no runs")
+        agent.write_config({"defaults": {"interval": "0.5s"}, "smtp": probes[1:2]})
+        agent.signal(signal.SIGHUP)
+        agent.wait_until(
+            lambda: agent.value("smtp_probe_runs_total", probe="starttls") is not None
+            and agent.value("smtp_probe_runs_total", probe="plain") is None,
+            10, "reload did not swap the probes",
+        )
+        assert agent.value("smtp_monitor_config_reloads_total", outcome="success") == 1.0
+
+    def test_bad_config_on_reload_is_refused_and_old_probes_keep_running(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+    ) -> None:
+        agent = agent_factory({"defaults": {"interval": "0.5s"}, "smtp": smtp_probes(postfix)[:1]})
+        agent.wait_until(lambda: agent.value("smtp_probe_runs_total", probe="plain") is not None, 10, "no runs")
+        agent.config_file.write_text("smtp: [{name: broken, host: 127.0.0.1, port: 99999}]\n")
+        agent.signal(signal.SIGHUP)
+        agent.wait_until(
+            lambda: agent.value("smtp_monitor_config_last_reload_successful") == 0.0, 10, "bad reload not reported"
+        )
+        before = agent.value("smtp_probe_runs_total", probe="plain") or 0
+        agent.wait_until(
+            lambda: (agent.value("smtp_probe_runs_total", probe="plain") or 0) > before, 10, "old probe stopped"
+        )
+        assert "reload refused" in agent.logs()
+        assert "smtp[0].port" in agent.logs()
+
+    def test_sigterm_exits_zero_within_five_seconds(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+    ) -> None:
+        agent = agent_factory({"defaults": {"interval": "0.5s"}, "smtp": smtp_probes(postfix)})
+        agent.wait_until(lambda: agent.value("smtp_probe_runs_total", probe="plain") is not None, 10, "no runs")
+        assert agent.proc is not None
+        started = time.monotonic()
+        agent.signal(signal.SIGTERM)
+        assert agent.proc.wait(10) == 0
+        assert time.monotonic() - started < 5
+        assert agent.get("/-/healthy")[0] == 0  # the port is closed
+
+    def test_bad_config_at_start_exits_two_without_traceback(self, tmp_path: Path) -> None:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("defaults: {interval: soon}\n")
+        proc = subprocess.run(
+            [sys.executable, "-m", "monitor", "run", "-c", str(bad)], capture_output=True, text=True,
+            timeout=30, check=False, env={**os.environ},
+        )
+        assert proc.returncode == 2
+        assert "defaults.interval" in proc.stderr and str(bad) in proc.stderr
+        assert "Traceback" not in proc.stderr
