@@ -348,14 +348,13 @@ class Config(_Strict):
         """Probe names are unique across smtp and mx: they index metrics and MIB rows."""
         seen: dict[str, str] = {}
         problems = []
-        for section, entries in (("smtp", self.smtp), ("mx", self.mx)):
-            for index, entry in enumerate(entries):
-                where = f"{section}[{index}]"
-                if entry.name in seen:
-                    problems.append(
-                        f"{where}.name: duplicate probe name {entry.name!r} (also {seen[entry.name]})"
-                    )
-                seen[entry.name] = where
+        named: list[tuple[str, SmtpProbeConfig | MxCheckConfig]] = [
+            (f"smtp[{i}]", e) for i, e in enumerate(self.smtp)
+        ] + [(f"mx[{i}]", e) for i, e in enumerate(self.mx)]
+        for where, entry in named:
+            if entry.name in seen:
+                problems.append(f"{where}.name: duplicate probe name {entry.name!r} (also {seen[entry.name]})")
+            seen[entry.name] = where
         return problems
 
     def check_secrets(self) -> list[str]:
@@ -363,9 +362,14 @@ class Config(_Strict):
         problems = []
         for path, secret in _walk_secrets(self, "snmp", self.snmp):
             try:
-                secret.reveal()
+                revealed = secret.reveal()
             except ValueError as exc:
                 problems.append(f"{path}: {exc}")
+                continue
+            # Only auth/priv passwords end in `.password`; the length check on the field sees
+            # inline values only, so a short one from file/env passed check-config.
+            if path.endswith(".password") and len(revealed) < 8:
+                problems.append(f"{path}: SNMPv3 passwords need at least 8 characters (RFC 3414)")
         return problems
 
 
@@ -389,8 +393,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     keys = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-        if key in keys:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in keys
+        except TypeError:
+            # An unhashable key (`? [a, b]`) raised TypeError, a traceback instead of a
+            # ConfigError: SafeLoader's construct_mapping below reports it as a YAML error.
+            break
+        if duplicate:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
@@ -400,8 +410,13 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
+
+
+# pydantic names union members in error locations; `lax-or-strict[...]` (the IPv4/IPv6
+# network union of `allow`) was missing and printed as part of the key path.
+_INTERNAL_LOC_PREFIXES = ("function-", "tagged-union", "lax-or-strict[", "json-or-python[", "is-instance[")
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
@@ -409,7 +424,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith(("function-", "tagged-union")) or part in {"str", "int", "float"}:
+        elif part.startswith(_INTERNAL_LOC_PREFIXES) or part in {"str", "int", "float"}:
             continue  # pydantic's internal validator names are not keys
         else:
             out += f".{part}" if out else part
@@ -417,13 +432,16 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
 
 
 def format_validation_error(path: Path | str, exc: ValidationError) -> str:
-    lines = []
+    # One line per key path: a union (e.g. allow: IPv4 or IPv6 network) fails once per member.
+    problems: dict[str, list[str]] = {}
     for err in exc.errors(include_url=False, include_input=False):
         msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{path}: {_key_path(tuple(err['loc']))}: {msg}")
-    return "\n".join(lines)
+        messages = problems.setdefault(_key_path(tuple(err["loc"])), [])
+        if msg not in messages:
+            messages.append(msg)
+    return "\n".join(f"{path}: {key}: {'; '.join(msgs)}" for key, msgs in problems.items())
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:
@@ -456,5 +474,12 @@ def load_config(path: Path | str) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.position, int):
+            # Not a MarkedYAMLError: its str() spans two lines and names "<unicode string>".
+            line = text.count("\n", 0, exc.position) + 1
+            column = exc.position - text.rfind("\n", 0, exc.position)
+            where = f"line {line}, column {column}: "
+            char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+            problem = f"unacceptable character {char}: {exc.reason}"
         raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
     return parse_config(data, str(path))

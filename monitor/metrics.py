@@ -40,28 +40,47 @@ class StoreCollector(Collector):
 
     # -- SMTP probes ---------------------------------------------------------------
     def _smtp(self, states: list[ProbeState]) -> Iterator[Metric]:
-        success = _g("smtp_probe_success", "1 if the last SMTP probe succeeded, else 0", ["probe", "host", "port", "tls"])
+        success = _g(
+            "smtp_probe_success", "1 if the last SMTP probe succeeded, else 0", ["probe", "host", "port", "tls"],
+        )
         status = _g("smtp_probe_status", "Alerting status of the probe (1 for the current one)", ["probe", "status"])
         duration = _g("smtp_probe_duration_seconds", "Duration of the last SMTP probe", ["probe"])
-        phase = _g("smtp_probe_phase_duration_seconds", "Duration of each phase of the last SMTP probe", ["probe", "phase"])
+        phase = _g(
+            "smtp_probe_phase_duration_seconds", "Duration of each phase of the last SMTP probe", ["probe", "phase"],
+        )
         reply = _g("smtp_probe_reply_code", "SMTP reply code that failed the last probe (0 if none)", ["probe"])
         consecutive = _g("smtp_probe_consecutive_failures", "Failures since the last success", ["probe"])
         runs = CounterMetricFamily("smtp_probe_runs", "SMTP probe runs", labels=["probe"])
-        failures = CounterMetricFamily("smtp_probe_failures", "Failed SMTP probe runs by phase and reason", labels=["probe", "phase", "reason"])
+        failures = CounterMetricFamily(
+            "smtp_probe_failures", "Failed SMTP probe runs by phase and reason", labels=["probe", "phase", "reason"],
+        )
         last_success = _g("smtp_probe_last_success_timestamp_seconds", "When the probe last succeeded", ["probe"])
-        last_change = _g("smtp_probe_last_change_timestamp_seconds", "When the probe's status last changed", ["probe"])
-        not_after = _g("smtp_tls_cert_not_after_timestamp_seconds", "Expiry of the server's certificate, also when it did not verify", ["probe"])
-        chain_not_after = _g("smtp_tls_chain_not_after_timestamp_seconds", "Earliest expiry in the presented certificate chain", ["probe"])
-        tls_info = InfoMetricFamily("smtp_tls", "Negotiated TLS version and cipher", labels=["probe", "version", "cipher"])
+        last_change = _g(
+            "smtp_probe_last_change_timestamp_seconds", "When the probe's status last changed", ["probe"],
+        )
+        not_after = _g(
+            "smtp_tls_cert_not_after_timestamp_seconds",
+            "Expiry of the server's certificate, also when it did not verify", ["probe"],
+        )
+        chain_not_after = _g(
+            "smtp_tls_chain_not_after_timestamp_seconds",
+            "Earliest expiry in the presented certificate chain", ["probe"],
+        )
+        tls_info = InfoMetricFamily(
+            "smtp_tls", "Negotiated TLS version and cipher", labels=["probe", "version", "cipher"],
+        )
         verified = _g("smtp_tls_verified", "1 if the certificate chain and host name verified", ["probe"])
-        ehlo_ext = InfoMetricFamily("smtp_ehlo_extension", "Extensions the server advertised in its last EHLO", labels=["probe", "extension"])
+        ehlo_ext = InfoMetricFamily(
+            "smtp_ehlo_extension", "Extensions the server advertised in its last EHLO", labels=["probe", "extension"],
+        )
         for state in states:
             cfg = state.config
             assert isinstance(cfg, SmtpProbeConfig)
             name = state.name
             result = state.last_result
             assert result is None or isinstance(result, SmtpResult)
-            success.add_metric([name, cfg.host, str(cfg.effective_port), cfg.tls], 1.0 if result and result.ok else 0.0)
+            ok = 1.0 if result and result.ok else 0.0
+            success.add_metric([name, cfg.host, str(cfg.effective_port), cfg.tls], ok)
             for st in Status:
                 status.add_metric([name, st.value], 1.0 if state.status is st else 0.0)
             runs.add_metric([name], state.runs)
@@ -96,13 +115,22 @@ class StoreCollector(Collector):
         status = _g("mx_check_status", "Alerting status of the check (1 for the current one)", ["check", "status"])
         records = _g("mx_check_records", "Exchanges in the last MX answer", ["check"])
         duration = _g("mx_check_duration_seconds", "Duration of the last MX check", ["check"])
-        phase = _g("mx_check_phase_duration_seconds", "Duration of each phase of the last MX check", ["check", "phase"])
-        implicit = _g("mx_check_implicit_mx", "1 if the domain has no MX and its address serves as exchange", ["check"])
-        up = _g("mx_check_exchange_up", "1 if the exchange answered SMTP (only when hosts are probed)", ["check", "exchange"])
+        phase = _g(
+            "mx_check_phase_duration_seconds", "Duration of each phase of the last MX check", ["check", "phase"],
+        )
+        implicit = _g(
+            "mx_check_implicit_mx", "1 if the domain has no MX and its address serves as exchange", ["check"],
+        )
+        up = _g(
+            "mx_check_exchange_up",
+            "1 if the exchange answered SMTP (only when hosts are probed)", ["check", "exchange"],
+        )
         preference = _g("mx_check_exchange_preference", "MX preference of each exchange", ["check", "exchange"])
         addresses = _g("mx_check_exchange_addresses", "A and AAAA addresses of each exchange", ["check", "exchange"])
         runs = CounterMetricFamily("mx_check_runs", "MX check runs", labels=["check"])
-        failures = CounterMetricFamily("mx_check_failures", "Failed MX checks by phase and reason", labels=["check", "phase", "reason"])
+        failures = CounterMetricFamily(
+            "mx_check_failures", "Failed MX checks by phase and reason", labels=["check", "phase", "reason"],
+        )
         last_success = _g("mx_check_last_success_timestamp_seconds", "When the check last succeeded", ["check"])
         last_change = _g("mx_check_last_change_timestamp_seconds", "When the check's status last changed", ["check"])
         for state in states:
@@ -165,7 +193,9 @@ class StoreCollector(Collector):
         )
         lateness.add_metric([], h.lateness.cumulative(), sum_value=h.lateness.total)
         yield lateness
-        snmp = CounterMetricFamily("smtp_monitor_snmp_requests", "SNMP requests answered by PDU type", labels=["type"])
+        snmp = CounterMetricFamily(
+            "smtp_monitor_snmp_requests", "SNMP requests answered by PDU type", labels=["type"],
+        )
         for pdu, count in sorted(h.snmp_requests.items()):
             snmp.add_metric([pdu], count)
         yield snmp
@@ -174,7 +204,8 @@ class StoreCollector(Collector):
             value=h.snmp_auth_failures,
         )
         yield CounterMetricFamily(
-            "smtp_monitor_snmp_dropped_packets", "Malformed or unsupported SNMP datagrams dropped", value=h.snmp_dropped,
+            "smtp_monitor_snmp_dropped_packets", "Malformed or unsupported SNMP datagrams dropped",
+            value=h.snmp_dropped,
         )
         notes = CounterMetricFamily(
             "smtp_monitor_notifications", "SNMP notifications by receiver and outcome", labels=["receiver", "outcome"]

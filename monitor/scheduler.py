@@ -37,7 +37,8 @@ def probe_entries(config: Config) -> list[tuple[ProbeConfig, int, int]]:
     d = config.defaults
     out: list[tuple[ProbeConfig, int, int]] = []
     for s in config.smtp:
-        out.append((s, s.alert_after or d.alert_after, d.cert_warn_days if s.cert_warn_days is None else s.cert_warn_days))
+        warn_days = d.cert_warn_days if s.cert_warn_days is None else s.cert_warn_days
+        out.append((s, s.alert_after or d.alert_after, warn_days))
     for m in config.mx:
         out.append((m, m.alert_after or d.alert_after, d.cert_warn_days))
     return out
@@ -84,7 +85,8 @@ class ProbeScheduler:
         """Make the jobs match the config: add new, drop removed, reschedule changed."""
         self.env.defaults = config.defaults
         added, removed = self.store.configure(probe_entries(config))
-        wanted: dict[str, ProbeConfig] = {p.name: p for p in [*config.smtp, *config.mx]}
+        wanted: dict[str, ProbeConfig] = {p.name: p for p in config.smtp}
+        wanted.update({p.name: p for p in config.mx})
         for name in removed:
             self._remove_job(name)
         now = datetime.now().astimezone()
@@ -111,8 +113,10 @@ class ProbeScheduler:
 
     async def stop(self, grace: float) -> None:
         """Stop scheduling; let probes in flight finish within `grace`, then cancel them."""
+        # Pause first, shut down after the grace: AsyncIOExecutor.shutdown() cancels running
+        # jobs at once, so shutting down first left in-flight probes no grace at all.
         if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+            self._scheduler.pause()
         pending = [t for t in self._tasks if not t.done()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=grace)
@@ -120,6 +124,8 @@ class ProbeScheduler:
                 task.cancel()
             if still:
                 await asyncio.wait(still, timeout=1.0)
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
 
     # -- running -----------------------------------------------------------------
     async def _run(self, name: str) -> None:

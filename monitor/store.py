@@ -203,10 +203,11 @@ class ResultsStore:
     def snapshot(self) -> Snapshot:
         """The states at this moment; cheap when nothing changed since the last call."""
         snap = self._snapshot
-        if snap is None:
-            snap = self._snapshot = Snapshot(
-                self._version, time.time(), MappingProxyType(dict(self._states))
-            )
+        # Also check the version: /metrics renders in a worker thread, whose snapshot can be
+        # cached just after a write in the loop cleared the cache, and would then stay stale.
+        if snap is None or snap.version != self._version:
+            version = self._version  # read before the states: a newer state is never labelled older
+            snap = self._snapshot = Snapshot(version, time.time(), MappingProxyType(dict(self._states)))
         return snap
 
     @property

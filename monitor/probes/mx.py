@@ -10,7 +10,7 @@ import dns.rdtypes.ANY.MX
 
 from monitor.config import MxCheckConfig, SmtpProbeConfig
 from monitor.probes import ProbeEnv, resolve, smtp
-from monitor.results import MxRecord, MxResult, Phase, Reason
+from monitor.results import MxRecord, MxResult, Phase, Reason, SmtpResult
 
 
 def _norm(name: str) -> str:
@@ -121,7 +121,7 @@ class _Check:
             )
             raise _Failed(Phase.HOSTS, Reason.HOSTS_DOWN, f"no exchange answers SMTP ({down})")
 
-    async def _probe(self, record: MxRecord) -> smtp.SmtpResult:
+    async def _probe(self, record: MxRecord) -> SmtpResult:
         spec = SmtpProbeConfig(
             name=f"{self.config.name}:{record.exchange}",
             host=record.addresses[0],
