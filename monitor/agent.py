@@ -17,6 +17,7 @@ from monitor.http import HttpBindError, MetricsServer
 from monitor.metrics import build_registry
 from monitor.probes import ProbeEnv
 from monitor.scheduler import ProbeScheduler
+from monitor.sharding import Shard
 from monitor.store import ResultsStore
 
 log = logging.getLogger("smtp_monitor.agent")
@@ -32,8 +33,10 @@ class StartupError(Exception):
 class Agent:
     """Owns every component; the only place that knows how they connect."""
 
-    def __init__(self, config_path: Path, config: Config) -> None:
+    def __init__(self, config_path: Path, config: Config, shard: Shard | None = None) -> None:
         self.config_path = config_path
+        self.shard = shard or Shard(0, 1)
+        config = self.shard.apply(config)
         self.config = config
         self.store = ResultsStore()
         self.health = AgentHealth(config_path=str(config_path), config_loaded_at=time.time())
@@ -51,8 +54,8 @@ class Agent:
         self.scheduler.start(self.config)
         self._started = True
         log.info(
-            "started: %d SMTP probes, %d MX checks from %s",
-            len(self.config.smtp), len(self.config.mx), self.config_path,
+            "started: %d SMTP probes, %d MX checks from %s (shard %s)",
+            len(self.config.smtp), len(self.config.mx), self.config_path, self.shard,
         )
 
     async def _start_exporters(self) -> None:
@@ -87,7 +90,7 @@ class Agent:
     async def reload(self) -> None:
         """SIGHUP: apply a new config; a bad one is refused and the old one keeps running."""
         try:
-            config = await asyncio.to_thread(load_config, self.config_path)
+            config = self.shard.apply(await asyncio.to_thread(load_config, self.config_path))
         except ConfigError as exc:
             self.health.config_load_success = False
             self.health.config_reloads["failure"] += 1
@@ -148,12 +151,14 @@ def _prepare_state_dir(path: Path) -> None:
         raise StartupError(f"state directory {path} is not writable")
 
 
-def run_agent(config_path: Path, log_format: str = "text", log_level: str = "info") -> int:
+def run_agent(
+    config_path: Path, log_format: str = "text", log_level: str = "info", shard: Shard | None = None
+) -> int:
     """Entry point of `smtp-monitor run`; config errors propagate to the CLI (exit 2)."""
     logs.setup(log_format, log_level)
     config = load_config(config_path)
     try:
-        asyncio.run(Agent(config_path, config).serve())
+        asyncio.run(Agent(config_path, config, shard).serve())
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_STARTUP

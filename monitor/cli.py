@@ -20,6 +20,7 @@ from monitor.config import (
     split_host_port,
 )
 from monitor.probes import ProbeEnv, build_resolver, mx, smtp
+from monitor.sharding import Shard, parse_shard
 
 EXIT_CONFIG = 2  # a bad config file, for check-config and run
 
@@ -35,6 +36,13 @@ class _Parser(argparse.ArgumentParser):
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return parse_shard(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -75,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-c", "--config", required=True, type=Path)
     r.add_argument("--log-format", choices=["text", "json"], default="text")
     r.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    r.add_argument(
+        "--shard", type=_shard, metavar="INDEX/COUNT",
+        help="run only this shard's probes (rendezvous hash of the name); auto/COUNT takes the pod ordinal",
+    )
     return parser
 
 
@@ -114,7 +126,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from monitor.agent import run_agent  # the agent's imports are heavy; one-shots skip them
 
-    return run_agent(args.config, log_format=args.log_format, log_level=args.log_level)
+    return run_agent(args.config, log_format=args.log_format, log_level=args.log_level, shard=args.shard)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -301,6 +301,53 @@ def parse_snmp_listen(value: str) -> tuple[str, str, int]:
     return transport, host, port
 
 
+TlsVersionName = Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
+_ADDRESS = re.compile(r"^[^\s<>@]+@[^\s<>@]+$|^$")
+
+
+def _check_mailbox(value: str) -> str:
+    if not _ADDRESS.match(value):
+        raise ValueError(f"bad mail address {value!r}: use local@domain (or '' for the null sender)")
+    return value
+
+
+Mailbox = Annotated[str, AfterValidator(_check_mailbox)]
+
+
+def _check_reply_expectation(value: Any) -> Any:
+    """250, "250", "2xx" or "5xx": a reply code or class."""
+    text = str(value)
+    if not re.fullmatch(r"[2-5](\d\d|xx)", text):
+        raise ValueError(f"bad reply expectation {value!r}: use a code like 250 or a class like 2xx")
+    return text
+
+
+ReplyExpectation = Annotated[str, BeforeValidator(_check_reply_expectation)]
+
+
+class SmtpAuthConfig(_Strict):
+    """An AUTH test: done over TLS only, the credentials never leave the dialogue."""
+
+    mechanism: Literal["PLAIN", "LOGIN"] | None = None  # None: whichever the server offers
+    username: str = Field(min_length=1)
+    password: SecretField
+
+
+class EnvelopeConfig(_Strict):
+    """MAIL FROM / RCPT TO then RSET: no DATA, no mail is ever sent."""
+
+    mail_from: Mailbox
+    rcpt_to: list[Mailbox] = Field(min_length=1)
+    expect: ReplyExpectation = "250"  # what each RCPT must get
+
+
+class RelayTestConfig(_Strict):
+    """RCPT to a domain the server must not relay for; acceptance is an open relay."""
+
+    mail_from: Mailbox = "monitor@smtp-monitor.invalid"
+    rcpt_to: Mailbox
+
+
 class SmtpProbeConfig(_Strict):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@-]+$")
     host: Hostname
@@ -314,6 +361,35 @@ class SmtpProbeConfig(_Strict):
     helo: Hostname | None = None
     verify: bool = True
     cert_warn_days: int | None = Field(default=None, ge=0)
+    expect_banner: str | None = None  # a regular expression searched in the greeting
+    expect_extensions: list[str] = []
+    tls_min_version: TlsVersionName | None = None
+    auth: SmtpAuthConfig | None = None
+    envelope: EnvelopeConfig | None = None
+    relay_test: RelayTestConfig | None = None
+    address_family: Literal["any", "ipv4", "ipv6"] = "any"
+    source_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+
+    @field_validator("expect_banner")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression: {exc}") from None
+        return value
+
+    @field_validator("expect_extensions")
+    @classmethod
+    def _upper(cls, values: list[str]) -> list[str]:
+        return [v.upper() for v in values]
+
+    @model_validator(mode="after")
+    def _auth_needs_tls(self) -> SmtpProbeConfig:
+        if self.auth is not None and self.tls == "none":
+            raise ValueError("auth is tested over TLS only: set tls to starttls or implicit")
+        return self
 
     @property
     def effective_port(self) -> int:
@@ -360,7 +436,10 @@ class Config(_Strict):
     def check_secrets(self) -> list[str]:
         """Read every file/env secret now, so a missing one is a load-time error."""
         problems = []
-        for path, secret in _walk_secrets(self, "snmp", self.snmp):
+        found = [
+            pair for name in type(self).model_fields for pair in _walk_secrets(self, name, getattr(self, name))
+        ]
+        for path, secret in found:
             try:
                 revealed = secret.reveal()
             except ValueError as exc:

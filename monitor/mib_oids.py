@@ -242,6 +242,9 @@ REASON_VALUES: Final[Mapping[str, int]] = {
     "dane_mismatch": 23,
     "mta_sts_mismatch": 24,
     "no_starttls": 25,  # added after the reserved values 19-24, which keep their numbers
+    "auth_unavailable": 26,
+    "tls_version": 27,
+    "unexpected_reply": 28,
 }
 
 MX_EXCHANGE_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}

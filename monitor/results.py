@@ -26,6 +26,9 @@ class Phase(enum.Enum):
     EHLO = "ehlo"
     STARTTLS = "starttls"
     EHLO_TLS = "ehlo_tls"  # the EHLO repeated inside TLS
+    AUTH = "auth"
+    MAIL = "mail"  # MAIL FROM of the envelope or relay test
+    RCPT = "rcpt"  # RCPT TO of the envelope or relay test
     QUIT = "quit"
     MX = "mx"  # the MX query of an MX check
     ADDRESS = "address"  # A/AAAA lookups of the exchanges
@@ -46,6 +49,13 @@ class Reason(enum.Enum):
     TLS = "tls"
     TLS_VERIFY = "tls_verify"
     NO_STARTTLS = "no_starttls"  # STARTTLS required but not offered
+    UNEXPECTED_BANNER = "unexpected_banner"
+    MISSING_EXTENSION = "missing_extension"
+    AUTH_FAILED = "auth_failed"  # 535: credentials refused
+    AUTH_UNAVAILABLE = "auth_unavailable"  # no AUTH, or not the configured mechanism
+    OPEN_RELAY = "open_relay"
+    UNEXPECTED_REPLY = "unexpected_reply"  # an envelope step got another reply than expected
+    TLS_VERSION = "tls_version"  # negotiated below tls_min_version
     NXDOMAIN = "nxdomain"
     NO_MX = "no_mx"
     NULL_MX = "null_mx"

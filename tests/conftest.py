@@ -35,7 +35,7 @@ def postfix(request: pytest.FixtureRequest, peers_dir: Path) -> Iterator[Postfix
         request.session.stash[_SESSION_POSTFIX] = server
         yield server
     finally:
-        server.stop()  # also on failed tests and on a failed start
+        server.close()  # also on failed tests and on a failed start
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +55,7 @@ def dns_server(peers_dir: Path) -> Iterator[NsdServer]:
         server.start()
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def trap_receiver(tmp_path: Path) -> Iterator[TrapReceiver]:
         receiver.start()
         yield receiver
     finally:
-        receiver.stop()
+        receiver.close()
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
+import ipaddress
+import re
 import socket
 import ssl
 import time
 
-from monitor.config import SmtpProbeConfig
+from monitor.config import EnvelopeConfig, RelayTestConfig, SmtpAuthConfig, SmtpProbeConfig
 from monitor.probes import ProbeEnv, resolve
 from monitor.probes.smtp_wire import SmtpClientProtocol, WireError, parse_extensions
 from monitor.probes.tls import tls_facts, unverified_context
@@ -29,9 +32,26 @@ class ReplyFailed(Exception):
 
 
 class _Failure(Exception):
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, reply: Reply | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.reply = reply
+
+
+_TLS_ORDER = {"TLSv1": 1, "TLSv1.1": 2, "TLSv1.2": 3, "TLSv1.3": 4}
+
+
+def _matches(code: int, expect: str) -> bool:
+    """A reply code against "250" or a class like "5xx"."""
+    return str(code)[0] == expect[0] if expect.endswith("xx") else str(code) == expect
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """Servers sometimes echo what they got; never let a credential into a result."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***").replace(base64.b64encode(secret.encode()).decode(), "***")
+    return text
 
 
 def _default_helo() -> str:
@@ -77,13 +97,23 @@ class _Dialogue:
     async def resolve(self) -> None:
         self.enter(Phase.RESOLVE)
         addrs = await resolve.addresses(self.env.resolver, self.config.host)
+        family = self.config.address_family
+        if family != "any":
+            wanted = 4 if family == "ipv4" else 6
+            addrs = [a for a in addrs if ipaddress.ip_address(a).version == wanted]
+            if not addrs:
+                raise resolve.LookupFailed(Reason.NO_ADDRESS, f"{self.config.host}: no {family} address")
         self.address = addrs[0]
         self.done()
 
     async def connect(self) -> None:
         self.enter(Phase.CONNECT)
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_connection(lambda: self.proto, self.address, self.effective_port)
+        source = self.config.source_address
+        transport, _ = await loop.create_connection(
+            lambda: self.proto, self.address, self.effective_port,
+            local_addr=(str(source), 0) if source is not None else None,
+        )
         self.transport = transport
         self.done()
 
@@ -120,12 +150,18 @@ class _Dialogue:
         verified = self.config.verify
         self.tls = tls_facts(sslobj, verified, "" if verified else "verification disabled")
         self.done()
+        minimum = self.config.tls_min_version
+        if minimum is not None and _TLS_ORDER.get(self.tls.version, 0) < _TLS_ORDER[minimum]:
+            raise _Failure(Reason.TLS_VERSION, f"negotiated {self.tls.version}, below the minimum {minimum}")
 
     async def greet(self) -> None:
         self.enter(Phase.BANNER)
         reply = await self.expect(None, range(220, 221))
         self.banner = str(reply)
         self.done()
+        pattern = self.config.expect_banner
+        if pattern is not None and not re.search(pattern, self.banner):
+            raise _Failure(Reason.UNEXPECTED_BANNER, f"greeting {self.banner[:120]!r} does not match {pattern!r}")
 
     async def ehlo(self, phase: Phase) -> None:
         self.enter(phase)
@@ -149,6 +185,74 @@ class _Dialogue:
             raise _Failure(Reason.NO_STARTTLS, "server does not offer STARTTLS")
         await self.expect("STARTTLS", range(220, 221))
         self.done()
+
+    def check_extensions(self) -> None:
+        missing = [e for e in self.config.expect_extensions if e not in self.extensions]
+        if missing:
+            raise _Failure(Reason.MISSING_EXTENSION, "EHLO lacks " + ", ".join(missing))
+
+    async def relay_test(self, relay: RelayTestConfig) -> None:
+        """An outside recipient must be refused; a 2xx means anyone can relay through us."""
+        self.enter(Phase.MAIL)
+        await self.envelope_step(f"MAIL FROM:<{relay.mail_from}>", "2xx")
+        self.done()
+        self.enter(Phase.RCPT)
+        reply = await self.command(f"RCPT TO:<{relay.rcpt_to}>")
+        if reply.code // 100 == 2:
+            raise _Failure(Reason.OPEN_RELAY, f"open relay: RCPT TO:<{relay.rcpt_to}> accepted ({reply})")
+        self.done()
+        await self.rset()
+
+    async def envelope(self, envelope: EnvelopeConfig) -> None:
+        self.enter(Phase.MAIL)
+        await self.envelope_step(f"MAIL FROM:<{envelope.mail_from}>", "2xx")
+        self.done()
+        self.enter(Phase.RCPT)
+        for rcpt in envelope.rcpt_to:
+            await self.envelope_step(f"RCPT TO:<{rcpt}>", envelope.expect)
+        self.done()
+        await self.rset()
+
+    async def envelope_step(self, line: str, expect: str) -> Reply:
+        reply = await self.command(line)
+        if not _matches(reply.code, expect):
+            if expect == "2xx":
+                raise ReplyFailed(reply)
+            raise _Failure(Reason.UNEXPECTED_REPLY, f"{line}: expected {expect}, got {reply}", reply)
+        return reply
+
+    async def rset(self) -> None:
+        # RSET clears the transaction so nothing is ever queued; its reply is not checked.
+        await self.command("RSET")
+
+    async def authenticate(self, auth: SmtpAuthConfig) -> None:
+        self.enter(Phase.AUTH)
+        password = auth.password.reveal()
+        offered = self.extensions.get("AUTH", "").upper().split()
+        mechanism = auth.mechanism or next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
+        if mechanism is None or mechanism not in offered:
+            wanted = auth.mechanism or "PLAIN or LOGIN"
+            raise _Failure(Reason.AUTH_UNAVAILABLE, f"server offers AUTH {' '.join(offered) or '(none)'}, not {wanted}")
+        secrets = (auth.username, password)
+        try:
+            if mechanism == "PLAIN":
+                token = base64.b64encode(f"\0{auth.username}\0{password}".encode()).decode()
+                reply = await self.command(f"AUTH PLAIN {token}")
+            else:
+                reply = await self.command("AUTH LOGIN")
+                for value in secrets:
+                    if reply.code != 334:
+                        break
+                    reply = await self.command(base64.b64encode(value.encode()).decode())
+        except WireError as exc:
+            raise WireError(exc.kind, _scrub(str(exc), secrets)) from None
+        if reply.code == 235:
+            self.done()
+            return
+        reply = Reply(reply.code, tuple(_scrub(line, secrets) for line in reply.lines))
+        if reply.code == 535:
+            raise _Failure(Reason.AUTH_FAILED, f"credentials refused: {reply}", reply)
+        raise ReplyFailed(reply)
 
     async def quit(self) -> None:
         self.enter(Phase.QUIT)
@@ -188,13 +292,21 @@ async def run(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
                 await d.starttls()
                 await d.handshake(deadline)
                 await d.ehlo(Phase.EHLO_TLS)
+            d.check_extensions()
+            # Relay and envelope tests run before AUTH: an authenticated client may relay.
+            if config.relay_test is not None:
+                await d.relay_test(config.relay_test)
+            if config.envelope is not None:
+                await d.envelope(config.envelope)
+            if config.auth is not None:
+                await d.authenticate(config.auth)
             await d.quit()
     except TimeoutError:
         reason, error = Reason.TIMEOUT, f"no answer within {timeout:g}s"
     except ReplyFailed as exc:
         reason, error, reply = Reason.REPLY, str(exc.reply), exc.reply
     except _Failure as exc:
-        reason, error = exc.reason, str(exc)
+        reason, error, reply = exc.reason, str(exc), exc.reply
     except resolve.LookupFailed as exc:
         reason, error = (Reason.TIMEOUT if exc.reason is Reason.TIMEOUT else Reason.DNS), str(exc)
     except WireError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _ssl  # ENCODING_DER lives here only; the ssl module does not re-export it
 import hashlib
 import ssl
 from datetime import datetime
@@ -88,7 +89,9 @@ def _chain_der(ssl_object: Any) -> list[bytes]:
         if isinstance(cert, bytes):
             out.append(cert)
         else:
-            out.append(cert.public_bytes(ssl.ENCODING_DER))
+            # Fix: was ssl.ENCODING_DER, which does not exist (AttributeError on 3.11/3.12,
+            # escaping run() on every TLS handshake). The constant is _ssl.ENCODING_DER.
+            out.append(cert.public_bytes(_ssl.ENCODING_DER))
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -174,10 +173,9 @@ class NsdServer:
             self._process = None
         self.pid_file.unlink(missing_ok=True)
 
-    def cleanup(self) -> None:
-        """Stop and remove the server directory."""
+    def close(self) -> None:
+        """Stop; the files under `tmpdir` stay for post-mortems (same interface as PostfixServer)."""
         self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> NsdServer:
         self.start()

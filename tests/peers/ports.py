@@ -78,4 +78,3 @@ def wait_for_tcp_port_closed(port: int, host: str = HOST, deadline: float = 10.0
         if time.monotonic() >= end:
             raise TimeoutError(f"{host}:{port} still accepted TCP connections after {deadline:.1f} s")
         time.sleep(0.05)
-

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
+import weakref
 from pathlib import Path
 from types import TracebackType
 
@@ -71,10 +75,8 @@ def read_smtp_greeting(
             if not chunk:
                 break
             data += chunk
-        try:
+        with contextlib.suppress(OSError):
             sock.sendall(b"QUIT\r\n")  # polite close: keeps "lost connection" noise out of the log
-        except OSError:
-            pass
         return data.split(b"\n", 1)[0].decode("ascii", "replace").rstrip("\r")
 
 
@@ -86,24 +88,47 @@ def _unverified_context() -> ssl.SSLContext:
     return ctx
 
 
-def _make_searchable(path: Path) -> None:
-    """Give "others" search (x, not read) permission on `path` and every ancestor we own.
-
-    Postfix opens files in data_directory and the queue as the postfix user, so that
-    user must traverse the whole path; pytest's base temp dir is 0700 (pytest tightens
-    it again at its next session).  An ancestor owned by someone else is left alone.
-    """
-    uid = os.getuid()
+def _postfix_can_traverse(path: Path) -> bool:
+    """Whether the postfix user can search every directory from / down to `path`."""
+    pw = pwd.getpwnam("postfix")
     for directory in (path, *path.parents):
         info = directory.stat()
-        if info.st_mode & 0o001:
-            continue
-        if info.st_uid != uid:
-            raise PostfixError(
-                f"the postfix user cannot traverse {directory} (mode {info.st_mode & 0o777:o}, "
-                f"not ours to change): put the Postfix instance elsewhere"
-            )
-        os.chmod(directory, (info.st_mode & 0o7777) | 0o001)
+        if info.st_uid == pw.pw_uid:
+            allowed = info.st_mode & 0o100
+        elif info.st_gid == pw.pw_gid:
+            allowed = info.st_mode & 0o010
+        else:
+            allowed = info.st_mode & 0o001
+        if not allowed:
+            return False
+    return True
+
+
+def _runtime_dir(root: Path) -> tuple[Path, bool]:
+    """Where queue and data directories go, and whether that is outside `root`.
+
+    Postfix daemons open files there as the postfix user after dropping root, so
+    the postfix user must traverse the whole path; pytest's base temp dir is 0700.
+    Then a private 0711 directory in a world-searchable temp dir is used instead
+    (config, TLS files and maillog stay under `root`: Postfix reads them as root).
+    """
+    if _postfix_can_traverse(root):
+        return root / "runtime", False
+    for candidate in (Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp")):
+        if candidate.is_dir() and _postfix_can_traverse(candidate):
+            path = Path(tempfile.mkdtemp(prefix="peers-postfix-", dir=candidate))
+            os.chmod(path, 0o711)  # noqa: S103 -- search only, for the postfix user; nobody can list it
+            return path, True
+    raise PostfixError(f"no directory the postfix user can traverse for the queue of {root}")
+
+
+def _stop_and_remove(pid_file: Path, runtime_dir: Path | None) -> None:
+    # Finalizer: never leave a master running or a queue behind, even if close() was skipped.
+    pid = read_pid_file(pid_file)
+    if pid is not None and pid_runs(pid, "master"):
+        terminate_tree(pid, deadline=STOP_DEADLINE)
+    if runtime_dir is not None:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 class PostfixServer:
@@ -121,9 +146,11 @@ class PostfixServer:
 
     def __init__(self, tmpdir: Path | str) -> None:
         self.root = Path(tmpdir).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
         self.config_dir = self.root / "conf"
-        self.queue_dir = self.root / "queue"
-        self.data_dir = self.root / "data"
+        self.runtime_dir, external = _runtime_dir(self.root)
+        self.queue_dir = self.runtime_dir / "queue"
+        self.data_dir = self.runtime_dir / "data"
         self.log_file = self.root / "maillog"
         self.plain_port, self.implicit_port, self.submission_port = free_tcp_ports(3)
         self.cert_file = self.root / "tls" / "cert.pem"
@@ -132,6 +159,14 @@ class PostfixServer:
         self._configured = False
         self._started_once = False
         self._master_pid: int | None = None
+        if external:
+            link = self.root / "runtime"
+            if link.is_symlink():
+                link.unlink()  # left by an earlier instance in the same directory
+            link.symlink_to(self.runtime_dir)  # findable from the test dir
+        self._finalizer = weakref.finalize(
+            self, _stop_and_remove, self.pid_file, self.runtime_dir if external else None
+        )
 
     @property
     def ports(self) -> tuple[int, int, int]:
@@ -204,9 +239,8 @@ class PostfixServer:
         """Write the certificate, main.cf and master.cf and let Postfix create its directories."""
         # Postfix chdirs into queue_directory before anything else: it must exist (root-owned);
         # `postfix check` then creates the subdirectories with Postfix's own owners and modes
-        for directory in (self.root, self.config_dir, self.queue_dir):
+        for directory in (self.config_dir, self.queue_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        _make_searchable(self.root)
         make_self_signed_cert(self.cert_file.parent)
         (self.config_dir / "main.cf").write_text(self._main_cf())
         (self.config_dir / "master.cf").write_text(self._master_cf())
@@ -244,6 +278,8 @@ class PostfixServer:
 
     def start(self) -> None:
         """Start Postfix and wait until all three ports greet with 220."""
+        if not self._finalizer.alive:
+            raise PostfixError("this PostfixServer was closed; make a new one")
         if not self._configured:
             self.configure()
         if self.running():
@@ -296,10 +332,8 @@ class PostfixServer:
             self._master_pid = None
             return
         tree = {pid} | descendants(pid)  # smtpd etc. reparent once master exits
-        try:
-            self._postfix("stop")
-        except PostfixError:
-            pass  # fall through to signals below
+        with contextlib.suppress(PostfixError):
+            self._postfix("stop")  # if it fails, the signals below still end every process
         survivors = wait_gone(tree, STOP_DEADLINE)
         if survivors:
             for survivor in survivors:
@@ -316,10 +350,13 @@ class PostfixServer:
         """Start Postfix again on the same ports after pause()."""
         self.start()
 
-    def cleanup(self) -> None:
-        """Stop and remove the instance directory."""
+    def close(self) -> None:
+        """Stop and remove the queue and data directories if they live outside `tmpdir`.
+
+        Config, certificate and maillog stay in `tmpdir` for post-mortems.
+        """
         self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._finalizer()
 
     def __enter__(self) -> PostfixServer:
         self.start()
@@ -331,4 +368,4 @@ class PostfixServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -78,10 +79,8 @@ def wait_gone(pids: Iterable[int], deadline: float) -> set[int]:
 
 def kill_quietly(pid: int, sig: int) -> None:
     """Send `sig` to `pid`, ignoring a process that has already gone."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def terminate_tree(pid: int, deadline: float = 10.0) -> None:

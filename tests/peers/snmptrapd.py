@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterable
@@ -172,10 +172,8 @@ class TrapReceiver:
 
     def _log_dump(self, lines: int = 30) -> str:
         parts = [f"{self.log_file}:\n" + "\n".join(self.lines()[-lines:])]
-        try:
+        with contextlib.suppress(OSError):
             parts.append(f"{self.output_file}:\n" + self.output_file.read_text(errors="replace")[-4000:])
-        except OSError:
-            pass
         return "\n".join(parts)
 
     def stop(self) -> None:
@@ -193,10 +191,9 @@ class TrapReceiver:
                 self._process.wait(timeout=5)
             self._process = None
 
-    def cleanup(self) -> None:
-        """Stop and remove the receiver directory."""
+    def close(self) -> None:
+        """Stop; the files under `tmpdir` stay for post-mortems (same interface as PostfixServer)."""
         self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> TrapReceiver:
         self.start()

@@ -81,7 +81,9 @@ def test_snmptranslate_prints_the_tree_without_errors(base_mibs: Path, tool_env:
     assert "mxExchangeUp(5)" in out.stdout
 
 
-@pytest.mark.parametrize(("name", "oid"), sorted(mib_oids.OID_BY_NAME.items()))
+@pytest.mark.parametrize(
+    ("name", "oid"), sorted(mib_oids.OID_BY_NAME.items()), ids=sorted(mib_oids.OID_BY_NAME)
+)
 def test_oid_constant_equals_snmptranslate_numeric_oid(
     base_mibs: Path, tool_env: dict[str, str], name: str, oid: tuple[int, ...]
 ) -> None:
@@ -111,14 +113,14 @@ def test_enterprise_oid_sits_under_enterprises() -> None:
 @pytest.mark.parametrize(
     ("obj", "values"),
     [
-        ("smtpProbeStatus", mib_oids.STATUS_VALUES),
-        ("mxCheckStatus", mib_oids.STATUS_VALUES),
-        ("smtpProbeTlsMode", mib_oids.TLS_MODE_VALUES),
-        ("smtpProbeFailedPhase", mib_oids.PHASE_VALUES),
-        ("mxCheckFailedPhase", mib_oids.PHASE_VALUES),
-        ("smtpProbeFailedReason", mib_oids.REASON_VALUES),
-        ("mxCheckFailedReason", mib_oids.REASON_VALUES),
-        ("mxExchangeUp", mib_oids.MX_EXCHANGE_UP_VALUES),
+        pytest.param("smtpProbeStatus", mib_oids.STATUS_VALUES, id="smtpProbeStatus"),
+        pytest.param("mxCheckStatus", mib_oids.STATUS_VALUES, id="mxCheckStatus"),
+        pytest.param("smtpProbeTlsMode", mib_oids.TLS_MODE_VALUES, id="smtpProbeTlsMode"),
+        pytest.param("smtpProbeFailedPhase", mib_oids.PHASE_VALUES, id="smtpProbeFailedPhase"),
+        pytest.param("mxCheckFailedPhase", mib_oids.PHASE_VALUES, id="mxCheckFailedPhase"),
+        pytest.param("smtpProbeFailedReason", mib_oids.REASON_VALUES, id="smtpProbeFailedReason"),
+        pytest.param("mxCheckFailedReason", mib_oids.REASON_VALUES, id="mxCheckFailedReason"),
+        pytest.param("mxExchangeUp", mib_oids.MX_EXCHANGE_UP_VALUES, id="mxExchangeUp"),
     ],
 )
 def test_enum_map_equals_mib_labels_in_camel_case(
@@ -152,7 +154,7 @@ def test_every_python_status_phase_reason_and_tls_mode_has_a_mib_value() -> None
     assert mib_oids.REASON_VALUES["none"] == 1
 
 
-@pytest.mark.parametrize("notification", list(mib_oids.Notification))
+@pytest.mark.parametrize("notification", list(mib_oids.Notification), ids=lambda n: n.name.lower())
 def test_notification_objects_match_mib_objects_clause(
     base_mibs: Path, tool_env: dict[str, str], notification: mib_oids.Notification
 ) -> None:

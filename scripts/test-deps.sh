@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite runs for real: Postfix, NSD, net-snmp tools,
+# snmptrapd/snmpd, smitools, the base MIBs (erlang-snmp), promtool, openssl, python3-venv.
+# Idempotent and quick when everything is present; never leaves a system Postfix on port 25.
+set -euo pipefail
+
+PACKAGES=(
+    postfix       # the SMTP server the probes talk to (a private instance per test session)
+    nsd           # authoritative DNS for the test zone (can express a null MX)
+    snmp          # snmpget/snmpwalk/snmptable/snmptrap/snmptranslate
+    snmptrapd     # notification receiver
+    snmpd         # reference agent for side-by-side checks
+    smitools      # smilint
+    erlang-snmp   # the only Debian package with the IETF base MIB texts (SNMPv2-SMI, ...)
+    prometheus    # promtool, to check the metrics exposition
+    openssl
+    python3-venv
+    systemd                  # systemd-analyze verify for deploy/systemd (no running systemd needed)
+    prometheus-alertmanager  # amtool check-config for deploy/alertmanager
+)
+
+if [[ $(id -u) -eq 0 ]]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+else
+    echo "test-deps: not root and no sudo: cannot install ${PACKAGES[*]}" >&2
+    exit 1
+fi
+
+installed() {
+    [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true) == "install ok installed" ]]
+}
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    installed "$pkg" || missing+=("$pkg")
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "test-deps: all ${#PACKAGES[@]} packages present"
+    exit 0
+fi
+echo "test-deps: installing ${missing[*]}"
+
+postfix_was_installed=1
+installed postfix || postfix_was_installed=0
+
+# Keep package scripts from starting daemons (a system postfix on port 25, snmpd on 161,
+# nsd on 53) unless the machine already has a policy of its own.
+POLICY=/usr/sbin/policy-rc.d
+own_policy=0
+if [[ ! -e $POLICY ]]; then
+    printf '#!/bin/sh\n# added by smtp-monitor scripts/test-deps.sh while installing\nexit 101\n' \
+        | "${SUDO[@]}" tee "$POLICY" >/dev/null
+    "${SUDO[@]}" chmod 755 "$POLICY"
+    own_policy=1
+fi
+cleanup() {
+    if [[ $own_policy -eq 1 ]]; then
+        "${SUDO[@]}" rm -f "$POLICY"
+    fi
+}
+trap cleanup EXIT
+
+# Postfix asks what kind of mail system this is; "Local only" needs no relay or domain.
+echo "postfix postfix/main_mailer_type select Local only" | "${SUDO[@]}" debconf-set-selections
+echo "postfix postfix/mailname string mail.test" | "${SUDO[@]}" debconf-set-selections
+
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
+
+for pkg in "${missing[@]}"; do
+    installed "$pkg" || { echo "test-deps: $pkg did not install" >&2; exit 1; }
+done
+
+port25_open() {
+    # bash's /dev/tcp: no ss/netstat needed; a refused connection fails fast
+    timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/25' 2>/dev/null
+}
+
+# Tests run their own Postfix on free ports; a system one started by the package
+# (where no policy-rc.d stopped it) must not keep running.
+if [[ $postfix_was_installed -eq 0 ]]; then
+    if "${SUDO[@]}" postfix status >/dev/null 2>&1; then
+        echo "test-deps: the postfix package started a system Postfix; stopping it"
+        "${SUDO[@]}" postfix stop || true
+    fi
+fi
+for _ in 1 2 3 4 5; do
+    port25_open || break
+    sleep 1  # a just-stopped Postfix may take a moment to close its socket
+done
+if port25_open; then
+    echo "test-deps: warning: something listens on 127.0.0.1:25 (tests do not need it)" >&2
+fi
+echo "test-deps: done"
