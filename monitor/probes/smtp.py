@@ -70,7 +70,8 @@ class _Dialogue:
         self.timings: dict[str, float] = {}
         self.address = ""
         self.banner = ""
-        self.extensions: dict[str, str] = {}
+        self.extensions: dict[str, str] = {}  # from the last EHLO (inside TLS when there is TLS)
+        self.plain_extensions: dict[str, str] = {}  # from the EHLO before STARTTLS
         self.helo_fallback = False
         self.tls: TlsInfo | None = None
         self.proto = SmtpClientProtocol()
@@ -177,6 +178,8 @@ class _Dialogue:
             raise ReplyFailed(reply)
         else:
             self.extensions = parse_extensions(reply)
+        if phase is Phase.EHLO:
+            self.plain_extensions = self.extensions
         self.done()
 
     async def starttls(self) -> None:
@@ -187,7 +190,9 @@ class _Dialogue:
         self.done()
 
     def check_extensions(self) -> None:
-        missing = [e for e in self.config.expect_extensions if e not in self.extensions]
+        # STARTTLS is only offered before TLS; the rest are judged from the final EHLO.
+        offered = self.extensions.keys() | self.plain_extensions.keys()
+        missing = [e for e in self.config.expect_extensions if e not in offered]
         if missing:
             raise _Failure(Reason.MISSING_EXTENSION, "EHLO lacks " + ", ".join(missing))
 

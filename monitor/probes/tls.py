@@ -37,7 +37,7 @@ def _build(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     # Probes observe what servers offer: accept down to TLS 1.0 and report the version,
     # rather than failing old servers at the handshake without saying why.
-    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
