@@ -85,7 +85,9 @@ def probe(tmp_path: Path, handler: PolicyHandler, *, server_auth: bool = False,
 
 class TestBannerAndExtensions:
     def test_matching_banner_and_present_extensions_pass(self, tmp_path: Path) -> None:
-        result = probe(tmp_path, PolicyHandler(), expect_banner=r"^220 mail\.test", expect_extensions=["STARTTLS", "size"])
+        result = probe(
+            tmp_path, PolicyHandler(), expect_banner=r"^220 mail\.test", expect_extensions=["STARTTLS", "size"]
+        )
         assert result.ok, result.error
 
     def test_other_banner_fails_with_unexpected_banner(self, tmp_path: Path) -> None:
@@ -104,7 +106,8 @@ class TestTlsMinimumVersion:
     def test_tls12_server_fails_a_tls13_minimum_with_version_reported(self, tmp_path: Path) -> None:
         result = probe(tmp_path, PolicyHandler(), tls_max=ssl.TLSVersion.TLSv1_2, tls_min_version="TLSv1.3")
         assert (result.phase, result.reason) == (Phase.TLS, Reason.TLS_VERSION)
-        assert result.tls is not None and result.tls.version == "TLSv1.2"
+        assert result.tls is not None
+        assert result.tls.version == "TLSv1.2"
 
     def test_tls13_meets_a_tls12_minimum(self, tmp_path: Path) -> None:
         result = probe(tmp_path, PolicyHandler(), tls_min_version="TLSv1.2")
