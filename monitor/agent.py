@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from monitor.config import Config, ConfigError, load_config
 from monitor.health import AgentHealth
 from monitor.http import HttpBindError, MetricsServer
 from monitor.metrics import build_registry
+from monitor.persistence import StateDB, StatePersister, restore_into
 from monitor.probes import ProbeEnv
 from monitor.scheduler import ProbeScheduler
 from monitor.sharding import Shard
@@ -24,6 +26,7 @@ log = logging.getLogger("smtp_monitor.agent")
 
 SHUTDOWN_GRACE = 2.0  # seconds for in-flight probes before they are cancelled
 EXIT_STARTUP = 2  # config or bind problems at startup
+STATE_FILE = "state.db"
 
 
 class StartupError(Exception):
@@ -45,18 +48,39 @@ class Agent:
         self.http: MetricsServer | None = None
         self.snmp: Any = None
         self.notifier: Any = None
+        self.state_db: StateDB | None = None
+        self.persister: StatePersister | None = None
         self._stopping = asyncio.Event()
         self._started = False
 
     async def start(self) -> None:
         _prepare_state_dir(self.config.agent.state_dir)
+        self.scheduler.apply(self.config)
+        self._open_state()
         await self._start_exporters()
-        self.scheduler.start(self.config)
+        self.scheduler.start()
         self._started = True
         log.info(
             "started: %d SMTP probes, %d MX checks from %s (shard %s)",
             len(self.config.smtp), len(self.config.mx), self.config_path, self.shard,
         )
+
+    def _open_state(self) -> None:
+        """Resume from the state database; without one the agent still runs, from fresh state."""
+        db = StateDB(self.config.agent.state_dir / STATE_FILE, self.health)
+        try:
+            db.open()
+            restored = restore_into(self.store, db.load_states())
+        except (sqlite3.Error, OSError) as exc:
+            log.error("state database %s unusable (%s): running without saved state", db.path, exc)
+            db.close()
+            return
+        log.info("state database %s: resumed %d probes", db.path, restored)
+        self.state_db = db
+        self.persister = StatePersister(db, self.store)
+        # Subscribed before the notifier: a status change is on disk before its trap leaves.
+        self.store.subscribe(self.persister.on_event)
+        self.persister.start()
 
     async def _start_exporters(self) -> None:
         address = self.config.prometheus.address()
@@ -120,6 +144,10 @@ class Agent:
             await self.notifier.stop(1.0)
         if self.http is not None:
             await self.http.stop()
+        if self.persister is not None:
+            await self.persister.stop()
+        if self.state_db is not None:
+            self.state_db.close()
         log.info("stopped")
 
     async def serve(self) -> None:

@@ -59,3 +59,4 @@ class AgentHealth:
     snmp_auth_failures: int = 0
     snmp_dropped: int = 0
     notifications: Counter[tuple[str, str]] = field(default_factory=Counter)  # (receiver, outcome)
+    state_write_errors: int = 0  # failed writes to the state database

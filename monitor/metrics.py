@@ -207,6 +207,9 @@ class StoreCollector(Collector):
             "smtp_monitor_snmp_dropped_packets", "Malformed or unsupported SNMP datagrams dropped",
             value=h.snmp_dropped,
         )
+        yield CounterMetricFamily(
+            "smtp_monitor_state_write_errors", "Failed writes to the state database", value=h.state_write_errors,
+        )
         notes = CounterMetricFamily(
             "smtp_monitor_notifications", "SNMP notifications by receiver and outcome", labels=["receiver", "outcome"]
         )

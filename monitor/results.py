@@ -229,3 +229,72 @@ class MxResult:
 
 
 ProbeResult = SmtpResult | MxResult
+
+
+# -- restoring results saved with as_dict() (the state database) ----------------------
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _cert_from(d: dict[str, Any] | None) -> CertInfo | None:
+    if not d:
+        return None
+    return CertInfo(
+        subject=d["subject"], issuer=d["issuer"], sans=tuple(d["sans"]),
+        not_before=datetime.fromisoformat(d["not_before"]), not_after=datetime.fromisoformat(d["not_after"]),
+        serial=d["serial"], sha256=d["sha256"],
+    )
+
+
+def _tls_from(d: dict[str, Any] | None) -> TlsInfo | None:
+    if not d:
+        return None
+    return TlsInfo(
+        version=d["version"], cipher=d["cipher"], verified=d["verified"], verify_error=d.get("verify_error", ""),
+        cert=_cert_from(d.get("cert")), chain_not_after=_dt(d.get("chain_not_after")),
+    )
+
+
+def _timings(d: dict[str, Any]) -> tuple[dict[str, float], float]:
+    timings = dict(d.get("timings") or {})
+    total = float(timings.pop("total", 0.0))
+    return timings, total
+
+
+def _smtp_from(d: dict[str, Any]) -> SmtpResult:
+    timings, total = _timings(d)
+    reply = None
+    if d.get("reply_code"):
+        text = (d.get("reply") or "")[4:]
+        reply = Reply(int(d["reply_code"]), (text,))
+    return SmtpResult(
+        host=d["host"], port=int(d["port"]), tls_mode=d["tls_mode"], started_at=float(d["started_at"]),
+        ok=d["status"] == "ok", phase=Phase(d["phase"]) if d.get("phase") else None,
+        reason=Reason(d["reason"]) if d.get("reason") else None, error=d.get("error", ""), reply=reply,
+        address=d.get("address", ""), timings=timings, total=total, banner=d.get("banner", ""),
+        helo_fallback=bool(d.get("helo_fallback")), extensions=dict(d.get("extensions") or {}),
+        tls=_tls_from(d.get("tls")),
+    )
+
+
+def result_from_dict(d: dict[str, Any]) -> ProbeResult:
+    """The inverse of as_dict(), for results saved across a restart."""
+    if d.get("kind") == "smtp":
+        return _smtp_from(d)
+    timings, total = _timings(d)
+    records = tuple(
+        MxRecord(
+            preference=int(r["preference"]), exchange=r["exchange"], addresses=tuple(r["addresses"]),
+            error=r.get("error", ""), probe=_smtp_from(r["probe"]) if r.get("probe") else None,
+        )
+        for r in d.get("mx") or []
+    )
+    return MxResult(
+        domain=d["domain"], started_at=float(d["started_at"]), ok=d["status"] == "ok",
+        phase=Phase(d["phase"]) if d.get("phase") else None, reason=Reason(d["reason"]) if d.get("reason") else None,
+        error=d.get("error", ""), records=records, implicit_mx=bool(d.get("implicit_mx")),
+        missing=tuple(d.get("missing") or ()), unexpected=tuple(d.get("unexpected") or ()),
+        timings=timings, total=total,
+    )

@@ -77,8 +77,8 @@ class ProbeScheduler:
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
     # -- lifecycle ---------------------------------------------------------------
-    def start(self, config: Config) -> None:
-        self.apply(config)
+    def start(self) -> None:
+        """Start running the jobs that apply() set up."""
         self._scheduler.start()
 
     def apply(self, config: Config) -> None:

@@ -65,7 +65,7 @@ class AgentProcess:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, ""
@@ -165,11 +165,17 @@ class TestAgentMetrics:
         })
         agent.wait_until(lambda: agent.value("smtp_probe_status", probe="plain", status="ok") == 1.0, 15, "not ok")
         postfix.pause()
-        agent.wait_until(lambda: agent.value("smtp_probe_status", probe="plain", status="failed") == 1.0, 15, "never failed")
+        agent.wait_until(
+            lambda: agent.value("smtp_probe_status", probe="plain", status="failed") == 1.0,
+            15, "never failed",
+        )
         assert (agent.value("smtp_probe_consecutive_failures", probe="plain") or 0) >= 2
         assert (agent.value("smtp_probe_failures_total", probe="plain", phase="connect", reason="refused") or 0) >= 2
         postfix.resume()
-        agent.wait_until(lambda: agent.value("smtp_probe_status", probe="plain", status="ok") == 1.0, 20, "never recovered")
+        agent.wait_until(
+            lambda: agent.value("smtp_probe_status", probe="plain", status="ok") == 1.0,
+            20, "never recovered",
+        )
         log = agent.logs()
         assert "smtp plain status: ok -> failed" in log
         assert "smtp plain status: failed -> ok" in log
@@ -220,6 +226,31 @@ class TestAgentLifecycle:
         assert time.monotonic() - started < 5
         assert agent.get("/-/healthy")[0] == 0  # the port is closed
 
+    def test_kill_9_and_restart_resumes_failed_status_without_a_new_transition(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess],
+    ) -> None:
+        closed = free_tcp_port()  # nothing listens: every run fails in connect
+        config: dict[str, object] = {
+            # alert_after 8 at 0.3 s: a fresh agent would need over 2 s to call it failed again
+            "defaults": {"interval": "0.3s", "alert_after": 8},
+            "smtp": [{"name": "down", "host": "127.0.0.1", "port": closed, "tls": "none"}],
+        }
+        agent = agent_factory(config)
+        agent.wait_until(
+            lambda: agent.value("smtp_probe_status", probe="down", status="failed") == 1.0,
+            10, "not failed",
+        )
+        saved_runs = 8  # at least the runs saved with the status change
+        assert agent.proc is not None
+        agent.proc.kill()  # SIGKILL: no shutdown path runs
+        agent.proc.wait(10)
+        agent.log.close()
+        agent.start()
+        assert agent.value("smtp_probe_status", probe="down", status="failed") == 1.0
+        assert (agent.value("smtp_probe_runs_total", probe="down") or 0) >= saved_runs
+        assert agent.logs().count("smtp down status: unknown -> failed") == 1
+        assert "ok -> failed" not in agent.logs()
+
     def test_bad_config_at_start_exits_two_without_traceback(self, tmp_path: Path) -> None:
         bad = tmp_path / "bad.yaml"
         bad.write_text("defaults: {interval: soon}\n")
@@ -228,5 +259,6 @@ class TestAgentLifecycle:
             timeout=30, check=False, env={**os.environ},
         )
         assert proc.returncode == 2
-        assert "defaults.interval" in proc.stderr and str(bad) in proc.stderr
+        assert "defaults.interval" in proc.stderr
+        assert str(bad) in proc.stderr
         assert "Traceback" not in proc.stderr

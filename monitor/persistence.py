@@ -1,0 +1,270 @@
+"""The state database: probe states and undelivered notifications kept across restarts (SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from monitor.health import AgentHealth
+from monitor.results import Status, result_from_dict
+from monitor.store import ProbeState, ResultsStore, StoreEvent
+
+log = logging.getLogger("smtp_monitor.state")
+
+SCHEMA_VERSION = 1
+FLUSH_INTERVAL = 5.0  # seconds between batched saves of counters and last results
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS probe_state (
+    name TEXT PRIMARY KEY,
+    config_hash TEXT NOT NULL,
+    status TEXT NOT NULL,
+    consecutive_failures INTEGER NOT NULL,
+    runs INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    failures_by_cause TEXT NOT NULL,
+    last_success REAL,
+    last_change REAL,
+    cert_warned_for TEXT NOT NULL,
+    last_result TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    receiver TEXT NOT NULL,
+    event TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+def config_hash(state: ProbeState) -> str:
+    """Identifies a probe's configuration: a changed probe starts afresh after a restart too."""
+    return hashlib.sha256(state.config.model_dump_json().encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A notification decided but not yet delivered (or acknowledged) to one receiver."""
+
+    id: int
+    receiver: str
+    event: dict[str, Any]
+    created: float
+
+
+class StateDB:
+    """One SQLite file; every write is one transaction, so a kill -9 leaves either the old or the
+    new rows, never a torn database. All calls are serialised by a lock (thread-safe)."""
+
+    def __init__(self, path: Path, health: AgentHealth | None = None) -> None:
+        self.path = path
+        self.health = health or AgentHealth()
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        """Open (creating if needed); a corrupt or foreign file is moved aside and replaced."""
+        try:
+            self._connect()
+        except sqlite3.DatabaseError as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error("state database %s is unreadable (%s): moved to %s, starting with fresh state",
+                      self.path, exc, aside)
+            self.close()
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    src.rename(Path(str(aside) + suffix))
+            self._connect()
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5)
+        self._conn = conn
+        # WAL: a crash loses at most the last transaction and never corrupts earlier ones.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        check = conn.execute("PRAGMA quick_check").fetchone()
+        if not check or check[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif row[0] != str(SCHEMA_VERSION):
+            raise sqlite3.DatabaseError(f"schema version {row[0]}, expected {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _write(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> bool:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                return False
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for sql, params in statements:
+                    conn.execute(sql, params)
+                conn.execute("COMMIT")
+                return True
+            except sqlite3.Error as exc:
+                self.health.state_write_errors += 1
+                log.error("state database write failed: %s", exc)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                return False
+
+    # -- probe states ---------------------------------------------------------------
+    def save_states(self, states: Iterable[ProbeState], removed: Iterable[str] = ()) -> bool:
+        statements = [("DELETE FROM probe_state WHERE name=?", (name,)) for name in removed]
+        statements += [(_UPSERT, _row(state)) for state in states]
+        return self._write(statements)
+
+    def load_states(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            assert self._conn is not None
+            cursor = self._conn.execute("SELECT * FROM probe_state")
+            names = [c[0] for c in cursor.description]
+            return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+
+    # -- notifications not yet delivered ---------------------------------------------------
+    def add_outbox(self, entries: list[tuple[str, dict[str, Any]]], states: Iterable[ProbeState] = ()) -> list[int]:
+        """Record notifications to send together with the state change that caused them."""
+        now = time.time()
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                return []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for state in states:
+                    conn.execute(_UPSERT, _row(state))
+                ids = [
+                    int(conn.execute(
+                        "INSERT INTO outbox (receiver, event, created) VALUES (?, ?, ?)",
+                        (receiver, json.dumps(event), now),
+                    ).lastrowid or 0)
+                    for receiver, event in entries
+                ]
+                conn.execute("COMMIT")
+                return ids
+            except sqlite3.Error as exc:
+                self.health.state_write_errors += 1
+                log.error("state database write failed: %s", exc)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                return []
+
+    def remove_outbox(self, entry_id: int) -> None:
+        self._write([("DELETE FROM outbox WHERE id=?", (entry_id,))])
+
+    def pending_outbox(self) -> list[OutboxEntry]:
+        with self._lock:
+            assert self._conn is not None
+            rows = self._conn.execute("SELECT id, receiver, event, created FROM outbox ORDER BY id").fetchall()
+        return [OutboxEntry(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+
+_UPSERT = """
+INSERT INTO probe_state (name, config_hash, status, consecutive_failures, runs, failures, failures_by_cause,
+                         last_success, last_change, cert_warned_for, last_result)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(name) DO UPDATE SET
+    config_hash=excluded.config_hash, status=excluded.status,
+    consecutive_failures=excluded.consecutive_failures, runs=excluded.runs, failures=excluded.failures,
+    failures_by_cause=excluded.failures_by_cause, last_success=excluded.last_success,
+    last_change=excluded.last_change, cert_warned_for=excluded.cert_warned_for, last_result=excluded.last_result
+"""
+
+
+def _row(state: ProbeState) -> tuple[Any, ...]:
+    causes = [[phase, reason, count] for (phase, reason), count in state.failures_by_cause.items()]
+    return (
+        state.name, config_hash(state), state.status.value, state.consecutive_failures, state.runs,
+        state.failures, json.dumps(causes), state.last_success, state.last_change, state.cert_warned_for,
+        json.dumps(state.last_result.as_dict()) if state.last_result is not None else None,
+    )
+
+
+def restore_into(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> int:
+    """Put saved states back for probes whose configuration is unchanged; returns how many."""
+    restored = 0
+    for name, current in store.snapshot().states.items():
+        row = rows.get(name)
+        if row is None or row["config_hash"] != config_hash(current):
+            continue
+        try:
+            result = result_from_dict(json.loads(row["last_result"])) if row["last_result"] else None
+            causes = {(p, r): int(c) for p, r, c in json.loads(row["failures_by_cause"])}
+            saved = ProbeState(
+                name=name, kind=current.kind, config=current.config, alert_after=current.alert_after,
+                cert_warn_days=current.cert_warn_days, status=Status(row["status"]), last_result=result,
+                consecutive_failures=int(row["consecutive_failures"]), runs=int(row["runs"]),
+                failures=int(row["failures"]), failures_by_cause=causes, last_success=row["last_success"],
+                last_change=row["last_change"], cert_warned_for=row["cert_warned_for"],
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("saved state of %s is unusable (%s): starting it afresh", name, exc)
+            continue
+        store.restore(saved)
+        restored += 1
+    return restored
+
+
+class StatePersister:
+    """Saves the store: status changes at once (before any notification goes out), counters and
+    last results in batches off the event loop."""
+
+    def __init__(self, db: StateDB, store: ResultsStore) -> None:
+        self.db = db
+        self.store = store
+        self._saved: dict[str, ProbeState] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def on_event(self, event: StoreEvent) -> None:
+        # Synchronous on purpose: a crash right after a trap must not forget that the probe is
+        # already failed, or the restarted agent would send the same trap again.
+        if self.db.save_states([event.state]):
+            self._saved[event.name] = event.state
+
+    def start(self) -> None:
+        self._saved = dict(self.store.snapshot().states)
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            await self.flush()
+
+    async def flush(self) -> None:
+        snap = self.store.snapshot()
+        changed = [s for name, s in snap.states.items() if self._saved.get(name) is not s]
+        removed = [name for name in self._saved if name not in snap.states]
+        if not changed and not removed:
+            return
+        if await asyncio.to_thread(self.db.save_states, changed, removed):
+            for state in changed:
+                self._saved[state.name] = state
+            for name in removed:
+                self._saved.pop(name, None)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()

@@ -1,0 +1,626 @@
+"""The SNMP agent: pysnmp's engine in the monitor's event loop, answering reads from the MibView."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pysnmp.carrier.asyncio.dgram import udp, udp6
+from pysnmp.carrier.asyncio.dispatch import AsyncioDispatcher
+from pysnmp.entity import config as pysnmp_config
+from pysnmp.entity.engine import SnmpEngine
+from pysnmp.entity.rfc3413 import cmdrsp
+from pysnmp.entity.rfc3413.context import SnmpContext
+from pysnmp.proto import rfc1905
+from pysnmp.proto.api import v2c
+from pysnmp.smi import error as smi_error
+
+from monitor import mib_oids
+from monitor.config import SnmpConfig, parse_snmp_listen
+from monitor.health import AgentHealth
+from monitor.mib_oids import Oid
+from monitor.snmp.mibview import BEYOND, SYSTEM, MibTable, MibView, SnapshotSource
+
+log = logging.getLogger("smtp_monitor.snmp")
+
+ENGINE_STATE_FILE = "snmp-engine.json"
+BOOTS_MAX = 2**31 - 1  # RFC 3414 2.2.2: snmpEngineBoots latches at its maximum
+# Larger datagrams are dropped unread: a GET of 64 varbinds with long OIDs stays below 10 KiB.
+MAX_REQUEST_OCTETS = 16384
+# Subtrees a manager may read: the system group and our own MIB (RFC 3415 views).
+READ_SUBTREES: tuple[Oid, ...] = (SYSTEM, mib_oids.MIB_ROOT)
+VIEW_NAME = "smtp-monitor"
+
+AUTH_PROTOCOLS: dict[str, tuple[int, ...]] = {
+    "md5": pysnmp_config.USM_AUTH_HMAC96_MD5,
+    "sha": pysnmp_config.USM_AUTH_HMAC96_SHA,
+    "sha224": pysnmp_config.USM_AUTH_HMAC128_SHA224,
+    "sha256": pysnmp_config.USM_AUTH_HMAC192_SHA256,
+    "sha384": pysnmp_config.USM_AUTH_HMAC256_SHA384,
+    "sha512": pysnmp_config.USM_AUTH_HMAC384_SHA512,
+}
+# AES-192/256 key extension as net-snmp's AES192/AES256 (draft-blumenthal-aes-usm-04).
+PRIV_PROTOCOLS: dict[str, tuple[int, ...]] = {
+    "des": pysnmp_config.USM_PRIV_CBC56_DES,
+    "aes128": pysnmp_config.USM_PRIV_CFB128_AES,
+    "aes192": pysnmp_config.USM_PRIV_CFB192_AES_BLUMENTHAL,
+    "aes256": pysnmp_config.USM_PRIV_CFB256_AES_BLUMENTHAL,
+}
+
+# (security model, minimum security level, VACM group)
+_GROUPS = (
+    (1, "noAuthNoPriv", "smtp-monitor-v1"),
+    (2, "noAuthNoPriv", "smtp-monitor-v2c"),
+    (3, "authNoPriv", "smtp-monitor-auth"),
+    (3, "authPriv", "smtp-monitor-priv"),
+)
+
+# Request PDU tag numbers (context-specific, RFC 3416) and the names counted in health.
+PDU_NAMES = {0: "get", 1: "getnext", 3: "set", 5: "getbulk"}
+_V1_REQUESTS = frozenset({0, 1, 3})
+_V2C_REQUESTS = frozenset({0, 1, 3, 5})
+# USM counters that mean wrong or missing credentials (not discovery or time sync).
+_USM_AUTH_COUNTERS = (
+    "usmStatsWrongDigests",
+    "usmStatsUnknownUserNames",
+    "usmStatsDecryptionErrors",
+    "usmStatsUnsupportedSecLevels",
+)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SnmpAgentError(Exception):
+    """The SNMP agent cannot start or reconfigure."""
+
+
+class SnmpBindError(SnmpAgentError):
+    """A listen address cannot be bound; `address` is the configured text."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot bind SNMP listen address {address}: {reason}")
+        self.address = address
+
+
+class SnmpStateError(SnmpAgentError):
+    """The engine state file cannot be written (snmpEngineBoots must persist, RFC 3414)."""
+
+
+# -- engine identity ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    engine_id: bytes
+    boots: int
+
+
+def generate_engine_id() -> bytes:
+    """RFC 3411 snmpEngineID: enterprise number with the high bit, format 5 (octets), 8 random octets."""
+    enterprise = mib_oids.ENTERPRISE_OID[-1]
+    return (0x80000000 | enterprise).to_bytes(4, "big") + b"\x05" + secrets.token_bytes(8)
+
+
+def parse_engine_id(text: str) -> bytes:
+    return bytes.fromhex(text.removeprefix("0x").removeprefix("0X"))
+
+
+def next_engine_state(path: Path, configured: bytes | None) -> EngineState:
+    """Read the saved engine state, count this start as one more boot and save it atomically.
+
+    A configured engine ID wins; a new one (configured or generated) starts boots at 1."""
+    saved: EngineState | None = None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        saved = EngineState(bytes.fromhex(data["engine_id"]), int(data["boots"]))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable SNMP engine state %s: %s", path, exc)
+    engine_id = configured or (saved.engine_id if saved else generate_engine_id())
+    same_engine = saved is not None and saved.engine_id == engine_id
+    boots = min(saved.boots + 1, BOOTS_MAX) if saved is not None and same_engine else 1
+    state = EngineState(engine_id, boots)
+    _write_atomically(path, json.dumps({"engine_id": engine_id.hex(), "boots": boots}) + "\n")
+    return state
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SnmpStateError(f"cannot write SNMP engine state {path}: {exc.strerror or exc}") from None
+
+
+# -- request screening --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHeader:
+    """The start of an SNMP message: version, and for v1/v2c the community and PDU tag number."""
+
+    version: int
+    community: bytes = b""
+    pdu_tag: int = -1
+
+
+def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag octet, value start, value end) of the BER item at pos; ValueError if malformed."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated")
+    tag, length = data[pos], data[pos + 1]
+    if tag & 0x1F == 0x1F:
+        raise ValueError("multi-octet tag")
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or pos + count > len(data):
+            raise ValueError("indefinite or oversized length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise ValueError("truncated")
+    return tag, pos, pos + length
+
+
+def parse_header(message: bytes) -> MessageHeader | None:
+    """Decode just enough of a message to screen it; None if it is not a well-formed SNMP message."""
+    try:
+        tag, start, end = _tlv(message, 0)
+        if tag != 0x30:
+            return None
+        tag, vstart, vend = _tlv(message, start)
+        if tag != 0x02 or not 1 <= vend - vstart <= 4:
+            return None
+        version = int.from_bytes(message[vstart:vend], "big", signed=True)
+        if version not in (0, 1):
+            return MessageHeader(version)
+        tag, cstart, cend = _tlv(message, vend)
+        if tag != 0x04:
+            return None
+        tag, _, pdu_end = _tlv(message, cend)
+        if tag & 0xE0 != 0xA0 or pdu_end > end:  # context-specific, constructed
+            return None
+        return MessageHeader(version, message[cstart:cend], tag & 0x1F)
+    except ValueError:
+        return None
+
+
+def _source_ip(address: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(str(address[0]).split("%")[0])
+    except (ValueError, IndexError, TypeError):
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class _Gate:
+    """Screens datagrams before pysnmp: size, shape, community and its allowed sources.
+
+    A wrong community or source gets no answer (RFC 3584 drops it too) and counts as an
+    authentication failure; anything malformed counts as dropped."""
+
+    def __init__(self, health: AgentHealth, max_octets: int = MAX_REQUEST_OCTETS) -> None:
+        self.health = health
+        self.max_octets = max_octets
+        # community -> allowed source networks; an empty tuple allows every source
+        self.communities: dict[bytes, tuple[Network, ...]] = {}
+        self.usm_counters: list[Any] = []
+
+    def admit(self, address: Any, message: bytes) -> MessageHeader | None:
+        if len(message) > self.max_octets:
+            self.health.snmp_dropped += 1
+            return None
+        header = parse_header(message)
+        if header is None or header.version not in (0, 1, 3):
+            self.health.snmp_dropped += 1
+            return None
+        if header.version == 3:
+            return header  # USM authenticates inside pysnmp
+        if header.pdu_tag not in (_V1_REQUESTS if header.version == 0 else _V2C_REQUESTS):
+            self.health.snmp_dropped += 1
+            return None
+        networks = self.communities.get(header.community)
+        if networks is None or (networks and not self._allowed(address, networks)):
+            self.health.snmp_auth_failures += 1
+            return None
+        return header
+
+    @staticmethod
+    def _allowed(address: Any, networks: tuple[Network, ...]) -> bool:
+        ip = _source_ip(address)
+        return ip is not None and any(ip in network for network in networks)
+
+    def usm_failures(self) -> int:
+        return sum(int(counter.syntax) for counter in self.usm_counters)
+
+
+class _GuardedDispatcher(AsyncioDispatcher):  # type: ignore[misc]  # pysnmp is untyped
+    """pysnmp's asyncio dispatcher with the gate in front and a net behind.
+
+    pysnmp raises uncaught exceptions on some malformed messages (a TypeError on ~2 % of random
+    datagrams): they are counted as dropped instead of reaching the event loop as tracebacks."""
+
+    def __init__(self, gate: _Gate, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._gate = gate
+
+    def _callback_function(self, transport: Any, address: Any, message: bytes) -> None:
+        gate = self._gate
+        try:
+            header = gate.admit(address, message)
+            if header is None:
+                return
+            before = gate.usm_failures() if header.version == 3 else 0
+            super()._callback_function(transport, address, message)
+            if header.version == 3:
+                gate.health.snmp_auth_failures += gate.usm_failures() - before
+        except Exception as exc:
+            gate.health.snmp_dropped += 1
+            log.debug("dropped SNMP message from %s: %s: %s", address, type(exc).__name__, exc)
+
+
+# -- MIB instrumentation ------------------------------------------------------------------------
+
+
+def _in_served_tree(oid: Oid) -> bool:
+    return any(oid[: len(root)] == root for root in READ_SUBTREES)
+
+
+class _ViewInstrumentation:
+    """pysnmp's MIB instrumentation interface (read/next/write variables) over the MibView.
+
+    pysnmp calls these synchronously while it handles one request; `acFun` is its VACM check:
+    True means not in the view, NoAccessError means a Counter64 a v1 GETNEXT must skip."""
+
+    def __init__(self, view: MibView) -> None:
+        self._view = view
+
+    def read_variables(self, *var_binds: Any, **context: Any) -> list[tuple[Any, Any]]:
+        table = self._view.current()
+        check = context.get("acFun")
+        out = []
+        for idx, (name, _) in enumerate(var_binds):
+            oid = tuple(name)
+            value = table.get(oid)
+            if value is None:
+                value = rfc1905.noSuchInstance if table.is_object(oid) else rfc1905.noSuchObject
+            elif check is not None:
+                try:
+                    if check("read", (oid, value), **{**context, "idx": idx}):
+                        value = rfc1905.noSuchObject
+                except smi_error.NoAccessError:
+                    value = rfc1905.noSuchObject
+            out.append((name, value))
+        return out
+
+    def read_next_variables(self, *var_binds: Any, **context: Any) -> list[tuple[Any, Any]]:
+        table = self._view.current()
+        check = context.get("acFun")
+        return [self._next(table, tuple(name), check, {**context, "idx": idx}, name)
+                for idx, (name, _) in enumerate(var_binds)]
+
+    @staticmethod
+    def _next(
+        table: MibTable, oid: Oid, check: Callable[..., Any] | None, context: dict[str, Any], name: Any
+    ) -> tuple[Any, Any]:
+        while True:
+            found = table.next(oid)
+            if found is None:
+                return name, rfc1905.endOfMibView
+            oid, value = found
+            if check is None:
+                return oid, value
+            try:
+                if not check("read", (oid, value), **context):
+                    return oid, value
+            except smi_error.NoAccessError:
+                # SNMPv1 cannot carry Counter64: skip the whole column, not row by row.
+                key = table.node_key(oid)
+                if key is not None:
+                    oid = (*key, BEYOND)
+
+    def write_variables(self, *var_binds: Any, **context: Any) -> list[tuple[Any, Any]]:
+        # Read-only agent (the configuration lives in the YAML file).
+        for idx, (name, _) in enumerate(var_binds):
+            if _in_served_tree(tuple(name)):
+                raise smi_error.NotWritableError(name=name, idx=idx)
+            raise smi_error.NoAccessError(name=name, idx=idx)
+        return []
+
+
+class _BulkResponder(cmdrsp.BulkCommandResponder):  # type: ignore[misc]  # pysnmp is untyped
+    """GETBULK (RFC 3416 4.2.3) that stops repeating once every repeated variable hit endOfMibView.
+
+    pysnmp's responder fills all max-repetitions with copies of the endOfMibView varbinds,
+    which net-snmp's snmpbulkwalk prints once per copy."""
+
+    def handle_management_operation(self, engine: Any, state_reference: Any, context_name: Any, pdu: Any) -> None:
+        non_repeaters = max(int(v2c.apiBulkPDU.get_non_repeaters(pdu)), 0)
+        max_repetitions = max(int(v2c.apiBulkPDU.get_max_repetitions(pdu)), 0)
+        requested = v2c.apiPDU.get_varbinds(pdu)
+        n = min(non_repeaters, len(requested))
+        r = len(requested) - n
+        m = min(max_repetitions, self.max_varbinds // r) if r else 0
+        read_next = self.snmpContext.get_mib_instrum(context_name).read_next_variables
+        context = {"snmpEngine": engine, "acFun": self.verify_access, "cbCtx": self.cbCtx}
+        response = list(read_next(*requested[:n], **context)) if n else []
+        var_binds = requested[n:]
+        while m and r:
+            var_binds = read_next(*var_binds, **context)
+            response.extend(var_binds)
+            if all(value.tagSet == rfc1905.endOfMibView.tagSet for _, value in var_binds):
+                break
+            m -= 1
+        if not response:
+            raise smi_error.SmiError()
+        self.send_varbinds(engine, state_reference, 0, 0, response)
+        self.release_state_information(state_reference)
+
+
+# -- the agent ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Listener:
+    text: str  # as configured
+    domain: tuple[int, ...]
+    sock: socket.socket
+    transport: Any
+
+
+class SnmpAgent:
+    """A read-only SNMP agent (v1, v2c, v3 USM) for the system group and SMTP-MONITOR-MIB."""
+
+    def __init__(
+        self,
+        config: SnmpConfig,
+        state_dir: Path,
+        store: SnapshotSource,
+        health: AgentHealth,
+        *,
+        default_interval: float = 60.0,
+    ) -> None:
+        self._config = config
+        self._state_path = Path(state_dir) / ENGINE_STATE_FILE
+        self._health = health
+        self.view = MibView(store, health, default_interval=default_interval)
+        self._gate = _Gate(health)
+        self._engine: Any = None
+        self._dispatcher: _GuardedDispatcher | None = None
+        self._listeners: list[_Listener] = []
+        self._communities: list[str] = []  # pysnmp community indexes in use
+        self._users: list[tuple[str, int]] = []  # (user, model) in VACM groups
+        self._domains = 0
+        self.engine_state: EngineState | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._engine is not None
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) of every listener."""
+        return [listener.sock.getsockname()[:2] for listener in self._listeners]
+
+    async def start(self) -> None:
+        """Bind every listen address and serve; SnmpBindError names an address that cannot be bound."""
+        if self._engine is not None:
+            raise SnmpAgentError("SNMP agent already started")
+        loop = asyncio.get_running_loop()
+        sockets = _bind_all(self._config.listen)
+        try:
+            configured = parse_engine_id(self._config.engine_id) if self._config.engine_id else None
+            self.engine_state = next_engine_state(self._state_path, configured)
+            engine = self._new_engine(self.engine_state)
+            self._dispatcher = _GuardedDispatcher(self._gate, loop)
+            engine.register_transport_dispatcher(self._dispatcher)
+            self._engine = engine
+            self._setup_access(engine)
+            self._apply_credentials(self._config)
+            for text, sock in sockets:
+                self._listeners.append(self._serve(text, sock, loop))
+            await self._await_endpoints(self._listeners)
+        except BaseException:
+            for _, sock in sockets:
+                sock.close()
+            self._teardown()
+            raise
+        self.view.restart_uptime()
+        log.info(
+            "SNMP agent listening on %s (engine ID %s, boots %d)",
+            ", ".join(self._config.listen), self.engine_state.engine_id.hex(), self.engine_state.boots,
+        )
+
+    async def stop(self) -> None:
+        """Close every socket; the ports are free when this returns."""
+        self._teardown()
+
+    async def reconfigure(self, config: SnmpConfig) -> None:
+        """Apply new communities, users and listen addresses without restarting the engine.
+
+        A changed engine_id needs a restart (keys are localized to the engine ID)."""
+        if not self.running:
+            self._config = config
+            return
+        if config.engine_id != self._config.engine_id:
+            log.warning("SNMP engine_id changed: it takes effect when the agent restarts")
+        loop = asyncio.get_running_loop()
+        current = {listener.text: listener for listener in self._listeners}
+        wanted = list(dict.fromkeys(config.listen))
+        added = _bind_all([text for text in wanted if text not in current])
+        new_listeners = [self._serve(text, sock, loop) for text, sock in added]
+        try:
+            await self._await_endpoints(new_listeners)
+        except BaseException:
+            self._close_listeners(new_listeners)
+            raise
+        self._close_listeners([listener for text, listener in current.items() if text not in wanted])
+        self._listeners = [current[text] for text in wanted if text in current] + new_listeners
+        self._apply_credentials(config)
+        self._config = config
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _new_engine(self, state: EngineState) -> Any:
+        # No snmpEngineID argument: pysnmp would then keep its own boots file under /tmp.
+        engine = SnmpEngine()
+        builder = engine.get_mib_builder()
+        (engine_id, boots) = builder.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots")
+        engine_id.syntax = engine_id.syntax.clone(state.engine_id)
+        boots.syntax = boots.syntax.clone(state.boots)
+        engine.snmpEngineID = engine_id.syntax
+        self._gate.usm_counters = list(builder.import_symbols("__SNMP-USER-BASED-SM-MIB", *_USM_AUTH_COUNTERS))
+        engine.observer.register_observer(self._count_request, "rfc3412.receiveMessage:request")
+        return engine
+
+    def _count_request(self, engine: Any, execpoint: str, variables: dict[str, Any], cb_ctx: Any) -> None:
+        tag = variables["pdu"].tagSet[0].tagId
+        self._health.snmp_requests[PDU_NAMES.get(tag, "other")] += 1
+
+    def _setup_access(self, engine: Any) -> None:
+        context = SnmpContext(engine)
+        context.unregister_context_name(b"")
+        context.register_context_name(b"", _ViewInstrumentation(self.view))
+        for responder in (
+            cmdrsp.GetCommandResponder,
+            cmdrsp.NextCommandResponder,
+            _BulkResponder,
+            cmdrsp.SetCommandResponder,
+        ):
+            responder(engine, context)
+        pysnmp_config.add_context(engine, b"")
+        for subtree in READ_SUBTREES:
+            pysnmp_config.add_vacm_view(engine, VIEW_NAME, "included", subtree, b"")
+        for model, level, group in _GROUPS:
+            pysnmp_config.add_vacm_access(engine, group, b"", model, level, "exact", VIEW_NAME, "", "")
+
+    def _apply_credentials(self, config: SnmpConfig) -> None:
+        """Replace the communities and users pysnmp knows with those of `config`."""
+        engine = self._engine
+        for index in self._communities:
+            pysnmp_config.delete_v1_system(engine, index)
+            for model in (1, 2):
+                pysnmp_config.delete_vacm_group(engine, model, index)
+        for user_name, model in self._users:
+            pysnmp_config.delete_v3_user(engine, user_name)
+            pysnmp_config.delete_vacm_group(engine, model, user_name)
+        self._communities, self._users = [], []
+
+        communities: dict[str, list[Network]] = {}
+        open_to_all: set[str] = set()
+        for community in config.communities:
+            name = community.name.reveal()
+            communities.setdefault(name, []).extend(community.allow)
+            if not community.allow:
+                open_to_all.add(name)
+        gate_map: dict[bytes, tuple[Network, ...]] = {}
+        for number, (name, networks) in enumerate(communities.items()):
+            # The security name is what pysnmp logs: never the community itself.
+            index = f"community-{number}"
+            pysnmp_config.add_v1_system(engine, index, name, securityName=index)
+            pysnmp_config.add_vacm_group(engine, "smtp-monitor-v1", 1, index)
+            pysnmp_config.add_vacm_group(engine, "smtp-monitor-v2c", 2, index)
+            self._communities.append(index)
+            gate_map[name.encode("utf-8")] = () if name in open_to_all else tuple(networks)
+        self._gate.communities = gate_map
+
+        for user in config.users:
+            priv = user.priv
+            pysnmp_config.add_v3_user(
+                engine,
+                user.name,
+                authProtocol=AUTH_PROTOCOLS[user.auth.protocol],
+                authKey=user.auth.password.reveal(),
+                privProtocol=PRIV_PROTOCOLS[priv.protocol] if priv else pysnmp_config.USM_PRIV_NONE,
+                privKey=priv.password.reveal() if priv else None,
+            )
+            group = "smtp-monitor-priv" if priv else "smtp-monitor-auth"
+            pysnmp_config.add_vacm_group(engine, group, 3, user.name)
+            self._users.append((user.name, 3))
+
+    def _serve(self, text: str, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> _Listener:
+        self._domains += 1
+        if sock.family == socket.AF_INET6:
+            domain = (*udp6.DOMAIN_NAME, self._domains)
+            transport = udp6.Udp6AsyncioTransport(loop=loop).open_server_mode(sock=sock)
+        else:
+            domain = (*udp.DOMAIN_NAME, self._domains)
+            transport = udp.UdpAsyncioTransport(loop=loop).open_server_mode(sock=sock)
+        pysnmp_config.add_transport(self._engine, domain, transport)
+        return _Listener(text, domain, sock, transport)
+
+    @staticmethod
+    async def _await_endpoints(listeners: Iterable[_Listener]) -> None:
+        # pysnmp creates the asyncio endpoint in the background: wait for it and fail loudly.
+        for listener in listeners:
+            pending = getattr(listener.transport, "_lport", None)
+            if pending is None:
+                continue
+            try:
+                await asyncio.wait_for(pending, timeout=10)
+            except (OSError, TimeoutError) as exc:
+                raise SnmpBindError(listener.text, str(exc) or type(exc).__name__) from None
+
+    def _close_listeners(self, listeners: Iterable[_Listener]) -> None:
+        for listener in listeners:
+            try:
+                if self._dispatcher is not None:
+                    self._dispatcher.unregister_transport(listener.domain)
+            except Exception as exc:  # already gone: closing must still free the socket
+                log.debug("unregistering SNMP transport %s: %s", listener.text, exc)
+            listener.transport.close_transport()
+            listener.sock.close()  # frees the port now, not on the next loop iteration
+
+    def _teardown(self) -> None:
+        self._close_listeners(self._listeners)
+        self._listeners = []
+        if self._dispatcher is not None:
+            self._dispatcher.close_dispatcher()
+            self._dispatcher = None
+        if self._engine is not None:
+            self._engine.observer.unregister_observer()
+            self._engine = None
+        self._communities, self._users = [], []
+
+
+def _bind_all(addresses: Iterable[str]) -> list[tuple[str, socket.socket]]:
+    """Bind a UDP socket per address now, so a taken port fails here with its address named."""
+    bound: list[tuple[str, socket.socket]] = []
+    try:
+        for text in addresses:
+            kind, host, port = parse_snmp_listen(text)
+            family = socket.AF_INET6 if kind == "udp6" else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                if family == socket.AF_INET6:
+                    # udp6:[::] and udp:0.0.0.0 on one port must not collide.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((host, port))
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                raise SnmpBindError(text, exc.strerror or str(exc)) from None
+            bound.append((text, sock))
+    except BaseException:
+        for _, sock in bound:
+            sock.close()
+        raise
+    return bound

@@ -1,0 +1,630 @@
+"""The agent's MIB as a sorted OID table built from store snapshots, for GET, GETNEXT and GETBULK."""
+
+from __future__ import annotations
+
+import math
+import socket
+import struct
+import time
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeAlias
+
+from pysnmp.proto import rfc1902
+
+from monitor import mib_oids
+from monitor.config import MxCheckConfig, SmtpProbeConfig
+from monitor.health import AgentHealth
+from monitor.mib_oids import MxCheckColumn, MxExchangeColumn, Oid, Scalar, SmtpProbeColumn
+from monitor.results import MxRecord, MxResult, SmtpResult, Status, TlsInfo
+from monitor.store import ProbeState, Snapshot
+
+# pyasn1/pysnmp ship no type information: their values stay `Any` behind this one alias.
+Asn1Value: TypeAlias = Any
+# A cell before it becomes a pyasn1 value: building those is the slow part, so only on read.
+Raw: TypeAlias = int | bytes
+
+SYSTEM: Oid = (1, 3, 6, 1, 2, 1, 1)  # SNMPv2-MIB::system
+SYS_DESCR, SYS_OBJECT_ID, SYS_UPTIME, SYS_CONTACT, SYS_NAME, SYS_LOCATION, SYS_SERVICES = (
+    (*SYSTEM, n, 0) for n in range(1, 8)
+)
+# sysServices: applications (layer 7) and end-to-end (layer 4) = 2**6 + 2**3.
+SYS_SERVICES_VALUE = 72
+
+ADMIN_STRING_MAX = 255  # SnmpAdminString and DisplayString: SIZE (0..255)
+UINT32_MAX = 2**32 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+COUNTER64_MAX = 2**64 - 1
+EXCHANGES_MAX = 65535  # mxExchangeOrder is Unsigned32 (1..65535)
+
+# A sub-identifier larger than any legal one: prefix + (BEYOND,) sorts after the whole subtree.
+BEYOND = 2**32
+
+
+class SnapshotSource(Protocol):
+    """What the view reads: ResultsStore, or anything else handing out snapshots."""
+
+    def snapshot(self) -> Snapshot: ...
+
+
+# -- value encodings ----------------------------------------------------------------------------
+
+
+def date_and_time(value: float | datetime | None) -> bytes:
+    """SNMPv2-TC DateAndTime in UTC with its offset (11 octets); the MIB's 'never' for None or 0."""
+    if value is None or (not isinstance(value, datetime) and value <= 0):
+        return mib_oids.DATE_AND_TIME_NEVER
+    if isinstance(value, datetime):
+        moment = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    else:
+        moment = datetime.fromtimestamp(value, UTC)
+    if not 0 <= moment.year <= 65535:
+        return mib_oids.DATE_AND_TIME_NEVER
+    return struct.pack(
+        ">HBBBBBBcBB",
+        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second,
+        moment.microsecond // 100_000, b"+", 0, 0,
+    )
+
+
+def admin_string(text: str, limit: int = ADMIN_STRING_MAX) -> bytes:
+    """UTF-8 text cut to the MIB's SIZE at a character boundary (a cut character would be invalid)."""
+    octets = text.encode("utf-8", "replace")
+    if len(octets) <= limit:
+        return octets
+    return octets[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
+def address_list(addresses: Sequence[str], limit: int = ADMIN_STRING_MAX) -> bytes:
+    """Comma-separated addresses cut at the last whole address that fits, never mid-address."""
+    out = b""
+    for address in addresses:
+        candidate = (out + b"," if out else b"") + address.encode("ascii", "replace")
+        if len(candidate) > limit:
+            break
+        out = candidate
+    return out
+
+
+def _ms(seconds: float | None) -> int:
+    if not seconds or seconds < 0:
+        return 0
+    return min(round(seconds * 1000), UINT32_MAX)
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+def _truth(flag: bool) -> int:
+    return mib_oids.TRUTH_VALUES[flag]
+
+
+def _phase(result: SmtpResult | MxResult | None) -> int:
+    if result is None or result.phase is None:
+        return mib_oids.PHASE_VALUES["none"]
+    return mib_oids.PHASE_VALUES.get(result.phase.value, mib_oids.PHASE_VALUES["internal"])
+
+
+def _reason(result: SmtpResult | MxResult | None) -> int:
+    if result is None or result.reason is None:
+        return mib_oids.REASON_VALUES["none"]
+    # A reason newer than the MIB must still be a legal enumeration value.
+    return mib_oids.REASON_VALUES.get(result.reason.value, mib_oids.REASON_VALUES["internal"])
+
+
+def _status(status: Status) -> int:
+    return mib_oids.STATUS_VALUES[status.value]
+
+
+# -- column layouts -----------------------------------------------------------------------------
+
+# The pysnmp type of every readable column, as in the MIB's SYNTAX (enumerations and TruthValue
+# are INTEGER, InetPortNumber is Unsigned32, DateAndTime and SnmpAdminString are OCTET STRING).
+_S, _I, _U, _G, _C = (
+    rfc1902.OctetString, rfc1902.Integer32, rfc1902.Unsigned32, rfc1902.Gauge32, rfc1902.Counter64,
+)
+SMTP_PROBE_TYPES: dict[SmtpProbeColumn, type] = {
+    SmtpProbeColumn.NAME: _S,
+    SmtpProbeColumn.HOST: _S,
+    SmtpProbeColumn.PORT: _U,
+    SmtpProbeColumn.TLS_MODE: _I,
+    SmtpProbeColumn.INTERVAL: _U,
+    SmtpProbeColumn.STATUS: _I,
+    SmtpProbeColumn.LAST_ERROR: _S,
+    SmtpProbeColumn.FAILED_PHASE: _I,
+    SmtpProbeColumn.FAILED_REASON: _I,
+    SmtpProbeColumn.REPLY_CODE: _U,
+    SmtpProbeColumn.LATENCY: _U,
+    SmtpProbeColumn.CONNECT_LATENCY: _U,
+    SmtpProbeColumn.BANNER_LATENCY: _U,
+    SmtpProbeColumn.EHLO_LATENCY: _U,
+    SmtpProbeColumn.TLS_LATENCY: _U,
+    SmtpProbeColumn.CONSECUTIVE_FAILURES: _G,
+    SmtpProbeColumn.RUNS: _C,
+    SmtpProbeColumn.FAILURES: _C,
+    SmtpProbeColumn.LAST_SUCCESS: _S,
+    SmtpProbeColumn.LAST_CHANGE: _S,
+    SmtpProbeColumn.TLS_VERSION: _S,
+    SmtpProbeColumn.TLS_CIPHER: _S,
+    SmtpProbeColumn.CERT_EXPIRY: _S,
+    SmtpProbeColumn.CERT_DAYS_LEFT: _I,
+    SmtpProbeColumn.CERT_VERIFIED: _I,
+    SmtpProbeColumn.CERT_SUBJECT: _S,
+    SmtpProbeColumn.ADDRESS: _S,
+}
+MX_CHECK_TYPES: dict[MxCheckColumn, type] = {
+    MxCheckColumn.NAME: _S,
+    MxCheckColumn.DOMAIN: _S,
+    MxCheckColumn.STATUS: _I,
+    MxCheckColumn.LAST_ERROR: _S,
+    MxCheckColumn.FAILED_PHASE: _I,
+    MxCheckColumn.FAILED_REASON: _I,
+    MxCheckColumn.RECORDS: _G,
+    MxCheckColumn.LATENCY: _U,
+    MxCheckColumn.CONSECUTIVE_FAILURES: _G,
+    MxCheckColumn.RUNS: _C,
+    MxCheckColumn.FAILURES: _C,
+    MxCheckColumn.LAST_SUCCESS: _S,
+    MxCheckColumn.LAST_CHANGE: _S,
+    MxCheckColumn.IMPLICIT_MX: _I,
+}
+MX_EXCHANGE_TYPES: dict[MxExchangeColumn, type] = {
+    MxExchangeColumn.NAME: _S,
+    MxExchangeColumn.PREFERENCE: _U,
+    MxExchangeColumn.ADDRESSES: _S,
+    MxExchangeColumn.UP: _I,
+}
+
+# Row tuples hold the readable columns in these orders (ascending column number).
+_SMTP_COLUMNS = tuple(sorted(SMTP_PROBE_TYPES))
+_MX_COLUMNS = tuple(sorted(MX_CHECK_TYPES))
+_EXCHANGE_COLUMNS = tuple(sorted(MX_EXCHANGE_TYPES))
+
+_TLS_FIELDS = slice(
+    _SMTP_COLUMNS.index(SmtpProbeColumn.TLS_VERSION), _SMTP_COLUMNS.index(SmtpProbeColumn.CERT_SUBJECT) + 1
+)
+
+
+# -- rows ---------------------------------------------------------------------------------------
+
+
+def _tls_cells(tls: TlsInfo, started_at: float) -> tuple[Raw, ...]:
+    """TLS version .. certificate subject of one completed handshake."""
+    cert = tls.cert
+    if cert is None:
+        expiry, days, subject = mib_oids.DATE_AND_TIME_NEVER, 0, b""
+    else:
+        not_after = cert.not_after if cert.not_after.tzinfo else cert.not_after.replace(tzinfo=UTC)
+        left = (not_after - datetime.fromtimestamp(started_at, UTC)).total_seconds() / 86400
+        expiry, days, subject = date_and_time(not_after), math.floor(left), admin_string(cert.subject)
+    return (
+        admin_string(tls.version),
+        admin_string(tls.cipher),
+        expiry,
+        _clamp(days, INT32_MIN, INT32_MAX),
+        _truth(cert is not None and tls.verified),
+        subject,
+    )
+
+
+_NO_TLS: tuple[Raw, ...] = (b"", b"", mib_oids.DATE_AND_TIME_NEVER, 0, _truth(False), b"")
+
+
+def smtp_probe_row(
+    state: ProbeState, default_interval: float, previous_tls: tuple[Raw, ...] | None = None
+) -> tuple[Raw, ...]:
+    """The cells of one smtpProbeTable row, in _SMTP_COLUMNS order.
+
+    `previous_tls` carries the TLS cells of the last run that completed a handshake, since the
+    MIB's TLS columns describe that run and not a later one that failed before TLS."""
+    config = state.config
+    assert isinstance(config, SmtpProbeConfig)
+    result = state.last_result if isinstance(state.last_result, SmtpResult) else None
+    timings = result.timings if result else {}
+    if result is not None and result.tls is not None:
+        tls = _tls_cells(result.tls, result.started_at)
+    else:
+        tls = previous_tls or _NO_TLS
+    interval = config.interval or default_interval
+    return (
+        admin_string(state.name),
+        admin_string(config.host),
+        config.effective_port,
+        mib_oids.TLS_MODE_VALUES[config.tls],
+        _clamp(math.ceil(interval), 0, UINT32_MAX),
+        _status(state.status),
+        admin_string(result.error) if result and not result.ok else b"",
+        _phase(result),
+        _reason(result),
+        _clamp(result.reply_code, 0, 999) if result else 0,
+        _ms(result.total) if result else 0,
+        _ms(timings.get("connect")),
+        _ms(timings.get("banner")),
+        _ms(timings.get("ehlo")),
+        _ms(timings.get("tls")),
+        _clamp(state.consecutive_failures, 0, UINT32_MAX),
+        _clamp(state.runs, 0, COUNTER64_MAX),
+        _clamp(state.failures, 0, COUNTER64_MAX),
+        date_and_time(state.last_success),
+        date_and_time(state.last_change),
+        *tls,
+        admin_string(result.address) if result else b"",
+    )
+
+
+def mx_check_row(state: ProbeState) -> tuple[Raw, ...]:
+    """The cells of one mxCheckTable row, in _MX_COLUMNS order."""
+    config = state.config
+    assert isinstance(config, MxCheckConfig)
+    result = state.last_result if isinstance(state.last_result, MxResult) else None
+    return (
+        admin_string(state.name),
+        admin_string(config.domain),
+        _status(state.status),
+        admin_string(result.error) if result and not result.ok else b"",
+        _phase(result),
+        _reason(result),
+        len(mx_exchanges(result)),
+        _ms(result.total) if result else 0,
+        _clamp(state.consecutive_failures, 0, UINT32_MAX),
+        _clamp(state.runs, 0, COUNTER64_MAX),
+        _clamp(state.failures, 0, COUNTER64_MAX),
+        date_and_time(state.last_success),
+        date_and_time(state.last_change),
+        _truth(bool(result and result.implicit_mx)),
+    )
+
+
+def mx_exchanges(result: MxResult | None) -> list[MxRecord]:
+    """The exchanges of the MX answer in mxExchangeOrder: preference, then name.
+
+    An implicit MX (no MX records, RFC 5321 5.1) is no record of the answer: the MIB counts 0."""
+    if result is None or result.implicit_mx:
+        return []
+    ordered = sorted(result.records, key=lambda r: (r.preference, r.exchange.rstrip(".").lower()))
+    return ordered[:EXCHANGES_MAX]
+
+
+def mx_exchange_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid, tuple[Raw, ...]]]:
+    """(index, cells) of the mxExchangeTable rows of one check, in index order."""
+    rows = []
+    for order, record in enumerate(mx_exchanges(result), start=1):
+        up = "not_probed" if record.probe is None else ("up" if record.probe.ok else "down")
+        cells: tuple[Raw, ...] = (
+            admin_string(record.exchange.rstrip(".")),
+            _clamp(record.preference, 0, 65535),
+            address_list(record.addresses),
+            mib_oids.MX_EXCHANGE_UP_VALUES[up],
+        )
+        rows.append(((*name_index, order), cells))
+    return rows
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """One conceptual table: row indexes in OID order and their cells."""
+
+    indexes: Sequence[Oid]
+    cells: Sequence[tuple[Raw, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Scalar:
+    """A scalar instance; `read` builds its value at the moment of the request."""
+
+    read: Callable[[], Asn1Value]
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    """One column of a table: every instance is the column OID + a row index."""
+
+    rows: _Rows
+    position: int
+    syntax: type
+
+
+_Node = _Scalar | _Column
+
+
+class MibTable:
+    """The served OIDs at one store version: a sorted list of scalars and columns.
+
+    No node's OID is a prefix of another's, so one bisect finds the node that can hold an OID,
+    and a second bisect over that table's row indexes finds the instance."""
+
+    def __init__(self, version: int, nodes: Sequence[tuple[Oid, _Node]]) -> None:
+        self.version = version
+        ordered = sorted(nodes, key=lambda item: item[0])
+        self._keys = [oid for oid, _ in ordered]
+        self._nodes = [node for _, node in ordered]
+
+    def get(self, oid: Oid) -> Asn1Value | None:
+        """The value of exactly this instance, or None."""
+        i = bisect_right(self._keys, oid) - 1
+        if i < 0:
+            return None
+        key, node = self._keys[i], self._nodes[i]
+        if isinstance(node, _Scalar):
+            return node.read() if oid == key else None
+        if oid[: len(key)] != key:
+            return None
+        index = oid[len(key) :]
+        rows = node.rows
+        j = bisect_left(rows.indexes, index)
+        if j < len(rows.indexes) and rows.indexes[j] == index:
+            return node.syntax(rows.cells[j][node.position])
+        return None
+
+    def next(self, oid: Oid) -> tuple[Oid, Asn1Value] | None:
+        """The first instance strictly after `oid` with its value, or None at the end of the MIB."""
+        i = bisect_right(self._keys, oid) - 1
+        if i < 0 or oid[: len(self._keys[i])] != self._keys[i]:
+            i += 1  # oid is not inside node i: start with the first node after it
+        for k in range(i, len(self._keys)):
+            key, node = self._keys[k], self._nodes[k]
+            if isinstance(node, _Scalar):
+                if key > oid:
+                    return key, node.read()
+                continue
+            rows = node.rows
+            # Inside this column: the first row after oid's index; else the column starts after oid.
+            j = bisect_right(rows.indexes, oid[len(key) :]) if oid[: len(key)] == key else 0
+            if j < len(rows.indexes):
+                return key + rows.indexes[j], node.syntax(rows.cells[j][node.position])
+        return None
+
+    def node_key(self, oid: Oid) -> Oid | None:
+        """The scalar instance or column OID that `oid` belongs to, if any."""
+        i = bisect_right(self._keys, oid) - 1
+        if i >= 0 and oid[: len(self._keys[i])] == self._keys[i]:
+            return self._keys[i]
+        return None
+
+    def is_object(self, oid: Oid) -> bool:
+        """Whether `oid` names an instance of an object this agent serves (noSuchInstance vs noSuchObject)."""
+        i = bisect_right(self._keys, oid) - 1
+        if i >= 0 and isinstance(self._nodes[i], _Column):
+            return oid[: len(self._keys[i])] == self._keys[i]
+        # A scalar instance is object + (0,): compare object OIDs. Its key may sort after oid.
+        for k in (i, i + 1):
+            if 0 <= k < len(self._keys) and isinstance(self._nodes[k], _Scalar):
+                obj = self._keys[k][:-1]
+                if oid[: len(obj)] == obj:
+                    return True
+        return False
+
+    def items(self) -> Iterator[tuple[Oid, Asn1Value]]:
+        """Every instance in OID order (what a full walk returns)."""
+        for key, node in zip(self._keys, self._nodes, strict=True):
+            if isinstance(node, _Scalar):
+                yield key, node.read()
+            else:
+                for index, cells in zip(node.rows.indexes, node.rows.cells, strict=True):
+                    yield key + index, node.syntax(cells[node.position])
+
+    def __len__(self) -> int:
+        return sum(1 if isinstance(n, _Scalar) else len(n.rows.indexes) for n in self._nodes)
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedRow:
+    """A row's cells, valid while the store hands out the identical ProbeState object."""
+
+    state: ProbeState
+    index: Oid
+    cells: tuple[Raw, ...]
+    exchanges: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()
+
+
+def _same_inputs(old: ProbeState, new: ProbeState) -> bool:
+    """Whether a replaced state still yields the same cells (a reload keeps config and result)."""
+    return (
+        old.config is new.config
+        and old.last_result is new.last_result
+        and old.status is new.status
+        and old.runs == new.runs
+        and old.failures == new.failures
+        and old.consecutive_failures == new.consecutive_failures
+        and old.last_success == new.last_success
+        and old.last_change == new.last_change
+    )
+
+
+RowMaker = Callable[[str, ProbeState, "_CachedRow | None"], _CachedRow]
+
+
+class _RowTable:
+    """The rows of one kind, kept in index order and patched in place as states change."""
+
+    def __init__(self, kind: str, make: RowMaker) -> None:
+        self.kind = kind
+        self._make = make
+        self.rows: dict[str, _CachedRow] = {}
+        self.order: list[str] = []
+        self._position: dict[str, int] = {}
+        self.indexes: list[Oid] = []
+        self.cells: list[tuple[Raw, ...]] = []
+        self.failed = 0  # rows whose status is failed, kept up to date incrementally
+
+    def apply(self, changed: Sequence[tuple[str, ProbeState]], count: int, snapshot: Snapshot) -> bool:
+        """Take the `changed` (new or replaced) states; `count` rows of this kind exist now.
+
+        True if any row was added, removed or changed."""
+        rows = self.rows
+        for name, state in changed:
+            old = rows.get(name)
+            rows[name] = self._make(name, state, old)
+            self.failed += (state.status is Status.FAILED) - (old is not None and old.state.status is Status.FAILED)
+        if len(rows) != count or any(name not in self._position for name, _ in changed):
+            # Rows came or went (a reload): sort again. Index order is length, then octets.
+            if len(rows) != count:
+                kind = self.kind
+                self.rows = rows = {name: rows[name] for name, s in snapshot.states.items() if s.kind == kind}
+                self.failed = sum(row.state.status is Status.FAILED for row in rows.values())
+            self.order = sorted(rows, key=lambda name: rows[name].index)
+            self._position = {name: i for i, name in enumerate(self.order)}
+            self.indexes = [rows[name].index for name in self.order]
+            self.cells = [rows[name].cells for name in self.order]
+            return True
+        if changed:
+            cells = list(self.cells)  # a fresh list: tables handed out earlier stay as they were
+            for name, _ in changed:
+                cells[self._position[name]] = rows[name].cells
+            self.cells = cells
+        return bool(changed)
+
+
+class MibView:
+    """Serves the system group and SMTP-MONITOR-MIB from a store; rebuilt when the store changes.
+
+    Rows are cached by ProbeState identity (the store replaces, never mutates, a state), so a
+    rebuild after one probe result recomputes one row. Nothing here reads credentials: the
+    store holds probe settings and results only."""
+
+    def __init__(
+        self,
+        store: SnapshotSource,
+        health: AgentHealth,
+        *,
+        default_interval: float = 60.0,
+        sys_name: str | None = None,
+        sys_contact: str = "",
+        sys_location: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._health = health
+        self._default_interval = default_interval
+        self._clock = clock
+        self._started = clock()
+        self._sys_name = admin_string(socket.gethostname() if sys_name is None else sys_name)
+        self._sys_contact = admin_string(sys_contact)
+        self._sys_location = admin_string(sys_location)
+        self._table: MibTable | None = None
+        self._smtp = _RowTable("smtp", self._smtp_row)
+        self._mx = _RowTable("mx", self._mx_row)
+        self._exchanges = _Rows([], [])
+        self.last_build_seconds = 0.0
+
+    def restart_uptime(self) -> None:
+        """sysUpTime counts from now (the agent's (re)start)."""
+        self._started = self._clock()
+
+    def uptime_ticks(self) -> int:
+        return int((self._clock() - self._started) * 100) % 2**32
+
+    def current(self) -> MibTable:
+        """The table for the store's current snapshot, rebuilt only if the version moved."""
+        snapshot = self._store.snapshot()
+        table = self._table
+        if table is None or table.version != snapshot.version:
+            started = time.perf_counter()
+            table = self._table = self._build(snapshot)
+            self.last_build_seconds = time.perf_counter() - started
+        return table
+
+    def get(self, oid: Oid) -> Asn1Value | None:
+        return self.current().get(oid)
+
+    def next(self, oid: Oid) -> tuple[Oid, Asn1Value] | None:
+        return self.current().next(oid)
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _build(self, snapshot: Snapshot) -> MibTable:
+        # One pass finding the states the store replaced since the last build: usually few.
+        smtp_rows, mx_rows = self._smtp.rows, self._mx.rows
+        smtp_changed: list[tuple[str, ProbeState]] = []
+        mx_changed: list[tuple[str, ProbeState]] = []
+        smtp_count = 0
+        for name, state in snapshot.states.items():
+            if state.kind == "smtp":
+                smtp_count += 1
+                old = smtp_rows.get(name)
+                if old is None or old.state is not state:
+                    smtp_changed.append((name, state))
+            else:
+                old = mx_rows.get(name)
+                if old is None or old.state is not state:
+                    mx_changed.append((name, state))
+        mx_count = len(snapshot.states) - smtp_count
+        self._smtp.apply(smtp_changed, smtp_count, snapshot)
+        if self._mx.apply(mx_changed, mx_count, snapshot):
+            rows = self._mx.rows
+            flat = [exchange for name in self._mx.order for exchange in rows[name].exchanges]
+            self._exchanges = _Rows([index for index, _ in flat], [cells for _, cells in flat])
+
+        nodes: list[tuple[Oid, _Node]] = self._system_nodes()
+        nodes += self._scalar_nodes(smtp_count, self._smtp.failed, mx_count, self._mx.failed)
+        smtp_table = _Rows(self._smtp.indexes, self._smtp.cells)
+        mx_table = _Rows(self._mx.indexes, self._mx.cells)
+        for position, column in enumerate(_SMTP_COLUMNS):
+            syntax = SMTP_PROBE_TYPES[column]
+            nodes.append(((*mib_oids.SMTP_PROBE_ENTRY, int(column)), _Column(smtp_table, position, syntax)))
+        for position, mx_column in enumerate(_MX_COLUMNS):
+            syntax = MX_CHECK_TYPES[mx_column]
+            nodes.append(((*mib_oids.MX_CHECK_ENTRY, int(mx_column)), _Column(mx_table, position, syntax)))
+        for position, exchange_column in enumerate(_EXCHANGE_COLUMNS):
+            syntax = MX_EXCHANGE_TYPES[exchange_column]
+            nodes.append(
+                ((*mib_oids.MX_EXCHANGE_ENTRY, int(exchange_column)), _Column(self._exchanges, position, syntax))
+            )
+        return MibTable(snapshot.version, nodes)
+
+    def _smtp_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
+        if old is None:
+            return _CachedRow(state, mib_oids.name_index(name), smtp_probe_row(state, self._default_interval))
+        if _same_inputs(old.state, state):
+            return _CachedRow(state, old.index, old.cells)
+        previous_tls = old.cells[_TLS_FIELDS] if old.state.config == state.config else None
+        return _CachedRow(state, old.index, smtp_probe_row(state, self._default_interval, previous_tls))
+
+    def _mx_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
+        if old is not None and _same_inputs(old.state, state):
+            return _CachedRow(state, old.index, old.cells, old.exchanges)
+        index = old.index if old is not None else mib_oids.name_index(name)
+        result = state.last_result if isinstance(state.last_result, MxResult) else None
+        return _CachedRow(state, index, mx_check_row(state), tuple(mx_exchange_rows(index, result)))
+
+    def _system_nodes(self) -> list[tuple[Oid, _Node]]:
+        descr = admin_string(f"smtp-monitor {self._health.version}: SMTP and MX monitoring agent")
+        return [
+            (SYS_DESCR, _Scalar(lambda: rfc1902.OctetString(descr))),
+            (SYS_OBJECT_ID, _Scalar(lambda: rfc1902.ObjectIdentifier(mib_oids.MIB_ROOT))),
+            (SYS_UPTIME, _Scalar(lambda: rfc1902.TimeTicks(self.uptime_ticks()))),
+            (SYS_CONTACT, _Scalar(lambda: rfc1902.OctetString(self._sys_contact))),
+            (SYS_NAME, _Scalar(lambda: rfc1902.OctetString(self._sys_name))),
+            (SYS_LOCATION, _Scalar(lambda: rfc1902.OctetString(self._sys_location))),
+            (SYS_SERVICES, _Scalar(lambda: rfc1902.Integer32(SYS_SERVICES_VALUE))),
+        ]
+
+    def _scalar_nodes(
+        self, probes: int, probes_failed: int, checks: int, checks_failed: int
+    ) -> list[tuple[Oid, _Node]]:
+        health = self._health
+
+        def gauge(value: int) -> _Scalar:
+            return _Scalar(lambda: rfc1902.Gauge32(_clamp(value, 0, UINT32_MAX)))
+
+        # Health facts change without a store version: read them at request time.
+        readers: dict[Scalar, _Scalar] = {
+            Scalar.PROBE_COUNT: gauge(probes),
+            Scalar.PROBES_FAILED: gauge(probes_failed),
+            Scalar.MX_CHECK_COUNT: gauge(checks),
+            Scalar.MX_CHECKS_FAILED: gauge(checks_failed),
+            Scalar.VERSION: _Scalar(lambda: rfc1902.OctetString(admin_string(health.version))),
+            Scalar.CONFIG_LOAD_TIME: _Scalar(
+                lambda: rfc1902.OctetString(date_and_time(health.config_loaded_at))
+            ),
+            Scalar.CONFIG_LOAD_SUCCESS: _Scalar(
+                lambda: rfc1902.Integer32(_truth(health.config_load_success))
+            ),
+        }
+        return [(mib_oids.scalar_oid(scalar), reader) for scalar, reader in readers.items()]

@@ -1,0 +1,544 @@
+"""SNMP notifications (v1/v2c/v3 traps and informs) for results-store events, one sender per receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from pysnmp.carrier.asyncio.dgram import udp, udp6
+from pysnmp.entity import config as snmp_config
+from pysnmp.entity.engine import SnmpEngine
+from pysnmp.entity.rfc3413 import ntforg
+from pysnmp.proto import errind, rfc1902
+
+from monitor import mib_oids as mib
+from monitor.config import MxCheckConfig, SmtpProbeConfig, SnmpNotify
+from monitor.health import AgentHealth
+from monitor.results import MxResult, SmtpResult
+from monitor.snmp.mibview import admin_string, date_and_time
+from monitor.store import ResultsStore, StoreEvent
+
+log = logging.getLogger("smtp_monitor.snmp.notify")
+
+Oid = tuple[int, ...]
+VarBind = tuple[Oid, Any]  # (OID, pysnmp value)
+
+SYS_UP_TIME: Final[Oid] = (1, 3, 6, 1, 2, 1, 1, 3, 0)
+SNMP_TRAP_OID: Final[Oid] = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)
+SNMP_TRAP_ENTERPRISE: Final[Oid] = (1, 3, 6, 1, 6, 3, 1, 1, 4, 3, 0)
+COLD_START: Final[Oid] = (1, 3, 6, 1, 6, 3, 1, 1, 5, 1)
+
+QUEUE_SIZE: Final = 256  # per receiver; events are rare, a backlog this long means the receiver is gone
+INFORM_GIVE_UP: Final = 120.0  # seconds an inform is retried at most, whatever timeout/retries say
+_RESULT_GRACE = 0.5  # pysnmp reports a timeout on its 0.1 s timer tick: wait a little longer than it
+
+# The outcomes counted in health.notifications[(receiver, outcome)].
+SENT, ACKNOWLEDGED, FAILED, RETRIED, DROPPED = "sent", "acknowledged", "failed", "retried", "dropped"
+
+AUTH_PROTOCOLS: Final[dict[str, Oid]] = {
+    "md5": snmp_config.USM_AUTH_HMAC96_MD5,
+    "sha": snmp_config.USM_AUTH_HMAC96_SHA,
+    "sha224": snmp_config.USM_AUTH_HMAC128_SHA224,
+    "sha256": snmp_config.USM_AUTH_HMAC192_SHA256,
+    "sha384": snmp_config.USM_AUTH_HMAC256_SHA384,
+    "sha512": snmp_config.USM_AUTH_HMAC384_SHA512,
+}
+# AES-192/256 with Blumenthal key extension, as net-snmp's AES-192/AES-256 (not Cisco's "-C" variant).
+PRIV_PROTOCOLS: Final[dict[str, Oid]] = {
+    "des": snmp_config.USM_PRIV_CBC56_DES,
+    "aes128": snmp_config.USM_PRIV_CFB128_AES,
+    "aes192": snmp_config.USM_PRIV_CFB192_AES_BLUMENTHAL,
+    "aes256": snmp_config.USM_PRIV_CFB256_AES_BLUMENTHAL,
+}
+
+_MP_MODEL = {"1": 0, "2c": 1, "3": 3}
+_SECURITY_MODEL = {"1": 1, "2c": 2, "3": 3}
+_SEND_TAG = "notify"  # tag of every target address; per-attempt tags pick one window
+_CONTEXT_NAME = b""  # must be bytes: a str context name silently drops the notification
+
+_RESOLVE_TIMEOUT = 10.0  # seconds for the receiver's name to resolve
+_TIMED_OUT = "timeout"  # an inform's answer when pysnmp's window passed without one
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One notification, built once from an event and sent unchanged to every receiver."""
+
+    label: str  # MIB name, e.g. smtpProbeFailed
+    probe: str  # probe or check name; "" for coldStart
+    varbinds: tuple[VarBind, ...]
+
+
+def generate_engine_id() -> bytes:
+    """A fresh RFC 3411 engine ID: our enterprise number, format 5 (octets), 8 random octets."""
+    return struct.pack(">IB", 0x80000000 | mib.ENTERPRISE_OID[-1], 5) + os.urandom(8)
+
+
+def parse_engine_id(value: bytes | str) -> bytes:
+    """An engine ID given as bytes or as hex text (with or without 0x)."""
+    raw = value if isinstance(value, bytes) else bytes.fromhex(value.removeprefix("0x"))
+    if not 5 <= len(raw) <= 32:
+        raise ValueError("an SNMP engine ID is 5 to 32 octets")
+    return raw
+
+
+def receiver_label(cfg: SnmpNotify) -> str:
+    """The receiver's name in logs and counters: host:port, never credentials."""
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    return f"{host}:{cfg.port}"
+
+
+# -- varbinds -------------------------------------------------------------------
+
+
+def _text(text: str) -> Any:
+    return rfc1902.OctetString(admin_string(text))
+
+
+def _ticks(seconds: float) -> Any:
+    return rfc1902.TimeTicks(min(max(int(seconds * 100), 0), 2**32 - 1))
+
+
+def _millis(seconds: float) -> Any:
+    return rfc1902.Unsigned32(min(max(round(seconds * 1000), 0), 2**32 - 1))
+
+
+def _enum(values: Any, key: str, fallback: str) -> Any:
+    return rfc1902.Integer32(values.get(key, values[fallback]))
+
+
+def _failure(result: SmtpResult | MxResult | None) -> tuple[str, str, str]:
+    """(phase, reason, error) of a failed result; none/none/"" for a success or no result."""
+    if result is None or result.ok:
+        return "none", "none", ""
+    phase = result.phase.value if result.phase else "internal"
+    reason = result.reason.value if result.reason else "internal"
+    return phase, reason, result.error
+
+
+def _smtp_value(column: mib.SmtpProbeColumn, event: StoreEvent) -> Any:
+    cfg = event.state.config
+    assert isinstance(cfg, SmtpProbeConfig)
+    result = event.state.last_result if isinstance(event.state.last_result, SmtpResult) else None
+    phase, reason, error = _failure(result)
+    col = mib.SmtpProbeColumn
+    if column is col.NAME:
+        return _text(event.name)
+    if column is col.HOST:
+        return _text(cfg.host)
+    if column is col.PORT:
+        return rfc1902.Unsigned32(cfg.effective_port)
+    if column is col.STATUS:
+        return _enum(mib.STATUS_VALUES, event.new.value, "unknown")
+    if column is col.FAILED_PHASE:
+        return _enum(mib.PHASE_VALUES, phase, "internal")
+    if column is col.FAILED_REASON:
+        return _enum(mib.REASON_VALUES, reason, "internal")
+    if column is col.LAST_ERROR:
+        return _text(error)
+    if column is col.LATENCY:
+        return _millis(result.total if result else 0.0)
+    if column is col.REPLY_CODE:
+        return rfc1902.Unsigned32(result.reply_code if result else 0)
+    if column is col.ADDRESS:
+        return _text(result.address if result else "")
+    if column is col.CONSECUTIVE_FAILURES:
+        return rfc1902.Gauge32(event.state.consecutive_failures)
+    cert = result.tls.cert if result and result.tls else None
+    # The expiry the store warned about: the earliest in the presented chain.
+    expiry = (result.tls.chain_not_after or cert.not_after) if result and result.tls and cert else None
+    if column is col.CERT_EXPIRY:
+        return rfc1902.OctetString(date_and_time(expiry))  # the MIB's 'never' for None
+    if column is col.CERT_DAYS_LEFT:
+        left = (expiry - datetime.fromtimestamp(event.at, UTC)).total_seconds() if expiry else 0.0
+        return rfc1902.Integer32(math.floor(left / 86400))
+    if column is col.CERT_SUBJECT:
+        return _text(cert.subject if cert else "")
+    raise ValueError(f"{column.name} is not an object of any notification")
+
+
+def _mx_value(column: mib.MxCheckColumn, event: StoreEvent) -> Any:
+    cfg = event.state.config
+    assert isinstance(cfg, MxCheckConfig)
+    result = event.state.last_result if isinstance(event.state.last_result, MxResult) else None
+    phase, reason, error = _failure(result)
+    col = mib.MxCheckColumn
+    if column is col.NAME:
+        return _text(event.name)
+    if column is col.DOMAIN:
+        return _text(cfg.domain)
+    if column is col.STATUS:
+        return _enum(mib.STATUS_VALUES, event.new.value, "unknown")
+    if column is col.FAILED_PHASE:
+        return _enum(mib.PHASE_VALUES, phase, "internal")
+    if column is col.FAILED_REASON:
+        return _enum(mib.REASON_VALUES, reason, "internal")
+    if column is col.LAST_ERROR:
+        return _text(error)
+    if column is col.LATENCY:
+        return _millis(result.total if result else 0.0)
+    if column is col.CONSECUTIVE_FAILURES:
+        return rfc1902.Gauge32(event.state.consecutive_failures)
+    raise ValueError(f"{column.name} is not an object of any notification")
+
+
+_WHICH: Final[dict[tuple[str, str], mib.Notification]] = {
+    ("smtp", "failed"): mib.Notification.SMTP_PROBE_FAILED,
+    ("smtp", "recovered"): mib.Notification.SMTP_PROBE_RECOVERED,
+    ("mx", "failed"): mib.Notification.MX_CHECK_FAILED,
+    ("mx", "recovered"): mib.Notification.MX_CHECK_RECOVERED,
+    ("smtp", "cert_expiring"): mib.Notification.SMTP_CERT_EXPIRING,
+}
+
+
+def build_notification(event: StoreEvent, started_at: float) -> Notification | None:
+    """The notification for a store event (None if the MIB has none for it), varbinds in MIB order."""
+    which = _WHICH.get((event.probe_kind, event.kind))
+    if which is None:
+        return None
+    varbinds: list[VarBind] = [
+        (SYS_UP_TIME, _ticks(event.at - started_at)),  # when it happened, not when it was sent
+        (SNMP_TRAP_OID, rfc1902.ObjectIdentifier(mib.notification_oid(which))),
+    ]
+    for column in mib.NOTIFICATION_OBJECTS[which]:
+        if isinstance(column, mib.SmtpProbeColumn):
+            varbinds.append((mib.smtp_probe_oid(column, event.name), _smtp_value(column, event)))
+        else:
+            varbinds.append((mib.mx_check_oid(column, event.name), _mx_value(column, event)))
+    return Notification(mib.mib_label(which.name), event.name, tuple(varbinds))
+
+
+def build_cold_start(started_at: float) -> Notification:
+    # snmpTrapEnterprise lets a v1 receiver (RFC 3584 translation) see whose coldStart it is.
+    varbinds = (
+        (SYS_UP_TIME, _ticks(time.time() - started_at)),
+        (SNMP_TRAP_OID, rfc1902.ObjectIdentifier(COLD_START)),
+        (SNMP_TRAP_ENTERPRISE, rfc1902.ObjectIdentifier(mib.MIB_ROOT)),
+    )
+    return Notification("coldStart", "", varbinds)
+
+
+# -- one receiver -----------------------------------------------------------------
+
+
+class _Receiver:
+    """A receiver's engine, queue and sender task; nothing here is shared with other receivers."""
+
+    def __init__(self, cfg: SnmpNotify, label: str, queue_size: int, give_up: float) -> None:
+        self.cfg = cfg
+        self.label = label
+        self.kind = f"v{cfg.version} {cfg.type}"
+        self.queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=queue_size)
+        self.task: asyncio.Task[None] | None = None
+        self.engine: Any = None
+        self.originator: Any = None
+        self.ready = False  # target registered (host resolved)
+        self.current: Notification | None = None
+        # Informs: attempt k waits timeout * 2**k, all within give_up (and at least one attempt).
+        windows: list[float] = []
+        for attempt in range(cfg.retries + 1 if cfg.type == "inform" else 1):
+            window = cfg.timeout * 2**attempt
+            if windows and sum(windows) + window > give_up:
+                break
+            windows.append(window)
+        self.windows = windows
+
+
+class Notifier:
+    """Sends a notification for every results-store event to every configured receiver.
+
+    Each receiver has its own pysnmp engine (one engine per destination: sharing one between
+    targets with different timeouts duplicates notifications), a bounded queue (the oldest
+    waiting notification is dropped when full) and a sender task, so a dead receiver delays
+    nothing but its own queue. Informs are resent with exponential backoff (windows of
+    timeout, 2*timeout, 4*timeout... for `retries` resends, at most `inform_give_up` seconds).
+
+    Every notification ends with one outcome per receiver in health.notifications:
+    "sent" (trap handed to the network), "acknowledged" (inform), "failed" or "dropped";
+    "retried" counts inform resends. Each outcome is logged on one line.
+    All engines use `engine_id`: v3 trap receivers need it (`createUser -e`).
+    """
+
+    def __init__(
+        self,
+        receivers: Sequence[SnmpNotify],
+        health: AgentHealth,
+        engine_id: bytes | str | None = None,
+        *,
+        queue_size: int = QUEUE_SIZE,
+        inform_give_up: float = INFORM_GIVE_UP,
+        engine_boots: int | None = None,
+    ) -> None:
+        self.health = health
+        self.engine_id = parse_engine_id(engine_id) if engine_id is not None else generate_engine_id()
+        self._receivers: list[_Receiver] = []
+        seen: dict[str, int] = {}
+        for cfg in receivers:
+            label = receiver_label(cfg)
+            seen[label] = seen.get(label, 0) + 1
+            if seen[label] > 1:
+                label = f"{label}#{seen[label]}"  # two receivers at one address stay apart in counters
+            self._receivers.append(_Receiver(cfg, label, queue_size, inform_give_up))
+        self._started = False
+        self._closing = False
+        # snmpEngineBoots of every engine: the caller's persistent counter, else pysnmp's own.
+        self._boots: int | None = engine_boots
+
+    @property
+    def engine_id_hex(self) -> str:
+        """The engine ID as net-snmp writes it: 0x..."""
+        return "0x" + self.engine_id.hex()
+
+    @property
+    def receivers(self) -> list[str]:
+        return [r.label for r in self._receivers]
+
+    def subscribe(self, store: ResultsStore) -> None:
+        store.subscribe(self.publish)
+
+    def publish(self, event: StoreEvent) -> None:
+        """Store subscriber: build the notification now, queue it for every receiver, never block."""
+        if self._closing or not self._receivers:
+            return
+        notification = build_notification(event, self.health.started_at)
+        if notification is not None:
+            self._enqueue(notification)
+
+    async def cold_start(self) -> None:
+        """Queue SNMPv2-MIB::coldStart for every receiver (call once, after start())."""
+        self._enqueue(build_cold_start(self.health.started_at))
+
+    def _enqueue(self, notification: Notification) -> None:
+        for rcv in self._receivers:
+            if rcv.queue.full():
+                # Drop the oldest: the newest event says most about the probe's present state.
+                oldest = rcv.queue.get_nowait()
+                rcv.queue.task_done()
+                self._outcome(rcv, oldest, DROPPED, f"queue full ({rcv.queue.maxsize} waiting)")
+            rcv.queue.put_nowait(notification)
+
+    async def start(self) -> None:
+        """Create every receiver's engine and start its sender task."""
+        if self._started:
+            return
+        self._started = True
+        for rcv in self._receivers:
+            try:
+                await self._setup_target(rcv)
+            except Exception as exc:  # a bad receiver must not stop the agent or the others
+                log.error("SNMP receiver %s not ready, will retry per notification: %s", rcv.label, exc)
+        # Senders start once every engine is built: no pysnmp work in a thread while they run.
+        for rcv in self._receivers:
+            rcv.task = asyncio.create_task(self._run(rcv), name=f"snmp-notify {rcv.label}")
+
+    async def drain(self, deadline: float) -> bool:
+        """Wait until every queued notification has an outcome; False if `deadline` s passed first."""
+        joins = [asyncio.ensure_future(r.queue.join()) for r in self._receivers if r.task]
+        if not joins:
+            return True
+        _, pending = await asyncio.wait(joins, timeout=deadline)
+        for join in pending:
+            join.cancel()
+        return not pending
+
+    async def stop(self, deadline: float = 5.0) -> None:
+        """Take no more events, let queued notifications go out for up to `deadline` s, then close."""
+        self._closing = True
+        await self.drain(deadline)
+        tasks = [r.task for r in self._receivers if r.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for rcv in self._receivers:
+            rcv.task = None
+            if rcv.current is not None:
+                self._outcome(rcv, rcv.current, DROPPED, "agent stopping")
+                rcv.current = None
+            while not rcv.queue.empty():
+                self._outcome(rcv, rcv.queue.get_nowait(), DROPPED, "agent stopping")
+                rcv.queue.task_done()
+            if rcv.engine is not None:
+                rcv.engine.close_dispatcher()
+                rcv.engine = None
+                rcv.ready = False
+
+    # -- engine setup ---------------------------------------------------------------
+
+    async def _setup_engine(self, rcv: _Receiver) -> None:
+        if rcv.engine is None:
+            # Building an engine loads MIB modules (~0.25 s): not on the event loop, probes run there.
+            rcv.engine = await asyncio.to_thread(self._build_engine, rcv.cfg)
+            rcv.originator = ntforg.NotificationOriginator()
+
+    def _build_engine(self, cfg: SnmpNotify) -> Any:
+        """An engine with this receiver's credentials and notify view; no transport yet."""
+        if self._boots is None:
+            # pysnmp keeps a boots counter per engine ID in the temp directory and bumps it here,
+            # so v3 trap receivers (which refuse boots going backwards) accept us after a restart.
+            engine = SnmpEngine(snmpEngineID=rfc1902.OctetString(self.engine_id))
+        else:
+            engine = SnmpEngine()
+            (engine_id,) = engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineID")
+            engine_id.syntax = engine_id.syntax.clone(self.engine_id)
+            engine.snmpEngineID = engine_id.syntax
+        (boots,) = engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots")
+        if self._boots is None:
+            self._boots = int(boots.syntax)
+        boots.syntax = boots.syntax.clone(self._boots)  # one value for every engine of our ID
+        security_name = "notify"
+        if cfg.version == "3":
+            assert cfg.user is not None
+            assert cfg.auth is not None
+            security_name = cfg.user
+            priv = cfg.priv
+            snmp_config.add_v3_user(
+                engine,
+                cfg.user,
+                AUTH_PROTOCOLS[cfg.auth.protocol],
+                cfg.auth.password.reveal(),
+                PRIV_PROTOCOLS[priv.protocol] if priv else snmp_config.USM_PRIV_NONE,
+                priv.password.reveal() if priv else None,
+            )
+            level = "authPriv" if priv else "authNoPriv"
+        else:
+            assert cfg.community is not None
+            snmp_config.add_v1_system(
+                engine, security_name, cfg.community.reveal(), transportTag=_SEND_TAG,
+                securityName=security_name,
+            )  # fmt: skip
+            level = "noAuthNoPriv"
+        snmp_config.add_target_parameters(engine, "params", security_name, level, _MP_MODEL[cfg.version])
+        # The notify view must cover every varbind (sysUpTime.0 and snmpTrapOID.0 included).
+        snmp_config.add_vacm_user(
+            engine, _SECURITY_MODEL[cfg.version], security_name, level, (), (), (1, 3, 6),
+            contextName=_CONTEXT_NAME,
+        )  # fmt: skip
+        return engine
+
+    async def _setup_target(self, rcv: _Receiver) -> None:
+        """Resolve the receiver, open its UDP socket and register one target per attempt window."""
+        if rcv.ready:
+            return
+        await self._setup_engine(rcv)
+        loop = asyncio.get_running_loop()
+        # A resolver that hangs must not hold this receiver's queue for ever.
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(rcv.cfg.host, rcv.cfg.port, type=socket.SOCK_DGRAM), _RESOLVE_TIMEOUT
+        )
+        if not infos:
+            raise OSError(f"{rcv.cfg.host} has no address")
+        family, *_, sockaddr = infos[0]
+        v6 = family == socket.AF_INET6
+        domain = udp6.DOMAIN_NAME if v6 else udp.DOMAIN_NAME
+        address: tuple[Any, ...] = (str(sockaddr[0]), int(sockaddr[1]))
+        if v6 and len(sockaddr) == 4 and sockaddr[3]:
+            address = (*address, 0, sockaddr[3])  # link-local: keep the scope
+        engine = rcv.engine
+        if snmp_config.get_transport(engine, domain) is None:
+            transport = (udp6.Udp6AsyncioTransport if v6 else udp.UdpAsyncioTransport)().open_client_mode()
+            snmp_config.add_transport(engine, domain, transport)
+            await transport._lport  # bind now, so a socket error shows here and not as silence
+        notify_type = "inform" if rcv.cfg.type == "inform" else "trap"
+        for attempt, window in enumerate(rcv.windows):
+            tag = f"t{attempt}"
+            snmp_config.add_target_address(
+                engine, f"a{attempt}", domain, address, "params",
+                timeout=round(window * 100), retryCount=0, tagList=f"{_SEND_TAG} {tag}",
+            )  # fmt: skip
+            snmp_config.add_notification_target(engine, f"n{attempt}", "params", tag, notify_type)
+        rcv.ready = True
+
+    # -- sending ------------------------------------------------------------------
+
+    async def _run(self, rcv: _Receiver) -> None:
+        while True:
+            notification = await rcv.queue.get()
+            rcv.current = notification
+            try:
+                await self._deliver(rcv, notification)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one bad send must not end this receiver's sender
+                self._outcome(rcv, notification, FAILED, f"{type(exc).__name__}: {exc}")
+            rcv.current = None
+            rcv.queue.task_done()
+
+    async def _deliver(self, rcv: _Receiver, notification: Notification) -> None:
+        try:
+            await self._setup_target(rcv)
+        except (OSError, ValueError) as exc:
+            self._outcome(rcv, notification, FAILED, f"receiver not ready: {exc}")
+            return
+        if rcv.cfg.type == "trap":
+            error = self._send(rcv, 0, notification, None)
+            self._outcome(rcv, notification, FAILED if error else SENT, error)
+            return
+        started = time.monotonic()
+        give_up = started + sum(rcv.windows)
+        loop = asyncio.get_running_loop()
+        reason = ""
+        for attempt, window in enumerate(rcv.windows):
+            if attempt:
+                self._outcome(rcv, notification, RETRIED, f"{reason}; resend {attempt} of {len(rcv.windows) - 1}")
+            future: asyncio.Future[str] = loop.create_future()
+            error = self._send(rcv, attempt, notification, future)
+            if error:
+                self._outcome(rcv, notification, FAILED, error)
+                return
+            try:
+                answer = await asyncio.wait_for(future, max(give_up - time.monotonic(), 0.0) + _RESULT_GRACE)
+            except TimeoutError:
+                answer = _TIMED_OUT
+            if not answer:
+                took = time.monotonic() - started
+                self._outcome(rcv, notification, ACKNOWLEDGED, f"after {attempt + 1} attempt(s), {took:.2f} s")
+                return
+            if answer != _TIMED_OUT:
+                # A refusal (unknown user, wrong digest...) does not heal by resending.
+                self._outcome(rcv, notification, FAILED, f"refused: {answer}")
+                return
+            reason = f"no acknowledgement in {window:g} s"
+        self._outcome(rcv, notification, FAILED, f"gave up: {reason}")
+
+    def _send(
+        self, rcv: _Receiver, attempt: int, notification: Notification, future: asyncio.Future[str] | None
+    ) -> str:
+        """Hand one notification to pysnmp: "" or why it could not. An inform's answer lands in
+        `future`: "" when acknowledged, _TIMED_OUT, or the error."""
+        failed: list[str] = []
+
+        def done(_engine: Any, _handle: Any, indication: Any, status: Any, *_rest: Any) -> None:
+            if indication:
+                answer = _TIMED_OUT if isinstance(indication, errind.RequestTimedOut) else str(indication)
+            else:
+                answer = f"error-status {status}" if status else ""
+            if future is None:
+                failed.append(answer or "refused")
+            elif not future.done():
+                future.set_result(answer)
+
+        handle = rcv.originator.send_varbinds(
+            rcv.engine, f"n{attempt}", None, _CONTEXT_NAME, notification.varbinds, done, None
+        )
+        if handle is None:
+            return "refused by the notify view (VACM)"
+        return failed[0] if failed else ""
+
+    def _outcome(self, rcv: _Receiver, notification: Notification, outcome: str, detail: str = "") -> None:
+        """Count and log one outcome; the line names receiver by address only, never credentials."""
+        self.health.notifications[(rcv.label, outcome)] += 1
+        about = f" for {notification.probe}" if notification.probe else ""
+        level = logging.INFO if outcome in (SENT, ACKNOWLEDGED) else logging.WARNING
+        log.log(
+            level, "SNMP %s%s to %s (%s): %s%s",
+            notification.label, about, rcv.label, rcv.kind, outcome, f", {detail}" if detail else "",
+        )  # fmt: skip
