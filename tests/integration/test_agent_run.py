@@ -152,7 +152,9 @@ class TestAgentMetrics:
         agent = agent_factory({"defaults": {"interval": "1s"}, "smtp": smtp_probes(postfix)})
         agent.wait_until(lambda: agent.value("smtp_probe_runs_total", probe="smtps") is not None, 15, "no runs")
         _, text = agent.get("/metrics")
-        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+        check = subprocess.run(
+            ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False
+        )
         assert check.returncode == 0
         assert check.stdout + check.stderr == ""
 
