@@ -75,6 +75,9 @@ class ProbeScheduler:
         self._scheduler.add_listener(self._on_event, EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         # APScheduler logs every skipped run at WARNING; we count them instead.
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        # _run() turns every probe exception into a result; what APScheduler's executor would
+        # still report is the cancellation of in-flight probes at shutdown, which is expected.
+        logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:

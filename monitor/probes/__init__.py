@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import dns.asyncresolver
 import dns.nameserver
+import dns.resolver
 
 from monitor.config import Config, Defaults, DnsConfig
 from monitor.probes.tls import TlsContexts
@@ -20,7 +21,12 @@ def build_resolver(dns_config: DnsConfig) -> dns.asyncresolver.Resolver:
             for host, port in dns_config.nameserver_addresses()
         ]
     else:
-        resolver = dns.asyncresolver.Resolver()
+        try:
+            resolver = dns.asyncresolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:
+            # No /etc/resolv.conf (containers): IP targets still work, names fail as DNS errors.
+            resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver.nameservers = ["127.0.0.1"]
     resolver.lifetime = dns_config.timeout
     resolver.timeout = dns_config.timeout
     # Probes must see the DNS as it is now, not as a cache remembers it.

@@ -78,7 +78,7 @@ class Pki:
 
     def issue_expired(self, *identities: str, days_ago: int = 2) -> IssuedCert:
         """A leaf whose validity ended `days_ago` days ago (and began a month before that)."""
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         return self.issue(
             *identities,
             not_before=now - datetime.timedelta(days=days_ago + 30),

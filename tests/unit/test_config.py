@@ -1,0 +1,399 @@
+"""monitor.config: every bad file is a ConfigError naming file, key path and problem; secrets stay hidden."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from monitor.config import (
+    Config,
+    ConfigError,
+    DnsConfig,
+    load_config,
+    parse_duration,
+    parse_snmp_listen,
+    split_host_port,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "agent.yaml"
+PASSWORD = "Zebra-Hunter2-Quokka"  # distinctive: any appearance in output is a leak
+
+
+def write(directory: Path, text: str, name: str = "agent.yaml") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def config_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value)
+
+
+def assert_names(message: str, path: Path, key: str, *problem: str) -> None:
+    """Every line names the file; some line names the key path and every problem word."""
+    lines = message.splitlines()
+    assert lines, "empty ConfigError"
+    assert all(line.startswith(f"{path}: ") for line in lines), message
+    matching = [line for line in lines if f": {key}: " in line]
+    assert matching, f"no line names {key!r}: {message}"
+    for word in problem:
+        assert any(word in line for line in matching), f"{word!r} missing from {message}"
+
+
+class TestUnreadableFile:
+    def test_missing_file_names_the_path_and_says_it_cannot_be_read(self, tmp_path: Path) -> None:
+        path = tmp_path / "absent.yaml"
+        message = config_error(path)
+        assert message.startswith(f"{path}: cannot read")
+        assert "No such file" in message
+
+    def test_directory_instead_of_file_cannot_be_read(self, tmp_path: Path) -> None:
+        # chmod 000 is no test when running as root (root reads it anyway); a directory never reads.
+        message = config_error(tmp_path)
+        assert message.startswith(f"{tmp_path}: cannot read")
+
+    def test_non_utf8_bytes_are_refused_as_not_text(self, tmp_path: Path) -> None:
+        path = tmp_path / "latin1.yaml"
+        path.write_bytes(b"defaults: {helo: caf\xe9}\n")
+        assert config_error(path).startswith(f"{path}: not UTF-8 text")
+
+
+class TestInvalidYaml:
+    def test_syntax_error_names_the_line(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "smtp:\n  - name: a\n   host: b\n")
+        message = config_error(path)
+        assert message.startswith(f"{path}: invalid YAML: line 3, column 4: ")
+        assert len(message.splitlines()) == 1
+
+    def test_duplicate_key_is_refused_with_its_line(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "defaults:\n  interval: 5s\n  interval: 6s\n")
+        assert config_error(path) == f"{path}: invalid YAML: line 3, column 3: duplicate key 'interval'"
+
+    def test_duplicate_key_in_a_list_item_is_refused(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "smtp:\n  - {name: a, host: b.example, name: c}\n")
+        assert "duplicate key 'name'" in config_error(path)
+
+    def test_unhashable_key_is_a_config_error_not_a_crash(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "? [a, b]\n: 1\n")
+        assert config_error(path) == f"{path}: invalid YAML: line 1, column 3: found unhashable key"
+
+    def test_control_character_is_one_line_with_line_and_column(self, tmp_path: Path) -> None:
+        path = tmp_path / "nul.yaml"
+        path.write_text("defaults:\n  helo: a\x00b\n", encoding="utf-8")
+        message = config_error(path)
+        assert message == (
+            f"{path}: invalid YAML: line 2, column 10: unacceptable character #x0000: "
+            "special characters are not allowed"
+        )
+
+    def test_top_level_list_is_refused(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "- a\n- b\n")
+        assert config_error(path) == f"{path}: (top level): expected a mapping, got list"
+
+    def test_empty_file_is_all_defaults(self, tmp_path: Path) -> None:
+        config = load_config(write(tmp_path, ""))
+        assert config == Config()
+
+
+class TestUnknownAndMistypedKeys:
+    def test_unknown_nested_key_names_its_full_path(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "smtp:\n  - {name: a, host: mail.example, bogus: 1}\n")
+        assert config_error(path) == f"{path}: smtp[0].bogus: unknown key"
+
+    def test_unknown_top_level_key(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "prometheus: {listen: '127.0.0.1:9465'}\nsmpt: []\n")
+        assert config_error(path) == f"{path}: smpt: unknown key"
+
+    def test_wrong_scalar_type_names_key_and_expected_type(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "defaults: {alert_after: many}\n")
+        assert_names(config_error(path), path, "defaults.alert_after", "valid integer")
+
+    def test_mapping_where_a_list_belongs(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "smtp: {name: a, host: mail.example}\n")
+        assert config_error(path) == f"{path}: smtp: Input should be a valid list"
+
+    def test_bad_tls_mode_lists_the_choices(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "smtp:\n  - {name: a, host: mail.example, tls: ssl}\n")
+        assert_names(config_error(path), path, "smtp[0].tls", "'none', 'starttls' or 'implicit'")
+
+    def test_bad_host_name(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "smtp:\n  - {name: a, host: 'bad host'}\n")
+        assert config_error(path) == f"{path}: smtp[0].host: bad host name 'bad host'"
+
+    def test_one_line_per_problem_when_several_keys_are_wrong(self, tmp_path: Path) -> None:
+        path = write(tmp_path, """\
+            defaults: {interval: 5q, alert_after: 0}
+            smtp:
+              - {name: a, host: mail.example, port: 0}
+            """)
+        lines = config_error(path).splitlines()
+        assert [line.split(": ")[1] for line in lines] == [
+            "defaults.interval", "defaults.alert_after", "smtp[0].port",
+        ]
+
+    def test_union_field_error_is_one_line_without_pydantic_internals(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "snmp:\n  communities:\n    - {name: public, allow: [not-a-network]}\n")
+        message = config_error(path)
+        assert message == (
+            f"{path}: snmp.communities[0].allow[0]: "
+            "Input is not a valid IPv4 network; Input is not a valid IPv6 network"
+        )
+
+
+class TestAddresses:
+    @pytest.mark.parametrize(
+        ("listen", "problem"),
+        [
+            ("127.0.0.1", "needs a port"),
+            ("127.0.0.1:99999", "bad port"),
+            ("127.0.0.1:http", "bad port"),
+            ("[::1:9465", "missing ']'"),
+            (":9465", "no host"),
+        ],
+    )
+    def test_bad_prometheus_listen(self, tmp_path: Path, listen: str, problem: str) -> None:
+        path = write(tmp_path, f"prometheus: {{listen: '{listen}'}}\n")
+        assert_names(config_error(path), path, "prometheus.listen", problem)
+
+    @pytest.mark.parametrize(
+        ("listen", "problem"),
+        [
+            ("udp:mail.example:161", "must be an IP address"),
+            ("udp:127.0.0.1:0", "bad port"),
+            ("udp6:[::1", "missing ']'"),
+        ],
+    )
+    def test_bad_snmp_listen(self, tmp_path: Path, listen: str, problem: str) -> None:
+        path = write(tmp_path, f"snmp: {{listen: ['{listen}']}}\n")
+        assert_names(config_error(path), path, "snmp.listen", problem)
+
+    @pytest.mark.parametrize(
+        ("nameserver", "problem"),
+        [("ns1.example", "must be an IP address"), ("192.0.2.1:65536", "bad port"), ("[::1]x", "bad address")],
+    )
+    def test_bad_nameserver(self, tmp_path: Path, nameserver: str, problem: str) -> None:
+        path = write(tmp_path, f"dns: {{nameservers: ['{nameserver}']}}\n")
+        assert_names(config_error(path), path, "dns.nameservers", problem)
+
+    def test_smtp_port_out_of_range(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "smtp:\n  - {name: a, host: mail.example, port: 70000}\n")
+        assert_names(config_error(path), path, "smtp[0].port", "less than or equal to 65535")
+
+    def test_ipv6_nameserver_with_port_and_bare(self, tmp_path: Path) -> None:
+        config = load_config(write(tmp_path, "dns: {nameservers: ['[::1]:53', '::1', '192.0.2.1:5353']}\n"))
+        assert config.dns.nameserver_addresses() == [("::1", 53), ("::1", 53), ("192.0.2.1", 5353)]
+
+    def test_snmp_listen_forms(self) -> None:
+        assert parse_snmp_listen("udp:0.0.0.0:161") == ("udp", "0.0.0.0", 161)
+        assert parse_snmp_listen("udp6:[::]:1161") == ("udp6", "::", 1161)
+        assert parse_snmp_listen("127.0.0.1") == ("udp", "127.0.0.1", 161)
+        assert parse_snmp_listen("[::1]:161") == ("udp6", "::1", 161)  # IPv6 implies udp6
+
+    def test_split_host_port_forms(self) -> None:
+        assert split_host_port("mail.example", 25) == ("mail.example", 25)
+        assert split_host_port("mail.example:587", 25) == ("mail.example", 587)
+        assert split_host_port("[2001:db8::1]:25", None) == ("2001:db8::1", 25)
+        assert split_host_port("2001:db8::1", 25) == ("2001:db8::1", 25)
+
+    def test_prometheus_listen_address(self, tmp_path: Path) -> None:
+        config = load_config(write(tmp_path, "prometheus: {listen: '[::1]:9465'}\n"))
+        assert config.prometheus.address() == ("::1", 9465)
+
+    def test_prometheus_can_be_disabled(self, tmp_path: Path) -> None:
+        assert load_config(write(tmp_path, "prometheus: {listen: null}\n")).prometheus.address() is None
+
+
+class TestProbeNames:
+    def test_duplicate_name_across_smtp_and_mx(self, tmp_path: Path) -> None:
+        path = write(tmp_path, """\
+            smtp:
+              - {name: primary, host: mail.example}
+            mx:
+              - {name: primary, domain: example.com}
+            """)
+        assert config_error(path) == f"{path}: mx[0].name: duplicate probe name 'primary' (also smtp[0])"
+
+    def test_duplicate_name_within_smtp(self, tmp_path: Path) -> None:
+        path = write(tmp_path, """\
+            smtp:
+              - {name: a, host: mail.example}
+              - {name: a, host: mx.example}
+            """)
+        assert_names(config_error(path), path, "smtp[1].name", "duplicate probe name 'a'", "smtp[0]")
+
+    def test_name_with_spaces_is_refused(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "smtp:\n  - {name: 'a b', host: mail.example}\n")
+        assert_names(config_error(path), path, "smtp[0].name", "pattern")
+
+
+class TestDurations:
+    @pytest.mark.parametrize(
+        ("text", "seconds"),
+        [("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25), ("1d", 86400.0),
+         (45, 45.0), (2.5, 2.5), ("10", 10.0), (" 1.5 s ", 1.5)],
+    )
+    def test_good_durations(self, text: str | float, seconds: float) -> None:
+        assert parse_duration(text) == pytest.approx(seconds)
+
+    @pytest.mark.parametrize(("text", "problem"), [("5q", "bad duration '5q'"), (-1, "greater than zero"),
+                                                    (0, "greater than zero"), ("-1s", "bad duration"),
+                                                    ("0ms", "greater than zero"), (True, "a duration is")])
+    def test_bad_duration_in_a_file(self, tmp_path: Path, text: str | int, problem: str) -> None:
+        value = repr(text) if isinstance(text, str) else str(text).lower()
+        path = write(tmp_path, f"smtp:\n  - {{name: a, host: mail.example, timeout: {value}}}\n")
+        assert_names(config_error(path), path, "smtp[0].timeout", problem)
+
+    def test_durations_in_a_file_become_seconds(self, tmp_path: Path) -> None:
+        config = load_config(write(tmp_path, """\
+            defaults: {interval: 5m, timeout: 250ms}
+            dns: {timeout: 2}
+            smtp:
+              - {name: a, host: mail.example, interval: 1h}
+            """))
+        assert (config.defaults.interval, config.defaults.timeout) == (300.0, 0.25)
+        assert config.dns.timeout == 2.0
+        assert config.smtp[0].interval == 3600.0
+
+
+class TestSnmpCredentials:
+    def test_short_inline_v3_password(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "snmp:\n  users:\n    - {name: ops, auth: {password: tiny7ch}}\n")
+        message = config_error(path)
+        assert_names(message, path, "snmp.users[0].auth.password", "at least 8 characters")
+        assert "tiny7ch" not in message
+
+    def test_short_v3_password_from_env(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("SMTPMON_TEST_SHORT", "tiny7ch")
+        path = write(tmp_path, """\
+            snmp:
+              users:
+                - {name: ops, auth: {password: {env: SMTPMON_TEST_SHORT}}}
+            """)
+        message = config_error(path)
+        assert_names(message, path, "snmp.users[0].auth.password", "at least 8 characters")
+        assert "tiny7ch" not in message
+
+    def test_v3_notify_without_user(self, tmp_path: Path) -> None:
+        path = write(tmp_path, """\
+            snmp:
+              notify:
+                - {host: 127.0.0.1, version: 3, auth: {password: longenough}}
+            """)
+        assert config_error(path) == f"{path}: snmp.notify[0]: an SNMPv3 receiver needs user and auth"
+
+    def test_v2c_notify_without_community(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "snmp:\n  notify:\n    - {host: 127.0.0.1}\n")
+        assert_names(config_error(path), path, "snmp.notify[0]", "needs community")
+
+    def test_v1_inform_is_refused(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "snmp:\n  notify:\n    - {host: 127.0.0.1, version: 1, type: inform, community: c}\n")
+        assert_names(config_error(path), path, "snmp.notify[0]", "SNMPv1 has no informs")
+
+    def test_secret_from_unset_env_var(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("SMTPMON_TEST_UNSET", raising=False)
+        path = write(tmp_path, "snmp:\n  communities:\n    - name: {env: SMTPMON_TEST_UNSET}\n")
+        assert config_error(path) == (
+            f"{path}: snmp.communities[0].name: environment variable SMTPMON_TEST_UNSET is not set"
+        )
+
+    def test_secret_from_missing_file(self, tmp_path: Path) -> None:
+        secret = tmp_path / "absent.secret"
+        path = write(tmp_path, f"snmp:\n  communities:\n    - name: {{file: '{secret}'}}\n")
+        assert config_error(path) == (
+            f"{path}: snmp.communities[0].name: cannot read secret file {secret}: No such file or directory"
+        )
+
+    def test_secret_with_two_sources(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "snmp:\n  communities:\n    - name: {value: abc, env: HOME}\n")
+        assert_names(config_error(path), path, "snmp.communities[0].name", "exactly one of value, file, env")
+
+    def test_secrets_from_file_env_and_inline(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        secret_file = tmp_path / "community.secret"
+        secret_file.write_text("from-a-file\n", encoding="utf-8")
+        monkeypatch.setenv("SMTPMON_TEST_AUTH", "from-the-environment")
+        config = load_config(write(tmp_path, f"""\
+            snmp:
+              communities:
+                - name: {{file: '{secret_file}'}}
+                - name: inline-community
+              users:
+                - name: ops
+                  auth: {{protocol: sha512, password: {{env: SMTPMON_TEST_AUTH}}}}
+                  priv: {{protocol: aes256, password: inline-privacy}}
+            """))
+        communities = config.snmp.communities
+        assert communities[0].name.reveal() == "from-a-file"  # trailing newline stripped
+        assert communities[1].name.reveal() == "inline-community"
+        user = config.snmp.users[0]
+        assert user.auth.password.reveal() == "from-the-environment"
+        assert user.priv is not None
+        assert user.priv.password.reveal() == "inline-privacy"
+
+
+class TestSecretsStayHidden:
+    def secret_config(self, tmp_path: Path, extra: str = "") -> Path:
+        return write(tmp_path, f"""\
+            snmp:
+              communities:
+                - name: {PASSWORD}
+              users:
+                - name: ops
+                  auth: {{password: {PASSWORD}}}
+                  priv: {{password: {PASSWORD}}}
+              notify:
+                - {{host: 127.0.0.1, version: 3, user: ops, auth: {{password: {PASSWORD}}}}}
+                - {{host: 127.0.0.1, community: {PASSWORD}}}
+            {extra}""")
+
+    def test_repr_and_str_of_config_hide_inline_secrets(self, tmp_path: Path) -> None:
+        config = load_config(self.secret_config(tmp_path))
+        assert config.snmp.users[0].auth.password.reveal() == PASSWORD
+        for text in (repr(config), str(config), repr(config.snmp), str(config.snmp.communities[0])):
+            assert PASSWORD not in text
+        assert "**********" in repr(config)
+
+    def test_error_about_another_key_does_not_show_secrets(self, tmp_path: Path) -> None:
+        path = self.secret_config(tmp_path, "defaults: {interval: 5q}\n")
+        message = config_error(path)
+        assert_names(message, path, "defaults.interval", "bad duration")
+        assert PASSWORD not in message
+
+    def test_error_about_the_secret_entry_itself_does_not_show_it(self, tmp_path: Path) -> None:
+        path = write(tmp_path, f"""\
+            snmp:
+              users:
+                - name: ops
+                  auth: {{protocol: rot13, password: {PASSWORD}}}
+            """)
+        message = config_error(path)
+        assert_names(message, path, "snmp.users[0].auth.protocol", "Input should be")
+        assert PASSWORD not in message
+
+    def test_yaml_error_on_the_secret_line_does_not_show_it(self, tmp_path: Path) -> None:
+        path = write(tmp_path, f"snmp:\n  communities:\n    - name: {PASSWORD}\n     bad: indent\n")
+        message = config_error(path)
+        assert "invalid YAML: line 4" in message
+        assert PASSWORD not in message
+
+
+class TestExample:
+    def test_shipped_example_validates(self) -> None:
+        config = load_config(EXAMPLE)
+        assert [p.name for p in config.smtp] == ["localhost-25", "localhost-submission"]
+        assert [m.name for m in config.mx] == ["localhost-mx"]
+        assert config.defaults.interval == 30.0
+        assert config.prometheus.address() == ("127.0.0.1", 9465)
+        assert config.snmp.listen_addresses() == [("udp", "127.0.0.1", 1161)]
+        assert config.duplicate_names() == []
+
+    def test_defaults_when_sections_are_absent(self) -> None:
+        config = Config()
+        assert config.defaults.interval == 60.0
+        assert config.defaults.alert_after == 2
+        assert config.dns == DnsConfig()
+        assert config.prometheus.address() == ("127.0.0.1", 9465)

@@ -1,0 +1,499 @@
+"""monitor.snmp.mibview: OID order, GETNEXT across boundaries, snapshot changes and value encodings."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from pysnmp.proto import rfc1902
+
+from monitor import mib_oids
+from monitor.config import MxCheckConfig, SmtpProbeConfig
+from monitor.health import AgentHealth
+from monitor.mib_oids import MxCheckColumn, MxExchangeColumn, Oid, Scalar, SmtpProbeColumn
+from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, SmtpResult, TlsInfo
+from monitor.snmp.mibview import (
+    MX_CHECK_TYPES,
+    MX_EXCHANGE_TYPES,
+    SMTP_PROBE_TYPES,
+    SYS_DESCR,
+    SYS_OBJECT_ID,
+    SYS_UPTIME,
+    Asn1Value,
+    MibTable,
+    MibView,
+    date_and_time,
+    smtp_probe_row,
+)
+from monitor.store import ProbeConfig, ResultsStore
+
+NEVER = mib_oids.DATE_AND_TIME_NEVER
+
+
+def smtp(
+    name: str, host: str = "mail.example", tls: str = "starttls", interval: float | None = None
+) -> SmtpProbeConfig:
+    return SmtpProbeConfig.model_validate({"name": name, "host": host, "tls": tls, "interval": interval})
+
+
+def mx(name: str, domain: str = "example.com") -> MxCheckConfig:
+    return MxCheckConfig(name=name, domain=domain)
+
+
+def store_with(*configs: ProbeConfig, alert_after: int = 1) -> ResultsStore:
+    store = ResultsStore()
+    store.configure([(cfg, alert_after, 14) for cfg in configs])
+    return store
+
+
+def ok_smtp(tls: TlsInfo | None = None, total: float = 0.0505, timings: dict[str, float] | None = None) -> SmtpResult:
+    return SmtpResult(
+        host="mail.example", port=25, tls_mode="starttls", started_at=time.time(), ok=True,
+        address="192.0.2.7", total=total, timings=timings or {}, tls=tls,
+    )
+
+
+def failed_smtp(phase: Phase = Phase.CONNECT, reason: Reason = Reason.REFUSED, error: str = "refused") -> SmtpResult:
+    return SmtpResult(
+        host="mail.example", port=25, tls_mode="starttls", started_at=time.time(), ok=False,
+        phase=phase, reason=reason, error=error, address="192.0.2.7", total=0.002,
+    )
+
+
+def tls_info(days_left: float = 30.0, verified: bool = True) -> TlsInfo:
+    now = datetime.now(UTC)
+    cert = CertInfo(
+        subject="CN=mail.example", issuer="CN=Test CA", sans=("DNS:mail.example",),
+        not_before=now - timedelta(days=10), not_after=now + timedelta(days=days_left, hours=1),
+        serial="1f", sha256="ab" * 32,
+    )
+    return TlsInfo(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", verified=verified, cert=cert)
+
+
+def view_of(store: ResultsStore, health: AgentHealth | None = None) -> MibView:
+    return MibView(store, health or AgentHealth(), default_interval=60.0, sys_name="monitor-host")
+
+
+def walk(table: MibTable, start: Oid = (0,)) -> list[Oid]:
+    """Every OID a manager's GETNEXT walk from `start` visits, stopping at endOfMibView."""
+    oids: list[Oid] = []
+    oid = start
+    while (found := table.next(oid)) is not None:
+        oid = found[0]
+        oids.append(oid)
+    return oids
+
+
+def column_rows(table: MibTable, entry: Oid, column: int) -> list[Oid]:
+    """The row indexes of one column, in the order a walk returns them."""
+    prefix = (*entry, column)
+    return [oid[len(prefix) :] for oid in walk(table) if oid[: len(prefix)] == prefix]
+
+
+def read(source: MibView | MibTable, oid: Oid) -> Asn1Value:
+    """The value of an instance that must exist."""
+    value = source.get(oid)
+    assert value is not None, f"no instance {oid}"
+    return value
+
+
+def smtp_cell(view: MibView, column: SmtpProbeColumn, name: str) -> Asn1Value:
+    return read(view, mib_oids.smtp_probe_oid(column, name))
+
+
+class TestIndexOrder:
+    def test_string_index_is_length_then_octets(self) -> None:
+        assert mib_oids.name_index("ab") == (2, 97, 98)
+        view = view_of(store_with(smtp("ab")))
+        assert view.get((*mib_oids.SMTP_PROBE_ENTRY, int(SmtpProbeColumn.NAME), 2, 97, 98)) == b"ab"
+
+    def test_rows_sort_by_length_before_content(self) -> None:
+        names = ["zz", "b", "aaa", "B", "ab", "a"]
+        view = view_of(store_with(*(smtp(n) for n in names)))
+        rows = column_rows(view.current(), mib_oids.SMTP_PROBE_ENTRY, int(SmtpProbeColumn.NAME))
+        assert [bytes(index[1:]).decode() for index in rows] == ["B", "a", "b", "ab", "zz", "aaa"]
+
+    def test_exchange_rows_sort_by_check_then_position(self) -> None:
+        store = store_with(mx("long-name"), mx("m"))
+        records = (MxRecord(10, "b.example", ("192.0.2.2",)), MxRecord(5, "a.example", ("192.0.2.1",)))
+        for name in ("long-name", "m"):
+            store.record(name, MxResult("example.com", time.time(), True, records=records))
+        rows = column_rows(view_of(store).current(), mib_oids.MX_EXCHANGE_ENTRY, int(MxExchangeColumn.NAME))
+        assert rows == [
+            (*mib_oids.name_index("m"), 1),
+            (*mib_oids.name_index("m"), 2),
+            (*mib_oids.name_index("long-name"), 1),
+            (*mib_oids.name_index("long-name"), 2),
+        ]
+
+    def test_full_walk_is_strictly_increasing_and_matches_items(self) -> None:
+        store = store_with(smtp("a"), smtp("bb"), mx("m"))
+        store.record("m", MxResult("example.com", time.time(), True, records=(MxRecord(5, "a.example", ()),)))
+        table = view_of(store).current()
+        oids = walk(table)
+        assert oids == sorted(oids)
+        assert len(set(oids)) == len(oids)
+        assert oids == [oid for oid, _ in table.items()]
+        assert len(table) == len(oids)
+
+
+class TestGetNext:
+    def test_walk_starts_at_sys_descr(self) -> None:
+        table = view_of(store_with()).current()
+        assert table.next((0,)) is not None
+        assert table.next((1, 3))[0] == SYS_DESCR  # type: ignore[index]
+
+    def test_last_row_of_a_column_continues_with_first_row_of_the_next(self) -> None:
+        view = view_of(store_with(smtp("a"), smtp("bb")))
+        last_name = mib_oids.smtp_probe_oid(SmtpProbeColumn.NAME, "bb")
+        found = view.next(last_name)
+        assert found is not None
+        assert found[0] == mib_oids.smtp_probe_oid(SmtpProbeColumn.HOST, "a")
+
+    def test_last_column_of_a_table_continues_with_the_next_table(self) -> None:
+        view = view_of(store_with(smtp("a"), mx("m")))
+        found = view.next(mib_oids.smtp_probe_oid(SmtpProbeColumn.ADDRESS, "a"))
+        assert found is not None
+        assert found[0] == mib_oids.mx_check_oid(MxCheckColumn.NAME, "m")
+
+    def test_empty_tables_are_skipped(self) -> None:
+        view = view_of(store_with(mx("m")))  # no SMTP probes
+        found = view.next(mib_oids.scalar_oid(Scalar.CONFIG_LOAD_SUCCESS))
+        assert found is not None
+        assert found[0] == mib_oids.mx_check_oid(MxCheckColumn.NAME, "m")
+
+    @pytest.mark.parametrize(
+        ("start", "expected"),
+        [
+            pytest.param(mib_oids.MIB_ROOT, mib_oids.scalar_oid(Scalar.PROBE_COUNT), id="mib-root"),
+            pytest.param(mib_oids.SMTP_PROBE_TABLE, ("a", SmtpProbeColumn.NAME), id="table"),
+            pytest.param((*mib_oids.SMTP_PROBE_ENTRY, 1), ("a", SmtpProbeColumn.NAME), id="index-column"),
+            pytest.param((*mib_oids.SMTP_PROBE_ENTRY, 2, 1), ("a", SmtpProbeColumn.NAME), id="length-only"),
+            pytest.param((*mib_oids.SMTP_PROBE_ENTRY, 2, 1, 97, 0), ("bb", SmtpProbeColumn.NAME), id="past-row"),
+            pytest.param((*mib_oids.SMTP_PROBE_ENTRY, 2, 3), ("a", SmtpProbeColumn.HOST), id="past-column"),
+            pytest.param((*mib_oids.SCALARS, 99), ("a", SmtpProbeColumn.NAME), id="past-scalars"),
+            pytest.param((1, 3, 6, 1, 2, 1, 1, 3), SYS_UPTIME, id="scalar-object"),
+            pytest.param((1, 3, 6, 1, 2, 1, 1, 2, 0, 5), SYS_UPTIME, id="below-instance"),
+        ],
+    )
+    def test_next_from_between_objects(self, start: Oid, expected: Oid | tuple[str, SmtpProbeColumn]) -> None:
+        view = view_of(store_with(smtp("a"), smtp("bb")))
+        if isinstance(expected[0], str):
+            name, column = expected
+            assert isinstance(name, str)
+            assert isinstance(column, SmtpProbeColumn)
+            expected = mib_oids.smtp_probe_oid(column, name)
+        found = view.next(start)
+        assert found is not None
+        assert found[0] == expected
+
+    @pytest.mark.parametrize(
+        "start",
+        [
+            pytest.param(None, id="last-instance"),
+            pytest.param((*mib_oids.MIB_ROOT[:-1], mib_oids.MIB_ROOT[-1] + 1), id="next-enterprise"),
+            pytest.param((2,), id="joint-iso-ccitt"),
+            pytest.param((*mib_oids.MX_EXCHANGE_ENTRY, 9), id="past-last-column"),
+        ],
+    )
+    def test_end_of_mib_view_after_the_last_instance(self, start: Oid | None) -> None:
+        store = store_with(mx("m"))
+        store.record("m", MxResult("example.com", time.time(), True, records=(MxRecord(5, "a.example", ()),)))
+        table = view_of(store).current()
+        last = mib_oids.mx_exchange_oid(MxExchangeColumn.UP, "m", 1)
+        assert walk(table)[-1] == last
+        assert table.next(start or last) is None
+
+    def test_walk_in_one_column_never_repeats(self) -> None:
+        names = [f"p{i}" for i in range(50)]
+        table = view_of(store_with(*(smtp(n) for n in names))).current()
+        rows = column_rows(table, mib_oids.SMTP_PROBE_ENTRY, int(SmtpProbeColumn.STATUS))
+        assert len(rows) == len(set(rows)) == 50
+
+
+class TestGet:
+    def test_instance_values_and_missing_instances(self) -> None:
+        table = view_of(store_with(smtp("a"))).current()
+        assert table.get(mib_oids.smtp_probe_oid(SmtpProbeColumn.NAME, "a")) == b"a"
+        missing = mib_oids.smtp_probe_oid(SmtpProbeColumn.NAME, "zz")
+        assert table.get(missing) is None
+        assert table.is_object(missing)  # noSuchInstance, not noSuchObject
+
+    def test_scalar_without_instance_suffix_is_an_object_without_instance(self) -> None:
+        table = view_of(store_with()).current()
+        assert table.get(SYS_DESCR[:-1]) is None
+        assert table.is_object(SYS_DESCR[:-1])
+        assert table.get(SYS_DESCR) is not None
+
+    def test_index_column_and_unknown_subtrees_are_no_objects(self) -> None:
+        table = view_of(store_with(smtp("a"))).current()
+        index_column = mib_oids.smtp_probe_oid(SmtpProbeColumn.INDEX_NAME, "a")
+        assert table.get(index_column) is None
+        assert not table.is_object(index_column)
+        assert not table.is_object((1, 3, 6, 1, 2, 1, 2, 1, 0))  # IF-MIB ifNumber
+
+    def test_system_group(self) -> None:
+        view = MibView(store_with(), AgentHealth(version="9.8.7"), sys_name="host-1", sys_location="rack 4")
+        assert b"9.8.7" in bytes(read(view, SYS_DESCR))
+        assert tuple(read(view, SYS_OBJECT_ID)) == mib_oids.MIB_ROOT
+        assert isinstance(view.get(SYS_UPTIME), rfc1902.TimeTicks)
+        assert view.get((1, 3, 6, 1, 2, 1, 1, 5, 0)) == b"host-1"
+        assert view.get((1, 3, 6, 1, 2, 1, 1, 6, 0)) == b"rack 4"
+
+    def test_sys_uptime_is_computed_at_each_read(self) -> None:
+        now = [100.0]
+        view = MibView(store_with(), AgentHealth(), clock=lambda: now[0])
+        assert int(read(view, SYS_UPTIME)) == 0
+        now[0] += 12.34
+        assert int(read(view, SYS_UPTIME)) == 1234
+        view.restart_uptime()
+        assert int(read(view, SYS_UPTIME)) == 0
+
+
+class TestSnapshotChanges:
+    def test_rows_appear_and_disappear_with_configuration(self) -> None:
+        store = store_with(smtp("a"), smtp("b"))
+        view = view_of(store)
+        before = view.current()
+        store.configure([(smtp("b"), 1, 14), (smtp("cc"), 1, 14), (mx("m"), 1, 14)])
+        after = view.current()
+        names = column_rows(after, mib_oids.SMTP_PROBE_ENTRY, int(SmtpProbeColumn.NAME))
+        assert names == [mib_oids.name_index("b"), mib_oids.name_index("cc")]
+        assert after.get(mib_oids.smtp_probe_oid(SmtpProbeColumn.NAME, "a")) is None
+        assert after.get(mib_oids.mx_check_oid(MxCheckColumn.NAME, "m")) == b"m"
+        assert int(read(after, mib_oids.scalar_oid(Scalar.PROBE_COUNT))) == 2
+        assert int(read(after, mib_oids.scalar_oid(Scalar.MX_CHECK_COUNT))) == 1
+        # A table handed out before is a consistent picture of its version.
+        assert before.get(mib_oids.smtp_probe_oid(SmtpProbeColumn.NAME, "a")) == b"a"
+        assert before.version < after.version
+
+    def test_a_result_changes_only_its_row(self) -> None:
+        store = store_with(smtp("a"), smtp("b"))
+        view = view_of(store)
+        before = view.current()
+        store.record("b", failed_smtp())
+        after = view.current()
+        status = SmtpProbeColumn.STATUS
+        assert int(read(after, mib_oids.smtp_probe_oid(status, "b"))) == mib_oids.STATUS_VALUES["failed"]
+        assert int(read(after, mib_oids.smtp_probe_oid(status, "a"))) == mib_oids.STATUS_VALUES["unknown"]
+        assert int(read(before, mib_oids.smtp_probe_oid(status, "b"))) == mib_oids.STATUS_VALUES["unknown"]
+        assert int(read(after, mib_oids.scalar_oid(Scalar.PROBES_FAILED))) == 1
+
+    def test_failed_counts_follow_recoveries_and_removals(self) -> None:
+        store = store_with(smtp("a"), smtp("b"), mx("m"))
+        view = view_of(store)
+        store.record("a", failed_smtp())
+        store.record("b", failed_smtp())
+        store.record("m", MxResult("example.com", time.time(), False, phase=Phase.MX, reason=Reason.NXDOMAIN))
+        assert int(read(view, mib_oids.scalar_oid(Scalar.PROBES_FAILED))) == 2
+        assert int(read(view, mib_oids.scalar_oid(Scalar.MX_CHECKS_FAILED))) == 1
+        store.record("a", ok_smtp())
+        assert int(read(view, mib_oids.scalar_oid(Scalar.PROBES_FAILED))) == 1
+        store.configure([(smtp("a"), 1, 14), (mx("m"), 1, 14)])
+        assert int(read(view, mib_oids.scalar_oid(Scalar.PROBES_FAILED))) == 0
+        assert int(read(view, mib_oids.scalar_oid(Scalar.MX_CHECKS_FAILED))) == 1
+
+    def test_same_version_same_table(self) -> None:
+        store = store_with(smtp("a"))
+        view = view_of(store)
+        assert view.current() is view.current()
+        store.record("a", ok_smtp())
+        assert view.current().version == store.version
+
+    def test_health_scalars_are_read_at_request_time(self) -> None:
+        health = AgentHealth()
+        view = view_of(store_with(), health)
+        table = view.current()
+        oid = mib_oids.scalar_oid(Scalar.CONFIG_LOAD_SUCCESS)
+        assert int(read(table, oid)) == mib_oids.TRUTH_VALUES[True]
+        health.config_load_success = False
+        health.config_loaded_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+        assert int(read(table, oid)) == mib_oids.TRUTH_VALUES[False]
+        load_time = bytes(read(table, mib_oids.scalar_oid(Scalar.CONFIG_LOAD_TIME)))
+        assert load_time == bytes([0x07, 0xEA, 1, 2, 3, 4, 5, 0]) + b"+\x00\x00"
+
+    def test_ten_thousand_rows_rebuild_after_one_result_in_well_under_100_ms(self) -> None:
+        configs = [smtp(f"probe-{i}", host=f"mx{i}.example") for i in range(10_000)]
+        store = store_with(*configs)
+        for i in range(0, 10_000, 3):
+            store.record(f"probe-{i}", ok_smtp(timings={"connect": 0.001}))
+        view = view_of(store)
+        view.current()
+        timings = []
+        for i in range(5):
+            store.record(f"probe-{i}", failed_smtp())
+            started = time.perf_counter()
+            table = view.current()
+            timings.append(time.perf_counter() - started)
+            assert int(read(table, mib_oids.scalar_oid(Scalar.PROBES_FAILED))) == i + 1
+        assert min(timings) < 0.1, f"rebuilds took {[round(t * 1000, 1) for t in timings]} ms"
+
+
+class TestDateAndTime:
+    def test_utc_with_offset_in_eleven_octets(self) -> None:
+        moment = datetime(2026, 11, 22, 20, 53, 53, 912_000, tzinfo=UTC)
+        assert date_and_time(moment.timestamp()) == bytes([0x07, 0xEA, 11, 22, 20, 53, 53, 9]) + b"+\x00\x00"
+
+    def test_aware_datetimes_are_converted_to_utc_and_naive_ones_taken_as_utc(self) -> None:
+        cet = timezone(timedelta(hours=1))
+        assert date_and_time(datetime(2026, 1, 1, 0, 30, tzinfo=cet)) == date_and_time(
+            datetime(2025, 12, 31, 23, 30)
+        )
+
+    @pytest.mark.parametrize("value", [None, 0.0], ids=["none", "zero"])
+    def test_never_is_the_mibs_eight_octet_value(self, value: float | None) -> None:
+        assert date_and_time(value) == NEVER == bytes.fromhex("0000010100000000")
+
+    def test_probe_times_never_before_they_happen(self) -> None:
+        store = store_with(smtp("a"))
+        view = view_of(store)
+        assert bytes(smtp_cell(view, SmtpProbeColumn.LAST_SUCCESS, "a")) == NEVER
+        assert bytes(smtp_cell(view, SmtpProbeColumn.LAST_CHANGE, "a")) == NEVER
+        assert bytes(smtp_cell(view, SmtpProbeColumn.CERT_EXPIRY, "a")) == NEVER
+        store.record("a", ok_smtp())
+        state = store.snapshot().states["a"]
+        assert bytes(smtp_cell(view, SmtpProbeColumn.LAST_SUCCESS, "a")) == date_and_time(state.last_success)
+        assert len(bytes(smtp_cell(view, SmtpProbeColumn.LAST_SUCCESS, "a"))) == 11
+
+
+class TestSmtpProbeValues:
+    def test_failed_probe_maps_status_phase_and_reason(self) -> None:
+        store = store_with(smtp("a"))
+        store.record("a", failed_smtp(Phase.TLS, Reason.TLS_VERIFY, "certificate expired"))
+        view = view_of(store)
+        assert int(smtp_cell(view, SmtpProbeColumn.STATUS, "a")) == mib_oids.STATUS_VALUES["failed"]
+        assert int(smtp_cell(view, SmtpProbeColumn.FAILED_PHASE, "a")) == mib_oids.PHASE_VALUES["tls"]
+        assert int(smtp_cell(view, SmtpProbeColumn.FAILED_REASON, "a")) == mib_oids.REASON_VALUES["tls_verify"]
+        assert bytes(smtp_cell(view, SmtpProbeColumn.LAST_ERROR, "a")) == b"certificate expired"
+
+    @pytest.mark.parametrize("phase", list(Phase), ids=lambda p: p.value)
+    def test_every_phase_has_its_own_mib_value(self, phase: Phase) -> None:
+        store = store_with(smtp("a"))
+        store.record("a", failed_smtp(phase=phase))
+        assert int(smtp_cell(view_of(store), SmtpProbeColumn.FAILED_PHASE, "a")) == mib_oids.PHASE_VALUES[phase.value]
+
+    @pytest.mark.parametrize("reason", list(Reason), ids=lambda r: r.value)
+    def test_every_reason_has_its_own_mib_value(self, reason: Reason) -> None:
+        store = store_with(smtp("a"))
+        store.record("a", failed_smtp(reason=reason))
+        value = int(smtp_cell(view_of(store), SmtpProbeColumn.FAILED_REASON, "a"))
+        assert value == mib_oids.REASON_VALUES[reason.value]
+
+    def test_successful_probe_reports_none_and_an_empty_error(self) -> None:
+        store = store_with(smtp("a"))
+        store.record("a", failed_smtp())
+        store.record("a", ok_smtp())
+        view = view_of(store)
+        assert int(smtp_cell(view, SmtpProbeColumn.STATUS, "a")) == mib_oids.STATUS_VALUES["ok"]
+        assert int(smtp_cell(view, SmtpProbeColumn.FAILED_PHASE, "a")) == mib_oids.PHASE_VALUES["none"]
+        assert int(smtp_cell(view, SmtpProbeColumn.FAILED_REASON, "a")) == mib_oids.REASON_VALUES["none"]
+        assert bytes(smtp_cell(view, SmtpProbeColumn.LAST_ERROR, "a")) == b""
+
+    @pytest.mark.parametrize(("mode", "port"), [("none", 25), ("starttls", 25), ("implicit", 465)])
+    def test_tls_mode_and_default_port(self, mode: str, port: int) -> None:
+        view = view_of(store_with(smtp("a", tls=mode)))
+        assert int(smtp_cell(view, SmtpProbeColumn.TLS_MODE, "a")) == mib_oids.TLS_MODE_VALUES[mode]
+        assert int(smtp_cell(view, SmtpProbeColumn.PORT, "a")) == port
+
+    def test_latencies_in_milliseconds_and_interval_in_whole_seconds(self) -> None:
+        store = store_with(smtp("a", interval=90.2), smtp("b"))
+        timings = {"connect": 0.0012, "banner": 0.25, "ehlo": 0.003, "tls": 0.04}
+        store.record("a", ok_smtp(total=0.0505, timings=timings))
+        view = view_of(store)
+        cells = {
+            column: int(smtp_cell(view, column, "a"))
+            for column in (
+                SmtpProbeColumn.LATENCY, SmtpProbeColumn.CONNECT_LATENCY, SmtpProbeColumn.BANNER_LATENCY,
+                SmtpProbeColumn.EHLO_LATENCY, SmtpProbeColumn.TLS_LATENCY, SmtpProbeColumn.INTERVAL,
+            )
+        }
+        assert cells == {
+            SmtpProbeColumn.LATENCY: 50, SmtpProbeColumn.CONNECT_LATENCY: 1, SmtpProbeColumn.BANNER_LATENCY: 250,
+            SmtpProbeColumn.EHLO_LATENCY: 3, SmtpProbeColumn.TLS_LATENCY: 40, SmtpProbeColumn.INTERVAL: 91,
+        }
+        assert int(smtp_cell(view, SmtpProbeColumn.INTERVAL, "b")) == 60  # the agent's default
+
+    def test_counters_are_counter64_and_columns_have_the_mib_syntax(self) -> None:
+        store = store_with(smtp("a"), mx("m"))
+        store.record("a", failed_smtp())
+        store.record("a", ok_smtp(tls=tls_info()))
+        store.record("m", MxResult("example.com", time.time(), True, records=(MxRecord(5, "a.example", ()),)))
+        view = view_of(store)
+        assert int(smtp_cell(view, SmtpProbeColumn.RUNS, "a")) == 2
+        assert int(smtp_cell(view, SmtpProbeColumn.FAILURES, "a")) == 1
+        for column, syntax in SMTP_PROBE_TYPES.items():
+            assert type(view.get(mib_oids.smtp_probe_oid(column, "a"))) is syntax, column.name
+        for mx_column, syntax in MX_CHECK_TYPES.items():
+            assert type(view.get(mib_oids.mx_check_oid(mx_column, "m"))) is syntax, mx_column.name
+        for exchange_column, syntax in MX_EXCHANGE_TYPES.items():
+            assert type(view.get(mib_oids.mx_exchange_oid(exchange_column, "m", 1))) is syntax
+        assert type(smtp_cell(view, SmtpProbeColumn.RUNS, "a")) is rfc1902.Counter64
+
+    def test_certificate_columns(self) -> None:
+        store = store_with(smtp("a"))
+        store.record("a", ok_smtp(tls=tls_info(days_left=20, verified=False)))
+        view = view_of(store)
+        state = store.snapshot().states["a"]
+        assert isinstance(state.last_result, SmtpResult)
+        assert state.last_result.tls is not None
+        assert state.last_result.tls.cert is not None
+        assert bytes(smtp_cell(view, SmtpProbeColumn.TLS_VERSION, "a")) == b"TLSv1.3"
+        assert bytes(smtp_cell(view, SmtpProbeColumn.CERT_SUBJECT, "a")) == b"CN=mail.example"
+        assert int(smtp_cell(view, SmtpProbeColumn.CERT_DAYS_LEFT, "a")) == 20
+        assert int(smtp_cell(view, SmtpProbeColumn.CERT_VERIFIED, "a")) == mib_oids.TRUTH_VALUES[False]
+        expiry = bytes(smtp_cell(view, SmtpProbeColumn.CERT_EXPIRY, "a"))
+        assert expiry == date_and_time(state.last_result.tls.cert.not_after)
+
+    def test_strings_are_cut_to_255_octets_on_a_character_boundary(self) -> None:
+        store = store_with(smtp("a"))
+        store.record("a", failed_smtp(error="é" * 300))  # two octets each
+        text = bytes(smtp_cell(view_of(store), SmtpProbeColumn.LAST_ERROR, "a"))
+        assert len(text) == 254
+        assert text.decode("utf-8") == "é" * 127
+
+    def test_row_has_one_cell_per_readable_column(self) -> None:
+        state = store_with(smtp("a")).snapshot().states["a"]
+        assert len(smtp_probe_row(state, 60.0)) == len(SMTP_PROBE_TYPES) == len(SmtpProbeColumn) - 1
+
+
+class TestMxValues:
+    def test_exchanges_in_preference_then_name_order(self) -> None:
+        store = store_with(mx("m"))
+        probe_ok, probe_down = ok_smtp(), failed_smtp()
+        records = (
+            MxRecord(20, "c.example", ("192.0.2.3",), probe=probe_down),
+            MxRecord(10, "b.example", ("192.0.2.2", "2001:db8::2"), probe=probe_ok),
+            MxRecord(10, "a.example", (), error="no address"),
+        )
+        store.record("m", MxResult("example.com", time.time(), True, records=records, total=0.0123))
+        view = view_of(store)
+        names = [bytes(read(view, mib_oids.mx_exchange_oid(MxExchangeColumn.NAME, "m", i))) for i in (1, 2, 3)]
+        assert names == [b"a.example", b"b.example", b"c.example"]
+        up = [int(read(view, mib_oids.mx_exchange_oid(MxExchangeColumn.UP, "m", i))) for i in (1, 2, 3)]
+        values = mib_oids.MX_EXCHANGE_UP_VALUES
+        assert up == [values["not_probed"], values["up"], values["down"]]
+        addresses = bytes(read(view, mib_oids.mx_exchange_oid(MxExchangeColumn.ADDRESSES, "m", 2)))
+        assert addresses == b"192.0.2.2,2001:db8::2"
+        assert int(read(view, mib_oids.mx_check_oid(MxCheckColumn.RECORDS, "m"))) == 3
+        assert int(read(view, mib_oids.mx_check_oid(MxCheckColumn.LATENCY, "m"))) == 12
+
+    def test_implicit_mx_has_no_records_and_no_exchange_rows(self) -> None:
+        store = store_with(mx("m"))
+        records = (MxRecord(0, "example.com", ("192.0.2.1",)),)
+        store.record("m", MxResult("example.com", time.time(), True, records=records, implicit_mx=True))
+        view = view_of(store)
+        assert int(read(view, mib_oids.mx_check_oid(MxCheckColumn.IMPLICIT_MX, "m"))) == mib_oids.TRUTH_VALUES[True]
+        assert int(read(view, mib_oids.mx_check_oid(MxCheckColumn.RECORDS, "m"))) == 0
+        assert view.get(mib_oids.mx_exchange_oid(MxExchangeColumn.NAME, "m", 1)) is None
+
+    def test_exchange_rows_follow_each_new_answer(self) -> None:
+        store = store_with(mx("m"))
+        view = view_of(store)
+        two = (MxRecord(5, "a.example", ()), MxRecord(10, "b.example", ()))
+        store.record("m", MxResult("example.com", time.time(), True, records=two))
+        assert view.get(mib_oids.mx_exchange_oid(MxExchangeColumn.NAME, "m", 2)) == b"b.example"
+        store.record("m", MxResult("example.com", time.time(), False, phase=Phase.MX, reason=Reason.SERVFAIL))
+        assert view.get(mib_oids.mx_exchange_oid(MxExchangeColumn.NAME, "m", 1)) is None
+        failed_reason = int(read(view, mib_oids.mx_check_oid(MxCheckColumn.FAILED_REASON, "m")))
+        assert failed_reason == mib_oids.REASON_VALUES["servfail"]
