@@ -143,6 +143,8 @@ class _Dialogue:
             self.transport.abort()
             self.transport = None
             raise _Failure(Reason.TLS_VERIFY, f"certificate verification failed: {exc.verify_message}") from exc
+        if new is None:  # the peer closed cleanly in the middle of the handshake
+            raise WireError("reset", "connection closed during the TLS handshake")
         assert isinstance(new, asyncio.Transport)
         self.transport = new
         self.proto.transport = new
@@ -368,7 +370,8 @@ async def _look_at_certificate(failed: _Dialogue, deadline: float, verify_error:
                 d.transport, d.proto, unverified_context(), server_hostname=d.server_name,
                 ssl_handshake_timeout=max(deadline - loop.time(), 0.001),
             )
-            assert isinstance(new, asyncio.Transport)
+            if not isinstance(new, asyncio.Transport):
+                return None
             d.transport = new
             return tls_facts(new.get_extra_info("ssl_object"), False, verify_error)
     except (TimeoutError, OSError, ssl.SSLError, WireError, ReplyFailed, _Failure):
