@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from monitor import __version__, report
 from monitor.config import (
@@ -63,13 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cert-warn-days", type=int, default=14, help="WARNING when the certificate expires sooner")
     p.add_argument("--nameserver", action="append", default=[], metavar="HOST[:PORT]")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    checks = p.add_argument_group("checks beyond the handshake")
+    checks.add_argument("--expect-banner", metavar="REGEX", help="the greeting must match")
+    checks.add_argument("--expect-extension", action="append", default=[], metavar="KEYWORD",
+                        help="EHLO must offer it (repeatable)")
+    checks.add_argument("--tls-min-version", choices=["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"])
+    checks.add_argument("--auth-user", help="test AUTH (over TLS) as this user")
+    checks.add_argument("--auth-password-file", type=Path, help="file holding the AUTH password")
+    checks.add_argument("--auth-password-env", metavar="VAR", help="environment variable holding the AUTH password")
+    checks.add_argument("--auth-mechanism", choices=["PLAIN", "LOGIN"])
+    checks.add_argument("--mail-from", metavar="ADDRESS", help="envelope test: MAIL FROM (then RSET; no mail sent)")
+    checks.add_argument("--rcpt-to", action="append", default=[], metavar="ADDRESS", help="envelope test recipient")
+    checks.add_argument("--rcpt-expect", default="250", metavar="CODE", help="reply each RCPT must get: 250, 5xx, ...")
+    checks.add_argument("--relay-test", metavar="ADDRESS", help="an outside recipient that must be refused")
+    checks.add_argument("--address-family", choices=["any", "ipv4", "ipv6"], default="any")
+    checks.add_argument("--source-address", metavar="IP", help="connect from this local address")
 
     m = sub.add_parser("mx", help="check one domain's MX records once")
     m.add_argument("domain")
     m.add_argument("--nameserver", action="append", default=[], metavar="HOST[:PORT]")
     m.add_argument("--expect", action="append", default=[], metavar="HOST", help="an expected exchange")
     m.add_argument("--require-mx", action="store_true", help="fail on an implicit MX (no MX record)")
-    m.add_argument("--probe-hosts", action="store_true", help="also SMTP-probe every exchange")
+    m.add_argument("--probe-hosts", action="store_const", const=True, default=False,
+                   help="also SMTP-probe every exchange (its first address)")
+    m.add_argument("--probe-all-addresses", dest="probe_hosts", action="store_const", const="all_addresses",
+                   help="SMTP-probe every exchange on every A and AAAA address")
+    m.add_argument("--dnssec", choices=["off", "report", "require"], default="report")
+    m.add_argument("--reverse-dns", choices=["off", "report", "require"], default="off")
+    m.add_argument("--spf", action="store_true", help="check the SPF record's presence and syntax")
+    m.add_argument("--dmarc", action="store_true", help="check the DMARC record's presence and syntax")
     m.add_argument("--tls", choices=["none", "starttls", "implicit"], default="starttls")
     m.add_argument("--port", type=int, default=25)
     m.add_argument("--ca-file", type=Path)
@@ -97,10 +119,24 @@ def _env(nameservers: list[str], timeout: float) -> ProbeEnv:
 
 def _probe(args: argparse.Namespace) -> int:
     host, port = split_host_port(args.target, None)
-    spec = SmtpProbeConfig(
-        name="cli", host=host, port=port, tls=args.tls, timeout=args.timeout, ca_file=args.ca_file,
-        servername=args.servername, helo=args.helo, verify=not args.no_verify,
-    )
+    settings: dict[str, Any] = {
+        "name": "cli", "host": host, "port": port, "tls": args.tls, "timeout": args.timeout,
+        "ca_file": args.ca_file, "servername": args.servername, "helo": args.helo, "verify": not args.no_verify,
+        "expect_banner": args.expect_banner, "expect_extensions": args.expect_extension,
+        "tls_min_version": args.tls_min_version, "address_family": args.address_family,
+        "source_address": args.source_address,
+    }
+    if args.auth_user:
+        password = {"file": args.auth_password_file} if args.auth_password_file else {"env": args.auth_password_env}
+        settings["auth"] = {"username": args.auth_user, "password": password, "mechanism": args.auth_mechanism}
+    if args.mail_from is not None or args.rcpt_to:
+        settings["envelope"] = {"mail_from": args.mail_from or "", "rcpt_to": args.rcpt_to, "expect": args.rcpt_expect}
+    if args.relay_test:
+        settings["relay_test"] = {"rcpt_to": args.relay_test}
+    spec = SmtpProbeConfig.model_validate(settings)
+    problems = _secret_problems(spec)
+    if problems:
+        raise ValueError(problems)
     result = asyncio.run(smtp.run(spec, _env(args.nameserver, args.timeout)))
     print(report.as_json(result) if args.json else report.smtp_line(result, args.cert_warn_days))
     return report.smtp_exit_code(result, args.cert_warn_days)
@@ -110,7 +146,7 @@ def _mx(args: argparse.Namespace) -> int:
     spec = MxCheckConfig(
         name="cli", domain=args.domain, expect=args.expect, require_mx=args.require_mx,
         probe_hosts=args.probe_hosts, tls=args.tls, port=args.port, ca_file=args.ca_file,
-        timeout=args.timeout,
+        timeout=args.timeout, dnssec=args.dnssec, reverse_dns=args.reverse_dns, spf=args.spf, dmarc=args.dmarc,
     )
     result = asyncio.run(mx.run(spec, _env(args.nameserver, args.timeout)))
     print(report.as_json(result) if args.json else report.mx_line(result))
@@ -142,6 +178,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report.EXIT_UNKNOWN
     except KeyboardInterrupt:
         return 130
+
+
+def _secret_problems(spec: SmtpProbeConfig) -> str:
+    """Read the AUTH password now, so a missing file is a usage error, not a failed probe."""
+    if spec.auth is None:
+        return ""
+    try:
+        spec.auth.password.reveal()
+    except ValueError as exc:
+        return f"auth password: {exc}"
+    return ""
 
 
 def _first_error_line(exc: ValueError) -> str:

@@ -404,11 +404,34 @@ class MxCheckConfig(_Strict):
     interval: Duration | None = None
     timeout: Duration | None = None
     alert_after: int | None = Field(default=None, ge=1)
-    probe_hosts: bool = False
+    # false: no SMTP probes; true: each exchange's first address; all_addresses: every A and AAAA
+    probe_hosts: bool | Literal["all_addresses"] = False
     port: Port = 25
     tls: TlsMode = "starttls"
     ca_file: Path | None = None
     verify: bool = True
+    dnssec: Literal["off", "report", "require"] = "report"
+    dane: Literal["off", "report", "verify"] = "off"
+    mta_sts: Literal["off", "report", "verify"] = "off"
+    mta_sts_port: Port = 443  # where the policy host listens; only tests move it
+    reverse_dns: Literal["off", "report", "require"] = "off"
+    spf: bool = False
+    dmarc: bool = False
+
+    @field_validator("probe_hosts", mode="before")
+    @classmethod
+    def _probe_hosts(cls, value: Any) -> Any:
+        if value in ("true", "yes", "first"):
+            return True
+        if value in ("false", "no", "off"):
+            return False
+        return value
+
+    @model_validator(mode="after")
+    def _dane_needs_starttls(self) -> MxCheckConfig:
+        if self.dane != "off" and (not self.probe_hosts or self.tls != "starttls"):
+            raise ValueError("dane needs probe_hosts (true or all_addresses) and tls: starttls")
+        return self
 
 
 class Config(_Strict):

@@ -214,6 +214,8 @@ PHASE_VALUES: Final[Mapping[str, int]] = {
     "rcpt": 16,
     "dane": 17,
     "mta_sts": 18,
+    "reverse": 19,
+    "policy": 20,
 }
 
 REASON_VALUES: Final[Mapping[str, int]] = {
@@ -245,6 +247,9 @@ REASON_VALUES: Final[Mapping[str, int]] = {
     "auth_unavailable": 26,
     "tls_version": 27,
     "unexpected_reply": 28,
+    "dnssec": 29,
+    "reverse_dns": 30,
+    "policy_record": 31,
 }
 
 MX_EXCHANGE_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}

@@ -33,6 +33,10 @@ class Phase(enum.Enum):
     MX = "mx"  # the MX query of an MX check
     ADDRESS = "address"  # A/AAAA lookups of the exchanges
     HOSTS = "hosts"  # SMTP probes of the exchanges
+    DANE = "dane"  # TLSA lookup and matching
+    MTA_STS = "mta_sts"  # the MTA-STS policy and its MX patterns
+    REVERSE = "reverse"  # PTR and forward confirmation of exchange addresses
+    POLICY = "policy"  # SPF and DMARC records
     INTERNAL = "internal"
 
 
@@ -56,6 +60,11 @@ class Reason(enum.Enum):
     OPEN_RELAY = "open_relay"
     UNEXPECTED_REPLY = "unexpected_reply"  # an envelope step got another reply than expected
     TLS_VERSION = "tls_version"  # negotiated below tls_min_version
+    DNSSEC = "dnssec"  # the MX answer was not authenticated (AD) but dnssec: require
+    DANE_MISMATCH = "dane_mismatch"
+    MTA_STS_MISMATCH = "mta_sts_mismatch"
+    REVERSE_DNS = "reverse_dns"  # an exchange address without forward-confirmed PTR
+    POLICY_RECORD = "policy_record"  # SPF or DMARC record missing or malformed
     NXDOMAIN = "nxdomain"
     NO_MX = "no_mx"
     NULL_MX = "null_mx"
@@ -175,14 +184,36 @@ class SmtpResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ReverseDns:
+    """PTR names of one address, and whether one of them resolves back to it."""
+
+    address: str
+    names: tuple[str, ...]
+    confirmed: bool
+    error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"address": self.address, "names": list(self.names), "confirmed": self.confirmed, "error": self.error}
+
+
+@dataclass(frozen=True, slots=True)
 class MxRecord:
-    """One exchange of an MX answer, with its addresses and, if probed, its SMTP result."""
+    """One exchange of an MX answer, with its addresses and, if probed, its SMTP results."""
 
     preference: int
     exchange: str
     addresses: tuple[str, ...]
     error: str = ""  # why the addresses could not be had
-    probe: SmtpResult | None = None
+    probe: SmtpResult | None = None  # the first address's probe (or the only one)
+    address_probes: tuple[SmtpResult, ...] = ()  # every address, with probe_hosts: all_addresses
+    reverse: tuple[ReverseDns, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)  # DANE and MTA-STS facts for this exchange
+
+    @property
+    def up(self) -> bool | None:
+        """Answers SMTP on at least one address; None when not probed."""
+        probes = self.address_probes or ((self.probe,) if self.probe else ())
+        return any(p.ok for p in probes) if probes else None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -190,7 +221,11 @@ class MxRecord:
             "exchange": self.exchange,
             "addresses": list(self.addresses),
             "error": self.error,
+            "up": self.up,
             "probe": self.probe.as_dict() if self.probe else None,
+            "address_probes": [p.as_dict() for p in self.address_probes],
+            "reverse": [r.as_dict() for r in self.reverse],
+            **self.extra,
         }
 
 
@@ -210,10 +245,14 @@ class MxResult:
     unexpected: tuple[str, ...] = ()  # exchanges in the answer not expected
     timings: dict[str, float] = field(default_factory=dict)
     total: float = 0.0
+    authenticated: bool | None = None  # AD bit of the MX answer; None when not asked
+    extra: dict[str, Any] = field(default_factory=dict)  # MTA-STS, SPF and DMARC facts
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "kind": "mx",
+            "authenticated": self.authenticated,
+            **self.extra,
             "status": "ok" if self.ok else "failed",
             "domain": self.domain,
             "started_at": self.started_at,
@@ -288,6 +327,12 @@ def result_from_dict(d: dict[str, Any]) -> ProbeResult:
         MxRecord(
             preference=int(r["preference"]), exchange=r["exchange"], addresses=tuple(r["addresses"]),
             error=r.get("error", ""), probe=_smtp_from(r["probe"]) if r.get("probe") else None,
+            address_probes=tuple(_smtp_from(p) for p in r.get("address_probes") or ()),
+            reverse=tuple(
+                ReverseDns(x["address"], tuple(x["names"]), bool(x["confirmed"]), x.get("error", ""))
+                for x in r.get("reverse") or ()
+            ),
+            extra={k: v for k, v in r.items() if k in _RECORD_EXTRA},
         )
         for r in d.get("mx") or []
     )
@@ -296,5 +341,10 @@ def result_from_dict(d: dict[str, Any]) -> ProbeResult:
         phase=Phase(d["phase"]) if d.get("phase") else None, reason=Reason(d["reason"]) if d.get("reason") else None,
         error=d.get("error", ""), records=records, implicit_mx=bool(d.get("implicit_mx")),
         missing=tuple(d.get("missing") or ()), unexpected=tuple(d.get("unexpected") or ()),
-        timings=timings, total=total,
+        timings=timings, total=total, authenticated=d.get("authenticated"),
+        extra={k: v for k, v in d.items() if k in _RESULT_EXTRA},
     )
+
+
+_RECORD_EXTRA = ("dane", "mta_sts_match")
+_RESULT_EXTRA = ("mta_sts", "spf", "dmarc")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import dns.asyncresolver
+import dns.flags
 import dns.nameserver
 import dns.resolver
 
@@ -34,6 +35,16 @@ def build_resolver(dns_config: DnsConfig) -> dns.asyncresolver.Resolver:
     return resolver
 
 
+def dnssec_variant(resolver: dns.asyncresolver.Resolver) -> dns.asyncresolver.Resolver:
+    """The same servers, asking for DNSSEC records (DO) and for the AD bit of a validating resolver."""
+    variant = dns.asyncresolver.Resolver(configure=False)
+    variant.nameservers = resolver.nameservers
+    variant.lifetime, variant.timeout, variant.cache = resolver.lifetime, resolver.timeout, None
+    variant.use_edns(0, dns.flags.DO, 1232)
+    variant.flags = dns.flags.RD | dns.flags.AD
+    return variant
+
+
 @dataclass
 class ProbeEnv:
     """What probes share: the resolver, cached TLS contexts and the defaults."""
@@ -41,6 +52,13 @@ class ProbeEnv:
     resolver: dns.asyncresolver.Resolver
     defaults: Defaults = field(default_factory=Defaults)
     tls: TlsContexts = field(default_factory=TlsContexts)
+    _dnssec_resolver: dns.asyncresolver.Resolver | None = None
+
+    @property
+    def dnssec_resolver(self) -> dns.asyncresolver.Resolver:
+        if self._dnssec_resolver is None:
+            self._dnssec_resolver = dnssec_variant(self.resolver)
+        return self._dnssec_resolver
 
     @classmethod
     def from_config(cls, config: Config) -> ProbeEnv:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from typing import Any
 
+import dns.flags
 import dns.rdtypes.ANY.MX
+import dns.reversename
 
 from monitor.config import MxCheckConfig, SmtpProbeConfig
 from monitor.probes import ProbeEnv, resolve, smtp
-from monitor.results import MxRecord, MxResult, Phase, Reason, SmtpResult
+from monitor.probes.policy_records import check_dmarc, check_spf
+from monitor.results import MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult
 
 
 def _norm(name: str) -> str:
@@ -35,6 +39,8 @@ class _Check:
         self.implicit_mx = False
         self.missing: tuple[str, ...] = ()
         self.unexpected: tuple[str, ...] = ()
+        self.authenticated: bool | None = None
+        self.extra: dict[str, Any] = {}
         self.phase = Phase.MX
 
     def _timed(self, phase: Phase, started: float) -> None:
@@ -44,8 +50,11 @@ class _Check:
         self.phase = Phase.MX
         started = time.perf_counter()
         domain = self.config.domain
+        resolver = self.env.resolver if self.config.dnssec == "off" else self.env.dnssec_resolver
         try:
-            answer = await resolve.query(self.env.resolver, domain, "MX")
+            answer = await resolve.query(resolver, domain, "MX")
+            if self.config.dnssec != "off":
+                self.authenticated = bool(answer.response.flags & dns.flags.AD)
         except resolve.LookupFailed as exc:
             if exc.reason is not Reason.NO_ADDRESS:  # NoAnswer maps to NO_ADDRESS
                 raise _Failed(Phase.MX, exc.reason, str(exc)) from None
@@ -107,24 +116,103 @@ class _Check:
                 parts.append("unexpected " + ", ".join(self.unexpected))
             raise _Failed(Phase.MX, Reason.UNEXPECTED_MX, "MX set differs from expected: " + "; ".join(parts))
 
+    def require_dnssec(self) -> None:
+        if self.config.dnssec == "require" and not self.authenticated:
+            raise _Failed(
+                Phase.MX, Reason.DNSSEC,
+                f"the MX answer for {self.config.domain} is not DNSSEC-authenticated (no AD bit from the resolver)",
+            )
+
     async def probe_hosts(self) -> None:
+        """SMTP-probe each exchange: its first address, or every address (all_addresses)."""
         self.phase = Phase.HOSTS
         started = time.perf_counter()
-        targets = [i for i, r in enumerate(self.records) if r.addresses]
-        results = await asyncio.gather(*(self._probe(self.records[i]) for i in targets))
-        for i, result in zip(targets, results, strict=True):
-            self.records[i] = replace(self.records[i], probe=result)
+        every = self.config.probe_hosts == "all_addresses"
+        jobs = [
+            (i, address)
+            for i, record in enumerate(self.records)
+            for address in (record.addresses if every else record.addresses[:1])
+        ]
+        results = await asyncio.gather(*(self._probe(self.records[i], address) for i, address in jobs))
+        by_record: dict[int, list[SmtpResult]] = {}
+        for (i, _), result in zip(jobs, results, strict=True):
+            by_record.setdefault(i, []).append(result)
+        for i, probes in by_record.items():
+            self.records[i] = replace(
+                self.records[i], probe=probes[0], address_probes=tuple(probes) if every else ()
+            )
         self._timed(Phase.HOSTS, started)
-        if not any(r.probe is not None and r.probe.ok for r in self.records):
+        if not any(r.up for r in self.records):
             down = "; ".join(
                 f"{r.exchange}: {r.probe.error if r.probe else r.error}" for r in self.records
             )
             raise _Failed(Phase.HOSTS, Reason.HOSTS_DOWN, f"no exchange answers SMTP ({down})")
 
-    async def _probe(self, record: MxRecord) -> SmtpResult:
+    async def reverse_dns(self) -> None:
+        """PTR of every exchange address, forward-confirmed (the name resolves back to it)."""
+        self.phase = Phase.REVERSE
+        started = time.perf_counter()
+        pairs = [(i, a) for i, r in enumerate(self.records) for a in r.addresses]
+        found = await asyncio.gather(*(self._reverse(a) for _, a in pairs))
+        by_record: dict[int, list[ReverseDns]] = {}
+        for (i, _), rev in zip(pairs, found, strict=True):
+            by_record.setdefault(i, []).append(rev)
+        for i, revs in by_record.items():
+            self.records[i] = replace(self.records[i], reverse=tuple(revs))
+        self._timed(Phase.REVERSE, started)
+        bad = [rev for revs in by_record.values() for rev in revs if not rev.confirmed]
+        if bad and self.config.reverse_dns == "require":
+            detail = "; ".join(f"{r.address}: {r.error or 'PTR ' + ','.join(r.names) + ' does not resolve back'}"
+                               for r in bad)
+            raise _Failed(Phase.REVERSE, Reason.REVERSE_DNS, f"reverse DNS not forward-confirmed: {detail}")
+
+    async def _reverse(self, address: str) -> ReverseDns:
+        try:
+            answer = await resolve.query(self.env.resolver, dns.reversename.from_address(address).to_text(), "PTR")
+        except resolve.LookupFailed as exc:
+            return ReverseDns(address, (), False, str(exc))
+        names = tuple(sorted(rdata.to_text().rstrip(".") for rdata in answer))
+        for name in names:
+            try:
+                if address in await resolve.addresses(self.env.resolver, name):
+                    return ReverseDns(address, names, True)
+            except resolve.LookupFailed:
+                continue
+        return ReverseDns(address, names, False)
+
+    async def policy_records(self) -> None:
+        """SPF and DMARC: presence and syntax."""
+        self.phase = Phase.POLICY
+        started = time.perf_counter()
+        checks: list[tuple[str, str]] = []
+        if self.config.spf:
+            checks.append(("spf", self.config.domain))
+        if self.config.dmarc:
+            checks.append(("dmarc", f"_dmarc.{self.config.domain}"))
+        found = await asyncio.gather(*(self._txt(name) for _, name in checks))
+        problems = []
+        for (kind, _), texts in zip(checks, found, strict=True):
+            verdict = check_spf(texts) if kind == "spf" else check_dmarc(texts)
+            self.extra[kind] = verdict.as_dict()
+            if verdict.problem:
+                problems.append(f"{kind.upper()}: {verdict.problem}")
+        self._timed(Phase.POLICY, started)
+        if problems:
+            raise _Failed(Phase.POLICY, Reason.POLICY_RECORD, "; ".join(problems))
+
+    async def _txt(self, name: str) -> list[str]:
+        try:
+            answer = await resolve.query(self.env.resolver, name, "TXT")
+        except resolve.LookupFailed as exc:
+            if exc.reason in (Reason.NXDOMAIN, Reason.NO_ADDRESS):
+                return []
+            raise _Failed(Phase.POLICY, exc.reason, str(exc)) from None
+        return [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer]
+
+    async def _probe(self, record: MxRecord, address: str) -> SmtpResult:
         spec = SmtpProbeConfig(
             name=f"{self.config.name}:{record.exchange}",
-            host=record.addresses[0],
+            host=address,
             port=self.config.port,
             tls=self.config.tls,
             timeout=self.config.timeout or self.env.defaults.timeout,
@@ -161,8 +249,13 @@ async def run(config: MxCheckConfig, env: ProbeEnv) -> MxResult:
                     Phase.ADDRESS, Reason.NO_ADDRESS,
                     "exchange without address: " + "; ".join(r.error for r in no_address),
                 )
+            check.require_dnssec()
             if config.probe_hosts:
                 await check.probe_hosts()
+            if config.reverse_dns != "off":
+                await check.reverse_dns()
+            if config.spf or config.dmarc:
+                await check.policy_records()
     except _Failed as exc:
         phase, reason, error = exc.phase, exc.reason, str(exc)
     except TimeoutError:
@@ -180,4 +273,6 @@ async def run(config: MxCheckConfig, env: ProbeEnv) -> MxResult:
         unexpected=check.unexpected,
         timings=check.timings,
         total=time.perf_counter() - t0,
+        authenticated=check.authenticated,
+        extra=check.extra,
     )

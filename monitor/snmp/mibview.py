@@ -183,9 +183,6 @@ _SMTP_COLUMNS = tuple(sorted(SMTP_PROBE_TYPES))
 _MX_COLUMNS = tuple(sorted(MX_CHECK_TYPES))
 _EXCHANGE_COLUMNS = tuple(sorted(MX_EXCHANGE_TYPES))
 
-_TLS_FIELDS = slice(
-    _SMTP_COLUMNS.index(SmtpProbeColumn.TLS_VERSION), _SMTP_COLUMNS.index(SmtpProbeColumn.CERT_SUBJECT) + 1
-)
 
 
 # -- rows ---------------------------------------------------------------------------------------
@@ -213,21 +210,16 @@ def _tls_cells(tls: TlsInfo, started_at: float) -> tuple[Raw, ...]:
 _NO_TLS: tuple[Raw, ...] = (b"", b"", mib_oids.DATE_AND_TIME_NEVER, 0, _truth(False), b"")
 
 
-def smtp_probe_row(
-    state: ProbeState, default_interval: float, previous_tls: tuple[Raw, ...] | None = None
-) -> tuple[Raw, ...]:
+def smtp_probe_row(state: ProbeState, default_interval: float) -> tuple[Raw, ...]:
     """The cells of one smtpProbeTable row, in _SMTP_COLUMNS order.
 
-    `previous_tls` carries the TLS cells of the last run that completed a handshake, since the
-    MIB's TLS columns describe that run and not a later one that failed before TLS."""
+    The TLS and certificate cells come from the latest result only: the store keeps no
+    earlier handshake, so after a run that failed before TLS they are empty."""
     config = state.config
     assert isinstance(config, SmtpProbeConfig)
     result = state.last_result if isinstance(state.last_result, SmtpResult) else None
     timings = result.timings if result else {}
-    if result is not None and result.tls is not None:
-        tls = _tls_cells(result.tls, result.started_at)
-    else:
-        tls = previous_tls or _NO_TLS
+    tls = _tls_cells(result.tls, result.started_at) if result is not None and result.tls is not None else _NO_TLS
     interval = config.interval or default_interval
     return (
         admin_string(state.name),
@@ -583,8 +575,7 @@ class MibView:
             return _CachedRow(state, mib_oids.name_index(name), smtp_probe_row(state, self._default_interval))
         if _same_inputs(old.state, state):
             return _CachedRow(state, old.index, old.cells)
-        previous_tls = old.cells[_TLS_FIELDS] if old.state.config == state.config else None
-        return _CachedRow(state, old.index, smtp_probe_row(state, self._default_interval, previous_tls))
+        return _CachedRow(state, old.index, smtp_probe_row(state, self._default_interval))
 
     def _mx_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
         if old is not None and _same_inputs(old.state, state):

@@ -235,3 +235,62 @@ class TestMxAgainstNsd:
             proc = cli("mx", "good.test", "--nameserver", f"127.0.0.1:{port}", "--timeout", "1s", "--json")
         assert proc.returncode == 2
         assert json.loads(proc.stdout)["reason"] == "timeout"
+
+
+class TestMxDepthAgainstNsd:
+    def mx(self, dns_server: NsdServer, domain: str, *extra: str) -> tuple[int, dict[str, Any]]:
+        proc = cli("mx", domain.rstrip("."), "--nameserver", f"{dns_server.host}:{dns_server.port}", "--json", *extra)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc.returncode, json.loads(proc.stdout)
+
+    def test_authoritative_answer_is_reported_unauthenticated_and_require_fails(self, dns_server: NsdServer) -> None:
+        code, result = self.mx(dns_server, zone.GOOD_DOMAIN)
+        assert code == 0
+        assert result["authenticated"] is False  # an authoritative server never sets AD
+        code, result = self.mx(dns_server, zone.GOOD_DOMAIN, "--dnssec", "require")
+        assert code == 2
+        assert (result["phase"], result["reason"]) == ("mx", "dnssec")
+
+    def test_reverse_dns_reports_each_address_and_require_names_the_unconfirmed(self, dns_server: NsdServer) -> None:
+        code, result = self.mx(dns_server, zone.GOOD_DOMAIN, "--reverse-dns", "report")
+        assert code == 0
+        reverse = {r["address"]: r for record in result["mx"] for r in record["reverse"]}
+        assert reverse["127.0.0.1"]["confirmed"] is True
+        assert reverse["127.0.0.1"]["names"] == [zone.GOOD_MX1.rstrip(".")]
+        assert reverse["::1"]["confirmed"] is False
+        code, result = self.mx(dns_server, zone.GOOD_DOMAIN, "--reverse-dns", "require")
+        assert code == 2
+        assert result["reason"] == "reverse_dns"
+        assert "::1" in result["error"]
+
+    def test_valid_spf_and_dmarc_pass(self, dns_server: NsdServer) -> None:
+        code, result = self.mx(dns_server, zone.GOOD_DOMAIN, "--spf", "--dmarc")
+        assert code == 0, result
+        assert result["spf"] == {"record": zone.SPF_GOOD, "valid": True, "problem": ""}
+        assert result["dmarc"]["valid"] is True
+
+    def test_malformed_spf_and_dmarc_fail_with_the_problem(self, dns_server: NsdServer) -> None:
+        code, result = self.mx(dns_server, zone.BADPOLICY_DOMAIN, "--spf", "--dmarc")
+        assert code == 2
+        assert (result["phase"], result["reason"]) == ("policy", "policy_record")
+        assert "300.1.2.3" in result["spf"]["problem"]
+        assert "p=" in result["dmarc"]["problem"]
+
+    def test_missing_spf_fails(self, dns_server: NsdServer) -> None:
+        code, result = self.mx(dns_server, zone.IMPLICIT_DOMAIN, "--spf")
+        assert code == 2
+        assert "no SPF record" in result["spf"]["problem"]
+
+    def test_every_address_of_every_exchange_is_probed_and_reported(
+        self, dns_server: NsdServer, postfix: PostfixServer,
+    ) -> None:
+        code, result = self.mx(
+            dns_server, zone.GOOD_DOMAIN, "--probe-all-addresses", "--port", str(postfix.plain_port),
+            "--tls", "none",
+        )
+        assert code == 0, result
+        mx2 = result["mx"][1]
+        probed = {p["address"]: p["status"] for p in mx2["address_probes"]}
+        # Postfix listens on 127.0.0.1 only: ::1 fails, reported one by one while the check is ok
+        assert probed == {"127.0.0.1": "ok", "::1": "failed"}
+        assert mx2["up"] is True

@@ -82,6 +82,34 @@ def standard_zone_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+# SPF and DMARC: good.test publishes valid ones, badpolicy.test malformed ones
+SPF_GOOD = "v=spf1 mx ip4:127.0.0.0/8 -all"
+DMARC_GOOD = "v=DMARC1; p=reject; rua=mailto:dmarc@good.test"
+BADPOLICY_DOMAIN = "badpolicy.test."
+SPF_BAD = "v=spf1 mx ip4:300.1.2.3 -all"
+DMARC_BAD = "v=DMARC1; p=sometimes"
+TXT_RECORDS[GOOD_DOMAIN] = (SPF_GOOD,)
+TXT_RECORDS["_dmarc." + GOOD_DOMAIN] = (DMARC_GOOD,)
+TXT_RECORDS[BADPOLICY_DOMAIN] = (SPF_BAD,)
+TXT_RECORDS["_dmarc." + BADPOLICY_DOMAIN] = (DMARC_BAD,)
+MX_RECORDS[BADPOLICY_DOMAIN] = ((10, GOOD_MX1),)
+
+# Reverse DNS: 127.0.0.1 points back at mx1.good.test (forward-confirmed); ::1 has no PTR.
+REVERSE_ORIGIN = "127.in-addr.arpa."
+PTR_RECORDS: dict[str, str] = {"1.0.0.127.in-addr.arpa.": GOOD_MX1}
+
+
+def reverse_zone_text() -> str:
+    lines = [
+        f"$ORIGIN {REVERSE_ORIGIN}",
+        f"$TTL {TTL}",
+        f"@ IN SOA {NS_HOST} hostmaster.{ORIGIN} {SOA_SERIAL} 3600 600 86400 {TTL}",
+        f"@ IN NS {NS_HOST}",
+    ]
+    lines += [f"{name} IN PTR {target}" for name, target in PTR_RECORDS.items()]
+    return "\n".join(lines) + "\n"
+
+
 def standard_zones() -> dict[str, str]:
-    """{origin: zone text} for NsdServer: just the standard zone."""
-    return {ORIGIN: standard_zone_text()}
+    """{origin: zone text} for NsdServer: the standard zone and the loopback reverse zone."""
+    return {ORIGIN: standard_zone_text(), REVERSE_ORIGIN: reverse_zone_text()}
