@@ -121,7 +121,8 @@ class TestProbeAgainstPostfix:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert proc.stdout.startswith(f"SMTP OK - 127.0.0.1:{postfix.plain_port} STARTTLS TLSv1")
         perfdata = proc.stdout.split("|", 1)[1]
-        assert "connect=" in perfdata and "total=" in perfdata
+        assert "connect=" in perfdata
+        assert "total=" in perfdata
 
     def test_wrong_servername_fails_verification_but_still_reports_expiry(self, postfix: PostfixServer) -> None:
         code, result = probe_json(
@@ -133,7 +134,9 @@ class TestProbeAgainstPostfix:
         assert result["tls"]["cert"]["not_after"]
 
     def test_system_cas_do_not_trust_the_self_signed_certificate(self, postfix: PostfixServer) -> None:
-        code, result = probe_json(f"127.0.0.1:{postfix.implicit_port}", "--tls", "implicit", "--servername", "mail.test")
+        code, result = probe_json(
+            f"127.0.0.1:{postfix.implicit_port}", "--tls", "implicit", "--servername", "mail.test"
+        )
         assert code == 2
         assert result["reason"] == "tls_verify"
 
