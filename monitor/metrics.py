@@ -133,6 +133,18 @@ class StoreCollector(Collector):
         )
         last_success = _g("mx_check_last_success_timestamp_seconds", "When the check last succeeded", ["check"])
         last_change = _g("mx_check_last_change_timestamp_seconds", "When the check's status last changed", ["check"])
+        address_up = _g(
+            "mx_check_address_up",
+            "1 if the exchange answered SMTP on this address (probe_hosts: all_addresses)",
+            ["check", "exchange", "address"],
+        )
+        reverse = _g(
+            "mx_check_reverse_dns_confirmed",
+            "1 if the address has a PTR name that resolves back to it", ["check", "exchange", "address"],
+        )
+        dnssec = _g("mx_check_dnssec_authenticated", "1 if the resolver marked the MX answer authentic (AD)", ["check"])
+        spf = _g("mx_check_spf_valid", "1 if the domain has exactly one well-formed SPF record", ["check"])
+        dmarc = _g("mx_check_dmarc_valid", "1 if the domain has exactly one well-formed DMARC record", ["check"])
         for state in states:
             cfg = state.config
             assert isinstance(cfg, MxCheckConfig)
@@ -159,10 +171,20 @@ class StoreCollector(Collector):
             for record in result.records:
                 preference.add_metric([name, record.exchange], record.preference)
                 addresses.add_metric([name, record.exchange], len(record.addresses))
-                if record.probe is not None:
-                    up.add_metric([name, record.exchange], 1.0 if record.probe.ok else 0.0)
+                if record.up is not None:
+                    up.add_metric([name, record.exchange], 1.0 if record.up else 0.0)
+                for probe in record.address_probes:
+                    address_up.add_metric([name, record.exchange, probe.address], 1.0 if probe.ok else 0.0)
+                for rev in record.reverse:
+                    reverse.add_metric([name, record.exchange, rev.address], 1.0 if rev.confirmed else 0.0)
+            if result.authenticated is not None:
+                dnssec.add_metric([name], 1.0 if result.authenticated else 0.0)
+            for kind, family in (("spf", spf), ("dmarc", dmarc)):
+                verdict = result.extra.get(kind)
+                if verdict is not None:
+                    family.add_metric([name], 1.0 if verdict["valid"] else 0.0)
         yield from (success, status, records, duration, phase, implicit, up, preference, addresses,
-                    runs, failures, last_success, last_change)
+                    runs, failures, last_success, last_change, address_up, reverse, dnssec, spf, dmarc)
 
     # -- the agent itself ----------------------------------------------------------------
     def _agent(self) -> Iterator[Metric]:

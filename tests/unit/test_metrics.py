@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from monitor.config import MxCheckConfig, SmtpProbeConfig
 from monitor.health import LATENESS_BUCKETS, AgentHealth
 from monitor.metrics import StoreCollector, build_registry
-from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, SmtpResult, TlsInfo
+from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, ReverseDns, SmtpResult, TlsInfo
 from monitor.store import ResultsStore
 
 PROMTOOL = "/usr/bin/promtool"
@@ -202,6 +203,30 @@ class TestMxCheckMetrics:
         assert reg.get_sample_value("mx_check_exchange_up", exchange) is None
         assert reg.get_sample_value("mx_check_exchange_preference", exchange) == 10.0
         assert reg.get_sample_value("mx_check_records", {"check": "domain-mx"}) == 1.0
+
+    def test_every_address_reverse_dns_dnssec_and_policy_records(self) -> None:
+        store = ResultsStore()
+        store.configure([(MX, 1, 14)])
+        down = replace(smtp_failed(Phase.CONNECT, Reason.REFUSED), address="2001:db8::1")
+        up = replace(smtp_ok(), address="192.0.2.1")
+        record = MxRecord(
+            10, "mx1.example.com", ("192.0.2.1", "2001:db8::1"), probe=up, address_probes=(up, down),
+            reverse=(ReverseDns("192.0.2.1", ("mx1.example.com",), True), ReverseDns("2001:db8::1", (), False)),
+        )
+        store.record("domain-mx", MxResult(
+            domain="example.com", started_at=0.0, ok=True, records=(record,), authenticated=False,
+            extra={"spf": {"record": "v=spf1 -all", "valid": True, "problem": ""},
+                   "dmarc": {"record": "", "valid": False, "problem": "no DMARC record"}},
+        ))
+        reg = registry_for(store)
+        at = {"check": "domain-mx", "exchange": "mx1.example.com"}
+        assert reg.get_sample_value("mx_check_exchange_up", at) == 1.0
+        assert reg.get_sample_value("mx_check_address_up", {**at, "address": "192.0.2.1"}) == 1.0
+        assert reg.get_sample_value("mx_check_address_up", {**at, "address": "2001:db8::1"}) == 0.0
+        assert reg.get_sample_value("mx_check_reverse_dns_confirmed", {**at, "address": "2001:db8::1"}) == 0.0
+        assert reg.get_sample_value("mx_check_dnssec_authenticated", {"check": "domain-mx"}) == 0.0
+        assert reg.get_sample_value("mx_check_spf_valid", {"check": "domain-mx"}) == 1.0
+        assert reg.get_sample_value("mx_check_dmarc_valid", {"check": "domain-mx"}) == 0.0
 
 
 class TestAgentHealthMetrics:
