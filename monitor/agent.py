@@ -14,9 +14,9 @@ from typing import Any
 from monitor import logs
 from monitor.config import Config, ConfigError, load_config
 from monitor.health import AgentHealth
-from monitor.http import HttpBindError, MetricsServer
+from monitor.http import AdhocProber, HttpBindError, MetricsServer
 from monitor.metrics import build_registry
-from monitor.persistence import StateDB, StatePersister, restore_into
+from monitor.persistence import STATE_FILE, StateDB, StatePersister, restore_into
 from monitor.probes import ProbeEnv
 from monitor.scheduler import ProbeScheduler
 from monitor.sharding import Shard
@@ -26,7 +26,6 @@ log = logging.getLogger("smtp_monitor.agent")
 
 SHUTDOWN_GRACE = 2.0  # seconds for in-flight probes before they are cancelled
 EXIT_STARTUP = 2  # config or bind problems at startup
-STATE_FILE = "state.db"
 
 
 class StartupError(Exception):
@@ -85,9 +84,11 @@ class Agent:
     async def _start_exporters(self) -> None:
         address = self.config.prometheus.address()
         if address is not None:
+            endpoint = self.config.prometheus.probe_endpoint
             self.http = MetricsServer(
                 address[0], address[1], build_registry(self.store, self.health), self.store,
                 ready=lambda: self._started and not self._stopping.is_set(),
+                adhoc=AdhocProber(self.env, endpoint) if endpoint.enabled else None,
             )
             try:
                 await self.http.start()

@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("-c", "--config", required=True, type=Path)
 
+    st = sub.add_parser("status", help="every probe's status from the agent's state database")
+    st.add_argument("-c", "--config", required=True, type=Path)
+    st.add_argument("--json", action="store_true")
+
     r = sub.add_parser("run", help="run the monitoring agent")
     r.add_argument("-c", "--config", required=True, type=Path)
     r.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -159,6 +163,12 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from monitor.status import print_status
+
+    return print_status(load_config(args.config), as_json=args.json)
+
+
 def _run(args: argparse.Namespace) -> int:
     from monitor.agent import run_agent  # the agent's imports are heavy; one-shots skip them
 
@@ -167,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"probe": _probe, "mx": _mx, "check-config": _check_config, "run": _run}
+    commands = {"probe": _probe, "mx": _mx, "check-config": _check_config, "status": _status, "run": _run}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

@@ -171,8 +171,17 @@ class DnsConfig(_Strict):
         return out
 
 
+class ProbeEndpointConfig(_Strict):
+    """`/probe?target=...` for ad-hoc probes, blackbox_exporter style; off unless enabled."""
+
+    enabled: bool = False
+    max_concurrency: int = Field(default=10, ge=1, le=1000)
+    timeout: Duration = 10.0
+
+
 class PrometheusConfig(_Strict):
     listen: str | None = "127.0.0.1:9465"
+    probe_endpoint: ProbeEndpointConfig = ProbeEndpointConfig()
 
     @field_validator("listen")
     @classmethod

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
+from pydantic import ValidationError
 
+from monitor.config import MxCheckConfig, ProbeEndpointConfig, SmtpProbeConfig, parse_duration, split_host_port
+from monitor.metrics import single_result_registry
+from monitor.probes import ProbeEnv, mx, smtp
 from monitor.store import ResultsStore
 
 log = logging.getLogger("smtp_monitor.http")
@@ -19,18 +23,60 @@ class HttpBindError(Exception):
     """The HTTP listen address could not be bound."""
 
 
+class AdhocBusy(Exception):
+    """The bound on ad-hoc probes in flight is reached."""
+
+
+class AdhocProber:
+    """Runs one probe per /probe request, bounded; the results never enter the store."""
+
+    def __init__(self, env: ProbeEnv, config: ProbeEndpointConfig) -> None:
+        self.env = env
+        self.config = config
+        self._in_flight = 0
+
+    async def probe(self, query: Mapping[str, str]) -> CollectorRegistry:
+        if self._in_flight >= self.config.max_concurrency:
+            raise AdhocBusy
+        spec = self._spec(query)
+        self._in_flight += 1
+        try:
+            result = await (smtp.run(spec, self.env) if isinstance(spec, SmtpProbeConfig) else mx.run(spec, self.env))
+        finally:
+            self._in_flight -= 1
+        return single_result_registry(spec, result)
+
+    def _spec(self, query: Mapping[str, str]) -> SmtpProbeConfig | MxCheckConfig:
+        target = query.get("target", "")
+        if not target:
+            raise ValueError("target is required: /probe?target=HOST[:PORT]&tls=starttls")
+        timeout = min(parse_duration(query.get("timeout", self.config.timeout)), self.config.timeout)
+        try:
+            if query.get("module", "smtp") == "mx":
+                return MxCheckConfig(name="adhoc", domain=target, timeout=timeout)
+            host, port = split_host_port(target, None)
+            return SmtpProbeConfig(
+                name="adhoc", host=host, port=port, tls=query.get("tls", "starttls"), timeout=timeout,  # type: ignore[arg-type]
+                servername=query.get("servername") or None, verify=query.get("verify", "true") != "false",
+            )
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            raise ValueError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
 class MetricsServer:
     """aiohttp in the agent's event loop; the exposition text is rendered in a worker
     thread so that a large scrape does not hold up probe timing."""
 
     def __init__(
         self, host: str, port: int, registry: CollectorRegistry, store: ResultsStore,
-        ready: Callable[[], bool],
+        ready: Callable[[], bool], adhoc: AdhocProber | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.registry = registry
         self.store = store
         self.ready = ready
+        self.adhoc = adhoc
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -39,6 +85,8 @@ class MetricsServer:
         app.router.add_get("/-/healthy", self._healthy)
         app.router.add_get("/-/ready", self._ready)
         app.router.add_get("/", self._index)
+        if self.adhoc is not None:
+            app.router.add_get("/probe", self._probe)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
@@ -63,6 +111,17 @@ class MetricsServer:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = await asyncio.to_thread(encoder, self.registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _probe(self, request: web.Request) -> web.Response:
+        assert self.adhoc is not None
+        try:
+            registry = await self.adhoc.probe(request.query)
+        except AdhocBusy:
+            return web.Response(status=503, text="too many ad-hoc probes in flight\n")
+        except ValueError as exc:
+            return web.Response(status=400, text=f"{exc}\n")
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
 
     async def _healthy(self, _: web.Request) -> web.Response:
         return web.Response(text="OK\n")

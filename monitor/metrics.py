@@ -16,8 +16,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitor.config import MxCheckConfig, SmtpProbeConfig
 from monitor.health import AgentHealth
-from monitor.results import MxResult, SmtpResult, Status
-from monitor.store import ProbeState, ResultsStore
+from monitor.results import MxResult, ProbeResult, SmtpResult, Status
+from monitor.store import ProbeConfig, ProbeState, ResultsStore
 
 
 def _g(name: str, doc: str, labels: list[str], unit: str = "") -> GaugeMetricFamily:
@@ -27,16 +27,17 @@ def _g(name: str, doc: str, labels: list[str], unit: str = "") -> GaugeMetricFam
 class StoreCollector(Collector):
     """Reads the results store and agent health; writes nothing."""
 
-    def __init__(self, store: ResultsStore, health: AgentHealth) -> None:
+    def __init__(self, store: ResultsStore, health: AgentHealth | None) -> None:
         self.store = store
-        self.health = health
+        self.health = health  # None: probe metrics only (the /probe endpoint)
 
     def collect(self) -> Iterator[Metric]:
         snap = self.store.snapshot()
         states = list(snap.states.values())
         yield from self._smtp([s for s in states if s.kind == "smtp"])
         yield from self._mx([s for s in states if s.kind == "mx"])
-        yield from self._agent()
+        if self.health is not None:
+            yield from self._agent()
 
     # -- SMTP probes ---------------------------------------------------------------
     def _smtp(self, states: list[ProbeState]) -> Iterator[Metric]:
@@ -189,6 +190,7 @@ class StoreCollector(Collector):
     # -- the agent itself ----------------------------------------------------------------
     def _agent(self) -> Iterator[Metric]:
         h = self.health
+        assert h is not None
         build = InfoMetricFamily("smtp_monitor_build", "Version of the running agent")
         build.add_metric([], {"version": h.version})
         yield build
@@ -238,6 +240,16 @@ class StoreCollector(Collector):
         for (receiver, outcome), count in sorted(h.notifications.items()):
             notes.add_metric([receiver, outcome], count)
         yield notes
+
+
+def single_result_registry(probe: ProbeConfig, result: ProbeResult) -> CollectorRegistry:
+    """The metrics of one ad-hoc probe, with the same names as the scheduled ones."""
+    store = ResultsStore()
+    store.configure([(probe, 1, 0)])
+    store.record(probe.name, result)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store, None))
+    return registry
 
 
 def build_registry(store: ResultsStore, health: AgentHealth) -> CollectorRegistry:

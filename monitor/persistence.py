@@ -21,6 +21,7 @@ from monitor.store import ProbeState, ResultsStore, StoreEvent
 
 log = logging.getLogger("smtp_monitor.state")
 
+STATE_FILE = "state.db"  # inside agent.state_dir
 SCHEMA_VERSION = 1
 FLUSH_INTERVAL = 5.0  # seconds between batched saves of counters and last results
 

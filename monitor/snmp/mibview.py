@@ -184,7 +184,6 @@ _MX_COLUMNS = tuple(sorted(MX_CHECK_TYPES))
 _EXCHANGE_COLUMNS = tuple(sorted(MX_EXCHANGE_TYPES))
 
 
-
 # -- rows ---------------------------------------------------------------------------------------
 
 

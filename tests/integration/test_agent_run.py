@@ -37,9 +37,11 @@ class AgentProcess:
         self.write_config(config)
 
     def write_config(self, config: dict[str, object]) -> None:
+        config = dict(config)
+        endpoint = {"enabled": bool(config.pop("prometheus_probe", False))}
         full = {
             "agent": {"state_dir": str(self.workdir / "state")},
-            "prometheus": {"listen": f"127.0.0.1:{self.port}"},
+            "prometheus": {"listen": f"127.0.0.1:{self.port}", "probe_endpoint": endpoint},
             "snmp": {"enabled": False},
             **config,
         }
@@ -264,3 +266,53 @@ class TestAgentLifecycle:
         assert "defaults.interval" in proc.stderr
         assert str(bad) in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+class TestOperationsSurface:
+    def test_adhoc_probe_endpoint_returns_one_probes_metrics(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+    ) -> None:
+        agent = agent_factory({"prometheus_probe": True, "smtp": []})
+        status, text = agent.get(f"/probe?target=127.0.0.1:{postfix.plain_port}&tls=starttls&verify=false")
+        assert status == 200
+        samples = {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+        }
+        labels = frozenset({("probe", "adhoc"), ("host", "127.0.0.1"), ("port", str(postfix.plain_port)),
+                            ("tls", "starttls")})
+        assert samples[("smtp_probe_success", labels)] == 1.0
+        assert not any(name.startswith("smtp_monitor_") for name, _ in samples)
+        assert agent.get("/probe")[0] == 400
+        assert agent.value("smtp_probe_runs_total", probe="adhoc") is None  # never enters the store
+
+    def test_probe_endpoint_is_off_unless_enabled(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess],
+    ) -> None:
+        agent = agent_factory({"smtp": []})
+        assert agent.get("/probe?target=127.0.0.1:25")[0] == 404
+
+    def test_status_command_lists_probes_from_the_state_database(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+    ) -> None:
+        closed = free_tcp_port()
+        agent = agent_factory({
+            "defaults": {"interval": "0.3s", "alert_after": 1},
+            "smtp": [
+                {"name": "up", "host": "127.0.0.1", "port": postfix.plain_port, "tls": "none"},
+                {"name": "down", "host": "127.0.0.1", "port": closed, "tls": "none"},
+            ],
+        })
+        agent.wait_until(lambda: agent.value("smtp_probe_status", probe="up", status="ok") == 1.0, 10, "not ok")
+        agent.signal(signal.SIGTERM)  # the final flush writes every state
+        assert agent.proc is not None
+        agent.proc.wait(10)
+        proc = subprocess.run(
+            [sys.executable, "-m", "monitor", "status", "-c", str(agent.config_file)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+        assert proc.returncode == 2  # one probe is failed
+        lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+        assert " ok " in lines["up"]
+        assert " failed " in lines["down"]
+        assert "connect/refused" in lines["down"]
