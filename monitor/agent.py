@@ -16,7 +16,7 @@ from monitor.config import Config, ConfigError, load_config
 from monitor.health import AgentHealth
 from monitor.http import AdhocProber, HttpBindError, MetricsServer
 from monitor.metrics import build_registry
-from monitor.persistence import STATE_FILE, StateDB, StatePersister, restore_into
+from monitor.persistence import STATE_FILE, DurableNotifications, StateDB, StatePersister, restore_into
 from monitor.probes import ProbeEnv
 from monitor.scheduler import ProbeScheduler
 from monitor.sharding import Shard
@@ -57,6 +57,7 @@ class Agent:
         self.scheduler.apply(self.config)
         self._open_state()
         await self._start_exporters()
+        self._wire_events()
         self.scheduler.start()
         self._started = True
         log.info(
@@ -77,9 +78,21 @@ class Agent:
         log.info("state database %s: resumed %d probes", db.path, restored)
         self.state_db = db
         self.persister = StatePersister(db, self.store)
-        # Subscribed before the notifier: a status change is on disk before its trap leaves.
-        self.store.subscribe(self.persister.on_event)
         self.persister.start()
+
+    def _wire_events(self) -> None:
+        """Status changes go to disk before any notification about them leaves."""
+        if self.persister is not None and self.state_db is not None and self.notifier is not None:
+            durable = DurableNotifications(self.state_db, self.persister, self.notifier)
+            self.notifier.on_final = durable.done
+            self.store.subscribe(durable.on_event)
+            resent = durable.resend_pending()
+            if resent:
+                log.info("resending %d notifications not delivered before the last stop", resent)
+        elif self.persister is not None:
+            self.store.subscribe(self.persister.on_event)
+        elif self.notifier is not None:
+            self.notifier.subscribe(self.store)
 
     async def _start_exporters(self) -> None:
         address = self.config.prometheus.address()
@@ -99,7 +112,6 @@ class Agent:
             from monitor.snmp.notify import Notifier
 
             self.notifier = Notifier(snmp.notify, self.health)
-            self.notifier.subscribe(self.store)
             await self.notifier.start()
         if snmp.enabled and snmp.listen:
             from monitor.snmp.agent import SnmpAgent, SnmpBindError

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from monitor.health import AgentHealth
 from monitor.results import Status, result_from_dict
@@ -237,10 +237,13 @@ class StatePersister:
         self._task: asyncio.Task[None] | None = None
 
     def on_event(self, event: StoreEvent) -> None:
-        # Synchronous on purpose: a crash right after a trap must not forget that the probe is
-        # already failed, or the restarted agent would send the same trap again.
+        # Synchronous on purpose: a crash right after a status change must not forget it, or the
+        # restarted agent would report the same transition again.
         if self.db.save_states([event.state]):
-            self._saved[event.name] = event.state
+            self.saved(event.state)
+
+    def saved(self, state: ProbeState) -> None:
+        self._saved[state.name] = state
 
     def start(self) -> None:
         self._saved = dict(self.store.snapshot().states)
@@ -269,3 +272,42 @@ class StatePersister:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()
+
+
+class PreparingNotifier(Protocol):
+    """What DurableNotifications needs of the notifier (monitor.snmp.notify.Notifier)."""
+
+    def prepare(self, event: StoreEvent) -> list[tuple[str, dict[str, Any]]]: ...
+
+    def enqueue_prepared(self, items: list[tuple[int, str, dict[str, Any]]]) -> None: ...
+
+
+class DurableNotifications:
+    """Store subscriber when notifications are configured: the state change and the notifications it
+    causes are written in one transaction, then queued; each leaves the outbox only once delivered
+    (or given up), so a crash neither repeats a failure trap nor loses a recovery trap."""
+
+    def __init__(self, db: StateDB, persister: StatePersister, notifier: PreparingNotifier) -> None:
+        self.db = db
+        self.persister = persister
+        self.notifier = notifier
+
+    def on_event(self, event: StoreEvent) -> None:
+        prepared = self.notifier.prepare(event)
+        ids = self.db.add_outbox(prepared, states=[event.state])
+        self.persister.saved(event.state)
+        if len(ids) == len(prepared):
+            items = [(i, label, payload) for i, (label, payload) in zip(ids, prepared, strict=True)]
+            self.notifier.enqueue_prepared(items)
+        else:  # the database refused the write: send anyway rather than stay silent
+            self.notifier.enqueue_prepared([(0, label, payload) for label, payload in prepared])
+
+    def done(self, outbox_id: int) -> None:
+        if outbox_id:
+            self.db.remove_outbox(outbox_id)
+
+    def resend_pending(self) -> int:
+        """Queue what was decided before the last stop but never delivered."""
+        pending = self.db.pending_outbox()
+        self.notifier.enqueue_prepared([(e.id, e.receiver, e.event) for e in pending])
+        return len(pending)

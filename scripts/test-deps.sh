@@ -17,6 +17,11 @@ PACKAGES=(
     python3-venv
     systemd                  # systemd-analyze verify for deploy/systemd (no running systemd needed)
     prometheus-alertmanager  # amtool check-config for deploy/alertmanager
+    shellcheck               # lint of deploy/snmp/smtp-monitor-traphandler.sh
+    libcap2-bin              # setcap: the container image's file capability, tried on this machine
+    # SMTP AUTH against the second test Postfix (tests/peers/postfix_sasl.py): Cyrus SASL
+    sasl2-bin                # saslpasswd2, to write the instance's own sasldb file
+    libsasl2-modules         # the PLAIN and LOGIN mechanisms and the sasldb auxprop plugin
 )
 
 if [[ $(id -u) -eq 0 ]]; then

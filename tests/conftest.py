@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.peers.agent import AgentProcess
 from tests.peers.mibs import base_mib_dir
 from tests.peers.nsd import NsdServer
 from tests.peers.postfix import PostfixServer
@@ -73,3 +74,36 @@ def trap_receiver(tmp_path: Path) -> Iterator[TrapReceiver]:
 def base_mibs() -> Path:
     """The directory of IETF base MIB texts (erlang-snmp's), for SMIPATH or net-snmp's -M."""
     return base_mib_dir()
+
+
+# Appended with its fixture rather than merged into the imports at the top of the file.
+from tests.peers.postfix_sasl import PostfixSaslServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postfix_sasl(peers_dir: Path) -> Iterator[PostfixSaslServer]:
+    """A second private Postfix, started when first asked for: SMTP AUTH PLAIN/LOGIN inside TLS
+    (username, password), local domain mail.test (known_recipient accepted, unknown_recipient
+    550), no relay for 127.0.0.1 unauthenticated, plus tls12_port (TLS 1.2 at most) and
+    open_relay_port.  See tests.peers.postfix_sasl."""
+    server = PostfixSaslServer(peers_dir / "postfix-sasl")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()  # also on failed tests and on a failed start
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, object]], AgentProcess]]:
+    agents: list[AgentProcess] = []
+
+    def make(config: dict[str, object]) -> AgentProcess:
+        agent = AgentProcess(tmp_path, config)
+        agents.append(agent)
+        agent.start()
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.stop()

@@ -74,6 +74,7 @@ class _Dialogue:
         self.plain_extensions: dict[str, str] = {}  # from the EHLO before STARTTLS
         self.helo_fallback = False
         self.tls: TlsInfo | None = None
+        self.in_transaction = False  # MAIL FROM accepted and not yet RSET
         self.proto = SmtpClientProtocol()
         self.transport: asyncio.Transport | None = None
 
@@ -222,6 +223,8 @@ class _Dialogue:
 
     async def envelope_step(self, line: str, expect: str) -> Reply:
         reply = await self.command(line)
+        if line.startswith("MAIL") and reply.code // 100 == 2:
+            self.in_transaction = True
         if not _matches(reply.code, expect):
             if expect == "2xx":
                 raise ReplyFailed(reply)
@@ -231,6 +234,7 @@ class _Dialogue:
     async def rset(self) -> None:
         # RSET clears the transaction so nothing is ever queued; its reply is not checked.
         await self.command("RSET")
+        self.in_transaction = False
 
     async def authenticate(self, auth: SmtpAuthConfig) -> None:
         self.enter(Phase.AUTH)
@@ -269,6 +273,22 @@ class _Dialogue:
             self.done()
         except (WireError, TimeoutError, OSError, ssl.SSLError):
             pass  # the dialogue already succeeded; a sloppy goodbye is not an outage
+
+    async def goodbye(self, deadline: float) -> None:
+        """After a check failed on a healthy connection: end politely (RSET, QUIT), so the server
+        logs a normal session instead of "lost connection" and drops any open transaction."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        grace = min(_QUIT_GRACE, deadline - asyncio.get_running_loop().time())
+        if grace <= 0:
+            return
+        try:
+            async with asyncio.timeout(grace):
+                if self.in_transaction:
+                    await self.command("RSET")
+                await self.command("QUIT")
+        except (WireError, TimeoutError, OSError, ssl.SSLError):
+            pass
 
     def close(self) -> None:
         # abort(), not close(): a graceful TLS shutdown can wait on a silent peer.
@@ -312,8 +332,12 @@ async def run(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
         reason, error = Reason.TIMEOUT, f"no answer within {timeout:g}s"
     except ReplyFailed as exc:
         reason, error, reply = Reason.REPLY, str(exc.reply), exc.reply
+        if exc.reply.code != 421:  # 421: the server is closing the channel itself
+            await d.goodbye(deadline)
     except _Failure as exc:
         reason, error, reply = exc.reason, str(exc), exc.reply
+        if exc.reason is not Reason.TLS_VERIFY:  # after a failed handshake there is no session left
+            await d.goodbye(deadline)
     except resolve.LookupFailed as exc:
         reason, error = (Reason.TIMEOUT if exc.reason is Reason.TIMEOUT else Reason.DNS), str(exc)
     except WireError as exc:

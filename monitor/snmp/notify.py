@@ -9,7 +9,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -76,6 +76,44 @@ class Notification:
     label: str  # MIB name, e.g. smtpProbeFailed
     probe: str  # probe or check name; "" for coldStart
     varbinds: tuple[VarBind, ...]
+
+
+# Value classes a notification can carry, by name, for the outbox of undelivered notifications.
+_VALUE_TYPES: Final[dict[str, Any]] = {
+    cls.__name__: cls
+    for cls in (
+        rfc1902.Integer32, rfc1902.Integer, rfc1902.OctetString, rfc1902.ObjectIdentifier, rfc1902.IpAddress,
+        rfc1902.Counter32, rfc1902.Gauge32, rfc1902.Unsigned32, rfc1902.TimeTicks, rfc1902.Counter64,
+    )
+}
+
+
+def to_payload(notification: Notification) -> dict[str, Any]:
+    """A JSON-able form of a notification, to keep it in the state database until delivered."""
+    varbinds = []
+    for oid, value in notification.varbinds:
+        kind = type(value).__name__
+        if kind not in _VALUE_TYPES:
+            raise TypeError(f"cannot keep a {kind} in the outbox")
+        if isinstance(value, rfc1902.OctetString):
+            data: Any = bytes(value).hex()
+        elif isinstance(value, rfc1902.ObjectIdentifier):
+            data = list(value)
+        else:
+            data = int(value)
+        varbinds.append([list(oid), kind, data])
+    return {"label": notification.label, "probe": notification.probe, "varbinds": varbinds}
+
+
+def from_payload(payload: dict[str, Any]) -> Notification:
+    varbinds: list[VarBind] = []
+    for oid, kind, data in payload["varbinds"]:
+        cls = _VALUE_TYPES[kind]
+        value = cls(bytes.fromhex(data)) if issubclass(cls, rfc1902.OctetString) else cls(
+            tuple(data) if issubclass(cls, rfc1902.ObjectIdentifier) else data
+        )
+        varbinds.append((tuple(oid), value))
+    return Notification(payload["label"], payload["probe"], tuple(varbinds))
 
 
 def generate_engine_id() -> bytes:
@@ -237,12 +275,12 @@ class _Receiver:
         self.cfg = cfg
         self.label = label
         self.kind = f"v{cfg.version} {cfg.type}"
-        self.queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=queue_size)
+        self.queue: asyncio.Queue[tuple[Notification, int | None]] = asyncio.Queue(maxsize=queue_size)
         self.task: asyncio.Task[None] | None = None
         self.engine: Any = None
         self.originator: Any = None
         self.ready = False  # target registered (host resolved)
-        self.current: Notification | None = None
+        self.current: tuple[Notification, int | None] | None = None
         # Informs: attempt k waits timeout * 2**k, all within give_up (and at least one attempt).
         windows: list[float] = []
         for attempt in range(cfg.retries + 1 if cfg.type == "inform" else 1):
@@ -290,6 +328,8 @@ class Notifier:
             self._receivers.append(_Receiver(cfg, label, queue_size, inform_give_up))
         self._started = False
         self._closing = False
+        # Called with an outbox id once its notification has a final outcome (not at shutdown).
+        self.on_final: Callable[[int], None] | None = None
         # snmpEngineBoots of every engine: the caller's persistent counter, else pysnmp's own.
         self._boots: int | None = engine_boots
 
@@ -313,18 +353,47 @@ class Notifier:
         if notification is not None:
             self._enqueue(notification)
 
+    def prepare(self, event: StoreEvent) -> list[tuple[str, dict[str, Any]]]:
+        """(receiver, payload) for each receiver, to be kept durably before enqueue_prepared()."""
+        notification = build_notification(event, self.health.started_at)
+        if notification is None or self._closing:
+            return []
+        payload = to_payload(notification)
+        return [(rcv.label, payload) for rcv in self._receivers]
+
+    def enqueue_prepared(self, items: Sequence[tuple[int, str, dict[str, Any]]]) -> None:
+        """Queue (outbox id, receiver, payload) items; ids come back through on_final when done."""
+        by_label = {rcv.label: rcv for rcv in self._receivers}
+        for outbox_id, label, payload in items:
+            rcv = by_label.get(label)
+            if rcv is None:  # the receiver was removed from the config since: nothing to deliver to
+                if self.on_final is not None:
+                    self.on_final(outbox_id)
+                continue
+            self._put(rcv, from_payload(payload), outbox_id)
+
     async def cold_start(self) -> None:
         """Queue SNMPv2-MIB::coldStart for every receiver (call once, after start())."""
         self._enqueue(build_cold_start(self.health.started_at))
 
     def _enqueue(self, notification: Notification) -> None:
         for rcv in self._receivers:
-            if rcv.queue.full():
-                # Drop the oldest: the newest event says most about the probe's present state.
-                oldest = rcv.queue.get_nowait()
-                rcv.queue.task_done()
-                self._outcome(rcv, oldest, DROPPED, f"queue full ({rcv.queue.maxsize} waiting)")
-            rcv.queue.put_nowait(notification)
+            self._put(rcv, notification, None)
+
+    def _put(self, rcv: _Receiver, notification: Notification, outbox_id: int | None) -> None:
+        if rcv.queue.full():
+            # Drop the oldest: the newest event says most about the probe's present state.
+            oldest = rcv.queue.get_nowait()
+            rcv.queue.task_done()
+            self._finish(rcv, oldest, DROPPED, f"queue full ({rcv.queue.maxsize} waiting)")
+        rcv.queue.put_nowait((notification, outbox_id))
+
+    def _finish(self, rcv: _Receiver, item: tuple[Notification, int | None], outcome: str, detail: str = "") -> None:
+        """A final outcome: count and log it, and release the outbox entry."""
+        notification, outbox_id = item
+        self._outcome(rcv, notification, outcome, detail)
+        if outbox_id is not None and self.on_final is not None:
+            self.on_final(outbox_id)
 
     async def start(self) -> None:
         """Create every receiver's engine and start its sender task."""
@@ -360,11 +429,12 @@ class Notifier:
         await asyncio.gather(*tasks, return_exceptions=True)
         for rcv in self._receivers:
             rcv.task = None
+            # Not _finish(): what is kept in the outbox goes out after the restart.
             if rcv.current is not None:
-                self._outcome(rcv, rcv.current, DROPPED, "agent stopping")
+                self._outcome(rcv, rcv.current[0], DROPPED, "agent stopping")
                 rcv.current = None
             while not rcv.queue.empty():
-                self._outcome(rcv, rcv.queue.get_nowait(), DROPPED, "agent stopping")
+                self._outcome(rcv, rcv.queue.get_nowait()[0], DROPPED, "agent stopping")
                 rcv.queue.task_done()
             if rcv.engine is not None:
                 rcv.engine.close_dispatcher()
@@ -461,27 +531,27 @@ class Notifier:
 
     async def _run(self, rcv: _Receiver) -> None:
         while True:
-            notification = await rcv.queue.get()
-            rcv.current = notification
+            item = await rcv.queue.get()
+            rcv.current = item
             try:
-                await self._deliver(rcv, notification)
+                outcome, detail = await self._deliver(rcv, item[0])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one bad send must not end this receiver's sender
-                self._outcome(rcv, notification, FAILED, f"{type(exc).__name__}: {exc}")
+                outcome, detail = FAILED, f"{type(exc).__name__}: {exc}"
+            self._finish(rcv, item, outcome, detail)
             rcv.current = None
             rcv.queue.task_done()
 
-    async def _deliver(self, rcv: _Receiver, notification: Notification) -> None:
+    async def _deliver(self, rcv: _Receiver, notification: Notification) -> tuple[str, str]:
+        """Send one notification (informs until acknowledged or given up): its final outcome."""
         try:
             await self._setup_target(rcv)
         except (OSError, ValueError) as exc:
-            self._outcome(rcv, notification, FAILED, f"receiver not ready: {exc}")
-            return
+            return FAILED, f"receiver not ready: {exc}"
         if rcv.cfg.type == "trap":
             error = self._send(rcv, 0, notification, None)
-            self._outcome(rcv, notification, FAILED if error else SENT, error)
-            return
+            return (FAILED, error) if error else (SENT, "")
         started = time.monotonic()
         give_up = started + sum(rcv.windows)
         loop = asyncio.get_running_loop()
@@ -492,22 +562,19 @@ class Notifier:
             future: asyncio.Future[str] = loop.create_future()
             error = self._send(rcv, attempt, notification, future)
             if error:
-                self._outcome(rcv, notification, FAILED, error)
-                return
+                return FAILED, error
             try:
                 answer = await asyncio.wait_for(future, max(give_up - time.monotonic(), 0.0) + _RESULT_GRACE)
             except TimeoutError:
                 answer = _TIMED_OUT
             if not answer:
                 took = time.monotonic() - started
-                self._outcome(rcv, notification, ACKNOWLEDGED, f"after {attempt + 1} attempt(s), {took:.2f} s")
-                return
+                return ACKNOWLEDGED, f"after {attempt + 1} attempt(s), {took:.2f} s"
             if answer != _TIMED_OUT:
                 # A refusal (unknown user, wrong digest...) does not heal by resending.
-                self._outcome(rcv, notification, FAILED, f"refused: {answer}")
-                return
+                return FAILED, f"refused: {answer}"
             reason = f"no acknowledgement in {window:g} s"
-        self._outcome(rcv, notification, FAILED, f"gave up: {reason}")
+        return FAILED, f"gave up: {reason}"
 
     def _send(
         self, rcv: _Receiver, attempt: int, notification: Notification, future: asyncio.Future[str] | None

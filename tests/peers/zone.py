@@ -39,6 +39,14 @@ DANGLING_MX_HOST = "mx.nowhere.dangling.test."
 # a name with no records at all in the zone: NXDOMAIN
 MISSING_DOMAIN = "missing.test."
 
+# MTA-STS (RFC 8461): good.test publishes a policy id and the policy host mta-sts.good.test;
+# multists.test has two STSv1 records (no policy, RFC 8461 3.1); badsts.test a malformed one
+GOOD_MTA_STS_TXT = "_mta-sts.good.test."
+GOOD_MTA_STS_ID = "20240101T000000"
+GOOD_MTA_STS_HOST = "mta-sts.good.test."
+MULTISTS_DOMAIN = "multists.test."
+BADSTS_DOMAIN = "badsts.test."
+
 MX_RECORDS: dict[str, tuple[tuple[int, str], ...]] = {
     GOOD_DOMAIN: GOOD_MX,
     NULLMX_DOMAIN: ((0, "."),),
@@ -51,12 +59,16 @@ A_RECORDS: dict[str, tuple[str, ...]] = {
     GOOD_MX2: (LOOPBACK_V4,),
     IMPLICIT_DOMAIN: (LOOPBACK_V4,),
     MAIL_HOST: (LOOPBACK_V4,),
+    GOOD_MTA_STS_HOST: (LOOPBACK_V4,),
 }
 AAAA_RECORDS: dict[str, tuple[str, ...]] = {
     GOOD_MX2: (LOOPBACK_V6,),
 }
 TXT_RECORDS: dict[str, tuple[str, ...]] = {
     NOADDR_MX_HOST: ("this name has no address records",),
+    GOOD_MTA_STS_TXT: (f"v=STSv1; id={GOOD_MTA_STS_ID};", "not an STS record"),  # ignored by readers
+    "_mta-sts." + MULTISTS_DOMAIN: ("v=STSv1; id=one;", "v=STSv1; id=two;"),
+    "_mta-sts." + BADSTS_DOMAIN: ("v=STSv1; id=not-alphanumeric;",),
 }
 
 TTL = 300

@@ -332,6 +332,7 @@ class TestEhloFailures:
         assert_failed(outcome.result, Phase.EHLO, Reason.REPLY)
         assert outcome.result.reply_code == 421
         assert outcome.result.helo_fallback is False
+        # 421 means the server closes the channel: no HELO, and no QUIT either
         assert outcome.only_connection.received == [b"EHLO probe.test"]
 
     def test_helo_refused_after_ehlo_refused_fails_with_the_helo_reply(self) -> None:
@@ -382,7 +383,8 @@ class TestStarttlsFailures:
         assert_failed(outcome.result, Phase.STARTTLS, Reason.NO_STARTTLS)
         assert "STARTTLS" not in outcome.result.extensions
         # The probe gave up without asking for STARTTLS.
-        assert outcome.only_connection.received == [b"EHLO probe.test"]
+        # STARTTLS is never tried; the session still ends politely with QUIT
+        assert outcome.only_connection.received == [b"EHLO probe.test", b"QUIT"]
 
     def test_starttls_not_advertised_is_fine_when_tls_is_not_wanted(self) -> None:
         outcome = run_scenario(probe_scripted(fakes.no_starttls(), tls="none"))
