@@ -41,7 +41,8 @@ class Agent:
         config = self.shard.apply(config)
         self.config = config
         self.store = ResultsStore()
-        self.health = AgentHealth(config_path=str(config_path), config_loaded_at=time.time())
+        now = time.time()
+        self.health = AgentHealth(config_path=str(config_path), config_loaded_at=now, config_attempted_at=now)
         self.env = ProbeEnv.from_config(config)
         self.scheduler = ProbeScheduler(self.store, self.health, self.env, config.defaults.max_concurrency)
         self.http: MetricsServer | None = None
@@ -108,24 +109,36 @@ class Agent:
             except HttpBindError as exc:
                 raise StartupError(str(exc)) from None
         snmp = self.config.snmp
-        if snmp.enabled and snmp.notify:
-            from monitor.snmp.notify import Notifier
+        if not snmp.enabled:
+            return
+        from monitor.snmp.agent import ENGINE_STATE_FILE, SnmpAgent, SnmpBindError, next_engine_state, parse_engine_id
+        from monitor.snmp.notify import Notifier
 
-            self.notifier = Notifier(snmp.notify, self.health)
-            await self.notifier.start()
-        if snmp.enabled and snmp.listen:
-            from monitor.snmp.agent import SnmpAgent, SnmpBindError
-
-            self.snmp = SnmpAgent(snmp, self.config.agent.state_dir, self.store, self.health)
+        engine_state = None
+        if snmp.listen:
+            self.snmp = SnmpAgent(
+                snmp, self.config.agent.state_dir, self.store, self.health,
+                default_interval=self.config.defaults.interval,
+            )
             try:
                 await self.snmp.start()
             except SnmpBindError as exc:
                 raise StartupError(str(exc)) from None
-        if self.notifier is not None:
+            engine_state = self.snmp.engine_state
+        if snmp.notify:
+            if engine_state is None:  # no agent: the notifier still needs a stable ID and rising boots
+                configured = parse_engine_id(snmp.engine_id) if snmp.engine_id else None
+                engine_state = next_engine_state(self.config.agent.state_dir / ENGINE_STATE_FILE, configured)
+            # One engine ID and boots counter for agent and notifications: v3 trap receivers know it.
+            self.notifier = Notifier(
+                snmp.notify, self.health, engine_id=engine_state.engine_id, engine_boots=engine_state.boots
+            )
+            await self.notifier.start()
             await self.notifier.cold_start()
 
     async def reload(self) -> None:
         """SIGHUP: apply a new config; a bad one is refused and the old one keeps running."""
+        self.health.config_attempted_at = time.time()
         try:
             config = self.shard.apply(await asyncio.to_thread(load_config, self.config_path))
         except ConfigError as exc:
@@ -134,13 +147,21 @@ class Agent:
             log.error("reload refused, keeping the running config: %s", str(exc).replace("\n", "; "))
             return
         unreloadable = [
-            section for section in ("agent", "prometheus", "snmp", "dns")
+            section for section in ("agent", "prometheus", "dns")
             if getattr(config, section) != getattr(self.config, section)
         ]
+        old_snmp, new_snmp = self.config.snmp, config.snmp
+        if (new_snmp.enabled, new_snmp.notify, new_snmp.engine_id) != (
+            old_snmp.enabled, old_snmp.notify, old_snmp.engine_id
+        ):
+            unreloadable.append("snmp (enabled, notify, engine_id)")
+            config = config.model_copy(update={"snmp": old_snmp})
+        elif self.snmp is not None and new_snmp != old_snmp:
+            await self.snmp.reconfigure(new_snmp)  # communities, users, listen addresses
         if unreloadable:
             log.warning("reload: changes to %s take effect only after a restart", ", ".join(unreloadable))
         self.config = config.model_copy(
-            update={section: getattr(self.config, section) for section in unreloadable}
+            update={section: getattr(self.config, section) for section in ("agent", "prometheus", "dns")}
         )
         self.scheduler.apply(self.config)
         self.health.config_load_success = True

@@ -50,6 +50,7 @@ class AgentHealth:
     config_path: str = ""
     config_loaded_at: float = 0.0  # last successful load
     config_load_success: bool = True  # the last attempt (start or reload)
+    config_attempted_at: float = 0.0  # the last attempt, successful or not
     config_reloads: Counter[str] = field(default_factory=Counter)  # "success"/"failure"
     in_flight: int = 0
     skipped_runs: int = 0  # runs coalesced because the previous one was still going

@@ -100,13 +100,14 @@ class StoreCollector(Collector):
             reply.add_metric([name], result.reply_code)
             for ext in result.extensions:
                 ehlo_ext.add_metric([name, ext], {})
-            if result.tls is not None:
-                tls_info.add_metric([name, result.tls.version, result.tls.cipher], {})
-                verified.add_metric([name], 1.0 if result.tls.verified else 0.0)
-                if result.tls.cert is not None:
-                    not_after.add_metric([name], result.tls.cert.not_after.timestamp())
-                if result.tls.chain_not_after is not None:
-                    chain_not_after.add_metric([name], result.tls.chain_not_after.timestamp())
+            tls = state.last_tls  # the latest handshake: expiry stays visible while the server is down
+            if tls is not None:
+                tls_info.add_metric([name, tls.version, tls.cipher], {})
+                verified.add_metric([name], 1.0 if tls.verified else 0.0)
+                if tls.cert is not None:
+                    not_after.add_metric([name], tls.cert.not_after.timestamp())
+                if tls.chain_not_after is not None:
+                    chain_not_after.add_metric([name], tls.chain_not_after.timestamp())
         yield from (success, status, duration, phase, reply, consecutive, runs, failures, last_success,
                     last_change, not_after, chain_not_after, tls_info, verified, ehlo_ext)
 
@@ -205,7 +206,7 @@ class StoreCollector(Collector):
         )
         reloads = CounterMetricFamily("smtp_monitor_config_reloads", "Config reloads by outcome", labels=["outcome"])
         for outcome in ("success", "failure"):
-            reloads.add_metric([outcome], h.config_reloads[outcome])
+            reloads.add_metric([outcome], h.config_reloads.get(outcome, 0))
         yield reloads
         yield GaugeMetricFamily("smtp_monitor_probes_in_flight", "Probes running now", value=h.in_flight)
         yield CounterMetricFamily(
@@ -220,7 +221,8 @@ class StoreCollector(Collector):
         snmp = CounterMetricFamily(
             "smtp_monitor_snmp_requests", "SNMP requests answered by PDU type", labels=["type"],
         )
-        for pdu, count in sorted(h.snmp_requests.items()):
+        # dict() copies in one step: the event loop may add a key while this thread reads.
+        for pdu, count in sorted(dict(h.snmp_requests).items()):
             snmp.add_metric([pdu], count)
         yield snmp
         yield CounterMetricFamily(
@@ -237,7 +239,7 @@ class StoreCollector(Collector):
         notes = CounterMetricFamily(
             "smtp_monitor_notifications", "SNMP notifications by receiver and outcome", labels=["receiver", "outcome"]
         )
-        for (receiver, outcome), count in sorted(h.notifications.items()):
+        for (receiver, outcome), count in sorted(dict(h.notifications).items()):
             notes.add_metric([receiver, outcome], count)
         yield notes
 

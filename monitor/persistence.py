@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from monitor.health import AgentHealth
-from monitor.results import Status, result_from_dict
+from monitor.results import SmtpResult, Status, result_from_dict
 from monitor.store import ProbeState, ResultsStore, StoreEvent
 
 log = logging.getLogger("smtp_monitor.state")
@@ -217,6 +217,8 @@ def restore_into(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> int:
                 consecutive_failures=int(row["consecutive_failures"]), runs=int(row["runs"]),
                 failures=int(row["failures"]), failures_by_cause=causes, last_success=row["last_success"],
                 last_change=row["last_change"], cert_warned_for=row["cert_warned_for"],
+                last_tls=result.tls if isinstance(result, SmtpResult) else None,
+                last_tls_at=result.started_at if isinstance(result, SmtpResult) and result.tls else None,
             )
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("saved state of %s is unusable (%s): starting it afresh", name, exc)

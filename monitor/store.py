@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from monitor.config import MxCheckConfig, SmtpProbeConfig
-from monitor.results import MxResult, ProbeResult, SmtpResult, Status
+from monitor.results import MxResult, ProbeResult, SmtpResult, Status, TlsInfo
 
 log = logging.getLogger("smtp_monitor.store")
 
@@ -43,6 +43,9 @@ class ProbeState:
     last_success: float | None = None  # epoch seconds
     last_change: float | None = None
     cert_warned_for: str = ""  # fingerprint of the certificate already warned about
+    # The latest completed TLS handshake: certificate facts stay known while the server is down.
+    last_tls: TlsInfo | None = None
+    last_tls_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +137,11 @@ class ResultsStore:
             causes = {**old.failures_by_cause, cause: old.failures_by_cause.get(cause, 0) + 1}
             last_success = old.last_success
         changed = status is not old.status
+        tls_seen = isinstance(result, SmtpResult) and result.tls is not None
         new = replace(
             old,
+            last_tls=result.tls if isinstance(result, SmtpResult) and tls_seen else old.last_tls,
+            last_tls_at=result.started_at if tls_seen else old.last_tls_at,
             status=status,
             last_result=result,
             consecutive_failures=consecutive,

@@ -514,6 +514,19 @@ class SnmpAgent:
 
     def _apply_credentials(self, config: SnmpConfig) -> None:
         """Replace the communities and users pysnmp knows with those of `config`."""
+        # Read every secret first: one that cannot be read must not leave half the old set removed.
+        communities: dict[str, list[Network]] = {}
+        open_to_all: set[str] = set()
+        for community in config.communities:
+            name = community.name.reveal()
+            communities.setdefault(name, []).extend(community.allow)
+            if not community.allow:
+                open_to_all.add(name)
+        users = [
+            (user, user.auth.password.reveal(), user.priv.password.reveal() if user.priv else None)
+            for user in config.users
+        ]
+
         engine = self._engine
         for index in self._communities:
             pysnmp_config.delete_v1_system(engine, index)
@@ -524,13 +537,6 @@ class SnmpAgent:
             pysnmp_config.delete_vacm_group(engine, model, user_name)
         self._communities, self._users = [], []
 
-        communities: dict[str, list[Network]] = {}
-        open_to_all: set[str] = set()
-        for community in config.communities:
-            name = community.name.reveal()
-            communities.setdefault(name, []).extend(community.allow)
-            if not community.allow:
-                open_to_all.add(name)
         gate_map: dict[bytes, tuple[Network, ...]] = {}
         for number, (name, networks) in enumerate(communities.items()):
             # The security name is what pysnmp logs: never the community itself.
@@ -542,15 +548,15 @@ class SnmpAgent:
             gate_map[name.encode("utf-8")] = () if name in open_to_all else tuple(networks)
         self._gate.communities = gate_map
 
-        for user in config.users:
+        for user, auth_key, priv_key in users:
             priv = user.priv
             pysnmp_config.add_v3_user(
                 engine,
                 user.name,
                 authProtocol=AUTH_PROTOCOLS[user.auth.protocol],
-                authKey=user.auth.password.reveal(),
+                authKey=auth_key,
                 privProtocol=PRIV_PROTOCOLS[priv.protocol] if priv else pysnmp_config.USM_PRIV_NONE,
-                privKey=priv.password.reveal() if priv else None,
+                privKey=priv_key,
             )
             group = "smtp-monitor-priv" if priv else "smtp-monitor-auth"
             pysnmp_config.add_vacm_group(engine, group, 3, user.name)

@@ -212,13 +212,13 @@ _NO_TLS: tuple[Raw, ...] = (b"", b"", mib_oids.DATE_AND_TIME_NEVER, 0, _truth(Fa
 def smtp_probe_row(state: ProbeState, default_interval: float) -> tuple[Raw, ...]:
     """The cells of one smtpProbeTable row, in _SMTP_COLUMNS order.
 
-    The TLS and certificate cells come from the latest result only: the store keeps no
-    earlier handshake, so after a run that failed before TLS they are empty."""
+    The TLS and certificate cells come from the latest run that completed a handshake, so
+    they stay known while the server is down."""
     config = state.config
     assert isinstance(config, SmtpProbeConfig)
     result = state.last_result if isinstance(state.last_result, SmtpResult) else None
     timings = result.timings if result else {}
-    tls = _tls_cells(result.tls, result.started_at) if result is not None and result.tls is not None else _NO_TLS
+    tls = _tls_cells(state.last_tls, state.last_tls_at or 0.0) if state.last_tls is not None else _NO_TLS
     interval = config.interval or default_interval
     return (
         admin_string(state.name),
@@ -611,7 +611,7 @@ class MibView:
             Scalar.MX_CHECKS_FAILED: gauge(checks_failed),
             Scalar.VERSION: _Scalar(lambda: rfc1902.OctetString(admin_string(health.version))),
             Scalar.CONFIG_LOAD_TIME: _Scalar(
-                lambda: rfc1902.OctetString(date_and_time(health.config_loaded_at))
+                lambda: rfc1902.OctetString(date_and_time(health.config_attempted_at or health.config_loaded_at))
             ),
             Scalar.CONFIG_LOAD_SUCCESS: _Scalar(
                 lambda: rfc1902.Integer32(_truth(health.config_load_success))

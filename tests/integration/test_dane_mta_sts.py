@@ -17,6 +17,7 @@ from typing import Any
 import dns.asyncresolver
 import dns.flags
 import dns.message
+import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -187,9 +188,14 @@ class TestLookupTlsa:
             assert query.flags & dns.flags.AD
             assert (resolver.edns, resolver.ednsflags, resolver.flags) == settings  # the shared resolver is untouched
 
+    def test_reports_the_ad_bit_of_a_denial(self) -> None:
+        with AdResponder() as responder:
+            found = asyncio.run(lookup_tlsa(resolver_for(responder.port), "absent.dane.test"))
+        assert (found.records, found.error, found.authenticated) == ((), "", True)
+
 
 class AdResponder:
-    """A UDP DNS responder answering every TLSA query with one record, AD set when the query had DO."""
+    """A UDP DNS responder: one TLSA record for any name (NXDOMAIN under "absent"), AD set when the query had DO."""
 
     RECORD = Tlsa(3, 1, 1, bytes(range(32)))
 
@@ -212,9 +218,10 @@ class AdResponder:
             self.queries.append(query)
             response = dns.message.make_response(query)
             qname = query.question[0].name
-            response.answer.append(
-                dns.rrset.from_text(qname, 300, "IN", "TLSA", str(self.RECORD))
-            )
+            if qname.labels[2] == b"absent":
+                response.set_rcode(dns.rcode.NXDOMAIN)  # an authenticated denial, as a validator says it
+            else:
+                response.answer.append(dns.rrset.from_text(qname, 300, "IN", "TLSA", str(self.RECORD)))
             if query.ednsflags & dns.flags.DO:
                 response.flags |= dns.flags.AD
             self.sock.sendto(response.to_wire(), peer)

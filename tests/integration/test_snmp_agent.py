@@ -270,6 +270,14 @@ def v2c_get(community: bytes, pdu_tag: int = 0xA0, request_id: int = 0x1234) -> 
     return ber(0x30, b"\x02\x01\x01" + ber(0x04, community) + pdu)
 
 
+def v1_getnext_bad_error_index(community: bytes) -> bytes:
+    """Well-formed BER that pysnmp fails on after decoding (an error-index out of range): it passes
+    the agent's screen and raised out of pysnmp's dispatcher, so it tests the net behind both."""
+    varbind = ber(0x30, ber(0x30, ber(0x06, bytes([0x2B, 6, 1])) + b"\x05\x00"))
+    pdu = ber(0xA1, ber(0x02, b"\x12\x34") + ber(0x02, b"\x00") + ber(0x02, bytes.fromhex("db8fa48558")) + varbind)
+    return ber(0x30, b"\x02\x01\x00" + ber(0x04, community) + pdu)
+
+
 def garbage(rnd: random.Random) -> Iterator[bytes]:
     """Random bytes, truncated BER, wrong community, wrong PDU types, v3 junk and huge datagrams, forever."""
     valid = v2c_get(COMMUNITY.encode())
@@ -284,6 +292,7 @@ def garbage(rnd: random.Random) -> Iterator[bytes]:
         # right community with a random PDU body (pyasn1 raises TypeError on some of these).
         yield ber(0x30, b"\x02\x01\x03" + rnd.randbytes(rnd.randint(0, 120)))
         yield ber(0x30, b"\x02\x01\x01" + ber(0x04, COMMUNITY.encode()) + ber(0xA0, rnd.randbytes(rnd.randint(0, 60))))
+        yield v1_getnext_bad_error_index(COMMUNITY.encode())
         if round_ % 10 == 0:
             yield b"\x30\x83\x00\xff\xf0" + rnd.randbytes(60_000)
 
@@ -417,8 +426,8 @@ class TestReads:
         assert "changed" not in check.stdout
 
     def test_walk_never_shows_a_credential(self, served: Served, net_snmp: NetSnmp) -> None:
-        result = net_snmp.v2c("snmpwalk", served.address, "-Ox", ".1.3.6.1")  # strings also in hex
-        text = net_snmp.v2c("snmpwalk", served.address, ".1.3.6.1").stdout + result.stdout
+        result = net_snmp.v2c("snmpbulkwalk", served.address, "-Cr50", "-Ox", ".1.3.6.1")  # strings in hex
+        text = net_snmp.v2c("snmpbulkwalk", served.address, "-Cr50", ".1.3.6.1").stdout + result.stdout
         for secret in (COMMUNITY, LAN_ONLY, LOOPBACK_ONLY, AUTH_PASS, PRIV_PASS):
             assert secret not in text
             assert secret.encode().hex(" ").upper() not in result.stdout
@@ -590,17 +599,25 @@ class TestEngineState:
 
 
 class TestReconfigure:
-    def test_new_community_answers_and_the_old_one_is_gone(self, tmp_path: Path, net_snmp: NetSnmp) -> None:
+    def test_new_credentials_answer_and_the_old_ones_are_gone(self, tmp_path: Path, net_snmp: NetSnmp) -> None:
         port = free_udp_port()
         address = f"127.0.0.1:{port}"
-        agent = SnmpAgent(snmp_config(f"udp:{address}"), tmp_path, ResultsStore(), AgentHealth())
+        old_user = {"name": "old-user", "auth": {"protocol": "sha", "password": AUTH_PASS}}
+        agent = SnmpAgent(snmp_config(f"udp:{address}", users=[old_user]), tmp_path, ResultsStore(), AgentHealth())
+        v3_old_user = ("snmpget", "-v3", "-l", "authNoPriv", "-u", "old-user", "-a", "SHA", "-A", AUTH_PASS)
         with AgentThread(agent) as thread:
             assert net_snmp.v2c("snmpget", address, SYS_DESCR).returncode == 0
-            thread.call(agent.reconfigure(snmp_config(f"udp:{address}", communities=[{"name": "rotated-9e1f"}])))
+            assert net_snmp.run(*v3_old_user, *PATIENT, address, SYS_DESCR).returncode == 0
+            new_config = snmp_config(f"udp:{address}", communities=[{"name": "rotated-9e1f"}], users=users_config()[:1])
+            thread.call(agent.reconfigure(new_config))
             old = net_snmp.run("snmpget", "-v2c", "-c", COMMUNITY, *QUICK, address, SYS_DESCR)
             new = net_snmp.v2c("snmpget", address, SYS_DESCR, community="rotated-9e1f")
+            old_v3 = net_snmp.run(*v3_old_user, *QUICK, address, SYS_DESCR)
+            new_v3 = net_snmp.v3("snmpget", address, SYS_DESCR)
         assert old.returncode != 0
         assert new.returncode == 0, new.stderr
+        assert old_v3.returncode != 0
+        assert new_v3.returncode == 0, new_v3.stderr
 
     def test_listen_addresses_are_added_and_removed(self, tmp_path: Path, net_snmp: NetSnmp) -> None:
         first, second = free_udp_port(), free_udp_port()
