@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SMTP-probe every exchange on every A and AAAA address")
     m.add_argument("--dnssec", choices=["off", "report", "require"], default="report")
     m.add_argument("--reverse-dns", choices=["off", "report", "require"], default="off")
+    m.add_argument("--dane", choices=["off", "report", "verify"], default="off",
+                   help="match each exchange's STARTTLS certificate against its TLSA records (needs host probes)")
+    m.add_argument("--mta-sts", choices=["off", "report", "verify"], default="off",
+                   help="fetch the MTA-STS policy and check the exchanges against it")
+    m.add_argument("--mta-sts-port", type=int, default=443, help=argparse.SUPPRESS)
+    m.add_argument("--mta-sts-ca-file", type=Path, help="CA bundle for the MTA-STS policy host")
+    m.add_argument("--no-verify", action="store_true", help="host probes: do not verify certificates (PKIX)")
     m.add_argument("--spf", action="store_true", help="check the SPF record's presence and syntax")
     m.add_argument("--dmarc", action="store_true", help="check the DMARC record's presence and syntax")
     m.add_argument("--tls", choices=["none", "starttls", "implicit"], default="starttls")
@@ -151,6 +158,8 @@ def _mx(args: argparse.Namespace) -> int:
         name="cli", domain=args.domain, expect=args.expect, require_mx=args.require_mx,
         probe_hosts=args.probe_hosts, tls=args.tls, port=args.port, ca_file=args.ca_file,
         timeout=args.timeout, dnssec=args.dnssec, reverse_dns=args.reverse_dns, spf=args.spf, dmarc=args.dmarc,
+        dane=args.dane, mta_sts=args.mta_sts, mta_sts_port=args.mta_sts_port, mta_sts_ca_file=args.mta_sts_ca_file,
+        verify=not args.no_verify,
     )
     result = asyncio.run(mx.run(spec, _env(args.nameserver, args.timeout)))
     print(report.as_json(result) if args.json else report.mx_line(result))

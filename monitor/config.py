@@ -378,6 +378,7 @@ class SmtpProbeConfig(_Strict):
     relay_test: RelayTestConfig | None = None
     address_family: Literal["any", "ipv4", "ipv6"] = "any"
     source_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    keep_chain: bool = False  # keep the presented chain's DER in the result (set by DANE checks)
 
     @field_validator("expect_banner")
     @classmethod
@@ -423,6 +424,7 @@ class MxCheckConfig(_Strict):
     dane: Literal["off", "report", "verify"] = "off"
     mta_sts: Literal["off", "report", "verify"] = "off"
     mta_sts_port: Port = 443  # where the policy host listens; only tests move it
+    mta_sts_ca_file: Path | None = None  # CA bundle for the policy host (default: system CAs)
     reverse_dns: Literal["off", "report", "require"] = "off"
     spf: bool = False
     dmarc: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -147,6 +148,19 @@ class StoreCollector(Collector):
         dnssec = _g("mx_check_dnssec_authenticated", "1 if the resolver marked the MX answer authentic (AD)", ["check"])
         spf = _g("mx_check_spf_valid", "1 if the domain has exactly one well-formed SPF record", ["check"])
         dmarc = _g("mx_check_dmarc_valid", "1 if the domain has exactly one well-formed DMARC record", ["check"])
+        dane = _g(
+            "mx_check_dane_matched", "1 if the exchange's certificate matches a usable TLSA record",
+            ["check", "exchange"],
+        )
+        sts_valid = _g(
+            "mx_check_mta_sts_valid", "1 if the MTA-STS record and policy are valid and cover every exchange",
+            ["check"],
+        )
+        sts_info = InfoMetricFamily("mx_check_mta_sts", "Mode of the domain's MTA-STS policy", labels=["check", "mode"])
+        sts_cert = _g(
+            "mx_check_mta_sts_cert_not_after_timestamp_seconds", "Expiry of the MTA-STS policy host's certificate",
+            ["check"],
+        )
         for state in states:
             cfg = state.config
             assert isinstance(cfg, MxCheckConfig)
@@ -179,6 +193,16 @@ class StoreCollector(Collector):
                     address_up.add_metric([name, record.exchange, probe.address], 1.0 if probe.ok else 0.0)
                 for rev in record.reverse:
                     reverse.add_metric([name, record.exchange, rev.address], 1.0 if rev.confirmed else 0.0)
+                facts = record.extra.get("dane")
+                if facts is not None and facts.get("matched") is not None:
+                    dane.add_metric([name, record.exchange], 1.0 if facts["matched"] else 0.0)
+            sts = result.extra.get("mta_sts")
+            if sts is not None:
+                sts_valid.add_metric([name], 1.0 if sts.get("valid") else 0.0)
+                if sts.get("mode"):
+                    sts_info.add_metric([name, sts["mode"]], {})
+                if sts.get("cert_not_after"):
+                    sts_cert.add_metric([name], datetime.fromisoformat(sts["cert_not_after"]).timestamp())
             if result.authenticated is not None:
                 dnssec.add_metric([name], 1.0 if result.authenticated else 0.0)
             for kind, family in (("spf", spf), ("dmarc", dmarc)):
@@ -186,7 +210,8 @@ class StoreCollector(Collector):
                 if verdict is not None:
                     family.add_metric([name], 1.0 if verdict["valid"] else 0.0)
         yield from (success, status, records, duration, phase, implicit, up, preference, addresses,
-                    runs, failures, last_success, last_change, address_up, reverse, dnssec, spf, dmarc)
+                    runs, failures, last_success, last_change, address_up, reverse, dnssec, spf, dmarc,
+                    dane, sts_valid, sts_info, sts_cert)
 
     # -- the agent itself ----------------------------------------------------------------
     def _agent(self) -> Iterator[Metric]:

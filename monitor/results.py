@@ -109,6 +109,8 @@ class TlsInfo:
     verify_error: str = ""
     cert: CertInfo | None = None
     chain_not_after: datetime | None = None  # earliest expiry in the presented chain
+    # DER of the presented chain, kept only for DANE matching; never exported
+    chain_der: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {

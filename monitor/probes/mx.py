@@ -12,7 +12,7 @@ import dns.rdtypes.ANY.MX
 import dns.reversename
 
 from monitor.config import MxCheckConfig, SmtpProbeConfig
-from monitor.probes import ProbeEnv, resolve, smtp
+from monitor.probes import ProbeEnv, dane, mta_sts, resolve, smtp
 from monitor.probes.policy_records import check_dmarc, check_spf
 from monitor.results import MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult
 
@@ -209,9 +209,65 @@ class _Check:
             raise _Failed(Phase.POLICY, exc.reason, str(exc)) from None
         return [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer]
 
+    async def dane(self) -> None:
+        """RFC 7672: the TLSA records of each exchange against the chain its STARTTLS presented."""
+        self.phase = Phase.DANE
+        started = time.perf_counter()
+        port = self.config.port
+        lookups = await asyncio.gather(
+            *(dane.lookup_tlsa(self.env.resolver, r.exchange, port) for r in self.records)
+        )
+        problems = []
+        for i, (record, lookup) in enumerate(zip(list(self.records), lookups, strict=True)):
+            facts, problem = _dane_verdict(record, lookup)
+            self.records[i] = replace(record, extra={**record.extra, "dane": facts})
+            if problem:
+                problems.append(f"{record.exchange}: {problem}")
+        self._timed(Phase.DANE, started)
+        if problems and self.config.dane == "verify":
+            raise _Failed(Phase.DANE, Reason.DANE_MISMATCH, "DANE: " + "; ".join(problems))
+
+    async def mta_sts(self) -> None:
+        """RFC 8461: the _mta-sts TXT record, the HTTPS policy, and the exchanges it covers."""
+        self.phase = Phase.MTA_STS
+        started = time.perf_counter()
+        domain = self.config.domain
+        txt = await mta_sts.lookup_txt(self.env.resolver, domain)
+        facts: dict[str, Any] = {"txt_id": txt.id, "txt_error": txt.error, "txt_error_kind": txt.error_kind}
+        problem = ""
+        if txt.error_kind == "absent":
+            facts["present"] = False
+        elif not txt.ok:
+            facts["present"] = True
+            problem = f"TXT record: {txt.error}"
+        else:
+            facts["present"] = True
+            timeout = self.config.timeout or self.env.defaults.timeout
+            policy = await mta_sts.fetch_policy(
+                domain, self.env.resolver, port=self.config.mta_sts_port,
+                ca_file=self.config.mta_sts_ca_file, timeout=timeout,
+            )
+            uncovered = mta_sts.check_exchanges(policy, [r.exchange for r in self.records]) if policy.ok else []
+            facts.update({
+                "mode": policy.mode, "max_age": policy.max_age, "mx_patterns": list(policy.mx_patterns),
+                "verified": policy.verified, "error": policy.error, "error_kind": policy.error_kind,
+                "http_status": policy.http_status, "uncovered": uncovered,
+                "cert_not_after": policy.cert_not_after.isoformat() if policy.cert_not_after else None,
+            })
+            if not policy.ok:
+                problem = f"policy: {policy.error}"
+            elif uncovered and policy.mode == "enforce":
+                problem = "exchanges not covered by the enforced policy: " + ", ".join(uncovered)
+        facts["valid"] = not problem
+        self.extra["mta_sts"] = facts
+        self._timed(Phase.MTA_STS, started)
+        if problem and self.config.mta_sts == "verify":
+            raise _Failed(Phase.MTA_STS, Reason.MTA_STS_MISMATCH, f"MTA-STS: {problem}")
+
     async def _probe(self, record: MxRecord, address: str) -> SmtpResult:
         spec = SmtpProbeConfig(
             name=f"{self.config.name}:{record.exchange}",
+            keep_chain=self.config.dane != "off",
             host=address,
             port=self.config.port,
             tls=self.config.tls,
@@ -222,6 +278,38 @@ class _Check:
         )
         result = await smtp.run(spec, self.env)
         return replace(result, host=record.exchange)
+
+
+def _dane_verdict(record: MxRecord, lookup: dane.TlsaLookup) -> tuple[dict[str, Any], str]:
+    """Facts for the report and the problem ("" when none) of one exchange's DANE state."""
+    facts: dict[str, Any] = {
+        "tlsa_name": lookup.name, "records": [str(r) for r in lookup.records],
+        "authenticated": lookup.authenticated, "lookup_error": lookup.error,
+        "usable": 0, "matched": None, "matched_record": "", "detail": "",
+    }
+    if lookup.error:
+        return facts, f"TLSA lookup failed: {lookup.error}"
+    if not lookup.records:
+        facts["detail"] = "no TLSA records: DANE not in use"
+        return facts, ""
+    probe = record.probe
+    chain = probe.tls.chain_der if probe is not None and probe.tls is not None else ()
+    if not chain:
+        facts["usable"] = sum(1 for r in lookup.records if r.usable)
+        if facts["usable"] == 0:
+            return facts, ""
+        why = probe.error if probe is not None and probe.error else "no STARTTLS handshake"
+        facts["matched"], facts["detail"] = False, f"TLSA published but no certificate to match ({why})"
+        return facts, facts["detail"]
+    outcome = dane.verify(lookup.records, chain, names=[record.exchange])
+    facts.update({
+        "usable": outcome.usable, "matched": outcome.matched if outcome.usable else None,
+        "matched_record": str(outcome.matched_record) if outcome.matched_record else "", "detail": outcome.detail,
+    })
+    if outcome.usable and not outcome.matched:
+        # Enforced even without AD: the records will bite as soon as the zone is signed.
+        return facts, f"certificate matches none of {outcome.usable} usable TLSA records ({outcome.detail})"
+    return facts, ""
 
 
 async def run(config: MxCheckConfig, env: ProbeEnv) -> MxResult:
@@ -252,6 +340,10 @@ async def run(config: MxCheckConfig, env: ProbeEnv) -> MxResult:
             check.require_dnssec()
             if config.probe_hosts:
                 await check.probe_hosts()
+            if config.dane != "off":
+                await check.dane()
+            if config.mta_sts != "off":
+                await check.mta_sts()
             if config.reverse_dns != "off":
                 await check.reverse_dns()
             if config.spf or config.dmarc:

@@ -152,7 +152,9 @@ class _Dialogue:
         self.proto.reset_after_tls()
         sslobj = new.get_extra_info("ssl_object")
         verified = self.config.verify
-        self.tls = tls_facts(sslobj, verified, "" if verified else "verification disabled")
+        self.tls = tls_facts(
+            sslobj, verified, "" if verified else "verification disabled", keep_chain=self.config.keep_chain
+        )
         self.done()
         minimum = self.config.tls_min_version
         if minimum is not None and _TLS_ORDER.get(self.tls.version, 0) < _TLS_ORDER[minimum]:
@@ -397,7 +399,7 @@ async def _look_at_certificate(failed: _Dialogue, deadline: float, verify_error:
             if not isinstance(new, asyncio.Transport):
                 return None
             d.transport = new
-            return tls_facts(new.get_extra_info("ssl_object"), False, verify_error)
+            return tls_facts(new.get_extra_info("ssl_object"), False, verify_error, keep_chain=d.config.keep_chain)
     except (TimeoutError, OSError, ssl.SSLError, WireError, ReplyFailed, _Failure):
         return None
     finally:

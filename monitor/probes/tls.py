@@ -49,7 +49,7 @@ def unverified_context() -> ssl.SSLContext:
     return _build(None, verify=False)
 
 
-def tls_facts(ssl_object: Any, verified: bool, verify_error: str = "") -> TlsInfo:
+def tls_facts(ssl_object: Any, verified: bool, verify_error: str = "", keep_chain: bool = False) -> TlsInfo:
     """Version, cipher and certificate facts of an established TLS session."""
     cipher = ssl_object.cipher()
     leaf_der = ssl_object.getpeercert(binary_form=True)
@@ -70,6 +70,7 @@ def tls_facts(ssl_object: Any, verified: bool, verify_error: str = "") -> TlsInf
         verify_error=verify_error,
         cert=leaf,
         chain_not_after=chain_not_after,
+        chain_der=tuple(chain) if keep_chain else (),
     )
 
 

@@ -25,11 +25,11 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from monitor.config import DnsConfig
-from monitor.probes import build_resolver
+from monitor.config import DnsConfig, MxCheckConfig
+from monitor.probes import ProbeEnv, build_resolver, mx
 from monitor.probes.dane import Tlsa, lookup_tlsa, verify
 from monitor.probes.mta_sts import StsPolicy, check_exchanges, fetch_policy, lookup_txt
-from monitor.results import Reason
+from monitor.results import MxResult, Phase, Reason
 from tests.peers import zone
 from tests.peers.https import POLICY_PATH, HttpsServer, silent_listener
 from tests.peers.nsd import NsdServer
@@ -104,6 +104,9 @@ def _dane_zone_text(records: dict[str, list[Tlsa]]) -> str:
         f"@ IN NS ns.{DANE_ORIGIN}",
         "ns IN A 127.0.0.1",
         "mx IN A 127.0.0.1",
+        "wrong IN A 127.0.0.1",
+        "@ IN MX 10 mx",  # dane.test: its exchange presents the certificate its TLSA names
+        "badcert IN MX 10 wrong",  # badcert.dane.test: TLSA of another key
         '_25._tcp.notlsa IN TXT "a name without TLSA"',
     ]
     for owner, tlsas in records.items():
@@ -128,6 +131,7 @@ def dane_zone(tmp_path_factory: pytest.TempPathFactory, postfix: PostfixServer) 
         "_25._tcp.mx": [ee_spki, pkix],
         f"_{postfix.plain_port}._tcp.mx": [ee_port],
         "_25._tcp.wrong": [wrong],
+        f"_{postfix.plain_port}._tcp.wrong": [wrong],
         "_25._tcp.ta": [ta],
     })
     server = NsdServer(tmp_path_factory.mktemp("dane-nsd"), {DANE_ORIGIN: text})
@@ -393,3 +397,81 @@ class TestFetchPolicy:
             policy = fetch(dns_server, https, port=silent.getsockname()[1], timeout=0.5)
         assert policy.error_kind == "timeout"
         assert time.monotonic() - started < 3.0
+
+
+def mx_check(dns_port: int, **settings: Any) -> MxResult:
+    """A full MX check (monitor.probes.mx.run) through the DNS server at `dns_port`."""
+    config = MxCheckConfig.model_validate({"name": "t", "timeout": 8, **settings})
+    env = ProbeEnv(resolver=resolver_for(dns_port))
+    return asyncio.run(mx.run(config, env))
+
+
+class TestMxCheckWithDane:
+    def settings(self, postfix: PostfixServer, domain: str) -> dict[str, Any]:
+        # verify: false: MTAs do not check PKIX on port 25; DANE is what authenticates the server
+        return {"domain": domain, "probe_hosts": True, "port": postfix.plain_port, "tls": "starttls",
+                "verify": False, "dane": "verify"}
+
+    def test_matching_tlsa_passes_and_reports_the_record(self, dane_zone: DaneZone, postfix: PostfixServer) -> None:
+        result = mx_check(dane_zone.server.port, **self.settings(postfix, "dane.test"))
+        assert result.ok, result.error
+        facts = result.records[0].extra["dane"]
+        assert facts["matched"] is True
+        assert facts["matched_record"] == str(dane_zone.ee_port)
+        assert "dane" in result.timings
+
+    def test_tlsa_of_another_key_fails_with_dane_mismatch(self, dane_zone: DaneZone, postfix: PostfixServer) -> None:
+        result = mx_check(dane_zone.server.port, **self.settings(postfix, "badcert.dane.test"))
+        assert (result.phase, result.reason) == (Phase.DANE, Reason.DANE_MISMATCH)
+        assert result.records[0].extra["dane"]["matched"] is False
+        assert "wrong.dane.test" in result.error
+
+    def test_report_mode_records_the_mismatch_without_failing(self, dane_zone: DaneZone, postfix: PostfixServer) -> None:
+        result = mx_check(dane_zone.server.port, **{**self.settings(postfix, "badcert.dane.test"), "dane": "report"})
+        assert result.ok, result.error
+        assert result.records[0].extra["dane"]["matched"] is False
+
+    def test_dane_needs_starttls_host_probes(self) -> None:
+        with pytest.raises(ValueError, match="dane needs probe_hosts"):
+            MxCheckConfig(name="t", domain="dane.test", dane="verify")
+
+
+class TestMxCheckWithMtaSts:
+    def settings(self, https: HttpsServer, mode: str = "verify") -> dict[str, Any]:
+        return {"domain": GOOD, "mta_sts": mode, "mta_sts_port": https.port, "mta_sts_ca_file": str(https.ca_file)}
+
+    def test_enforced_policy_covering_every_exchange_passes(self, dns_server: NsdServer, https: HttpsServer) -> None:
+        https.serve_policy(POLICY)
+        result = mx_check(dns_server.port, **self.settings(https))
+        assert result.ok, result.error
+        facts = result.extra["mta_sts"]
+        assert (facts["mode"], facts["max_age"], facts["uncovered"], facts["verified"]) == ("enforce", 604800, [], True)
+
+    def test_enforced_policy_not_covering_an_exchange_fails(self, dns_server: NsdServer, https: HttpsServer) -> None:
+        https.serve_policy("version: STSv1\nmode: enforce\nmx: mx1.good.test\nmax_age: 86400\n")
+        result = mx_check(dns_server.port, **self.settings(https))
+        assert (result.phase, result.reason) == (Phase.MTA_STS, Reason.MTA_STS_MISMATCH)
+        assert "mx2.good.test" in result.error
+
+    def test_testing_policy_reports_uncovered_exchanges_without_failing(
+        self, dns_server: NsdServer, https: HttpsServer
+    ) -> None:
+        https.serve_policy("version: STSv1\nmode: testing\nmx: mx1.good.test\nmax_age: 86400\n")
+        result = mx_check(dns_server.port, **self.settings(https))
+        assert result.ok, result.error
+        assert result.extra["mta_sts"]["uncovered"] == ["mx2.good.test"]
+
+    def test_policy_host_with_untrusted_certificate_fails(
+        self, dns_server: NsdServer, https: HttpsServer, tmp_path: Path
+    ) -> None:
+        https.serve_policy(POLICY)
+        other_ca = tmp_path / "other-ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(other_ca))
+        result = mx_check(dns_server.port, **{**self.settings(https), "mta_sts_ca_file": str(other_ca)})
+        assert result.reason is Reason.MTA_STS_MISMATCH
+        assert result.extra["mta_sts"]["error_kind"] == "tls_verify"
+
+    def test_domain_without_mta_sts_is_reported_absent_and_passes(self, dns_server: NsdServer, https: HttpsServer) -> None:
+        result = mx_check(dns_server.port, **{**self.settings(https), "domain": "implicit.test"})
+        assert result.ok, result.error
+        assert result.extra["mta_sts"]["present"] is False

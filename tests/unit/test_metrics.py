@@ -228,6 +228,22 @@ class TestMxCheckMetrics:
         assert reg.get_sample_value("mx_check_spf_valid", {"check": "domain-mx"}) == 1.0
         assert reg.get_sample_value("mx_check_dmarc_valid", {"check": "domain-mx"}) == 0.0
 
+    def test_dane_and_mta_sts_verdicts(self) -> None:
+        store = ResultsStore()
+        store.configure([(MX, 1, 14)])
+        record = MxRecord(10, "mx1.example.com", ("192.0.2.1",), probe=smtp_ok(),
+                          extra={"dane": {"matched": False, "usable": 1}})
+        store.record("domain-mx", MxResult(
+            domain="example.com", started_at=0.0, ok=False, records=(record,),
+            extra={"mta_sts": {"valid": True, "mode": "enforce", "cert_not_after": "2031-01-01T00:00:00+00:00"}},
+        ))
+        reg = registry_for(store)
+        check = {"check": "domain-mx"}
+        assert reg.get_sample_value("mx_check_dane_matched", {**check, "exchange": "mx1.example.com"}) == 0.0
+        assert reg.get_sample_value("mx_check_mta_sts_valid", check) == 1.0
+        assert reg.get_sample_value("mx_check_mta_sts_info", {**check, "mode": "enforce"}) == 1.0
+        assert reg.get_sample_value("mx_check_mta_sts_cert_not_after_timestamp_seconds", check) == 1924992000.0
+
 
 class TestAgentHealthMetrics:
     def test_lateness_histogram_buckets_are_cumulative(self) -> None:
