@@ -426,7 +426,9 @@ class TestMxCheckWithDane:
         assert result.records[0].extra["dane"]["matched"] is False
         assert "wrong.dane.test" in result.error
 
-    def test_report_mode_records_the_mismatch_without_failing(self, dane_zone: DaneZone, postfix: PostfixServer) -> None:
+    def test_report_mode_records_the_mismatch_without_failing(
+        self, dane_zone: DaneZone, postfix: PostfixServer
+    ) -> None:
         result = mx_check(dane_zone.server.port, **{**self.settings(postfix, "badcert.dane.test"), "dane": "report"})
         assert result.ok, result.error
         assert result.records[0].extra["dane"]["matched"] is False
@@ -471,7 +473,9 @@ class TestMxCheckWithMtaSts:
         assert result.reason is Reason.MTA_STS_MISMATCH
         assert result.extra["mta_sts"]["error_kind"] == "tls_verify"
 
-    def test_domain_without_mta_sts_is_reported_absent_and_passes(self, dns_server: NsdServer, https: HttpsServer) -> None:
+    def test_domain_without_mta_sts_is_reported_absent_and_passes(
+        self, dns_server: NsdServer, https: HttpsServer
+    ) -> None:
         result = mx_check(dns_server.port, **{**self.settings(https), "domain": "implicit.test"})
         assert result.ok, result.error
         assert result.extra["mta_sts"]["present"] is False
