@@ -17,6 +17,7 @@ from monitor.health import AgentHealth
 from monitor.http import AdhocProber, HttpBindError, MetricsServer
 from monitor.metrics import build_registry
 from monitor.persistence import STATE_FILE, DurableNotifications, StateDB, StatePersister, restore_into
+from monitor.probe_process import ProbeProcess
 from monitor.probes import ProbeEnv
 from monitor.scheduler import ProbeScheduler
 from monitor.sharding import Shard
@@ -35,7 +36,10 @@ class StartupError(Exception):
 class Agent:
     """Owns every component; the only place that knows how they connect."""
 
-    def __init__(self, config_path: Path, config: Config, shard: Shard | None = None) -> None:
+    def __init__(
+        self, config_path: Path, config: Config, shard: Shard | None = None,
+        log_format: str = "text", log_level: str = "info",
+    ) -> None:
         self.config_path = config_path
         self.shard = shard or Shard(0, 1)
         config = self.shard.apply(config)
@@ -44,7 +48,10 @@ class Agent:
         now = time.time()
         self.health = AgentHealth(config_path=str(config_path), config_loaded_at=now, config_attempted_at=now)
         self.env = ProbeEnv.from_config(config)
-        self.scheduler = ProbeScheduler(self.store, self.health, self.env, config.defaults.max_concurrency)
+        self.scheduler: ProbeScheduler | ProbeProcess = (
+            ProbeProcess(self.store, self.health, log_format, log_level) if config.agent.probe_process
+            else ProbeScheduler(self.store, self.health, self.env, config.defaults.max_concurrency)
+        )
         self.http: MetricsServer | None = None
         self.snmp: Any = None
         self.notifier: Any = None
@@ -220,7 +227,7 @@ def run_agent(
     logs.setup(log_format, log_level)
     config = load_config(config_path)
     try:
-        asyncio.run(Agent(config_path, config, shard).serve())
+        asyncio.run(Agent(config_path, config, shard, log_format, log_level).serve())
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_STARTUP

@@ -146,6 +146,8 @@ class Defaults(_Strict):
 
 class AgentConfig(_Strict):
     state_dir: Path = Path("/var/lib/smtp-monitor")
+    # Probes run in a process of their own, so SNMP and scrapes never delay what they measure.
+    probe_process: bool = True
 
 
 class DnsConfig(_Strict):

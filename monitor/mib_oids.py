@@ -28,6 +28,8 @@ MX_CHECK_TABLE: Final[Oid] = (*OBJECTS, 3)
 MX_CHECK_ENTRY: Final[Oid] = (*MX_CHECK_TABLE, 1)
 MX_EXCHANGE_TABLE: Final[Oid] = (*OBJECTS, 4)
 MX_EXCHANGE_ENTRY: Final[Oid] = (*MX_EXCHANGE_TABLE, 1)
+MX_ADDRESS_TABLE: Final[Oid] = (*OBJECTS, 5)
+MX_ADDRESS_ENTRY: Final[Oid] = (*MX_ADDRESS_TABLE, 1)
 
 COMPLIANCES: Final[Oid] = (*CONFORMANCE, 1)  # smtpMonitorCompliances
 GROUPS: Final[Oid] = (*CONFORMANCE, 2)  # smtpMonitorGroups
@@ -77,6 +79,7 @@ class SmtpProbeColumn(enum.IntEnum):
     CERT_VERIFIED = 26
     CERT_SUBJECT = 27
     ADDRESS = 28
+    TLS_SEEN = 29  # when the TLS and certificate columns were taken
 
 
 class MxCheckColumn(enum.IntEnum):
@@ -97,6 +100,11 @@ class MxCheckColumn(enum.IntEnum):
     LAST_SUCCESS = 13
     LAST_CHANGE = 14
     IMPLICIT_MX = 15
+    DNSSEC = 16
+    MTA_STS = 17
+    MTA_STS_MODE = 18
+    SPF = 19
+    DMARC = 20
 
 
 class MxExchangeColumn(enum.IntEnum):
@@ -107,6 +115,19 @@ class MxExchangeColumn(enum.IntEnum):
     PREFERENCE = 3
     ADDRESSES = 4
     UP = 5
+    DANE = 6
+    MTA_STS = 7
+
+
+class MxAddressColumn(enum.IntEnum):
+    """Columns of mxAddressEntry (index: check name, exchange order, address order); mxAddress + CamelCase."""
+
+    ORDER = 1  # not-accessible index
+    VALUE = 2
+    UP = 3
+    LAST_ERROR = 4
+    PTR_NAME = 5
+    PTR = 6
 
 
 class Notification(enum.IntEnum):
@@ -127,6 +148,10 @@ class Group(enum.IntEnum):
     MX_CHECK_GROUP = 3
     MX_EXCHANGE_GROUP = 4
     SMTP_MONITOR_NOTIFICATION_GROUP = 5
+    SMTP_PROBE_TLS_SEEN_GROUP = 6
+    MX_CHECK_POLICY_GROUP = 7
+    MX_EXCHANGE_POLICY_GROUP = 8
+    MX_ADDRESS_GROUP = 9
 
 
 # Objects each notification carries, in the order of its OBJECTS clause (columns of one row).
@@ -189,8 +214,7 @@ NOTIFICATION_OBJECTS: Final[Mapping[Notification, tuple[SmtpProbeColumn | MxChec
 }
 
 # Enumerations: Python-side snake_case value -> MIB integer. The MIB label of each is the
-# lowerCamelCase of the key (tls_verify -> tlsVerify). Values not yet produced by the agent
-# (auth .. mta_sts, unexpected_banner .. mta_sts_mismatch) are reserved in the MIB.
+# lowerCamelCase of the key (tls_verify -> tlsVerify).
 STATUS_VALUES: Final[Mapping[str, int]] = {"ok": 1, "failed": 2, "unknown": 3}
 
 TLS_MODE_VALUES: Final[Mapping[str, int]] = {"none": 1, "starttls": 2, "implicit": 3}
@@ -253,6 +277,22 @@ REASON_VALUES: Final[Mapping[str, int]] = {
 }
 
 MX_EXCHANGE_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}
+MX_ADDRESS_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}
+
+# SmtpMonitorDnssec (mxCheckDnssec), from MxResult.authenticated None / True / False.
+DNSSEC_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "authenticated": 2, "unauthenticated": 3}
+# SmtpMonitorVerdict (mxCheckSpf, mxCheckDmarc), from MxResult.extra["spf" | "dmarc"]["valid"].
+VERDICT_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "valid": 2, "invalid": 3}
+# mxCheckMtaSts, from MxResult.extra["mta_sts"]: "present" and "valid".
+MTA_STS_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "absent": 2, "valid": 3, "invalid": 4}
+# mxExchangeDane, from MxRecord.extra["dane"]: "lookup_error", "records" and "matched".
+DANE_VALUES: Final[Mapping[str, int]] = {
+    "not_checked": 1, "no_records": 2, "matched": 3, "mismatched": 4, "error": 5, "unusable": 6,
+}
+# mxExchangeMtaSts, from MxResult.extra["mta_sts"]["uncovered"] of a fetched policy.
+MTA_STS_COVERAGE_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "covered": 2, "not_covered": 3}
+# mxAddressPtr, from the ReverseDns of the address in MxRecord.reverse.
+PTR_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "confirmed": 2, "not_confirmed": 3}
 
 TRUTH_VALUES: Final[Mapping[bool, int]] = {True: 1, False: 2}  # SNMPv2-TC TruthValue
 
@@ -260,6 +300,7 @@ TRUTH_VALUES: Final[Mapping[bool, int]] = {True: 1, False: 2}  # SNMPv2-TC Truth
 DATE_AND_TIME_NEVER: Final[bytes] = bytes.fromhex("0000010100000000")
 
 NAME_INDEX_MAX: Final[int] = 100  # SIZE(1..100) of smtpProbeIndexName and mxCheckIndexName
+ORDER_MAX: Final[int] = 65535  # mxExchangeOrder and mxAddressOrder are Unsigned32 (1..65535)
 
 
 def name_index(name: str) -> Oid:
@@ -282,9 +323,17 @@ def mx_check_oid(column: MxCheckColumn, name: str) -> Oid:
 
 def mx_exchange_oid(column: MxExchangeColumn, name: str, order: int) -> Oid:
     """The instance OID of a column of an mxExchangeTable row: check name, 1-based position."""
-    if not 1 <= order <= 65535:
-        raise ValueError(f"exchange position {order} must be 1 to 65535")
+    if not 1 <= order <= ORDER_MAX:
+        raise ValueError(f"exchange position {order} must be 1 to {ORDER_MAX}")
     return (*MX_EXCHANGE_ENTRY, int(column), *name_index(name), order)
+
+
+def mx_address_oid(column: MxAddressColumn, name: str, order: int, address_order: int) -> Oid:
+    """The instance OID of a column of an mxAddressTable row: check name, exchange and address positions."""
+    for what, position in (("exchange", order), ("address", address_order)):
+        if not 1 <= position <= ORDER_MAX:
+            raise ValueError(f"{what} position {position} must be 1 to {ORDER_MAX}")
+    return (*MX_ADDRESS_ENTRY, int(column), *name_index(name), order, address_order)
 
 
 def scalar_oid(scalar: Scalar) -> Oid:
@@ -326,6 +375,8 @@ OID_BY_NAME: Final[Mapping[str, Oid]] = {
     "mxCheckEntry": MX_CHECK_ENTRY,
     "mxExchangeTable": MX_EXCHANGE_TABLE,
     "mxExchangeEntry": MX_EXCHANGE_ENTRY,
+    "mxAddressTable": MX_ADDRESS_TABLE,
+    "mxAddressEntry": MX_ADDRESS_ENTRY,
     "smtpMonitorCompliances": COMPLIANCES,
     "smtpMonitorGroups": GROUPS,
     "smtpMonitorCompliance": COMPLIANCE,
@@ -333,6 +384,7 @@ OID_BY_NAME: Final[Mapping[str, Oid]] = {
     **_named("smtpProbe", SmtpProbeColumn, SMTP_PROBE_ENTRY),
     **_named("mxCheck", MxCheckColumn, MX_CHECK_ENTRY),
     **_named("mxExchange", MxExchangeColumn, MX_EXCHANGE_ENTRY),
+    **_named("mxAddress", MxAddressColumn, MX_ADDRESS_ENTRY),
     **_named("", Notification, NOTIFICATION_PREFIX),
     **_named("", Group, GROUPS),
 }

@@ -68,6 +68,8 @@ class ProbeScheduler:
         self._probes: dict[str, ProbeConfig] = {}
         self._intervals: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Called with every recorded result; the probe process forwards results to the agent with it.
+        self.on_result: Callable[[str, ProbeResult], None] | None = None
         self._scheduler = AsyncIOScheduler(
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone="UTC",
@@ -157,6 +159,8 @@ class ProbeScheduler:
         # A reload may have changed this probe while it ran: its result belongs to the old config.
         if self._probes.get(name) == probe:
             self.store.record(name, result)
+            if self.on_result is not None:
+                self.on_result(name, result)
         return result
 
     def _on_event(self, event: JobEvent) -> None:

@@ -79,7 +79,8 @@ Subscriber = Callable[[StoreEvent], None]
 class ResultsStore:
     """Written only by the scheduler; read by exporters through snapshots."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
+        self._announce = announce  # log and publish status changes
         self._states: dict[str, ProbeState] = {}
         self._version = 0
         self._snapshot: Snapshot | None = None
@@ -161,8 +162,9 @@ class ResultsStore:
             events.append(cert_event)
         self._states[name] = new
         self._bump()
-        for event in events:
-            self._publish(event)
+        if self._announce:
+            for event in events:
+                self._publish(event)
         return events
 
     def _cert_check(self, state: ProbeState, now: float) -> tuple[ProbeState, StoreEvent | None]:

@@ -17,7 +17,7 @@ from pysnmp.proto import rfc1902
 from monitor import mib_oids
 from monitor.config import MxCheckConfig, SmtpProbeConfig
 from monitor.health import AgentHealth
-from monitor.mib_oids import MxCheckColumn, MxExchangeColumn, Oid, Scalar, SmtpProbeColumn
+from monitor.mib_oids import MxAddressColumn, MxCheckColumn, MxExchangeColumn, Oid, Scalar, SmtpProbeColumn
 from monitor.results import MxRecord, MxResult, SmtpResult, Status, TlsInfo
 from monitor.store import ProbeState, Snapshot
 
@@ -37,7 +37,8 @@ ADMIN_STRING_MAX = 255  # SnmpAdminString and DisplayString: SIZE (0..255)
 UINT32_MAX = 2**32 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 COUNTER64_MAX = 2**64 - 1
-EXCHANGES_MAX = 65535  # mxExchangeOrder is Unsigned32 (1..65535)
+EXCHANGES_MAX = mib_oids.ORDER_MAX  # mxExchangeOrder is Unsigned32 (1..65535)
+ADDRESSES_MAX = mib_oids.ORDER_MAX  # mxAddressOrder is Unsigned32 (1..65535)
 
 # A sub-identifier larger than any legal one: prefix + (BEYOND,) sorts after the whole subtree.
 BEYOND = 2**32
@@ -78,7 +79,7 @@ def admin_string(text: str, limit: int = ADMIN_STRING_MAX) -> bytes:
 
 
 def address_list(addresses: Sequence[str], limit: int = ADMIN_STRING_MAX) -> bytes:
-    """Comma-separated addresses cut at the last whole address that fits, never mid-address."""
+    """Comma-separated addresses (or host names) cut at the last whole one that fits, never mid-item."""
     out = b""
     for address in addresses:
         candidate = (out + b"," if out else b"") + address.encode("ascii", "replace")
@@ -119,6 +120,72 @@ def _status(status: Status) -> int:
     return mib_oids.STATUS_VALUES[status.value]
 
 
+def _norm(name: str) -> str:
+    return name.lower().rstrip(".")
+
+
+def _facts(extra: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """One check's facts from a result's or record's extra (None when the check did not run)."""
+    facts = extra.get(key)
+    return facts if isinstance(facts, dict) else None
+
+
+def _dnssec(result: MxResult | None) -> int:
+    """mxCheckDnssec from the AD bit of the MX answer: None when not asked (or no answer)."""
+    if result is None or result.authenticated is None:
+        return mib_oids.DNSSEC_VALUES["not_checked"]
+    return mib_oids.DNSSEC_VALUES["authenticated" if result.authenticated else "unauthenticated"]
+
+
+def _verdict(result: MxResult | None, key: str) -> int:
+    """mxCheckSpf and mxCheckDmarc from extra["spf" | "dmarc"]["valid"]."""
+    facts = _facts(result.extra, key) if result else None
+    if facts is None:
+        return mib_oids.VERDICT_VALUES["not_checked"]
+    return mib_oids.VERDICT_VALUES["valid" if facts.get("valid") else "invalid"]
+
+
+def _mta_sts(result: MxResult | None) -> int:
+    """mxCheckMtaSts: no TXT record is absent, otherwise the check's own verdict."""
+    facts = _facts(result.extra, "mta_sts") if result else None
+    if facts is None:
+        return mib_oids.MTA_STS_VALUES["not_checked"]
+    if facts.get("present") is False:
+        return mib_oids.MTA_STS_VALUES["absent"]
+    return mib_oids.MTA_STS_VALUES["valid" if facts.get("valid") else "invalid"]
+
+
+def _mta_sts_policy(result: MxResult | None) -> dict[str, Any] | None:
+    """The MTA-STS facts of a run that fetched a policy (no TXT error, no policy error)."""
+    facts = _facts(result.extra, "mta_sts") if result else None
+    if facts is None or not facts.get("present") or "uncovered" not in facts or facts.get("error"):
+        return None
+    return facts
+
+
+def _mta_sts_coverage(policy: dict[str, Any] | None, exchange: str) -> int:
+    """mxExchangeMtaSts: whether the exchange is missing from the policy's uncovered list."""
+    if policy is None:
+        return mib_oids.MTA_STS_COVERAGE_VALUES["not_checked"]
+    uncovered = {_norm(str(name)) for name in policy.get("uncovered") or ()}
+    return mib_oids.MTA_STS_COVERAGE_VALUES["not_covered" if _norm(exchange) in uncovered else "covered"]
+
+
+def _dane(record: MxRecord) -> int:
+    """mxExchangeDane from the exchange's extra["dane"] (monitor.probes.mx._dane_verdict)."""
+    facts = _facts(record.extra, "dane")
+    if facts is None:
+        return mib_oids.DANE_VALUES["not_checked"]
+    if facts.get("lookup_error"):
+        return mib_oids.DANE_VALUES["error"]
+    if not facts.get("records"):
+        return mib_oids.DANE_VALUES["no_records"]
+    matched = facts.get("matched")
+    if matched is None:  # records, but none an SMTP client may use
+        return mib_oids.DANE_VALUES["unusable"]
+    return mib_oids.DANE_VALUES["matched" if matched else "mismatched"]
+
+
 # -- column layouts -----------------------------------------------------------------------------
 
 # The pysnmp type of every readable column, as in the MIB's SYNTAX (enumerations and TruthValue
@@ -154,6 +221,7 @@ SMTP_PROBE_TYPES: dict[SmtpProbeColumn, type] = {
     SmtpProbeColumn.CERT_VERIFIED: _I,
     SmtpProbeColumn.CERT_SUBJECT: _S,
     SmtpProbeColumn.ADDRESS: _S,
+    SmtpProbeColumn.TLS_SEEN: _S,
 }
 MX_CHECK_TYPES: dict[MxCheckColumn, type] = {
     MxCheckColumn.NAME: _S,
@@ -170,18 +238,33 @@ MX_CHECK_TYPES: dict[MxCheckColumn, type] = {
     MxCheckColumn.LAST_SUCCESS: _S,
     MxCheckColumn.LAST_CHANGE: _S,
     MxCheckColumn.IMPLICIT_MX: _I,
+    MxCheckColumn.DNSSEC: _I,
+    MxCheckColumn.MTA_STS: _I,
+    MxCheckColumn.MTA_STS_MODE: _S,
+    MxCheckColumn.SPF: _I,
+    MxCheckColumn.DMARC: _I,
 }
 MX_EXCHANGE_TYPES: dict[MxExchangeColumn, type] = {
     MxExchangeColumn.NAME: _S,
     MxExchangeColumn.PREFERENCE: _U,
     MxExchangeColumn.ADDRESSES: _S,
     MxExchangeColumn.UP: _I,
+    MxExchangeColumn.DANE: _I,
+    MxExchangeColumn.MTA_STS: _I,
+}
+MX_ADDRESS_TYPES: dict[MxAddressColumn, type] = {
+    MxAddressColumn.VALUE: _S,
+    MxAddressColumn.UP: _I,
+    MxAddressColumn.LAST_ERROR: _S,
+    MxAddressColumn.PTR_NAME: _S,
+    MxAddressColumn.PTR: _I,
 }
 
 # Row tuples hold the readable columns in these orders (ascending column number).
 _SMTP_COLUMNS = tuple(sorted(SMTP_PROBE_TYPES))
 _MX_COLUMNS = tuple(sorted(MX_CHECK_TYPES))
 _EXCHANGE_COLUMNS = tuple(sorted(MX_EXCHANGE_TYPES))
+_ADDRESS_COLUMNS = tuple(sorted(MX_ADDRESS_TYPES))
 
 
 # -- rows ---------------------------------------------------------------------------------------
@@ -193,7 +276,9 @@ def _tls_cells(tls: TlsInfo, started_at: float) -> tuple[Raw, ...]:
     if cert is None:
         expiry, days, subject = mib_oids.DATE_AND_TIME_NEVER, 0, b""
     else:
-        not_after = cert.not_after if cert.not_after.tzinfo else cert.not_after.replace(tzinfo=UTC)
+        # The earliest expiry in the presented chain, as the MIB and smtpCertExpiring say.
+        earliest = tls.chain_not_after or cert.not_after
+        not_after = earliest if earliest.tzinfo else earliest.replace(tzinfo=UTC)
         left = (not_after - datetime.fromtimestamp(started_at, UTC)).total_seconds() / 86400
         expiry, days, subject = date_and_time(not_after), math.floor(left), admin_string(cert.subject)
     return (
@@ -213,7 +298,7 @@ def smtp_probe_row(state: ProbeState, default_interval: float) -> tuple[Raw, ...
     """The cells of one smtpProbeTable row, in _SMTP_COLUMNS order.
 
     The TLS and certificate cells come from the latest run that completed a handshake, so
-    they stay known while the server is down."""
+    they stay known while the server is down; smtpProbeTlsSeen says when that run started."""
     config = state.config
     assert isinstance(config, SmtpProbeConfig)
     result = state.last_result if isinstance(state.last_result, SmtpResult) else None
@@ -243,6 +328,7 @@ def smtp_probe_row(state: ProbeState, default_interval: float) -> tuple[Raw, ...
         date_and_time(state.last_change),
         *tls,
         admin_string(result.address) if result else b"",
+        date_and_time(state.last_tls_at if state.last_tls is not None else None),
     )
 
 
@@ -251,6 +337,7 @@ def mx_check_row(state: ProbeState) -> tuple[Raw, ...]:
     config = state.config
     assert isinstance(config, MxCheckConfig)
     result = state.last_result if isinstance(state.last_result, MxResult) else None
+    policy = _mta_sts_policy(result)
     return (
         admin_string(state.name),
         admin_string(config.domain),
@@ -266,6 +353,11 @@ def mx_check_row(state: ProbeState) -> tuple[Raw, ...]:
         date_and_time(state.last_success),
         date_and_time(state.last_change),
         _truth(bool(result and result.implicit_mx)),
+        _dnssec(result),
+        _mta_sts(result),
+        admin_string(str(policy.get("mode") or "")) if policy is not None else b"",
+        _verdict(result, "spf"),
+        _verdict(result, "dmarc"),
     )
 
 
@@ -282,6 +374,7 @@ def mx_exchanges(result: MxResult | None) -> list[MxRecord]:
 def mx_exchange_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid, tuple[Raw, ...]]]:
     """(index, cells) of the mxExchangeTable rows of one check, in index order."""
     rows = []
+    policy = _mta_sts_policy(result)
     for order, record in enumerate(mx_exchanges(result), start=1):
         up = "not_probed" if record.probe is None else ("up" if record.probe.ok else "down")
         cells: tuple[Raw, ...] = (
@@ -289,8 +382,40 @@ def mx_exchange_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid
             _clamp(record.preference, 0, 65535),
             address_list(record.addresses),
             mib_oids.MX_EXCHANGE_UP_VALUES[up],
+            _dane(record),
+            _mta_sts_coverage(policy, record.exchange),
         )
         rows.append(((*name_index, order), cells))
+    return rows
+
+
+def _address_probe(record: MxRecord, position: int, address: str) -> SmtpResult | None:
+    """The probe of one address: its own (probe_hosts: all_addresses), else the exchange's
+    probe for the first address (probe_hosts: true)."""
+    for probe in record.address_probes:
+        if probe.address == address:
+            return probe
+    return record.probe if position == 1 else None
+
+
+def mx_address_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid, tuple[Raw, ...]]]:
+    """(index, cells) of the mxAddressTable rows of one check, in index order."""
+    rows = []
+    for order, record in enumerate(mx_exchanges(result), start=1):
+        reverse = {rev.address: rev for rev in record.reverse}
+        for position, address in enumerate(record.addresses[:ADDRESSES_MAX], start=1):
+            probe = _address_probe(record, position, address)
+            up = "not_probed" if probe is None else ("up" if probe.ok else "down")
+            rev = reverse.get(address)
+            ptr = "not_checked" if rev is None else ("confirmed" if rev.confirmed else "not_confirmed")
+            cells: tuple[Raw, ...] = (
+                admin_string(address),
+                mib_oids.MX_ADDRESS_UP_VALUES[up],
+                admin_string(probe.error) if probe is not None and not probe.ok else b"",
+                address_list([name.rstrip(".") for name in rev.names]) if rev is not None else b"",
+                mib_oids.PTR_VALUES[ptr],
+            )
+            rows.append(((*name_index, order, position), cells))
     return rows
 
 
@@ -412,6 +537,7 @@ class _CachedRow:
     index: Oid
     cells: tuple[Raw, ...]
     exchanges: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()
+    addresses: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()
 
 
 def _same_inputs(old: ProbeState, new: ProbeState) -> bool:
@@ -425,6 +551,8 @@ def _same_inputs(old: ProbeState, new: ProbeState) -> bool:
         and old.consecutive_failures == new.consecutive_failures
         and old.last_success == new.last_success
         and old.last_change == new.last_change
+        and old.last_tls is new.last_tls
+        and old.last_tls_at == new.last_tls_at
     )
 
 
@@ -502,6 +630,7 @@ class MibView:
         self._smtp = _RowTable("smtp", self._smtp_row)
         self._mx = _RowTable("mx", self._mx_row)
         self._exchanges = _Rows([], [])
+        self._addresses = _Rows([], [])
         self.last_build_seconds = 0.0
 
     def restart_uptime(self) -> None:
@@ -551,6 +680,8 @@ class MibView:
             rows = self._mx.rows
             flat = [exchange for name in self._mx.order for exchange in rows[name].exchanges]
             self._exchanges = _Rows([index for index, _ in flat], [cells for _, cells in flat])
+            flat = [address for name in self._mx.order for address in rows[name].addresses]
+            self._addresses = _Rows([index for index, _ in flat], [cells for _, cells in flat])
 
         nodes: list[tuple[Oid, _Node]] = self._system_nodes()
         nodes += self._scalar_nodes(smtp_count, self._smtp.failed, mx_count, self._mx.failed)
@@ -567,6 +698,11 @@ class MibView:
             nodes.append(
                 ((*mib_oids.MX_EXCHANGE_ENTRY, int(exchange_column)), _Column(self._exchanges, position, syntax))
             )
+        for position, address_column in enumerate(_ADDRESS_COLUMNS):
+            syntax = MX_ADDRESS_TYPES[address_column]
+            nodes.append(
+                ((*mib_oids.MX_ADDRESS_ENTRY, int(address_column)), _Column(self._addresses, position, syntax))
+            )
         return MibTable(snapshot.version, nodes)
 
     def _smtp_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
@@ -578,10 +714,13 @@ class MibView:
 
     def _mx_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
         if old is not None and _same_inputs(old.state, state):
-            return _CachedRow(state, old.index, old.cells, old.exchanges)
+            return _CachedRow(state, old.index, old.cells, old.exchanges, old.addresses)
         index = old.index if old is not None else mib_oids.name_index(name)
         result = state.last_result if isinstance(state.last_result, MxResult) else None
-        return _CachedRow(state, index, mx_check_row(state), tuple(mx_exchange_rows(index, result)))
+        return _CachedRow(
+            state, index, mx_check_row(state),
+            tuple(mx_exchange_rows(index, result)), tuple(mx_address_rows(index, result)),
+        )
 
     def _system_nodes(self) -> list[tuple[Oid, _Node]]:
         descr = admin_string(f"smtp-monitor {self._health.version}: SMTP and MX monitoring agent")

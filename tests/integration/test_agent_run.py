@@ -220,3 +220,65 @@ class TestOperationsSurface:
         assert " ok " in lines["up"]
         assert " failed " in lines["down"]
         assert "connect/refused" in lines["down"]
+
+
+def children(pid: int) -> list[int]:
+    """PIDs of a process's children, from /proc."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(c) for c in text]
+    return out
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":  # exited, waiting for its parent to reap it
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class TestProbeProcess:
+    def test_probes_run_in_a_child_process_that_stops_with_the_agent(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+    ) -> None:
+        agent = agent_factory({"defaults": {"interval": "0.5s"}, "smtp": smtp_probes(postfix)[:1]})
+        agent.wait_until(lambda: agent.value("smtp_probe_runs_total", probe="plain") is not None, 10, "no runs")
+        assert agent.proc is not None
+        [child] = children(agent.proc.pid)
+        assert "monitor.probe_process" in Path(f"/proc/{child}/cmdline").read_text()
+        agent.signal(signal.SIGTERM)
+        assert agent.proc.wait(10) == 0
+        assert wait_gone(child, 5)
+
+    def test_a_killed_probe_process_is_restarted_and_probing_goes_on(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+    ) -> None:
+        agent = agent_factory({"defaults": {"interval": "0.3s"}, "smtp": smtp_probes(postfix)[:1]})
+        agent.wait_until(lambda: agent.value("smtp_probe_runs_total", probe="plain") is not None, 10, "no runs")
+        assert agent.proc is not None
+        [child] = children(agent.proc.pid)
+        os.kill(child, signal.SIGKILL)
+        assert wait_gone(child, 5)
+        before = agent.value("smtp_probe_runs_total", probe="plain") or 0
+        agent.wait_until(
+            lambda: (agent.value("smtp_probe_runs_total", probe="plain") or 0) > before + 2, 15, "probing stopped"
+        )
+        assert "restarting the probe process" in agent.logs()
+        assert children(agent.proc.pid) != [child]
+
+    def test_probe_process_exits_when_the_agent_is_killed(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+    ) -> None:
+        agent = agent_factory({"defaults": {"interval": "0.5s"}, "smtp": smtp_probes(postfix)[:1]})
+        assert agent.proc is not None
+        [child] = children(agent.proc.pid)
+        agent.proc.kill()
+        agent.proc.wait(10)
+        assert wait_gone(child, 10)  # no orphan keeps probing

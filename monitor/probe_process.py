@@ -1,0 +1,237 @@
+"""The probe process: scheduler and probes in an interpreter of their own, so that SNMP requests and
+Prometheus scrapes served by the agent process never delay the timings probes measure.
+
+The agent starts `python -m monitor.probe_process FD` with one end of a socket pair. Frames are a
+4-byte length and a pickle (both ends are this program). Agent -> probes: ("config", Config),
+("stop", grace). Probes -> agent: ("result", name, result), ("health", dict), ("stopped", None).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+from monitor import logs
+from monitor.config import Config, SnmpConfig
+from monitor.health import AgentHealth, LatenessHistogram
+from monitor.probes import ProbeEnv
+from monitor.scheduler import ProbeScheduler, probe_entries
+from monitor.store import ResultsStore
+
+log = logging.getLogger("smtp_monitor.probe_process")
+
+_HEADER = struct.Struct("!I")
+MAX_FRAME = 64 * 1024 * 1024  # a config of many thousand probes is a few MB; anything beyond is a bug
+HEALTH_EVERY = 1.0  # seconds between health frames from the probe process
+RESTART_DELAY = 1.0  # before starting a probe process that died on its own
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Any:
+    header = await reader.readexactly(_HEADER.size)
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ValueError(f"frame of {length} bytes")
+    return pickle.loads(await reader.readexactly(length))  # noqa: S301 - our own child, over a socketpair
+
+
+def _frame(message: tuple[Any, ...]) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+def probes_only(config: Config) -> Config:
+    """What the probe process needs: no SNMP credentials cross the process boundary."""
+    return config.model_copy(update={"snmp": SnmpConfig(enabled=False, listen=[])})
+
+
+# -- the agent's side ------------------------------------------------------------------------------
+
+
+class ProbeProcess:
+    """Runs the probes in a child process and records their results in the agent's store.
+
+    Same interface as ProbeScheduler (apply, start, stop), so the agent wires either."""
+
+    def __init__(
+        self, store: ResultsStore, health: AgentHealth, log_format: str = "text", log_level: str = "info"
+    ) -> None:
+        self.store = store
+        self.health = health
+        self.log_args = [log_format, log_level]
+        self._config: Config | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    def apply(self, config: Config) -> None:
+        """The agent's store follows the config at once; the probe process follows when told."""
+        self._config = probes_only(config)
+        self.store.configure(probe_entries(config))
+        self._send(("config", self._config))
+
+    def start(self) -> None:
+        self._spawn()
+
+    def _spawn(self) -> None:
+        assert self._config is not None
+        parent, child = socket.socketpair()
+        try:
+            # The child must not take the agent's terminal signals: the agent stops it in order.
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "monitor.probe_process", str(child.fileno()), *self.log_args],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        finally:
+            child.close()
+        loop = asyncio.get_running_loop()
+        self._reader_task = loop.create_task(self._serve(parent))
+        log.info("probe process %d started", self._proc.pid)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+        self._writer = writer
+        assert self._config is not None
+        self._send(("config", self._config))
+        try:
+            while True:
+                message = await _read_frame(reader)
+                kind = message[0]
+                if kind == "result":
+                    self.store.record(message[1], message[2])
+                elif kind == "health":
+                    self._take_health(message[1])
+                elif kind == "stopped":
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, pickle.UnpicklingError) as exc:
+            if not self._stopping:
+                log.error("lost the probe process (%s)", exc or type(exc).__name__)
+        finally:
+            writer.close()
+            self._writer = None
+            self._stopped.set()
+        if not self._stopping:
+            self._reap(timeout=1.0)
+            await asyncio.sleep(RESTART_DELAY)
+            if not self._stopping:
+                self._stopped.clear()
+                log.warning("restarting the probe process")
+                self._spawn()
+
+    def _take_health(self, facts: dict[str, Any]) -> None:
+        self.health.in_flight = facts["in_flight"]
+        self.health.skipped_runs = facts["skipped_runs"]
+        self.health.lateness = facts["lateness"]
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(_frame(message))
+
+    async def stop(self, grace: float) -> None:
+        """Ask the probe process to finish in-flight probes within `grace`, then make sure it is gone."""
+        self._stopping = True
+        self._send(("stop", grace))
+        if self._reader_task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), grace + 2.0)
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        self._reap(timeout=1.0)
+
+    def _reap(self, timeout: float) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        self._proc = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+
+# -- the probe process's side ----------------------------------------------------------------------
+
+
+class _Worker:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.health = AgentHealth()
+        # Bookkeeping for the scheduler only: the agent's store is the one that announces changes.
+        self.store = ResultsStore(announce=False)
+        self.scheduler: ProbeScheduler | None = None
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(_frame(message))
+
+    def apply(self, config: Config) -> None:
+        if self.scheduler is None:
+            env = ProbeEnv.from_config(config)
+            self.scheduler = ProbeScheduler(self.store, self.health, env, config.defaults.max_concurrency)
+            self.scheduler.on_result = lambda name, result: self.send(("result", name, result))
+            self.scheduler.apply(config)
+            self.scheduler.start()
+        else:
+            self.scheduler.apply(config)
+
+    async def report_health(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_EVERY)
+            h = self.health
+            lateness = LatenessHistogram(counts=list(h.lateness.counts), total=h.lateness.total, count=h.lateness.count)
+            self.send(("health", {"in_flight": h.in_flight, "skipped_runs": h.skipped_runs, "lateness": lateness,
+                                  "at": time.time()}))
+
+
+async def _run_worker(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+    worker = _Worker(writer)
+    health_task = asyncio.get_running_loop().create_task(worker.report_health())
+    grace = 2.0
+    try:
+        while True:
+            message = await _read_frame(reader)
+            if message[0] == "config":
+                worker.apply(message[1])
+            elif message[0] == "stop":
+                grace = float(message[1])
+                break
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass  # the agent is gone: stop probing too
+    finally:
+        health_task.cancel()
+        if worker.scheduler is not None:
+            await worker.scheduler.stop(grace)
+        worker.send(("stopped", None))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+
+def main(argv: list[str]) -> int:
+    """`python -m monitor.probe_process FD LOG_FORMAT LOG_LEVEL`, started by the agent only."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when probing stops
+    logs.setup(argv[2] if len(argv) > 2 else "text", argv[3] if len(argv) > 3 else "info")
+    asyncio.run(_run_worker(int(argv[1])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
