@@ -109,7 +109,7 @@ class Agent:
             self.http = MetricsServer(
                 address[0], address[1], build_registry(self.store, self.health), self.store,
                 ready=lambda: self._started and not self._stopping.is_set(),
-                adhoc=AdhocProber(self.env, endpoint) if endpoint.enabled else None,
+                adhoc=AdhocProber(self.env, endpoint) if endpoint.enabled else None, health=self.health,
             )
             try:
                 await self.http.start()

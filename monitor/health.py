@@ -61,3 +61,6 @@ class AgentHealth:
     snmp_dropped: int = 0
     notifications: Counter[tuple[str, str]] = field(default_factory=Counter)  # (receiver, outcome)
     state_write_errors: int = 0  # failed writes to the state database
+    # The probe process's own resources, from its health reports (soak checks: these stay flat)
+    probe_process: dict[str, float] = field(default_factory=dict)  # tasks, open_fds, rss_bytes, cpu_seconds
+    agent_tasks: int = 0  # asyncio tasks of the agent process, counted in its loop at each scrape

@@ -12,6 +12,7 @@ from prometheus_client.registry import CollectorRegistry
 from pydantic import ValidationError
 
 from monitor.config import MxCheckConfig, ProbeEndpointConfig, SmtpProbeConfig, parse_duration, split_host_port
+from monitor.health import AgentHealth
 from monitor.metrics import single_result_registry
 from monitor.probes import ProbeEnv, mx, smtp
 from monitor.store import ResultsStore
@@ -70,9 +71,10 @@ class MetricsServer:
 
     def __init__(
         self, host: str, port: int, registry: CollectorRegistry, store: ResultsStore,
-        ready: Callable[[], bool], adhoc: AdhocProber | None = None,
+        ready: Callable[[], bool], adhoc: AdhocProber | None = None, health: AgentHealth | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.health = health
         self.registry = registry
         self.store = store
         self.ready = ready
@@ -108,6 +110,8 @@ class MetricsServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         # Take the snapshot here, in the loop that writes the store; render it elsewhere.
         self.store.snapshot()
+        if self.health is not None:
+            self.health.agent_tasks = len(asyncio.all_tasks())
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = await asyncio.to_thread(encoder, self.registry)
         return web.Response(body=body, headers={"Content-Type": content_type})

@@ -261,6 +261,21 @@ class StoreCollector(Collector):
         yield CounterMetricFamily(
             "smtp_monitor_state_write_errors", "Failed writes to the state database", value=h.state_write_errors,
         )
+        facts = dict(h.probe_process)
+        if facts:
+            for key, name, doc in (
+                ("tasks", "smtp_monitor_probe_process_tasks", "asyncio tasks in the probe process"),
+                ("open_fds", "smtp_monitor_probe_process_open_fds", "Open descriptors of the probe process"),
+                ("rss_bytes", "smtp_monitor_probe_process_resident_memory_bytes", "Resident memory, probe process"),
+            ):
+                if key in facts:
+                    yield GaugeMetricFamily(name, doc, value=facts[key])
+            if "cpu_seconds" in facts:
+                yield CounterMetricFamily(
+                    "smtp_monitor_probe_process_cpu_seconds", "CPU time of the probe process",
+                    value=facts["cpu_seconds"],
+                )
+        yield GaugeMetricFamily("smtp_monitor_tasks", "asyncio tasks in the agent process", value=h.agent_tasks)
         notes = CounterMetricFamily(
             "smtp_monitor_notifications", "SNMP notifications by receiver and outcome", labels=["receiver", "outcome"]
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pickle
 import signal
 import socket
@@ -129,6 +130,7 @@ class ProbeProcess:
                 self._spawn()
 
     def _take_health(self, facts: dict[str, Any]) -> None:
+        self.health.probe_process = facts["process"]
         self.health.in_flight = facts["in_flight"]
         self.health.skipped_runs = facts["skipped_runs"]
         self.health.lateness = facts["lateness"]
@@ -168,6 +170,19 @@ class ProbeProcess:
 # -- the probe process's side ----------------------------------------------------------------------
 
 
+def process_facts() -> dict[str, float]:
+    """This process's asyncio tasks, open descriptors, resident memory and CPU time."""
+    facts: dict[str, float] = {"tasks": len(asyncio.all_tasks())}
+    with contextlib.suppress(OSError):
+        facts["open_fds"] = len(os.listdir("/proc/self/fd"))
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pages = int(open("/proc/self/statm").read().split()[1])  # noqa: SIM115 - a one-shot read
+        facts["rss_bytes"] = pages * os.sysconf("SC_PAGE_SIZE")
+    times = os.times()
+    facts["cpu_seconds"] = times.user + times.system
+    return facts
+
+
 class _Worker:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -196,7 +211,7 @@ class _Worker:
             h = self.health
             lateness = LatenessHistogram(counts=list(h.lateness.counts), total=h.lateness.total, count=h.lateness.count)
             self.send(("health", {"in_flight": h.in_flight, "skipped_runs": h.skipped_runs, "lateness": lateness,
-                                  "at": time.time()}))
+                                  "process": process_facts(), "at": time.time()}))
 
 
 async def _run_worker(fd: int) -> None:

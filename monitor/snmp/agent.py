@@ -28,6 +28,7 @@ from monitor import mib_oids
 from monitor.config import SnmpConfig, parse_snmp_listen
 from monitor.health import AgentHealth
 from monitor.mib_oids import Oid
+from monitor.snmp.fastpath import MAX_RESPONSE_OCTETS, FastPath
 from monitor.snmp.mibview import BEYOND, SYSTEM, MibTable, MibView, SnapshotSource
 
 log = logging.getLogger("smtp_monitor.snmp")
@@ -254,20 +255,24 @@ class _Gate:
 
 
 class _GuardedDispatcher(AsyncioDispatcher):  # type: ignore[misc]  # pysnmp is untyped
-    """pysnmp's asyncio dispatcher with the gate in front and a net behind.
+    """pysnmp's asyncio dispatcher with the gate in front, the fast path next and a net behind.
 
     pysnmp raises uncaught exceptions on some malformed messages (a TypeError on ~2 % of random
     datagrams): they are counted as dropped instead of reaching the event loop as tracebacks."""
 
-    def __init__(self, gate: _Gate, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, gate: _Gate, loop: asyncio.AbstractEventLoop, fast: FastPath | None = None) -> None:
         super().__init__(loop=loop)
         self._gate = gate
+        self._fast = fast
 
     def _callback_function(self, transport: Any, address: Any, message: bytes) -> None:
         gate = self._gate
         try:
             header = gate.admit(address, message)
             if header is None:
+                return
+            if header.version != 3 and self._fast is not None and self._answer_fast(transport, address, message):
+                gate.health.snmp_requests[PDU_NAMES[header.pdu_tag]] += 1
                 return
             before = gate.usm_failures() if header.version == 3 else 0
             super()._callback_function(transport, address, message)
@@ -276,6 +281,18 @@ class _GuardedDispatcher(AsyncioDispatcher):  # type: ignore[misc]  # pysnmp is 
         except Exception as exc:
             gate.health.snmp_dropped += 1
             log.debug("dropped SNMP message from %s: %s: %s", address, type(exc).__name__, exc)
+
+    def _answer_fast(self, transport: Any, address: Any, message: bytes) -> bool:
+        """Send the fast path's answer on the receiving socket; False leaves the message to pysnmp."""
+        endpoint = getattr(transport, "transport", None)  # the asyncio DatagramTransport
+        if endpoint is None or endpoint.is_closing():  # closing listener: pysnmp drops it
+            return False
+        assert self._fast is not None
+        response = self._fast.respond(message)
+        if response is None:
+            return False
+        endpoint.sendto(response, address)
+        return True
 
 
 # -- MIB instrumentation ------------------------------------------------------------------------
@@ -404,6 +421,10 @@ class SnmpAgent:
         self._health = health
         self.view = MibView(store, health, default_interval=default_interval)
         self._gate = _Gate(health)
+        # Plain v1/v2c reads skip pysnmp (several times faster); it answers everything else.
+        # None before start() serves everything through pysnmp (the tests compare the two).
+        self.fast_path: FastPath | None = FastPath(self.view, subtrees=READ_SUBTREES, max_repeated=_BulkResponder.max_varbinds,
+                                  max_message_size=MAX_RESPONSE_OCTETS)
         self._engine: Any = None
         self._dispatcher: _GuardedDispatcher | None = None
         self._listeners: list[_Listener] = []
@@ -430,7 +451,7 @@ class SnmpAgent:
             configured = parse_engine_id(self._config.engine_id) if self._config.engine_id else None
             self.engine_state = next_engine_state(self._state_path, configured)
             engine = self._new_engine(self.engine_state)
-            self._dispatcher = _GuardedDispatcher(self._gate, loop)
+            self._dispatcher = _GuardedDispatcher(self._gate, loop, self.fast_path)
             engine.register_transport_dispatcher(self._dispatcher)
             self._engine = engine
             self._setup_access(engine)
@@ -487,6 +508,10 @@ class SnmpAgent:
         engine_id.syntax = engine_id.syntax.clone(state.engine_id)
         boots.syntax = boots.syntax.clone(state.boots)
         engine.snmpEngineID = engine_id.syntax
+        # pysnmp's default of 4096 octets silently drops larger responses (a bulk of long strings):
+        # allow what UDP carries, as the fast path does.
+        (max_size,) = builder.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineMaxMessageSize")
+        max_size.syntax = max_size.syntax.clone(MAX_RESPONSE_OCTETS)
         self._gate.usm_counters = list(builder.import_symbols("__SNMP-USER-BASED-SM-MIB", *_USM_AUTH_COUNTERS))
         engine.observer.register_observer(self._count_request, "rfc3412.receiveMessage:request")
         return engine

@@ -253,6 +253,11 @@ class TestProbeProcess:
         assert agent.proc is not None
         [child] = children(agent.proc.pid)
         assert "monitor.probe_process" in Path(f"/proc/{child}/cmdline").read_text()
+        agent.wait_until(
+            lambda: (agent.value("smtp_monitor_probe_process_open_fds") or 0) > 0, 5, "no probe process health"
+        )
+        assert (agent.value("smtp_monitor_probe_process_tasks") or 0) >= 1
+        assert (agent.value("smtp_monitor_tasks") or 0) >= 1
         agent.signal(signal.SIGTERM)
         assert agent.proc.wait(10) == 0
         assert wait_gone(child, 5)

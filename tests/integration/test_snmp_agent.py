@@ -328,7 +328,8 @@ class TestReads:
         assert "not increasing" not in result.stderr
         oids = parse_numeric(result.stdout)
         assert oids == served_oids(served)
-        assert oids[-1] == mib_oids.mx_exchange_oid(mib_oids.MxExchangeColumn.UP, "example.org", 2)
+        # The last column of mxAddressTable, second address of the second exchange.
+        assert oids[-1] == mib_oids.mx_address_oid(mib_oids.MxAddressColumn.PTR, "example.org", 2, 2)
         assert result.stdout.count(END_OF_VIEW) == 1  # our MIB is the last subtree: the walk ends there
 
     def test_v1_walk_skips_counter64_columns_and_ends(self, served: Served, net_snmp: NetSnmp) -> None:
@@ -403,8 +404,8 @@ class TestReads:
         assert '"implicit"|implicit|implicit.example|ok||none|none|0|' in checks.stdout
         rows = [line for line in exchanges.stdout.splitlines() if line.startswith('"')]
         assert rows == [
-            '"example.org".1|mx1.example.org|10|192.0.2.1|notProbed',
-            '"example.org".2|mx2.example.org|20|192.0.2.2,2001:db8::2|notProbed',
+            '"example.org".1|mx1.example.org|10|192.0.2.1|notProbed|notChecked|notChecked',
+            '"example.org".2|mx2.example.org|20|192.0.2.2,2001:db8::2|notProbed|notChecked|notChecked',
         ]
 
     def test_missing_instances_and_unknown_objects(self, served: Served, net_snmp: NetSnmp) -> None:

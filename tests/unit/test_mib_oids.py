@@ -79,6 +79,7 @@ def test_snmptranslate_prints_the_tree_without_errors(base_mibs: Path, tool_env:
     assert out.stderr == ""
     assert f"smtpMonitorMIB({mib_oids.ENTERPRISE_OID[-1]})" in out.stdout
     assert "mxExchangeUp(5)" in out.stdout
+    assert "mxAddressPtr(6)" in out.stdout
 
 
 @pytest.mark.parametrize(
@@ -121,6 +122,14 @@ def test_enterprise_oid_sits_under_enterprises() -> None:
         pytest.param("smtpProbeFailedReason", mib_oids.REASON_VALUES, id="smtpProbeFailedReason"),
         pytest.param("mxCheckFailedReason", mib_oids.REASON_VALUES, id="mxCheckFailedReason"),
         pytest.param("mxExchangeUp", mib_oids.MX_EXCHANGE_UP_VALUES, id="mxExchangeUp"),
+        pytest.param("mxCheckDnssec", mib_oids.DNSSEC_VALUES, id="mxCheckDnssec"),
+        pytest.param("mxCheckMtaSts", mib_oids.MTA_STS_VALUES, id="mxCheckMtaSts"),
+        pytest.param("mxCheckSpf", mib_oids.VERDICT_VALUES, id="mxCheckSpf"),
+        pytest.param("mxCheckDmarc", mib_oids.VERDICT_VALUES, id="mxCheckDmarc"),
+        pytest.param("mxExchangeDane", mib_oids.DANE_VALUES, id="mxExchangeDane"),
+        pytest.param("mxExchangeMtaSts", mib_oids.MTA_STS_COVERAGE_VALUES, id="mxExchangeMtaSts"),
+        pytest.param("mxAddressUp", mib_oids.MX_ADDRESS_UP_VALUES, id="mxAddressUp"),
+        pytest.param("mxAddressPtr", mib_oids.PTR_VALUES, id="mxAddressPtr"),
     ],
 )
 def test_enum_map_equals_mib_labels_in_camel_case(
@@ -184,6 +193,9 @@ def test_instance_oids_encode_name_index_as_snmptranslate_does(
         f'{MODULE}::mxExchangeName."ex.org".3': mib_oids.mx_exchange_oid(
             mib_oids.MxExchangeColumn.NAME, "ex.org", 3
         ),
+        f'{MODULE}::mxAddressPtr."ex.org".3.2': mib_oids.mx_address_oid(
+            mib_oids.MxAddressColumn.PTR, "ex.org", 3, 2
+        ),
         f"{MODULE}::smtpMonitorVersion.0": mib_oids.scalar_oid(mib_oids.Scalar.VERSION),
     }
     for text, oid in cases.items():
@@ -194,7 +206,7 @@ def test_instance_oids_encode_name_index_as_snmptranslate_does(
 
 def test_name_index_accepts_1_to_100_octets_within_the_oid_length_limit() -> None:
     assert mib_oids.name_index("a") == (1, 97)
-    longest = mib_oids.mx_exchange_oid(mib_oids.MxExchangeColumn.UP, "n" * 100, 65535)
+    longest = mib_oids.mx_address_oid(mib_oids.MxAddressColumn.PTR, "n" * 100, 65535, 65535)
     assert len(longest) <= 128  # RFC 2578 limit on sub-identifiers in an OID
     with pytest.raises(ValueError, match="1 to 100"):
         mib_oids.name_index("")
@@ -202,6 +214,8 @@ def test_name_index_accepts_1_to_100_octets_within_the_oid_length_limit() -> Non
         mib_oids.name_index("n" * 101)
     with pytest.raises(ValueError, match="1 to 65535"):
         mib_oids.mx_exchange_oid(mib_oids.MxExchangeColumn.UP, "n", 0)
+    with pytest.raises(ValueError, match="address position 65536 must be 1 to 65535"):
+        mib_oids.mx_address_oid(mib_oids.MxAddressColumn.PTR, "n", 1, 65536)
 
 
 def test_notification_oid_is_under_the_zero_arc() -> None:
@@ -213,3 +227,41 @@ def test_date_and_time_never_is_year_0_january_1() -> None:
     never = mib_oids.DATE_AND_TIME_NEVER
     assert (len(never), never[:2], never[2], never[3]) == (8, b"\0\0", 1, 1)
     assert never[4:] == bytes(4)
+
+
+class TestRevisionsAndConformance:
+    """The module's history and compliance, read from the MIB text (smilint checks the syntax)."""
+
+    def test_last_updated_equals_the_newest_revision_and_revisions_run_newest_first(self) -> None:
+        text = MIB_FILE.read_text()
+        last_updated = re.findall(r'LAST-UPDATED\s+"(\d{12}Z)"', text)
+        revisions = re.findall(r'REVISION\s+"(\d{12}Z)"', text)
+        assert len(last_updated) == 1
+        assert revisions == sorted(revisions, reverse=True)
+        assert last_updated[0] == revisions[0]
+        assert len(revisions) == len(set(revisions)) >= 2
+
+    def test_compliance_names_every_group(self) -> None:
+        text = MIB_FILE.read_text()
+        compliance = text[text.index("smtpMonitorCompliance MODULE-COMPLIANCE") :]
+        compliance = compliance[: compliance.index("::=")]
+        named = set(re.findall(r"\b(\w+Group)\b", compliance))
+        assert named == {mib_oids.mib_label(group.name) for group in mib_oids.Group}
+
+    def test_every_readable_object_is_in_exactly_one_object_group(self) -> None:
+        # net-snmp's -Td does not print a group's OBJECTS: read them from the text.
+        groups = re.findall(r"(\w+) OBJECT-GROUP\s+OBJECTS\s*\{([^}]*)\}", MIB_FILE.read_text())
+        notifications = mib_oids.Group.SMTP_MONITOR_NOTIFICATION_GROUP
+        object_groups = {mib_oids.mib_label(g.name) for g in mib_oids.Group if g is not notifications}
+        assert {name for name, _ in groups} == object_groups
+        members = [word.strip() for _, objects in groups for word in objects.split(",")]
+        not_accessible = {"smtpProbeIndexName", "mxCheckIndexName", "mxExchangeOrder", "mxAddressOrder"}
+        tables = (
+            mib_oids.SMTP_PROBE_ENTRY, mib_oids.MX_CHECK_ENTRY, mib_oids.MX_EXCHANGE_ENTRY,
+            mib_oids.MX_ADDRESS_ENTRY, mib_oids.SCALARS,
+        )
+        readable = [
+            name for name, oid in mib_oids.OID_BY_NAME.items()
+            if oid[:-1] in tables and name not in not_accessible
+        ]
+        assert sorted(members) == sorted(readable)

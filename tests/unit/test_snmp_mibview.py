@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pysnmp.proto import rfc1902
 
 from monitor import mib_oids
 from monitor.config import MxCheckConfig, SmtpProbeConfig
 from monitor.health import AgentHealth
-from monitor.mib_oids import MxCheckColumn, MxExchangeColumn, Oid, Scalar, SmtpProbeColumn
-from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, SmtpResult, TlsInfo
+from monitor.mib_oids import MxAddressColumn, MxCheckColumn, MxExchangeColumn, Oid, Scalar, SmtpProbeColumn
+from monitor.probes.dane import Tlsa, TlsaLookup
+from monitor.probes.mx import _dane_verdict
+from monitor.probes.policy_records import check_dmarc, check_spf
+from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult, TlsInfo
 from monitor.snmp.mibview import (
+    MX_ADDRESS_TYPES,
     MX_CHECK_TYPES,
     MX_EXCHANGE_TYPES,
     SMTP_PROBE_TYPES,
@@ -27,6 +36,7 @@ from monitor.snmp.mibview import (
     smtp_probe_row,
 )
 from monitor.store import ProbeConfig, ResultsStore
+from tests.peers.certs import make_self_signed_cert
 
 NEVER = mib_oids.DATE_AND_TIME_NEVER
 
@@ -153,7 +163,7 @@ class TestGetNext:
 
     def test_last_column_of_a_table_continues_with_the_next_table(self) -> None:
         view = view_of(store_with(smtp("a"), mx("m")))
-        found = view.next(mib_oids.smtp_probe_oid(SmtpProbeColumn.ADDRESS, "a"))
+        found = view.next(mib_oids.smtp_probe_oid(SmtpProbeColumn.TLS_SEEN, "a"))
         assert found is not None
         assert found[0] == mib_oids.mx_check_oid(MxCheckColumn.NAME, "m")
 
@@ -194,14 +204,13 @@ class TestGetNext:
             pytest.param(None, id="last-instance"),
             pytest.param((*mib_oids.MIB_ROOT[:-1], mib_oids.MIB_ROOT[-1] + 1), id="next-enterprise"),
             pytest.param((2,), id="joint-iso-ccitt"),
-            pytest.param((*mib_oids.MX_EXCHANGE_ENTRY, 9), id="past-last-column"),
+            pytest.param((*mib_oids.MX_ADDRESS_ENTRY, 9), id="past-last-column"),
         ],
     )
     def test_end_of_mib_view_after_the_last_instance(self, start: Oid | None) -> None:
-        store = store_with(mx("m"))
-        store.record("m", MxResult("example.com", time.time(), True, records=(MxRecord(5, "a.example", ()),)))
+        store = record_mx("m", MxRecord(5, "a.example", ("192.0.2.1",)))
         table = view_of(store).current()
-        last = mib_oids.mx_exchange_oid(MxExchangeColumn.UP, "m", 1)
+        last = mib_oids.mx_address_oid(MxAddressColumn.PTR, "m", 1, 1)
         assert walk(table)[-1] == last
         assert table.next(start or last) is None
 
@@ -418,7 +427,8 @@ class TestSmtpProbeValues:
         store = store_with(smtp("a"), mx("m"))
         store.record("a", failed_smtp())
         store.record("a", ok_smtp(tls=tls_info()))
-        store.record("m", MxResult("example.com", time.time(), True, records=(MxRecord(5, "a.example", ()),)))
+        records = (MxRecord(5, "a.example", ("192.0.2.1",)),)
+        store.record("m", MxResult("example.com", time.time(), True, records=records))
         view = view_of(store)
         assert int(smtp_cell(view, SmtpProbeColumn.RUNS, "a")) == 2
         assert int(smtp_cell(view, SmtpProbeColumn.FAILURES, "a")) == 1
@@ -428,6 +438,8 @@ class TestSmtpProbeValues:
             assert type(view.get(mib_oids.mx_check_oid(mx_column, "m"))) is syntax, mx_column.name
         for exchange_column, syntax in MX_EXCHANGE_TYPES.items():
             assert type(view.get(mib_oids.mx_exchange_oid(exchange_column, "m", 1))) is syntax
+        for address_column, syntax in MX_ADDRESS_TYPES.items():
+            assert type(view.get(mib_oids.mx_address_oid(address_column, "m", 1, 1))) is syntax
         assert type(smtp_cell(view, SmtpProbeColumn.RUNS, "a")) is rfc1902.Counter64
 
     def test_certificate_columns(self) -> None:
@@ -497,3 +509,346 @@ class TestMxValues:
         assert view.get(mib_oids.mx_exchange_oid(MxExchangeColumn.NAME, "m", 1)) is None
         failed_reason = int(read(view, mib_oids.mx_check_oid(MxCheckColumn.FAILED_REASON, "m")))
         assert failed_reason == mib_oids.REASON_VALUES["servfail"]
+
+
+# -- the columns and table added for issue 6: every outcome of a check visible in the MIB ---------
+
+
+def probe_of(address: str, ok: bool = True, error: str = "") -> SmtpResult:
+    """An exchange's SMTP probe of one address, as monitor.probes.mx._probe returns it."""
+    if ok:
+        return SmtpResult(host="mx.example", port=25, tls_mode="starttls", started_at=time.time(), ok=True,
+                          address=address)
+    return SmtpResult(host="mx.example", port=25, tls_mode="starttls", started_at=time.time(), ok=False,
+                      phase=Phase.CONNECT, reason=Reason.REFUSED, error=error, address=address)
+
+
+def record_mx(name: str, *records: MxRecord, **fields: Any) -> ResultsStore:
+    """A store with one MX check `name` whose latest result has these records and fields."""
+    store = store_with(mx(name))
+    store.record(name, MxResult("example.com", time.time(), True, records=records, **fields))
+    return store
+
+
+def check_cell(store: ResultsStore, column: MxCheckColumn, name: str = "m") -> Asn1Value:
+    return read(view_of(store), mib_oids.mx_check_oid(column, name))
+
+
+def exchange_cell(store: ResultsStore, column: MxExchangeColumn, order: int = 1, name: str = "m") -> Asn1Value:
+    return read(view_of(store), mib_oids.mx_exchange_oid(column, name, order))
+
+
+def address_cells(store: ResultsStore, column: MxAddressColumn, name: str = "m") -> dict[Oid, Asn1Value]:
+    """(exchange order, address order) -> value of one mxAddressTable column, from a walk."""
+    prefix = (*mib_oids.MX_ADDRESS_ENTRY, int(column), *mib_oids.name_index(name))
+    return {oid[len(prefix) :]: value for oid, value in view_of(store).current().items()
+            if oid[: len(prefix)] == prefix}
+
+
+def mta_sts_facts(
+    *, present: bool = True, txt_error: str = "", mode: str = "enforce", uncovered: tuple[str, ...] = (),
+    policy_error: str = "",
+) -> dict[str, Any]:
+    """extra["mta_sts"] in the shape monitor.probes.mx._Check.mta_sts writes it."""
+    facts: dict[str, Any] = {"txt_id": "" if txt_error or not present else "20261122", "txt_error": txt_error,
+                             "txt_error_kind": "absent" if not present else ("malformed" if txt_error else "")}
+    problem = ""
+    if not present:
+        facts["present"] = False
+    elif txt_error:
+        facts["present"] = True
+        problem = f"TXT record: {txt_error}"
+    else:
+        facts["present"] = True
+        facts.update({
+            "mode": "" if policy_error else mode, "max_age": 0 if policy_error else 86400,
+            "mx_patterns": [] if policy_error else ["*.example.com"], "verified": not policy_error,
+            "error": policy_error, "error_kind": "http" if policy_error else "",
+            "http_status": 404 if policy_error else 200,
+            "uncovered": list(uncovered), "cert_not_after": None,
+        })
+        if policy_error:
+            problem = f"policy: {policy_error}"
+        elif uncovered and mode == "enforce":
+            problem = "exchanges not covered by the enforced policy: " + ", ".join(uncovered)
+    facts["valid"] = not problem
+    return facts
+
+
+@pytest.fixture(scope="module")
+def cert_der(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A self-signed certificate in DER, the chain an exchange's STARTTLS presents."""
+    cert_pem, _ = make_self_signed_cert(tmp_path_factory.mktemp("dane-cert"), common_name="mx.example",
+                                        dns_names=("mx.example",), ip_addresses=())
+    return x509.load_pem_x509_certificate(cert_pem.read_bytes()).public_bytes(serialization.Encoding.DER)
+
+
+def dane_facts(tlsa: tuple[Tlsa, ...], chain: tuple[bytes, ...] = (), lookup_error: str = "") -> dict[str, Any]:
+    """extra["dane"] as monitor.probes.mx._dane_verdict makes it from a TLSA lookup and a chain."""
+    tls = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", False, chain_der=chain) if chain else None
+    probe = SmtpResult("mx.example", 25, "starttls", time.time(), True, address="192.0.2.1", tls=tls)
+    record = MxRecord(10, "mx.example", ("192.0.2.1",), probe=probe)
+    lookup = TlsaLookup("_25._tcp.mx.example", tlsa, error=lookup_error)
+    return _dane_verdict(record, lookup)[0]
+
+
+class TestSmtpProbeTlsSeen:
+    def test_never_until_a_run_completes_a_handshake(self) -> None:
+        store = store_with(smtp("a"))
+        assert bytes(smtp_cell(view_of(store), SmtpProbeColumn.TLS_SEEN, "a")) == NEVER
+        store.record("a", failed_smtp())  # refused: no handshake
+        assert bytes(smtp_cell(view_of(store), SmtpProbeColumn.TLS_SEEN, "a")) == NEVER
+
+    def test_is_the_start_of_the_run_that_completed_the_handshake(self) -> None:
+        store = store_with(smtp("a"))
+        result = ok_smtp(tls=tls_info())
+        store.record("a", result)
+        seen = bytes(smtp_cell(view_of(store), SmtpProbeColumn.TLS_SEEN, "a"))
+        assert seen == date_and_time(result.started_at)
+        assert len(seen) == 11
+
+    def test_tls_columns_and_their_time_stay_while_later_runs_fail_before_the_handshake(self) -> None:
+        store = store_with(smtp("a"))
+        handshake = ok_smtp(tls=tls_info(days_left=20))
+        store.record("a", handshake)
+        view = view_of(store)
+        before = {column: smtp_cell(view, column, "a") for column in SmtpProbeColumn if 22 <= column <= 27}
+        store.record("a", failed_smtp())
+        assert int(smtp_cell(view, SmtpProbeColumn.STATUS, "a")) == mib_oids.STATUS_VALUES["failed"]
+        after = {column: smtp_cell(view, column, "a") for column in SmtpProbeColumn if 22 <= column <= 27}
+        assert after == before
+        assert bytes(after[SmtpProbeColumn.TLS_VERSION]) == b"TLSv1.3"
+        assert bytes(smtp_cell(view, SmtpProbeColumn.TLS_SEEN, "a")) == date_and_time(handshake.started_at)
+
+    def test_a_newer_handshake_moves_the_time(self) -> None:
+        store = store_with(smtp("a"))
+        store.record("a", ok_smtp(tls=tls_info()))
+        view = view_of(store)
+        view.current()
+        later = replace(ok_smtp(tls=tls_info()), started_at=time.time() + 3600)
+        store.record("a", later)
+        assert bytes(smtp_cell(view, SmtpProbeColumn.TLS_SEEN, "a")) == date_and_time(later.started_at)
+
+    def test_cert_expiry_is_the_earliest_in_the_presented_chain(self) -> None:
+        leaf = tls_info(days_left=60)
+        intermediate_expiry = datetime.now(UTC) + timedelta(days=10, hours=1)
+        store = store_with(smtp("a"))
+        store.record("a", ok_smtp(tls=replace(leaf, chain_not_after=intermediate_expiry)))
+        view = view_of(store)
+        assert bytes(smtp_cell(view, SmtpProbeColumn.CERT_EXPIRY, "a")) == date_and_time(intermediate_expiry)
+        assert int(smtp_cell(view, SmtpProbeColumn.CERT_DAYS_LEFT, "a")) == 10
+
+
+class TestMxCheckDnssec:
+    @pytest.mark.parametrize(
+        ("authenticated", "label"),
+        [(None, "not_checked"), (True, "authenticated"), (False, "unauthenticated")],
+        ids=["not-asked", "ad-bit", "no-ad-bit"],
+    )
+    def test_ad_bit_of_the_mx_answer(self, authenticated: bool | None, label: str) -> None:
+        store = record_mx("m", MxRecord(10, "mx.example", ("192.0.2.1",)), authenticated=authenticated)
+        assert int(check_cell(store, MxCheckColumn.DNSSEC)) == mib_oids.DNSSEC_VALUES[label]
+
+    def test_not_checked_before_the_first_run(self) -> None:
+        store = store_with(mx("m"))
+        assert int(check_cell(store, MxCheckColumn.DNSSEC)) == mib_oids.DNSSEC_VALUES["not_checked"]
+
+
+class TestMxCheckMtaSts:
+    @pytest.mark.parametrize(
+        ("facts", "label", "mode"),
+        [
+            pytest.param(None, "not_checked", b"", id="mta-sts-off"),
+            pytest.param(mta_sts_facts(present=False), "absent", b"", id="no-txt-record"),
+            pytest.param(mta_sts_facts(), "valid", b"enforce", id="enforced-and-covering"),
+            pytest.param(mta_sts_facts(mode="testing", uncovered=("mx.example",)), "valid", b"testing",
+                         id="testing-with-uncovered"),
+            pytest.param(mta_sts_facts(uncovered=("mx.example",)), "invalid", b"enforce", id="enforced-uncovered"),
+            pytest.param(mta_sts_facts(txt_error="does not start with v=STSv1"), "invalid", b"", id="bad-txt"),
+            pytest.param(mta_sts_facts(policy_error="HTTP 404"), "invalid", b"", id="policy-not-fetched"),
+        ],
+    )
+    def test_state_and_mode_of_the_policy(self, facts: dict[str, Any] | None, label: str, mode: bytes) -> None:
+        extra = {"mta_sts": facts} if facts is not None else {}
+        store = record_mx("m", MxRecord(10, "mx.example", ("192.0.2.1",)), extra=extra)
+        assert int(check_cell(store, MxCheckColumn.MTA_STS)) == mib_oids.MTA_STS_VALUES[label]
+        assert bytes(check_cell(store, MxCheckColumn.MTA_STS_MODE)) == mode
+
+
+class TestMxCheckSpfAndDmarc:
+    @pytest.mark.parametrize(
+        ("extra", "spf", "dmarc"),
+        [
+            pytest.param({}, "not_checked", "not_checked", id="neither-checked"),
+            pytest.param({"spf": check_spf(["v=spf1 mx -all"]).as_dict()}, "valid", "not_checked", id="spf-only"),
+            pytest.param(
+                {"spf": check_spf(["v=spf1 -all", "v=spf1 mx -all"]).as_dict(),
+                 "dmarc": check_dmarc(["v=DMARC1; p=reject"]).as_dict()},
+                "invalid", "valid", id="two-spf-records",
+            ),
+            pytest.param({"spf": check_spf([]).as_dict(), "dmarc": check_dmarc([]).as_dict()},
+                         "invalid", "invalid", id="both-missing"),
+        ],
+    )
+    def test_verdicts_of_the_policy_records(self, extra: dict[str, Any], spf: str, dmarc: str) -> None:
+        store = record_mx("m", MxRecord(10, "mx.example", ("192.0.2.1",)), extra=extra)
+        assert int(check_cell(store, MxCheckColumn.SPF)) == mib_oids.VERDICT_VALUES[spf]
+        assert int(check_cell(store, MxCheckColumn.DMARC)) == mib_oids.VERDICT_VALUES[dmarc]
+
+
+class TestMxExchangeDane:
+    def test_not_checked_without_dane_facts(self) -> None:
+        store = record_mx("m", MxRecord(10, "mx.example", ("192.0.2.1",)))
+        assert int(exchange_cell(store, MxExchangeColumn.DANE)) == mib_oids.DANE_VALUES["not_checked"]
+
+    def test_each_verdict_of_the_tlsa_match(self, cert_der: bytes) -> None:
+        other = hashlib.sha256(b"another certificate").digest()
+        cases = {
+            "no_records": dane_facts(()),
+            "matched": dane_facts((Tlsa(3, 0, 0, cert_der),), chain=(cert_der,)),
+            "mismatched": dane_facts((Tlsa(3, 0, 1, other),), chain=(cert_der,)),
+            "error": dane_facts((), lookup_error="SERVFAIL"),
+            "unusable": dane_facts((Tlsa(1, 0, 1, other),), chain=(cert_der,)),
+        }
+        records = [
+            MxRecord(i, f"mx{i}.example", (f"192.0.2.{i}",), extra={"dane": facts})
+            for i, facts in enumerate(cases.values(), start=1)
+        ]
+        store = record_mx("m", *records)
+        got = [int(exchange_cell(store, MxExchangeColumn.DANE, order)) for order in range(1, len(cases) + 1)]
+        assert got == [mib_oids.DANE_VALUES[label] for label in cases]
+
+    def test_published_records_without_a_handshake_are_mismatched(self) -> None:
+        facts = dane_facts((Tlsa(3, 1, 1, bytes(32)),))  # usable record, nothing presented
+        store = record_mx("m", MxRecord(10, "mx.example", ("192.0.2.1",), extra={"dane": facts}))
+        assert int(exchange_cell(store, MxExchangeColumn.DANE)) == mib_oids.DANE_VALUES["mismatched"]
+
+
+class TestMxExchangeMtaSts:
+    def test_covered_and_not_covered_by_the_fetched_policy(self) -> None:
+        records = (MxRecord(10, "mx1.example.com", ("192.0.2.1",)), MxRecord(20, "backup.example.net.", ()))
+        extra = {"mta_sts": mta_sts_facts(mode="testing", uncovered=("backup.example.net",))}
+        store = record_mx("m", *records, extra=extra)
+        values = mib_oids.MTA_STS_COVERAGE_VALUES
+        assert int(exchange_cell(store, MxExchangeColumn.MTA_STS, 1)) == values["covered"]
+        assert int(exchange_cell(store, MxExchangeColumn.MTA_STS, 2)) == values["not_covered"]
+
+    @pytest.mark.parametrize(
+        "facts",
+        [
+            pytest.param(None, id="mta-sts-off"),
+            pytest.param(mta_sts_facts(present=False), id="no-txt-record"),
+            pytest.param(mta_sts_facts(txt_error="more than one id"), id="bad-txt"),
+            pytest.param(mta_sts_facts(policy_error="certificate verify failed"), id="policy-not-fetched"),
+        ],
+    )
+    def test_not_checked_without_a_fetched_policy(self, facts: dict[str, Any] | None) -> None:
+        extra = {"mta_sts": facts} if facts is not None else {}
+        store = record_mx("m", MxRecord(10, "mx1.example.com", ("192.0.2.1",)), extra=extra)
+        value = int(exchange_cell(store, MxExchangeColumn.MTA_STS))
+        assert value == mib_oids.MTA_STS_COVERAGE_VALUES["not_checked"]
+
+
+class TestMxAddressTable:
+    def test_one_row_per_address_in_exchange_then_address_order(self) -> None:
+        records = (
+            MxRecord(20, "b.example", ("192.0.2.3",)),
+            MxRecord(10, "a.example", ("192.0.2.1", "2001:db8::1")),
+            MxRecord(30, "c.example", ()),  # no address: no row
+        )
+        values = address_cells(record_mx("m", *records), MxAddressColumn.VALUE)
+        assert {index: bytes(value) for index, value in values.items()} == {
+            (1, 1): b"192.0.2.1", (1, 2): b"2001:db8::1", (2, 1): b"192.0.2.3",
+        }
+        assert list(values) == sorted(values)
+
+    def test_rows_of_several_checks_walk_in_index_order(self) -> None:
+        store = store_with(mx("long-name"), mx("m"))
+        records = (MxRecord(5, "a.example", ("192.0.2.1", "192.0.2.2")),)
+        for name in ("long-name", "m"):
+            store.record(name, MxResult("example.com", time.time(), True, records=records))
+        table = view_of(store).current()
+        rows = column_rows(table, mib_oids.MX_ADDRESS_ENTRY, int(MxAddressColumn.VALUE))
+        assert rows == [
+            (*mib_oids.name_index("m"), 1, 1),
+            (*mib_oids.name_index("m"), 1, 2),
+            (*mib_oids.name_index("long-name"), 1, 1),
+            (*mib_oids.name_index("long-name"), 1, 2),
+        ]
+        oids = walk(table)
+        assert oids == sorted(oids) == [oid for oid, _ in table.items()]
+
+    def test_every_address_takes_its_own_probe_with_all_addresses(self) -> None:
+        down, up = probe_of("192.0.2.1", ok=False, error="connection refused"), probe_of("2001:db8::1")
+        record = MxRecord(10, "a.example", ("192.0.2.1", "2001:db8::1"), probe=down, address_probes=(down, up))
+        store = record_mx("m", record)
+        values = mib_oids.MX_ADDRESS_UP_VALUES
+        up_cells = address_cells(store, MxAddressColumn.UP)
+        assert {index: int(v) for index, v in up_cells.items()} == {(1, 1): values["down"], (1, 2): values["up"]}
+        errors = address_cells(store, MxAddressColumn.LAST_ERROR)
+        assert {index: bytes(v) for index, v in errors.items()} == {(1, 1): b"connection refused", (1, 2): b""}
+        # The exchange counts as up on any address; its own column shows the first address.
+        assert int(exchange_cell(store, MxExchangeColumn.UP)) == values["down"]
+
+    def test_probe_hosts_true_probes_only_the_first_address(self) -> None:
+        record = MxRecord(10, "a.example", ("192.0.2.1", "192.0.2.2"), probe=probe_of("192.0.2.1"))
+        up_cells = address_cells(record_mx("m", record), MxAddressColumn.UP)
+        values = mib_oids.MX_ADDRESS_UP_VALUES
+        assert {index: int(v) for index, v in up_cells.items()} == {(1, 1): values["up"], (1, 2): values["not_probed"]}
+
+    def test_not_probed_and_no_error_without_probes(self) -> None:
+        store = record_mx("m", MxRecord(10, "a.example", ("192.0.2.1",)))
+        assert int(address_cells(store, MxAddressColumn.UP)[(1, 1)]) == mib_oids.MX_ADDRESS_UP_VALUES["not_probed"]
+        assert bytes(address_cells(store, MxAddressColumn.LAST_ERROR)[(1, 1)]) == b""
+
+    def test_ptr_names_and_forward_confirmation(self) -> None:
+        reverse = (
+            ReverseDns("192.0.2.1", ("a.example", "mail.example"), True),
+            ReverseDns("192.0.2.2", ("dyn-2.isp.example",), False),
+            ReverseDns("192.0.2.3", (), False, error="NXDOMAIN"),
+        )
+        record = MxRecord(10, "a.example", ("192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"), reverse=reverse)
+        store = record_mx("m", record)
+        names = {index: bytes(v) for index, v in address_cells(store, MxAddressColumn.PTR_NAME).items()}
+        assert names == {(1, 1): b"a.example,mail.example", (1, 2): b"dyn-2.isp.example", (1, 3): b"", (1, 4): b""}
+        ptr = {index: int(v) for index, v in address_cells(store, MxAddressColumn.PTR).items()}
+        values = mib_oids.PTR_VALUES
+        assert ptr == {
+            (1, 1): values["confirmed"], (1, 2): values["not_confirmed"], (1, 3): values["not_confirmed"],
+            (1, 4): values["not_checked"],  # reverse DNS ended before this address
+        }
+
+    def test_ptr_names_are_cut_at_a_whole_name(self) -> None:
+        names = tuple(f"host-{i:03d}.reverse.example" for i in range(20))  # 24 octets each
+        record = MxRecord(10, "a.example", ("192.0.2.1",), reverse=(ReverseDns("192.0.2.1", names, True),))
+        text = bytes(address_cells(record_mx("m", record), MxAddressColumn.PTR_NAME)[(1, 1)])
+        assert len(text) <= 255
+        assert text.split(b",") == [name.encode() for name in names[: len(text.split(b","))]]
+
+    def test_implicit_mx_has_no_address_rows(self) -> None:
+        record = MxRecord(0, "example.com", ("192.0.2.1",))
+        assert address_cells(record_mx("m", record, implicit_mx=True), MxAddressColumn.VALUE) == {}
+
+    def test_rows_follow_each_new_answer(self) -> None:
+        store = record_mx("m", MxRecord(10, "a.example", ("192.0.2.1", "192.0.2.2")))
+        view = view_of(store)
+        assert view.get(mib_oids.mx_address_oid(MxAddressColumn.VALUE, "m", 1, 2)) == b"192.0.2.2"
+        moved = (MxRecord(10, "a.example", ("192.0.2.9",)),)
+        store.record("m", MxResult("example.com", time.time(), True, records=moved))
+        assert view.get(mib_oids.mx_address_oid(MxAddressColumn.VALUE, "m", 1, 1)) == b"192.0.2.9"
+        assert view.get(mib_oids.mx_address_oid(MxAddressColumn.VALUE, "m", 1, 2)) is None
+        store.record("m", MxResult("example.com", time.time(), False, phase=Phase.MX, reason=Reason.SERVFAIL))
+        assert view.get(mib_oids.mx_address_oid(MxAddressColumn.VALUE, "m", 1, 1)) is None
+
+    def test_a_result_of_another_probe_leaves_the_rows_as_they_were(self) -> None:
+        store = store_with(mx("m"), smtp("a"))
+        store.record("m", MxResult("example.com", time.time(), True,
+                                   records=(MxRecord(10, "a.example", ("192.0.2.1",), probe=probe_of("192.0.2.1")),)))
+        view = view_of(store)
+        before = [(oid, bytes(v) if isinstance(v, rfc1902.OctetString) else int(v)) for oid, v in view.current().items()
+                  if oid[: len(mib_oids.MX_ADDRESS_ENTRY)] == mib_oids.MX_ADDRESS_ENTRY]
+        store.record("a", failed_smtp())
+        after = [(oid, bytes(v) if isinstance(v, rfc1902.OctetString) else int(v)) for oid, v in view.current().items()
+                 if oid[: len(mib_oids.MX_ADDRESS_ENTRY)] == mib_oids.MX_ADDRESS_ENTRY]
+        assert after == before
+        assert len(after) == len(MX_ADDRESS_TYPES)
