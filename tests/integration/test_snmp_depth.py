@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -182,8 +183,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, base_mibs: Path) -> Iterator[Served]:
-    missing = [tool for tool in ("snmpget", "snmptable") if subprocess.run(["which", tool], capture_output=True,
-                                                                              check=False).returncode]
+    missing = [tool for tool in ("snmpget", "snmptable", "snmptranslate") if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"needs Debian's snmp package (missing: {', '.join(missing)})")
     env = {k: v for k, v in os.environ.items() if k not in ("MIBS", "MIBDIRS", "SNMPCONFPATH")}
