@@ -15,7 +15,7 @@ from monitor import logs
 from monitor.config import Config, ConfigError, load_config
 from monitor.health import AgentHealth
 from monitor.http import AdhocProber, HttpBindError, MetricsServer
-from monitor.metrics import build_registry
+from monitor.metrics import build_agent_registry
 from monitor.persistence import STATE_FILE, DurableNotifications, StateDB, StatePersister, restore_into
 from monitor.probe_process import ProbeProcess
 from monitor.probes import ProbeEnv
@@ -107,7 +107,7 @@ class Agent:
         if address is not None:
             endpoint = self.config.prometheus.probe_endpoint
             self.http = MetricsServer(
-                address[0], address[1], build_registry(self.store, self.health), self.store,
+                address[0], address[1], build_agent_registry(self.health), self.store,
                 ready=lambda: self._started and not self._stopping.is_set(),
                 adhoc=AdhocProber(self.env, endpoint) if endpoint.enabled else None, health=self.health,
             )

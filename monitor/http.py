@@ -7,15 +7,15 @@ import logging
 from collections.abc import Callable, Mapping
 
 from aiohttp import web
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from pydantic import ValidationError
 
 from monitor.config import MxCheckConfig, ProbeEndpointConfig, SmtpProbeConfig, parse_duration, split_host_port
 from monitor.health import AgentHealth
-from monitor.metrics import single_result_registry
+from monitor.metrics import ProbeExposition, single_result_registry
 from monitor.probes import ProbeEnv, mx, smtp
-from monitor.store import ResultsStore
+from monitor.store import ProbeState, ResultsStore
 
 log = logging.getLogger("smtp_monitor.http")
 
@@ -75,6 +75,8 @@ class MetricsServer:
     ) -> None:
         self.host, self.port = host, port
         self.health = health
+        self.exposition = ProbeExposition()
+        self._render_lock = asyncio.Lock()
         self.registry = registry
         self.store = store
         self.ready = ready
@@ -107,14 +109,17 @@ class MetricsServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        # Take the snapshot here, in the loop that writes the store; render it elsewhere.
-        self.store.snapshot()
+    async def _metrics(self, _: web.Request) -> web.Response:
+        # Take the snapshot here, in the loop that writes the store; format it in a worker thread.
+        states = list(self.store.snapshot().states.values())
         if self.health is not None:
             self.health.agent_tasks = len(asyncio.all_tasks())
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = await asyncio.to_thread(encoder, self.registry)
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        async with self._render_lock:  # one render at a time: they share the per-probe cache
+            body = await asyncio.to_thread(self._render, states)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+    def _render(self, states: list[ProbeState]) -> bytes:
+        return self.exposition.render(states).encode() + generate_latest(self.registry)
 
     async def _probe(self, request: web.Request) -> web.Response:
         assert self.adhoc is not None

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor.config import MxCheckConfig, SmtpProbeConfig
 from monitor.health import LATENESS_BUCKETS, AgentHealth
-from monitor.metrics import StoreCollector, build_registry
+from monitor.metrics import ProbeExposition, StoreCollector, build_registry
 from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, ReverseDns, SmtpResult, TlsInfo
 from monitor.store import ResultsStore
 
@@ -305,3 +305,60 @@ class TestExposition:
         samples = [line for line in exposition.splitlines() if line and not line.startswith("#")]
         assert samples
         assert all(line.startswith("smtp_monitor_") for line in samples)
+
+
+def parsed(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
+
+
+class TestProbeExposition:
+    def test_same_samples_as_the_collector(self) -> None:
+        store = populated_store()
+        registry = CollectorRegistry()
+        registry.register(StoreCollector(store, None))
+        expected = parsed(generate_latest(registry).decode())
+        text = ProbeExposition().render(store.snapshot().states.values())
+        assert parsed(text) == expected
+        assert len(expected) > 30
+
+    def test_unchanged_probes_reuse_their_lines_and_changed_ones_are_redone(self) -> None:
+        store = populated_store()
+        exposition = ProbeExposition()
+        first = exposition.render(store.snapshot().states.values())
+        assert exposition.render(store.snapshot().states.values()) == first
+        store.record("relay", smtp_failed(Phase.BANNER, Reason.TIMEOUT))
+        after = parsed(exposition.render(store.snapshot().states.values()))
+        labels = frozenset({("probe", "relay"), ("phase", "banner"), ("reason", "timeout")})
+        key = ("smtp_probe_failures_total", labels)
+        assert after[key] == 1.0
+
+    def test_removed_probes_disappear(self) -> None:
+        store = populated_store()
+        exposition = ProbeExposition()
+        exposition.render(store.snapshot().states.values())
+        store.configure([(SMTP, 2, 14)])
+        text = exposition.render(store.snapshot().states.values())
+        assert 'probe="smtps"' not in text
+        assert 'check="domain-mx"' not in text
+
+    def test_label_values_are_escaped(self) -> None:
+        store = ResultsStore()
+        store.configure([(SMTP, 2, 14)])
+        result = replace(smtp_ok(), extensions={'X-"ODD"\\EXT': ""})
+        store.record("relay", result)
+        text = ProbeExposition().render(store.snapshot().states.values())
+        labels = frozenset({("probe", "relay"), ("extension", 'X-"ODD"\\EXT')})
+        assert parsed(text)[("smtp_ehlo_extension_info", labels)] == 1.0
+
+    def test_promtool_accepts_the_rendered_text(self) -> None:
+        text = ProbeExposition().render(populated_store().snapshot().states.values())
+        check = subprocess.run(
+            [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+        )
+        assert check.returncode == 0
+        assert check.stdout + check.stderr == ""
