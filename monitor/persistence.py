@@ -10,7 +10,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,6 +64,10 @@ class OutboxEntry:
     created: float
 
 
+class _WriteFailed(Exception):
+    """A write transaction failed (already counted and logged)."""
+
+
 class StateDB:
     """One SQLite file; every write is one transaction, so a kill -9 leaves either the old or the
     new rows, never a torn database. All calls are serialised by a lock (thread-safe)."""
@@ -111,23 +115,35 @@ class StateDB:
                 self._conn.close()
                 self._conn = None
 
-    def _write(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> bool:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection | None]:
+        """One write transaction; a failure rolls back, is counted and logged, never raised."""
         with self._lock:
             conn = self._conn
             if conn is None:
-                return False
+                yield None
+                return
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for sql, params in statements:
-                    conn.execute(sql, params)
+                yield conn
                 conn.execute("COMMIT")
-                return True
             except sqlite3.Error as exc:
                 self.health.state_write_errors += 1
                 log.error("state database write failed: %s", exc)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                return False
+                raise _WriteFailed from None
+
+    def _write(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> bool:
+        try:
+            with self._transaction() as conn:
+                if conn is None:
+                    return False
+                for sql, params in statements:
+                    conn.execute(sql, params)
+        except _WriteFailed:
+            return False
+        return True
 
     # -- probe states ---------------------------------------------------------------
     def save_states(self, states: Iterable[ProbeState], removed: Iterable[str] = ()) -> bool:
@@ -146,29 +162,21 @@ class StateDB:
     def add_outbox(self, entries: list[tuple[str, dict[str, Any]]], states: Iterable[ProbeState] = ()) -> list[int]:
         """Record notifications to send together with the state change that caused them."""
         now = time.time()
-        with self._lock:
-            conn = self._conn
-            if conn is None:
-                return []
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+        try:
+            with self._transaction() as conn:
+                if conn is None:
+                    return []
                 for state in states:
                     conn.execute(_UPSERT, _row(state))
-                ids = [
+                return [
                     int(conn.execute(
                         "INSERT INTO outbox (receiver, event, created) VALUES (?, ?, ?)",
                         (receiver, json.dumps(event), now),
                     ).lastrowid or 0)
                     for receiver, event in entries
                 ]
-                conn.execute("COMMIT")
-                return ids
-            except sqlite3.Error as exc:
-                self.health.state_write_errors += 1
-                log.error("state database write failed: %s", exc)
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                return []
+        except _WriteFailed:
+            return []
 
     def remove_outbox(self, entry_id: int) -> None:
         self._write([("DELETE FROM outbox WHERE id=?", (entry_id,))])

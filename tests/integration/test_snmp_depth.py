@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
-import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from cryptography import x509
@@ -28,6 +26,7 @@ from monitor.snmp import SnmpAgent
 from monitor.store import ResultsStore
 from tests.peers.certs import make_self_signed_cert
 from tests.peers.ports import free_udp_port
+from tests.peers.snmp_agent_thread import AgentThread
 
 T = TypeVar("T")
 
@@ -39,36 +38,6 @@ PATIENT = ("-t", "3", "-r", "2")  # requests that must be answered, on a busy ma
 NEVER = "0-1-1,0:0:0.0"  # how net-snmp prints the MIB's DateAndTime 'never'
 
 
-class AgentThread:
-    """An SnmpAgent serving from its own event loop in a background thread (net-snmp runs in ours)."""
-
-    def __init__(self, agent: SnmpAgent) -> None:
-        self.agent = agent
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="snmp-agent", daemon=True)
-
-    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def __enter__(self) -> AgentThread:
-        self._thread.start()
-        try:
-            self.call(self.agent.start())
-        except BaseException:
-            self._close_loop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.call(self.agent.stop())
-        finally:
-            self._close_loop()
-
-    def _close_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
 
 
 # -- the store: results carrying every outcome the MIB now shows --------------------------------
