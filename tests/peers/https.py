@@ -8,10 +8,11 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import trustme
+
+from tests.peers.lifecycle import Peer
 
 from .ports import HOST
 
@@ -73,7 +74,7 @@ class _TlsServer(ThreadingHTTPServer):
         self.owner.handshake_errors.append(f"error serving {client_address}")
 
 
-class HttpsServer:
+class HttpsServer(Peer):
     """HTTPS on 127.0.0.1:`port` presenting a trustme certificate for `hostnames`; `ca_file` verifies it.
 
     `serve(path, body, ...)` sets what a path answers (404 otherwise); `requests` lists the
@@ -132,19 +133,7 @@ class HttpsServer:
             self._thread.join(STOP_DEADLINE)
             self._thread = None
 
-    close = stop
 
-    def __enter__(self) -> HttpsServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def silent_listener() -> socket.socket:

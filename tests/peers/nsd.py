@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+
+from tests.peers.lifecycle import Peer
 
 from .ports import HOST, free_tcp_udp_port
 from .procs import descendants, pid_runs, read_pid_file, terminate_tree, wait_gone
@@ -26,7 +27,7 @@ class NsdError(RuntimeError):
     """NSD could not be configured, started or stopped; the message carries its log tail."""
 
 
-class NsdServer:
+class NsdServer(Peer):
     """NSD serving `zone_text_by_origin` ({"test.": "<zone file text>"}) on 127.0.0.1:`port`.
 
     Runs in the foreground (`nsd -d`) as root without chroot or privilege drop, with
@@ -173,21 +174,7 @@ class NsdServer:
             self._process = None
         self.pid_file.unlink(missing_ok=True)
 
-    def close(self) -> None:
-        """Stop; the files under `tmpdir` stay for post-mortems (same interface as PostfixServer)."""
-        self.stop()
 
-    def __enter__(self) -> NsdServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _absolute(origin: str) -> str:

@@ -13,7 +13,8 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from types import TracebackType
+
+from tests.peers.lifecycle import Peer
 
 from .certs import SERVER_NAME, make_self_signed_cert
 from .ports import HOST, free_tcp_ports, wait_for_tcp_port_closed
@@ -131,7 +132,7 @@ def _stop_and_remove(pid_file: Path, runtime_dir: Path | None) -> None:
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
-class PostfixServer:
+class PostfixServer(Peer):
     """A private Postfix (`postfix -c DIR`) under `tmpdir`, listening only on 127.0.0.1.
 
     Ports, chosen free at construction and kept across pause()/resume():
@@ -358,14 +359,3 @@ class PostfixServer:
         self.stop()
         self._finalizer()
 
-    def __enter__(self) -> PostfixServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -9,8 +9,9 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 from typing import NamedTuple
+
+from tests.peers.lifecycle import Peer
 
 from .ports import HOST, free_udp_port
 from .procs import pid_runs, read_pid_file, terminate_tree
@@ -47,7 +48,7 @@ class TrapReceiverError(RuntimeError):
     """snmptrapd could not be started or stopped; the message carries its log."""
 
 
-class TrapReceiver:
+class TrapReceiver(Peer):
     """`snmptrapd -f -C -c CONF -Lf LOG -On udp:127.0.0.1:PORT` with everything under `tmpdir`.
 
     By default (`accept_all=True`) the config says `disableAuthorization yes`, so every
@@ -191,21 +192,7 @@ class TrapReceiver:
                 self._process.wait(timeout=5)
             self._process = None
 
-    def close(self) -> None:
-        """Stop; the files under `tmpdir` stay for post-mortems (same interface as PostfixServer)."""
-        self.stop()
 
-    def __enter__(self) -> TrapReceiver:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _udp_port_bound(port: int) -> bool:
