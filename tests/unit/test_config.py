@@ -86,10 +86,9 @@ class TestInvalidYaml:
         path = tmp_path / "nul.yaml"
         path.write_text("defaults:\n  helo: a\x00b\n", encoding="utf-8")
         message = config_error(path)
-        assert message == (
-            f"{path}: invalid YAML: line 2, column 10: unacceptable character #x0000: "
-            "special characters are not allowed"
-        )
+        # the wording after the position is libyaml's or PyYAML's, whichever parses
+        assert message.startswith(f"{path}: invalid YAML: line 2, column 10: unacceptable character #x0000: ")
+        assert "\n" not in message
 
     def test_top_level_list_is_refused(self, tmp_path: Path) -> None:
         path = write(tmp_path, "- a\n- b\n")
