@@ -423,8 +423,10 @@ class SnmpAgent:
         self._gate = _Gate(health)
         # Plain v1/v2c reads skip pysnmp (several times faster); it answers everything else.
         # None before start() serves everything through pysnmp (the tests compare the two).
-        self.fast_path: FastPath | None = FastPath(self.view, subtrees=READ_SUBTREES, max_repeated=_BulkResponder.max_varbinds,
-                                  max_message_size=MAX_RESPONSE_OCTETS)
+        self.fast_path: FastPath | None = FastPath(
+            self.view, subtrees=READ_SUBTREES, max_repeated=_BulkResponder.max_varbinds,
+            max_message_size=MAX_RESPONSE_OCTETS,
+        )
         self._engine: Any = None
         self._dispatcher: _GuardedDispatcher | None = None
         self._listeners: list[_Listener] = []

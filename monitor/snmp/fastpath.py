@@ -6,7 +6,7 @@ import logging
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyasn1.codec.ber import encoder as pyasn1_encoder
 from pyasn1.error import PyAsn1Error
@@ -16,7 +16,20 @@ from monitor.mib_oids import Oid
 
 # MibTable's layout (_keys, _nodes, _Scalar, _Column) is read in FastPath._compile only: a
 # change there makes the fast path step aside (pysnmp answers), never answer differently.
-from monitor.snmp.mibview import MibTable, MibView, Raw, _Column, _Scalar
+from monitor.snmp.mibview import (
+    SYS_CONTACT,
+    SYS_DESCR,
+    SYS_LOCATION,
+    SYS_NAME,
+    SYS_OBJECT_ID,
+    SYS_SERVICES,
+    SYS_UPTIME,
+    MibTable,
+    MibView,
+    Raw,
+    _Column,
+    _Scalar,
+)
 
 log = logging.getLogger("smtp_monitor.snmp")
 
@@ -27,13 +40,16 @@ MAX_REPEATED = 64  # GETBULK repeats at most this many bindings (pysnmp's BulkCo
 MAX_OID_ARCS = 128  # RFC 2578 3.5
 MAX_SUB_ID = 2**32 - 1
 
-_RESPONSE = 0xA2
 _NULL = b"\x05\x00"
 _NO_SUCH_OBJECT, _NO_SUCH_INSTANCE, _END_OF_MIB_VIEW = b"\x80\x00", b"\x81\x00", b"\x82\x00"
 _COUNTER64 = 0x46
 _TOO_BIG, _NO_SUCH_NAME = 1, 2
 _VERSIONS = {0: b"\x02\x01\x00", 1: b"\x02\x01\x01"}
-_OID_CACHE_MAX = 4096
+_ZERO_ZERO = b"\x02\x01\x00\x02\x01\x00"  # error-status and error-index 0
+_CACHE_MAX = 4096  # decoded varbind lists kept
+_HEADROOM = 64  # more than a response's octets besides its varbinds and community
+
+_FIXED_PER_TABLE = frozenset({SYS_DESCR, SYS_OBJECT_ID, SYS_CONTACT, SYS_NAME, SYS_LOCATION, SYS_SERVICES})
 
 # A varbind's outcome, for SNMPv1's error mapping (RFC 3584 4.1.2).
 _VALUE, _EXCEPTION, _BIG_COUNTER = 0, 1, 2
@@ -73,8 +89,9 @@ def _tlv(tag: int, body: bytes) -> bytes:
 
 
 def _int_body(value: int) -> bytes:
-    """Minimal two's complement (pyasn1 encodes unsigned SMI types the same way)."""
-    return value.to_bytes((value if value >= 0 else ~value).bit_length() // 8 + 1, "big", signed=True)
+    """Two's complement, as long as pyasn1 makes it (-128 takes two octets there): byte for byte
+    what the pysnmp path sends. Unsigned SMI types are encoded the same way."""
+    return value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
 
 
 def _int_tlv(value: int) -> bytes:
@@ -128,33 +145,22 @@ def decode_oid(body: bytes) -> Oid:
     return oid
 
 
-def _item(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """(tag octet, value start, value end) of the item at pos, which must fit before end."""
-    if pos + 2 > end:
-        raise NotHandled("truncated")
-    tag, length = data[pos], data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        if not 1 <= count <= 4 or pos + count > end:
+def _body(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """(value start, value end) of the item whose length octets are at pos; it must end by `end`."""
+    size = data[pos]
+    start = pos + 1
+    if size & 0x80:
+        count = size & 0x7F
+        if not 1 <= count <= 4:  # 0x80 is the indefinite form
             raise NotHandled("indefinite or oversized length")
-        length = int.from_bytes(data[pos : pos + count], "big")
-        pos += count
-    if pos + length > end:
+        size = int.from_bytes(data[start : start + count], "big")
+        start += count
+    if start + size > end:
         raise NotHandled("truncated")
-    return tag, pos, pos + length
+    return start, start + size
 
 
-def _integer(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """(value, next position) of an INTEGER of at most 32 bits (every field pysnmp takes as Integer32)."""
-    tag, start, stop = _item(data, pos, end)
-    if tag != 0x02 or not 1 <= stop - start <= 4:
-        raise NotHandled("not a 32-bit INTEGER")
-    return int.from_bytes(data[start:stop], "big", signed=True), stop
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """A decoded v1/v2c read request. `first`/`second` are error-status/error-index, or for
     GETBULK non-repeaters/max-repetitions; `bodies` are the OIDs' content octets as received."""
 
@@ -168,56 +174,89 @@ class Request:
     bodies: tuple[bytes, ...]
 
 
-def decode_request(message: bytes, oid_cache: dict[bytes, Oid] | None = None) -> Request:
+_Bindings = tuple[tuple[Oid, ...], tuple[bytes, ...]]
+
+
+def decode_request(message: bytes, cache: dict[bytes, _Bindings] | None = None) -> Request:
     """Strictly decode a v1/v2c GET, GETNEXT or GETBULK request; NotHandled if it is anything else.
 
     Definite lengths only, no trailing octets, NULL values only, at most MAX_VARBINDS bindings."""
-    end = len(message)
-    tag, pos, stop = _item(message, 0, end)
-    if tag != 0x30 or stop != end:
-        raise NotHandled("not one SEQUENCE")
-    version, pos = _integer(message, pos, end)
-    if version not in _VERSIONS:
+    try:
+        return _decode(message, cache)
+    except IndexError:  # read past the end: truncated
+        raise NotHandled("truncated") from None
+
+
+def _decode(data: bytes, cache: dict[bytes, _Bindings] | None) -> Request:
+    end = len(data)
+    if data[0] != 0x30:
+        raise NotHandled("not a SEQUENCE")
+    pos, stop = _body(data, 1, end)
+    if stop != end:
+        raise NotHandled("octets after the message")
+    if data[pos : pos + 2] != b"\x02\x01" or data[pos + 2] not in _VERSIONS:  # 3 octets from any encoder
         raise NotHandled("not SNMPv1 or v2c")
-    tag, start, pos = _item(message, pos, end)
-    if tag != 0x04:
+    version = data[pos + 2]
+    if data[pos + 3] != 0x04:
         raise NotHandled("no community")
-    community = message[start:pos]
-    tag, pos, stop = _item(message, pos, end)
-    pdu = tag - 0xA0
+    start, pos = _body(data, pos + 4, end)
+    community = data[start:pos]
+    pdu = data[pos] - 0xA0
+    pos, stop = _body(data, pos + 1, end)
     if stop != end or not (pdu in (GET, GETNEXT) or (pdu == GETBULK and version == 1)):
         raise NotHandled("not a read request")
-    request_id, pos = _integer(message, pos, stop)
-    first, pos = _integer(message, pos, stop)
-    second, pos = _integer(message, pos, stop)
+    # request-id, error-status, error-index (or non-repeaters, max-repetitions): short INTEGERs
+    fields = []
+    for _ in range(3):
+        size = data[pos + 1]
+        if data[pos] != 0x02 or not 1 <= size <= 5:  # pyasn1 writes -2**31 in five octets
+            raise NotHandled("not a short INTEGER")
+        value = int.from_bytes(data[pos + 2 : pos + 2 + size], "big", signed=True)
+        if not -(2**31) <= value < 2**31:
+            raise NotHandled("INTEGER beyond 32 bits")
+        fields.append(value)
+        pos += 2 + size
+    if pos >= stop:
+        raise NotHandled("truncated")
+    request_id, first, second = fields
     if pdu != GETBULK and second < 0:
         raise NotHandled("negative error-index")  # pysnmp drops it
-    tag, pos, stop_list = _item(message, pos, stop)
-    if tag != 0x30 or stop_list != stop:
+    if data[pos] != 0x30:
         raise NotHandled("no variable bindings")
+    pos, stop_list = _body(data, pos + 1, stop)
+    if stop_list != stop:
+        raise NotHandled("octets after the variable bindings")
+    key = data[pos:stop]  # managers poll the same bindings again and again: decode them once
+    known = cache.get(key) if cache is not None else None
+    if known is None:
+        known = _bindings(data, pos, stop)
+        if cache is not None:
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[key] = known
+    return Request(version, community, pdu, request_id, first, second, *known)
+
+
+def _bindings(data: bytes, pos: int, stop: int) -> _Bindings:
+    """The names (and their content octets) of a varbind list whose values are all NULL."""
     names: list[Oid] = []
     bodies: list[bytes] = []
     while pos < stop:
         if len(names) == MAX_VARBINDS:
             raise NotHandled("too many variable bindings")
-        tag, start, bind_end = _item(message, pos, stop)
-        if tag != 0x30:
+        if data[pos] != 0x30:
             raise NotHandled("not a VarBind")
-        tag, oid_start, oid_end = _item(message, start, bind_end)
-        if tag != 0x06 or message[oid_end:bind_end] != _NULL:
-            raise NotHandled("VarBind is not (OID, NULL)")
-        body = message[oid_start:oid_end]
-        oid = oid_cache.get(body) if oid_cache is not None else None
-        if oid is None:
-            oid = decode_oid(body)
-            if oid_cache is not None:
-                if len(oid_cache) >= _OID_CACHE_MAX:
-                    oid_cache.clear()
-                oid_cache[body] = oid
-        names.append(oid)
+        start, bind_end = _body(data, pos + 1, stop)
+        if data[start] != 0x06:
+            raise NotHandled("VarBind without an OID")
+        oid_start, oid_end = _body(data, start + 1, bind_end)
+        if data[oid_end:bind_end] != _NULL:
+            raise NotHandled("VarBind value is not NULL")
+        body = data[oid_start:oid_end]
+        names.append(decode_oid(body))
         bodies.append(body)
         pos = bind_end
-    return Request(version, community, pdu, request_id, first, second, tuple(names), tuple(bodies))
+    return tuple(names), tuple(bodies)
 
 
 def _name_varbind(body: bytes, value: bytes) -> bytes:
@@ -300,7 +339,7 @@ class _RowCode:
 class _ScalarNode:
     key: Oid
     name_tlv: bytes
-    read: Callable[[], Any]
+    value: Callable[[], tuple[bytes, int]]  # (value TLV, tag octet), read at each request
     visible: bool
 
 
@@ -352,7 +391,8 @@ class FastPath:
         self._unsupported: MibTable | None = None
         self._row_codes: dict[Oid, dict[int, _RowCode]] = {}  # table entry OID -> its rows' codes
         self._encoders: dict[type, Callable[[Raw], bytes]] = {}
-        self._oids: dict[bytes, Oid] = {}
+        self._bindings: dict[bytes, _Bindings] = {}
+        self._budgets: dict[tuple[int, int, int], int] = {}
         self.answered = 0
         self.fallbacks = 0
         self.errors = 0  # internal failures (bugs): pysnmp answered instead
@@ -373,10 +413,21 @@ class FastPath:
         return response
 
     def _respond(self, message: bytes) -> bytes:
-        request = decode_request(message, self._oids)
+        request = decode_request(message, self._bindings)
         compiled = self._current()
         if request.pdu == GETBULK:
             return self._bulk(compiled, request)
+        if len(request.names) == 1:  # the usual poll: one binding, no lists to build
+            if request.pdu == GET:
+                varbind, kind = self._get(compiled, request.names[0], request.bodies[0])
+            else:
+                varbind, kind = self._get_next(compiled, request.names[0], request.bodies[0], request.version == 0)
+            if kind != _VALUE and request.version == 0:
+                return _message(request, _NO_SUCH_NAME, 1, _echo(request))
+            size = len(varbind)
+            if size + len(request.community) > self._max_message - _HEADROOM and size > self._budget(request):
+                return _message(request, _TOO_BIG, 0, _echo(request) if request.version == 0 else [])
+            return _message(request, 0, 0, [varbind], size)
         pairs = zip(request.names, request.bodies, strict=True)
         if request.pdu == GET:
             outcomes = [self._get(compiled, oid, body) for oid, body in pairs]
@@ -394,12 +445,13 @@ class FastPath:
                     if kind == _BIG_COUNTER:
                         break
             if index:
-                return self._message(request, _NO_SUCH_NAME, index, self._echo(request))
-        response = self._message(request, 0, 0, [varbind for varbind, _ in outcomes])
-        if len(response) > self._max_message:
+                return _message(request, _NO_SUCH_NAME, index, _echo(request))
+        varbinds = [varbind for varbind, _ in outcomes]
+        size = sum(map(len, varbinds))
+        if size > self._budget(request):
             # RFC 3416 4.2.1: tooBig without bindings (SNMPv1 echoes the request's, RFC 1157 4.1.2)
-            return self._message(request, _TOO_BIG, 0, self._echo(request) if request.version == 0 else [])
-        return response
+            return _message(request, _TOO_BIG, 0, _echo(request) if request.version == 0 else [])
+        return _message(request, 0, 0, varbinds, size)
 
     # -- lookups (MibTable.get/next/is_object, on the compiled nodes) -----------------------------
 
@@ -420,7 +472,7 @@ class FastPath:
             elif oid == key:
                 if not node.visible:
                     return _name_varbind(body, _NO_SUCH_OBJECT), _EXCEPTION
-                value, tag = _value_tlv(node.read())
+                value, tag = node.value()
                 return _tlv(0x30, node.name_tlv + value), _BIG_COUNTER if tag == _COUNTER64 else _VALUE
         exception = _NO_SUCH_INSTANCE if compiled.table.is_object(oid) else _NO_SUCH_OBJECT
         return _name_varbind(body, exception), _EXCEPTION
@@ -457,7 +509,7 @@ class FastPath:
                     if j < len(node.indexes) and not (v1_next and node.counter64):
                         return k, j, self._cell(node, j)
                 elif j == 0:
-                    value, tag = _value_tlv(node.read())
+                    value, tag = node.value()
                     if not (v1_next and tag == _COUNTER64):
                         return k, 0, _tlv(0x30, node.name_tlv + value)
             k += 1
@@ -496,16 +548,35 @@ class FastPath:
             if used > budget:
                 return self._truncated(request, out)
             out.append(varbind)
-        cursors: list[tuple[int, int] | None] = [self._locate(compiled, names[i]) for i in range(n, count)]
-        ends: list[bytes | None] = [None] * r  # endOfMibView varbinds of repeaters that ran out
+        if r == 1 and m:
+            return self._walk(compiled, request, out, used, budget, m)
+        nodes = compiled.nodes
+        # per repeater: the next candidate position, or k = -1 once at the end of the view
+        ks, js = [0] * r, [0] * r
+        for i in range(r):
+            ks[i], js[i] = self._locate(compiled, names[n + i])
+        ends: list[bytes | None] = [None] * r  # their endOfMibView varbinds
         last: list[bytes | None] = [None] * r  # the latest varbind found per repeater
         while m and r:
             ended = 0
             for i in range(r):
-                cursor = cursors[i]
-                found = self._next_from(compiled, cursor[0], cursor[1], False) if cursor is not None else None
-                if found is None:
-                    cursors[i] = None
+                k, j = ks[i], js[i]
+                found_varbind: bytes | None = None
+                if k >= 0:
+                    node = nodes[k] if k < len(nodes) else None
+                    # the common case, a walk down a column, without the general search
+                    if isinstance(node, _ColumnNode) and node.visible and j < len(node.indexes):
+                        found_varbind = self._cell(node, j)
+                        js[i] = j + 1
+                    else:
+                        found = self._next_from(compiled, k, j, False)
+                        if found is not None:
+                            k, j, found_varbind = found
+                            ks[i], js[i] = k, j + 1  # past a scalar or the last row: _next_from moves on
+                if found_varbind is not None:
+                    varbind = last[i] = found_varbind
+                else:
+                    ks[i] = -1
                     end = ends[i]
                     if end is None:
                         previous = last[i]
@@ -515,10 +586,6 @@ class FastPath:
                         )
                     varbind = end
                     ended += 1
-                else:
-                    k, j, varbind = found
-                    cursors[i] = (k, j + 1)  # past a scalar or the last row: _next_from moves on
-                    last[i] = varbind
                 used += len(varbind)
                 if used > budget:
                     return self._truncated(request, out)
@@ -526,37 +593,70 @@ class FastPath:
             if ended == r:
                 break
             m -= 1
-        return self._message(request, 0, 0, out)
+        return _message(request, 0, 0, out, used)
 
-    def _truncated(self, request: Request, varbinds: list[bytes]) -> bytes:
+    def _walk(
+        self, compiled: _Compiled, request: Request, out: list[bytes], used: int, budget: int, m: int
+    ) -> bytes:
+        """GETBULK with one repeated binding (a bulk walk): rows of a column in a tight loop."""
+        nodes = compiled.nodes
+        k, j = self._locate(compiled, request.names[-1])
+        previous: bytes | None = None
+        while m:
+            node = nodes[k] if k < len(nodes) else None
+            if isinstance(node, _ColumnNode) and node.visible and j < len(node.indexes):
+                stop = min(j + m, len(node.indexes))
+                m -= stop - j
+                indexes, rows, codes, position = node.indexes, node.cells, node.rows, node.position
+                for row in range(j, stop):
+                    cells = rows[row]
+                    code = codes.get(id(cells))
+                    varbind = None
+                    if code is not None and code.cells is cells and code.index is indexes[row]:
+                        varbind = code.varbinds[position]
+                    if varbind is None:
+                        varbind = self._cell(node, row)
+                    used += len(varbind)
+                    if used > budget:
+                        return self._truncated(request, out)
+                    out.append(varbind)
+                j = stop
+                previous = out[-1]
+                continue
+            found = self._next_from(compiled, k, j, False)
+            if found is None:
+                end = _end_after(previous) if previous is not None else _name_varbind(request.bodies[-1],
+                                                                                        _END_OF_MIB_VIEW)
+                used += len(end)
+                if used > budget:
+                    return self._truncated(request, out)
+                out.append(end)
+                break
+            k, j, previous = found
+            j += 1
+            m -= 1
+            used += len(previous)
+            if used > budget:
+                return self._truncated(request, out)
+            out.append(previous)
+        return _message(request, 0, 0, out, used)
+
+    @staticmethod
+    def _truncated(request: Request, varbinds: list[bytes]) -> bytes:
         if not varbinds:
-            return self._message(request, _TOO_BIG, 0, [])
-        return self._message(request, 0, 0, varbinds)
+            return _message(request, _TOO_BIG, 0, [])
+        return _message(request, 0, 0, varbinds)
 
     def _budget(self, request: Request) -> int:
         """The most varbind octets a response to `request` can carry within the message size."""
-        fixed = len(_VERSIONS[request.version]) + len(_tlv(0x04, request.community))
-        pdu_fixed = len(_int_tlv(request.request_id)) + 6  # error-status and error-index: 0 and 0
-
-        def size(octets: int) -> int:
-            pdu = pdu_fixed + _tlv_size(octets)
-            return _tlv_size(fixed + _tlv_size(pdu))
-
-        octets = self._max_message - fixed - pdu_fixed
-        while octets > 0 and size(octets) > self._max_message:
-            octets -= 1
+        shape = (request.version, len(request.community), request.request_id.bit_length())
+        octets = self._budgets.get(shape)
+        if octets is None:
+            octets = self._max_message - _message_size(request, 0)  # longer lengths take a few octets more
+            while octets > 0 and _message_size(request, octets) > self._max_message:
+                octets -= 1
+            self._budgets[shape] = octets
         return octets
-
-    # -- messages ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _message(request: Request, status: int, index: int, varbinds: list[bytes]) -> bytes:
-        pdu = _int_tlv(request.request_id) + _int_tlv(status) + _int_tlv(index) + _tlv(0x30, b"".join(varbinds))
-        return _tlv(0x30, _VERSIONS[request.version] + _tlv(0x04, request.community) + _tlv(_RESPONSE, pdu))
-
-    @staticmethod
-    def _echo(request: Request) -> list[bytes]:
-        return [_name_varbind(body, _NULL) for body in request.bodies]
 
     # -- compiling a MibTable ---------------------------------------------------------------
 
@@ -591,22 +691,33 @@ class FastPath:
         for key, node in zip(keys, raw_nodes, strict=True):
             visible = self._visible(key)
             if type(node) is _Scalar:
-                nodes.append(_ScalarNode(key, _tlv(0x06, oid_body(key)), node.read, visible))
+                nodes.append(_ScalarNode(key, _tlv(0x06, oid_body(key)), self._scalar_value(key, node), visible))
             elif type(node) is _Column:
                 rows = node.rows
                 codes = self._row_codes.setdefault(key[:-1], {})
                 if id(codes) not in trimmed:
                     trimmed.add(id(codes))
                     _trim(codes, rows.indexes, rows.cells)
+                counter64 = getattr(node.syntax, "tagSet", None) == rfc1902.Counter64.tagSet
                 nodes.append(
-                    _ColumnNode(
-                        key, oid_body(key), rows.indexes, rows.cells, node.position, self._encoder(node.syntax),
-                        getattr(node.syntax, "tagSet", None) == rfc1902.Counter64.tagSet, visible, codes,
-                    )
+                    _ColumnNode(key, oid_body(key), rows.indexes, rows.cells, node.position,
+                                self._encoder(node.syntax), counter64, visible, codes)
                 )
             else:
                 raise NotHandled(f"unknown MIB node {type(node).__name__}")
         return _Compiled(table, keys, nodes)
+
+    def _scalar_value(self, key: Oid, node: _Scalar) -> Callable[[], tuple[bytes, int]]:
+        if key == SYS_UPTIME:
+            # Read at every request like every scalar, without building a pyasn1 TimeTicks.
+            uptime = self._view.uptime_ticks
+            return lambda: (_tlv(0x43, _int_body(uptime())), 0x43)
+        if key in _FIXED_PER_TABLE:
+            # The rest of the system group is fixed when MibView builds a table: encode it once.
+            encoded = _value_tlv(node.read())
+            return lambda: encoded
+        read = node.read  # health facts and the like: read at request time, as pysnmp does
+        return lambda: _value_tlv(read())
 
     def _visible(self, key: Oid) -> bool:
         """Whether a node's instances are in the read view (each node lies wholly in or out of it)."""
@@ -621,6 +732,47 @@ class FastPath:
         if encoder is None:
             encoder = self._encoders[syntax] = cell_encoder(syntax)
         return encoder
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+_SHORT_LENGTHS = [bytes((size,)) for size in range(0x80)]
+
+
+def _length(size: int) -> bytes:
+    if size < 0x80:
+        return _SHORT_LENGTHS[size]
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(octets),)) + octets
+
+
+def _message(request: Request, status: int, index: int, varbinds: list[bytes], size: int = -1) -> bytes:
+    """The Response-PDU message, assembled in one join (varbinds are not copied on the way);
+    `size` is the varbinds' total length when the caller knows it."""
+    community = request.community
+    request_id = request.request_id
+    rid = request_id.to_bytes(request_id.bit_length() // 8 + 1, "big", signed=True)
+    fields = b"\x02" + _SHORT_LENGTHS[len(rid)] + rid
+    fields += _int_tlv(status) + _int_tlv(index) if status or index else _ZERO_ZERO
+    if size < 0:
+        size = sum(map(len, varbinds))
+    list_head = b"\x30" + _length(size)
+    pdu_size = len(fields) + len(list_head) + size
+    pdu_head = b"\xa2" + _length(pdu_size)
+    head = _VERSIONS[request.version] + b"\x04" + _length(len(community)) + community + pdu_head + fields + list_head
+    return b"".join([b"\x30", _length(len(head) + size), head, *varbinds])
+
+
+def _message_size(request: Request, octets: int) -> int:
+    """The size of a noError response carrying `octets` octets of varbinds."""
+    fixed = len(_VERSIONS[request.version]) + _tlv_size(len(request.community))
+    pdu = len(_int_tlv(request.request_id)) + len(_ZERO_ZERO) + _tlv_size(octets)
+    return _tlv_size(fixed + _tlv_size(pdu))
+
+
+def _echo(request: Request) -> list[bytes]:
+    return [_name_varbind(body, _NULL) for body in request.bodies]
 
 
 def _tlv_size(octets: int) -> int:
@@ -641,4 +793,3 @@ def _trim(codes: dict[int, _RowCode], indexes: Sequence[Oid], cells: Sequence[tu
             live[id(row)] = code
     codes.clear()
     codes.update(live)
-

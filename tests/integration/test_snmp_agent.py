@@ -443,6 +443,42 @@ class TestReads:
             assert after[pdu] == before.get(pdu, 0) + 1, pdu
 
 
+class TestFastPath:
+    """Plain v1/v2c reads are answered without pysnmp (monitor.snmp.fastpath), and still counted."""
+
+    def test_net_snmp_reads_take_the_fast_path_and_are_counted(self, served: Served, net_snmp: NetSnmp) -> None:
+        fast = served.agent.fast_path
+        assert fast is not None
+        answered, fallbacks, before = fast.answered, fast.fallbacks, dict(served.health.snmp_requests)
+        get = net_snmp.v2c("snmpget", served.address, SYS_DESCR, "SNMPv2-MIB::sysUpTime.0")
+        walk = net_snmp.v2c("snmpwalk", served.address, "-On", dotted(mib_oids.MIB_ROOT))
+        v1_walk = net_snmp.run("snmpwalk", "-v1", "-c", COMMUNITY, *PATIENT, "-On", served.address, ".1.3.6.1.2.1.1")
+        bulk = net_snmp.v2c("snmpbulkwalk", served.address, "-Cr50", "-On", ".1.3.6.1")
+        for result in (get, walk, v1_walk, bulk):
+            assert result.returncode == 0, result.stderr
+        assert "smtp-monitor" in get.stdout
+        ours = [oid for oid in served_oids(served) if oid[: len(mib_oids.MIB_ROOT)] == mib_oids.MIB_ROOT]
+        assert parse_numeric(walk.stdout) == ours
+        assert len(parse_numeric(v1_walk.stdout)) == 7  # the system group
+        assert parse_numeric(bulk.stdout) == served_oids(served)
+        after = served.health.snmp_requests
+        gets, nexts, bulks = (after[pdu] - before.get(pdu, 0) for pdu in ("get", "getnext", "getbulk"))
+        assert gets == 1
+        assert nexts == len(ours) + 1 + 7 + 1  # one per value, and one that leaves the subtree
+        assert bulks >= len(served_oids(served)) // 50
+        assert fast.answered - answered == gets + nexts + bulks
+        assert fast.fallbacks == fallbacks
+
+    def test_v3_and_set_stay_with_pysnmp(self, served: Served, net_snmp: NetSnmp) -> None:
+        fast = served.agent.fast_path
+        assert fast is not None
+        answered, gets = fast.answered, served.health.snmp_requests["get"]
+        assert net_snmp.v3("snmpget", served.address, SYS_DESCR).returncode == 0
+        net_snmp.run("snmpset", "-v2c", "-c", COMMUNITY, *PATIENT, served.address, "SNMPv2-MIB::sysName.0", "s", "x")
+        assert fast.answered == answered
+        assert served.health.snmp_requests["get"] == gets + 1
+
+
 # -- access control ---------------------------------------------------------------------------
 
 
