@@ -555,10 +555,12 @@ class TestRobustness:
         stop = threading.Event()
         sent: list[int] = []
         sender = threading.Thread(target=lambda: sent.append(send_garbage(served.port, stop)), daemon=True)
-        walk = net_snmp.popen("snmpbulkwalk", "-v2c", "-c", COMMUNITY, *PATIENT, "-Cr3", "-On", served.address,
-                              ".1.3.6.1")
         sender.start()
         try:
+            # The fast path walks in a fraction of a second: let the garbage flow before the walk starts.
+            assert eventually(lambda: served.health.snmp_dropped >= dropped + 60, timeout=30)
+            walk = net_snmp.popen("snmpbulkwalk", "-v2c", "-c", COMMUNITY, *PATIENT, "-Cr3", "-On", served.address,
+                                  ".1.3.6.1")
             stdout, stderr = walk.communicate(timeout=120)
         finally:
             stop.set()
