@@ -1,0 +1,219 @@
+"""Section honesty: probe connect/banner times with and without continuous scrapes and SNMP walks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import snmp_tools
+from bench.common import (
+    AgentProcess,
+    CpuWindow,
+    MachineWindow,
+    Results,
+    Row,
+    Settings,
+    http_get,
+    log,
+    percentile,
+    snmp_agent_present,
+)
+from bench.peers import Peers
+from bench.scale import probe_mix
+from monitor import mib_oids
+from tests.peers.ports import free_udp_port
+
+PHASES = ("connect", "banner")
+NOISY_BASELINE_MS = 10.0  # loopback connect/banner p99 on an idle 2-core machine is well below this
+SAMPLE_EVERY = 5.0  # the agent saves last results every 5 s (monitor/persistence.py FLUSH_INTERVAL)
+try:
+    from monitor.persistence import STATE_FILE as STATE_DB
+except ImportError:  # an agent without a state database: the section says so and stops
+    STATE_DB = "state.db"
+
+
+@dataclass
+class Sampler:
+    """Fresh phase durations of every probe, read from the agent's state database (SQLite, read-only)
+    so that sampling puts no load on the agent; each run counts once (keyed by its start time)."""
+
+    db: Path
+    seen: dict[str, float] = field(default_factory=dict)
+    runs: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (started_at, phase timings)
+
+    def take(self, record: bool = True) -> None:
+        uri = f"file:{self.db}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as conn:
+            rows = conn.execute("SELECT name, last_result FROM probe_state WHERE last_result IS NOT NULL").fetchall()
+        for name, text in rows:
+            result = json.loads(text)
+            started = result.get("started_at")
+            if started is None or self.seen.get(name) == started:
+                continue
+            self.seen[name] = started
+            timings = result.get("timings", {})
+            if record:
+                self.runs.append((float(started), {p: float(timings[p]) for p in PHASES if p in timings}))
+
+
+@dataclass
+class Slices:
+    """Alternating quiet and loaded time spans (epoch seconds), with CPU figures per kind."""
+
+    spans: list[tuple[str, float, float]] = field(default_factory=list)
+    agent_cpu: dict[str, float] = field(default_factory=lambda: {"quiet": 0.0, "loaded": 0.0})
+    others_cpu: dict[str, float] = field(default_factory=lambda: {"quiet": 0.0, "loaded": 0.0})
+    wall: dict[str, float] = field(default_factory=lambda: {"quiet": 0.0, "loaded": 0.0})
+
+    def kind_at(self, when: float) -> str | None:
+        for kind, start, end in self.spans:
+            if start <= when < end:
+                return kind
+        return None
+
+    def cpu_text(self, kind: str) -> str:
+        wall = self.wall[kind] or 1.0
+        return f"agent {self.agent_cpu[kind] / wall:.2f} cores, others {self.others_cpu[kind] / wall:.2f}"
+
+
+class Load:
+    """Continuous /metrics scrapes and SNMP bulk walks of the probe table, each back to back, until stopped."""
+
+    def __init__(self, agent: AgentProcess, snmp_port: int, limit: float) -> None:
+        self.agent = agent
+        self.snmp_port = snmp_port
+        self.stop = threading.Event()
+        self.end = time.monotonic() + limit
+        self.scrapes = 0
+        self.scrape_failures = 0
+        self.walks = 0
+        self.walk_values = 0
+        self.threads = [threading.Thread(target=self._scrape, daemon=True)]
+        if snmp_port:
+            self.threads.append(threading.Thread(target=self._walk, daemon=True))
+
+    def _running(self) -> bool:
+        return not self.stop.is_set() and time.monotonic() < self.end
+
+    def _scrape(self) -> None:
+        while self._running():
+            status, _, _ = http_get(self.agent.url + "/metrics", timeout=30)
+            self.scrapes += 1
+            self.scrape_failures += status != 200
+
+    def _walk(self) -> None:
+        table = ".".join(str(p) for p in mib_oids.SMTP_PROBE_TABLE)
+        while self._running():
+            remaining = self.end - time.monotonic()
+            if remaining < 0.5:
+                break
+            walk = snmp_tools.bulk_walk(self.snmp_port, "v2c", table, min(30.0, remaining))
+            self.walks += 1
+            self.walk_values += walk.values
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(40)
+
+
+def _slice(agent: AgentProcess, kind: str, seconds: float, sampler: Sampler, slices: Slices, load: Load | None) -> None:
+    """One span of `seconds` of `kind`, sampling the state database every few seconds meanwhile."""
+    cpu, machine = CpuWindow(agent.pid), MachineWindow()
+    began = time.time()
+    cpu.start()
+    machine.start()
+    end = time.monotonic() + seconds
+    with load if load is not None else contextlib.nullcontext():
+        while time.monotonic() < end:
+            time.sleep(min(SAMPLE_EVERY, max(0.0, end - time.monotonic())))
+            sampler.take()
+    cpu.stop()
+    machine.stop()
+    slices.spans.append((kind, began, time.time()))
+    slices.agent_cpu[kind] += cpu.cpu
+    slices.others_cpu[kind] += machine.others * machine.wall
+    slices.wall[kind] += cpu.wall
+
+
+def run(settings: Settings, peers: Peers, results: Results) -> None:
+    postfix = peers.postfix
+    n, interval = (1_000, 10.0) if settings.quick else (2_000, 20.0)
+    pairs, slice_s = (2, 10.0) if settings.quick else (4, 15.0)
+    with_snmp = snmp_agent_present()
+    snmp_port = free_udp_port() if with_snmp else 0
+    config: dict[str, Any] = {
+        "defaults": {"interval": interval, "timeout": "10s", "max_concurrency": 500, "helo": "bench.test"},
+        "smtp": probe_mix(n, postfix.plain_port, postfix.ca_file, prefix="h"),
+    }
+    if with_snmp:
+        config["snmp"] = snmp_tools.agent_snmp_config(snmp_port)
+    log(f"honesty: {n} probes (half STARTTLS, half plain) every {interval:g} s")
+    agent = AgentProcess(settings.workdir / "agent-honesty", config)
+    try:
+        agent.start()
+        time.sleep(interval + 3.0)
+        if not (agent.workdir / "state" / STATE_DB).is_file():
+            raise RuntimeError("no state database to sample probe timings from (monitor/persistence.py)")
+        log(f"honesty: {pairs} x ({slice_s:g} s quiet, {slice_s:g} s loaded); timings from the state database")
+        sampler = Sampler(agent.workdir / "state" / STATE_DB)
+        sampler.take(record=False)
+        slices = Slices()
+        loads: list[Load] = []
+        for _ in range(pairs):
+            _slice(agent, "quiet", slice_s, sampler, slices, None)
+            loads.append(Load(agent, snmp_port, slice_s))
+            _slice(agent, "loaded", slice_s, sampler, slices, loads[-1])
+        time.sleep(SAMPLE_EVERY + 1.0)  # the agent's next save holds the last runs
+        sampler.take()
+        values: dict[str, dict[str, list[float]]] = {k: {p: [] for p in PHASES} for k in ("quiet", "loaded")}
+        for started, timings in sampler.runs:
+            kind = slices.kind_at(started)
+            if kind is not None:
+                for phase, seconds in timings.items():
+                    values[kind][phase].append(seconds)
+        scrapes = sum(x.scrapes for x in loads)
+        load_text = f"{scrapes} scrapes ({sum(x.scrape_failures for x in loads)} failed)"
+        if with_snmp:
+            load_text += f", {sum(x.walks for x in loads)} SNMP walks ({sum(x.walk_values for x in loads):,} values)"
+        else:
+            results.note("honesty: SNMP agent not present: the load was /metrics scrapes only")
+        results.note(
+            f"honesty: {n} probes every {interval:g} s; {pairs} alternations of {slice_s:g} s quiet and "
+            f"{slice_s:g} s loaded, each run counted in the span it started in; quiet: {slices.cpu_text('quiet')}; "
+            f"loaded: {slices.cpu_text('loaded')}, {load_text}. Other processes' load adds to both alike."
+        )
+        for phase in PHASES:
+            q, b = values["quiet"][phase], values["loaded"][phase]
+            for name, qv in (("p50", 0.5), ("p99", 0.99)):
+                base, loaded = 1000 * percentile(q, qv), 1000 * percentile(b, qv)
+                inflation = loaded - base
+                ok = (inflation < 2.0) if name == "p99" else None
+                note = f"{base:.2f} ms quiet ({len(q)} runs) → {loaded:.2f} ms loaded ({len(b)} runs)"
+                if ok is not None and base > NOISY_BASELINE_MS:
+                    ok = None  # a loopback connect/banner p99 this high is the machine's noise, not a verdict
+                    note += f"; inconclusive: the quiet p99 is above {NOISY_BASELINE_MS:g} ms"
+                results.add(
+                    Row(
+                        "honesty",
+                        f"{phase} {name} inflation under load",
+                        inflation,
+                        "ms",
+                        target="< 2 ms" if name == "p99" else "",
+                        ok=ok,
+                        note=note,
+                    )
+                )
+    finally:
+        agent.stop()

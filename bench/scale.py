@@ -1,0 +1,223 @@
+"""Section scale: 10,000 probes at a 60 s interval: lateness, CPU, RSS, scrape, SNMP walk, startup."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import statistics
+import threading
+import time
+from typing import Any
+
+from bench import profile, snmp_tools
+from bench.common import (
+    AgentProcess,
+    CpuWindow,
+    MachineWindow,
+    Results,
+    Row,
+    Settings,
+    histogram,
+    histogram_delta,
+    histogram_quantile,
+    http_get,
+    log,
+    metric_sum,
+    peak_rss_mib,
+    rss_mib,
+    smtp_probe,
+    snmp_agent_present,
+)
+from bench.peers import Peers
+from monitor import mib_oids
+from tests.peers.ports import free_udp_port
+
+LATENESS = "smtp_monitor_scheduler_lateness_seconds"
+
+
+def probe_mix(n: int, port: int, ca_file: Any, prefix: str = "s", **extra: Any) -> list[dict[str, Any]]:
+    """n probes against one Postfix port, alternating STARTTLS and plain."""
+    return [
+        smtp_probe(f"{prefix}-{i:05d}", port, "starttls" if i % 2 == 0 else "none", ca_file, **extra) for i in range(n)
+    ]
+
+
+def first_run_seen(agent: AgentProcess, timeout: float) -> float:
+    """Monotonic time when the agent's state database first holds a run (the probe process may start
+    scheduling well after /-/ready with a big config); now, if there is no database or none in time."""
+    db = agent.workdir / "state" / "state.db"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and db.is_file():
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+                if conn.execute("SELECT count(*) FROM probe_state WHERE runs > 0").fetchone()[0]:
+                    break
+        except sqlite3.Error:
+            pass  # not created yet
+        time.sleep(1.0)
+    return time.monotonic()
+
+
+def enterprise_oid() -> str:
+    return ".".join(str(p) for p in mib_oids.MIB_ROOT)
+
+
+def run(settings: Settings, peers: Peers, results: Results) -> None:
+    postfix = peers.postfix
+    n = 2_000 if settings.quick else 10_000
+    interval = 60.0
+    window = 20.0 if settings.quick else 60.0
+    scrape_every = 10.0
+    with_snmp = snmp_agent_present()
+    snmp_port = free_udp_port() if with_snmp else 0
+    config: dict[str, Any] = {
+        "defaults": {"interval": interval, "timeout": "10s", "max_concurrency": 500, "helo": "bench.test"},
+        "smtp": probe_mix(n, postfix.plain_port, postfix.ca_file),
+    }
+    if with_snmp:
+        config["snmp"] = snmp_tools.agent_snmp_config(snmp_port)
+    section = f"scale {n:,}"
+    log(f"scale: {n} probes (half STARTTLS, half plain) every {interval:g} s, SNMP {'on' if with_snmp else 'off'}")
+    agent = AgentProcess(settings.workdir / "agent-scale", config)
+    snmp_first: list[float | None] = [None]
+    ready = threading.Event()
+    try:
+        agent.spawn()
+        poller = None
+        if with_snmp:
+
+            def poll() -> None:
+                snmp_first[0] = snmp_tools.poll_first_answer(snmp_port, agent.started_at, 120.0, ready.is_set)
+
+            poller = threading.Thread(target=poll, daemon=True)
+            poller.start()
+        startup = agent.wait_ready()
+        if poller is not None:
+            poller.join(125)
+        ready.set()
+        results.add(Row(section, "startup to /-/ready", startup, "s", target="< 2 s", ok=startup < 2.0))
+        if with_snmp:
+            first = snmp_first[0]
+            results.add(
+                Row(
+                    section,
+                    "startup to first answered SNMP GET",
+                    first,
+                    "s",
+                    target="< 2 s",
+                    ok=None if first is None else first < 2.0,
+                )
+            )
+        else:
+            results.note(f"{section}: startup to first SNMP answer: n/a (SNMP agent not present)")
+        # one full interval: every probe has run once, the spread of first runs is behind us
+        first = first_run_seen(agent, timeout=120.0)
+        log(f"scale: first probe results saved {first - agent.started_at:.1f} s after spawn")
+        settle = first + interval + 5.0 - time.monotonic()
+        log(f"scale: settling {settle:.0f} s (one interval after the first runs)")
+        time.sleep(max(0.0, settle))
+        text0 = agent.metrics(timeout=60)
+        cpu, machine = CpuWindow(agent.pid), MachineWindow()
+        cpu.start()
+        machine.start()
+        scrapes: list[tuple[float, int]] = []
+        end = time.monotonic() + window
+        profiler = None
+        if settings.profile:
+            # py-spy samples the agent during the window: a little CPU of its own on the machine
+            profiler = threading.Thread(
+                target=profile.profile_to_file,
+                args=(agent.pid, min(window, 30.0), settings.results_dir / "profile-scale"),
+                daemon=True,
+            )
+            profiler.start()
+        while time.monotonic() < end:
+            time.sleep(min(scrape_every, max(0.0, end - time.monotonic())))
+            status, body, seconds = http_get(agent.url + "/metrics", timeout=60)
+            if status == 200:
+                scrapes.append((seconds, len(body)))
+        cpu.stop()
+        machine.stop()
+        if profiler is not None:
+            profiler.join(120)
+        text1 = agent.metrics(timeout=60)
+        lateness = histogram_delta(histogram(text0, LATENESS), histogram(text1, LATENESS))
+        p50 = histogram_quantile(0.5, lateness)
+        p99 = histogram_quantile(0.99, lateness)
+        observed = lateness[-1][1] if lateness else 0
+        runs = metric_sum(text1, "smtp_probe_runs_total") - metric_sum(text0, "smtp_probe_runs_total")
+        failed = metric_sum(text1, "smtp_probe_failures_total") - metric_sum(text0, "smtp_probe_failures_total")
+        skipped = metric_sum(text1, "smtp_monitor_scheduler_skipped_runs_total") - metric_sum(
+            text0, "smtp_monitor_scheduler_skipped_runs_total"
+        )
+        expected = n * cpu.wall / interval
+        results.add(
+            Row(
+                section,
+                "probe runs/s in window",
+                runs / cpu.wall,
+                "/s",
+                expected / cpu.wall,
+                "configured rate",
+                "≥ 0.95x",
+                runs >= 0.95 * expected,
+                f"failed {failed:.0f}, skipped {skipped:.0f}",
+            )
+        )
+        results.add(Row(section, "scheduler lateness p50", 1000 * p50, "ms", note=f"{observed:.0f} runs"))
+        results.add(Row(section, "scheduler lateness p99", 1000 * p99, "ms", target="< 250 ms", ok=p99 < 0.25))
+        cores = cpu.cpu / cpu.wall
+        results.add(
+            Row(
+                section,
+                "agent CPU",
+                100 * cores,
+                "% of one core",
+                target="< 100 %",
+                ok=cores < 1.0,
+                note=f"machine {machine.cores_busy:.2f} cores busy, {machine.others:.2f} not ours",
+            )
+        )
+        rss, peak = rss_mib(agent.pid), peak_rss_mib(agent.pid)
+        results.add(
+            Row(section, "agent RSS (peak)", rss, "MiB", target="< 300 MiB", ok=peak < 300, note=f"peak {peak:.0f} MiB")
+        )
+        if scrapes:
+            times = [s for s, _ in scrapes]
+            size = statistics.median(b for _, b in scrapes)
+            worst = max(times)
+            results.add(
+                Row(
+                    section,
+                    "/metrics scrape time (median)",
+                    statistics.median(times),
+                    "s",
+                    target="< 1 s",
+                    ok=worst < 1.0,
+                    note=f"max {worst:.2f} s over {len(times)} scrapes",
+                )
+            )
+            results.add(Row(section, "/metrics scrape size", size / 1e6, "MB"))
+        if with_snmp:
+            limit = 15.0 if settings.quick else 120.0
+            log(f"scale: full SNMP bulk walk of {enterprise_oid()} (at most {limit:.0f} s)")
+            walk = snmp_tools.bulk_walk(snmp_port, "v2c", enterprise_oid(), limit)
+            note = f"{walk.values:,} values, {walk.rate:,.0f} values/s"
+            if not walk.complete:
+                note += f"; stopped at {limit:.0f} s, unfinished" + (f" ({walk.error})" if walk.error else "")
+            results.add(
+                Row(
+                    section,
+                    "full SNMP walk (v2c, -Cr50)",
+                    walk.seconds if walk.complete else None,
+                    "s",
+                    target="< 2 s",
+                    ok=walk.complete and walk.seconds < 2.0,
+                    note=note,
+                )
+            )
+        else:
+            results.note(f"{section}: full SNMP walk: n/a (SNMP agent not present)")
+    finally:
+        ready.set()
+        agent.stop()

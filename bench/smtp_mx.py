@@ -1,0 +1,263 @@
+"""Sections smtp and mx: the agent's probes against blackbox_exporter's at the same rate and concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import profile
+from bench.blackbox import BlackboxExporter, drive
+from bench.common import (
+    AgentProcess,
+    CpuWindow,
+    MachineWindow,
+    Results,
+    Row,
+    Settings,
+    log,
+    metric_sum,
+    peak_rss_mib,
+    smtp_probe,
+)
+from bench.peers import Peers
+from tests.peers.ports import HOST
+
+CONCURRENCY = 50  # the agent's max_concurrency and the blackbox client's in-flight bound
+BLACKBOX_STARTTLS_ANCHOR = 2.4  # CPU-s per 1,000 STARTTLS probes measured before (issue 5)
+
+
+@dataclass
+class Measured:
+    """One system's run over a steady window."""
+
+    who: str
+    probes: int
+    failed: int
+    seconds: float
+    cpu: float
+    peak_rss: float
+    machine_cores: float
+    others: float
+
+    @property
+    def rate(self) -> float:
+        return self.probes / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_per_1000(self) -> float | None:
+        return 1000 * self.cpu / self.probes if self.probes else None
+
+    def line(self) -> str:
+        return (
+            f"{self.who}: {self.probes} ok + {self.failed} failed in {self.seconds:.1f} s "
+            f"= {self.rate:.1f}/s, {self.cpu:.2f} CPU-s, peak RSS {self.peak_rss:.1f} MiB, "
+            f"machine {self.machine_cores:.2f} cores busy ({self.others:.2f} not ours)"
+        )
+
+
+def measure_agent(
+    workdir: Path,
+    config: dict[str, Any],
+    kind: str,
+    warmup: float,
+    window: float,
+    profile_out: Path | None = None,
+) -> Measured:
+    """Start the agent on `config`, let it settle `warmup` s, count runs and CPU over `window` s."""
+    runs_metric, failures_metric = f"{kind}_runs_total", f"{kind}_failures_total"
+    agent = AgentProcess(workdir, config)
+    try:
+        agent.start()
+        time.sleep(warmup)
+        text0 = agent.metrics()
+        cpu, machine = CpuWindow(agent.pid), MachineWindow()
+        cpu.start()
+        machine.start()
+        time.sleep(window)
+        cpu.stop()
+        machine.stop()
+        text1 = agent.metrics()
+        runs = metric_sum(text1, runs_metric) - metric_sum(text0, runs_metric)
+        failed = metric_sum(text1, failures_metric) - metric_sum(text0, failures_metric)
+        if failed:
+            reasons = {k: v for k, v in _by_reason(text1, failures_metric).items() if v}
+            log(f"  agent failures by (phase, reason) so far: {reasons}")
+        measured = Measured(
+            "agent",
+            int(runs - failed),
+            int(failed),
+            cpu.wall,
+            cpu.cpu,
+            peak_rss_mib(agent.pid),
+            machine.cores_busy,
+            machine.others,
+        )
+        log("  " + measured.line())
+        if profile_out is not None:
+            summary = profile.profile_to_file(agent.pid, min(window, 20), profile_out)
+            log(f"  profile of the agent ({profile_out.name}):\n{summary}")
+        return measured
+    finally:
+        agent.stop()
+
+
+def _by_reason(text: str, name: str) -> dict[tuple[str, str], float]:
+    from bench.common import samples
+
+    out: dict[tuple[str, str], float] = {}
+    for _, labels, value in samples(text, [name]):
+        key = (labels.get("phase", ""), labels.get("reason", ""))
+        out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def measure_blackbox(bb: BlackboxExporter, url: str, rate: float, warmup: float, window: float) -> Measured:
+    """Drive blackbox's /probe at `rate`/s for warmup + window; count completions in the window."""
+    cpu, machine = CpuWindow(bb.pid), MachineWindow()
+
+    def begin() -> None:
+        cpu.start()
+        machine.start()
+
+    def end() -> None:
+        cpu.stop()
+        machine.stop()
+
+    marks = [(warmup, begin), (warmup + window, end)]
+    result = asyncio.run(drive(url, rate, CONCURRENCY, warmup + window + 0.2, marks))
+    ok, failed = result.count(cpu.wall0, cpu.wall1)
+    measured = Measured(
+        "blackbox", ok, failed, cpu.wall, cpu.cpu, peak_rss_mib(bb.pid), machine.cores_busy, machine.others
+    )
+    log("  " + measured.line() + f" (max send lag {result.max_send_lag:.2f} s)")
+    return measured
+
+
+def _rows(
+    results: Results, section: str, label: str, a: Measured, b: Measured, rate_text: str, cpu_target: str = "≤ 1.0x"
+) -> None:
+    ratio_ok = a.rate >= 0.99 * b.rate
+    results.add(
+        Row(
+            section,
+            f"{label} probes/s ({rate_text})",
+            a.rate,
+            "/s",
+            b.rate,
+            "blackbox",
+            "≥ 1.0x",
+            ratio_ok,
+            f"failed: agent {a.failed}, blackbox {b.failed}",
+        )
+    )
+    a_cpu, b_cpu = a.cpu_per_1000, b.cpu_per_1000
+    results.add(
+        Row(
+            section,
+            f"{label} CPU-s per 1,000 probes ({rate_text})",
+            a_cpu,
+            "CPU-s",
+            b_cpu,
+            "blackbox",
+            cpu_target,
+            None if a_cpu is None or b_cpu is None else a_cpu <= b_cpu,
+        )
+    )
+    results.add(Row(section, f"{label} peak RSS ({rate_text})", a.peak_rss, "MiB", b.peak_rss, "blackbox"))
+
+
+def smtp(settings: Settings, peers: Peers, results: Results) -> None:
+    """N STARTTLS then N implicit-TLS probes: agent vs blackbox, paced, then offered 4x (full run)."""
+    postfix = peers.postfix
+    n, interval = 100, 2.0  # 50 probes/s: Postfix's TLS side costs about as much CPU as the client's
+    warmup, window = (interval + 2.0, 10.0) if settings.quick else (interval + 4.0, 20.0)
+    rate = n / interval
+    bb = BlackboxExporter(settings.workdir / "blackbox-smtp", postfix.ca_file)
+    passes = [(rate, interval, "paced")]
+    if not settings.quick:
+        passes.append((rate * 4, interval / 4, "offered 4x"))
+    try:
+        for mode, port, module in (
+            ("starttls", postfix.plain_port, "smtp_starttls"),
+            ("implicit", postfix.implicit_port, "smtp_implicit"),
+        ):
+            label = "STARTTLS" if mode == "starttls" else "implicit TLS"
+            for offered, every, name in passes:
+                rate_text = f"{name} {offered:.0f}/s, ≤{CONCURRENCY} in flight"
+                log(f"smtp: {label}, {n} probes every {every:g} s ({rate_text})")
+                probes = [smtp_probe(f"{mode}-{i:04d}", port, mode, postfix.ca_file) for i in range(n)]
+                config = {
+                    "defaults": {
+                        "interval": every,
+                        "timeout": "10s",
+                        "max_concurrency": CONCURRENCY,
+                        "helo": "bench.test",
+                    },
+                    "smtp": probes,
+                }
+                prof = None
+                if settings.profile and name == "paced":
+                    prof = settings.results_dir / f"profile-smtp-{mode}"
+                a = measure_agent(
+                    settings.workdir / f"agent-smtp-{mode}-{name[:6]}", config, "smtp_probe", warmup, window, prof
+                )
+                if bb.proc is None:
+                    bb.start()
+                target = f"{HOST}:{port}"
+                bb.check(module, target)
+                b = measure_blackbox(bb, f"{bb.url}/probe?module={module}&target={target}", offered, warmup, window)
+                _rows(results, "smtp", label, a, b, rate_text)
+                # a fresh exporter per pass: its peak RSS then belongs to that pass alone
+                bb.stop()
+                bb = BlackboxExporter(settings.workdir / "blackbox-smtp", postfix.ca_file)
+        results.note(
+            "smtp, mx: 'agent' figures cover the agent's process tree (the agent process and its probe "
+            "process): CPU from /proc/PID/stat utime+stime of each, peak RSS as the sum of each one's VmHWM."
+        )
+        results.note(
+            f"smtp: blackbox STARTTLS CPU per 1,000 probes measured before: {BLACKBOX_STARTTLS_ANCHOR} CPU-s "
+            "(issue 5); the table's anchor is this run's."
+        )
+    finally:
+        bb.stop()
+
+
+def mx(settings: Settings, peers: Peers, results: Results) -> None:
+    """M MX checks of good.test against NSD: agent vs blackbox's dns prober (MX query only)."""
+    nsd = peers.nsd
+    m, interval = 100, 1.0
+    warmup, window = (interval + 2.0, 10.0) if settings.quick else (interval + 4.0, 30.0)
+    rate = m / interval
+    rate_text = f"paced {rate:.0f}/s, ≤{CONCURRENCY} in flight"
+    log(f"mx: {m} checks of good.test every {interval:g} s ({rate_text})")
+    config = {
+        "defaults": {"interval": interval, "timeout": "5s", "max_concurrency": CONCURRENCY},
+        "dns": {"nameservers": [f"{HOST}:{nsd.port}"], "timeout": "5s"},
+        "mx": [{"name": f"mx-{i:04d}", "domain": "good.test"} for i in range(m)],
+    }
+    prof = settings.results_dir / "profile-mx" if settings.profile else None
+    a = measure_agent(settings.workdir / "agent-mx", config, "mx_check", warmup, window, prof)
+    ca_unused = settings.workdir / "none.pem"
+    ca_unused.touch()
+    bb = BlackboxExporter(settings.workdir / "blackbox-mx", ca_unused)
+    try:
+        bb.start()
+        target = f"{HOST}:{nsd.port}"
+        bb.check("dns_mx", target)
+        b = measure_blackbox(bb, f"{bb.url}/probe?module=dns_mx&target={target}", rate, warmup, window)
+    finally:
+        bb.stop()
+    _rows(results, "mx", "MX check", a, b, rate_text)
+    results.note(
+        "mx: an agent MX check of good.test is 5 DNS queries (MX, then A and AAAA of both exchanges); "
+        "blackbox's dns prober sends the MX query only. Per DNS query the agent's CPU is "
+        f"{_per_query(a)} CPU-s per 1,000 queries."
+    )
+
+
+def _per_query(a: Measured) -> str:
+    value = a.cpu_per_1000
+    return "n/a" if value is None else f"{value / 5:.2f}"

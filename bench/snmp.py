@@ -1,0 +1,155 @@
+"""Section snmp: GET/s and bulk-walk values/s of the agent's probe table against net-snmp's snmpd."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench import snmp_tools
+from bench.common import (
+    AgentProcess,
+    CpuWindow,
+    Results,
+    Row,
+    Settings,
+    log,
+    snmp_agent_present,
+    wait_settled,
+)
+from bench.peers import Peers
+from bench.scale import probe_mix
+from monitor import mib_oids
+from tests.peers.ports import free_udp_port
+
+VERSIONS = ("v2c", "v3")
+# HOST-RESOURCES-MIB (storage, devices, processes, installed packages): some thousand values that
+# stay put; mib-2 as a whole includes the TCP connection table, which the SMTP sections fill with
+# thousands of TIME_WAIT entries that snmpd reads slowly from /proc.
+ANCHOR_WALK = ".1.3.6.1.2.1.25"
+
+
+@dataclass
+class Figures:
+    """One agent's (or snmpd's) SNMP figures for one protocol version."""
+
+    get_rate: float
+    get_note: str
+    walk_rate: float
+    walk_note: str
+
+
+def _oid(parts: tuple[int, ...]) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def _gets(port: int, version: str, oid: str, seconds: float, pid: int) -> tuple[float, str]:
+    packet = snmp_tools.capture_request(port, version, oid)
+    cpu = CpuWindow(pid)
+    cpu.start()
+    got = snmp_tools.get_loop(port, packet, seconds)
+    cpu.stop()
+    note = (
+        f"{got.answered:,} answered, {got.lost} lost, server {cpu.cpu / cpu.wall:.2f} cores, "
+        f"client {got.client_cpu / got.seconds:.2f} cores"
+    )
+    if got.client_bound:
+        note += ", client-bound: a lower bound"
+    return got.rate, note
+
+
+def _walks(port: int, version: str, oid: str, budget: float, per_walk: float) -> tuple[float, str]:
+    """Walk `oid` again and again until `budget` s are used (each walk at most `per_walk` s)."""
+    values = 0
+    seconds = 0.0
+    walks = complete = 0
+    end = time.monotonic() + budget
+    while time.monotonic() < end and walks < 100:
+        walk = snmp_tools.bulk_walk(port, version, oid, min(per_walk, max(1.0, end - time.monotonic())))
+        if walk.values == 0:
+            return 0.0, f"walk failed: {walk.error}"
+        values += walk.values
+        seconds += walk.seconds
+        walks += 1
+        complete += walk.complete
+    rate = values / seconds if seconds else 0.0
+    return rate, f"{walks} walks ({complete} complete), {values:,} values, -Cr50"
+
+
+def _measure(port: int, pid: int, get_oid: str, walk_oid: str, get_s: float, walk_s: float) -> dict[str, Figures]:
+    out = {}
+    for version in VERSIONS:
+        rate, note = _gets(port, version, get_oid, get_s, pid)
+        walk_rate, walk_note = _walks(port, version, walk_oid, walk_s, walk_s)
+        out[version] = Figures(rate, note, walk_rate, walk_note)
+        log(f"  {version}: {rate:,.0f} GET/s ({note}); {walk_rate:,.0f} values/s ({walk_note})")
+    return out
+
+
+def run(settings: Settings, peers: Peers, results: Results) -> None:
+    if not snmp_agent_present():
+        results.note("snmp: n/a (SNMP agent not present: monitor/snmp/agent.py)")
+        return
+    get_s, walk_s = (3.0, 8.0) if settings.quick else (8.0, 20.0)
+    log(f"snmp: snmpd anchor (GET {snmp_tools.SYS_DESCR}, bulk walks of {ANCHOR_WALK})")
+    snmpd = snmp_tools.Snmpd(settings.workdir / "snmpd")
+    try:
+        snmpd.start()
+        anchor = _measure(snmpd.port, snmpd.pid, snmp_tools.SYS_DESCR, ANCHOR_WALK, get_s, walk_s)
+    finally:
+        snmpd.stop()
+    postfix = peers.postfix
+    table = _oid(mib_oids.SMTP_PROBE_TABLE)
+    for rows in (1_000, 10_000):
+        port = free_udp_port()
+        config: dict[str, Any] = {
+            # an hour's interval: few probes run while we measure, the table is what is served
+            "defaults": {"interval": "1h", "timeout": "10s", "max_concurrency": 500, "helo": "bench.test"},
+            "smtp": probe_mix(rows, postfix.plain_port, postfix.ca_file, prefix="t"),
+            "snmp": snmp_tools.agent_snmp_config(port),
+        }
+        first = "t-00000"
+        get_oid = _oid(mib_oids.smtp_probe_oid(mib_oids.SmtpProbeColumn.STATUS, first))
+        log(f'snmp: agent with {rows:,} probe rows (GET smtpProbeStatus."{first}", bulk walks of smtpProbeTable)')
+        agent = AgentProcess(settings.workdir / f"agent-snmp-{rows}", config)
+        try:
+            agent.start()
+            log(f"  waited {wait_settled(agent.pid):.0f} s for the agent's startup work to finish")
+            if snmp_tools.snmpget(port, "v2c", timeout=5.0) is None:
+                raise RuntimeError(f"the agent's SNMP on udp {port} does not answer:\n{agent.log_tail()}")
+            figures = _measure(port, agent.pid, get_oid, table, get_s, walk_s)
+        finally:
+            agent.stop()
+        for version in VERSIONS:
+            mine, theirs = figures[version], anchor[version]
+            label = "v2c" if version == "v2c" else "v3 authPriv (SHA/AES)"
+            results.add(
+                Row(
+                    "snmp",
+                    f"{label} GET/s, {rows:,} rows",
+                    mine.get_rate,
+                    "/s",
+                    theirs.get_rate,
+                    "snmpd",
+                    "≥ 0.5x",
+                    mine.get_rate >= 0.5 * theirs.get_rate,
+                    f"{mine.get_note}; snmpd: {theirs.get_note}",
+                )
+            )
+            results.add(
+                Row(
+                    "snmp",
+                    f"{label} bulk-walk values/s, {rows:,} rows",
+                    mine.walk_rate,
+                    "/s",
+                    theirs.walk_rate,
+                    "snmpd",
+                    "≥ 0.5x",
+                    mine.walk_rate >= 0.5 * theirs.walk_rate,
+                    f"{mine.walk_note}; snmpd: {theirs.walk_note} of HOST-RESOURCES-MIB",
+                )
+            )
+    results.note(
+        "snmp: GETs replay one captured request (snmpget -d) with 32 in flight from one client socket; "
+        "v3 replays stay inside RFC 3414's 150 s window. Bulk walks are net-snmp's snmpbulkwalk -Cr50."
+    )
