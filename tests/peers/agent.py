@@ -22,8 +22,9 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 class AgentProcess:
     """One agent subprocess on a config file of its own; always stopped by the fixture."""
 
-    def __init__(self, workdir: Path, config: dict[str, object]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, object], args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.args = args  # extra `run` arguments, e.g. ("--shard", "0/2")
         self.port = free_tcp_port()
         self.config = config
         self.config_file = workdir / "agent.yaml"
@@ -45,7 +46,7 @@ class AgentProcess:
     def start(self) -> None:
         self.log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "run", "-c", str(self.config_file)],
+            [sys.executable, "-m", "monitor", "run", "-c", str(self.config_file), *self.args],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         self.wait_until(lambda: self.get("/-/ready")[0] == 200, 15, "agent never became ready")
