@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     checks.add_argument("--rcpt-to", action="append", default=[], metavar="ADDRESS", help="envelope test recipient")
     checks.add_argument("--rcpt-expect", default="250", metavar="CODE", help="reply each RCPT must get: 250, 5xx, ...")
     checks.add_argument("--relay-test", metavar="ADDRESS", help="an outside recipient that must be refused")
-    checks.add_argument("--address-family", choices=["any", "ipv4", "ipv6"], default="any")
+    checks.add_argument("--address-family", choices=["any", "ipv4", "ipv6", "both"], default="any",
+                        help="both: probe every A and AAAA address and report each")
     checks.add_argument("--source-address", metavar="IP", help="connect from this local address")
 
     m = sub.add_parser("mx", help="check one domain's MX records once")

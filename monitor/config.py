@@ -378,7 +378,7 @@ class SmtpProbeConfig(_Strict):
     auth: SmtpAuthConfig | None = None
     envelope: EnvelopeConfig | None = None
     relay_test: RelayTestConfig | None = None
-    address_family: Literal["any", "ipv4", "ipv6"] = "any"
+    address_family: Literal["any", "ipv4", "ipv6", "both"] = "any"  # both: every A and AAAA address
     source_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     keep_chain: bool = False  # keep the presented chain's DER in the result (set by DANE checks)
 

@@ -63,6 +63,8 @@ SMTP_FAMILIES = _families(
     ("smtp_tls", "info", "Negotiated TLS version and cipher", ("probe", "version", "cipher")),
     ("smtp_tls_verified", "gauge", "1 if the certificate chain and host name verified", P),
     ("smtp_ehlo_extension", "info", "Extensions the server advertised in its last EHLO", ("probe", "extension")),
+    ("smtp_probe_address_success", "gauge", "1 if the probe succeeded on this address (address_family: both)",
+     ("probe", "address")),
 )
 MX_FAMILIES = _families(
     ("mx_check_success", "gauge", "1 if the last MX check succeeded, else 0", ("check", "domain")),
@@ -125,6 +127,8 @@ def smtp_samples(state: ProbeState) -> list[Sample]:
         out += [("smtp_probe_phase_duration_seconds", (name, ph), sec) for ph, sec in result.timings.items()]
         out.append(("smtp_probe_reply_code", (name,), result.reply_code))
         out += [("smtp_ehlo_extension", (name, ext), 1.0) for ext in result.extensions]
+        out += [("smtp_probe_address_success", (name, r.address), 1.0 if r.ok else 0.0)
+                for r in result.address_results]
     tls = state.last_tls  # the latest handshake: expiry stays visible while the server is down
     if tls is not None:
         out.append(("smtp_tls", (name, tls.version, tls.cipher), 1.0))

@@ -158,6 +158,7 @@ class SmtpResult:
     helo_fallback: bool = False  # EHLO was refused and HELO used instead
     extensions: dict[str, str] = field(default_factory=dict)  # keyword -> parameters
     tls: TlsInfo | None = None
+    address_results: tuple[SmtpResult, ...] = ()  # every address, with address_family: both
 
     @property
     def reply_code(self) -> int:
@@ -182,6 +183,7 @@ class SmtpResult:
             "helo_fallback": self.helo_fallback,
             "extensions": dict(self.extensions),
             "tls": self.tls.as_dict() if self.tls else None,
+            "addresses": [r.as_dict() for r in self.address_results],
         }
 
 
@@ -317,6 +319,7 @@ def _smtp_from(d: dict[str, Any]) -> SmtpResult:
         address=d.get("address", ""), timings=timings, total=total, banner=d.get("banner", ""),
         helo_fallback=bool(d.get("helo_fallback")), extensions=dict(d.get("extensions") or {}),
         tls=_tls_from(d.get("tls")),
+        address_results=tuple(_smtp_from(a) for a in d.get("addresses") or ()),
     )
 
 

@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import time
+from dataclasses import replace
 
 from monitor.config import EnvelopeConfig, RelayTestConfig, SmtpAuthConfig, SmtpProbeConfig
 from monitor.probes import ProbeEnv, resolve
@@ -100,7 +101,7 @@ class _Dialogue:
         self.enter(Phase.RESOLVE)
         addrs = await resolve.addresses(self.env.resolver, self.config.host)
         family = self.config.address_family
-        if family != "any":
+        if family in ("ipv4", "ipv6"):
             wanted = 4 if family == "ipv4" else 6
             addrs = [a for a in addrs if ipaddress.ip_address(a).version == wanted]
             if not addrs:
@@ -299,7 +300,30 @@ class _Dialogue:
 
 
 async def run(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
-    """Probe one SMTP server; every outcome, good or bad, is a result value."""
+    """Probe one SMTP server; every outcome, good or bad, is a result value.
+
+    address_family "both" probes every A and AAAA address of the host: the result is the first
+    failing address's (or the first address's), with every address's result attached."""
+    if config.address_family != "both":
+        return await _run_one(config, env)
+    t0 = time.perf_counter()
+    try:
+        addrs = await resolve.addresses(env.resolver, config.host)
+    except resolve.LookupFailed:
+        return await _run_one(config.model_copy(update={"address_family": "any"}), env)  # reports the DNS failure
+    servername = config.servername or config.host
+    per_address = await asyncio.gather(*(
+        _run_one(config.model_copy(update={"host": a, "address_family": "any", "servername": servername}), env)
+        for a in addrs
+    ))
+    per_address = [replace(r, host=config.host) for r in per_address]
+    main = next((r for r in per_address if not r.ok), per_address[0])
+    if not main.ok:
+        main = replace(main, error=f"{main.address}: {main.error}")
+    return replace(main, address_results=tuple(per_address), total=time.perf_counter() - t0)
+
+
+async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
     started_at = time.time()
     t0 = time.perf_counter()
     timeout = config.timeout or env.defaults.timeout

@@ -297,3 +297,20 @@ class TestMxDepthAgainstNsd:
         # Postfix listens on 127.0.0.1 only: ::1 fails, reported one by one while the check is ok
         assert probed == {"127.0.0.1": "ok", "::1": "failed"}
         assert mx2["up"] is True
+
+
+class TestEveryAddressOfAHost:
+    def test_both_families_probe_each_address_and_name_the_failing_one(
+        self, dns_server: NsdServer, postfix: PostfixServer,
+    ) -> None:
+        # mx2.good.test has 127.0.0.1 and ::1; Postfix listens on 127.0.0.1 only
+        code, result = probe_json(
+            f"{zone.GOOD_MX2.rstrip('.')}:{postfix.plain_port}", "--tls", "none", "--address-family", "both",
+            "--nameserver", f"{dns_server.host}:{dns_server.port}",
+        )
+        assert code == 2
+        by_address = {r["address"]: r for r in result["addresses"]}
+        assert by_address["127.0.0.1"]["status"] == "ok"
+        assert (by_address["::1"]["status"], by_address["::1"]["phase"]) == ("failed", "connect")
+        assert result["error"].startswith("::1: ")
+        assert result["host"] == zone.GOOD_MX2.rstrip(".")
