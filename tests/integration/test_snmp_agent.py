@@ -12,11 +12,11 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -28,8 +28,7 @@ from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, SmtpRes
 from monitor.snmp import SnmpAgent, SnmpBindError
 from monitor.store import ResultsStore
 from tests.peers.ports import free_udp_port
-
-T = TypeVar("T")
+from tests.peers.snmp_agent_thread import AgentThread
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB_DIR = ROOT / "mibs"
@@ -67,36 +66,6 @@ def parse_numeric(output: str) -> list[Oid]:
 # -- a served agent ---------------------------------------------------------------------------
 
 
-class AgentThread:
-    """An SnmpAgent serving from its own event loop in a background thread (net-snmp runs in ours)."""
-
-    def __init__(self, agent: SnmpAgent) -> None:
-        self.agent = agent
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="snmp-agent", daemon=True)
-
-    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def __enter__(self) -> AgentThread:
-        self._thread.start()
-        try:
-            self.call(self.agent.start())
-        except BaseException:
-            self._close_loop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.call(self.agent.stop())
-        finally:
-            self._close_loop()
-
-    def _close_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
 
 
 @dataclass
