@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _ssl  # ENCODING_DER lives here only; the ssl module does not re-export it
+import functools
 import hashlib
 import ssl
 from datetime import datetime
@@ -55,14 +56,8 @@ def tls_facts(ssl_object: Any, verified: bool, verify_error: str = "", keep_chai
     leaf_der = ssl_object.getpeercert(binary_form=True)
     leaf = cert_info(leaf_der) if leaf_der else None
     chain = _chain_der(ssl_object) or ([leaf_der] if leaf_der else [])
-    chain_not_after = None
-    for der in chain:
-        try:
-            not_after = x509.load_der_x509_certificate(der).not_valid_after_utc
-        except ValueError:
-            continue
-        if chain_not_after is None or not_after < chain_not_after:
-            chain_not_after = not_after
+    expiries = [e for e in map(_not_after, chain) if e is not None]
+    chain_not_after = min(expiries) if expiries else None
     return TlsInfo(
         version=ssl_object.version() or "",
         cipher=cipher[0] if cipher else "",
@@ -96,6 +91,16 @@ def _chain_der(ssl_object: Any) -> list[bytes]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _not_after(der: bytes) -> datetime | None:
+    try:
+        return x509.load_der_x509_certificate(der).not_valid_after_utc
+    except ValueError:
+        return None
+
+
+# Servers present the same certificate run after run: parse each one once.
+@functools.lru_cache(maxsize=4096)
 def cert_info(der: bytes) -> CertInfo | None:
     try:
         cert = x509.load_der_x509_certificate(der)
