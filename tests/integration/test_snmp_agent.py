@@ -364,6 +364,16 @@ class TestReads:
         assert rows["p01"]["smtpProbeStatus"] == "unknown"
         assert len(rows) == 33
 
+    def test_snmptable_over_v3_authpriv_shows_the_same_probe_rows(self, served: Served, net_snmp: NetSnmp) -> None:
+        v2c = net_snmp.v2c("snmptable", served.address, "-Ci", "-Cf", "|", "smtpProbeTable")
+        v3 = net_snmp.v3("snmptable", served.address, "-Ci", "-Cf", "|", "smtpProbeTable")
+        assert v3.returncode == 0, v3.stderr
+        rows = [line for line in v3.stdout.splitlines() if "|" in line]
+        assert len(rows) == 34  # header and 33 probes
+        assert any(row.startswith('"b"|') or row.startswith("b|") for row in rows)
+        # live values (latency of a probe that ran) are the same over both versions
+        assert sorted(rows) == sorted(line for line in v2c.stdout.splitlines() if "|" in line)
+
     def test_snmptable_shows_mx_checks_and_exchanges_in_preference_order(
         self, served: Served, net_snmp: NetSnmp
     ) -> None:
