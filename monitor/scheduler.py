@@ -89,7 +89,8 @@ class ProbeScheduler:
     def apply(self, config: Config) -> None:
         """Make the jobs match the config: add new, drop removed, reschedule changed."""
         self.env.defaults = config.defaults
-        added, removed = self.store.configure(probe_entries(config))
+        added_list, removed = self.store.configure(probe_entries(config))
+        added = set(added_list)
         wanted: dict[str, ProbeConfig] = {p.name: p for p in config.smtp}
         wanted.update({p.name: p for p in config.mx})
         for name in removed:
@@ -111,7 +112,8 @@ class ProbeScheduler:
             log.info("probes: %d configured, %d added or changed, %d removed", len(wanted), len(added), len(removed))
 
     def _remove_job(self, name: str) -> None:
-        if self._scheduler.get_job(name) is not None:
+        # Only names we scheduled: get_job() scans every job, quadratic over thousands of new probes.
+        if name in self._probes and self._scheduler.get_job(name) is not None:
             self._scheduler.remove_job(name)
         self._probes.pop(name, None)
         self._intervals.pop(name, None)

@@ -37,6 +37,7 @@ ENGINE_STATE_FILE = "snmp-engine.json"
 BOOTS_MAX = 2**31 - 1  # RFC 3414 2.2.2: snmpEngineBoots latches at its maximum
 # Larger datagrams are dropped unread: a GET of 64 varbinds with long OIDs stays below 10 KiB.
 MAX_REQUEST_OCTETS = 16384
+VIEW_MAX_STALENESS = 0.5  # seconds an SNMP answer may lag the store (one rebuild per half second at most)
 # Subtrees a manager may read: the system group and our own MIB (RFC 3415 views).
 READ_SUBTREES: tuple[Oid, ...] = (SYSTEM, mib_oids.MIB_ROOT)
 VIEW_NAME = "smtp-monitor"
@@ -419,7 +420,7 @@ class SnmpAgent:
         self._config = config
         self._state_path = Path(state_dir) / ENGINE_STATE_FILE
         self._health = health
-        self.view = MibView(store, health, default_interval=default_interval)
+        self.view = MibView(store, health, default_interval=default_interval, max_staleness=VIEW_MAX_STALENESS)
         self._gate = _Gate(health)
         # Plain v1/v2c reads skip pysnmp (several times faster); it answers everything else.
         # None before start() serves everything through pysnmp (the tests compare the two).

@@ -617,8 +617,13 @@ class MibView:
         sys_contact: str = "",
         sys_location: str = "",
         clock: Callable[[], float] = time.monotonic,
+        max_staleness: float = 0.0,
     ) -> None:
         self._store = store
+        # Rebuild at most this often: with 10,000 probes the store changes ~170 times a second,
+        # and rebuilding (and re-snapshotting) per request would starve a walk. 0: always fresh.
+        self._max_staleness = max_staleness
+        self._built_at = float("-inf")
         self._health = health
         self._default_interval = default_interval
         self._clock = clock
@@ -641,13 +646,17 @@ class MibView:
         return int((self._clock() - self._started) * 100) % 2**32
 
     def current(self) -> MibTable:
-        """The table for the store's current snapshot, rebuilt only if the version moved."""
-        snapshot = self._store.snapshot()
+        """The table for the store's current snapshot, rebuilt only if the version moved (and, with
+        max_staleness, no more often than that)."""
         table = self._table
+        if table is not None and self._clock() - self._built_at < self._max_staleness:
+            return table
+        snapshot = self._store.snapshot()
         if table is None or table.version != snapshot.version:
             started = time.perf_counter()
             table = self._table = self._build(snapshot)
             self.last_build_seconds = time.perf_counter() - started
+            self._built_at = self._clock()
         return table
 
     def get(self, oid: Oid) -> Asn1Value | None:

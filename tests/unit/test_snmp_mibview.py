@@ -261,6 +261,20 @@ class TestGet:
 
 
 class TestSnapshotChanges:
+    def test_max_staleness_serves_the_last_table_until_it_is_old_enough(self) -> None:
+        now = [100.0]
+        store = store_with(smtp("a"))
+        view = MibView(store, AgentHealth(), clock=lambda: now[0], max_staleness=0.5)
+        first = view.current()
+        store.record("a", failed_smtp())
+        now[0] += 0.2
+        assert view.current() is first  # a busy store does not force a rebuild per request
+        now[0] += 0.4
+        fresh = view.current()
+        assert fresh.version > first.version
+        status = read(fresh, mib_oids.smtp_probe_oid(SmtpProbeColumn.STATUS, "a"))
+        assert int(status) == mib_oids.STATUS_VALUES["failed"]
+
     def test_rows_appear_and_disappear_with_configuration(self) -> None:
         store = store_with(smtp("a"), smtp("b"))
         view = view_of(store)
