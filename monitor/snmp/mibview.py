@@ -766,3 +766,13 @@ class MibView:
             ),
         }
         return [(mib_oids.scalar_oid(scalar), reader) for scalar, reader in readers.items()]
+
+
+def row_values(state: ProbeState, columns: Sequence[SmtpProbeColumn | MxCheckColumn]) -> list[Asn1Value]:
+    """The values the agent serves for these columns of a probe's row: notifications carry the
+    same values an NMS reads from the table."""
+    if state.kind == "smtp":
+        cells = smtp_probe_row(state, 0.0)
+        return [SMTP_PROBE_TYPES[c](cells[_SMTP_COLUMNS.index(c)]) for c in columns]  # type: ignore[index]
+    cells = mx_check_row(state)
+    return [MX_CHECK_TYPES[c](cells[_MX_COLUMNS.index(c)]) for c in columns]  # type: ignore[index]

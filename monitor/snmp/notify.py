@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from pysnmp.carrier.asyncio.dgram import udp, udp6
@@ -21,10 +19,9 @@ from pysnmp.entity.rfc3413 import ntforg
 from pysnmp.proto import errind, rfc1902
 
 from monitor import mib_oids as mib
-from monitor.config import MxCheckConfig, SmtpProbeConfig, SnmpNotify
+from monitor.config import SnmpNotify
 from monitor.health import AgentHealth
-from monitor.results import MxResult, SmtpResult
-from monitor.snmp.mibview import admin_string, date_and_time
+from monitor.snmp.mibview import admin_string, row_values
 from monitor.store import ResultsStore, StoreEvent
 
 log = logging.getLogger("smtp_monitor.snmp.notify")
@@ -146,89 +143,6 @@ def _ticks(seconds: float) -> Any:
     return rfc1902.TimeTicks(min(max(int(seconds * 100), 0), 2**32 - 1))
 
 
-def _millis(seconds: float) -> Any:
-    return rfc1902.Unsigned32(min(max(round(seconds * 1000), 0), 2**32 - 1))
-
-
-def _enum(values: Any, key: str, fallback: str) -> Any:
-    return rfc1902.Integer32(values.get(key, values[fallback]))
-
-
-def _failure(result: SmtpResult | MxResult | None) -> tuple[str, str, str]:
-    """(phase, reason, error) of a failed result; none/none/"" for a success or no result."""
-    if result is None or result.ok:
-        return "none", "none", ""
-    phase = result.phase.value if result.phase else "internal"
-    reason = result.reason.value if result.reason else "internal"
-    return phase, reason, result.error
-
-
-def _smtp_value(column: mib.SmtpProbeColumn, event: StoreEvent) -> Any:
-    cfg = event.state.config
-    assert isinstance(cfg, SmtpProbeConfig)
-    result = event.state.last_result if isinstance(event.state.last_result, SmtpResult) else None
-    phase, reason, error = _failure(result)
-    col = mib.SmtpProbeColumn
-    if column is col.NAME:
-        return _text(event.name)
-    if column is col.HOST:
-        return _text(cfg.host)
-    if column is col.PORT:
-        return rfc1902.Unsigned32(cfg.effective_port)
-    if column is col.STATUS:
-        return _enum(mib.STATUS_VALUES, event.new.value, "unknown")
-    if column is col.FAILED_PHASE:
-        return _enum(mib.PHASE_VALUES, phase, "internal")
-    if column is col.FAILED_REASON:
-        return _enum(mib.REASON_VALUES, reason, "internal")
-    if column is col.LAST_ERROR:
-        return _text(error)
-    if column is col.LATENCY:
-        return _millis(result.total if result else 0.0)
-    if column is col.REPLY_CODE:
-        return rfc1902.Unsigned32(result.reply_code if result else 0)
-    if column is col.ADDRESS:
-        return _text(result.address if result else "")
-    if column is col.CONSECUTIVE_FAILURES:
-        return rfc1902.Gauge32(event.state.consecutive_failures)
-    cert = result.tls.cert if result and result.tls else None
-    # The expiry the store warned about: the earliest in the presented chain.
-    expiry = (result.tls.chain_not_after or cert.not_after) if result and result.tls and cert else None
-    if column is col.CERT_EXPIRY:
-        return rfc1902.OctetString(date_and_time(expiry))  # the MIB's 'never' for None
-    if column is col.CERT_DAYS_LEFT:
-        left = (expiry - datetime.fromtimestamp(event.at, UTC)).total_seconds() if expiry else 0.0
-        return rfc1902.Integer32(math.floor(left / 86400))
-    if column is col.CERT_SUBJECT:
-        return _text(cert.subject if cert else "")
-    raise ValueError(f"{column.name} is not an object of any notification")
-
-
-def _mx_value(column: mib.MxCheckColumn, event: StoreEvent) -> Any:
-    cfg = event.state.config
-    assert isinstance(cfg, MxCheckConfig)
-    result = event.state.last_result if isinstance(event.state.last_result, MxResult) else None
-    phase, reason, error = _failure(result)
-    col = mib.MxCheckColumn
-    if column is col.NAME:
-        return _text(event.name)
-    if column is col.DOMAIN:
-        return _text(cfg.domain)
-    if column is col.STATUS:
-        return _enum(mib.STATUS_VALUES, event.new.value, "unknown")
-    if column is col.FAILED_PHASE:
-        return _enum(mib.PHASE_VALUES, phase, "internal")
-    if column is col.FAILED_REASON:
-        return _enum(mib.REASON_VALUES, reason, "internal")
-    if column is col.LAST_ERROR:
-        return _text(error)
-    if column is col.LATENCY:
-        return _millis(result.total if result else 0.0)
-    if column is col.CONSECUTIVE_FAILURES:
-        return rfc1902.Gauge32(event.state.consecutive_failures)
-    raise ValueError(f"{column.name} is not an object of any notification")
-
-
 _WHICH: Final[dict[tuple[str, str], mib.Notification]] = {
     ("smtp", "failed"): mib.Notification.SMTP_PROBE_FAILED,
     ("smtp", "recovered"): mib.Notification.SMTP_PROBE_RECOVERED,
@@ -247,11 +161,11 @@ def build_notification(event: StoreEvent, started_at: float) -> Notification | N
         (SYS_UP_TIME, _ticks(event.at - started_at)),  # when it happened, not when it was sent
         (SNMP_TRAP_OID, rfc1902.ObjectIdentifier(mib.notification_oid(which))),
     ]
-    for column in mib.NOTIFICATION_OBJECTS[which]:
-        if isinstance(column, mib.SmtpProbeColumn):
-            varbinds.append((mib.smtp_probe_oid(column, event.name), _smtp_value(column, event)))
-        else:
-            varbinds.append((mib.mx_check_oid(column, event.name), _mx_value(column, event)))
+    columns = mib.NOTIFICATION_OBJECTS[which]
+    for column, value in zip(columns, row_values(event.state, columns), strict=True):
+        oid = (mib.smtp_probe_oid(column, event.name) if isinstance(column, mib.SmtpProbeColumn)
+               else mib.mx_check_oid(column, event.name))
+        varbinds.append((oid, value))
     return Notification(mib.mib_label(which.name), event.name, tuple(varbinds))
 
 
