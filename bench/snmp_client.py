@@ -11,29 +11,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import cast
 
+from monitor.snmp.fastpath import oid_body, tlv
+
 GET, GETNEXT, GETBULK = 0xA0, 0xA1, 0xA5
 _ID_BASE = 0x40000000  # request-ids from here on always take 4 octets: packets differ in those only
-
-
-def _tlv(tag: int, body: bytes) -> bytes:
-    size = len(body)
-    if size < 0x80:
-        return bytes((tag, size)) + body
-    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(octets))) + octets + body
-
-
-def _oid(text: str) -> bytes:
-    arcs = [int(arc) for arc in text.strip(".").split(".")]
-    out = bytearray()
-    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        out += bytes(reversed(chunk))
-    return bytes(out)
 
 
 def request_packets(
@@ -47,15 +28,16 @@ def request_packets(
     max_repetitions: int = 10,
 ) -> list[bytes]:
     """`count` copies of one request (version 0 = v1, 1 = v2c) with request-ids _ID_BASE, _ID_BASE + 1, ..."""
-    binds = b"".join(_tlv(0x30, _tlv(0x06, _oid(oid)) + b"\x05\x00") for oid in oids)
+    arcs = [tuple(int(arc) for arc in oid.strip(".").split(".")) for oid in oids]
+    binds = b"".join(tlv(0x30, tlv(0x06, oid_body(a)) + b"\x05\x00") for a in arcs)
     fields = (non_repeaters, max_repetitions) if pdu == GETBULK else (0, 0)
-    ints = b"".join(_tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)) for value in fields)
+    ints = b"".join(tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)) for value in fields)
     marker = (0x7FFFFFFF).to_bytes(4, "big")
-    template = _tlv(
+    template = tlv(
         0x30,
-        _tlv(0x02, bytes((version,)))
-        + _tlv(0x04, community.encode())
-        + _tlv(pdu, _tlv(0x02, marker) + ints + _tlv(0x30, binds)),
+        tlv(0x02, bytes((version,)))
+        + tlv(0x04, community.encode())
+        + tlv(pdu, tlv(0x02, marker) + ints + tlv(0x30, binds)),
     )
     at = template.index(marker)
     return [template[:at] + (_ID_BASE + i).to_bytes(4, "big") + template[at + 4 :] for i in range(count)]

@@ -79,7 +79,7 @@ class NotHandled(Exception):
 # -- BER ----------------------------------------------------------------------------------------
 
 
-def _tlv(tag: int, body: bytes) -> bytes:
+def tlv(tag: int, body: bytes) -> bytes:
     """One BER item with a minimal definite length, as pyasn1 encodes it."""
     size = len(body)
     if size < 0x80:
@@ -95,7 +95,7 @@ def _int_body(value: int) -> bytes:
 
 
 def _int_tlv(value: int) -> bytes:
-    return _tlv(0x02, _int_body(value))
+    return tlv(0x02, _int_body(value))
 
 
 def _sub_ids(arcs: Sequence[int]) -> bytes:
@@ -260,7 +260,7 @@ def _bindings(data: bytes, pos: int, stop: int) -> _Bindings:
 
 
 def _name_varbind(body: bytes, value: bytes) -> bytes:
-    return _tlv(0x30, _tlv(0x06, body) + value)
+    return tlv(0x30, tlv(0x06, body) + value)
 
 
 def _end_after(varbind: bytes) -> bytes:
@@ -271,7 +271,7 @@ def _end_after(varbind: bytes) -> bytes:
     if size & 0x80:
         head += size & 0x7F
         size = int.from_bytes(varbind[pos + 2 : pos + head], "big")
-    return _tlv(0x30, varbind[pos : pos + head + size] + _END_OF_MIB_VIEW)
+    return tlv(0x30, varbind[pos : pos + head + size] + _END_OF_MIB_VIEW)
 
 
 def _value_tlv(value: Any) -> tuple[bytes, int]:
@@ -282,10 +282,10 @@ def _value_tlv(value: Any) -> tuple[bytes, int]:
         return encoded, encoded[0]
     tag, kind = spec[0], spec[1]
     if kind == _INT:
-        return _tlv(tag, _int_body(int(value))), tag
+        return tlv(tag, _int_body(int(value))), tag
     if kind == _OCTETS:
-        return _tlv(tag, value.asOctets()), tag
-    return _tlv(tag, oid_body(tuple(value))), tag
+        return tlv(tag, value.asOctets()), tag
+    return tlv(tag, oid_body(tuple(value))), tag
 
 
 def _pyasn1(build: Callable[[], Any]) -> bytes:
@@ -308,7 +308,7 @@ def cell_encoder(syntax: type) -> Callable[[Raw], bytes]:
                 return _pyasn1(lambda: syntax(raw))
             if not low <= raw <= high:
                 raise NotHandled(f"{raw} outside {syntax.__name__}")
-            return _tlv(tag, _int_body(raw))
+            return tlv(tag, _int_body(raw))
 
         return encode_int
 
@@ -317,7 +317,7 @@ def cell_encoder(syntax: type) -> Callable[[Raw], bytes]:
             return _pyasn1(lambda: syntax(raw))
         if not low <= len(raw) <= high:
             raise NotHandled(f"{len(raw)} octets outside {syntax.__name__}")
-        return _tlv(tag, raw)
+        return tlv(tag, raw)
 
     return encode_octets
 
@@ -473,7 +473,7 @@ class FastPath:
                 if not node.visible:
                     return _name_varbind(body, _NO_SUCH_OBJECT), _EXCEPTION
                 value, tag = node.value()
-                return _tlv(0x30, node.name_tlv + value), _BIG_COUNTER if tag == _COUNTER64 else _VALUE
+                return tlv(0x30, node.name_tlv + value), _BIG_COUNTER if tag == _COUNTER64 else _VALUE
         exception = _NO_SUCH_INSTANCE if compiled.table.is_object(oid) else _NO_SUCH_OBJECT
         return _name_varbind(body, exception), _EXCEPTION
 
@@ -511,7 +511,7 @@ class FastPath:
                 elif j == 0:
                     value, tag = node.value()
                     if not (v1_next and tag == _COUNTER64):
-                        return k, 0, _tlv(0x30, node.name_tlv + value)
+                        return k, 0, tlv(0x30, node.name_tlv + value)
             k += 1
             j = 0
         return None
@@ -526,7 +526,7 @@ class FastPath:
         varbind = code.varbinds[node.position]
         if varbind is None:
             value = node.encode(cells[node.position])
-            varbind = code.varbinds[node.position] = _tlv(0x30, _tlv(0x06, node.key_body + code.index_body) + value)
+            varbind = code.varbinds[node.position] = tlv(0x30, tlv(0x06, node.key_body + code.index_body) + value)
         return varbind
 
     # -- GETBULK ----------------------------------------------------------------------------
@@ -691,7 +691,7 @@ class FastPath:
         for key, node in zip(keys, raw_nodes, strict=True):
             visible = self._visible(key)
             if type(node) is _Scalar:
-                nodes.append(_ScalarNode(key, _tlv(0x06, oid_body(key)), self._scalar_value(key, node), visible))
+                nodes.append(_ScalarNode(key, tlv(0x06, oid_body(key)), self._scalar_value(key, node), visible))
             elif type(node) is _Column:
                 rows = node.rows
                 codes = self._row_codes.setdefault(key[:-1], {})
@@ -711,7 +711,7 @@ class FastPath:
         if key == SYS_UPTIME:
             # Read at every request like every scalar, without building a pyasn1 TimeTicks.
             uptime = self._view.uptime_ticks
-            return lambda: (_tlv(0x43, _int_body(uptime())), 0x43)
+            return lambda: (tlv(0x43, _int_body(uptime())), 0x43)
         if key in _FIXED_PER_TABLE:
             # The rest of the system group is fixed when MibView builds a table: encode it once.
             encoded = _value_tlv(node.read())
