@@ -122,7 +122,7 @@ class ProbeProcess:
             self._writer = None
             self._stopped.set()
         if not self._stopping:
-            self._reap(timeout=1.0)
+            await self._reap(grace=1.0)
             await asyncio.sleep(RESTART_DELAY)
             if not self._stopping:
                 self._stopped.clear()
@@ -149,18 +149,24 @@ class ProbeProcess:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task
-        self._reap(timeout=1.0)
+        await self._reap(grace=1.0)
 
-    def _reap(self, timeout: float) -> None:
+    async def _reap(self, grace: float) -> None:
+        """Wait for the probe process to exit, killing it after `grace` seconds; off the event loop,
+        which keeps serving SNMP and HTTP meanwhile."""
         proc = self._proc
         if proc is None:
             return
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
         self._proc = None
+
+        def wait() -> None:
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+        await asyncio.to_thread(wait)
 
     @property
     def pid(self) -> int | None:
