@@ -30,6 +30,8 @@ MX_EXCHANGE_TABLE: Final[Oid] = (*OBJECTS, 4)
 MX_EXCHANGE_ENTRY: Final[Oid] = (*MX_EXCHANGE_TABLE, 1)
 MX_ADDRESS_TABLE: Final[Oid] = (*OBJECTS, 5)
 MX_ADDRESS_ENTRY: Final[Oid] = (*MX_ADDRESS_TABLE, 1)
+SMTP_ADDRESS_TABLE: Final[Oid] = (*OBJECTS, 6)
+SMTP_ADDRESS_ENTRY: Final[Oid] = (*SMTP_ADDRESS_TABLE, 1)
 
 COMPLIANCES: Final[Oid] = (*CONFORMANCE, 1)  # smtpMonitorCompliances
 GROUPS: Final[Oid] = (*CONFORMANCE, 2)  # smtpMonitorGroups
@@ -130,6 +132,19 @@ class MxAddressColumn(enum.IntEnum):
     PTR = 6
 
 
+class SmtpAddressColumn(enum.IntEnum):
+    """Columns of smtpAddressEntry (index: probe name, address order); smtpAddress + CamelCase."""
+
+    ORDER = 1  # not-accessible index
+    VALUE = 2
+    UP = 3
+    LAST_ERROR = 4
+    FAILED_PHASE = 5
+    FAILED_REASON = 6
+    REPLY_CODE = 7
+    LATENCY = 8
+
+
 class Notification(enum.IntEnum):
     """Notifications under smtpMonitorNotificationPrefix; MIB name is lowerCamelCase of the member."""
 
@@ -152,6 +167,7 @@ class Group(enum.IntEnum):
     MX_CHECK_POLICY_GROUP = 7
     MX_EXCHANGE_POLICY_GROUP = 8
     MX_ADDRESS_GROUP = 9
+    SMTP_ADDRESS_GROUP = 10
 
 
 # Objects each notification carries, in the order of its OBJECTS clause (columns of one row).
@@ -278,6 +294,7 @@ REASON_VALUES: Final[Mapping[str, int]] = {
 
 MX_EXCHANGE_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}
 MX_ADDRESS_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}
+SMTP_ADDRESS_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2}
 
 # SmtpMonitorDnssec (mxCheckDnssec), from MxResult.authenticated None / True / False.
 DNSSEC_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "authenticated": 2, "unauthenticated": 3}
@@ -300,7 +317,7 @@ TRUTH_VALUES: Final[Mapping[bool, int]] = {True: 1, False: 2}  # SNMPv2-TC Truth
 DATE_AND_TIME_NEVER: Final[bytes] = bytes.fromhex("0000010100000000")
 
 NAME_INDEX_MAX: Final[int] = 100  # SIZE(1..100) of smtpProbeIndexName and mxCheckIndexName
-ORDER_MAX: Final[int] = 65535  # mxExchangeOrder and mxAddressOrder are Unsigned32 (1..65535)
+ORDER_MAX: Final[int] = 65535  # mxExchangeOrder, mxAddressOrder, smtpAddressOrder: Unsigned32 (1..65535)
 
 
 def name_index(name: str) -> Oid:
@@ -334,6 +351,13 @@ def mx_address_oid(column: MxAddressColumn, name: str, order: int, address_order
         if not 1 <= position <= ORDER_MAX:
             raise ValueError(f"{what} position {position} must be 1 to {ORDER_MAX}")
     return (*MX_ADDRESS_ENTRY, int(column), *name_index(name), order, address_order)
+
+
+def smtp_address_oid(column: SmtpAddressColumn, name: str, order: int) -> Oid:
+    """The instance OID of a column of an smtpAddressTable row: probe name, 1-based address position."""
+    if not 1 <= order <= ORDER_MAX:
+        raise ValueError(f"address position {order} must be 1 to {ORDER_MAX}")
+    return (*SMTP_ADDRESS_ENTRY, int(column), *name_index(name), order)
 
 
 def scalar_oid(scalar: Scalar) -> Oid:
@@ -377,6 +401,8 @@ OID_BY_NAME: Final[Mapping[str, Oid]] = {
     "mxExchangeEntry": MX_EXCHANGE_ENTRY,
     "mxAddressTable": MX_ADDRESS_TABLE,
     "mxAddressEntry": MX_ADDRESS_ENTRY,
+    "smtpAddressTable": SMTP_ADDRESS_TABLE,
+    "smtpAddressEntry": SMTP_ADDRESS_ENTRY,
     "smtpMonitorCompliances": COMPLIANCES,
     "smtpMonitorGroups": GROUPS,
     "smtpMonitorCompliance": COMPLIANCE,
@@ -385,6 +411,7 @@ OID_BY_NAME: Final[Mapping[str, Oid]] = {
     **_named("mxCheck", MxCheckColumn, MX_CHECK_ENTRY),
     **_named("mxExchange", MxExchangeColumn, MX_EXCHANGE_ENTRY),
     **_named("mxAddress", MxAddressColumn, MX_ADDRESS_ENTRY),
+    **_named("smtpAddress", SmtpAddressColumn, SMTP_ADDRESS_ENTRY),
     **_named("", Notification, NOTIFICATION_PREFIX),
     **_named("", Group, GROUPS),
 }

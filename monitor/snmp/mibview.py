@@ -17,7 +17,15 @@ from pysnmp.proto import rfc1902
 from monitor import mib_oids
 from monitor.config import MxCheckConfig, SmtpProbeConfig
 from monitor.health import AgentHealth
-from monitor.mib_oids import MxAddressColumn, MxCheckColumn, MxExchangeColumn, Oid, Scalar, SmtpProbeColumn
+from monitor.mib_oids import (
+    MxAddressColumn,
+    MxCheckColumn,
+    MxExchangeColumn,
+    Oid,
+    Scalar,
+    SmtpAddressColumn,
+    SmtpProbeColumn,
+)
 from monitor.results import MxRecord, MxResult, SmtpResult, Status, TlsInfo
 from monitor.store import ProbeState, Snapshot
 
@@ -252,6 +260,15 @@ MX_EXCHANGE_TYPES: dict[MxExchangeColumn, type] = {
     MxExchangeColumn.DANE: _I,
     MxExchangeColumn.MTA_STS: _I,
 }
+SMTP_ADDRESS_TYPES: dict[SmtpAddressColumn, type] = {
+    SmtpAddressColumn.VALUE: _S,
+    SmtpAddressColumn.UP: _I,
+    SmtpAddressColumn.LAST_ERROR: _S,
+    SmtpAddressColumn.FAILED_PHASE: _I,
+    SmtpAddressColumn.FAILED_REASON: _I,
+    SmtpAddressColumn.REPLY_CODE: _U,
+    SmtpAddressColumn.LATENCY: _U,
+}
 MX_ADDRESS_TYPES: dict[MxAddressColumn, type] = {
     MxAddressColumn.VALUE: _S,
     MxAddressColumn.UP: _I,
@@ -265,6 +282,7 @@ _SMTP_COLUMNS = tuple(sorted(SMTP_PROBE_TYPES))
 _MX_COLUMNS = tuple(sorted(MX_CHECK_TYPES))
 _EXCHANGE_COLUMNS = tuple(sorted(MX_EXCHANGE_TYPES))
 _ADDRESS_COLUMNS = tuple(sorted(MX_ADDRESS_TYPES))
+_SMTP_ADDRESS_COLUMNS = tuple(sorted(SMTP_ADDRESS_TYPES))
 
 
 # -- rows ---------------------------------------------------------------------------------------
@@ -330,6 +348,25 @@ def smtp_probe_row(state: ProbeState, default_interval: float) -> tuple[Raw, ...
         admin_string(result.address) if result else b"",
         date_and_time(state.last_tls_at if state.last_tls is not None else None),
     )
+
+
+def smtp_address_rows(name_index: Oid, result: SmtpResult | None) -> list[tuple[Oid, tuple[Raw, ...]]]:
+    """(index, cells) of the smtpAddressTable rows of one probe (address_family: both), in index order."""
+    if result is None:
+        return []
+    rows = []
+    for order, probe in enumerate(result.address_results[:ADDRESSES_MAX], start=1):
+        cells: tuple[Raw, ...] = (
+            admin_string(probe.address),
+            mib_oids.SMTP_ADDRESS_UP_VALUES["up" if probe.ok else "down"],
+            b"" if probe.ok else admin_string(probe.error),
+            _phase(probe),
+            _reason(probe),
+            _clamp(probe.reply_code, 0, 999),
+            _ms(probe.total),
+        )
+        rows.append(((*name_index, order), cells))
+    return rows
 
 
 def mx_check_row(state: ProbeState) -> tuple[Raw, ...]:
@@ -537,7 +574,7 @@ class _CachedRow:
     index: Oid
     cells: tuple[Raw, ...]
     exchanges: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()
-    addresses: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()
+    addresses: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # mxAddressTable or smtpAddressTable rows
 
 
 def _same_inputs(old: ProbeState, new: ProbeState) -> bool:
@@ -636,6 +673,7 @@ class MibView:
         self._mx = _RowTable("mx", self._mx_row)
         self._exchanges = _Rows([], [])
         self._addresses = _Rows([], [])
+        self._smtp_addresses = _Rows([], [])
         self.last_build_seconds = 0.0
 
     def restart_uptime(self) -> None:
@@ -684,7 +722,10 @@ class MibView:
                 if old is None or old.state is not state:
                     mx_changed.append((name, state))
         mx_count = len(snapshot.states) - smtp_count
-        self._smtp.apply(smtp_changed, smtp_count, snapshot)
+        if self._smtp.apply(smtp_changed, smtp_count, snapshot):
+            rows = self._smtp.rows
+            flat = [address for name in self._smtp.order for address in rows[name].addresses]
+            self._smtp_addresses = _Rows([index for index, _ in flat], [cells for _, cells in flat])
         if self._mx.apply(mx_changed, mx_count, snapshot):
             rows = self._mx.rows
             flat = [exchange for name in self._mx.order for exchange in rows[name].exchanges]
@@ -712,14 +753,23 @@ class MibView:
             nodes.append(
                 ((*mib_oids.MX_ADDRESS_ENTRY, int(address_column)), _Column(self._addresses, position, syntax))
             )
+        for position, smtp_address_column in enumerate(_SMTP_ADDRESS_COLUMNS):
+            syntax = SMTP_ADDRESS_TYPES[smtp_address_column]
+            nodes.append(
+                (
+                    (*mib_oids.SMTP_ADDRESS_ENTRY, int(smtp_address_column)),
+                    _Column(self._smtp_addresses, position, syntax),
+                )
+            )
         return MibTable(snapshot.version, nodes)
 
     def _smtp_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
-        if old is None:
-            return _CachedRow(state, mib_oids.name_index(name), smtp_probe_row(state, self._default_interval))
-        if _same_inputs(old.state, state):
-            return _CachedRow(state, old.index, old.cells)
-        return _CachedRow(state, old.index, smtp_probe_row(state, self._default_interval))
+        if old is not None and _same_inputs(old.state, state):
+            return _CachedRow(state, old.index, old.cells, addresses=old.addresses)
+        index = old.index if old is not None else mib_oids.name_index(name)
+        result = state.last_result if isinstance(state.last_result, SmtpResult) else None
+        cells = smtp_probe_row(state, self._default_interval)
+        return _CachedRow(state, index, cells, addresses=tuple(smtp_address_rows(index, result)))
 
     def _mx_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
         if old is not None and _same_inputs(old.state, state):

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.peers import zone
 from tests.peers.agent import AgentProcess
 from tests.peers.nsd import NsdServer
-from tests.peers.ports import free_tcp_port
+from tests.peers.ports import free_tcp_port, free_udp_port
 from tests.peers.postfix import PostfixServer
 
 
@@ -87,6 +87,46 @@ class TestAgentMetrics:
         log = agent.logs()
         assert "smtp plain status: ok -> failed" in log
         assert "smtp plain status: failed -> ok" in log
+
+
+class TestEveryAddressOfAHost:
+    def test_both_families_show_each_address_in_metrics_and_in_smtp_address_table(
+        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+        dns_server: NsdServer, base_mibs: Path, tmp_path: Path,
+    ) -> None:
+        # mx2.good.test has 127.0.0.1 and ::1; Postfix listens on 127.0.0.1 only.
+        snmp_port = free_udp_port()
+        agent = agent_factory({
+            "defaults": {"interval": "1s", "timeout": "5s"},
+            "dns": {"nameservers": [f"{dns_server.host}:{dns_server.port}"]},
+            "snmp": {"listen": [f"udp:127.0.0.1:{snmp_port}"], "communities": [{"name": "public"}]},
+            "smtp": [{"name": "both", "host": zone.GOOD_MX2.rstrip("."), "port": postfix.plain_port, "tls": "none",
+                      "address_family": "both"}],
+        })
+        agent.wait_until(lambda: agent.value("smtp_probe_address_success", probe="both", address="::1") is not None,
+                         20, "no per-address samples")
+        assert agent.value("smtp_probe_address_success", probe="both", address="127.0.0.1") == 1.0
+        assert agent.value("smtp_probe_address_success", probe="both", address="::1") == 0.0
+        env = {k: v for k, v in os.environ.items() if k not in ("MIBS", "MIBDIRS", "SNMPCONFPATH")}
+        env["SNMPCONFPATH"] = str(tmp_path)  # ignore ~/.snmp and /etc/snmp
+        mib_dirs = f"+{Path(__file__).resolve().parents[2] / 'mibs'}:{base_mibs}"
+        table = subprocess.run(
+            ["snmptable", "-v2c", "-c", "public", "-t", "3", "-r", "2", "-M", mib_dirs, "-m", "SMTP-MONITOR-MIB",
+             "-Ci", "-Cf", "|", f"127.0.0.1:{snmp_port}", "SMTP-MONITOR-MIB::smtpAddressTable"],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )
+        assert (table.returncode, table.stderr) == (0, "")
+        lines = [line.split("|") for line in table.stdout.splitlines() if "|" in line]
+        header, rows = lines[0], lines[1:]
+        assert header == ["index", "smtpAddressValue", "smtpAddressUp", "smtpAddressLastError",
+                          "smtpAddressFailedPhase", "smtpAddressFailedReason", "smtpAddressReplyCode",
+                          "smtpAddressLatency"]
+        by_address = {row[1]: row for row in rows}
+        assert [row[0] for row in rows] == ['"both".1', '"both".2']
+        assert by_address["127.0.0.1"][2:6] == ["up", "", "none", "none"]
+        assert by_address["::1"][2] == "down"
+        assert by_address["::1"][3] != ""
+        assert by_address["::1"][4] == "connect"
 
 
 class TestAgentLifecycle:

@@ -80,6 +80,7 @@ def test_snmptranslate_prints_the_tree_without_errors(base_mibs: Path, tool_env:
     assert f"smtpMonitorMIB({mib_oids.ENTERPRISE_OID[-1]})" in out.stdout
     assert "mxExchangeUp(5)" in out.stdout
     assert "mxAddressPtr(6)" in out.stdout
+    assert "smtpAddressLatency(8)" in out.stdout
 
 
 @pytest.mark.parametrize(
@@ -130,6 +131,9 @@ def test_enterprise_oid_sits_under_enterprises() -> None:
         pytest.param("mxExchangeMtaSts", mib_oids.MTA_STS_COVERAGE_VALUES, id="mxExchangeMtaSts"),
         pytest.param("mxAddressUp", mib_oids.MX_ADDRESS_UP_VALUES, id="mxAddressUp"),
         pytest.param("mxAddressPtr", mib_oids.PTR_VALUES, id="mxAddressPtr"),
+        pytest.param("smtpAddressUp", mib_oids.SMTP_ADDRESS_UP_VALUES, id="smtpAddressUp"),
+        pytest.param("smtpAddressFailedPhase", mib_oids.PHASE_VALUES, id="smtpAddressFailedPhase"),
+        pytest.param("smtpAddressFailedReason", mib_oids.REASON_VALUES, id="smtpAddressFailedReason"),
     ],
 )
 def test_enum_map_equals_mib_labels_in_camel_case(
@@ -196,6 +200,9 @@ def test_instance_oids_encode_name_index_as_snmptranslate_does(
         f'{MODULE}::mxAddressPtr."ex.org".3.2': mib_oids.mx_address_oid(
             mib_oids.MxAddressColumn.PTR, "ex.org", 3, 2
         ),
+        f'{MODULE}::smtpAddressUp."mail-1".2': mib_oids.smtp_address_oid(
+            mib_oids.SmtpAddressColumn.UP, "mail-1", 2
+        ),
         f"{MODULE}::smtpMonitorVersion.0": mib_oids.scalar_oid(mib_oids.Scalar.VERSION),
     }
     for text, oid in cases.items():
@@ -216,6 +223,8 @@ def test_name_index_accepts_1_to_100_octets_within_the_oid_length_limit() -> Non
         mib_oids.mx_exchange_oid(mib_oids.MxExchangeColumn.UP, "n", 0)
     with pytest.raises(ValueError, match="address position 65536 must be 1 to 65535"):
         mib_oids.mx_address_oid(mib_oids.MxAddressColumn.PTR, "n", 1, 65536)
+    with pytest.raises(ValueError, match="address position 0 must be 1 to 65535"):
+        mib_oids.smtp_address_oid(mib_oids.SmtpAddressColumn.UP, "n", 0)
 
 
 def test_notification_oid_is_under_the_zero_arc() -> None:
@@ -255,10 +264,12 @@ class TestRevisionsAndConformance:
         object_groups = {mib_oids.mib_label(g.name) for g in mib_oids.Group if g is not notifications}
         assert {name for name, _ in groups} == object_groups
         members = [word.strip() for _, objects in groups for word in objects.split(",")]
-        not_accessible = {"smtpProbeIndexName", "mxCheckIndexName", "mxExchangeOrder", "mxAddressOrder"}
+        not_accessible = {
+            "smtpProbeIndexName", "mxCheckIndexName", "mxExchangeOrder", "mxAddressOrder", "smtpAddressOrder",
+        }
         tables = (
             mib_oids.SMTP_PROBE_ENTRY, mib_oids.MX_CHECK_ENTRY, mib_oids.MX_EXCHANGE_ENTRY,
-            mib_oids.MX_ADDRESS_ENTRY, mib_oids.SCALARS,
+            mib_oids.MX_ADDRESS_ENTRY, mib_oids.SMTP_ADDRESS_ENTRY, mib_oids.SCALARS,
         )
         readable = [
             name for name, oid in mib_oids.OID_BY_NAME.items()

@@ -16,15 +16,24 @@ from pysnmp.proto import rfc1902
 from monitor import mib_oids
 from monitor.config import MxCheckConfig, SmtpProbeConfig
 from monitor.health import AgentHealth
-from monitor.mib_oids import MxAddressColumn, MxCheckColumn, MxExchangeColumn, Oid, Scalar, SmtpProbeColumn
+from monitor.mib_oids import (
+    MxAddressColumn,
+    MxCheckColumn,
+    MxExchangeColumn,
+    Oid,
+    Scalar,
+    SmtpAddressColumn,
+    SmtpProbeColumn,
+)
 from monitor.probes.dane import Tlsa, TlsaLookup
 from monitor.probes.mx import _dane_verdict
 from monitor.probes.policy_records import check_dmarc, check_spf
-from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult, TlsInfo
+from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, ReverseDns, SmtpResult, TlsInfo
 from monitor.snmp.mibview import (
     MX_ADDRESS_TYPES,
     MX_CHECK_TYPES,
     MX_EXCHANGE_TYPES,
+    SMTP_ADDRESS_TYPES,
     SMTP_PROBE_TYPES,
     SYS_DESCR,
     SYS_OBJECT_ID,
@@ -866,3 +875,83 @@ class TestMxAddressTable:
                  if oid[: len(mib_oids.MX_ADDRESS_ENTRY)] == mib_oids.MX_ADDRESS_ENTRY]
         assert after == before
         assert len(after) == len(MX_ADDRESS_TYPES)
+
+
+def both_families(*per_address: SmtpResult) -> SmtpResult:
+    """A probe result with address_family: both, as monitor.probes.smtp returns it: the first failing address leads."""
+    main = next((r for r in per_address if not r.ok), per_address[0])
+    return replace(main, address_results=per_address, total=sum(r.total for r in per_address))
+
+
+def smtp_address_cells(store: ResultsStore, column: SmtpAddressColumn, name: str = "a") -> dict[int, Any]:
+    """Address order -> plain value (bytes or int) of one smtpAddressTable column, from a walk."""
+    prefix = (*mib_oids.SMTP_ADDRESS_ENTRY, int(column), *mib_oids.name_index(name))
+    return {
+        oid[len(prefix)]: bytes(value) if isinstance(value, rfc1902.OctetString) else int(value)
+        for oid, value in view_of(store).current().items()
+        if oid[: len(prefix)] == prefix
+    }
+
+
+class TestSmtpAddressTable:
+    def test_every_address_of_a_both_families_probe_has_its_own_row(self) -> None:
+        v4 = replace(ok_smtp(total=0.012), address="192.0.2.7")
+        v6 = replace(failed_smtp(Phase.BANNER, Reason.REPLY, "554 go away"), address="2001:db8::7")
+        v6 = replace(v6, reply=Reply(554, ("go away",)), total=0.034)
+        store = store_with(smtp("a"))
+        store.record("a", both_families(v4, v6))
+        assert smtp_address_cells(store, SmtpAddressColumn.VALUE) == {1: b"192.0.2.7", 2: b"2001:db8::7"}
+        up = mib_oids.SMTP_ADDRESS_UP_VALUES
+        assert smtp_address_cells(store, SmtpAddressColumn.UP) == {1: up["up"], 2: up["down"]}
+        assert smtp_address_cells(store, SmtpAddressColumn.LAST_ERROR) == {1: b"", 2: b"554 go away"}
+        phases = smtp_address_cells(store, SmtpAddressColumn.FAILED_PHASE)
+        assert phases == {1: mib_oids.PHASE_VALUES["none"], 2: mib_oids.PHASE_VALUES["banner"]}
+        reasons = smtp_address_cells(store, SmtpAddressColumn.FAILED_REASON)
+        assert reasons == {1: mib_oids.REASON_VALUES["none"], 2: mib_oids.REASON_VALUES["reply"]}
+        assert smtp_address_cells(store, SmtpAddressColumn.REPLY_CODE) == {1: 0, 2: 554}
+        assert smtp_address_cells(store, SmtpAddressColumn.LATENCY) == {1: 12, 2: 34}
+        # The probe's own row names the failing address.
+        assert bytes(smtp_cell(view_of(store), SmtpProbeColumn.ADDRESS, "a")) == b"2001:db8::7"
+
+    def test_columns_have_the_mib_syntax(self) -> None:
+        store = store_with(smtp("a"))
+        store.record("a", both_families(ok_smtp(), replace(ok_smtp(), address="2001:db8::7")))
+        view = view_of(store)
+        for column, syntax in SMTP_ADDRESS_TYPES.items():
+            assert type(view.get(mib_oids.smtp_address_oid(column, "a", 2))) is syntax, column.name
+
+    def test_a_single_address_probe_has_no_rows(self) -> None:
+        store = store_with(smtp("a"))
+        store.record("a", ok_smtp())
+        assert smtp_address_cells(store, SmtpAddressColumn.VALUE) == {}
+
+    def test_rows_of_several_probes_walk_in_index_order_after_the_mx_tables(self) -> None:
+        store = store_with(smtp("long-name"), smtp("a"), mx("m"))
+        for name in ("long-name", "a"):
+            store.record(name, both_families(ok_smtp(), replace(ok_smtp(), address="2001:db8::7")))
+        store.record("m", MxResult("example.com", time.time(), True,
+                                   records=(MxRecord(5, "a.example", ("192.0.2.1",)),)))
+        table = view_of(store).current()
+        rows = column_rows(table, mib_oids.SMTP_ADDRESS_ENTRY, int(SmtpAddressColumn.UP))
+        assert rows == [
+            (*mib_oids.name_index("a"), 1),
+            (*mib_oids.name_index("a"), 2),
+            (*mib_oids.name_index("long-name"), 1),
+            (*mib_oids.name_index("long-name"), 2),
+        ]
+        oids = walk(table)
+        assert oids == sorted(oids) == [oid for oid, _ in table.items()]
+        assert oids[-1] == mib_oids.smtp_address_oid(SmtpAddressColumn.LATENCY, "long-name", 2)
+
+    def test_rows_follow_each_new_result_and_vanish_with_the_probe(self) -> None:
+        store = store_with(smtp("a"), smtp("b"))
+        view = view_of(store)
+        store.record("a", both_families(ok_smtp(), replace(ok_smtp(), address="2001:db8::7")))
+        assert view.get(mib_oids.smtp_address_oid(SmtpAddressColumn.VALUE, "a", 2)) == b"2001:db8::7"
+        store.record("a", both_families(replace(ok_smtp(), address="192.0.2.9")))
+        assert view.get(mib_oids.smtp_address_oid(SmtpAddressColumn.VALUE, "a", 1)) == b"192.0.2.9"
+        assert view.get(mib_oids.smtp_address_oid(SmtpAddressColumn.VALUE, "a", 2)) is None
+        store.record("b", failed_smtp())  # another probe's result keeps a's rows
+        assert view.get(mib_oids.smtp_address_oid(SmtpAddressColumn.VALUE, "a", 1)) == b"192.0.2.9"
+        store.configure([(smtp("b"), 1, 14)])  # a reload without "a"
+        assert view.get(mib_oids.smtp_address_oid(SmtpAddressColumn.VALUE, "a", 1)) is None
