@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test suite runs for real: Postfix, NSD, net-snmp tools,
+# Install the Debian packages the test suite runs for real: Postfix, NSD, Unbound, net-snmp tools,
 # snmptrapd/snmpd, smitools, the base MIBs (erlang-snmp), promtool, openssl, python3-venv.
-# Idempotent and quick when everything is present; never leaves a system Postfix on port 25.
+# Idempotent and quick when everything is present; never leaves a system Postfix on port 25
+# nor a system Unbound on port 53.
 set -euo pipefail
 
 PACKAGES=(
     postfix       # the SMTP server the probes talk to (a private instance per test session)
     nsd           # authoritative DNS for the test zone (can express a null MX)
+    unbound       # validating resolver for the DNSSEC tests (a private instance on a free port)
     snmp          # snmpget/snmpwalk/snmptable/snmptrap/snmptranslate
     snmptrapd     # notification receiver
     snmpd         # reference agent for side-by-side checks
@@ -50,9 +52,11 @@ echo "test-deps: installing ${missing[*]}"
 
 postfix_was_installed=1
 installed postfix || postfix_was_installed=0
+unbound_was_installed=1
+installed unbound || unbound_was_installed=0
 
 # Keep package scripts from starting daemons (a system postfix on port 25, snmpd on 161,
-# nsd on 53) unless the machine already has a policy of its own.
+# nsd or unbound on 53) unless the machine already has a policy of its own.
 POLICY=/usr/sbin/policy-rc.d
 own_policy=0
 if [[ ! -e $POLICY ]]; then
@@ -94,6 +98,27 @@ if [[ $postfix_was_installed -eq 0 ]]; then
         "${SUDO[@]}" postfix stop || true
     fi
 fi
+# Tests run their own Unbound; the package enables a system resolver on port 53 (started at the
+# next boot, or now where no policy-rc.d stopped it). Only an Unbound installed just now is touched.
+if [[ $unbound_was_installed -eq 0 ]]; then
+    if [[ -d /run/systemd/system ]]; then
+        "${SUDO[@]}" systemctl disable --now unbound unbound-resolvconf >/dev/null 2>&1 || true
+    else
+        if [[ -f /run/unbound.pid ]]; then
+            echo "test-deps: the unbound package started a system Unbound; stopping it"
+            "${SUDO[@]}" start-stop-daemon --stop --quiet --oknodo --retry 10 \
+                --pidfile /run/unbound.pid --exec /usr/sbin/unbound || true
+        fi
+        # systemctl edits the unit links without a running systemd, and the SysV links with them
+        if command -v systemctl >/dev/null 2>&1; then
+            "${SUDO[@]}" systemctl disable unbound unbound-resolvconf >/dev/null 2>&1 || true
+        elif command -v update-rc.d >/dev/null 2>&1; then
+            "${SUDO[@]}" update-rc.d unbound disable >/dev/null 2>&1 || true
+        fi
+    fi
+    echo "test-deps: system Unbound disabled (the tests start their own)"
+fi
+
 for _ in 1 2 3 4 5; do
     port25_open || break
     sleep 1  # a just-stopped Postfix may take a moment to close its socket

@@ -107,3 +107,51 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, object]], Agen
     yield make
     for agent in agents:
         agent.stop()
+
+
+# Appended with its fixtures rather than merged into the imports at the top of the file.
+from tests.peers import signed_zones  # noqa: E402
+from tests.peers.unbound import UnboundResolver  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def dnssec_zones(postfix: PostfixServer) -> signed_zones.SignedZones:
+    """signed.test. (secure), bogus.test. (anchored to another key), plain.test. (insecure), keys made now.
+
+    signed.test. also publishes TLSA 3 1 1 of the session Postfix's key for mx1.signed.test. on
+    port 25 and on postfix.plain_port (DANE with a validated TLSA).  See tests.peers.signed_zones.
+    """
+    tlsa = signed_zones.tlsa_3_1_1(postfix.cert_file.read_bytes())
+    exchange = signed_zones.SIGNED_MX1
+    records = [f"_{port}._tcp.{exchange} IN TLSA {tlsa}" for port in (25, postfix.plain_port)]
+    return signed_zones.build(extra_signed_records=records)
+
+
+@pytest.fixture(scope="session")
+def dnssec_nsd(peers_dir: Path, dnssec_zones: signed_zones.SignedZones) -> Iterator[NsdServer]:
+    """An NSD of its own serving the zones of dnssec_zones (authoritative only: it never sets AD)."""
+    server = NsdServer(peers_dir / "nsd-dnssec", dnssec_zones.zones)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def validating_resolver(
+    peers_dir: Path, dnssec_zones: signed_zones.SignedZones, dnssec_nsd: NsdServer
+) -> Iterator[UnboundResolver]:
+    """Unbound validating dnssec_zones (stub zones on dnssec_nsd, DS anchors for the signed ones) at host:port.
+
+    signed.test. answers carry AD; bogus.test., tampered.signed.test. and expired.signed.test.
+    are SERVFAIL; plain.test. resolves without AD; every other name is REFUSED (no internet).
+    """
+    resolver = UnboundResolver(
+        peers_dir / "unbound", dict.fromkeys(dnssec_zones.zones, dnssec_nsd.port), dnssec_zones.trust_anchors
+    )
+    try:
+        resolver.start()
+        yield resolver
+    finally:
+        resolver.close()
