@@ -285,9 +285,13 @@ def _cert_from(d: dict[str, Any] | None) -> CertInfo | None:
     if not d:
         return None
     return CertInfo(
-        subject=d["subject"], issuer=d["issuer"], sans=tuple(d["sans"]),
-        not_before=datetime.fromisoformat(d["not_before"]), not_after=datetime.fromisoformat(d["not_after"]),
-        serial=d["serial"], sha256=d["sha256"],
+        subject=d["subject"],
+        issuer=d["issuer"],
+        sans=tuple(d["sans"]),
+        not_before=datetime.fromisoformat(d["not_before"]),
+        not_after=datetime.fromisoformat(d["not_after"]),
+        serial=d["serial"],
+        sha256=d["sha256"],
     )
 
 
@@ -295,8 +299,12 @@ def _tls_from(d: dict[str, Any] | None) -> TlsInfo | None:
     if not d:
         return None
     return TlsInfo(
-        version=d["version"], cipher=d["cipher"], verified=d["verified"], verify_error=d.get("verify_error", ""),
-        cert=_cert_from(d.get("cert")), chain_not_after=_dt(d.get("chain_not_after")),
+        version=d["version"],
+        cipher=d["cipher"],
+        verified=d["verified"],
+        verify_error=d.get("verify_error", ""),
+        cert=_cert_from(d.get("cert")),
+        chain_not_after=_dt(d.get("chain_not_after")),
     )
 
 
@@ -313,11 +321,21 @@ def _smtp_from(d: dict[str, Any]) -> SmtpResult:
         text = (d.get("reply") or "")[4:]
         reply = Reply(int(d["reply_code"]), (text,))
     return SmtpResult(
-        host=d["host"], port=int(d["port"]), tls_mode=d["tls_mode"], started_at=float(d["started_at"]),
-        ok=d["status"] == "ok", phase=Phase(d["phase"]) if d.get("phase") else None,
-        reason=Reason(d["reason"]) if d.get("reason") else None, error=d.get("error", ""), reply=reply,
-        address=d.get("address", ""), timings=timings, total=total, banner=d.get("banner", ""),
-        helo_fallback=bool(d.get("helo_fallback")), extensions=dict(d.get("extensions") or {}),
+        host=d["host"],
+        port=int(d["port"]),
+        tls_mode=d["tls_mode"],
+        started_at=float(d["started_at"]),
+        ok=d["status"] == "ok",
+        phase=Phase(d["phase"]) if d.get("phase") else None,
+        reason=Reason(d["reason"]) if d.get("reason") else None,
+        error=d.get("error", ""),
+        reply=reply,
+        address=d.get("address", ""),
+        timings=timings,
+        total=total,
+        banner=d.get("banner", ""),
+        helo_fallback=bool(d.get("helo_fallback")),
+        extensions=dict(d.get("extensions") or {}),
         tls=_tls_from(d.get("tls")),
         address_results=tuple(_smtp_from(a) for a in d.get("addresses") or ()),
     )
@@ -330,26 +348,54 @@ def result_from_dict(d: dict[str, Any]) -> ProbeResult:
     timings, total = _timings(d)
     records = tuple(
         MxRecord(
-            preference=int(r["preference"]), exchange=r["exchange"], addresses=tuple(r["addresses"]),
-            error=r.get("error", ""), probe=_smtp_from(r["probe"]) if r.get("probe") else None,
+            preference=int(r["preference"]),
+            exchange=r["exchange"],
+            addresses=tuple(r["addresses"]),
+            error=r.get("error", ""),
+            probe=_smtp_from(r["probe"]) if r.get("probe") else None,
             address_probes=tuple(_smtp_from(p) for p in r.get("address_probes") or ()),
             reverse=tuple(
                 ReverseDns(x["address"], tuple(x["names"]), bool(x["confirmed"]), x.get("error", ""))
                 for x in r.get("reverse") or ()
             ),
-            extra={k: v for k, v in r.items() if k in _RECORD_EXTRA},
+            extra=_record_extra(r),
         )
         for r in d.get("mx") or []
     )
     return MxResult(
-        domain=d["domain"], started_at=float(d["started_at"]), ok=d["status"] == "ok",
-        phase=Phase(d["phase"]) if d.get("phase") else None, reason=Reason(d["reason"]) if d.get("reason") else None,
-        error=d.get("error", ""), records=records, implicit_mx=bool(d.get("implicit_mx")),
-        missing=tuple(d.get("missing") or ()), unexpected=tuple(d.get("unexpected") or ()),
-        timings=timings, total=total, authenticated=d.get("authenticated"),
+        domain=d["domain"],
+        started_at=float(d["started_at"]),
+        ok=d["status"] == "ok",
+        phase=Phase(d["phase"]) if d.get("phase") else None,
+        reason=Reason(d["reason"]) if d.get("reason") else None,
+        error=d.get("error", ""),
+        records=records,
+        implicit_mx=bool(d.get("implicit_mx")),
+        missing=tuple(d.get("missing") or ()),
+        unexpected=tuple(d.get("unexpected") or ()),
+        timings=timings,
+        total=total,
+        authenticated=d.get("authenticated"),
         extra={k: v for k, v in d.items() if k in _RESULT_EXTRA},
     )
 
 
 _RECORD_EXTRA = ("dane", "mta_sts_match")
+# DANE facts (MxRecord.extra["dane"], monitor.probes.mx._dane_verdict) added after results were first saved:
+# what a result saved before them means. tlsa_name is the TLSA owner name the verdict used.
+DANE_FACT_DEFAULTS: dict[str, Any] = {
+    "tlsa_name": "",
+    "cname_target": "",  # the exchange's fully CNAME-expanded name; "" when it is no alias
+    "cname_secure": None,  # whether that CNAME chain was DNSSEC-authenticated; None when no alias
+}
+
+
+def _record_extra(r: dict[str, Any]) -> dict[str, Any]:
+    extra = {k: v for k, v in r.items() if k in _RECORD_EXTRA}
+    if isinstance(extra.get("dane"), dict):
+        names = {"reference_names": [r["exchange"]]}
+        extra["dane"] = {**DANE_FACT_DEFAULTS, **names, **extra["dane"]}
+    return extra
+
+
 _RESULT_EXTRA = ("mta_sts", "spf", "dmarc")

@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+import dns.asyncresolver
 import dns.flags
 import dns.rdtypes.ANY.MX
 import dns.reversename
 
 from monitor.config import MxCheckConfig, SmtpProbeConfig
 from monitor.probes import ProbeEnv, dane, mta_sts, resolve, smtp
+from monitor.probes.dane import TlsaLookup  # by name: _Check.dane hides the module in the class body
 from monitor.probes.policy_records import check_dmarc, check_spf
 from monitor.results import MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult
+
+_MAX_PTR_NAMES = 10
 
 
 def _norm(name: str) -> str:
     return name.lower().rstrip(".")
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """An exchange that is a CNAME: the fully expanded name, and whether the chain was DNSSEC-authenticated."""
+
+    target: str
+    secure: bool
 
 
 class _Failed(Exception):
@@ -42,6 +55,8 @@ class _Check:
         self.authenticated: bool | None = None
         self.extra: dict[str, Any] = {}
         self.phase = Phase.MX
+        # exchange (normalised) -> (fully CNAME-expanded name, whether the address answers had AD)
+        self.aliases: dict[str, tuple[str, bool]] = {}
 
     def _timed(self, phase: Phase, started: float) -> None:
         self.timings[phase.value] = time.perf_counter() - started
@@ -70,20 +85,28 @@ class _Check:
             raise _Failed(Phase.MX, Reason.NULL_MX, f"{domain} has a null MX (RFC 7505): it accepts no mail")
         return sorted(pairs, key=lambda p: (p[0], _norm(p[1])))
 
+    def _address_resolver(self) -> dns.asyncresolver.Resolver:
+        # DANE needs to know whether an alias's CNAME chain is secure (RFC 7672 2.2.3): ask for AD then
+        if self.config.dane != "off" and self.config.dnssec != "off":
+            return self.env.dnssec_resolver
+        return self.env.resolver
+
+    async def _addresses(self, exchange: str) -> tuple[str, ...]:
+        found = await resolve.lookup_addresses(self._address_resolver(), exchange)
+        self.aliases[_norm(exchange)] = (_norm(found.canonical_name), found.authenticated)
+        return found.addresses
+
     async def lookup_addresses(self, pairs: list[tuple[int, str]]) -> None:
         self.phase = Phase.ADDRESS
         started = time.perf_counter()
-        found = await asyncio.gather(
-            *(resolve.addresses(self.env.resolver, exchange) for _, exchange in pairs),
-            return_exceptions=True,
-        )
+        found = await asyncio.gather(*(self._addresses(exchange) for _, exchange in pairs), return_exceptions=True)
         for (preference, exchange), addrs in zip(pairs, found, strict=True):
             if isinstance(addrs, resolve.LookupFailed):
                 self.records.append(MxRecord(preference, exchange, (), error=str(addrs)))
             elif isinstance(addrs, BaseException):
                 raise addrs
             else:
-                self.records.append(MxRecord(preference, exchange, tuple(addrs)))
+                self.records.append(MxRecord(preference, exchange, addrs))
         self._timed(Phase.ADDRESS, started)
 
     async def implicit(self) -> None:
@@ -92,14 +115,14 @@ class _Check:
         started = time.perf_counter()
         domain = self.config.domain
         try:
-            addrs = await resolve.addresses(self.env.resolver, domain)
+            addrs = await self._addresses(domain)
         except resolve.LookupFailed as exc:
             if exc.reason is Reason.NO_ADDRESS:
                 raise _Failed(Phase.MX, Reason.NO_MX, f"{domain} has no MX and no address") from None
             raise _Failed(Phase.ADDRESS, exc.reason, str(exc)) from None
         self._timed(Phase.ADDRESS, started)
         self.implicit_mx = True
-        self.records.append(MxRecord(0, domain, tuple(addrs)))
+        self.records.append(MxRecord(0, domain, addrs))
 
     def compare_expected(self) -> None:
         if not self.config.expect:
@@ -119,7 +142,8 @@ class _Check:
     def require_dnssec(self) -> None:
         if self.config.dnssec == "require" and not self.authenticated:
             raise _Failed(
-                Phase.MX, Reason.DNSSEC,
+                Phase.MX,
+                Reason.DNSSEC,
                 f"the MX answer for {self.config.domain} is not DNSSEC-authenticated (no AD bit from the resolver)",
             )
 
@@ -138,14 +162,10 @@ class _Check:
         for (i, _), result in zip(jobs, results, strict=True):
             by_record.setdefault(i, []).append(result)
         for i, probes in by_record.items():
-            self.records[i] = replace(
-                self.records[i], probe=probes[0], address_probes=tuple(probes) if every else ()
-            )
+            self.records[i] = replace(self.records[i], probe=probes[0], address_probes=tuple(probes) if every else ())
         self._timed(Phase.HOSTS, started)
         if not any(r.up for r in self.records):
-            down = "; ".join(
-                f"{r.exchange}: {r.probe.error if r.probe else r.error}" for r in self.records
-            )
+            down = "; ".join(f"{r.exchange}: {r.probe.error if r.probe else r.error}" for r in self.records)
             raise _Failed(Phase.HOSTS, Reason.HOSTS_DOWN, f"no exchange answers SMTP ({down})")
 
     async def reverse_dns(self) -> None:
@@ -162,23 +182,37 @@ class _Check:
         self._timed(Phase.REVERSE, started)
         bad = [rev for revs in by_record.values() for rev in revs if not rev.confirmed]
         if bad and self.config.reverse_dns == "require":
-            detail = "; ".join(f"{r.address}: {r.error or 'PTR ' + ','.join(r.names) + ' does not resolve back'}"
-                               for r in bad)
+            detail = "; ".join(f"{r.address}: {r.error}" for r in bad)
             raise _Failed(Phase.REVERSE, Reason.REVERSE_DNS, f"reverse DNS not forward-confirmed: {detail}")
 
     async def _reverse(self, address: str) -> ReverseDns:
+        name = dns.reversename.from_address(address).to_text(omit_final_dot=True)
         try:
-            answer = await resolve.query(self.env.resolver, dns.reversename.from_address(address).to_text(), "PTR")
+            answer = await resolve.query(self.env.resolver, name, "PTR")
         except resolve.LookupFailed as exc:
-            return ReverseDns(address, (), False, str(exc))
-        names = tuple(sorted(rdata.to_text().rstrip(".") for rdata in answer))
-        for name in names:
-            try:
-                if address in await resolve.addresses(self.env.resolver, name):
-                    return ReverseDns(address, names, True)
-            except resolve.LookupFailed:
-                continue
-        return ReverseDns(address, names, False)
+            if exc.reason in (Reason.NXDOMAIN, Reason.NO_ADDRESS):
+                return ReverseDns(address, (), False, f"no PTR record ({exc})")
+            return ReverseDns(address, (), False, f"PTR lookup failed: {exc}")
+        names = tuple(sorted({rdata.to_text().rstrip(".") for rdata in answer}))
+        # RFC 7208 4.6.4 bounds the names an SPF "ptr" check looks up to 10; so do we
+        checked = names[:_MAX_PTR_NAMES]
+        forward = await asyncio.gather(*(self._forward(name, address) for name in checked))
+        if any(why == "" for why in forward):
+            return ReverseDns(address, names, True)
+        skipped = f" ({len(names) - len(checked)} more PTR names not checked)" if len(names) > len(checked) else ""
+        return ReverseDns(address, names, False, "; ".join(forward) + skipped)
+
+    async def _forward(self, name: str, address: str) -> str:
+        """Why `name` does not resolve back to `address` ("" when it does)."""
+        try:
+            # literals=False: a PTR target spelled like an IP address is a name like any other
+            found = await resolve.addresses(self.env.resolver, name, literals=False)
+        except resolve.LookupFailed as exc:
+            return f"PTR {name}: {exc}"
+        wanted = ipaddress.ip_address(address)
+        if any(ipaddress.ip_address(a) == wanted for a in found):
+            return ""
+        return f"PTR {name} resolves to {', '.join(found)}, not {address}"
 
     async def policy_records(self) -> None:
         """SPF and DMARC: presence and syntax."""
@@ -191,41 +225,63 @@ class _Check:
             checks.append(("dmarc", f"_dmarc.{self.config.domain}"))
         found = await asyncio.gather(*(self._txt(name) for _, name in checks))
         problems = []
+        failed: Reason | None = None
         for (kind, _), texts in zip(checks, found, strict=True):
+            if isinstance(texts, resolve.LookupFailed):
+                # no verdict: a failed lookup says nothing about the record (receivers call it a temperror)
+                failed = failed or texts.reason
+                problems.append(f"{kind.upper()}: lookup failed: {texts}")
+                continue
             verdict = check_spf(texts) if kind == "spf" else check_dmarc(texts)
             self.extra[kind] = verdict.as_dict()
             if verdict.problem:
                 problems.append(f"{kind.upper()}: {verdict.problem}")
         self._timed(Phase.POLICY, started)
         if problems:
-            raise _Failed(Phase.POLICY, Reason.POLICY_RECORD, "; ".join(problems))
+            raise _Failed(Phase.POLICY, failed or Reason.POLICY_RECORD, "; ".join(problems))
 
-    async def _txt(self, name: str) -> list[str]:
+    async def _txt(self, name: str) -> list[str] | resolve.LookupFailed:
+        """The TXT records of a name, each record's strings joined (RFC 7208 3.3); [] when there are none."""
         try:
             answer = await resolve.query(self.env.resolver, name, "TXT")
         except resolve.LookupFailed as exc:
             if exc.reason in (Reason.NXDOMAIN, Reason.NO_ADDRESS):
                 return []
-            raise _Failed(Phase.POLICY, exc.reason, str(exc)) from None
+            return exc
+        # undecodable bytes become U+FFFD: check_spf/check_dmarc then see a non-ASCII record
         return [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer]
 
     async def dane(self) -> None:
         """RFC 7672: the TLSA records of each exchange against the chain its STARTTLS presented."""
         self.phase = Phase.DANE
         started = time.perf_counter()
-        port = self.config.port
-        lookups = await asyncio.gather(
-            *(dane.lookup_tlsa(self.env.resolver, r.exchange, port) for r in self.records)
-        )
+        found = await asyncio.gather(*(self._tlsa(r.exchange) for r in self.records))
         problems = []
-        for i, (record, lookup) in enumerate(zip(list(self.records), lookups, strict=True)):
-            facts, problem = _dane_verdict(record, lookup)
+        for i, (record, (lookup, alias)) in enumerate(zip(list(self.records), found, strict=True)):
+            facts, problem = _dane_verdict(record, lookup, alias=alias)
             self.records[i] = replace(record, extra={**record.extra, "dane": facts})
             if problem:
                 problems.append(f"{record.exchange}: {problem}")
         self._timed(Phase.DANE, started)
         if problems and self.config.dane == "verify":
             raise _Failed(Phase.DANE, Reason.DANE_MISMATCH, "DANE: " + "; ".join(problems))
+
+    async def _tlsa(self, exchange: str) -> tuple[TlsaLookup, Alias | None]:
+        """The TLSA lookup that applies to an exchange, and its alias when it is one (RFC 7672 2.2.3).
+
+        A secure alias has its TLSA records at the fully CNAME-expanded name first, at the
+        original name when the expanded one has none; an insecure alias only at the original.
+        """
+        port = self.config.port
+        target, secure = self.aliases.get(_norm(exchange), (_norm(exchange), False))
+        if target == _norm(exchange):
+            return await dane.lookup_tlsa(self.env.resolver, exchange, port), None
+        alias = Alias(target, secure)
+        if secure:
+            expanded = await dane.lookup_tlsa(self.env.resolver, target, port)
+            if expanded.records or expanded.error:
+                return expanded, alias
+        return await dane.lookup_tlsa(self.env.resolver, exchange, port), alias
 
     async def mta_sts(self) -> None:
         """RFC 8461: the _mta-sts TXT record, the HTTPS policy, and the exchanges it covers."""
@@ -244,16 +300,26 @@ class _Check:
             facts["present"] = True
             timeout = self.config.timeout or self.env.defaults.timeout
             policy = await mta_sts.fetch_policy(
-                domain, self.env.resolver, port=self.config.mta_sts_port,
-                ca_file=self.config.mta_sts_ca_file, timeout=timeout,
+                domain,
+                self.env.resolver,
+                port=self.config.mta_sts_port,
+                ca_file=self.config.mta_sts_ca_file,
+                timeout=timeout,
             )
             uncovered = mta_sts.check_exchanges(policy, [r.exchange for r in self.records]) if policy.ok else []
-            facts.update({
-                "mode": policy.mode, "max_age": policy.max_age, "mx_patterns": list(policy.mx_patterns),
-                "verified": policy.verified, "error": policy.error, "error_kind": policy.error_kind,
-                "http_status": policy.http_status, "uncovered": uncovered,
-                "cert_not_after": policy.cert_not_after.isoformat() if policy.cert_not_after else None,
-            })
+            facts.update(
+                {
+                    "mode": policy.mode,
+                    "max_age": policy.max_age,
+                    "mx_patterns": list(policy.mx_patterns),
+                    "verified": policy.verified,
+                    "error": policy.error,
+                    "error_kind": policy.error_kind,
+                    "http_status": policy.http_status,
+                    "uncovered": uncovered,
+                    "cert_not_after": policy.cert_not_after.isoformat() if policy.cert_not_after else None,
+                }
+            )
             if not policy.ok:
                 problem = f"policy: {policy.error}"
             elif uncovered and policy.mode == "enforce":
@@ -280,12 +346,24 @@ class _Check:
         return replace(result, host=record.exchange)
 
 
-def _dane_verdict(record: MxRecord, lookup: dane.TlsaLookup) -> tuple[dict[str, Any], str]:
+def _dane_verdict(
+    record: MxRecord, lookup: dane.TlsaLookup, *, alias: Alias | None = None
+) -> tuple[dict[str, Any], str]:
     """Facts for the report and the problem ("" when none) of one exchange's DANE state."""
+    # RFC 7672 3.2.2: through a secure alias the certificate may name either the expanded or the original name
+    names = [alias.target, record.exchange] if alias is not None and alias.secure else [record.exchange]
     facts: dict[str, Any] = {
-        "tlsa_name": lookup.name, "records": [str(r) for r in lookup.records],
-        "authenticated": lookup.authenticated, "lookup_error": lookup.error,
-        "usable": 0, "matched": None, "matched_record": "", "detail": "",
+        "tlsa_name": lookup.name,
+        "records": [str(r) for r in lookup.records],
+        "authenticated": lookup.authenticated,
+        "lookup_error": lookup.error,
+        "usable": 0,
+        "matched": None,
+        "matched_record": "",
+        "detail": "",
+        "cname_target": alias.target if alias else "",
+        "cname_secure": alias.secure if alias else None,
+        "reference_names": names,
     }
     if lookup.error:
         return facts, f"TLSA lookup failed: {lookup.error}"
@@ -301,11 +379,15 @@ def _dane_verdict(record: MxRecord, lookup: dane.TlsaLookup) -> tuple[dict[str, 
         why = probe.error if probe is not None and probe.error else "no STARTTLS handshake"
         facts["matched"], facts["detail"] = False, f"TLSA published but no certificate to match ({why})"
         return facts, facts["detail"]
-    outcome = dane.verify(lookup.records, chain, names=[record.exchange])
-    facts.update({
-        "usable": outcome.usable, "matched": outcome.matched if outcome.usable else None,
-        "matched_record": str(outcome.matched_record) if outcome.matched_record else "", "detail": outcome.detail,
-    })
+    outcome = dane.verify(lookup.records, chain, names=names)
+    facts.update(
+        {
+            "usable": outcome.usable,
+            "matched": outcome.matched if outcome.usable else None,
+            "matched_record": str(outcome.matched_record) if outcome.matched_record else "",
+            "detail": outcome.detail,
+        }
+    )
     if outcome.usable and not outcome.matched:
         # Enforced even without AD: the records will bite as soon as the zone is signed.
         return facts, f"certificate matches none of {outcome.usable} usable TLSA records ({outcome.detail})"
@@ -334,7 +416,8 @@ async def run(config: MxCheckConfig, env: ProbeEnv) -> MxResult:
             no_address = [r for r in check.records if not r.addresses]
             if no_address:
                 raise _Failed(
-                    Phase.ADDRESS, Reason.NO_ADDRESS,
+                    Phase.ADDRESS,
+                    Reason.NO_ADDRESS,
                     "exchange without address: " + "; ".join(r.error for r in no_address),
                 )
             check.require_dnssec()

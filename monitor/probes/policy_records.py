@@ -41,6 +41,8 @@ def check_spf(txt_records: list[str]) -> PolicyRecord:
     if len(found) > 1:
         return PolicyRecord("spf", found[0], f"{len(found)} SPF records: RFC 7208 makes that a permerror")
     record = found[0]
+    if not record.isascii():
+        return PolicyRecord("spf", record, "non-ASCII characters: RFC 7208 records are US-ASCII only")
     for term in record.split()[1:]:
         if _SPF_MECHANISM.match(term):
             kind, _, value = term.lstrip("+-~?").partition(":")
@@ -65,6 +67,8 @@ def check_dmarc(txt_records: list[str]) -> PolicyRecord:
     if len(found) > 1:
         return PolicyRecord("dmarc", found[0], f"{len(found)} DMARC records: receivers ignore them all")
     record = found[0]
+    if not record.isascii():
+        return PolicyRecord("dmarc", record, "non-ASCII characters: RFC 7489 records are US-ASCII only")
     tags: dict[str, str] = {}
     for part in record.split(";"):
         part = part.strip()

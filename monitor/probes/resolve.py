@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.rdatatype
 import dns.resolver
 
@@ -29,13 +31,29 @@ def classify(exc: BaseException, name: str, rdtype: str) -> LookupFailed:
     if isinstance(exc, dns.resolver.NoAnswer):
         return LookupFailed(Reason.NO_ADDRESS, f"{name}: no {rdtype} record")
     if isinstance(exc, dns.resolver.LifetimeTimeout | dns.exception.Timeout | TimeoutError):
-        return LookupFailed(Reason.TIMEOUT, f"{name} {rdtype}: DNS timeout")
+        # dnspython drops malformed or mismatched UDP replies as possible forgeries: they end here too
+        return LookupFailed(Reason.TIMEOUT, f"{name} {rdtype}: DNS timeout (no valid reply)")
     if isinstance(exc, dns.resolver.NoNameservers):
-        # Every server answered SERVFAIL/REFUSED or could not be reached.
-        return LookupFailed(Reason.SERVFAIL, f"{name} {rdtype}: no server answered ({_first_line(exc)})")
+        return _no_nameservers(exc, name, rdtype)
     if isinstance(exc, dns.exception.DNSException):
         return LookupFailed(Reason.DNS, f"{name} {rdtype}: {_first_line(exc)}")
     return LookupFailed(Reason.DNS, f"{name} {rdtype}: {type(exc).__name__}: {exc}")
+
+
+def _no_nameservers(exc: dns.resolver.NoNameservers, name: str, rdtype: str) -> LookupFailed:
+    """SERVFAIL when a server said so (or REFUSED, or was unreachable); DNS when every answer was unusable."""
+    said: list[tuple[str, str | BaseException]] = [
+        (str(error[0]).removeprefix("Do53:"), error[3]) for error in (exc.kwargs or {}).get("errors") or []
+    ]
+    parts = [
+        f"{server} answered {what}" if isinstance(what, str) else f"{server}: {_first_line(what)}"
+        for server, what in said
+    ]
+    detail = "; ".join(parts)[:250] or _first_line(exc)
+    if said and all(isinstance(what, dns.exception.DNSException) for _, what in said):
+        # malformed answers, CNAME loops: servers answered, but nothing usable
+        return LookupFailed(Reason.DNS, f"{name} {rdtype}: unusable answer ({detail})")
+    return LookupFailed(Reason.SERVFAIL, f"{name} {rdtype}: {detail}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -43,32 +61,44 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-async def query(
-    resolver: dns.asyncresolver.Resolver, name: str, rdtype: str
-) -> dns.resolver.Answer:
+async def query(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> dns.resolver.Answer:
     try:
         return await resolver.resolve(name, rdtype, search=False)
     except (dns.exception.DNSException, OSError, TimeoutError) as exc:
         raise classify(exc, name, rdtype) from None
 
 
-async def addresses(resolver: dns.asyncresolver.Resolver, name: str) -> list[str]:
-    """A then AAAA addresses of a name (an IP literal is its own address).
+@dataclass(frozen=True, slots=True)
+class Addresses:
+    """A name's addresses, the name they were found at, and whether the answers were authenticated."""
+
+    addresses: tuple[str, ...]
+    canonical_name: str  # the fully CNAME-expanded name, without the final dot; the name itself if no alias
+    authenticated: bool  # AD bit on every answer that had addresses (needs a resolver that asks for it)
+
+
+async def addresses(resolver: dns.asyncresolver.Resolver, name: str, *, literals: bool = True) -> list[str]:
+    """A then AAAA addresses of a name (an IP literal is its own address unless `literals` is False).
 
     NXDOMAIN from either lookup ends it; a name with neither record type fails
     with NO_ADDRESS.
     """
-    try:
-        ipaddress.ip_address(name)
-        return [name]
-    except ValueError:
-        pass
-    if name.lower() in _LOCAL_NAMES:
-        return list(_LOCAL_NAMES[name.lower()])
-    results = await asyncio.gather(
-        query(resolver, name, "A"), query(resolver, name, "AAAA"), return_exceptions=True
-    )
+    return list((await lookup_addresses(resolver, name, literals=literals)).addresses)
+
+
+async def lookup_addresses(resolver: dns.asyncresolver.Resolver, name: str, *, literals: bool = True) -> Addresses:
+    """addresses(), with the canonical name and AD bit of the answers (RFC 7672 2.2.3 needs both)."""
+    if literals:
+        try:
+            ipaddress.ip_address(name)
+            return Addresses((name,), name, False)
+        except ValueError:
+            pass
+        if name.lower() in _LOCAL_NAMES:
+            return Addresses(tuple(_LOCAL_NAMES[name.lower()]), name.rstrip("."), False)
+    results = await asyncio.gather(query(resolver, name, "A"), query(resolver, name, "AAAA"), return_exceptions=True)
     found: list[str] = []
+    answers: list[dns.resolver.Answer] = []
     failures: list[LookupFailed] = []
     for result in results:
         if isinstance(result, LookupFailed):
@@ -76,9 +106,13 @@ async def addresses(resolver: dns.asyncresolver.Resolver, name: str) -> list[str
         elif isinstance(result, BaseException):
             raise result
         else:
+            answers.append(result)
             found += [rdata.to_text() for rdata in result]
     if found:
-        return found
+        with_data = [a for a in answers if len(a)]
+        canonical = with_data[0].canonical_name.to_text(omit_final_dot=True)
+        authenticated = all(a.response.flags & dns.flags.AD for a in with_data)
+        return Addresses(tuple(found), canonical, authenticated)
     for reason in (Reason.NXDOMAIN, Reason.TIMEOUT, Reason.SERVFAIL, Reason.DNS):
         for failure in failures:
             if failure.reason is reason:

@@ -1,1 +1,1 @@
-"""In-process fakes for tests and benchmarks: scripted SMTP peers, certificates, transports."""
+"""In-process fakes for tests and benchmarks: scripted SMTP and DNS peers, certificates, transports."""

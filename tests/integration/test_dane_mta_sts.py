@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,10 +15,6 @@ from typing import Any
 
 import dns.asyncresolver
 import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 import pytest
 import trustme
 from cryptography import x509
@@ -30,6 +25,7 @@ from monitor.probes import ProbeEnv, build_resolver, mx
 from monitor.probes.dane import Tlsa, lookup_tlsa, verify
 from monitor.probes.mta_sts import StsPolicy, check_exchanges, fetch_policy, lookup_txt
 from monitor.results import MxResult, Phase, Reason
+from tests.fakes.dns_server import Rcode, ScriptedDnsServer
 from tests.peers import zone
 from tests.peers.https import POLICY_PATH, HttpsServer, silent_listener
 from tests.peers.nsd import NsdServer
@@ -107,6 +103,13 @@ def _dane_zone_text(records: dict[str, list[Tlsa]]) -> str:
         "wrong IN A 127.0.0.1",
         "@ IN MX 10 mx",  # dane.test: its exchange presents the certificate its TLSA names
         "badcert IN MX 10 wrong",  # badcert.dane.test: TLSA of another key
+        # cname.dane.test: its exchange is an alias of wrong.dane.test and has the right TLSA itself;
+        # NSD sets no AD, so the alias is insecure and only the original name's TLSA applies (RFC 7672 2.2.3)
+        "cname IN MX 10 alias",
+        "alias IN CNAME wrong",
+        # cnamenotlsa.dane.test: an alias of mx.dane.test without TLSA of its own: mx's are not used
+        "cnamenotlsa IN MX 10 alias2",
+        "alias2 IN CNAME mx",
         '_25._tcp.notlsa IN TXT "a name without TLSA"',
     ]
     for owner, tlsas in records.items():
@@ -120,20 +123,25 @@ def dane_zone(tmp_path_factory: pytest.TempPathFactory, postfix: PostfixServer) 
     cert_der = x509.load_pem_x509_certificate(Path(postfix.ca_file).read_bytes()).public_bytes(
         serialization.Encoding.DER
     )
-    spki = x509.load_der_x509_certificate(cert_der).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    spki = (
+        x509.load_der_x509_certificate(cert_der)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     cert_sha256 = hashlib.sha256(cert_der).digest()
     ee_spki, pkix = Tlsa(3, 1, 1, hashlib.sha256(spki).digest()), Tlsa(0, 0, 1, cert_sha256)
     ee_port, ta = Tlsa(3, 0, 1, cert_sha256), Tlsa(2, 0, 1, cert_sha256)
     wrong = Tlsa(3, 1, 1, hashlib.sha256(b"some other key").digest())
-    text = _dane_zone_text({
-        "_25._tcp.mx": [ee_spki, pkix],
-        f"_{postfix.plain_port}._tcp.mx": [ee_port],
-        "_25._tcp.wrong": [wrong],
-        f"_{postfix.plain_port}._tcp.wrong": [wrong],
-        "_25._tcp.ta": [ta],
-    })
+    text = _dane_zone_text(
+        {
+            "_25._tcp.mx": [ee_spki, pkix],
+            f"_{postfix.plain_port}._tcp.mx": [ee_port],
+            "_25._tcp.wrong": [wrong],
+            f"_{postfix.plain_port}._tcp.wrong": [wrong],
+            "_25._tcp.ta": [ta],
+            f"_{postfix.plain_port}._tcp.alias": [ee_port],
+        }
+    )
     server = NsdServer(tmp_path_factory.mktemp("dane-nsd"), {DANE_ORIGIN: text})
     try:
         server.start()
@@ -181,63 +189,26 @@ class TestLookupTlsa:
         assert time.monotonic() - started < 3.0
 
     def test_asks_with_do_and_reports_the_ad_bit_of_the_answer(self) -> None:
-        with AdResponder() as responder:
+        with ScriptedDnsServer() as responder:
+            responder.records("_25._tcp.mx.dane.test", "TLSA", str(AD_RECORD), secure=True)
             resolver = resolver_for(responder.port)
             settings = (resolver.edns, resolver.ednsflags, resolver.flags)
             found = asyncio.run(lookup_tlsa(resolver, "mx.dane.test"))
             assert found.authenticated
-            assert found.records == (AdResponder.RECORD,)
-            query = responder.queries[-1]
+            assert found.records == (AD_RECORD,)
+            query = responder.queries[-1].message
             assert query.ednsflags & dns.flags.DO
             assert query.flags & dns.flags.AD
             assert (resolver.edns, resolver.ednsflags, resolver.flags) == settings  # the shared resolver is untouched
 
     def test_reports_the_ad_bit_of_a_denial(self) -> None:
-        with AdResponder() as responder:
+        with ScriptedDnsServer() as responder:
+            responder.on("_25._tcp.absent.dane.test", "TLSA", Rcode("NXDOMAIN", secure=True))
             found = asyncio.run(lookup_tlsa(resolver_for(responder.port), "absent.dane.test"))
         assert (found.records, found.error, found.authenticated) == ((), "", True)
 
 
-class AdResponder:
-    """A UDP DNS responder: one TLSA record for any name (NXDOMAIN under "absent"), AD set when the query had DO."""
-
-    RECORD = Tlsa(3, 1, 1, bytes(range(32)))
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((HOST, 0))
-        self.sock.settimeout(0.05)
-        self.port = int(self.sock.getsockname()[1])
-        self.queries: list[dns.message.Message] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                wire, peer = self.sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            query = dns.message.from_wire(wire)
-            self.queries.append(query)
-            response = dns.message.make_response(query)
-            qname = query.question[0].name
-            if qname.labels[2] == b"absent":
-                response.set_rcode(dns.rcode.NXDOMAIN)  # an authenticated denial, as a validator says it
-            else:
-                response.answer.append(dns.rrset.from_text(qname, 300, "IN", "TLSA", str(self.RECORD)))
-            if query.ednsflags & dns.flags.DO:
-                response.flags |= dns.flags.AD
-            self.sock.sendto(response.to_wire(), peer)
-
-    def __enter__(self) -> AdResponder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5.0)
-        self.sock.close()
+AD_RECORD = Tlsa(3, 1, 1, bytes(range(32)))  # what the scripted validating resolver answers
 
 
 class TestVerifyAgainstPostfix:
@@ -304,8 +275,12 @@ class TestLookupTxt:
 
     @pytest.mark.parametrize(
         ("domain", "kind"),
-        [(zone.MULTISTS_DOMAIN, "multiple"), (zone.BADSTS_DOMAIN, "malformed"), (zone.IMPLICIT_DOMAIN, "absent"),
-         ("example.invalid", "dns")],
+        [
+            (zone.MULTISTS_DOMAIN, "multiple"),
+            (zone.BADSTS_DOMAIN, "malformed"),
+            (zone.IMPLICIT_DOMAIN, "absent"),
+            ("example.invalid", "dns"),
+        ],
         ids=["two-records", "malformed", "nxdomain", "refused"],
     )
     def test_unusable_records_give_no_id_and_say_why(self, dns_server: NsdServer, domain: str, kind: str) -> None:
@@ -340,9 +315,7 @@ class TestFetchPolicy:
         assert "certificate verification failed: unable to get local issuer certificate" in policy.error
         assert https.requests == []
 
-    def test_a_certificate_for_another_name_fails_tls_verify(
-        self, dns_server: NsdServer, tmp_path: Path
-    ) -> None:
+    def test_a_certificate_for_another_name_fails_tls_verify(self, dns_server: NsdServer, tmp_path: Path) -> None:
         with HttpsServer(tmp_path / "other", hostnames=("other.test",)) as other:
             other.serve_policy(POLICY)
             policy = fetch(dns_server, other)
@@ -409,8 +382,14 @@ def mx_check(dns_port: int, **settings: Any) -> MxResult:
 class TestMxCheckWithDane:
     def settings(self, postfix: PostfixServer, domain: str) -> dict[str, Any]:
         # verify: false: MTAs do not check PKIX on port 25; DANE is what authenticates the server
-        return {"domain": domain, "probe_hosts": True, "port": postfix.plain_port, "tls": "starttls",
-                "verify": False, "dane": "verify"}
+        return {
+            "domain": domain,
+            "probe_hosts": True,
+            "port": postfix.plain_port,
+            "tls": "starttls",
+            "verify": False,
+            "dane": "verify",
+        }
 
     def test_matching_tlsa_passes_and_reports_the_record(self, dane_zone: DaneZone, postfix: PostfixServer) -> None:
         result = mx_check(dane_zone.server.port, **self.settings(postfix, "dane.test"))
@@ -432,6 +411,26 @@ class TestMxCheckWithDane:
         result = mx_check(dane_zone.server.port, **{**self.settings(postfix, "badcert.dane.test"), "dane": "report"})
         assert result.ok, result.error
         assert result.records[0].extra["dane"]["matched"] is False
+
+    def test_an_insecure_alias_uses_the_tlsa_of_the_original_name(
+        self, dane_zone: DaneZone, postfix: PostfixServer
+    ) -> None:
+        result = mx_check(dane_zone.server.port, **self.settings(postfix, "cname.dane.test"))
+        assert result.ok, result.error
+        facts = result.records[0].extra["dane"]
+        assert facts["tlsa_name"] == f"_{postfix.plain_port}._tcp.alias.dane.test"
+        assert (facts["cname_target"], facts["cname_secure"]) == ("wrong.dane.test", False)
+        assert (facts["matched"], facts["matched_record"]) == (True, str(dane_zone.ee_port))
+        assert facts["reference_names"] == ["alias.dane.test"]
+
+    def test_an_insecure_alias_without_tlsa_of_its_own_does_not_use_the_targets(
+        self, dane_zone: DaneZone, postfix: PostfixServer
+    ) -> None:
+        result = mx_check(dane_zone.server.port, **self.settings(postfix, "cnamenotlsa.dane.test"))
+        assert result.ok, result.error
+        facts = result.records[0].extra["dane"]
+        assert facts["tlsa_name"] == f"_{postfix.plain_port}._tcp.alias2.dane.test"
+        assert (facts["records"], facts["matched"], facts["cname_target"]) == ([], None, "mx.dane.test")
 
     def test_dane_needs_starttls_host_probes(self) -> None:
         with pytest.raises(ValueError, match="dane needs probe_hosts"):
