@@ -80,21 +80,6 @@ def tlsa_name(exchange: str, port: int = 25) -> str:
     return f"_{port}._tcp.{exchange.rstrip('.')}"
 
 
-def _ad(response: dns.message.Message | None) -> bool:
-    return response is not None and bool(response.flags & dns.flags.AD)
-
-
-def _denial_response(exc: dns.exception.DNSException) -> dns.message.Message | None:
-    """The response carrying an NXDOMAIN/NODATA, to read its AD bit (best effort)."""
-    kwargs = exc.kwargs or {}
-    if isinstance(exc, dns.resolver.NXDOMAIN):
-        # NXDOMAIN keeps {qname: response}; the search list is off, so there is one qname
-        response = next(iter((kwargs.get("responses") or {}).values()), None)
-    else:
-        response = kwargs.get("response")
-    return response if isinstance(response, dns.message.Message) else None
-
-
 async def lookup_tlsa(resolver: dns.asyncresolver.Resolver, exchange: str, port: int = 25) -> TlsaLookup:
     """TLSA records of an exchange, with the AD bit asked for (EDNS DO) and reported.
 
@@ -109,7 +94,7 @@ async def lookup_tlsa(resolver: dns.asyncresolver.Resolver, exchange: str, port:
     try:
         answer = await dnssec.resolve(name, "TLSA", search=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as exc:
-        return TlsaLookup(name, authenticated=_ad(_denial_response(exc)))
+        return TlsaLookup(name, authenticated=resolve.authenticated(resolve.denial_response(exc)))
     except (dns.exception.DNSException, OSError, TimeoutError) as exc:
         failed = resolve.classify(exc, name, "TLSA")
         return TlsaLookup(name, error=str(failed), reason=failed.reason)
@@ -118,7 +103,7 @@ async def lookup_tlsa(resolver: dns.asyncresolver.Resolver, exchange: str, port:
         for rdata in answer
         if isinstance(rdata, dns.rdtypes.ANY.TLSA.TLSA)
     )
-    return TlsaLookup(name, records=records, authenticated=_ad(answer.response))
+    return TlsaLookup(name, records=records, authenticated=resolve.authenticated(answer.response))
 
 
 # -- matching ------------------------------------------------------------------------

@@ -73,6 +73,8 @@ class _Check:
         except resolve.LookupFailed as exc:
             if exc.reason is not Reason.NO_ADDRESS:  # NoAnswer maps to NO_ADDRESS
                 raise _Failed(Phase.MX, exc.reason, str(exc)) from None
+            if self.config.dnssec != "off":  # a validated "no MX" is as authenticated as an MX answer
+                self.authenticated = bool(exc.authenticated)
             self._timed(Phase.MX, started)
             return []
         self._timed(Phase.MX, started)

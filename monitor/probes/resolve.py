@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import dns.asyncresolver
 import dns.exception
 import dns.flags
+import dns.message
 import dns.rdatatype
 import dns.resolver
 
@@ -20,16 +21,35 @@ _LOCAL_NAMES = {"localhost": ["127.0.0.1", "::1"], "localhost.": ["127.0.0.1", "
 class LookupFailed(Exception):
     """A DNS lookup that produced no usable answer, with its classified reason."""
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, authenticated: bool | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        # NXDOMAIN and NODATA only: whether the denial carried the AD bit (a validated "no such record")
+        self.authenticated = authenticated
+
+
+def authenticated(response: dns.message.Message | None) -> bool:
+    """Whether a response carries the AD bit (only a validating resolver asked for it sets it)."""
+    return response is not None and bool(response.flags & dns.flags.AD)
+
+
+def denial_response(exc: dns.exception.DNSException) -> dns.message.Message | None:
+    """The response carrying an NXDOMAIN/NODATA, to read its AD bit (best effort)."""
+    kwargs = exc.kwargs or {}
+    if isinstance(exc, dns.resolver.NXDOMAIN):
+        # NXDOMAIN keeps {qname: response}; the search list is off, so there is one qname
+        response = next(iter((kwargs.get("responses") or {}).values()), None)
+    else:
+        response = kwargs.get("response")
+    return response if isinstance(response, dns.message.Message) else None
 
 
 def classify(exc: BaseException, name: str, rdtype: str) -> LookupFailed:
     if isinstance(exc, dns.resolver.NXDOMAIN):
-        return LookupFailed(Reason.NXDOMAIN, f"{name}: no such domain (NXDOMAIN)")
+        ad = authenticated(denial_response(exc))
+        return LookupFailed(Reason.NXDOMAIN, f"{name}: no such domain (NXDOMAIN)", ad)
     if isinstance(exc, dns.resolver.NoAnswer):
-        return LookupFailed(Reason.NO_ADDRESS, f"{name}: no {rdtype} record")
+        return LookupFailed(Reason.NO_ADDRESS, f"{name}: no {rdtype} record", authenticated(denial_response(exc)))
     if isinstance(exc, dns.resolver.LifetimeTimeout | dns.exception.Timeout | TimeoutError):
         # dnspython drops malformed or mismatched UDP replies as possible forgeries: they end here too
         return LookupFailed(Reason.TIMEOUT, f"{name} {rdtype}: DNS timeout (no valid reply)")

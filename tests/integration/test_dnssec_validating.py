@@ -185,11 +185,6 @@ class TestMxCheckDnssecRequire:
         assert result.authenticated is False
         assert "plain.test" in result.error
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="mx.lookup_mx reads AD only from a positive MX answer: a validated NODATA (AD set) leaves "
-        "authenticated None, so require fails a signed domain with an implicit MX",
-    )
     def test_signed_domain_with_implicit_mx_passes_on_its_authenticated_denial(
         self, validating_resolver: UnboundResolver
     ) -> None:
