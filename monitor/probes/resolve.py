@@ -62,18 +62,27 @@ def classify(exc: BaseException, name: str, rdtype: str) -> LookupFailed:
 
 def _no_nameservers(exc: dns.resolver.NoNameservers, name: str, rdtype: str) -> LookupFailed:
     """SERVFAIL when a server said so (or REFUSED, or was unreachable); DNS when every answer was unusable."""
-    said: list[tuple[str, str | BaseException]] = [
-        (str(error[0]).removeprefix("Do53:"), error[3]) for error in (exc.kwargs or {}).get("errors") or []
-    ]
+    errors = (exc.kwargs or {}).get("errors") or []
+    said: list[tuple[str, str | BaseException]] = [(str(error[0]).removeprefix("Do53:"), error[3]) for error in errors]
     parts = [
-        f"{server} answered {what}" if isinstance(what, str) else f"{server}: {_first_line(what)}"
-        for server, what in said
+        f"{server} answered {what}{_extended_errors(error[4] if len(error) > 4 else None)}"
+        if isinstance(what, str)
+        else f"{server}: {_first_line(what)}"
+        for (server, what), error in zip(said, errors, strict=True)
     ]
     detail = "; ".join(parts)[:250] or _first_line(exc)
     if said and all(isinstance(what, dns.exception.DNSException) for _, what in said):
         # malformed answers, CNAME loops: servers answered, but nothing usable
         return LookupFailed(Reason.DNS, f"{name} {rdtype}: unusable answer ({detail})")
     return LookupFailed(Reason.SERVFAIL, f"{name} {rdtype}: {detail}")
+
+
+def _extended_errors(response: object) -> str:
+    """The RFC 8914 extended errors of a refusal, e.g. " (EDE 7 (Signature Expired))": why a validator said SERVFAIL."""
+    if not isinstance(response, dns.message.Message):
+        return ""
+    texts = [option.to_text() for option in response.extended_errors()[:3]]
+    return f" ({'; '.join(texts)})" if texts else ""
 
 
 def _first_line(exc: BaseException) -> str:
