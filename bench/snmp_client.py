@@ -137,6 +137,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--community", default="public")
     parser.add_argument("--v1", action="store_true", help="SNMPv1 instead of v2c")
+    parser.add_argument(
+        "--v3",
+        action="store_true",
+        help="SNMPv3 authPriv GET of the first OID as bench.snmp_tools' user (SHA/AES) on --host 127.0.0.1: one "
+        "request captured from snmpget -d, replayed (RFC 3414 accepts a replay within 150 s)",
+    )
     parser.add_argument("--pdu", choices=["get", "getnext", "getbulk"], default="get")
     parser.add_argument("--max-repetitions", type=int, default=10)
     parser.add_argument("--in-flight", type=int, default=16)
@@ -144,9 +150,18 @@ def main() -> None:
     parser.add_argument("--server-pid", type=int, help="report the server's CPU per answered request")
     args = parser.parse_args()
     pdu = {"get": GET, "getnext": GETNEXT, "getbulk": GETBULK}[args.pdu]
-    packets = request_packets(
-        args.oids, community=args.community, version=0 if args.v1 else 1, pdu=pdu, max_repetitions=args.max_repetitions
-    )
+    if args.v3:
+        from bench.snmp_tools import capture_request  # runs net-snmp's snmpget: only when asked
+
+        packets = [capture_request(args.port, "v3", args.oids[0])]
+    else:
+        packets = request_packets(
+            args.oids,
+            community=args.community,
+            version=0 if args.v1 else 1,
+            pdu=pdu,
+            max_repetitions=args.max_repetitions,
+        )
     result = asyncio.run(
         load(args.host, args.port, packets, in_flight=args.in_flight, seconds=args.seconds, server_pid=args.server_pid)
     )

@@ -30,6 +30,7 @@ from monitor.health import AgentHealth
 from monitor.mib_oids import Oid
 from monitor.snmp.fastpath import MAX_RESPONSE_OCTETS, FastPath
 from monitor.snmp.mibview import BEYOND, SYSTEM, MibTable, MibView, SnapshotSource
+from monitor.snmp.usm_fastpath import UsmFastPath
 
 log = logging.getLogger("smtp_monitor.snmp")
 
@@ -236,7 +237,7 @@ class _Gate:
             self.health.snmp_dropped += 1
             return None
         if header.version == 3:
-            return header  # USM authenticates inside pysnmp
+            return header  # USM authenticates further on (UsmFastPath, else pysnmp)
         if header.pdu_tag not in (_V1_REQUESTS if header.version == 0 else _V2C_REQUESTS):
             self.health.snmp_dropped += 1
             return None
@@ -261,10 +262,13 @@ class _GuardedDispatcher(AsyncioDispatcher):  # type: ignore[misc]  # pysnmp is 
     pysnmp raises uncaught exceptions on some malformed messages (a TypeError on ~2 % of random
     datagrams): they are counted as dropped instead of reaching the event loop as tracebacks."""
 
-    def __init__(self, gate: _Gate, loop: asyncio.AbstractEventLoop, fast: FastPath | None = None) -> None:
+    def __init__(
+        self, gate: _Gate, loop: asyncio.AbstractEventLoop, fast: FastPath | None = None, usm: UsmFastPath | None = None
+    ) -> None:
         super().__init__(loop=loop)
         self._gate = gate
         self._fast = fast
+        self._usm = usm
 
     def _callback_function(self, transport: Any, address: Any, message: bytes) -> None:
         gate = self._gate
@@ -272,8 +276,9 @@ class _GuardedDispatcher(AsyncioDispatcher):  # type: ignore[misc]  # pysnmp is 
             header = gate.admit(address, message)
             if header is None:
                 return
-            if header.version != 3 and self._fast is not None and self._answer_fast(transport, address, message):
-                gate.health.snmp_requests[PDU_NAMES[header.pdu_tag]] += 1
+            pdu_tag = self._answer_fast(transport, address, message, header)
+            if pdu_tag is not None:
+                gate.health.snmp_requests[PDU_NAMES[pdu_tag]] += 1
                 return
             before = gate.usm_failures() if header.version == 3 else 0
             super()._callback_function(transport, address, message)
@@ -283,17 +288,21 @@ class _GuardedDispatcher(AsyncioDispatcher):  # type: ignore[misc]  # pysnmp is 
             gate.health.snmp_dropped += 1
             log.debug("dropped SNMP message from %s: %s: %s", address, type(exc).__name__, exc)
 
-    def _answer_fast(self, transport: Any, address: Any, message: bytes) -> bool:
-        """Send the fast path's answer on the receiving socket; False leaves the message to pysnmp."""
+    def _answer_fast(self, transport: Any, address: Any, message: bytes, header: MessageHeader) -> int | None:
+        """Send a fast path's answer on the receiving socket and return the request's PDU tag number;
+        None leaves the message to pysnmp."""
         endpoint = getattr(transport, "transport", None)  # the asyncio DatagramTransport
         if endpoint is None or endpoint.is_closing():  # closing listener: pysnmp drops it
-            return False
-        assert self._fast is not None
-        response = self._fast.respond(message)
-        if response is None:
-            return False
-        endpoint.sendto(response, address)
-        return True
+            return None
+        if header.version == 3:
+            answer = self._usm.respond(message) if self._usm is not None else None
+        else:
+            response = self._fast.respond(message) if self._fast is not None else None
+            answer = None if response is None else (response, header.pdu_tag)
+        if answer is None:
+            return None
+        endpoint.sendto(answer[0], address)
+        return answer[1]
 
 
 # -- MIB instrumentation ------------------------------------------------------------------------
@@ -428,6 +437,8 @@ class SnmpAgent:
             self.view, subtrees=READ_SUBTREES, max_repeated=_BulkResponder.max_varbinds,
             max_message_size=MAX_RESPONSE_OCTETS,
         )
+        # SNMPv3 reads of configured users through the same FastPath; made at start() (engine ID, boots, time).
+        self.usm_fast_path: UsmFastPath | None = None
         self._engine: Any = None
         self._dispatcher: _GuardedDispatcher | None = None
         self._listeners: list[_Listener] = []
@@ -454,7 +465,8 @@ class SnmpAgent:
             configured = parse_engine_id(self._config.engine_id) if self._config.engine_id else None
             self.engine_state = next_engine_state(self._state_path, configured)
             engine = self._new_engine(self.engine_state)
-            self._dispatcher = _GuardedDispatcher(self._gate, loop, self.fast_path)
+            self.usm_fast_path = UsmFastPath.for_engine(self.fast_path, engine) if self.fast_path is not None else None
+            self._dispatcher = _GuardedDispatcher(self._gate, loop, self.fast_path, self.usm_fast_path)
             engine.register_transport_dispatcher(self._dispatcher)
             self._engine = engine
             self._setup_access(engine)
@@ -589,6 +601,8 @@ class SnmpAgent:
             group = "smtp-monitor-priv" if priv else "smtp-monitor-auth"
             pysnmp_config.add_vacm_group(engine, group, 3, user.name)
             self._users.append((user.name, 3))
+        if self.usm_fast_path is not None:
+            self.usm_fast_path.set_users(users)
 
     def _serve(self, text: str, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> _Listener:
         self._domains += 1

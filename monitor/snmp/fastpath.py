@@ -162,7 +162,8 @@ def _body(data: bytes, pos: int, end: int) -> tuple[int, int]:
 
 class Request(NamedTuple):
     """A decoded v1/v2c read request. `first`/`second` are error-status/error-index, or for
-    GETBULK non-repeaters/max-repetitions; `bodies` are the OIDs' content octets as received."""
+    GETBULK non-repeaters/max-repetitions; `bodies` are the OIDs' content octets as received.
+    `max_size` caps the response message below the fast path's own limit (0: no cap)."""
 
     version: int
     community: bytes
@@ -172,6 +173,7 @@ class Request(NamedTuple):
     second: int
     names: tuple[Oid, ...]
     bodies: tuple[bytes, ...]
+    max_size: int = 0
 
 
 _Bindings = tuple[tuple[Oid, ...], tuple[bytes, ...]]
@@ -392,7 +394,7 @@ class FastPath:
         self._row_codes: dict[Oid, dict[int, _RowCode]] = {}  # table entry OID -> its rows' codes
         self._encoders: dict[type, Callable[[Raw], bytes]] = {}
         self._bindings: dict[bytes, _Bindings] = {}
-        self._budgets: dict[tuple[int, int, int], int] = {}
+        self._budgets: dict[tuple[int, int, int, int], int] = {}
         self.answered = 0
         self.fallbacks = 0
         self.errors = 0  # internal failures (bugs): pysnmp answered instead
@@ -413,7 +415,12 @@ class FastPath:
         return response
 
     def _respond(self, message: bytes) -> bytes:
-        request = decode_request(message, self._bindings)
+        return self.answer(decode_request(message, self._bindings))
+
+    def answer(self, request: Request) -> bytes:
+        """The response message to a decoded request; NotHandled when pysnmp must answer it.
+
+        Unlike `respond` this raises and counts nothing: the SNMPv3 path calls it with its own PDUs."""
         compiled = self._current()
         if request.pdu == GETBULK:
             return self._bulk(compiled, request)
@@ -425,7 +432,8 @@ class FastPath:
             if kind != _VALUE and request.version == 0:
                 return _message(request, _NO_SUCH_NAME, 1, _echo(request))
             size = len(varbind)
-            if size + len(request.community) > self._max_message - _HEADROOM and size > self._budget(request):
+            limit = min(request.max_size or self._max_message, self._max_message)
+            if size + len(request.community) > limit - _HEADROOM and size > self._budget(request):
                 return _message(request, _TOO_BIG, 0, _echo(request) if request.version == 0 else [])
             return _message(request, 0, 0, [varbind], size)
         pairs = zip(request.names, request.bodies, strict=True)
@@ -649,12 +657,15 @@ class FastPath:
 
     def _budget(self, request: Request) -> int:
         """The most varbind octets a response to `request` can carry within the message size."""
-        shape = (request.version, len(request.community), request.request_id.bit_length())
+        limit = min(request.max_size or self._max_message, self._max_message)
+        shape = (request.version, len(request.community), request.request_id.bit_length(), limit)
         octets = self._budgets.get(shape)
         if octets is None:
-            octets = self._max_message - _message_size(request, 0)  # longer lengths take a few octets more
-            while octets > 0 and _message_size(request, octets) > self._max_message:
+            octets = limit - _message_size(request, 0)  # longer lengths take a few octets more
+            while octets > 0 and _message_size(request, octets) > limit:
                 octets -= 1
+            if len(self._budgets) >= _CACHE_MAX:  # SNMPv3 managers choose the limit
+                self._budgets.clear()
             self._budgets[shape] = octets
         return octets
 

@@ -448,14 +448,77 @@ class TestFastPath:
         assert fast.answered - answered == gets + nexts + bulks
         assert fast.fallbacks == fallbacks
 
-    def test_v3_and_set_stay_with_pysnmp(self, served: Served, net_snmp: NetSnmp) -> None:
-        fast = served.agent.fast_path
+    def test_sets_stay_with_pysnmp(self, served: Served, net_snmp: NetSnmp) -> None:
+        fast, usm = served.agent.fast_path, served.agent.usm_fast_path
         assert fast is not None
-        answered, gets = fast.answered, served.health.snmp_requests["get"]
-        assert net_snmp.v3("snmpget", served.address, SYS_DESCR).returncode == 0
+        assert usm is not None
+        answered, usm_answered, sets = fast.answered, usm.answered, served.health.snmp_requests["set"]
         net_snmp.run("snmpset", "-v2c", "-c", COMMUNITY, *PATIENT, served.address, "SNMPv2-MIB::sysName.0", "s", "x")
-        assert fast.answered == answered
-        assert served.health.snmp_requests["get"] == gets + 1
+        net_snmp.v3("snmpset", served.address, "SNMPv2-MIB::sysName.0", "s", "x")
+        assert (fast.answered, usm.answered) == (answered, usm_answered)
+        assert served.health.snmp_requests["set"] == sets + 2
+
+
+class TestUsmFastPath:
+    """SNMPv3 reads of configured users are answered without pysnmp (monitor.snmp.usm_fastpath), and still counted."""
+
+    def test_net_snmp_v3_auth_priv_reads_take_the_usm_fast_path(self, served: Served, net_snmp: NetSnmp) -> None:
+        usm = served.agent.usm_fast_path
+        assert usm is not None
+        answered, fallbacks, before = usm.answered, usm.fallbacks, dict(served.health.snmp_requests)
+        get = net_snmp.v3("snmpget", served.address, SYS_DESCR, "SNMPv2-MIB::sysUpTime.0")
+        bulk = net_snmp.v3("snmpbulkwalk", served.address, "-Cr50", "-On", ".1.3.6.1")
+        for result in (get, bulk):
+            assert result.returncode == 0, result.stderr
+        assert "smtp-monitor" in get.stdout
+        assert parse_numeric(bulk.stdout) == served_oids(served)
+        after = served.health.snmp_requests
+        gets, bulks = (after[pdu] - before.get(pdu, 0) for pdu in ("get", "getbulk"))
+        assert gets == 1
+        assert bulks >= len(served_oids(served)) // 50
+        assert usm.answered - answered == gets + bulks
+        assert usm.fallbacks - fallbacks == 2  # each tool's engine ID discovery: pysnmp's Report answers it
+        assert usm.errors == 0
+
+    @pytest.mark.parametrize(
+        ("user", "auth", "priv"),
+        [
+            *((f"a-{a}", NET_SNMP_AUTH[a], "AES") for a in NET_SNMP_AUTH),
+            *((f"p-{p}", "SHA-256", NET_SNMP_PRIV[p]) for p in NET_SNMP_PRIV),
+        ],
+    )
+    def test_every_protocol_takes_the_usm_fast_path(
+        self, served: Served, net_snmp: NetSnmp, user: str, auth: str, priv: str
+    ) -> None:
+        usm = served.agent.usm_fast_path
+        assert usm is not None
+        answered = usm.answered
+        result = net_snmp.v3("snmpgetnext", served.address, SYS_DESCR, user=user, auth=auth, priv=priv)
+        assert result.returncode == 0, result.stderr
+        assert "SNMPv2-MIB::sysObjectID.0" in result.stdout
+        assert usm.answered == answered + 1
+
+    def test_auth_no_priv_reads_take_the_usm_fast_path(self, served: Served, net_snmp: NetSnmp) -> None:
+        usm = served.agent.usm_fast_path
+        assert usm is not None
+        answered = usm.answered
+        auth_only = ("-v3", "-l", "authNoPriv", "-u", "auth-only", "-a", "SHA-256", "-A", AUTH_PASS)
+        result = net_snmp.run("snmpget", *auth_only, *PATIENT, served.address, SYS_DESCR)
+        assert result.returncode == 0, result.stderr
+        assert "smtp-monitor" in result.stdout
+        assert usm.answered == answered + 1
+
+    def test_a_wrong_password_is_left_to_pysnmp_and_counted_as_an_auth_failure(
+        self, served: Served, net_snmp: NetSnmp
+    ) -> None:
+        usm = served.agent.usm_fast_path
+        assert usm is not None
+        answered, failures = usm.answered, served.health.snmp_auth_failures
+        wrong = ("-u", USER, "-a", "SHA", "-A", "wrong-pass-0000", "-x", "AES", "-X", PRIV_PASS)
+        result = net_snmp.run("snmpget", "-v3", "-l", "authPriv", *wrong, *QUICK, served.address, SYS_DESCR)
+        assert "Authentication failure" in result.stderr
+        assert usm.answered == answered
+        assert eventually(lambda: served.health.snmp_auth_failures > failures)
 
 
 # -- access control ---------------------------------------------------------------------------
@@ -490,8 +553,8 @@ class TestAccessControl:
 
     def test_wrong_v3_password_gets_no_data(self, served: Served, net_snmp: NetSnmp) -> None:
         before = served.health.snmp_auth_failures
-        result = net_snmp.run("snmpget", "-v3", "-l", "authPriv", "-u", USER, "-a", "SHA", "-A", "wrong-pass-0000",
-                              "-x", "AES", "-X", PRIV_PASS, *QUICK, served.address, SYS_DESCR)
+        wrong = ("-u", USER, "-a", "SHA", "-A", "wrong-pass-0000", "-x", "AES", "-X", PRIV_PASS)
+        result = net_snmp.run("snmpget", "-v3", "-l", "authPriv", *wrong, *QUICK, served.address, SYS_DESCR)
         assert result.returncode != 0
         assert "Authentication failure" in result.stderr
         assert "smtp-monitor" not in result.stdout
@@ -510,8 +573,8 @@ class TestAccessControl:
         assert "smtp-monitor" not in result.stdout
 
     def test_auth_only_user_reads_with_auth_no_priv(self, served: Served, net_snmp: NetSnmp) -> None:
-        result = net_snmp.run("snmpget", "-v3", "-l", "authNoPriv", "-u", "auth-only", "-a", "SHA-256",
-                              "-A", AUTH_PASS, *PATIENT, served.address, SYS_DESCR)
+        auth_only = ("-v3", "-l", "authNoPriv", "-u", "auth-only", "-a", "SHA-256", "-A", AUTH_PASS)
+        result = net_snmp.run("snmpget", *auth_only, *PATIENT, served.address, SYS_DESCR)
         assert result.returncode == 0, result.stderr
         assert "smtp-monitor" in result.stdout
 

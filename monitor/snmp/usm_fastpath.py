@@ -1,0 +1,555 @@
+"""SNMPv3 USM fast path: authenticated, in-window GET, GETNEXT and GETBULK of configured users, answered by FastPath."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.decrepit.ciphers.modes import CFB
+from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, CipherContext, algorithms, modes
+
+from monitor.config import SnmpUser
+from monitor.snmp.fastpath import (
+    _SHORT_LENGTHS,
+    MAX_RESPONSE_OCTETS,
+    FastPath,
+    NotHandled,
+    Request,
+    _Bindings,
+    _body,
+    _int_tlv,
+    _length,
+    decode_request,
+    tlv,
+)
+
+log = logging.getLogger("smtp_monitor.snmp")
+
+TIME_WINDOW = 150  # seconds either side of the engine's time (RFC 3414 3.2.7a)
+BOOTS_MAX = 2**31 - 1  # a latched snmpEngineBoots: every message is out of the window
+INT31_MAX = 2**31 - 1
+MIN_MESSAGE_SIZE = 484  # msgMaxSize's lower bound (RFC 3412); pysnmp drops smaller ones unanswered
+MAX_USER_NAME = 32
+KEY_STRETCH = 1_048_576  # RFC 3414 A.2.1: the password repeated to 1 MiB
+
+# Hash function of each authentication protocol (monitor.config.AuthProtocol), and the octets of its
+# digest in msgAuthenticationParameters: HMAC-*-96 (RFC 3414) and the HMAC-SHA-2 ones (RFC 7860).
+AUTH_HASHES = {
+    "md5": "md5",
+    "sha": "sha1",
+    "sha224": "sha224",
+    "sha256": "sha256",
+    "sha384": "sha384",
+    "sha512": "sha512",
+}
+DIGEST_OCTETS = {"md5": 12, "sha": 12, "sha224": 16, "sha256": 24, "sha384": 32, "sha512": 48}
+# Localized privacy key octets: DES key and pre-IV (RFC 3414 8.1.1.1), AES-128 (RFC 3826), and
+# AES-192/256 stretched as draft-blumenthal-aes-usm-04 (net-snmp's and pysnmp's AES192/AES256).
+PRIV_KEY_OCTETS = {"des": 16, "aes128": 16, "aes192": 24, "aes256": 32}
+
+_AUTH, _PRIV, _REPORTABLE = 0x01, 0x02, 0x04
+_V3 = b"\x02\x01\x03"  # msgVersion, and msgSecurityModel (USM), as every encoder writes them
+_RESPONSE_FLAGS = {False: b"\x04\x01\x01", True: b"\x04\x01\x03"}  # a Response is not reportable
+_NO_PRIV_PARAMS = b"\x04\x00"
+_V2C_HEAD = b"\x02\x01\x01\x04\x00"  # version 2c and an empty community: FastPath's frame around a PDU
+_V2C_FRAME = 2 + len(_V2C_HEAD)  # that frame with a short length: its narrowest
+_LONGEST_HEAD = 4  # tag and 0x82 and two length octets: the widest header below 64 KiB
+_WIDEST_INTEGER = 6  # an INTEGER TLV up to 2**31 - 1
+_SHORT_CFB = 256  # plaintext octets up to which CFB block by block beats a cipher context per message
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+
+def secret_octets(text: str) -> bytes:
+    """A password or user name as pysnmp turns it into octets (pyasn1's OctetString: ISO 8859-1)."""
+    return text.encode("iso-8859-1")
+
+
+def password_to_key(password: bytes, hash_name: str) -> bytes:
+    """RFC 3414 A.2: the master key, a digest of the password repeated to 1 MiB."""
+    if not password:
+        raise ValueError("empty SNMPv3 password")
+    return hashlib.new(hash_name, (password * (KEY_STRETCH // len(password) + 1))[:KEY_STRETCH]).digest()
+
+
+def localize_key(master: bytes, engine_id: bytes, hash_name: str) -> bytes:
+    """RFC 3414 A.2: the key localized to one authoritative engine, H(Ku || engineID || Ku)."""
+    return hashlib.new(hash_name, master + engine_id + master).digest()
+
+
+def localized_priv_key(auth_protocol: str, priv_protocol: str, password: bytes, engine_id: bytes) -> bytes:
+    """The privacy key localized with the authentication protocol's hash, cut or stretched to the cipher's size.
+
+    Stretching (AES-192/256 with a shorter hash) appends the hash of the key so far, as the Blumenthal draft."""
+    hash_name = AUTH_HASHES[auth_protocol]
+    key = localize_key(password_to_key(password, hash_name), engine_id, hash_name)
+    size = PRIV_KEY_OCTETS[priv_protocol]
+    while len(key) < size:
+        key += hashlib.new(hash_name, key).digest()
+    return key[:size]
+
+
+def hmac_pads(key: bytes, hash_name: str) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """RFC 2104 (RFC 3414 6.3.1, RFC 7860): the hash after (key ^ ipad) and the hash after (key ^ opad).
+
+    Copying these per message makes HMAC two copies, the updates and two digests. A localized
+    key is never longer than its hash's block, so it is only zero-padded."""
+    block = hashlib.new(hash_name).block_size
+    if len(key) > block:
+        raise ValueError("a localized key longer than its hash's block")
+    padded = int.from_bytes(key.ljust(block, b"\0"), "big")
+    inner = (padded ^ int.from_bytes(b"\x36" * block, "big")).to_bytes(block, "big")
+    outer = (padded ^ int.from_bytes(b"\x5c" * block, "big")).to_bytes(block, "big")
+    return hashlib.new(hash_name, inner), hashlib.new(hash_name, outer)
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)  # no repr: nothing key-derived ends up in a log
+class UsmUser:
+    """One configured user's localized keys, and the parts of its messages that never change."""
+
+    name: bytes
+    priv: str | None  # monitor.config.PrivProtocol, None for an authNoPriv user
+    digest_octets: int
+    inner: hashlib._Hash  # HMAC with the localized authentication key, before any message octet
+    outer: hashlib._Hash
+    cipher: BlockCipherAlgorithm | None  # keyed AES or DES (as 3DES with one key thrice, as pysnmp)
+    block: CipherContext | None  # the cipher's ECB context: AES encrypting (CFB both ways), DES decrypting
+    pre_iv: int  # DES only
+    name_tlv: bytes
+    placeholder: bytes  # msgAuthenticationParameters while the digest is computed: zeros
+    usm_tail: bytes  # the user name and the digest's header: the USM parameters after the engine's
+
+    def mac(self, *parts: bytes | memoryview) -> bytes:
+        """The truncated HMAC of the parts' concatenation."""
+        inner = self.inner.copy()
+        for part in parts:
+            inner.update(part)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[: self.digest_octets]
+
+
+def usm_user(user: SnmpUser, auth_password: str, priv_password: str | None, engine_id: bytes) -> UsmUser:
+    """A configured user with its keys localized to `engine_id` (RFC 3414 A.2), computed once."""
+    auth = user.auth.protocol
+    hash_name = AUTH_HASHES[auth]
+    auth_key = localize_key(password_to_key(secret_octets(auth_password), hash_name), engine_id, hash_name)
+    cipher: BlockCipherAlgorithm | None = None
+    block: CipherContext | None = None
+    pre_iv = 0
+    priv = user.priv.protocol if user.priv is not None else None
+    if priv is not None:
+        if priv_password is None:
+            raise ValueError(f"SNMPv3 user {user.name} has a privacy protocol and no password")
+        key = localized_priv_key(auth, priv, secret_octets(priv_password), engine_id)
+        if priv == "des":
+            cipher, pre_iv = TripleDES(key[:8] * 3), int.from_bytes(key[8:16], "big")
+            block = Cipher(cipher, modes.ECB()).decryptor()  # noqa: S305  # the raw cipher: CBC chained by hand
+        else:
+            cipher = algorithms.AES(key)
+            block = Cipher(cipher, modes.ECB()).encryptor()  # noqa: S305  # the raw cipher: CFB chained by hand
+    digest = DIGEST_OCTETS[auth]
+    name = secret_octets(user.name)
+    return UsmUser(
+        name,
+        priv,
+        digest,
+        *hmac_pads(auth_key, hash_name),
+        cipher,
+        block,
+        pre_iv,
+        tlv(0x04, name),
+        tlv(0x04, bytes(digest)),
+        tlv(0x04, name) + bytes((0x04, digest)),
+    )
+
+
+# -- requests -------------------------------------------------------------------------------------
+
+
+class Message(NamedTuple):
+    """The parts of an SNMPv3 message the fast path reads; positions index the message itself."""
+
+    msg_id: int
+    max_size: int
+    flags: int
+    engine_id: bytes
+    boots: int
+    time: int
+    user: bytes
+    auth_at: int  # msgAuthenticationParameters' octets
+    auth_end: int
+    priv_params: bytes
+    data_tag: int  # 0x30 for a plaintext ScopedPDU, 0x04 for encrypted octets
+    data_at: int  # the ScopedPDU item, or the encrypted octets
+    data_end: int
+
+
+def decode_message(data: bytes) -> Message:
+    """Strictly decode an SNMPv3 message with USM parameters; NotHandled for anything unusual."""
+    try:
+        return _decode(data)
+    except IndexError:  # read past the end: truncated
+        raise NotHandled("truncated") from None
+
+
+def _item(data: bytes, pos: int, end: int, tag: int) -> tuple[int, int]:
+    """(value start, value end) of the item at pos, which must have `tag` and end by `end`."""
+    if data[pos] != tag:
+        raise NotHandled(f"tag {data[pos]:#x} where {tag:#x} belongs")
+    size = data[pos + 1]
+    if size & 0x80:
+        return _body(data, pos + 1, end)
+    stop = pos + 2 + size  # the short form, most items: without a second call
+    if stop > end:
+        raise NotHandled("truncated")
+    return pos + 2, stop
+
+
+def _integer(data: bytes, pos: int, end: int, low: int, high: int) -> tuple[int, int]:
+    """(value, next position) of an INTEGER within [low, high], the bounds pysnmp's decoder holds."""
+    size = data[pos + 1]
+    stop = pos + 2 + size
+    if data[pos] != 0x02 or not 1 <= size <= 5 or stop > end:  # a long-form length is above 5 here
+        raise NotHandled("not a short INTEGER")
+    value = int.from_bytes(data[pos + 2 : stop], "big", signed=True)
+    if not low <= value <= high:
+        raise NotHandled("INTEGER out of range")
+    return value, stop
+
+
+def _decode(data: bytes) -> Message:
+    end = len(data)
+    pos, stop = _item(data, 0, end, 0x30)
+    if stop != end:
+        raise NotHandled("octets after the message")
+    if data[pos : pos + 3] != _V3:
+        raise NotHandled("not SNMPv3")
+    start, header_end = _item(data, pos + 3, end, 0x30)  # msgGlobalData
+    msg_id, pos = _integer(data, start, header_end, 0, INT31_MAX)
+    max_size, pos = _integer(data, pos, header_end, MIN_MESSAGE_SIZE, INT31_MAX)
+    start, stop = _item(data, pos, header_end, 0x04)
+    if stop - start != 1:
+        raise NotHandled("msgFlags is not one octet")
+    flags = data[start]
+    if data[stop:header_end] != _V3:
+        raise NotHandled("not the user-based security model")
+    params_at, params_end = _item(data, header_end, end, 0x04)  # msgSecurityParameters
+    pos, stop = _item(data, params_at, params_end, 0x30)
+    if stop != params_end:
+        raise NotHandled("octets after the security parameters")
+    start, pos = _item(data, pos, stop, 0x04)
+    engine_id = data[start:pos]
+    boots, pos = _integer(data, pos, stop, 0, INT31_MAX)
+    engine_time, pos = _integer(data, pos, stop, 0, INT31_MAX)
+    start, pos = _item(data, pos, stop, 0x04)
+    if pos - start > MAX_USER_NAME:
+        raise NotHandled("user name too long")
+    user = data[start:pos]
+    auth_at, auth_end = _item(data, pos, stop, 0x04)
+    start, pos = _item(data, auth_end, stop, 0x04)
+    if pos != stop:
+        raise NotHandled("octets after msgPrivacyParameters")
+    priv_params = data[start:pos]
+    data_tag = data[params_end]
+    value_at, data_end = _body(data, params_end + 1, end)
+    if data_tag not in (0x30, 0x04) or data_end != end:
+        raise NotHandled("msgData is neither a ScopedPDU nor encrypted octets")
+    data_at = params_end if data_tag == 0x30 else value_at
+    return Message(
+        msg_id,
+        max_size,
+        flags,
+        engine_id,
+        boots,
+        engine_time,
+        user,
+        auth_at,
+        auth_end,
+        priv_params,
+        data_tag,
+        data_at,
+        data_end,
+    )
+
+
+# -- the fast path --------------------------------------------------------------------------------
+
+
+class UsmFastPath:
+    """Answers SNMPv3 GET, GETNEXT and GETBULK at authNoPriv or authPriv through FastPath (same view, same values).
+
+    It serves only a well-formed message for this engine, from a configured user at the user's
+    own security level, inside the time window and with the right digest and a decryptable
+    ScopedPDU for the default context; `respond` returns None for everything else (discovery,
+    unknown users, wrong digests, time-window misses, ...) so that pysnmp answers it with its
+    Report and counts it in usmStats. Engine ID, boots and time are pysnmp's own (`for_engine`):
+    the time a response carries is the time pysnmp's Reports carry."""
+
+    def __init__(
+        self,
+        fast: FastPath,
+        *,
+        engine_id: bytes,
+        boots: int,
+        clock: Callable[[], int],
+        max_message_size: int = MAX_RESPONSE_OCTETS,
+    ) -> None:
+        self._fast = fast
+        self._engine_id = engine_id
+        self._boots = boots
+        self._clock = clock
+        self._max_message = max_message_size
+        self._users: dict[bytes, tuple[UsmUser, int]] = {}  # name -> user, octets around a response's PDU
+        self._bindings: dict[bytes, _Bindings] = {}
+        self._engine_boots = tlv(0x04, engine_id) + _int_tlv(boots)  # USM parameters' first two
+        self._boots_octets = boots.to_bytes(4, "big")
+        self._context = tlv(0x04, engine_id) + b"\x04\x00"  # contextEngineID and the default context ""
+        # msgGlobalData after msgID: msgMaxSize, msgFlags (authNoPriv, authPriv) and msgSecurityModel
+        self._header_tail = {
+            private: _int_tlv(max_message_size) + flags + _V3 for private, flags in _RESPONSE_FLAGS.items()
+        }
+        self._header_size = len(self._header_tail[True])
+        self._usm_size = len(self._engine_boots)
+        # RFC 3826 3.1.2.1 and RFC 3414 8.1.1.1: a salt that differs for every encrypted message
+        self._aes_salt = secrets.randbits(64)
+        self._time: tuple[int, bytes] = (-1, b"")
+        self._des_salt = secrets.randbits(32)
+        self.answered = 0
+        self.fallbacks = 0
+        self.errors = 0  # internal failures (bugs): pysnmp answered instead
+
+    @classmethod
+    def for_engine(cls, fast: FastPath, engine: Any) -> UsmFastPath:
+        """The fast path for pysnmp's `engine`, with its snmpEngineID, snmpEngineBoots, snmpEngineTime
+        and snmpEngineMaxMessageSize read from its own MIB instances."""
+        builder = engine.get_mib_builder()
+        engine_id, boots, engine_time, max_size = builder.import_symbols(
+            "__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots", "snmpEngineTime", "snmpEngineMaxMessageSize"
+        )
+        # pysnmp stores the second its clock started at and reads int(time.time() - start) each time.
+        start = int(engine_time.syntax)
+        return cls(
+            fast,
+            engine_id=bytes(engine_id.syntax),
+            boots=int(boots.syntax),
+            clock=lambda: int(time.time() - start),
+            max_message_size=int(max_size.syntax),
+        )
+
+    @property
+    def engine_id(self) -> bytes:
+        return self._engine_id
+
+    @property
+    def engine_boots(self) -> int:
+        return self._boots
+
+    def engine_time(self) -> int:
+        """snmpEngineTime now, as responses (and pysnmp's Reports) carry it."""
+        return self._clock()
+
+    def set_users(self, users: Iterable[tuple[SnmpUser, str, str | None]]) -> None:
+        """Serve these users (with their authentication and privacy passwords) from now on, and no others."""
+        served = [usm_user(*user, self._engine_id) for user in users]
+        self._users = {user.name: (user, self._around(user)) for user in served}
+
+    def _around(self, user: UsmUser) -> int:
+        """The most octets a response to `user` has besides its PDU (long lengths, the widest msgID
+        and time, DES padding); FastPath's frame has at least _V2C_FRAME: a v2c answer within
+        msgMaxSize - around + _V2C_FRAME becomes a v3 one within msgMaxSize."""
+        header = 2 + _WIDEST_INTEGER + self._header_size
+        usm = len(self._engine_boots) + _WIDEST_INTEGER + len(user.name_tlv) + len(user.placeholder)
+        usm += 10 if user.priv else len(_NO_PRIV_PARAMS)  # the salt: 8 octets
+        security = 1 + len(_length(usm + 4)) + 1 + len(_length(usm)) + usm
+        containers = 3 if user.priv else 2  # the message, the ScopedPDU and the encrypted octets
+        around = len(_V3) + header + security + len(self._context) + _LONGEST_HEAD * containers
+        return around + 7 if user.priv == "des" else around
+
+    def respond(self, message: bytes) -> tuple[bytes, int] | None:
+        """(response, request PDU tag number), or None to leave the message to pysnmp. Never raises."""
+        try:
+            answer = self._respond(message)
+        except NotHandled:
+            self.fallbacks += 1
+            return None
+        except Exception:
+            self.errors += 1
+            if self.errors == 1:
+                log.debug("SNMPv3 fast path failed; pysnmp answers instead", exc_info=True)
+            return None
+        self.answered += 1
+        return answer
+
+    def _respond(self, message: bytes) -> tuple[bytes, int]:
+        msg = decode_message(message)
+        flags = msg.flags
+        if flags & ~(_AUTH | _PRIV | _REPORTABLE) or not flags & _AUTH:
+            raise NotHandled("noAuthNoPriv, or an invalid msgFlags")  # no user may read without auth
+        if msg.engine_id != self._engine_id:
+            raise NotHandled("engine ID discovery, or another engine")
+        served = self._users.get(msg.user)
+        if served is None:
+            raise NotHandled("unknown user")
+        user, around = served
+        private = bool(flags & _PRIV)
+        if private != (user.priv is not None) or private != (msg.data_tag == 0x04):
+            raise NotHandled("not the user's security level")
+        now = self._clock()
+        if msg.boots != self._boots or self._boots == BOOTS_MAX or abs(now - msg.time) > TIME_WINDOW:
+            raise NotHandled("not in the time window")
+        if now > INT31_MAX:
+            raise NotHandled("engine time beyond its range")
+        if not self._authentic(message, msg, user):
+            raise NotHandled("wrong digest")
+        if private:
+            plaintext = self._decrypt(user, msg, message[msg.data_at : msg.data_end])
+            pdu_at, pdu_end = _scoped_pdu(plaintext, 0, len(plaintext), self._engine_id, padded=True)
+            pdu = plaintext[pdu_at:pdu_end]
+        else:
+            pdu_at, pdu_end = _scoped_pdu(message, msg.data_at, msg.data_end, self._engine_id, padded=False)
+            pdu = message[pdu_at:pdu_end]
+        request = decode_request(tlv(0x30, _V2C_HEAD + pdu), self._bindings)
+        limit = min(msg.max_size, self._max_message)
+        budget = limit - around + _V2C_FRAME
+        if budget <= 0:
+            raise NotHandled("msgMaxSize leaves no room for a PDU")
+        v2c = self._fast.answer(Request(*request[:-1], budget))
+        pdu_at = _V2C_FRAME + (v2c[1] & 0x7F if v2c[1] & 0x80 else 0)
+        response = self._frame(user, private, now, msg.msg_id, memoryview(v2c)[pdu_at:])
+        if len(response) > limit:
+            raise NotHandled("response beyond msgMaxSize")  # not expected: the budget is conservative
+        return response, request.pdu
+
+    def _authentic(self, message: bytes, msg: Message, user: UsmUser) -> bool:
+        """RFC 3414 6.3.2 / RFC 7860: the HMAC over the message with msgAuthenticationParameters zeroed."""
+        if msg.auth_end - msg.auth_at != user.digest_octets:
+            return False
+        view = memoryview(message)
+        digest = user.mac(view[: msg.auth_at], user.placeholder[2:], view[msg.auth_end :])
+        return hmac.compare_digest(digest, view[msg.auth_at : msg.auth_end])
+
+    def _decrypt(self, user: UsmUser, msg: Message, ciphertext: bytes) -> bytes:
+        """RFC 3826 3.3.2 (AES-CFB128, IV = boots, time, salt) or RFC 3414 8.3.2 (DES-CBC, IV = salt ^ pre-IV).
+
+        Decrypting either mode applies the block cipher to known octets only (the IV and the
+        ciphertext), so one call of the user's ECB context and one XOR do it, without a cipher
+        context per message (the costly part): CFB P[i] = C[i] ^ E(C[i-1]), CBC P[i] = D(C[i]) ^ C[i-1]."""
+        salt = msg.priv_params
+        if len(salt) != 8:
+            raise NotHandled("msgPrivacyParameters is not an 8-octet salt")
+        assert user.block is not None
+        size = len(ciphertext)
+        if user.priv == "des":
+            if size % 8 or not size:
+                raise NotHandled("DES ciphertext not in whole blocks")
+            iv = (int.from_bytes(salt, "big") ^ user.pre_iv).to_bytes(8, "big")
+            mask, chained = user.block.update(ciphertext), iv + ciphertext[:-8]
+        else:
+            iv = msg.boots.to_bytes(4, "big") + msg.time.to_bytes(4, "big") + salt
+            mask = user.block.update(iv + ciphertext[: (size - 1) // 16 * 16])[:size]  # a last partial block too
+            chained = ciphertext
+        return (int.from_bytes(mask, "big") ^ int.from_bytes(chained, "big")).to_bytes(size, "big")
+
+    def _encrypt(self, user: UsmUser, now: int, plaintext: bytes) -> tuple[bytes, bytes]:
+        """(ciphertext, salt) with a salt never used before by this engine (boots and a counter for DES)."""
+        assert user.cipher is not None
+        if user.priv == "des":
+            self._des_salt = (self._des_salt + 1) & 0xFFFFFFFF
+            salt = self._boots_octets + self._des_salt.to_bytes(4, "big")
+            mode: modes.ModeWithInitializationVector = modes.CBC(
+                (int.from_bytes(salt, "big") ^ user.pre_iv).to_bytes(8, "big")
+            )
+            plaintext += bytes(-len(plaintext) % 8)  # RFC 3414 8.1.1.2: whole blocks
+        else:
+            self._aes_salt = (self._aes_salt + 1) & 0xFFFFFFFFFFFFFFFF
+            salt = self._aes_salt.to_bytes(8, "big")
+            iv = self._boots_octets + now.to_bytes(4, "big") + salt
+            if len(plaintext) <= _SHORT_CFB:
+                return _cfb_encrypt(user, iv, plaintext), salt
+            mode = CFB(iv)
+        encryptor = Cipher(user.cipher, mode).encryptor()
+        return encryptor.update(plaintext) + encryptor.finalize(), salt
+
+    def _time_tlv(self, now: int) -> bytes:
+        """msgAuthoritativeEngineTime, encoded once a second."""
+        cached = self._time
+        if cached[0] != now:
+            cached = self._time = (now, _int_tlv(now))
+        return cached[1]
+
+    def _frame(self, user: UsmUser, private: bool, now: int, msg_id: int, pdu: memoryview) -> bytes:
+        """The Response message around FastPath's PDU: scopedPDU (encrypted), USM parameters, then the digest."""
+        context = self._context
+        scoped = b"".join((b"\x30", _length(len(context) + len(pdu)), context, pdu))
+        if private:
+            ciphertext, salt = self._encrypt(user, now, scoped)
+            data = b"".join((b"\x04", _length(len(ciphertext)), ciphertext))
+            priv_params = b"\x04\x08" + salt
+        else:
+            data, priv_params = scoped, _NO_PRIV_PARAMS
+        id_tlv, time_tlv = _int_tlv(msg_id), self._time_tlv(now)
+        header_size = len(id_tlv) + self._header_size  # below 0x80: a one-octet length
+        usm_size = self._usm_size + len(time_tlv) + len(user.name_tlv) + len(user.placeholder) + len(priv_params)
+        usm_length = _length(usm_size)
+        security_size = 1 + len(usm_length) + usm_size
+        security_length = _length(security_size)
+        # the version (3 octets), msgGlobalData's tag and length, msgSecurityParameters' tag: 6 octets
+        body_size = 6 + header_size + len(security_length) + security_size + len(data)
+        head = b"".join((
+            b"\x30", _length(body_size), _V3, b"\x30", _SHORT_LENGTHS[header_size], id_tlv, self._header_tail[private],
+            b"\x04", security_length, b"\x30", usm_length, self._engine_boots, time_tlv, user.usm_tail,
+        ))  # fmt: skip
+        digest = user.mac(head, user.placeholder[2:], priv_params, data)
+        return b"".join((head, digest, priv_params, data))
+
+
+def _cfb_encrypt(user: UsmUser, iv: bytes, plaintext: bytes) -> bytes:
+    """AES-CFB128 (RFC 3826 3.1.4, NIST SP 800-38A 6.3), C[i] = P[i] ^ E(C[i-1]) with C[-1] = IV, block by
+    block through the user's ECB context: for a short message cheaper than a cipher context of its own."""
+    assert user.block is not None
+    update = user.block.update
+    out = []
+    chained = iv
+    for at in range(0, len(plaintext), 16):
+        block = plaintext[at : at + 16]
+        size = len(block)  # the last block may be partial: CFB uses that much of its keystream
+        chained = (int.from_bytes(block, "big") ^ int.from_bytes(update(chained)[:size], "big")).to_bytes(size, "big")
+        out.append(chained)
+    return b"".join(out)
+
+
+def _scoped_pdu(data: bytes, pos: int, end: int, engine_id: bytes, *, padded: bool) -> tuple[int, int]:
+    """(start, end) of the read request PDU in a ScopedPDU for this engine's default context.
+
+    A decrypted ScopedPDU may be followed by padding (DES), which pysnmp ignores too."""
+    try:
+        return _locate_pdu(data, pos, end, engine_id, padded)
+    except IndexError:  # truncated, or decrypted with another key: pysnmp counts a decryption error
+        raise NotHandled("truncated ScopedPDU") from None
+
+
+def _locate_pdu(data: bytes, pos: int, end: int, engine_id: bytes, padded: bool) -> tuple[int, int]:
+    start, stop = _item(data, pos, end, 0x30)
+    if stop != end and not padded:
+        raise NotHandled("octets after the ScopedPDU")
+    at, context_end = _item(data, start, stop, 0x04)
+    if data[at:context_end] != engine_id:
+        raise NotHandled("another contextEngineID")
+    if data[context_end : context_end + 2] != b"\x04\x00":
+        raise NotHandled("not the default context")
+    pdu_at = context_end + 2
+    if data[pdu_at] not in (0xA0, 0xA1, 0xA5):
+        raise NotHandled("not GET, GETNEXT or GETBULK")
+    _, pdu_end = _body(data, pdu_at + 1, stop)
+    if pdu_end != stop:
+        raise NotHandled("octets after the PDU")
+    return pdu_at, pdu_end
