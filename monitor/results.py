@@ -159,6 +159,9 @@ class SmtpResult:
     extensions: dict[str, str] = field(default_factory=dict)  # keyword -> parameters
     tls: TlsInfo | None = None
     address_results: tuple[SmtpResult, ...] = ()  # every address, with address_family: both
+    # connect/banner -> "kernel" (kernel timestamps, free of our own scheduling delay) or "wall"; other
+    # phases are always wall clock; empty in results saved before it existed.
+    timing_source: dict[str, str] = field(default_factory=dict)
 
     @property
     def reply_code(self) -> int:
@@ -179,6 +182,7 @@ class SmtpResult:
             "reply_code": self.reply.code if self.reply else None,
             "reply": str(self.reply) if self.reply else None,
             "timings": {**self.timings, "total": self.total},
+            "timing_source": dict(self.timing_source),
             "banner": self.banner,
             "helo_fallback": self.helo_fallback,
             "extensions": dict(self.extensions),
@@ -338,6 +342,7 @@ def _smtp_from(d: dict[str, Any]) -> SmtpResult:
         extensions=dict(d.get("extensions") or {}),
         tls=_tls_from(d.get("tls")),
         address_results=tuple(_smtp_from(a) for a in d.get("addresses") or ()),
+        timing_source=dict(d.get("timing_source") or {}),
     )
 
 

@@ -13,8 +13,8 @@ import time
 from dataclasses import replace
 
 from monitor.config import EnvelopeConfig, RelayTestConfig, SmtpAuthConfig, SmtpProbeConfig
-from monitor.probes import ProbeEnv, resolve
-from monitor.probes.smtp_wire import SmtpClientProtocol, WireError, parse_extensions
+from monitor.probes import ProbeEnv, kernel_times, resolve
+from monitor.probes.smtp_wire import MAX_BUFFER, SmtpClientProtocol, WireError, parse_extensions
 from monitor.probes.tls import tls_facts, unverified_context
 from monitor.results import Phase, Reason, Reply, SmtpResult, TlsInfo
 
@@ -22,6 +22,10 @@ from monitor.results import Phase, Reason, Reply, SmtpResult, TlsInfo
 _HELO_FALLBACK_CODES = {500, 501, 502, 504, 550}
 _QUIT_GRACE = 1.0  # seconds: QUIT is a courtesy, never worth the whole deadline
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
+_FIRST_READ = min(16 * 1024, MAX_BUFFER)  # the greeting's first recvmsg(), then the protocol's bounds apply
+# SmtpResult.timing_source values: connect and banner come from kernel timestamps when they can.
+KERNEL = "kernel"
+WALL = "wall"
 
 
 class ReplyFailed(Exception):
@@ -55,6 +59,12 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+def _ends_a_reply(chunk: bytes) -> bool:
+    """Whether `chunk` holds a reply's last line ("220 ..." or a bare "220"), i.e. the whole greeting."""
+    lines = chunk.split(b"\n")[:-1]  # the part after the last line end is unfinished
+    return any(len(line.rstrip(b"\r")) == 3 or line[3:4] == b" " for line in lines)
+
+
 def _default_helo() -> str:
     name = socket.getfqdn()
     return name if "." in name else "smtp-monitor.localdomain"
@@ -78,6 +88,10 @@ class _Dialogue:
         self.in_transaction = False  # MAIL FROM accepted and not yet RSET
         self.proto = SmtpClientProtocol()
         self.transport: asyncio.Transport | None = None
+        # Connected but not yet handed to asyncio: greet() reads the greeting's first bytes off it itself.
+        self.sock: socket.socket | None = None
+        self.established: float | None = None  # epoch seconds the TCP handshake completed
+        self.timing_source: dict[str, str] = {}  # connect/banner -> KERNEL or WALL
 
     def enter(self, phase: Phase) -> None:
         self.phase = phase
@@ -85,6 +99,14 @@ class _Dialogue:
 
     def done(self) -> None:
         self.timings[self.phase.value] = time.perf_counter() - self.phase_started
+
+    def record(self, phase: Phase, seconds: float | None) -> None:
+        """Replace the wall-clock timing of `phase` (done() was called) by a kernel-based one when there is one."""
+        if seconds is None:
+            self.timing_source[phase.value] = WALL
+        else:
+            self.timings[phase.value] = seconds
+            self.timing_source[phase.value] = KERNEL
 
     async def command(self, line: str) -> Reply:
         self.proto.write(line.encode("ascii") + b"\r\n")
@@ -110,15 +132,78 @@ class _Dialogue:
         self.done()
 
     async def connect(self) -> None:
+        """Connect, timing the handshake by the kernel's RTT sample: the wall clock would also count the
+        time this process waited for a CPU before it saw the connection complete."""
         self.enter(Phase.CONNECT)
         loop = asyncio.get_running_loop()
-        source = self.config.source_address
-        transport, _ = await loop.create_connection(
-            lambda: self.proto, self.address, self.effective_port,
-            local_addr=(str(source), 0) if source is not None else None,
-        )
-        self.transport = transport
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self.address, self.effective_port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            self.bind_source(sock)
+            # With implicit TLS the greeting comes through the TLS layer: no raw read to stamp.
+            stamped = self.config.tls != "implicit" and kernel_times.enable_rx_timestamps(sock)
+            started = time.time()  # the SYN follows at once: a numeric address needs no await first
+            await loop.sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
         self.done()
+        rtt = kernel_times.handshake_rtt(sock)
+        if rtt is not None:
+            rtt = min(rtt, self.timings[Phase.CONNECT.value])  # sanity: never more than the wall clock
+        # When the SYN-ACK arrived, in the clock of the kernel's receive timestamps (CLOCK_REALTIME).
+        self.established = started + rtt if rtt is not None else time.time()
+        self.record(Phase.CONNECT, rtt)
+        if stamped:
+            self.sock = sock
+        else:
+            await self.attach(sock, b"")
+
+    def bind_source(self, sock: socket.socket) -> None:
+        """Bind to source_address, failing with the errors create_connection(local_addr=...) raised (their
+        errno and text make the result's reason and error)."""
+        source = self.config.source_address
+        if source is None:
+            return
+        failure: OSError | None = None
+        for family, _, _, _, laddr in socket.getaddrinfo(str(source), 0, type=socket.SOCK_STREAM):
+            if family != sock.family:
+                continue
+            try:
+                sock.bind(laddr)
+                return
+            except OSError as exc:
+                why = (exc.strerror or str(exc)).lower()
+                failure = OSError(exc.errno, f"error while attempting to bind on address {laddr!r}: {why}")
+        raise failure or OSError(f"no matching local address with family={sock.family!r} found")
+
+    async def attach(self, sock: socket.socket, first: bytes) -> None:
+        """Hand the connected socket to asyncio, `first` (bytes already read off it) ahead of the rest."""
+        if first:
+            self.proto.data_received(first)  # no transport yet: nothing newer can be delivered before it
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_connection(lambda: self.proto, sock=sock)
+        self.sock = None
+
+    async def receive_greeting(self) -> float | None:
+        """Read the greeting's first bytes with their kernel receive time, then hand the socket to asyncio.
+
+        Returns that time when the chunk holds the whole reply; a greeting in several packets is timed
+        by the wall clock. A reset or close is left for read_reply() to report, as a transport would."""
+        assert self.sock is not None
+        try:
+            first, arrived = await kernel_times.recv_stamped(self.sock, _FIRST_READ)
+        except OSError as exc:
+            self.proto.connection_lost(exc)
+            return None
+        if not first:
+            self.proto.eof_received()
+            return None
+        await self.attach(self.sock, first)
+        return arrived if _ends_a_reply(first) else None
 
     @property
     def effective_port(self) -> int:
@@ -163,9 +248,16 @@ class _Dialogue:
 
     async def greet(self) -> None:
         self.enter(Phase.BANNER)
+        arrived = await self.receive_greeting() if self.sock is not None else None
         reply = await self.expect(None, range(220, 221))
         self.banner = str(reply)
         self.done()
+        now = time.time()
+        # The kernel stamp must lie between the handshake and now, or a clock step happened in between.
+        if arrived is not None and self.established is not None and self.established <= arrived <= now:
+            self.record(Phase.BANNER, arrived - self.established)
+        else:
+            self.record(Phase.BANNER, None)
         pattern = self.config.expect_banner
         if pattern is not None and not re.search(pattern, self.banner):
             raise _Failure(Reason.UNEXPECTED_BANNER, f"greeting {self.banner[:120]!r} does not match {pattern!r}")
@@ -297,6 +389,9 @@ class _Dialogue:
         # abort(), not close(): a graceful TLS shutdown can wait on a silent peer.
         if self.transport is not None:
             self.transport.abort()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
 async def run(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
@@ -398,6 +493,7 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
         helo_fallback=d.helo_fallback,
         extensions=d.extensions,
         tls=d.tls,
+        timing_source=d.timing_source,
     )
 
 

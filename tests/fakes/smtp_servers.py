@@ -34,11 +34,14 @@ class Then(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One exchange: wait for a line starting with `expect` (None: send at once), send, then act."""
+    """One exchange: wait for a line starting with `expect` (None: send at once), send, then act.
+
+    `pause`: seconds to wait before sending (a slow server, or a reply split across packets)."""
 
     expect: bytes | None
     send: bytes = b""
     then: Then = Then.NEXT
+    pause: float = 0.0
 
 
 @dataclass(slots=True)
@@ -215,6 +218,8 @@ class ScriptedSmtpServer(_BaseServer):
                     conn.unexpected.append(line)
                     await self._send(conn, writer, b"503 5.5.1 unexpected command\r\n")
                     return
+            if step.pause:
+                await asyncio.sleep(step.pause)
             if step.send:
                 await self._send(conn, writer, step.send)
             if not await self._then(step.then, conn, reader, writer):
@@ -418,6 +423,33 @@ def starttls_then_close() -> ScriptedSmtpServer:
 def starttls_injection(tls: ssl.SSLContext) -> ScriptedSmtpServer:
     """Good TLS, but plaintext replies are smuggled right behind `220 ready` (must be discarded)."""
     return healthy_starttls(tls, after_go=INJECTED)
+
+
+def slow_greeting(delay: float) -> ScriptedSmtpServer:
+    """A healthy server that greets `delay` seconds after accepting the connection."""
+    return ScriptedSmtpServer([Step(None, GREETING, pause=delay), Step(b"EHLO ", EHLO_PLAIN), QUIT])
+
+
+def split_greeting(pause: float) -> ScriptedSmtpServer:
+    """A healthy server whose two-line greeting comes in two packets, `pause` seconds apart."""
+    return ScriptedSmtpServer(
+        [
+            Step(None, b"220-mail.test ESMTP\r\n"),
+            Step(None, b"220 ready\r\n", pause=pause),
+            Step(b"EHLO ", EHLO_PLAIN),
+            QUIT,
+        ]
+    )
+
+
+def close_before_greeting() -> ScriptedSmtpServer:
+    """Accepts and closes at once (FIN) without a word."""
+    return ScriptedSmtpServer([Step(None, b"", Then.CLOSE)])
+
+
+def reset_before_greeting() -> ScriptedSmtpServer:
+    """Accepts and resets the connection (RST) without a word."""
+    return ScriptedSmtpServer([Step(None, b"", Then.RESET)])
 
 
 def multiline() -> ScriptedSmtpServer:
