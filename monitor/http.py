@@ -17,6 +17,8 @@ from monitor.metrics import ProbeExposition, single_result_registry
 from monitor.probes import ProbeEnv, mx, smtp
 from monitor.store import ProbeState, ResultsStore
 
+_WRITE_BATCH = 256 * 1024  # octets per write of /metrics: bounded buffers, few syscalls
+
 log = logging.getLogger("smtp_monitor.http")
 
 
@@ -109,17 +111,31 @@ class MetricsServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _metrics(self, _: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
         # Take the snapshot here, in the loop that writes the store; format it in a worker thread.
         states = list(self.store.snapshot().states.values())
         if self.health is not None:
             self.health.agent_tasks = len(asyncio.all_tasks())
         async with self._render_lock:  # one render at a time: they share the per-probe cache
-            body = await asyncio.to_thread(self._render, states)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+            chunks = await asyncio.to_thread(self._render, states)
+        # Streamed in batches: the cached pieces are immutable, so a slow scraper holds no lock.
+        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+        response.content_length = sum(len(chunk) for chunk in chunks)
+        await response.prepare(request)
+        batch: list[bytes] = []
+        size = 0
+        for chunk in chunks:
+            batch.append(chunk)
+            size += len(chunk)
+            if size >= _WRITE_BATCH:
+                await response.write(b"".join(batch))
+                batch, size = [], 0
+        await response.write(b"".join(batch))
+        await response.write_eof()
+        return response
 
-    def _render(self, states: list[ProbeState]) -> bytes:
-        return self.exposition.render(states).encode() + generate_latest(self.registry)
+    def _render(self, states: list[ProbeState]) -> list[bytes]:
+        return self.exposition.render_chunks(states, tail=generate_latest(self.registry))
 
     async def _probe(self, request: web.Request) -> web.Response:
         assert self.adhoc is not None

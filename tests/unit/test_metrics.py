@@ -322,7 +322,7 @@ class TestProbeExposition:
         registry = CollectorRegistry()
         registry.register(StoreCollector(store, None))
         expected = parsed(generate_latest(registry).decode())
-        text = ProbeExposition().render(store.snapshot().states.values())
+        text = ProbeExposition().render(store.snapshot().states.values()).decode()
         assert parsed(text) == expected
         assert len(expected) > 30
 
@@ -332,7 +332,7 @@ class TestProbeExposition:
         first = exposition.render(store.snapshot().states.values())
         assert exposition.render(store.snapshot().states.values()) == first
         store.record("relay", smtp_failed(Phase.BANNER, Reason.TIMEOUT))
-        after = parsed(exposition.render(store.snapshot().states.values()))
+        after = parsed(exposition.render(store.snapshot().states.values()).decode())
         labels = frozenset({("probe", "relay"), ("phase", "banner"), ("reason", "timeout")})
         key = ("smtp_probe_failures_total", labels)
         assert after[key] == 1.0
@@ -342,7 +342,7 @@ class TestProbeExposition:
         exposition = ProbeExposition()
         exposition.render(store.snapshot().states.values())
         store.configure([(SMTP, 2, 14)])
-        text = exposition.render(store.snapshot().states.values())
+        text = exposition.render(store.snapshot().states.values()).decode()
         assert 'probe="smtps"' not in text
         assert 'check="domain-mx"' not in text
 
@@ -351,12 +351,12 @@ class TestProbeExposition:
         store.configure([(SMTP, 2, 14)])
         result = replace(smtp_ok(), extensions={'X-"ODD"\\EXT': ""})
         store.record("relay", result)
-        text = ProbeExposition().render(store.snapshot().states.values())
+        text = ProbeExposition().render(store.snapshot().states.values()).decode()
         labels = frozenset({("probe", "relay"), ("extension", 'X-"ODD"\\EXT')})
         assert parsed(text)[("smtp_ehlo_extension_info", labels)] == 1.0
 
     def test_promtool_accepts_the_rendered_text(self) -> None:
-        text = ProbeExposition().render(populated_store().snapshot().states.values())
+        text = ProbeExposition().render(populated_store().snapshot().states.values()).decode()
         check = subprocess.run(
             [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, check=False
         )
