@@ -193,8 +193,6 @@ class _Worker:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.health = AgentHealth()
-        # Bookkeeping for the scheduler only: the agent's store is the one that announces changes.
-        self.store = ResultsStore(announce=False)
         self.scheduler: ProbeScheduler | None = None
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -204,7 +202,8 @@ class _Worker:
     def apply(self, config: Config) -> None:
         if self.scheduler is None:
             env = ProbeEnv.from_config(config)
-            self.scheduler = ProbeScheduler(self.store, self.health, env, config.defaults.max_concurrency)
+            # No store here: results go to the agent's, and a second copy of 10,000 results costs ~10 MB.
+            self.scheduler = ProbeScheduler(None, self.health, env, config.defaults.max_concurrency)
             self.scheduler.on_result = lambda name, result: self.send(("result", name, result))
             self.scheduler.apply(config)
             self.scheduler.start()

@@ -58,9 +58,13 @@ def internal_failure(probe: ProbeConfig, started_at: float, error: str) -> Probe
 
 
 class ProbeScheduler:
-    """One APScheduler job per probe in the running event loop; the only store writer."""
+    """One APScheduler job per probe in the running event loop; the only store writer.
 
-    def __init__(self, store: ResultsStore, health: AgentHealth, env: ProbeEnv, max_concurrency: int) -> None:
+    Without a store (the probe process) results only go to on_result: the agent's store keeps them."""
+
+    def __init__(
+        self, store: ResultsStore | None, health: AgentHealth, env: ProbeEnv, max_concurrency: int
+    ) -> None:
         self.store = store
         self.health = health
         self.env = env
@@ -89,10 +93,14 @@ class ProbeScheduler:
     def apply(self, config: Config) -> None:
         """Make the jobs match the config: add new, drop removed, reschedule changed."""
         self.env.defaults = config.defaults
-        added_list, removed = self.store.configure(probe_entries(config))
-        added = set(added_list)
         wanted: dict[str, ProbeConfig] = {p.name: p for p in config.smtp}
         wanted.update({p.name: p for p in config.mx})
+        if self.store is not None:
+            added_list, removed = self.store.configure(probe_entries(config))
+        else:
+            added_list = [name for name in wanted if name not in self._probes]
+            removed = [name for name in self._probes if name not in wanted]
+        added = set(added_list)
         for name in removed:
             self._remove_job(name)
         now = datetime.now().astimezone()
@@ -160,7 +168,8 @@ class ProbeScheduler:
                 self.health.in_flight -= 1
         # A reload may have changed this probe while it ran: its result belongs to the old config.
         if self._probes.get(name) == probe:
-            self.store.record(name, result)
+            if self.store is not None:
+                self.store.record(name, result)
             if self.on_result is not None:
                 self.on_result(name, result)
         return result

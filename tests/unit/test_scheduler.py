@@ -364,3 +364,26 @@ class TestStop:
             assert pit.accepted == 1
 
         asyncio.run(scenario())
+
+
+class TestWithoutStore:
+    def test_results_only_reach_on_result_and_reloads_still_add_and_remove_jobs(self) -> None:
+        async def scenario() -> None:
+            keep, drop, added = (smtp_probe(name, closed_port()) for name in ("keep", "drop", "added"))
+            first = make_config([keep, drop], interval=LONG)
+            scheduler = ProbeScheduler(None, AgentHealth(), ProbeEnv.from_config(first), 10)
+            seen: list[tuple[str, bool]] = []
+            scheduler.on_result = lambda name, result: seen.append((name, result.ok))
+            start(scheduler, first)
+            try:
+                await scheduler.run_once("keep")
+                assert seen == [("keep", False)]
+                scheduler.apply(make_config([keep, added], interval=LONG))
+                assert sorted(job.id for job in scheduler._scheduler.get_jobs()) == ["added", "keep"]
+                assert await scheduler.run_once("drop") is None
+                await scheduler.run_once("added")
+                assert seen == [("keep", False), ("added", False)]
+            finally:
+                await scheduler.stop(1.0)
+
+        asyncio.run(scenario())
