@@ -216,6 +216,19 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
                     note=note,
                 )
             )
+            # The walk leaves every cell's encoding cached: RSS once an NMS has walked the table.
+            walked, walked_peak = rss_mib(agent.pid), peak_rss_mib(agent.pid)
+            results.add(
+                Row(
+                    section,
+                    "agent RSS after the full walk (peak)",
+                    walked,
+                    "MiB",
+                    target="< 300 MiB",
+                    ok=walked_peak < 300,
+                    note=f"peak {walked_peak:.0f} MiB",
+                )
+            )
         else:
             results.note(f"{section}: full SNMP walk: n/a (SNMP agent not present)")
     finally:
