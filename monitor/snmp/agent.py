@@ -276,9 +276,7 @@ class _GuardedDispatcher(AsyncioDispatcher):  # type: ignore[misc]  # pysnmp is 
             header = gate.admit(address, message)
             if header is None:
                 return
-            pdu_tag = self._answer_fast(transport, address, message, header)
-            if pdu_tag is not None:
-                gate.health.snmp_requests[PDU_NAMES[pdu_tag]] += 1
+            if self._answer_fast(transport, address, message, header):
                 return
             before = gate.usm_failures() if header.version == 3 else 0
             super()._callback_function(transport, address, message)
@@ -288,21 +286,22 @@ class _GuardedDispatcher(AsyncioDispatcher):  # type: ignore[misc]  # pysnmp is 
             gate.health.snmp_dropped += 1
             log.debug("dropped SNMP message from %s: %s: %s", address, type(exc).__name__, exc)
 
-    def _answer_fast(self, transport: Any, address: Any, message: bytes, header: MessageHeader) -> int | None:
-        """Send a fast path's answer on the receiving socket and return the request's PDU tag number;
-        None leaves the message to pysnmp."""
+    def _answer_fast(self, transport: Any, address: Any, message: bytes, header: MessageHeader) -> bool:
+        """Count and send a fast path's answer on the receiving socket; False leaves the message to pysnmp."""
         endpoint = getattr(transport, "transport", None)  # the asyncio DatagramTransport
         if endpoint is None or endpoint.is_closing():  # closing listener: pysnmp drops it
-            return None
+            return False
         if header.version == 3:
             answer = self._usm.respond(message) if self._usm is not None else None
         else:
             response = self._fast.respond(message) if self._fast is not None else None
             answer = None if response is None else (response, header.pdu_tag)
         if answer is None:
-            return None
+            return False
+        # Counted before it leaves: a manager that got the answer must already see it counted.
+        self._gate.health.snmp_requests[PDU_NAMES[answer[1]]] += 1
         endpoint.sendto(answer[0], address)
-        return answer[1]
+        return True
 
 
 # -- MIB instrumentation ------------------------------------------------------------------------
