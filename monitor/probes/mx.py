@@ -55,8 +55,8 @@ class _Check:
         self.authenticated: bool | None = None
         self.extra: dict[str, Any] = {}
         self.phase = Phase.MX
-        # exchange (normalised) -> (fully CNAME-expanded name, whether the address answers had AD)
-        self.aliases: dict[str, tuple[str, bool]] = {}
+        # exchanges (normalised) that are CNAMEs: only those need TLSA at another name
+        self.aliases: dict[str, Alias] = {}
 
     def _timed(self, phase: Phase, started: float) -> None:
         self.timings[phase.value] = time.perf_counter() - started
@@ -95,7 +95,9 @@ class _Check:
 
     async def _addresses(self, exchange: str) -> tuple[str, ...]:
         found = await resolve.lookup_addresses(self._address_resolver(), exchange)
-        self.aliases[_norm(exchange)] = (_norm(found.canonical_name), found.authenticated)
+        target = _norm(found.canonical_name)
+        if target != _norm(exchange):
+            self.aliases[_norm(exchange)] = Alias(target, found.authenticated)
         return found.addresses
 
     async def lookup_addresses(self, pairs: list[tuple[int, str]]) -> None:
@@ -275,12 +277,9 @@ class _Check:
         original name when the expanded one has none; an insecure alias only at the original.
         """
         port = self.config.port
-        target, secure = self.aliases.get(_norm(exchange), (_norm(exchange), False))
-        if target == _norm(exchange):
-            return await dane.lookup_tlsa(self.env.resolver, exchange, port), None
-        alias = Alias(target, secure)
-        if secure:
-            expanded = await dane.lookup_tlsa(self.env.resolver, target, port)
+        alias = self.aliases.get(_norm(exchange))
+        if alias is not None and alias.secure:
+            expanded = await dane.lookup_tlsa(self.env.resolver, alias.target, port)
             if expanded.records or expanded.error:
                 return expanded, alias
         return await dane.lookup_tlsa(self.env.resolver, exchange, port), alias
