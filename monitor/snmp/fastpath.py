@@ -6,7 +6,7 @@ import logging
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from pyasn1.codec.ber import encoder as pyasn1_encoder
 from pyasn1.error import PyAsn1Error
@@ -32,6 +32,7 @@ from monitor.snmp.mibview import (
 )
 
 log = logging.getLogger("smtp_monitor.snmp")
+Answer = TypeVar("Answer")
 
 GET, GETNEXT, GETBULK = 0, 1, 5  # context tag numbers of the request PDUs served here
 MAX_VARBINDS = 64  # requests with more variable bindings go to pysnmp
@@ -74,6 +75,35 @@ _SIMPLE: dict[type, tuple[int, int, int, int]] = {
 
 class NotHandled(Exception):
     """Not for the fast path (unusual, malformed or unsupported): pysnmp handles the datagram."""
+
+
+class Guarded(Generic[Answer]):
+    """A fast path's bookkeeping: answered, left to pysnmp (NotHandled), or failed (a bug: pysnmp answers)."""
+
+    what = "SNMP fast path"
+
+    def __init__(self) -> None:
+        self.answered = 0
+        self.fallbacks = 0
+        self.errors = 0  # internal failures (bugs): pysnmp answered instead
+
+    def respond(self, message: bytes) -> Answer | None:
+        """The answer to `message`, or None to leave it to pysnmp. Never raises."""
+        try:
+            answer = self._respond(message)
+        except NotHandled:
+            self.fallbacks += 1
+            return None
+        except Exception:
+            self.errors += 1
+            if self.errors == 1:
+                log.debug("%s failed; pysnmp answers instead", self.what, exc_info=True)
+            return None
+        self.answered += 1
+        return answer
+
+    def _respond(self, message: bytes) -> Answer:
+        raise NotImplementedError
 
 
 # -- BER ----------------------------------------------------------------------------------------
@@ -371,7 +401,7 @@ class _Compiled:
 # -- the fast path ------------------------------------------------------------------------------
 
 
-class FastPath:
+class FastPath(Guarded[bytes]):
     """Answers v1/v2c GET, GETNEXT and GETBULK from the MibView as pysnmp would (RFC 3416, RFC 3584).
 
     `respond` returns the response datagram, or None when pysnmp must handle the request: it
@@ -385,6 +415,7 @@ class FastPath:
         max_repeated: int = MAX_REPEATED,
         max_message_size: int = MAX_RESPONSE_OCTETS,
     ) -> None:
+        super().__init__()
         self._view = view
         self._subtrees = tuple(subtrees)
         self._max_repeated = max_repeated
@@ -395,24 +426,6 @@ class FastPath:
         self._encoders: dict[type, Callable[[Raw], bytes]] = {}
         self._bindings: dict[bytes, _Bindings] = {}
         self._budgets: dict[tuple[int, int, int, int], int] = {}
-        self.answered = 0
-        self.fallbacks = 0
-        self.errors = 0  # internal failures (bugs): pysnmp answered instead
-
-    def respond(self, message: bytes) -> bytes | None:
-        """The response to `message`, or None to leave it to pysnmp."""
-        try:
-            response = self._respond(message)
-        except NotHandled:
-            self.fallbacks += 1
-            return None
-        except Exception:
-            self.errors += 1
-            if self.errors == 1:
-                log.debug("SNMP fast path failed; pysnmp answers instead", exc_info=True)
-            return None
-        self.answered += 1
-        return response
 
     def _respond(self, message: bytes) -> bytes:
         return self.answer(decode_request(message, self._bindings))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ from monitor.snmp.fastpath import (
     _SHORT_LENGTHS,
     MAX_RESPONSE_OCTETS,
     FastPath,
+    Guarded,
     NotHandled,
     Request,
     _Bindings,
@@ -29,8 +29,6 @@ from monitor.snmp.fastpath import (
     decode_request,
     tlv,
 )
-
-log = logging.getLogger("smtp_monitor.snmp")
 
 TIME_WINDOW = 150  # seconds either side of the engine's time (RFC 3414 3.2.7a)
 BOOTS_MAX = 2**31 - 1  # a latched snmpEngineBoots: every message is out of the window
@@ -284,7 +282,7 @@ def _decode(data: bytes) -> Message:
 # -- the fast path --------------------------------------------------------------------------------
 
 
-class UsmFastPath:
+class UsmFastPath(Guarded[tuple[bytes, int]]):
     """Answers SNMPv3 GET, GETNEXT and GETBULK at authNoPriv or authPriv through FastPath (same view, same values).
 
     It serves only a well-formed message for this engine, from a configured user at the user's
@@ -293,6 +291,8 @@ class UsmFastPath:
     unknown users, wrong digests, time-window misses, ...) so that pysnmp answers it with its
     Report and counts it in usmStats. Engine ID, boots and time are pysnmp's own (`for_engine`):
     the time a response carries is the time pysnmp's Reports carry."""
+
+    what = "SNMPv3 fast path"
 
     def __init__(
         self,
@@ -303,6 +303,7 @@ class UsmFastPath:
         clock: Callable[[], int],
         max_message_size: int = MAX_RESPONSE_OCTETS,
     ) -> None:
+        super().__init__()
         self._fast = fast
         self._engine_id = engine_id
         self._boots = boots
@@ -323,9 +324,6 @@ class UsmFastPath:
         self._aes_salt = secrets.randbits(64)
         self._time: tuple[int, bytes] = (-1, b"")
         self._des_salt = secrets.randbits(32)
-        self.answered = 0
-        self.fallbacks = 0
-        self.errors = 0  # internal failures (bugs): pysnmp answered instead
 
     @classmethod
     def for_engine(cls, fast: FastPath, engine: Any) -> UsmFastPath:
@@ -374,22 +372,8 @@ class UsmFastPath:
         around = len(_V3) + header + security + len(self._context) + _LONGEST_HEAD * containers
         return around + 7 if user.priv == "des" else around
 
-    def respond(self, message: bytes) -> tuple[bytes, int] | None:
-        """(response, request PDU tag number), or None to leave the message to pysnmp. Never raises."""
-        try:
-            answer = self._respond(message)
-        except NotHandled:
-            self.fallbacks += 1
-            return None
-        except Exception:
-            self.errors += 1
-            if self.errors == 1:
-                log.debug("SNMPv3 fast path failed; pysnmp answers instead", exc_info=True)
-            return None
-        self.answered += 1
-        return answer
-
     def _respond(self, message: bytes) -> tuple[bytes, int]:
+        """(response, request PDU tag number); NotHandled leaves the message to pysnmp."""
         msg = decode_message(message)
         flags = msg.flags
         if flags & ~(_AUTH | _PRIV | _REPORTABLE) or not flags & _AUTH:
