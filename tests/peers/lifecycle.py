@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+
+def log_tails(paths: Iterable[Path], lines: int, missing: str) -> str:
+    """The last `lines` lines of each readable file, labelled with its path, for error messages."""
+    parts = []
+    for path in paths:
+        try:
+            text = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        parts.append(f"{path}:\n" + "\n".join(text[-lines:]))
+    return "\n".join(parts) or missing
 
 
 class Peer:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from tests.peers.lifecycle import Peer
+from tests.peers.lifecycle import Peer, log_tails
 
 from .ports import HOST, free_tcp_udp_port
 from .procs import descendants, pid_runs, read_pid_file, terminate_tree, wait_gone
@@ -95,14 +97,7 @@ class NsdServer(Peer):
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of NSD's log and output, labelled, for error messages."""
-        parts = []
-        for path in (self.log_file, self.output_file):
-            try:
-                text = path.read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            parts.append(f"{path}:\n" + "\n".join(text[-lines:]))
-        return "\n".join(parts) or "(no NSD log)"
+        return log_tails((self.log_file, self.output_file), lines, "(no NSD log)")
 
     def running(self) -> bool:
         """Whether this server's main process is alive."""
@@ -129,30 +124,8 @@ class NsdServer(Peer):
             raise
 
     def _wait_ready(self) -> None:
-        end = time.monotonic() + START_DEADLINE
-        pending = list(self.zones)
-        last_error = ""
-        while pending:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise NsdError(f"nsd exited with {self._process.returncode}\n{self.log_tail()}")
-            origin = pending[0]
-            try:
-                reply = dns.query.udp(
-                    dns.message.make_query(origin, dns.rdatatype.SOA), HOST, port=self.port, timeout=0.5
-                )
-                if reply.rcode() == dns.rcode.NOERROR and reply.answer:
-                    pending.pop(0)
-                    continue
-                last_error = f"{origin} SOA: {dns.rcode.to_text(reply.rcode())}, {len(reply.answer)} answers"
-            except (dns.exception.DNSException, OSError) as exc:
-                last_error = f"{origin} SOA: {exc!r}"
-            if time.monotonic() >= end:
-                raise NsdError(
-                    f"NSD on {HOST}:{self.port} did not answer within {START_DEADLINE:.0f} s "
-                    f"(last: {last_error})\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
+        assert self._process is not None
+        wait_for_soa(self._process, self.port, self.zones, what="NSD", log_tail=self.log_tail, error=NsdError)
 
     def stop(self) -> None:
         """Stop NSD: SIGTERM its main process (from the PID file), wait for it and its children."""
@@ -179,3 +152,42 @@ class NsdServer(Peer):
 
 def _absolute(origin: str) -> str:
     return origin if origin.endswith(".") else origin + "."
+
+
+def wait_for_soa(
+    process: subprocess.Popen[bytes],
+    port: int,
+    origins: Iterable[str],
+    *,
+    what: str,
+    log_tail: Callable[[], str],
+    error: type[Exception],
+    checking_disabled: bool = False,
+) -> None:
+    """Wait until the DNS server `process` on HOST:`port` answers a SOA query for every origin.
+
+    `checking_disabled` sets CD, so a validating resolver is ready for bogus zones too."""
+    end = time.monotonic() + START_DEADLINE
+    pending = list(origins)
+    last_error = ""
+    while pending:
+        if process.poll() is not None:
+            raise error(f"{what} exited with {process.returncode}\n{log_tail()}")
+        origin = pending[0]
+        query = dns.message.make_query(origin, dns.rdatatype.SOA)
+        if checking_disabled:
+            query.flags |= dns.flags.CD
+        try:
+            reply = dns.query.udp(query, HOST, port=port, timeout=0.5)
+            if reply.rcode() == dns.rcode.NOERROR and reply.answer:
+                pending.pop(0)
+                continue
+            last_error = f"{origin} SOA: {dns.rcode.to_text(reply.rcode())}, {len(reply.answer)} answers"
+        except (dns.exception.DNSException, OSError) as exc:
+            last_error = f"{origin} SOA: {exc!r}"
+        if time.monotonic() >= end:
+            raise error(
+                f"{what} on {HOST}:{port} did not answer within {START_DEADLINE:.0f} s (last: {last_error})\n"
+                f"{log_tail()}"
+            )
+        time.sleep(0.05)

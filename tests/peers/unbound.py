@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.query
-import dns.rcode
-import dns.rdatatype
-
-from tests.peers.lifecycle import Peer
+from tests.peers.lifecycle import Peer, log_tails
+from tests.peers.nsd import wait_for_soa
 
 from .ports import HOST, free_tcp_udp_port
 from .procs import pid_runs, terminate_tree, wait_gone
 
 UNBOUND = "/usr/sbin/unbound"
 UNBOUND_CHECKCONF = "/usr/sbin/unbound-checkconf"
-START_DEADLINE = 10.0
 STOP_DEADLINE = 10.0
 
 
@@ -105,14 +97,7 @@ class UnboundResolver(Peer):
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of Unbound's log and output, labelled, for error messages."""
-        parts = []
-        for path in (self.log_file, self.output_file):
-            try:
-                text = path.read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            parts.append(f"{path}:\n" + "\n".join(text[-lines:]))
-        return "\n".join(parts) or "(no Unbound log)"
+        return log_tails((self.log_file, self.output_file), lines, "(no Unbound log)")
 
     def running(self) -> bool:
         """Whether this resolver's process is alive."""
@@ -140,30 +125,11 @@ class UnboundResolver(Peer):
     def _wait_ready(self) -> None:
         # CD (checking disabled): a bogus zone is ready too; the answer proves the stub is reachable.
         # Unbound caches it as unchecked and validates before a later query without CD may use it.
-        end = time.monotonic() + START_DEADLINE
-        pending = list(self.stub_zones)
-        last_error = ""
-        while pending:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise UnboundError(f"unbound exited with {self._process.returncode}\n{self.log_tail()}")
-            origin = pending[0]
-            query = dns.message.make_query(origin, dns.rdatatype.SOA)
-            query.flags |= dns.flags.CD
-            try:
-                reply = dns.query.udp(query, HOST, port=self.port, timeout=0.5)
-                if reply.rcode() == dns.rcode.NOERROR and reply.answer:
-                    pending.pop(0)
-                    continue
-                last_error = f"{origin} SOA: {dns.rcode.to_text(reply.rcode())}, {len(reply.answer)} answers"
-            except (dns.exception.DNSException, OSError) as exc:
-                last_error = f"{origin} SOA: {exc!r}"
-            if time.monotonic() >= end:
-                raise UnboundError(
-                    f"Unbound on {HOST}:{self.port} did not resolve within {START_DEADLINE:.0f} s "
-                    f"(last: {last_error})\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
+        assert self._process is not None
+        wait_for_soa(
+            self._process, self.port, self.stub_zones, what="Unbound", log_tail=self.log_tail, error=UnboundError,
+            checking_disabled=True,
+        )
 
     def stop(self) -> None:
         """Stop Unbound: SIGTERM its process (it forks nothing; threads only), wait for it and reap it."""
