@@ -169,7 +169,10 @@ class _Dialogue:
         if source is None:
             return
         failure: OSError | None = None
-        for family, _, _, _, laddr in socket.getaddrinfo(str(source), 0, type=socket.SOCK_STREAM):
+        # AI_NUMERICHOST: an IP literal, so getaddrinfo never blocks the event loop on a DNS lookup
+        for family, _, _, _, laddr in socket.getaddrinfo(
+            str(source), 0, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        ):
             if family != sock.family:
                 continue
             try:
