@@ -216,30 +216,14 @@ class _Dialogue:
     def server_name(self) -> str:
         return self.config.servername or self.config.host
 
-    async def handshake(self, deadline: float) -> None:
+    async def handshake(self) -> None:
         self.enter(Phase.TLS)
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
         ctx = self.env.tls.get(self.config.ca_file, self.config.verify)
-        # Bytes the server sent before the handshake are not part of the TLS session.
-        self.proto.discard_buffer()
-        timeout = max(deadline - loop.time(), 0.001)
         try:
-            new = await loop.start_tls(
-                self.transport, self.proto, ctx, server_hostname=self.server_name,
-                ssl_handshake_timeout=timeout,
-            )
+            # start_tls() drops bytes the server sent before the handshake: they are not part of the session.
+            sslobj = await self.proto.start_tls(ctx, self.server_name)
         except ssl.SSLCertVerificationError as exc:
-            self.transport.abort()
-            self.transport = None
             raise _Failure(Reason.TLS_VERIFY, f"certificate verification failed: {exc.verify_message}") from exc
-        if new is None:  # the peer closed cleanly in the middle of the handshake
-            raise WireError("reset", "connection closed during the TLS handshake")
-        assert isinstance(new, asyncio.Transport)
-        self.transport = new
-        self.proto.transport = new
-        self.proto.reset_after_tls()
-        sslobj = new.get_extra_info("ssl_object")
         verified = self.config.verify
         self.tls = tls_facts(
             sslobj, verified, "" if verified else "verification disabled", keep_chain=self.config.keep_chain
@@ -436,12 +420,12 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
             await d.resolve()
             await d.connect()
             if config.tls == "implicit":
-                await d.handshake(deadline)
+                await d.handshake()
             await d.greet()
             await d.ehlo(Phase.EHLO)
             if config.tls == "starttls":
                 await d.starttls()
-                await d.handshake(deadline)
+                await d.handshake()
                 await d.ehlo(Phase.EHLO_TLS)
             d.check_extensions()
             # Relay and envelope tests run before AUTH: an authenticated client may relay.
@@ -505,7 +489,6 @@ async def _look_at_certificate(failed: _Dialogue, deadline: float, verify_error:
     certificate's facts (expiry above all) are known even when it does not verify."""
     d = _Dialogue(failed.config, failed.env)
     d.address = failed.address
-    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout_at(deadline):
             await d.connect()
@@ -513,16 +496,8 @@ async def _look_at_certificate(failed: _Dialogue, deadline: float, verify_error:
                 await d.greet()
                 await d.ehlo(Phase.EHLO)
                 await d.starttls()
-            assert d.transport is not None
-            d.proto.discard_buffer()
-            new = await loop.start_tls(
-                d.transport, d.proto, unverified_context(), server_hostname=d.server_name,
-                ssl_handshake_timeout=max(deadline - loop.time(), 0.001),
-            )
-            if not isinstance(new, asyncio.Transport):
-                return None
-            d.transport = new
-            return tls_facts(new.get_extra_info("ssl_object"), False, verify_error, keep_chain=d.config.keep_chain)
+            sslobj = await d.proto.start_tls(unverified_context(), d.server_name)
+            return tls_facts(sslobj, False, verify_error, keep_chain=d.config.keep_chain)
     except (TimeoutError, OSError, ssl.SSLError, WireError, ReplyFailed, _Failure):
         return None
     finally:

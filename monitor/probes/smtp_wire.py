@@ -1,4 +1,4 @@
-"""SMTP client wire protocol: bounded reply parsing over an asyncio transport."""
+"""SMTP client wire protocol: bounded reply parsing and in-place TLS over an asyncio transport."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from monitor.results import Reply
 MAX_LINE = 2048
 MAX_REPLY_LINES = 100
 MAX_BUFFER = 64 * 1024
+_TLS_READ = 16 * 1024  # one TLS record's plaintext at most
 
 
 class WireError(Exception):
@@ -23,13 +24,19 @@ class WireError(Exception):
 
 
 class SmtpClientProtocol(asyncio.Protocol):
-    """Buffers what the server sends, bounded, and hands out one reply at a time."""
+    """Buffers what the server sends, bounded, and hands out one reply at a time.
+
+    TLS runs inside this protocol (an SSLObject over memory BIOs) instead of through loop.start_tls():
+    asyncio's SSL transport costs more CPU per probe than the whole dialogue's own Python code."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._waiter: asyncio.Future[None] | None = None
         self._closed: BaseException | None = None
         self.transport: asyncio.Transport | None = None
+        self.tls: ssl.SSLObject | None = None
+        self._incoming = self._outgoing = ssl.MemoryBIO()
+        self._handshake: asyncio.Future[None] | None = None  # set while the TLS handshake runs
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -37,6 +44,12 @@ class SmtpClientProtocol(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self.tls is not None:
+            self._incoming.write(data)
+            if self._handshake is not None:
+                self._continue_handshake()
+                return
+            data = self._decrypt()
         self._buffer += data
         if len(self._buffer) > MAX_BUFFER and self.transport is not None:
             # Never hold more than one bounded reply in memory: stop reading and let
@@ -45,12 +58,16 @@ class SmtpClientProtocol(asyncio.Protocol):
         self._wake()
 
     def eof_received(self) -> bool | None:
-        self._closed = self._closed or ConnectionResetError("connection closed by server")
-        self._wake()
+        self._lost(ConnectionResetError("connection closed by server"))
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = self._closed or exc or ConnectionResetError("connection closed by server")
+        self._lost(exc or ConnectionResetError("connection closed by server"))
+
+    def _lost(self, exc: BaseException) -> None:
+        self._closed = self._closed or exc
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(WireError("reset", "connection closed during the TLS handshake"))
         self._wake()
 
     def _wake(self) -> None:
@@ -63,15 +80,80 @@ class SmtpClientProtocol(asyncio.Protocol):
         is plaintext that an attacker may have injected (CVE-2011-0411 class)."""
         self._buffer.clear()
 
-    def reset_after_tls(self) -> None:
-        """start_tls() moves the transport; the old one reports a close we must forget."""
-        self._closed = None
-        self._buffer.clear()
+    # -- TLS ---------------------------------------------------------------
+    async def start_tls(self, context: ssl.SSLContext, server_hostname: str) -> ssl.SSLObject:
+        """Handshake as the client on this connection; the caller bounds the wait.
+
+        Raises ssl.SSLError (SSLCertVerificationError when verification fails) or WireError("reset")."""
+        if self.transport is None or self.transport.is_closing() or self._closed is not None:
+            raise WireError("reset", "connection closed before the TLS handshake")
+        self.discard_buffer()
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
+        self._handshake = asyncio.get_running_loop().create_future()
+        try:
+            self._continue_handshake()
+            await self._handshake
+        finally:
+            self._handshake = None
+        return self.tls
+
+    def _continue_handshake(self) -> None:
+        assert self.tls is not None
+        assert self._handshake is not None
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except ssl.SSLError as exc:
+            self._flush()  # the alert tells the server why
+            if not self._handshake.done():
+                self._handshake.set_exception(exc)
+            return
+        self._flush()
+        if not self._handshake.done():
+            self._handshake.set_result(None)
+        # Records after the server's Finished (session tickets, an early reply) came in the same read.
+        self._buffer += self._decrypt()
+
+    def _decrypt(self) -> bytes:
+        """Every whole record's plaintext received so far; a TLS failure or close_notify ends the stream."""
+        assert self.tls is not None
+        out = b""
+        while True:
+            try:
+                chunk = self.tls.read(_TLS_READ)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._closed = self._closed or ConnectionResetError("connection closed by server")
+                break
+            except ssl.SSLError as exc:
+                self._closed = self._closed or exc
+                break
+            if not chunk:
+                self._closed = self._closed or ConnectionResetError("connection closed by server")
+                break
+            out += chunk
+        self._flush()  # reading can answer the server (a key update)
+        return out
+
+    def _flush(self) -> None:
+        pending = self._outgoing.read()
+        if pending and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(pending)
 
     def write(self, line: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             raise WireError("reset", "connection closed before the command could be sent")
-        self.transport.write(line)
+        if self.tls is None:
+            self.transport.write(line)
+            return
+        if isinstance(self._closed, ssl.SSLError):
+            raise self._closed  # the session is broken: report the TLS error, as a read would
+        self.tls.write(line)
+        self._flush()
 
     async def read_reply(self) -> Reply:
         """One complete (possibly multi-line) reply, or WireError."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 import socket
 import ssl
 import struct
@@ -30,6 +31,7 @@ class Then(enum.Enum):
     RESET = "reset"  # abort with a TCP RST (SO_LINGER 0)
     HANG = "hang"  # say nothing more, read and drop whatever comes, until the client goes away
     STREAM = "stream"  # send filler bytes without any line end, forever, until the client goes away
+    RAW_GARBAGE = "raw_garbage"  # under TLS: bytes that are no TLS record, past the TLS layer; then hang
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +255,9 @@ class ScriptedSmtpServer(_BaseServer):
         elif then is Then.STREAM:
             while True:
                 await self._send(conn, writer, self.filler)
+        elif then is Then.RAW_GARBAGE:
+            os.write(writer.get_extra_info("socket").fileno(), b"250 not a TLS record\r\n")  # past the TLS layer
+            await self._drop_until_eof(reader)
         return False
 
     async def _epilogue(self, conn: PeerConnection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -418,6 +423,28 @@ def starttls_then_close() -> ScriptedSmtpServer:
     return ScriptedSmtpServer(
         [Step(None, GREETING), Step(b"EHLO ", EHLO_STARTTLS), Step(b"STARTTLS", STARTTLS_GO, Then.CLOSE)]
     )
+
+
+def _inside_tls(tls: ssl.SSLContext, then: Then) -> ScriptedSmtpServer:
+    return ScriptedSmtpServer(
+        [
+            Step(None, GREETING),
+            Step(b"EHLO ", EHLO_STARTTLS),
+            Step(b"STARTTLS", STARTTLS_GO, Then.START_TLS),
+            Step(b"EHLO ", b"", then),
+        ],
+        tls=tls,
+    )
+
+
+def starttls_then_close_notify(tls: ssl.SSLContext) -> ScriptedSmtpServer:
+    """A good TLS handshake, then the EHLO inside TLS is answered with close_notify and a FIN."""
+    return _inside_tls(tls, Then.CLOSE)
+
+
+def starttls_then_raw_garbage(tls: ssl.SSLContext) -> ScriptedSmtpServer:
+    """A good TLS handshake, then the EHLO inside TLS is answered with plaintext under the TLS layer."""
+    return _inside_tls(tls, Then.RAW_GARBAGE)
 
 
 def starttls_injection(tls: ssl.SSLContext) -> ScriptedSmtpServer:

@@ -406,6 +406,25 @@ class TestStarttlsFailures:
         assert_failed(outcome.result, Phase.TLS, Reason.RESET)
         assert outcome.elapsed < FAST
 
+    def test_close_notify_inside_tls_fails_in_ehlo_tls_phase_with_reset(self, pki: Pki, good_cert: IssuedCert) -> None:
+        server = fakes.starttls_then_close_notify(good_cert.server_context())
+        outcome = run_scenario(
+            probe_scripted(server, tls="starttls", ca_file=pki.ca_file, servername=SERVER_NAME, timeout=30)
+        )
+        assert_failed(outcome.result, Phase.EHLO_TLS, Reason.RESET)
+        assert outcome.result.tls is not None  # the handshake's facts stay reported
+        assert outcome.elapsed < FAST
+
+    def test_plaintext_under_the_tls_layer_fails_in_ehlo_tls_phase_with_tls(
+        self, pki: Pki, good_cert: IssuedCert
+    ) -> None:
+        server = fakes.starttls_then_raw_garbage(good_cert.server_context())
+        outcome = run_scenario(
+            probe_scripted(server, tls="starttls", ca_file=pki.ca_file, servername=SERVER_NAME, timeout=30)
+        )
+        assert_failed(outcome.result, Phase.EHLO_TLS, Reason.TLS)
+        assert outcome.elapsed < FAST
+
     def test_plaintext_injected_after_starttls_ready_is_discarded(self, pki: Pki, good_cert: IssuedCert) -> None:
         server = fakes.starttls_injection(good_cert.server_context())
         outcome = run_scenario(probe_scripted(server, tls="starttls", ca_file=pki.ca_file, servername=SERVER_NAME))

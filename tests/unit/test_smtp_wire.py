@@ -242,16 +242,6 @@ class TestBufferResets:
 
         assert run(scenario()) == (Reply(220, ("ready",)), Reply(250, ("genuine",)))
 
-    def test_reset_after_tls_forgets_the_old_transports_close(self) -> None:
-        async def scenario() -> Reply:
-            proto = SmtpClientProtocol()
-            proto.data_received(b"leftover")
-            proto.connection_lost(None)
-            proto.reset_after_tls()
-            return await read_fed(b"250 inside TLS\r\n", proto=proto)
-
-        assert run(scenario()) == Reply(250, ("inside TLS",))
-
 
 class TestParseExtensions:
     def test_greeting_line_is_skipped_and_keywords_map_to_parameters(self) -> None:
