@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from monitor.config import (
     Config,
     ConfigError,
     DnsConfig,
+    _PlainBuilder,
+    _UniqueKeyLoader,
     load_config,
+    load_yaml,
     parse_duration,
     parse_snmp_listen,
     split_host_port,
@@ -396,3 +404,220 @@ class TestExample:
         assert config.defaults.alert_after == 2
         assert config.dns == DnsConfig()
         assert config.prometheus.address() == ("127.0.0.1", 9465)
+
+
+# -- the YAML loader: load_yaml against PyYAML's own constructors -------------------------------
+
+# Plain scalars of every implicit YAML 1.1 type (SafeLoader's resolvers), their quoted twins, and
+# texts that only look like one; all are valid inside flow collections.
+PLAIN_SCALARS = [
+    "a", "name", "smtp-1", "127.0.0.1", "mail.example.com", "a b", "yes", "No", "ON", "off", "y", "n",
+    "true", "False", "~", "null", "Null", "NULL", "0", "-1", "+12", "012", "0o12", "0x1F", "0b101", "1_000",
+    "190:20:30", "-1:30", "1.5", "-1.5e+3", "1e3", "6.8523015e+5", ".5", "1.", "1_0.5", "190:20:30.15", ".inf",
+    "-.Inf", "+.INF", ".nan", ".NaN", "2001-12-14", "2001-12-14t21:59:43.10-05:00", "2001-12-14 21:59:43.10 -5",
+    "2002-12-14", "<<", "=", "'yes'", '"012"', "'~'", "''", '""', '"a\\tb"', "'<<'",
+]
+# Mostly none: most generated documents are then valid, and still a tenth of their nodes is tagged.
+SCALAR_TAGS = ["" for _ in range(60)] + ["!!str", "!!int", "!!float", "!!bool", "!!null", "!!timestamp", "!x", "!"]
+COLLECTION_PROPS = ["" for _ in range(40)] + ["&"] * 20 + ["!!map", "!!seq", "!!set", "!!omap", "!!pairs", "!x"]
+KEYS = ["a", "a", "b", "name", "1", "1.0", "true", "yes", "null", "~", ".nan", "<<", "<<", "=", "'a'", "0x1", "*"]
+
+Node = tuple[Any, ...]
+
+leaves = st.one_of(
+    st.tuples(st.just("scalar"), st.sampled_from(PLAIN_SCALARS), st.sampled_from(SCALAR_TAGS)),
+    st.tuples(st.just("alias"), st.integers(0, 20)),
+)
+documents = st.recursive(
+    leaves,
+    lambda children: st.one_of(
+        st.tuples(st.just("map"), st.lists(st.tuples(st.sampled_from(KEYS), children), max_size=5),
+                  st.sampled_from(COLLECTION_PROPS)),
+        st.tuples(st.just("seq"), st.lists(children, max_size=5), st.sampled_from(COLLECTION_PROPS)),
+    ),
+    max_leaves=25,
+)
+
+
+class _Renderer:
+    """YAML text for a generated node: block style where it can be, flow style inside; anchors are
+    numbered in document order and aliases name one already defined (or one being defined: recursion)."""
+
+    def __init__(self, alias_keys: st.DataObject | None = None) -> None:
+        self.anchors = 0
+
+    def alias(self, pick: int) -> str:
+        return f"*a{pick % self.anchors}" if self.anchors else "x"
+
+    def props(self, props: str) -> str:
+        if props.startswith("&"):
+            self.anchors += 1
+            props = f"&a{self.anchors - 1}{props[1:]}"
+        return props + " " if props else ""
+
+    def key(self, key: str) -> str:
+        return self.alias(len(key) + self.anchors) if key == "*" else key
+
+    def flow(self, node: Node) -> str:
+        if node[0] == "scalar":
+            return f"{node[2]} {node[1]}" if node[2] else node[1]
+        if node[0] == "alias":
+            return self.alias(node[1])
+        props = self.props(node[2])
+        if node[0] == "map":
+            return props + "{" + ", ".join(f"{self.key(k)}: {self.flow(v)}" for k, v in node[1]) + "}"
+        return props + "[" + ", ".join(self.flow(item) for item in node[1]) + "]"
+
+    def block(self, node: Node, indent: int = 0) -> list[str]:
+        pad = " " * indent
+        if node[0] not in ("map", "seq") or not node[1] or node[2]:
+            return [pad + self.flow(node)]
+        lines = []
+        if node[0] == "map":
+            for key, value in node[1]:
+                key = self.key(key)
+                if value[0] in ("map", "seq") and value[1] and not value[2]:
+                    lines += [f"{pad}{key}:", *self.block(value, indent + 2)]
+                else:
+                    lines.append(f"{pad}{key}: {self.flow(value)}")
+        else:
+            for item in node[1]:
+                inner = self.block(item, indent + 2)
+                lines += [f"{pad}- {inner[0].lstrip()}", *inner[1:]]
+        return lines
+
+
+def render(node: Node) -> str:
+    return "\n".join(_Renderer().block(node)) + "\n"
+
+
+def canonical(value: Any, ids: dict[int, int] | None = None) -> Any:
+    """Types, values, and which collections are one object: what == misses (1 == 1.0 == True, nan)."""
+    ids = {} if ids is None else ids
+    if isinstance(value, dict | list | set):
+        if id(value) in ids:
+            return ("same as", ids[id(value)])
+        ids[id(value)] = len(ids)
+        if isinstance(value, dict):
+            return ("dict", [(canonical(k, ids), canonical(v, ids)) for k, v in value.items()])
+        if isinstance(value, set):
+            return ("set", sorted(repr(canonical(item, ids)) for item in value))
+        return ("list", [canonical(item, ids) for item in value])
+    if isinstance(value, tuple):
+        return ("tuple", [canonical(item, ids) for item in value])
+    return (type(value).__name__, repr(value))
+
+
+def outcome(load: Callable[[str], Any], text: str) -> tuple[str, Any]:
+    try:
+        return "value", canonical(load(text))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        return "error", (type(exc).__name__, exc.problem, mark and (mark.line, mark.column))
+    except Exception as exc:  # a bad `!!int x` or `!!timestamp x` escapes PyYAML as it is
+        return "error", (type(exc).__name__, str(exc))
+
+
+def pyyaml_constructed(text: str) -> Any:
+    """The document as the loader's PyYAML constructor builds it, load_yaml's fast path left out."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def safe_loaded(text: str) -> Any:
+    return yaml.load(text, Loader=yaml.SafeLoader)
+
+
+def refused_unlike_safe_loader(result: tuple[str, Any]) -> bool:
+    """Duplicate keys are refused on purpose, where SafeLoader keeps the last."""
+    return result[0] == "error" and str(result[1][1]).startswith("duplicate key")
+
+
+TRICKY_DOCUMENTS = [
+    "",
+    "# only a comment\n",
+    "plain\n",
+    "- " + "\n- ".join(PLAIN_SCALARS) + "\n",
+    "{" + ", ".join(f"k{i}: {text}" for i, text in enumerate(PLAIN_SCALARS)) + "}\n",
+    "smtp:\n- name: a\n  host: 127.0.0.1\n  port: 2525\n  verify: no\n- name: b\n  host: ::1\n  tls: off\n",
+    "a: &x [1, 2]\nb: *x\nc: &y {k: v}\nd: [*y, *y]\n",
+    "a: &s shared\nb: *s\n*s : key from an alias\n",
+    "&r [*r, 1]\n",
+    "&m {self: *m}\n",
+    "base: &b {host: h, port: 25}\nprobe: {<<: *b, port: 587}\n",
+    "b1: &b1 {a: 1}\nb2: &b2 {a: 2, c: 3}\nx: {<<: [*b1, *b2], d: 4}\n",
+    "x: {<<: 1}\n",
+    "x: {<<: *undefined}\n",
+    "a: !!str 123\nb: !!int '0x1F'\nc: !!float '1'\nd: !!bool 'yes'\ne: !!null ''\nf: !!binary aGVsbG8=\n",
+    "a: !!timestamp 2001-12-14\nb: !!set {x, y}\nc: !!omap [{k: 1}, {j: 2}]\nd: !!pairs [{k: 1}, {k: 2}]\n",
+    "a: ! 12\nb: !!map {x: 1}\nc: !!seq [1]\n",
+    "a: !custom 1\n",
+    "a: !!python/object:os.system x\n",
+    "a: !!int x\n",
+    "a: !!bool maybe\n",
+    "a: !!float abc\n",
+    "= : 1\n",
+    "a: 1\nb: 2\na: 3\n",
+    "{1: a, 1.0: b}\n",
+    "{true: a, 1: b}\n",
+    "{null: a, ~: b}\n",
+    "{.nan: a, .nan: b}\n",
+    "- {a: 1, a: 2}\n- {b: [{c: 1, c: 2}]}\n",
+    "smtp:\n- {name: a, name: b}\nsnmp: {x: 1, x: 2}\n",
+    "? [a, b]\n: 1\n",
+    "? {a: 1}\n: 1\n",
+    "a: |\n  literal\n  text\nb: >\n  folded\n  text\nc: 'single ''quoted'''\nd: \"double \\u00e9\"\n",
+    "--- a\n--- b\n",
+    "a: [1, 2\n",
+]
+
+
+class TestYamlLoader:
+    @pytest.mark.parametrize("text", TRICKY_DOCUMENTS)
+    def test_tricky_document_loads_as_pyyaml_constructs_it(self, text: str) -> None:
+        assert outcome(load_yaml, text) == outcome(pyyaml_constructed, text)
+
+    @pytest.mark.parametrize("text", TRICKY_DOCUMENTS)
+    def test_tricky_document_loads_as_safe_loader_unless_a_key_repeats(self, text: str) -> None:
+        expected = outcome(pyyaml_constructed, text)
+        if refused_unlike_safe_loader(expected):
+            pytest.skip("SafeLoader keeps the last of duplicate keys")
+        if expected[0] == "error" and expected[1][0] in ("ScannerError", "ParserError", "ComposerError"):
+            pytest.skip("libyaml words syntax errors differently from PyYAML's own parser")
+        assert outcome(load_yaml, text) == outcome(safe_loaded, text)
+
+    @settings(max_examples=500, deadline=None)
+    @given(documents)
+    def test_generated_document_loads_as_pyyaml_constructs_it(self, node: Node) -> None:
+        text = render(node)
+        assert outcome(load_yaml, text) == outcome(pyyaml_constructed, text), text
+
+    @settings(max_examples=500, deadline=None)
+    @given(documents)
+    def test_generated_document_loads_as_safe_loader_unless_a_key_repeats(self, node: Node) -> None:
+        text = render(node)
+        assume(not refused_unlike_safe_loader(outcome(pyyaml_constructed, text)))
+        assert outcome(load_yaml, text) == outcome(safe_loaded, text), text
+
+    def test_aliased_collections_are_one_object(self) -> None:
+        data = load_yaml("a: &x [1]\nb: *x\n")
+        assert data["a"] is data["b"]
+
+    def test_recursive_document_refers_to_itself(self) -> None:
+        data = load_yaml("&r [*r, 1]\n")
+        assert data[0] is data
+
+    def test_merge_key_merges_and_own_keys_win(self) -> None:
+        data = load_yaml("base: &b {host: h, port: 25}\nprobe: {<<: *b, port: 587}\n")
+        assert data["probe"] == {"host": "h", "port": 587}
+
+    def test_duplicate_key_is_refused_at_its_second_occurrence(self) -> None:
+        with pytest.raises(yaml.constructor.ConstructorError) as info:
+            load_yaml("a: 1\nb:\n  c: 2\n  c: 3\n")
+        assert info.value.problem == "duplicate key 'c'"
+        assert info.value.problem_mark is not None
+        assert (info.value.problem_mark.line, info.value.problem_mark.column) == (3, 2)
+
+    def test_config_shaped_document_is_built_by_the_fast_path(self) -> None:
+        text = "smtp:\n- name: a\n  host: h\n  port: 25\n  verify: no\n  interval: 1:30\n"
+        node = _UniqueKeyLoader(text).get_single_node()
+        assert _PlainBuilder(_UniqueKeyLoader("")).build(node) == pyyaml_constructed(text)
