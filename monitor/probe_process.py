@@ -3,7 +3,7 @@ Prometheus scrapes served by the agent process never delay the timings probes me
 
 The agent starts `python -m monitor.probe_process FD` with one end of a socket pair. Frames are a
 4-byte length and a pickle (both ends are this program). Agent -> probes: ("config", Config),
-("stop", grace). Probes -> agent: ("result", name, result), ("health", dict), ("stopped", None).
+("stop", grace). Probes -> agent: ("results", [(name, result), ...]), ("health", dict), ("stopped", None).
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ _HEADER = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024  # a config of many thousand probes is a few MB; anything beyond is a bug
 HEALTH_EVERY = 1.0  # seconds between health frames from the probe process
 RESTART_DELAY = 1.0  # before starting a probe process that died on its own
+# Results are sent in batches at most this old: probes that started in the same dispatch tick finish
+# close together, and one frame for them wakes the agent process once instead of once per probe.
+RESULTS_EVERY = 0.05
+RESULTS_MAX = 256  # results per frame: a frame stays far below MAX_FRAME whatever the backlog
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> Any:
@@ -108,8 +112,9 @@ class ProbeProcess:
             while True:
                 message = await _read_frame(reader)
                 kind = message[0]
-                if kind == "result":
-                    self.store.record(message[1], message[2])
+                if kind == "results":
+                    for name, result in message[1]:
+                        self.store.record(name, result)
                 elif kind == "health":
                     self._take_health(message[1])
                 elif kind == "stopped":
@@ -194,17 +199,34 @@ class _Worker:
         self.writer = writer
         self.health = AgentHealth()
         self.scheduler: ProbeScheduler | None = None
+        self._results: list[tuple[str, Any]] = []
+        self._flush: asyncio.TimerHandle | None = None
 
     def send(self, message: tuple[Any, ...]) -> None:
         if not self.writer.is_closing():
             self.writer.write(_frame(message))
+
+    def add_result(self, name: str, result: Any) -> None:
+        self._results.append((name, result))
+        if len(self._results) >= RESULTS_MAX:
+            self.send_results()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(RESULTS_EVERY, self.send_results)
+
+    def send_results(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if self._results:
+            batch, self._results = self._results, []
+            self.send(("results", batch))
 
     def apply(self, config: Config) -> None:
         if self.scheduler is None:
             env = ProbeEnv.from_config(config)
             # No store here: results go to the agent's, and a second copy of 10,000 results costs ~10 MB.
             self.scheduler = ProbeScheduler(None, self.health, env, config.defaults.max_concurrency)
-            self.scheduler.on_result = lambda name, result: self.send(("result", name, result))
+            self.scheduler.on_result = self.add_result
             self.scheduler.apply(config)
             self.scheduler.start()
         else:
@@ -239,6 +261,7 @@ async def _run_worker(fd: int) -> None:
         health_task.cancel()
         if worker.scheduler is not None:
             await worker.scheduler.stop(grace)
+        worker.send_results()  # the last probes' results before "stopped"
         worker.send(("stopped", None))
         with contextlib.suppress(ConnectionError):
             await writer.drain()
