@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -260,22 +259,34 @@ class ProbeExposition:
 
 def _format_state(state: ProbeState) -> dict[str, bytes]:
     lines: dict[str, list[str]] = {}
+    escaped: dict[str, str] = {}  # a probe repeats its name (and phases) in most samples
     for family_name, labels, value in state_samples(state):
-        family = PROBE_FAMILIES[family_name]
-        pairs = ",".join([f'{k}="{_escape_label(v)}"' for k, v in zip(family.labels, labels, strict=True)])
-        lines.setdefault(family_name, []).append(f"{_SAMPLE_NAMES[family_name]}{{{pairs}}} {_number(value)}\n")
+        values = []
+        for label in labels:
+            text = escaped.get(label)
+            if text is None:
+                text = escaped[label] = _escape_label(label)
+            values.append(text)
+        number = repr(float(value))  # exact, and much cheaper than the library's formatting
+        values.append(_SPECIAL_NUMBERS[number] if number[-1] in "nf" else number)  # nan, inf, -inf
+        line = _LINE_TEMPLATES[family_name] % tuple(values)
+        texts = lines.get(family_name)
+        if texts is None:
+            lines[family_name] = [line]
+        else:
+            texts.append(line)
     return {family_name: "".join(texts).encode() for family_name, texts in lines.items()}
 
 
-_SAMPLE_NAMES = {name: family.sample_name for name, family in PROBE_FAMILIES.items()}
+# 'name{label="%s",...} %s\n' per family: one %-format per line instead of joining label pairs.
+_LINE_TEMPLATES = {
+    name: family.sample_name.replace("%", "%%")
+    + "{" + ",".join(f'{label}="%s"' for label in family.labels) + "} %s\n"
+    for name, family in PROBE_FAMILIES.items()
+}
 
 
-def _number(value: float) -> str:
-    """The number as Prometheus reads it; repr() is exact and much cheaper than the library's."""
-    value = float(value)
-    if math.isfinite(value):
-        return repr(value)
-    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+_SPECIAL_NUMBERS = {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}
 
 
 def _escape_label(value: str) -> str:

@@ -355,6 +355,14 @@ class TestProbeExposition:
         labels = frozenset({("probe", "relay"), ("extension", 'X-"ODD"\\EXT')})
         assert parsed(text)[("smtp_ehlo_extension_info", labels)] == 1.0
 
+    @pytest.mark.parametrize(("value", "text"), [(float("inf"), "+Inf"), (float("-inf"), "-Inf"), (float("nan"), "NaN")])
+    def test_non_finite_values_are_written_as_prometheus_reads_them(self, value: float, text: str) -> None:
+        store = ResultsStore()
+        store.configure([(SMTP, 2, 14)])
+        store.record("relay", replace(smtp_ok(), total=value))
+        rendered = ProbeExposition().render(store.snapshot().states.values()).decode()
+        assert 'smtp_probe_duration_seconds{probe="relay"} ' + text + "\n" in rendered
+
     def test_promtool_accepts_the_rendered_text(self) -> None:
         text = ProbeExposition().render(populated_store().snapshot().states.values()).decode()
         check = subprocess.run(
