@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from monitor import __version__, report
 from monitor.config import (
@@ -19,8 +20,10 @@ from monitor.config import (
     parse_duration,
     split_host_port,
 )
-from monitor.probes import ProbeEnv, build_resolver, mx, smtp
 from monitor.sharding import Shard, parse_shard
+
+if TYPE_CHECKING:  # `run` runs its probes in another process: the one-shots import them
+    from monitor.probes import ProbeEnv
 
 EXIT_CONFIG = 2  # a bad config file, for check-config and run
 
@@ -125,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _env(nameservers: list[str], timeout: float) -> ProbeEnv:
+    from monitor.probes import ProbeEnv, build_resolver
+
     dns_config = DnsConfig(nameservers=nameservers, timeout=min(timeout, 5.0))
     return ProbeEnv(resolver=build_resolver(dns_config))
 
@@ -145,6 +150,8 @@ def _probe(args: argparse.Namespace) -> int:
         settings["envelope"] = {"mail_from": args.mail_from or "", "rcpt_to": args.rcpt_to, "expect": args.rcpt_expect}
     if args.relay_test:
         settings["relay_test"] = {"rcpt_to": args.relay_test}
+    from monitor.probes import smtp
+
     spec = SmtpProbeConfig.model_validate(settings)
     problems = _secret_problems(spec)
     if problems:
@@ -155,6 +162,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _mx(args: argparse.Namespace) -> int:
+    from monitor.probes import mx
+
     spec = MxCheckConfig(
         name="cli", domain=args.domain, expect=args.expect, require_mx=args.require_mx,
         probe_hosts=args.probe_hosts, tls=args.tls, port=args.port, ca_file=args.ca_file,
@@ -180,6 +189,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    gc.disable()  # for the agent's imports too: run_agent keeps it off until the agent has started
     from monitor.agent import run_agent  # the agent's imports are heavy; one-shots skip them
 
     return run_agent(args.config, log_format=args.log_format, log_level=args.log_level, shard=args.shard)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
@@ -14,8 +15,10 @@ from pydantic import ValidationError
 from monitor.config import MxCheckConfig, ProbeEndpointConfig, SmtpProbeConfig, parse_duration, split_host_port
 from monitor.health import AgentHealth
 from monitor.metrics import ProbeExposition, single_result_registry
-from monitor.probes import ProbeEnv, mx, smtp
 from monitor.store import ProbeState, ResultsStore
+
+if TYPE_CHECKING:
+    from monitor.probes import ProbeEnv
 
 _WRITE_BATCH = 256 * 1024  # octets per write of /metrics: bounded buffers, few syscalls
 
@@ -34,6 +37,10 @@ class AdhocProber:
     """Runs one probe per /probe request, bounded; the results never enter the store."""
 
     def __init__(self, env: ProbeEnv, config: ProbeEndpointConfig) -> None:
+        # Here, not at the top: an agent without /probe runs no probe in its own process.
+        from monitor.probes import mx, smtp
+
+        self._run_smtp, self._run_mx = smtp.run, mx.run
         self.env = env
         self.config = config
         self._in_flight = 0
@@ -44,7 +51,9 @@ class AdhocProber:
         spec = self._spec(query)
         self._in_flight += 1
         try:
-            result = await (smtp.run(spec, self.env) if isinstance(spec, SmtpProbeConfig) else mx.run(spec, self.env))
+            result = await (
+                self._run_smtp(spec, self.env) if isinstance(spec, SmtpProbeConfig) else self._run_mx(spec, self.env)
+            )
         finally:
             self._in_flight -= 1
         return single_result_registry(spec, result)

@@ -19,14 +19,15 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor import logs
 from monitor.config import Config, SnmpConfig
 from monitor.health import AgentHealth, LatenessHistogram
-from monitor.probes import ProbeEnv
-from monitor.scheduler import ProbeScheduler, probe_entries
-from monitor.store import ResultsStore
+from monitor.store import ResultsStore, probe_entries
+
+if TYPE_CHECKING:  # the probe process's side only: the agent's side needs neither
+    from monitor.scheduler import ProbeScheduler
 
 log = logging.getLogger("smtp_monitor.probe_process")
 
@@ -223,6 +224,9 @@ class _Worker:
 
     def apply(self, config: Config) -> None:
         if self.scheduler is None:
+            from monitor.probes import ProbeEnv
+            from monitor.scheduler import ProbeScheduler
+
             env = ProbeEnv.from_config(config)
             # No store here: results go to the agent's, and a second copy of 10,000 results costs ~10 MB.
             self.scheduler = ProbeScheduler(None, self.health, env, config.defaults.max_concurrency)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from monitor.probes.tls import days_left
 from monitor.results import MxResult, SmtpResult
 
 # Monitoring-plugins convention (Nagios, Icinga, Naemon).
@@ -23,6 +22,8 @@ def cert_warning(result: SmtpResult, warn_days: int, now: datetime | None = None
     """Non-empty when the certificate (or its chain) expires within warn_days."""
     if result.tls is None or result.tls.cert is None:
         return ""
+    from monitor.probes.tls import days_left  # here: the agent imports this module, not the probes
+
     now = now or datetime.now(UTC)
     expiry = result.tls.chain_not_after or result.tls.cert.not_after
     left = days_left(expiry, now)

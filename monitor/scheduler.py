@@ -19,7 +19,7 @@ from monitor.config import Config, MxCheckConfig, SmtpProbeConfig
 from monitor.health import AgentHealth
 from monitor.probes import ProbeEnv, mx, smtp
 from monitor.results import MxResult, Phase, ProbeResult, Reason, SmtpResult
-from monitor.store import ProbeConfig, ResultsStore
+from monitor.store import ProbeConfig, ResultsStore, probe_entries
 
 log = logging.getLogger("smtp_monitor.scheduler")
 
@@ -31,18 +31,6 @@ def spread_offset(name: str, interval: float) -> float:
     """A stable offset within the interval, so that a thousand probes do not start in the
     same second, and a restart keeps each probe at the same place in its cycle."""
     return (zlib.crc32(name.encode()) / 2**32) * interval
-
-
-def probe_entries(config: Config) -> list[tuple[ProbeConfig, int, int]]:
-    """(probe config, alert_after, cert_warn_days) for every configured probe."""
-    d = config.defaults
-    out: list[tuple[ProbeConfig, int, int]] = []
-    for s in config.smtp:
-        warn_days = d.cert_warn_days if s.cert_warn_days is None else s.cert_warn_days
-        out.append((s, s.alert_after or d.alert_after, warn_days))
-    for m in config.mx:
-        out.append((m, m.alert_after or d.alert_after, d.cert_warn_days))
-    return out
 
 
 # Probes due in the same tick start together, so one event-loop wake-up serves several of their

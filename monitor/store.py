@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal
 
-from monitor.config import MxCheckConfig, SmtpProbeConfig
+from monitor.config import Config, MxCheckConfig, SmtpProbeConfig
 from monitor.results import MxResult, ProbeResult, SmtpResult, Status, TlsInfo
 
 log = logging.getLogger("smtp_monitor.store")
@@ -22,6 +22,18 @@ EventKind = Literal["failed", "recovered", "cert_expiring"]
 
 def kind_of(config: ProbeConfig) -> ProbeKind:
     return "smtp" if isinstance(config, SmtpProbeConfig) else "mx"
+
+
+def probe_entries(config: Config) -> list[tuple[ProbeConfig, int, int]]:
+    """(probe config, alert_after, cert_warn_days) for every configured probe: what configure() takes."""
+    d = config.defaults
+    out: list[tuple[ProbeConfig, int, int]] = []
+    for s in config.smtp:
+        warn_days = d.cert_warn_days if s.cert_warn_days is None else s.cert_warn_days
+        out.append((s, s.alert_after or d.alert_after, warn_days))
+    for m in config.mx:
+        out.append((m, m.alert_after or d.alert_after, d.cert_warn_days))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import subprocess
@@ -83,6 +84,27 @@ class TestCheckConfig:
         assert proc.stderr.splitlines() == [
             f"smtp-monitor: {path}: smtp[0].port: Input should be greater than or equal to 1",
         ]
+
+
+class TestRun:
+    def test_bad_config_exits_2_and_leaves_the_collector_on(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        path = write(tmp_path, "smtp:\n  - {name: a, host: mail.example, port: 0}\n")
+        assert main(["run", "-c", str(path)]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"smtp-monitor: {path}: smtp[0].port: Input should be greater than or equal to 1",
+        ]
+        assert gc.isenabled()
+
+    def test_agent_modules_leave_the_probes_to_the_probe_process(self) -> None:
+        code = (
+            "import sys, monitor.cli, monitor.agent, monitor.snmp.agent, monitor.snmp.notify; "
+            "print(sorted(m for m in sys.modules if m.startswith(('monitor.probes', 'monitor.scheduler', 'dns.'))))"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "[]\n"
 
 
 class TestUsageErrors:

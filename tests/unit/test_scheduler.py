@@ -19,16 +19,8 @@ from monitor.config import Config, MxCheckConfig, SmtpProbeConfig, parse_config
 from monitor.health import AgentHealth
 from monitor.probes import ProbeEnv
 from monitor.results import MxResult, Phase, Reason, SmtpResult, Status
-from monitor.scheduler import (
-    DISPATCH_TICK,
-    RUNNERS,
-    ProbeScheduler,
-    internal_failure,
-    on_tick,
-    probe_entries,
-    spread_offset,
-)
-from monitor.store import ProbeState, ResultsStore
+from monitor.scheduler import DISPATCH_TICK, RUNNERS, ProbeScheduler, internal_failure, on_tick, spread_offset
+from monitor.store import ProbeState, ResultsStore, probe_entries
 
 HOST = "127.0.0.1"
 LONG = "1h"  # an interval under which no scheduled run happens during a test (see offsets below)
