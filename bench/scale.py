@@ -35,6 +35,10 @@ from tests.peers.ports import free_udp_port
 LATENESS = "smtp_monitor_scheduler_lateness_seconds"
 
 
+RSS_LIMIT_MIB = 300e6 / 2**20  # issue 5: RSS < 300 MB, i.e. 286 MiB
+RSS_TARGET = "< 300 MB (286 MiB)"
+
+
 def probe_mix(n: int, port: int, ca_file: Any, prefix: str = "s", **extra: Any) -> list[dict[str, Any]]:
     """n probes against one Postfix port, alternating STARTTLS and plain."""
     return [
@@ -116,7 +120,13 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
         settle = first + interval + 5.0 - time.monotonic()
         log(f"scale: settling {settle:.0f} s (one interval after the first runs)")
         time.sleep(max(0.0, settle))
-        text0 = agent.metrics(timeout=60)
+        cold_started = time.monotonic()
+        text0 = agent.metrics(timeout=60)  # the first scrape formats every probe: timed on its own
+        cold = time.monotonic() - cold_started
+        results.add(
+            Row(section, "first /metrics scrape after start", cold, "s", target="< 1 s", ok=cold < 1.0,
+                note="every probe's lines formatted once")
+        )
         cpu, machine = CpuWindow(agent.pid), MachineWindow()
         cpu.start()
         machine.start()
@@ -180,7 +190,8 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
         )
         rss, peak = rss_mib(agent.pid), peak_rss_mib(agent.pid)
         results.add(
-            Row(section, "agent RSS (peak)", rss, "MiB", target="< 300 MiB", ok=peak < 300, note=f"peak {peak:.0f} MiB")
+            Row(section, "agent RSS (peak)", rss, "MiB", target=RSS_TARGET, ok=peak < RSS_LIMIT_MIB,
+                note=f"peak {peak:.0f} MiB")
         )
         if scrapes:
             times = [s for s, _ in scrapes]
@@ -224,8 +235,8 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
                     "agent RSS after the full walk (peak)",
                     walked,
                     "MiB",
-                    target="< 300 MiB",
-                    ok=walked_peak < 300,
+                    target=RSS_TARGET,
+                    ok=walked_peak < RSS_LIMIT_MIB,
                     note=f"peak {walked_peak:.0f} MiB",
                 )
             )
