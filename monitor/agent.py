@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monitor import logs
-from monitor.config import Config, ConfigError, load_config
+from monitor.config import Config, ConfigError, ConfigReader, load_config
 from monitor.health import AgentHealth
 from monitor.http import AdhocProber, HttpBindError, MetricsServer
 from monitor.metrics import build_agent_registry
@@ -239,16 +239,19 @@ def _prepare_state_dir(path: Path) -> None:
 
 
 def run_agent(
-    config_path: Path, log_format: str = "text", log_level: str = "info", shard: Shard | None = None
+    config_path: Path, log_format: str = "text", log_level: str = "info", shard: Shard | None = None,
+    reader: ConfigReader | None = None,
 ) -> int:
-    """Entry point of `smtp-monitor run`; config errors propagate to the CLI (exit 2)."""
+    """Entry point of `smtp-monitor run`; config errors propagate to the CLI (exit 2).
+
+    `reader`, if given, reads config_path: it started before the agent's imports."""
     logs.setup(log_format, log_level)
     # Starting builds hundreds of thousands of objects (YAML nodes, config models, store states)
     # that the cyclic collector traced again and again for nothing: ~1.1 s of CPU with 10,000
     # probes. Once started, the survivors are frozen out of its reach, so no collection traces them.
     gc.disable()
     try:
-        config = load_config(config_path)
+        config = reader.config() if reader is not None else load_config(config_path)
         asyncio.run(Agent(config_path, config, shard, log_format, log_level).serve(on_started=_collect_from_now_on))
     except StartupError as exc:
         log.error("cannot start: %s", exc)

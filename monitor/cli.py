@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from monitor import __version__, report
 from monitor.config import (
     ConfigError,
+    ConfigReader,
     DnsConfig,
     MxCheckConfig,
     SmtpProbeConfig,
@@ -190,9 +191,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     gc.disable()  # for the agent's imports too: run_agent keeps it off until the agent has started
+    reader = ConfigReader(args.config)  # forks: before any thread starts, and before the imports it overlaps
     from monitor.agent import run_agent  # the agent's imports are heavy; one-shots skip them
 
-    return run_agent(args.config, log_format=args.log_format, log_level=args.log_level, shard=args.shard)
+    return run_agent(args.config, log_format=args.log_format, log_level=args.log_level, shard=args.shard, reader=reader)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +13,11 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import monitor.config
 from monitor.config import (
     Config,
     ConfigError,
+    ConfigReader,
     DnsConfig,
     _PlainBuilder,
     _UniqueKeyLoader,
@@ -621,3 +624,50 @@ class TestYamlLoader:
         text = "smtp:\n- name: a\n  host: h\n  port: 25\n  verify: no\n  interval: 1:30\n"
         node = _UniqueKeyLoader(text).get_single_node()
         assert _PlainBuilder(_UniqueKeyLoader("")).build(node) == pyyaml_constructed(text)
+
+
+class TestConfigReader:
+    """load_config's result or error, whether the forked child read the file or could not."""
+
+    def test_good_file_gives_what_load_config_gives(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "defaults: {interval: 5s}\nsmtp:\n  - {name: a, host: mail.example, verify: no}\n")
+        assert ConfigReader(path).config() == load_config(path)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "defaults:\n  interval: 5s\n  interval: 6s\n",  # YAML: read in the child
+            "smtp:\n  - {name: a, host: mail.example, port: 0}\n",  # validation: done here
+        ],
+    )
+    def test_bad_file_gives_load_configs_error(self, tmp_path: Path, text: str) -> None:
+        path = write(tmp_path, text)
+        with pytest.raises(ConfigError) as info:
+            ConfigReader(path).config()
+        assert str(info.value) == config_error(path)
+
+    def test_missing_file_gives_load_configs_error(self, tmp_path: Path) -> None:
+        path = tmp_path / "absent.yaml"
+        with pytest.raises(ConfigError) as info:
+            ConfigReader(path).config()
+        assert str(info.value) == config_error(path)
+
+    def test_other_error_in_the_child_is_met_again_here(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "defaults: {alert_after: !!int x}\n")  # PyYAML raises a bare ValueError
+        with pytest.raises(ValueError, match="invalid literal"):
+            ConfigReader(path).config()
+
+    def test_child_that_dies_leaves_the_reading_to_this_process(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = write(tmp_path, "defaults: {interval: 5s}\n")
+        parent = os.getpid()
+        real = monitor.config.read_document
+
+        def dies_in_the_child(source: Path | str) -> Any:
+            if os.getpid() != parent:
+                os._exit(1)
+            return real(source)
+
+        monkeypatch.setattr(monitor.config, "read_document", dies_in_the_child)
+        assert ConfigReader(path).config().defaults.interval == 5.0
