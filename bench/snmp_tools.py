@@ -232,9 +232,11 @@ def poll_first_answer(port: int, started_at: float, deadline: float, stop: Calla
             try:
                 sock.recv(65535)
                 return time.monotonic() - started_at
-            except (TimeoutError, ConnectionRefusedError):
+            except TimeoutError:
                 continue
             except OSError:
+                # Refused (nothing bound yet) comes at once: without a pause this loop spun a core
+                # of the machine whose start it times, as long as the agent had not bound the port.
                 time.sleep(0.02)
     return None
 
