@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monitor import logs
-from monitor.config import Config, ConfigError, ConfigReader, load_config
+from monitor.config import Config, ConfigError, load_config
+from monitor.config_file import ConfigReader
 from monitor.health import AgentHealth
 from monitor.http import AdhocProber, HttpBindError, MetricsServer
 from monitor.metrics import build_agent_registry

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import sys
 from collections.abc import Sequence
@@ -11,19 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from monitor import __version__, report
-from monitor.config import (
-    ConfigError,
-    ConfigReader,
-    DnsConfig,
-    MxCheckConfig,
-    SmtpProbeConfig,
-    load_config,
-    parse_duration,
-    split_host_port,
-)
+from monitor.config_file import ConfigError, ConfigReader
 from monitor.sharding import Shard, parse_shard
 
-if TYPE_CHECKING:  # `run` runs its probes in another process: the one-shots import them
+# Each command imports what it needs: `run` forks its config reader before the models load
+# (pydantic), and runs its probes in another process (the one-shots import them).
+if TYPE_CHECKING:
+    from monitor.config import SmtpProbeConfig
     from monitor.probes import ProbeEnv
 
 EXIT_CONFIG = 2  # a bad config file, for check-config and run
@@ -38,6 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _duration(text: str) -> float:
+    from monitor.config import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -129,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _env(nameservers: list[str], timeout: float) -> ProbeEnv:
+    from monitor.config import DnsConfig
     from monitor.probes import ProbeEnv, build_resolver
 
     dns_config = DnsConfig(nameservers=nameservers, timeout=min(timeout, 5.0))
@@ -136,6 +132,11 @@ def _env(nameservers: list[str], timeout: float) -> ProbeEnv:
 
 
 def _probe(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from monitor.config import SmtpProbeConfig, split_host_port
+    from monitor.probes import smtp
+
     host, port = split_host_port(args.target, None)
     settings: dict[str, Any] = {
         "name": "cli", "host": host, "port": port, "tls": args.tls, "timeout": args.timeout,
@@ -151,8 +152,6 @@ def _probe(args: argparse.Namespace) -> int:
         settings["envelope"] = {"mail_from": args.mail_from or "", "rcpt_to": args.rcpt_to, "expect": args.rcpt_expect}
     if args.relay_test:
         settings["relay_test"] = {"rcpt_to": args.relay_test}
-    from monitor.probes import smtp
-
     spec = SmtpProbeConfig.model_validate(settings)
     problems = _secret_problems(spec)
     if problems:
@@ -163,6 +162,9 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _mx(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from monitor.config import MxCheckConfig
     from monitor.probes import mx
 
     spec = MxCheckConfig(
@@ -178,12 +180,15 @@ def _mx(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from monitor.config import load_config
+
     config = load_config(args.config)
     print(f"{args.config}: ok ({len(config.smtp)} SMTP probes, {len(config.mx)} MX checks)")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
+    from monitor.config import load_config
     from monitor.status import print_status
 
     return print_status(load_config(args.config), as_json=args.json)

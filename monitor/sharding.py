@@ -7,8 +7,10 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from monitor.config import Config
+if TYPE_CHECKING:  # the command line imports this before the models (see config_file)
+    from monitor.config import Config
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,6 +97,15 @@ class TestRun:
         ]
         assert gc.isenabled()
 
+    def test_command_line_forks_the_config_reader_before_the_models_load(self) -> None:
+        code = (
+            "import sys, monitor.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith(('pydantic', 'monitor.config'))))"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "['monitor.config_file']\n"
+
     def test_agent_modules_leave_the_probes_to_the_probe_process(self) -> None:
         code = (
             "import sys, monitor.cli, monitor.agent, monitor.snmp.agent, monitor.snmp.notify; "

@@ -13,20 +13,17 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import monitor.config
+import monitor.config_file
 from monitor.config import (
     Config,
     ConfigError,
-    ConfigReader,
     DnsConfig,
-    _PlainBuilder,
-    _UniqueKeyLoader,
     load_config,
-    load_yaml,
     parse_duration,
     parse_snmp_listen,
     split_host_port,
 )
+from monitor.config_file import ConfigReader, _PlainBuilder, _UniqueKeyLoader, load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "agent.yaml"
@@ -662,12 +659,12 @@ class TestConfigReader:
     ) -> None:
         path = write(tmp_path, "defaults: {interval: 5s}\n")
         parent = os.getpid()
-        real = monitor.config.read_document
+        real = monitor.config_file.read_document
 
         def dies_in_the_child(source: Path | str) -> Any:
             if os.getpid() != parent:
                 os._exit(1)
             return real(source)
 
-        monkeypatch.setattr(monitor.config, "read_document", dies_in_the_child)
+        monkeypatch.setattr(monitor.config_file, "read_document", dies_in_the_child)
         assert ConfigReader(path).config().defaults.interval == 5.0
