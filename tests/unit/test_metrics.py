@@ -355,7 +355,9 @@ class TestProbeExposition:
         labels = frozenset({("probe", "relay"), ("extension", 'X-"ODD"\\EXT')})
         assert parsed(text)[("smtp_ehlo_extension_info", labels)] == 1.0
 
-    @pytest.mark.parametrize(("value", "text"), [(float("inf"), "+Inf"), (float("-inf"), "-Inf"), (float("nan"), "NaN")])
+    @pytest.mark.parametrize(
+        ("value", "text"), [(float("inf"), "+Inf"), (float("-inf"), "-Inf"), (float("nan"), "NaN")]
+    )
     def test_non_finite_values_are_written_as_prometheus_reads_them(self, value: float, text: str) -> None:
         store = ResultsStore()
         store.configure([(SMTP, 2, 14)])
