@@ -142,9 +142,40 @@ def load_yaml(text: str) -> Any:
         try:
             return _PlainBuilder(loader).build(node)
         except Exception:  # any surprise, even a bad `!!int x`: PyYAML's constructor gives the answer or the error
-            return loader.construct_document(node)
+            try:
+                return loader.construct_document(node)
+            except yaml.YAMLError:
+                raise
+            except Exception as exc:  # PyYAML lets `!!int x` or `!!timestamp x` raise ValueError and the like
+                raise _unbuildable(loader, node, exc) from None
     finally:
         loader.dispose()
+
+
+def _unbuildable(loader: Any, root: yaml.Node, exc: Exception) -> yaml.YAMLError:
+    """A YAML error at the first scalar whose tag cannot build it, instead of PyYAML's bare exception."""
+    # The failed construction left its bookkeeping behind: start each scalar afresh.
+    loader.constructed_objects, loader.recursive_objects, loader.state_generators = {}, {}, []
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:  # an alias: a document may hold itself
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                loader.construct_object(node, deep=True)
+            except yaml.YAMLError:
+                pass  # e.g. a merge key `<<`, which only its mapping can build
+            except Exception:  # this is the search for the one that raises
+                return yaml.constructor.ConstructorError(
+                    None, None, f"{node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]}", node.start_mark
+                )
+        elif isinstance(node, yaml.MappingNode):
+            stack += [part for pair in reversed(node.value) for part in reversed(pair)]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += reversed(node.value)
+    return yaml.constructor.ConstructorError(None, None, f"a value cannot be built: {type(exc).__name__}: {exc}")
 
 
 def read_document(path: Path | str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +98,17 @@ class TestInvalidYaml:
         # the wording after the position is libyaml's or PyYAML's, whichever parses
         assert message.startswith(f"{path}: invalid YAML: line 2, column 10: unacceptable character #x0000: ")
         assert "\n" not in message
+
+    @pytest.mark.parametrize(
+        ("value", "kind"),
+        [("!!int x", "int"), ("!!float x", "float"), ("!!timestamp x", "timestamp"), ("!!bool maybe", "bool")],
+    )
+    def test_a_value_its_explicit_tag_cannot_build_is_a_config_error_at_its_line(
+        self, tmp_path: Path, value: str, kind: str
+    ) -> None:
+        path = write(tmp_path, f"defaults:\n  helo: a.example\n  interval: {value}\n")
+        word = value.split()[1]
+        assert config_error(path) == f"{path}: invalid YAML: line 3, column 13: {word!r} is not a valid {kind}"
 
     def test_top_level_list_is_refused(self, tmp_path: Path) -> None:
         path = write(tmp_path, "- a\n- b\n")
@@ -512,10 +524,12 @@ def outcome(load: Callable[[str], Any], text: str) -> tuple[str, Any]:
     try:
         return "value", canonical(load(text))
     except yaml.MarkedYAMLError as exc:
+        if exc.problem and re.search(r"' is not a valid \w+$", exc.problem):
+            return "error", "a value its tag cannot build"  # load_yaml's word for PyYAML's bare exception
         mark = exc.problem_mark
         return "error", (type(exc).__name__, exc.problem, mark and (mark.line, mark.column))
-    except Exception as exc:  # a bad `!!int x` or `!!timestamp x` escapes PyYAML as it is
-        return "error", (type(exc).__name__, str(exc))
+    except Exception:  # a bad `!!int x` or `!!timestamp x` escapes PyYAML as ValueError, KeyError, ...
+        return "error", "a value its tag cannot build"
 
 
 def pyyaml_constructed(text: str) -> Any:
@@ -649,10 +663,25 @@ class TestConfigReader:
             ConfigReader(path).config()
         assert str(info.value) == config_error(path)
 
-    def test_other_error_in_the_child_is_met_again_here(self, tmp_path: Path) -> None:
+    def test_a_value_its_tag_cannot_build_is_the_childs_config_error(self, tmp_path: Path) -> None:
         path = write(tmp_path, "defaults: {alert_after: !!int x}\n")  # PyYAML raises a bare ValueError
-        with pytest.raises(ValueError, match="invalid literal"):
+        with pytest.raises(ConfigError, match=r"line 1, column 25: 'x' is not a valid int"):
             ConfigReader(path).config()
+
+    def test_other_error_in_the_child_leaves_the_reading_to_this_process(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = write(tmp_path, "defaults: {interval: 5s}\n")
+        parent = os.getpid()
+        real = monitor.config_file.read_document
+
+        def fails_in_the_child(source: Path | str) -> Any:
+            if os.getpid() != parent:
+                raise RuntimeError("a bug in the child")
+            return real(source)
+
+        monkeypatch.setattr(monitor.config_file, "read_document", fails_in_the_child)
+        assert ConfigReader(path).config().defaults.interval == 5.0
 
     def test_child_that_dies_leaves_the_reading_to_this_process(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
