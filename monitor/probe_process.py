@@ -35,8 +35,8 @@ _HEADER = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024  # a config of many thousand probes is a few MB; anything beyond is a bug
 HEALTH_EVERY = 1.0  # seconds between health frames from the probe process
 RESTART_DELAY = 1.0  # before starting a probe process that died on its own
-# Results are sent in batches at most this old: probes that started in the same dispatch tick finish
-# close together, and one frame for them wakes the agent process once instead of once per probe.
+# Results are sent in batches at most this old: one frame wakes the agent process once for all the
+# results of that time instead of once per probe (a store that is 50 ms late is no loss).
 RESULTS_EVERY = 0.05
 RESULTS_MAX = 256  # results per frame: a frame stays far below MAX_FRAME whatever the backlog
 

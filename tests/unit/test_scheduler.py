@@ -10,7 +10,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from monitor.config import Config, MxCheckConfig, SmtpProbeConfig, parse_config
 from monitor.health import AgentHealth
 from monitor.probes import ProbeEnv
 from monitor.results import MxResult, Phase, Reason, SmtpResult, Status
-from monitor.scheduler import DISPATCH_TICK, RUNNERS, ProbeScheduler, internal_failure, on_tick, spread_offset
+from monitor.scheduler import RUNNERS, ProbeScheduler, internal_failure, spread_offset
 from monitor.store import ProbeState, ResultsStore, probe_entries
 
 HOST = "127.0.0.1"
@@ -140,41 +139,6 @@ class TestSpreadOffset:
         buckets = Counter(int(spread_offset(pattern.format(i), 60.0)) for i in range(1000))
         assert set(buckets) == set(range(60))  # every second of the minute gets some
         assert max(buckets.values()) <= 40  # and none more than 4 % (even spread: 1.7 %)
-
-
-class TestDispatchTick:
-    @pytest.mark.parametrize("seconds", [0.0, 0.05, 0.1, 0.1000004, 12.34567, 59.99])
-    def test_a_time_moves_to_the_first_tick_at_or_after_it(self, seconds: float) -> None:
-        base = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-        tick = on_tick(base + timedelta(seconds=seconds))
-        offset = (tick - base).total_seconds()
-        assert seconds - 1e-6 <= offset < seconds + DISPATCH_TICK
-        assert abs(offset / DISPATCH_TICK - round(offset / DISPATCH_TICK)) < 1e-5  # on the grid
-
-    def test_times_within_one_tick_get_the_same_datetime(self) -> None:
-        base = datetime(2026, 11, 23, 12, 0, 7, 210_000, tzinfo=UTC)
-        ticks = {on_tick(base + timedelta(microseconds=us)) for us in range(0, 90_000, 997)}
-        assert ticks == {datetime(2026, 11, 23, 12, 0, 7, 300_000, tzinfo=UTC)}
-
-    def test_probes_due_within_a_tick_share_their_start_instants(self) -> None:
-        # Four names whose places in the hour lie within 10 ms of each other: they start at the same
-        # instant, or at two when the agent's start time puts a tick boundary between them.
-        offsets = sorted((spread_offset(f"probe-{i}", 3600.0), f"probe-{i}") for i in range(200_000))
-        start_at = next(i for i in range(len(offsets) - 3) if offsets[i + 3][0] - offsets[i][0] < 0.01)
-        close = [name for _, name in offsets[start_at : start_at + 4]]
-
-        async def scenario() -> set[datetime]:
-            config = make_config([smtp_probe(name, 9) for name in close], interval=LONG)
-            scheduler = new_scheduler(config)
-            start(scheduler, config)
-            try:
-                return {job.next_run_time for job in scheduler._scheduler.get_jobs()}
-            finally:
-                await scheduler.stop(1.0)
-
-        instants = asyncio.run(scenario())
-        assert len(instants) <= 2
-        assert all(abs(t.timestamp() / DISPATCH_TICK - round(t.timestamp() / DISPATCH_TICK)) < 1e-3 for t in instants)
 
 
 class TestProbeEntries:
