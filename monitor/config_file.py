@@ -48,6 +48,19 @@ class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
             return tag
         return super().resolve(kind, value, implicit)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except Exception:  # PyYAML lets `!!int x` or `!!timestamp x` escape as ValueError and the like
+            if not isinstance(node, yaml.ScalarNode):
+                raise
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a valid {kind}", node.start_mark
+            ) from None
+
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.Node) -> Iterator[dict[Any, Any]]:
     """SafeLoader's construct_yaml_map (a generator, so a mapping may hold itself), refusing duplicates."""
@@ -142,40 +155,9 @@ def load_yaml(text: str) -> Any:
         try:
             return _PlainBuilder(loader).build(node)
         except Exception:  # any surprise, even a bad `!!int x`: PyYAML's constructor gives the answer or the error
-            try:
-                return loader.construct_document(node)
-            except yaml.YAMLError:
-                raise
-            except Exception as exc:  # PyYAML lets `!!int x` or `!!timestamp x` raise ValueError and the like
-                raise _unbuildable(loader, node, exc) from None
+            return loader.construct_document(node)
     finally:
         loader.dispose()
-
-
-def _unbuildable(loader: Any, root: yaml.Node, exc: Exception) -> yaml.YAMLError:
-    """A YAML error at the first scalar whose tag cannot build it, instead of PyYAML's bare exception."""
-    # The failed construction left its bookkeeping behind: start each scalar afresh.
-    loader.constructed_objects, loader.recursive_objects, loader.state_generators = {}, {}, []
-    stack, seen = [root], set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:  # an alias: a document may hold itself
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.ScalarNode):
-            try:
-                loader.construct_object(node, deep=True)
-            except yaml.YAMLError:
-                pass  # e.g. a merge key `<<`, which only its mapping can build
-            except Exception:  # this is the search for the one that raises
-                return yaml.constructor.ConstructorError(
-                    None, None, f"{node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]}", node.start_mark
-                )
-        elif isinstance(node, yaml.MappingNode):
-            stack += [part for pair in reversed(node.value) for part in reversed(pair)]
-        elif isinstance(node, yaml.SequenceNode):
-            stack += reversed(node.value)
-    return yaml.constructor.ConstructorError(None, None, f"a value cannot be built: {type(exc).__name__}: {exc}")
 
 
 def read_document(path: Path | str) -> Any:
@@ -251,7 +233,7 @@ def _child_reads(path: Path | str, out: int) -> NoReturn:
             outcome: tuple[str, Any] = ("document", read_document(path))
         except ConfigError as exc:
             outcome = ("error", str(exc))
-        except BaseException:  # e.g. a bad `!!int x`: the parent loads it and meets it itself
+        except BaseException:  # a bug: the parent loads the file and meets it itself
             outcome = ("retry", None)
         with os.fdopen(out, "wb") as pipe:
             pickle.dump(outcome, pipe, protocol=pickle.HIGHEST_PROTOCOL)
