@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import ipaddress
 import json
 import logging
-import marshal
 import os
 import secrets
 import socket
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +17,17 @@ from typing import Any
 from pysnmp.carrier.asyncio.dgram import udp, udp6
 from pysnmp.carrier.asyncio.dispatch import AsyncioDispatcher
 from pysnmp.entity import config as pysnmp_config
-from pysnmp.entity.engine import SnmpEngine
 from pysnmp.entity.rfc3413 import cmdrsp
 from pysnmp.entity.rfc3413.context import SnmpContext
 from pysnmp.proto import rfc1905
 from pysnmp.proto.api import v2c
-from pysnmp.proto.rfc3412 import MsgAndPduDispatcher
 from pysnmp.smi import error as smi_error
-from pysnmp.smi.builder import DirMibSource, MibBuilder
-from pysnmp.smi.instrum import MibInstrumController
 
 from monitor import mib_oids
 from monitor.config import SnmpConfig, parse_snmp_listen
 from monitor.health import AgentHealth
 from monitor.mib_oids import Oid
+from monitor.snmp.engine import new_snmp_engine
 from monitor.snmp.fastpath import MAX_RESPONSE_OCTETS, FastPath
 from monitor.snmp.mibview import BEYOND, SYSTEM, MibTable, MibView, SnapshotSource
 from monitor.snmp.usm_fastpath import UsmFastPath
@@ -102,54 +96,6 @@ class SnmpBindError(SnmpAgentError):
 
 class SnmpStateError(SnmpAgentError):
     """The engine state file cannot be written (snmpEngineBoots must persist, RFC 3414)."""
-
-
-# -- the pysnmp engine ---------------------------------------------------------------------------
-
-_BYTECODE = ".pyc (cache)"  # the suffix _BytecodeMibSource.read() answers when it read a cache
-
-
-class _BytecodeMibSource(DirMibSource):  # type: ignore[misc]  # pysnmp is untyped
-    """A MIB directory whose modules are read from the import system's bytecode caches.
-
-    pysnmp looks for bytecode next to the sources only (the layout before __pycache__), so it
-    compiled every MIB module at every start: 0.12 s of the agent's. A cache that is missing or
-    not the source's (its timestamp and size checked, as the import system does) leaves the
-    module to pysnmp as before."""
-
-    def read(self, f: str) -> tuple[Any, str]:
-        cached = self._cached(f)
-        try:
-            source = os.stat(os.path.join(self._srcName, f + ".py"))
-            with open(cached, "rb") as pyc:
-                data = pyc.read()
-        except OSError:
-            return super().read(f)  # type: ignore[no-any-return]
-        header = struct.pack(
-            "<4sIII", importlib.util.MAGIC_NUMBER, 0, int(source.st_mtime) & 0xFFFFFFFF, source.st_size & 0xFFFFFFFF
-        )
-        if data[:16] != header:
-            return super().read(f)  # type: ignore[no-any-return]
-        return marshal.loads(data[16:]), _BYTECODE  # noqa: S302 - the cache of code pysnmp runs anyway
-
-    def full_path(self, f: str = "", sfx: str = "") -> str:
-        # What pysnmp runs (runpy.run_path takes bytecode too): the cache, if read() chose it.
-        if sfx == _BYTECODE:
-            return self._cached(f)
-        return super().full_path(f, sfx)  # type: ignore[no-any-return]
-
-    def _cached(self, f: str) -> str:
-        return importlib.util.cache_from_source(os.path.join(self._srcName, f + ".py"))
-
-
-def new_snmp_engine(**kwargs: Any) -> Any:
-    """SnmpEngine(**kwargs), its MIB modules read from their bytecode caches (_BytecodeMibSource)."""
-    builder = MibBuilder()
-    builder.set_mib_sources(*[
-        _BytecodeMibSource(source.full_path()) if type(source) is DirMibSource else source
-        for source in builder.get_mib_sources()
-    ])
-    return SnmpEngine(msgAndPduDsp=MsgAndPduDispatcher(MibInstrumController(builder)), **kwargs)
 
 
 # -- engine identity ----------------------------------------------------------------------------

@@ -14,13 +14,13 @@ from typing import Any, Final
 
 from pysnmp.carrier.asyncio.dgram import udp, udp6
 from pysnmp.entity import config as snmp_config
-from pysnmp.entity.engine import SnmpEngine
 from pysnmp.entity.rfc3413 import ntforg
 from pysnmp.proto import errind, rfc1902
 
 from monitor import mib_oids as mib
 from monitor.config import SnmpNotify
 from monitor.health import AgentHealth
+from monitor.snmp.engine import new_snmp_engine
 from monitor.snmp.mibview import admin_string, row_values
 from monitor.store import ResultsStore, StoreEvent
 
@@ -368,9 +368,9 @@ class Notifier:
         if self._boots is None:
             # pysnmp keeps a boots counter per engine ID in the temp directory and bumps it here,
             # so v3 trap receivers (which refuse boots going backwards) accept us after a restart.
-            engine = SnmpEngine(snmpEngineID=rfc1902.OctetString(self.engine_id))
+            engine = new_snmp_engine(snmpEngineID=rfc1902.OctetString(self.engine_id))
         else:
-            engine = SnmpEngine()
+            engine = new_snmp_engine()
             (engine_id,) = engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineID")
             engine_id.syntax = engine_id.syntax.clone(self.engine_id)
             engine.snmpEngineID = engine_id.syntax
