@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import socket
 import ssl
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -75,29 +74,6 @@ async def probe_aiosmtpd(server: AiosmtpdServer, **probe_options: Any) -> SmtpRe
 def assert_failed(result: SmtpResult, phase: Phase, reason: Reason) -> None:
     assert (result.ok, result.phase, result.reason) == (False, phase, reason), result.error
     assert result.error
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki.create(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def good_cert(pki: Pki) -> IssuedCert:
-    return pki.issue()
-
-
-@pytest.fixture(scope="module")
-def expired_cert(pki: Pki) -> IssuedCert:
-    return pki.issue_expired()
-
-
-@pytest.fixture
-def refused_port() -> Iterator[int]:
-    """A port bound on 127.0.0.1 but not listening: connecting to it is refused."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((SERVER_IP, 0))
-        yield int(sock.getsockname()[1])
 
 
 class TestPlainEhloAgainstAiosmtpd:
