@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import functools
 import ipaddress
 import re
 import socket
@@ -65,7 +66,9 @@ def _ends_a_reply(chunk: bytes) -> bool:
     return any(len(line.rstrip(b"\r")) == 3 or line[3:4] == b" " for line in lines)
 
 
+@functools.cache
 def _default_helo() -> str:
+    # Once per process: getfqdn() may ask DNS, and this runs inside the event loop.
     name = socket.getfqdn()
     return name if "." in name else "smtp-monitor.localdomain"
 
