@@ -269,12 +269,7 @@ def _format_state(state: ProbeState) -> dict[str, bytes]:
             values.append(text)
         number = repr(float(value))  # exact, and much cheaper than the library's formatting
         values.append(_SPECIAL_NUMBERS[number] if number[-1] in "nf" else number)  # nan, inf, -inf
-        line = _LINE_TEMPLATES[family_name] % tuple(values)
-        texts = lines.get(family_name)
-        if texts is None:
-            lines[family_name] = [line]
-        else:
-            texts.append(line)
+        lines.setdefault(family_name, []).append(_LINE_TEMPLATES[family_name] % tuple(values))
     return {family_name: "".join(texts).encode() for family_name, texts in lines.items()}
 
 
