@@ -445,8 +445,7 @@ class FastPath(Guarded[bytes]):
             if kind != _VALUE and request.version == 0:
                 return _message(request, _NO_SUCH_NAME, 1, _echo(request))
             size = len(varbind)
-            limit = min(request.max_size or self._max_message, self._max_message)
-            if size + len(request.community) > limit - _HEADROOM and size > self._budget(request):
+            if size + len(request.community) > self._limit(request) - _HEADROOM and size > self._budget(request):
                 return _message(request, _TOO_BIG, 0, _echo(request) if request.version == 0 else [])
             return _message(request, 0, 0, [varbind], size)
         pairs = zip(request.names, request.bodies, strict=True)
@@ -668,9 +667,13 @@ class FastPath(Guarded[bytes]):
             return _message(request, _TOO_BIG, 0, [])
         return _message(request, 0, 0, varbinds)
 
+    def _limit(self, request: Request) -> int:
+        """The response's size limit: ours, or the request's own when it is smaller (SNMPv3 msgMaxSize)."""
+        return min(request.max_size or self._max_message, self._max_message)
+
     def _budget(self, request: Request) -> int:
         """The most varbind octets a response to `request` can carry within the message size."""
-        limit = min(request.max_size or self._max_message, self._max_message)
+        limit = self._limit(request)
         shape = (request.version, len(request.community), request.request_id.bit_length(), limit)
         octets = self._budgets.get(shape)
         if octets is None:
