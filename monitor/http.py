@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,12 @@ if TYPE_CHECKING:
     from monitor.probes import ProbeEnv
 
 _WRITE_BATCH = 256 * 1024  # octets per write of /metrics: bounded buffers, few syscalls
+# Keeping the exposition warm: every WARM_EVERY seconds, probes that ran since are formatted in
+# slices of WARM_SLICE seconds of the event loop (which also answers SNMP), so that a scrape only
+# joins cached lines. With nobody scraping for WARM_IDLE seconds, the work is left to the next scrape.
+WARM_EVERY = 1.0
+WARM_SLICE = 0.002
+WARM_IDLE = 600.0
 
 log = logging.getLogger("smtp_monitor.http")
 
@@ -93,6 +101,8 @@ class MetricsServer:
         self.ready = ready
         self.adhoc = adhoc
         self._runner: web.AppRunner | None = None
+        self._warmer: asyncio.Task[None] | None = None
+        self._last_scrape = time.monotonic()  # warm from the start: the first scrape is fast too
 
     async def start(self) -> None:
         app = web.Application()
@@ -114,13 +124,34 @@ class MetricsServer:
         if sockets and self.port == 0:
             self.port = sockets[0].getsockname()[1]
         log.info("serving /metrics on http://%s:%d/metrics", self.host, self.port)
+        self._warmer = asyncio.create_task(self._keep_warm(), name="metrics-warmer")
 
     async def stop(self) -> None:
+        if self._warmer is not None:
+            self._warmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warmer
+            self._warmer = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
+    async def _keep_warm(self) -> None:
+        seen = -1
+        while True:
+            await asyncio.sleep(WARM_EVERY)
+            if self.store.version == seen or time.monotonic() - self._last_scrape > WARM_IDLE:
+                continue
+            seen = self.store.version
+            states = iter(self.store.snapshot().states.values())
+            done = False
+            while not done:
+                async with self._render_lock:  # a render in its thread shares the cache
+                    done = self.exposition.warm(states, time.perf_counter() + WARM_SLICE)
+                await asyncio.sleep(0)
+
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        self._last_scrape = time.monotonic()
         # Take the snapshot here, in the loop that writes the store; format it in a worker thread.
         states = list(self.store.snapshot().states.values())
         if self.health is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import time
@@ -364,6 +365,34 @@ class TestProbeExposition:
         store.record("relay", replace(smtp_ok(), total=value))
         rendered = ProbeExposition().render(store.snapshot().states.values()).decode()
         assert 'smtp_probe_duration_seconds{probe="relay"} ' + text + "\n" in rendered
+
+    def test_warmed_probes_are_not_formatted_again_by_the_next_render(self) -> None:
+        states = list(populated_store().snapshot().states.values())
+        exposition = ProbeExposition()
+        assert exposition.warm(iter(states), deadline=math.inf)
+        assert exposition.formatted == len(states)
+        text = exposition.render(states)
+        assert exposition.formatted == len(states)
+        assert text == ProbeExposition().render(states)
+
+    def test_warming_stops_at_its_deadline_and_resumes_where_it_stopped(self) -> None:
+        states = list(populated_store().snapshot().states.values())
+        exposition = ProbeExposition()
+        remaining = iter(states)
+        assert not exposition.warm(remaining, deadline=0.0)  # a deadline already passed: one state per call
+        assert exposition.formatted == 1
+        while not exposition.warm(remaining, deadline=0.0):
+            pass
+        assert exposition.formatted == len(states)
+
+    def test_warming_formats_only_the_probes_that_changed(self) -> None:
+        store = populated_store()
+        exposition = ProbeExposition()
+        exposition.warm(iter(store.snapshot().states.values()), deadline=math.inf)
+        store.record("relay", smtp_ok())
+        before = exposition.formatted
+        exposition.warm(iter(store.snapshot().states.values()), deadline=math.inf)
+        assert exposition.formatted == before + 1
 
     def test_promtool_accepts_the_rendered_text(self) -> None:
         text = ProbeExposition().render(populated_store().snapshot().states.values()).decode()
