@@ -143,11 +143,14 @@ class MetricsServer:
             if self.store.version == seen or time.monotonic() - self._last_scrape > WARM_IDLE:
                 continue
             seen = self.store.version
-            states = iter(self.store.snapshot().states.values())
+            current = self.store.snapshot().states
+            states = iter(current.values())
             done = False
             while not done:
                 async with self._render_lock:  # a render in its thread shares the cache
                     done = self.exposition.warm(states, time.perf_counter() + WARM_SLICE)
+                    if done:
+                        self.exposition.retain(current)
                 await asyncio.sleep(0)
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -227,8 +227,9 @@ class ProbeExposition:
 
     Same samples as StoreCollector (both come from state_samples), formatted once per state
     instead of once per scrape: a scrape of 10,000 probes re-formats only the probes that ran
-    since the last one, and MetricsServer warms the cache between scrapes. Lines are kept encoded, one bytes object per probe and family: 10,000
-    probes hold ~20 MB of text, and one string per line cost three times that in object headers."""
+    since the last one (none, when MetricsServer warmed the cache between scrapes). Lines are
+    kept encoded, one bytes object per probe and family: 10,000 probes hold ~20 MB of text, and
+    one string per line cost three times that in object headers."""
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[ProbeState, dict[str, bytes]]] = {}
@@ -247,6 +248,16 @@ class ProbeExposition:
                 if time.perf_counter() >= deadline:
                     return False
         return True
+
+    def retain(self, names: Collection[str]) -> None:
+        """Forget the lines of probes not in `names`: those a reload removed, once warming has
+        covered every current probe (a render forgets them too)."""
+        if len(self._cache) > len(names):
+            self._cache = {name: hit for name, hit in self._cache.items() if name in names}
+
+    @property
+    def cached_probes(self) -> int:
+        return len(self._cache)
 
     def render(self, states: Iterable[ProbeState], tail: bytes = b"") -> bytes:
         """The exposition of `states` followed by `tail` (other collectors' text)."""

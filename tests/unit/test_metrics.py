@@ -394,6 +394,17 @@ class TestProbeExposition:
         exposition.warm(iter(store.snapshot().states.values()), deadline=math.inf)
         assert exposition.formatted == before + 1
 
+    def test_retain_forgets_the_lines_of_removed_probes(self) -> None:
+        store = populated_store()
+        exposition = ProbeExposition()
+        exposition.warm(iter(store.snapshot().states.values()), deadline=math.inf)
+        assert exposition.cached_probes == 3
+        store.configure([(SMTP, 2, 14)])
+        current = store.snapshot().states
+        exposition.warm(iter(current.values()), deadline=math.inf)
+        exposition.retain(current)
+        assert exposition.cached_probes == 1
+
     def test_promtool_accepts_the_rendered_text(self) -> None:
         text = ProbeExposition().render(populated_store().snapshot().states.values()).decode()
         check = subprocess.run(
