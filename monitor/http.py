@@ -23,12 +23,41 @@ if TYPE_CHECKING:
     from monitor.probes import ProbeEnv
 
 _WRITE_BATCH = 256 * 1024  # octets per write of /metrics: bounded buffers, few syscalls
-# Keeping the exposition warm: every WARM_EVERY seconds, probes that ran since are formatted in
-# slices of WARM_SLICE seconds of the event loop (which also answers SNMP), so that a scrape only
-# joins cached lines. With nobody scraping for WARM_IDLE seconds, the work is left to the next scrape.
+# Keeping the exposition warm: every WARM_EVERY seconds, while ScrapeRhythm says it pays, the probes
+# that ran since are formatted in slices of WARM_SLICE seconds of the event loop (which also answers
+# SNMP), so that a scrape only joins cached lines.
 WARM_EVERY = 1.0
 WARM_SLICE = 0.002
+WARM_LEAD = 5.0
 WARM_IDLE = 600.0
+
+
+class ScrapeRhythm:
+    """When formatting ahead of a scrape pays: before the first scrape (so that it is fast too), then
+    in the last WARM_LEAD seconds before the next scrape is due by the interval of the last two.
+
+    Warming on every result instead would format a probe that runs every 2 s seven times per 15 s
+    scrape interval where the scrape formats it once. With nobody scraping for WARM_IDLE seconds
+    (or three intervals, if longer), the work is left to the next scrape."""
+
+    def __init__(self, started: float) -> None:
+        self._started = started
+        self._last: float | None = None
+        self._interval: float | None = None
+
+    def scraped(self, now: float) -> None:
+        if self._last is not None:
+            self._interval = now - self._last
+        self._last = now
+
+    def warm_now(self, now: float) -> bool:
+        if self._last is None:
+            return now - self._started <= WARM_IDLE
+        if self._interval is None:
+            return False  # one scrape so far: when the next one comes is not known yet
+        if now - self._last > max(WARM_IDLE, 3 * self._interval):
+            return False
+        return now >= self._last + self._interval - min(WARM_LEAD, self._interval / 2)
 
 log = logging.getLogger("smtp_monitor.http")
 
@@ -102,7 +131,7 @@ class MetricsServer:
         self.adhoc = adhoc
         self._runner: web.AppRunner | None = None
         self._warmer: asyncio.Task[None] | None = None
-        self._last_scrape = time.monotonic()  # warm from the start: the first scrape is fast too
+        self.rhythm = ScrapeRhythm(time.monotonic())
 
     async def start(self) -> None:
         app = web.Application()
@@ -140,7 +169,7 @@ class MetricsServer:
         seen = -1
         while True:
             await asyncio.sleep(WARM_EVERY)
-            if self.store.version == seen or time.monotonic() - self._last_scrape > WARM_IDLE:
+            if self.store.version == seen or not self.rhythm.warm_now(time.monotonic()):
                 continue
             seen = self.store.version
             current = self.store.snapshot().states
@@ -154,7 +183,7 @@ class MetricsServer:
                 await asyncio.sleep(0)
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        self._last_scrape = time.monotonic()
+        self.rhythm.scraped(time.monotonic())
         # Take the snapshot here, in the loop that writes the store; format it in a worker thread.
         states = list(self.store.snapshot().states.values())
         if self.health is not None:

@@ -1,4 +1,4 @@
-"""monitor.http.MetricsServer: the exposition kept warm between scrapes, and left cold when nobody scrapes."""
+"""monitor.http.MetricsServer and ScrapeRhythm: the exposition formatted ahead of the scrapes that need it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from monitor import http
 from monitor.health import AgentHealth
-from monitor.http import MetricsServer
+from monitor.http import WARM_IDLE, WARM_LEAD, MetricsServer, ScrapeRhythm
 from monitor.metrics import build_agent_registry
 from monitor.store import ResultsStore
 from tests.unit.test_metrics import SMTP, SMTP_IMPLICIT, smtp_ok
@@ -62,12 +62,32 @@ class TestMetricsServerWarming:
 
         asyncio.run(_serving(store, body))
 
-    def test_a_result_after_the_scrape_is_warmed_for_the_next_one(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_between_the_first_and_second_scrape_nothing_is_formatted_ahead(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.setattr(http, "WARM_EVERY", 0.01)
         store = _store()
 
         async def body(server: MetricsServer) -> None:
             await _scrape(server)
+            formatted = server.exposition.formatted
+            store.record("relay", smtp_ok())
+            await asyncio.sleep(0.3)  # thirty warming periods
+            assert server.exposition.formatted == formatted
+            await _scrape(server)
+            assert server.exposition.formatted == formatted + 1
+
+        asyncio.run(_serving(store, body))
+
+    def test_once_scrapes_have_a_rhythm_a_result_is_formatted_before_the_next_scrape(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(http, "WARM_EVERY", 0.01)
+        store = _store()
+
+        async def body(server: MetricsServer) -> None:
+            await _scrape(server)
+            await _scrape(server)  # a short interval: the next scrape is due at once
             formatted = server.exposition.formatted
             store.record("relay", smtp_ok())
             await _until(lambda: server.exposition.formatted == formatted + 1, "the new result was never warmed")
@@ -91,3 +111,42 @@ class TestMetricsServerWarming:
             assert 'smtp_probe_runs_total{probe="relay"} 1.0' in text
 
         asyncio.run(_serving(store, body))
+
+
+class TestScrapeRhythm:
+    def test_warms_from_the_start_until_the_first_scrape(self) -> None:
+        rhythm = ScrapeRhythm(started=100.0)
+        assert rhythm.warm_now(100.0)
+        assert rhythm.warm_now(100.0 + WARM_IDLE)
+
+    def test_stops_warming_when_nobody_scraped_since_the_start(self) -> None:
+        assert not ScrapeRhythm(started=100.0).warm_now(100.0 + WARM_IDLE + 1)
+
+    def test_does_not_warm_after_one_scrape(self) -> None:
+        rhythm = ScrapeRhythm(started=0.0)
+        rhythm.scraped(10.0)
+        assert not rhythm.warm_now(11.0)
+        assert not rhythm.warm_now(100.0)
+
+    def test_warms_only_in_the_lead_before_the_next_scrape_is_due(self) -> None:
+        rhythm = ScrapeRhythm(started=0.0)
+        rhythm.scraped(10.0)
+        rhythm.scraped(40.0)  # every 30 s: the next one is due at 70
+        assert not rhythm.warm_now(41.0)
+        assert not rhythm.warm_now(70.0 - WARM_LEAD - 0.1)
+        assert rhythm.warm_now(70.0 - WARM_LEAD)
+        assert rhythm.warm_now(75.0)  # a late scrape is still warmed for
+
+    def test_a_short_interval_warms_its_second_half_only(self) -> None:
+        rhythm = ScrapeRhythm(started=0.0)
+        rhythm.scraped(10.0)
+        rhythm.scraped(12.0)  # every 2 s, shorter than twice the lead
+        assert not rhythm.warm_now(12.9)
+        assert rhythm.warm_now(13.0)
+
+    def test_stops_warming_when_scrapes_stop(self) -> None:
+        rhythm = ScrapeRhythm(started=0.0)
+        rhythm.scraped(10.0)
+        rhythm.scraped(40.0)
+        assert rhythm.warm_now(40.0 + WARM_IDLE)
+        assert not rhythm.warm_now(40.0 + WARM_IDLE + 1)
