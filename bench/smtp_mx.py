@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +14,7 @@ from typing import Any
 from bench import profile
 from bench.blackbox import BlackboxExporter, drive
 from bench.common import (
+    REPO_ROOT,
     AgentProcess,
     CpuWindow,
     MachineWindow,
@@ -210,6 +214,8 @@ def smtp(settings: Settings, peers: Peers, results: Results) -> None:
                 bb.check(module, target)
                 b = measure_blackbox(bb, f"{bb.url}/probe?module={module}&target={target}", offered, warmup, window)
                 _rows(results, "smtp", label, a, b, rate_text)
+                if mode == "starttls" and name == "paced":
+                    _floor(results, port, postfix.ca_file, offered, warmup + window, b, rate_text)
                 # a fresh exporter per pass: its peak RSS then belongs to that pass alone
                 bb.stop()
                 bb = BlackboxExporter(settings.workdir / "blackbox-smtp", postfix.ca_file)
@@ -223,6 +229,32 @@ def smtp(settings: Settings, peers: Peers, results: Results) -> None:
         )
     finally:
         bb.stop()
+
+
+def _floor(
+    results: Results, port: int, ca_file: Path, rate: float, seconds: float, b: Measured, rate_text: str
+) -> None:
+    """The bare STARTTLS dialogue in Python at the same pace: how much of the agent's CPU is its own structure."""
+    argv = [sys.executable, "-m", "bench.bare_starttls", str(port), str(ca_file), "mail.test", str(rate), str(seconds)]
+    log(f"smtp: bare Python STARTTLS dialogue (bench/bare_starttls.py), {rate_text}")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120, check=False, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        results.note(f"smtp: bare STARTTLS floor failed: {proc.stderr.strip()[-300:]}")
+        return
+    floor = json.loads(proc.stdout)
+    per_1000 = 1000 * floor["cpu"] / floor["probes"] if floor["probes"] else None
+    log(f"  bare dialogue: {floor}")
+    results.add(
+        Row(
+            "smtp",
+            f"bare Python STARTTLS dialogue, no timeouts/timings/results: CPU-s per 1,000 ({rate_text})",
+            per_1000,
+            "CPU-s",
+            b.cpu_per_1000,
+            "blackbox",
+            note=f"{floor['probes']} probes, {floor['failed']} failed; the floor of a Python prober, not a target",
+        )
+    )
 
 
 def mx(settings: Settings, peers: Peers, results: Results) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import socket
 import subprocess
 import time
@@ -164,6 +165,7 @@ class Walk:
     seconds: float
     complete: bool
     error: str = ""
+    client_cpu: float = 0.0  # snmpbulkwalk's own CPU seconds: parsing and printing every value
 
     @property
     def rate(self) -> float:
@@ -185,6 +187,7 @@ def bulk_walk(port: int, version: str, oid: str, limit: float, repetitions: int 
         f"{HOST}:{port}",
         oid,
     ]
+    children0 = _children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     values = 0
@@ -217,7 +220,12 @@ def bulk_walk(port: int, version: str, oid: str, limit: float, repetitions: int 
     error = ""
     if not complete and proc.stderr is not None:
         error = (proc.stderr.read() or b"").decode(errors="replace").strip()[-300:]
-    return Walk(values, elapsed, complete, error)
+    return Walk(values, elapsed, complete, error, _children_cpu() - children0)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped children: the walk once it ended
+    return usage.ru_utime + usage.ru_stime
 
 
 def poll_first_answer(port: int, started_at: float, deadline: float, stop: Callable[[], bool]) -> float | None:
