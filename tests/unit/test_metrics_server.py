@@ -47,8 +47,11 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
 
 
 class TestMetricsServerWarming:
-    def test_results_are_formatted_before_the_scrape_and_not_again_by_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(http, "WARM_EVERY", 0.01)
+    @pytest.fixture(autouse=True)
+    def _warm_often(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(http, "WARM_EVERY", 0.01)  # a warming pass every 10 ms instead of every second
+
+    def test_results_are_formatted_before_the_scrape_and_not_again_by_it(self) -> None:
         store = _store()
 
         async def body(server: MetricsServer) -> None:
@@ -62,10 +65,7 @@ class TestMetricsServerWarming:
 
         asyncio.run(_serving(store, body))
 
-    def test_between_the_first_and_second_scrape_nothing_is_formatted_ahead(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.setattr(http, "WARM_EVERY", 0.01)
+    def test_between_the_first_and_second_scrape_nothing_is_formatted_ahead(self) -> None:
         store = _store()
 
         async def body(server: MetricsServer) -> None:
@@ -79,10 +79,7 @@ class TestMetricsServerWarming:
 
         asyncio.run(_serving(store, body))
 
-    def test_once_scrapes_have_a_rhythm_a_result_is_formatted_before_the_next_scrape(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.setattr(http, "WARM_EVERY", 0.01)
+    def test_once_scrapes_have_a_rhythm_a_result_is_formatted_before_the_next_scrape(self) -> None:
         store = _store()
 
         async def body(server: MetricsServer) -> None:
@@ -98,7 +95,6 @@ class TestMetricsServerWarming:
         asyncio.run(_serving(store, body))
 
     def test_nothing_is_formatted_ahead_while_nobody_scrapes(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(http, "WARM_EVERY", 0.01)
         monkeypatch.setattr(http, "WARM_IDLE", 0.0)
         store = _store()
 
