@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from monitor.probes import ProbeEnv
 
 _WRITE_BATCH = 256 * 1024  # octets per write of /metrics: bounded buffers, few syscalls
+
+log = logging.getLogger("smtp_monitor.http")
+
 # Keeping the exposition warm: every WARM_EVERY seconds, while ScrapeRhythm says it pays, the probes
 # that ran since are formatted in slices of WARM_SLICE seconds of the event loop (which also answers
 # SNMP), so that a scrape only joins cached lines.
@@ -58,8 +61,6 @@ class ScrapeRhythm:
         if now - self._last > max(WARM_IDLE, 3 * self._interval):
             return False
         return now >= self._last + self._interval - min(WARM_LEAD, self._interval / 2)
-
-log = logging.getLogger("smtp_monitor.http")
 
 
 class HttpBindError(Exception):
