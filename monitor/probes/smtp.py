@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from monitor.config import EnvelopeConfig, RelayTestConfig, SmtpAuthConfig, SmtpProbeConfig
 from monitor.probes import ProbeEnv, kernel_times, resolve
-from monitor.probes.smtp_wire import MAX_BUFFER, SmtpClientProtocol, WireError, parse_extensions
+from monitor.probes.smtp_wire import MAX_BUFFER, PulledSocket, SmtpClientProtocol, WireError, parse_extensions
 from monitor.probes.tls import tls_facts, unverified_context
 from monitor.results import Phase, Reason, Reply, SmtpResult, TlsInfo
 
@@ -90,7 +90,7 @@ class _Dialogue:
         self.tls: TlsInfo | None = None
         self.in_transaction = False  # MAIL FROM accepted and not yet RSET
         self.proto = SmtpClientProtocol()
-        self.transport: asyncio.Transport | None = None
+        self.transport: PulledSocket | None = None
         # Connected but not yet handed to asyncio: greet() reads the greeting's first bytes off it itself.
         self.sock: socket.socket | None = None
         self.established: float | None = None  # epoch seconds the TCP handshake completed
@@ -163,7 +163,7 @@ class _Dialogue:
         if stamped:
             self.sock = sock
         else:
-            await self.attach(sock, b"")
+            self.attach(sock, b"")
 
     def bind_source(self, sock: socket.socket) -> None:
         """Bind to source_address, failing with the errors create_connection(local_addr=...) raised (their
@@ -186,16 +186,15 @@ class _Dialogue:
                 failure = OSError(exc.errno, f"error while attempting to bind on address {laddr!r}: {why}")
         raise failure or OSError(f"no matching local address with family={sock.family!r} found")
 
-    async def attach(self, sock: socket.socket, first: bytes) -> None:
-        """Hand the connected socket to asyncio, `first` (bytes already read off it) ahead of the rest."""
+    def attach(self, sock: socket.socket, first: bytes) -> None:
+        """Hand the connected socket to the protocol, `first` (bytes already read off it) ahead of the rest."""
         if first:
-            self.proto.data_received(first)  # no transport yet: nothing newer can be delivered before it
-        loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_connection(lambda: self.proto, sock=sock)
+            self.proto.data_received(first)
+        self.transport = self.proto.attach_socket(sock)
         self.sock = None
 
     async def receive_greeting(self) -> float | None:
-        """Read the greeting's first bytes with their kernel receive time, then hand the socket to asyncio.
+        """Read the greeting's first bytes with their kernel receive time, then hand the socket to the protocol.
 
         Returns that time when the chunk holds the whole reply; a greeting in several packets is timed
         by the wall clock. A reset or close is left for read_reply() to report, as a transport would."""
@@ -208,7 +207,7 @@ class _Dialogue:
         if not first:
             self.proto.eof_received()
             return None
-        await self.attach(self.sock, first)
+        self.attach(self.sock, first)
         return arrived if _ends_a_reply(first) else None
 
     @property

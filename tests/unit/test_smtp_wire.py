@@ -1,8 +1,9 @@
-"""monitor.probes.smtp_wire: reply framing and limits of SmtpClientProtocol, and parse_extensions."""
+"""monitor.probes.smtp_wire: reply framing and limits, reading on demand (PulledSocket), and parse_extensions."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ from monitor.probes.smtp_wire import (
     MAX_BUFFER,
     MAX_LINE,
     MAX_REPLY_LINES,
+    PulledSocket,
     SmtpClientProtocol,
     WireError,
     parse_extensions,
@@ -274,3 +276,97 @@ class TestParseExtensions:
             "AUTH=LOGIN": "PLAIN",
             "AUTH": "LOGIN PLAIN",
         }
+
+
+async def _pulled_pair() -> tuple[SmtpClientProtocol, PulledSocket, socket.socket]:
+    """A protocol reading one end of a socketpair on demand; the other end plays the server."""
+    ours, server = socket.socketpair()
+    ours.setblocking(False)
+    server.setblocking(False)
+    proto = SmtpClientProtocol()
+    return proto, proto.attach_socket(ours), server
+
+
+class TestPulledSocket:
+    def test_a_reply_is_read_off_the_socket_when_asked_for(self) -> None:
+        async def go() -> Reply:
+            proto, _, server = await _pulled_pair()
+            with server:
+                server.send(b"220 ready\r\n")
+                return await proto.read_reply()
+
+        assert run(go()) == Reply(220, ("ready",))
+
+    def test_a_reply_sent_in_pieces_is_pulled_until_complete(self) -> None:
+        async def go() -> Reply:
+            proto, _, server = await _pulled_pair()
+            with server:
+                reading = asyncio.create_task(proto.read_reply())
+                for piece in (b"250-first\r\n", b"250 sec", b"ond\r\n"):
+                    await asyncio.sleep(0.01)
+                    server.send(piece)
+                return await reading
+
+        assert run(go()) == Reply(250, ("first", "second"))
+
+    def test_a_command_reaches_the_server(self) -> None:
+        async def go() -> bytes:
+            proto, _, server = await _pulled_pair()
+            with server:
+                proto.write(b"EHLO probe.test\r\n")
+                return await asyncio.get_running_loop().sock_recv(server, 1024)
+
+        assert run(go()) == b"EHLO probe.test\r\n"
+
+    def test_what_the_kernel_did_not_take_is_sent_before_the_next_read(self) -> None:
+        big = b"x" * (8 * 1024 * 1024)  # more than a socketpair buffers
+
+        async def go() -> tuple[int, Reply]:
+            proto, _, server = await _pulled_pair()
+            loop = asyncio.get_running_loop()
+            with server:
+                proto.write(big)
+                reading = asyncio.create_task(proto.read_reply())
+                got = 0
+                while got < len(big):
+                    got += len(await loop.sock_recv(server, 1 << 20))
+                server.send(b"250 all of it\r\n")
+                return got, await reading
+
+        assert run(go()) == (len(big), Reply(250, ("all of it",)))
+
+    def test_the_end_of_the_stream_mid_line_is_a_reset_and_closes(self) -> None:
+        async def go() -> tuple[WireError, bool]:
+            proto, pulled, server = await _pulled_pair()
+            server.send(b"250-first\r\n250 unfinish")
+            server.close()
+            with pytest.raises(WireError) as info:
+                await proto.read_reply()
+            return info.value, pulled.is_closing()
+
+        error, closing = run(go())
+        assert error.kind == "reset"
+        assert "in the middle of a reply" in str(error)
+        assert closing
+
+    def test_an_endless_line_stops_being_read_at_the_line_limit(self) -> None:
+        async def go() -> WireError:
+            proto, _, server = await _pulled_pair()
+            with server:
+                server.send(b"220 " + b"x" * (4 * MAX_LINE))
+                with pytest.raises(WireError) as info:
+                    await proto.read_reply()
+                return info.value
+
+        error = run(go())
+        assert error.kind == "protocol"
+        assert f"longer than {MAX_LINE}" in str(error)
+
+    def test_abort_closes_the_socket(self) -> None:
+        async def go() -> bytes:
+            _, pulled, server = await _pulled_pair()
+            with server:
+                pulled.abort()
+                return await asyncio.get_running_loop().sock_recv(server, 16)
+
+        assert run(go()) == b""  # the server sees the end of the stream
