@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from monitor.config import EnvelopeConfig, RelayTestConfig, SmtpAuthConfig, SmtpProbeConfig
 from monitor.probes import ProbeEnv, kernel_times, resolve
-from monitor.probes.smtp_wire import MAX_BUFFER, PulledSocket, SmtpClientProtocol, WireError, parse_extensions
+from monitor.probes.smtp_wire import MAX_BUFFER, SmtpClientProtocol, WireError, parse_extensions
 from monitor.probes.tls import tls_facts, unverified_context
 from monitor.results import Phase, Reason, Reply, SmtpResult, TlsInfo
 
@@ -90,8 +90,7 @@ class _Dialogue:
         self.tls: TlsInfo | None = None
         self.in_transaction = False  # MAIL FROM accepted and not yet RSET
         self.proto = SmtpClientProtocol()
-        self.transport: PulledSocket | None = None
-        # Connected but not yet handed to asyncio: greet() reads the greeting's first bytes off it itself.
+        # Connected but not yet handed to the protocol: greet() reads the greeting's first bytes off it itself.
         self.sock: socket.socket | None = None
         self.established: float | None = None  # epoch seconds the TCP handshake completed
         self.timing_source: dict[str, str] = {}  # connect/banner -> KERNEL or WALL
@@ -190,7 +189,7 @@ class _Dialogue:
         """Hand the connected socket to the protocol, `first` (bytes already read off it) ahead of the rest."""
         if first:
             self.proto.data_received(first)
-        self.transport = self.proto.attach_socket(sock)
+        self.proto.attach_socket(sock)
         self.sock = None
 
     async def receive_greeting(self) -> float | None:
@@ -361,7 +360,8 @@ class _Dialogue:
     async def goodbye(self, deadline: float) -> None:
         """After a check failed on a healthy connection: end politely (RSET, QUIT), so the server
         logs a normal session instead of "lost connection" and drops any open transaction."""
-        if self.transport is None or self.transport.is_closing():
+        transport = self.proto.transport
+        if transport is None or transport.is_closing():
             return
         grace = min(_QUIT_GRACE, deadline - asyncio.get_running_loop().time())
         if grace <= 0:
@@ -376,8 +376,8 @@ class _Dialogue:
 
     def close(self) -> None:
         # abort(), not close(): a graceful TLS shutdown can wait on a silent peer.
-        if self.transport is not None:
-            self.transport.abort()
+        if self.proto.transport is not None:
+            self.proto.transport.abort()
         if self.sock is not None:
             self.sock.close()
             self.sock = None
