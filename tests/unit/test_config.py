@@ -642,6 +642,14 @@ class TestYamlLoader:
         assert _PlainBuilder(_UniqueKeyLoader("")).build(node) == pyyaml_constructed(text)
 
 
+
+def _raise_a_bug() -> None:
+    raise RuntimeError("a bug in the child")
+
+
+def _die() -> None:
+    os._exit(1)
+
 class TestConfigReader:
     """load_config's result or error, whether the forked child read the file or could not."""
 
@@ -673,8 +681,13 @@ class TestConfigReader:
         with pytest.raises(ConfigError, match=r"line 1, column 25: 'x' is not a valid int"):
             ConfigReader(path).config()
 
-    def test_other_error_in_the_child_leaves_the_reading_to_this_process(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    @pytest.mark.parametrize(
+        "fail",
+        [_raise_a_bug, _die],
+        ids=["raises", "dies"],
+    )
+    def test_a_child_that_fails_otherwise_leaves_the_reading_to_this_process(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: Callable[[], None]
     ) -> None:
         path = write(tmp_path, "defaults: {interval: 5s}\n")
         parent = os.getpid()
@@ -682,23 +695,8 @@ class TestConfigReader:
 
         def fails_in_the_child(source: Path | str) -> Any:
             if os.getpid() != parent:
-                raise RuntimeError("a bug in the child")
+                fail()
             return real(source)
 
         monkeypatch.setattr(monitor.config_file, "read_document", fails_in_the_child)
-        assert ConfigReader(path).config().defaults.interval == 5.0
-
-    def test_child_that_dies_leaves_the_reading_to_this_process(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        path = write(tmp_path, "defaults: {interval: 5s}\n")
-        parent = os.getpid()
-        real = monitor.config_file.read_document
-
-        def dies_in_the_child(source: Path | str) -> Any:
-            if os.getpid() != parent:
-                os._exit(1)
-            return real(source)
-
-        monkeypatch.setattr(monitor.config_file, "read_document", dies_in_the_child)
         assert ConfigReader(path).config().defaults.interval == 5.0
