@@ -26,6 +26,15 @@ def mib_dir(tmp_path: Path, source: str) -> tuple[Path, Path]:
     return path, cache
 
 
+def read_and_run(directory: Path) -> tuple[str, str, Any]:
+    """What _BytecodeMibSource reads for X-MIB: (suffix, the path pysnmp runs, the module's `answer`)."""
+    source = _BytecodeMibSource(str(directory)).init()
+    code, suffix = source.read("X-MIB")
+    scope: dict[str, Any] = {}
+    exec(code, scope)  # noqa: S102 - our own test module
+    return suffix, source.full_path("X-MIB", suffix), scope["answer"]
+
+
 class TestBytecodeMibSource:
     def test_engine_loads_the_modules_and_symbols_pysnmp_loads(self) -> None:
         assert symbols(new_snmp_engine()) == symbols(SnmpEngine())
@@ -44,24 +53,18 @@ class TestBytecodeMibSource:
 
     def test_fresh_cache_is_what_pysnmp_runs(self, tmp_path: Path) -> None:
         _, cache = mib_dir(tmp_path, "answer = 42\n")
-        source = _BytecodeMibSource(str(tmp_path)).init()
-        code, suffix = source.read("X-MIB")
+        suffix, runs, answer = read_and_run(tmp_path)
         assert suffix == _BYTECODE
-        assert source.full_path("X-MIB", suffix) == str(cache)
-        scope: dict[str, Any] = {}
-        exec(code, scope)  # noqa: S102 - our own test module
-        assert scope["answer"] == 42
+        assert runs == str(cache)
+        assert answer == 42
 
     def test_stale_cache_leaves_the_module_to_pysnmp(self, tmp_path: Path) -> None:
         path, _ = mib_dir(tmp_path, "answer = 42\n")
         path.write_text("answer = 420\n")  # another size: the cache is not this source's
-        source = _BytecodeMibSource(str(tmp_path)).init()
-        code, suffix = source.read("X-MIB")
+        suffix, runs, answer = read_and_run(tmp_path)
         assert suffix == ".py"
-        assert source.full_path("X-MIB", suffix) == str(path)
-        scope: dict[str, Any] = {}
-        exec(code, scope)  # noqa: S102 - our own test module
-        assert scope["answer"] == 420
+        assert runs == str(path)
+        assert answer == 420
 
     def test_missing_cache_leaves_the_module_to_pysnmp(self, tmp_path: Path) -> None:
         path, cache = mib_dir(tmp_path, "answer = 42\n")
