@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import gc
 import json
 import socket
@@ -38,6 +39,15 @@ def usage_exit(argv: list[str]) -> int:
     assert isinstance(code, int)
     return code
 
+
+
+def modules_loaded_by(imports: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules under `prefixes` that a fresh interpreter holds after `import sys, <imports>`."""
+    code = f"import sys, {imports}; print(sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    loaded: list[str] = ast.literal_eval(proc.stdout)
+    return loaded
 
 class TestCheckConfig:
     def test_good_config_exits_0_with_a_summary(self, capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,22 +108,12 @@ class TestRun:
         assert gc.isenabled()
 
     def test_command_line_forks_the_config_reader_before_the_models_load(self) -> None:
-        code = (
-            "import sys, monitor.cli; "
-            "print(sorted(m for m in sys.modules if m.startswith(('pydantic', 'monitor.config'))))"
-        )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout == "['monitor.config_file']\n"
+        loaded = modules_loaded_by("monitor.cli", ("pydantic", "monitor.config"))
+        assert loaded == ["monitor.config_file"]
 
     def test_agent_modules_leave_the_probes_to_the_probe_process(self) -> None:
-        code = (
-            "import sys, monitor.cli, monitor.agent, monitor.snmp.agent, monitor.snmp.notify; "
-            "print(sorted(m for m in sys.modules if m.startswith(('monitor.probes', 'monitor.scheduler', 'dns.'))))"
-        )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout == "[]\n"
+        imports = "monitor.cli, monitor.agent, monitor.snmp.agent, monitor.snmp.notify"
+        assert modules_loaded_by(imports, ("monitor.probes", "monitor.scheduler", "dns.")) == []
 
 
 class TestUsageErrors:
