@@ -22,8 +22,9 @@ def mib_dir(tmp_path: Path, source: str) -> tuple[Path, Path]:
     """A MIB directory holding X-MIB.py and its bytecode cache, as pip installs packages."""
     path = tmp_path / "X-MIB.py"
     path.write_text(source)
-    cache = Path(py_compile.compile(str(path), doraise=True))
-    return path, cache
+    cache = py_compile.compile(str(path), doraise=True)
+    assert cache is not None  # None only when doraise=False swallowed an error
+    return path, Path(cache)
 
 
 def read_and_run(directory: Path) -> tuple[str, str, Any]:
