@@ -301,6 +301,10 @@ class _GuardedDispatcher(AsyncioDispatcher):  # type: ignore[misc]  # pysnmp is 
         # Counted before it leaves: a manager that got the answer must already see it counted.
         self._gate.health.snmp_requests[PDU_NAMES[answer[1]]] += 1
         endpoint.sendto(answer[0], address)
+        fast = self._fast
+        if fast is not None and fast.planned:
+            # A bulk walk is in progress: build its next response while the manager reads this one.
+            self.loop.call_soon(fast.read_ahead)
         return True
 
 

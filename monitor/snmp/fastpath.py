@@ -49,6 +49,7 @@ _VERSIONS = {0: b"\x02\x01\x00", 1: b"\x02\x01\x01"}
 _ZERO_ZERO = b"\x02\x01\x00\x02\x01\x00"  # error-status and error-index 0
 _CACHE_MAX = 4096  # decoded varbind lists kept
 _HEADROOM = 64  # more than a response's octets besides its varbinds and community
+_AHEAD_MAX = 64  # walks followed at once (managers walking side by side)
 
 _FIXED_PER_TABLE = frozenset({SYS_DESCR, SYS_OBJECT_ID, SYS_CONTACT, SYS_NAME, SYS_LOCATION, SYS_SERVICES})
 
@@ -75,6 +76,10 @@ _SIMPLE: dict[type, tuple[int, int, int, int]] = {
 
 class NotHandled(Exception):
     """Not for the fast path (unusual, malformed or unsupported): pysnmp handles the datagram."""
+
+
+class _ScalarAhead(Exception):
+    """A read-ahead reached a scalar, whose value must be read when the request comes."""
 
 
 class Guarded(Generic[Answer]):
@@ -398,6 +403,29 @@ class _Compiled:
     nodes: list[_Node]
 
 
+@dataclass(slots=True, eq=False)
+class _WalkPart:
+    """The varbinds of a bulk walk from one position; `after` and `last`: where the walk goes on."""
+
+    varbinds: list[bytes]
+    used: int  # their octets
+    truncated: bool  # the budget ended it: a shorter response
+    after: tuple[int, int] | None = None  # the (node, row) position to go on from; None at the view's end
+    last: Oid | None = None  # the name of the last varbind, which the manager's next request repeats
+
+
+@dataclass(slots=True, eq=False)
+class _ReadAhead:
+    """A walk's next response, planned (part None) or prepared, valid for its compiled table only."""
+
+    compiled: _Compiled
+    start: Oid  # the name the next request will carry
+    repetitions: int
+    budget: int
+    position: tuple[int, int]
+    part: _WalkPart | None = None
+
+
 # -- the fast path ------------------------------------------------------------------------------
 
 
@@ -426,6 +454,10 @@ class FastPath(Guarded[bytes]):
         self._encoders: dict[type, Callable[[Raw], bytes]] = {}
         self._bindings: dict[bytes, _Bindings] = {}
         self._budgets: dict[tuple[int, int, int, int], int] = {}
+        self._walk_ends: dict[Oid, bool] = {}  # names that ended a walk response: a request there continues a walk
+        self._plan: _ReadAhead | None = None
+        self._prepared: dict[Oid, _ReadAhead] = {}  # by the name the next request of the walk carries
+        self.read_ahead_served = 0
 
     def _respond(self, message: bytes) -> bytes:
         return self.answer(decode_request(message, self._bindings))
@@ -619,9 +651,34 @@ class FastPath(Guarded[bytes]):
         self, compiled: _Compiled, request: Request, out: list[bytes], used: int, budget: int, m: int
     ) -> bytes:
         """GETBULK with one repeated binding (a bulk walk): rows of a column in a tight loop."""
+        start = request.names[-1]
+        if not out:  # no non-repeaters: the read-ahead may hold this very response
+            ahead = self._prepared.pop(start, None)
+            part = ahead.part if ahead is not None else None
+            # A part that fitted its own budget and fits this one is what this request would build.
+            if ahead is not None and part is not None and ahead.compiled is compiled and ahead.repetitions == m \
+                    and part.used <= budget:
+                self.read_ahead_served += 1
+                self._follow(compiled, m, budget, part, continues=True)
+                return _message(request, 0, 0, part.varbinds, part.used)
+        continues = not out and self._walk_ends.pop(start, False)
+        k, j = self._locate(compiled, start)
+        part = self._walk_part(compiled, k, j, m, budget, out, used, request.bodies[-1], columns_only=False)
+        if part.truncated:
+            return self._truncated(request, part.varbinds)
+        self._follow(compiled, m, budget, part, continues)
+        return _message(request, 0, 0, part.varbinds, part.used)
+
+    def _walk_part(
+        self, compiled: _Compiled, k: int, j: int, m: int, budget: int, out: list[bytes], used: int,
+        start_body: bytes, *, columns_only: bool,
+    ) -> _WalkPart:
+        """Up to m instances from position (k, j) appended to `out`, and where a walk would go on.
+
+        columns_only: _ScalarAhead instead of reading a scalar (a read-ahead must not read health values early)."""
         nodes = compiled.nodes
-        k, j = self._locate(compiled, request.names[-1])
         previous: bytes | None = None
+        last: Oid | None = None
         while m:
             node = nodes[k] if k < len(nodes) else None
             if isinstance(node, _ColumnNode) and node.visible and j < len(node.indexes):
@@ -638,28 +695,92 @@ class FastPath(Guarded[bytes]):
                         varbind = self._cell(node, row)
                     used += len(varbind)
                     if used > budget:
-                        return self._truncated(request, out)
+                        return _WalkPart(out, used, True)
                     out.append(varbind)
+                last = node.key + indexes[stop - 1]
                 j = stop
                 previous = out[-1]
                 continue
-            found = self._next_from(compiled, k, j, False)
+            found = self._next_from(compiled, k, j, False) if not columns_only else self._next_column(compiled, k, j)
             if found is None:
-                end = _end_after(previous) if previous is not None else _name_varbind(request.bodies[-1],
-                                                                                        _END_OF_MIB_VIEW)
+                end = _end_after(previous) if previous is not None else _name_varbind(start_body, _END_OF_MIB_VIEW)
                 used += len(end)
                 if used > budget:
-                    return self._truncated(request, out)
+                    return _WalkPart(out, used, True)
                 out.append(end)
-                break
+                return _WalkPart(out, used, False)
             k, j, previous = found
+            found_node = nodes[k]
+            last = found_node.key + found_node.indexes[j] if isinstance(found_node, _ColumnNode) else found_node.key
             j += 1
             m -= 1
             used += len(previous)
             if used > budget:
-                return self._truncated(request, out)
+                return _WalkPart(out, used, True)
             out.append(previous)
-        return _message(request, 0, 0, out, used)
+        return _WalkPart(out, used, False, (k, j), last)
+
+    def _next_column(self, compiled: _Compiled, k: int, j: int) -> tuple[int, int, bytes] | None:
+        """_next_from, when the next readable instance is a column's; _ScalarAhead when it is a scalar's."""
+        nodes = compiled.nodes
+        while k < len(nodes):
+            node = nodes[k]
+            if node.visible:
+                if not isinstance(node, _ColumnNode):
+                    raise _ScalarAhead
+                if j < len(node.indexes):
+                    return k, j, self._cell(node, j)
+            k += 1
+            j = 0
+        return None
+
+    # -- reading ahead of a bulk walk -------------------------------------------------------------
+
+    def _follow(self, compiled: _Compiled, m: int, budget: int, part: _WalkPart, continues: bool) -> None:
+        """Note where a bulk walk's response ended; once a walk continues there, plan its next response.
+
+        A lone GETBULK plans nothing: the second request of a walk is the first to be read ahead of."""
+        if part.after is None or part.last is None:
+            return  # the end of the view: no next request
+        if continues:
+            self._plan = _ReadAhead(compiled, part.last, m, budget, part.after)
+        else:
+            if len(self._walk_ends) >= _AHEAD_MAX:
+                self._walk_ends.clear()
+            self._walk_ends[part.last] = True
+
+    @property
+    def planned(self) -> bool:
+        """Whether read_ahead() has a walk's next response to prepare."""
+        return self._plan is not None
+
+    def read_ahead(self) -> None:
+        """Prepare the next response of the walk in progress while the manager reads this one.
+
+        The manager's next request then costs a lookup: on a machine with a core to spare, the agent's
+        share of a walk leaves its critical path. Never raises (the agent calls it from the event loop)."""
+        plan, self._plan = self._plan, None
+        if plan is None:
+            return
+        body = oid_body(plan.start)  # the name the request will carry, and endOfMibView's if nothing follows
+        try:
+            k, j = plan.position
+            part = self._walk_part(plan.compiled, k, j, plan.repetitions, plan.budget, [], 0, body, columns_only=True)
+        except _ScalarAhead:
+            return  # answered when the request comes, with the scalar read then
+        except Exception:
+            log.debug("reading ahead of a bulk walk failed; the request is answered when it comes", exc_info=True)
+            return
+        if part.truncated:
+            return
+        if len(self._prepared) >= _AHEAD_MAX:
+            self._prepared.clear()
+        plan.part = part
+        self._prepared[plan.start] = plan
+        # The next request's one binding, as every BER encoder writes it: decoded now, not on arrival.
+        if len(self._bindings) >= _CACHE_MAX:
+            self._bindings.clear()
+        self._bindings[tlv(0x30, tlv(0x06, body) + _NULL)] = ((plan.start,), (body,))
 
     @staticmethod
     def _truncated(request: Request, varbinds: list[bytes]) -> bytes:

@@ -803,3 +803,142 @@ class TestStalls:
         assert warm is not None
         assert len(encoded) == 50  # every cell came from the row cache
         assert warm == cold
+
+
+def walk_requests(fast: FastPath, start: Oid, repetitions: int, read_ahead: bool) -> Iterator[tuple[bytes, bytes]]:
+    """A manager's bulk walk of `start`'s subtree through the fast path: (request, response) pairs.
+
+    With read_ahead, the agent's step once it sent a response: prepare the next one if a walk is planned."""
+    oid, number = start, 0
+    while True:
+        number += 1
+        datagram = request(V2C, GETBULK, [oid], request_id=number, second=repetitions)
+        response = fast.respond(datagram)
+        assert response is not None
+        if read_ahead and fast.planned:
+            fast.read_ahead()
+        yield datagram, response
+        last, tag, _ = varbinds(response)[-1]
+        if tag == rfc1905.EndOfMibView.tagSet or last[: len(start)] != start:
+            return
+        oid = last
+
+
+class TestReadAhead:
+    """A bulk walk's next response is built while the manager reads the current one, and answers alike."""
+
+    @pytest.mark.parametrize("repetitions", [1, 3, 7, 50])
+    def test_a_walk_answered_ahead_is_what_pysnmp_answers(self, pair: Pair, repetitions: int) -> None:
+        served_before = pair.fast.read_ahead_served
+        requests = 0
+        for datagram, response in walk_requests(pair.fast, mib_oids.MIB_ROOT, repetitions, read_ahead=True):
+            assert_same(response, pair.slow.ask(datagram), (repetitions, decoded(datagram)[6]))
+            requests += 1
+        served = pair.fast.read_ahead_served - served_before
+        assert requests > 3
+        # all but the requests in the scalar group, which are read when they come, and the first two
+        assert served >= requests - 2 - len(Scalar) // repetitions - 1
+
+    def test_a_walk_answered_ahead_is_byte_for_byte_the_walk_answered_on_request(self) -> None:
+        store = filled_store(40)
+        ahead = list(walk_requests(fast_path_for(store), mib_oids.MIB_ROOT, 9, read_ahead=True))
+        on_request = list(walk_requests(fast_path_for(store), mib_oids.MIB_ROOT, 9, read_ahead=False))
+        assert [response for _, response in ahead] == [response for _, response in on_request]
+
+    def test_a_lone_getbulk_plans_nothing(self) -> None:
+        fast = fast_path_for(filled_store(40))
+        assert fast.respond(request(V2C, GETBULK, [(*SMTP_ENTRY, int(SmtpProbeColumn.HOST))], second=10))
+        assert not fast.planned
+
+    def test_the_second_request_of_a_walk_plans_the_third(self) -> None:
+        fast = fast_path_for(filled_store(40))
+        start = (*SMTP_ENTRY, int(SmtpProbeColumn.HOST))
+        walk = walk_requests(fast, start, 5, read_ahead=False)
+        next(walk)
+        assert not fast.planned
+        next(walk)
+        assert fast.planned
+        fast.read_ahead()
+        assert not fast.planned
+        next(walk)
+        assert fast.read_ahead_served == 1
+
+    def test_a_prepared_response_is_not_served_once_the_table_changed(self) -> None:
+        now = [1000.0]
+        store = filled_store(40)
+        fast = FastPath(MibView(store, AgentHealth(), clock=lambda: now[0], max_staleness=0.5), subtrees=READ_SUBTREES)
+        column = (*SMTP_ENTRY, int(SmtpProbeColumn.RUNS))
+        walk = walk_requests(fast, column, 4, read_ahead=True)
+        next(walk)
+        _, second = next(walk)  # continues the walk: the third response is prepared
+        prepared_rows = [oid for oid, _, _ in varbinds(second)]
+        assert fast._prepared
+        for i in range(40):
+            store.record(f"p{i}", SmtpResult(f"mx{i}.example.net", 25, "none", time.time(), True, total=0.01))
+        now[0] += 1.0  # past the view's staleness: the next request sees the new table
+        datagram, third = next(walk)
+        assert fast.read_ahead_served == 0
+        fresh = fast_path_for(store).respond(datagram)
+        assert third == fresh
+        assert varbinds(third)[0][0] > prepared_rows[-1]
+
+    def test_a_request_for_other_repetitions_is_answered_afresh(self) -> None:
+        store = filled_store(40)
+        fast = fast_path_for(store)
+        walk = walk_requests(fast, (*SMTP_ENTRY, int(SmtpProbeColumn.HOST)), 4, read_ahead=True)
+        next(walk)
+        _, second = next(walk)
+        assert fast._prepared
+        other = request(V2C, GETBULK, [varbinds(second)[-1][0]], request_id=99, second=6)
+        response = fast.respond(other)
+        assert fast.read_ahead_served == 0
+        assert response == fast_path_for(store).respond(other)
+        assert len(varbinds(response)) == 6  # type: ignore[arg-type]
+
+    def test_a_prepared_response_too_big_for_the_request_is_answered_afresh(self) -> None:
+        """A longer community leaves less room for varbinds: the prepared ones no longer fit."""
+        store = filled_store(40)
+        fast = fast_path_for(store, max_message_size=700)
+        walk = walk_requests(fast, (*SMTP_ENTRY, int(SmtpProbeColumn.HOST)), 10, read_ahead=True)
+        next(walk)
+        _, second = next(walk)
+        (prepared,) = fast._prepared.values()
+        assert prepared.part is not None
+        community = "c" * (700 - prepared.part.used)
+        datagram = request(V2C, GETBULK, [varbinds(second)[-1][0]], request_id=3, second=10, community=community)
+        response = fast.respond(datagram)
+        assert response is not None
+        assert fast.read_ahead_served == 0
+        assert response == fast_path_for(store, max_message_size=700).respond(datagram)
+        assert 0 < len(varbinds(response)) < 10
+
+    def test_health_scalars_in_a_walk_are_read_when_the_request_comes(self, pair: Pair) -> None:
+        """The scalar group is never read ahead: pysnmp (reading at request time) answers each step alike."""
+        health = pair.fast._view._health
+        try:
+            for datagram, response in walk_requests(pair.fast, mib_oids.SCALARS, 2, read_ahead=True):
+                assert_same(response, pair.slow.ask(datagram), decoded(datagram)[6])
+                health.config_load_success = not health.config_load_success  # after read_ahead ran
+        finally:
+            health.config_load_success = True
+
+    def test_the_agent_serves_a_walk_from_prepared_responses(self, tmp_path: Path) -> None:
+        """Over UDP: the agent prepares each next response once it has sent the current one."""
+        port = free_udp_port()
+        config = SnmpConfig.model_validate({"listen": [f"udp:127.0.0.1:{port}"], "communities": [{"name": COMMUNITY}]})
+        agent = SnmpAgent(config, tmp_path, filled_store(40), AgentHealth())
+        assert agent.fast_path is not None
+        responses = 0
+        with AgentThread(agent), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(3.0)
+            sock.connect(("127.0.0.1", port))
+            oid, number = (*SMTP_ENTRY, int(SmtpProbeColumn.HOST)), 0
+            while oid[: len(SMTP_ENTRY) + 1] == (*SMTP_ENTRY, int(SmtpProbeColumn.HOST)):
+                number += 1
+                sock.send(request(V2C, GETBULK, [oid], request_id=number, second=5))
+                response = sock.recv(65535)
+                assert decoded(response)[3] == number
+                responses += 1
+                oid = varbinds(response)[-1][0]
+        assert responses >= 4
+        assert agent.fast_path.read_ahead_served == responses - 2
