@@ -1,9 +1,10 @@
-"""The floor of a Python STARTTLS prober: the bare dialogue on asyncio socket calls, paced like the agent.
+"""The floor of a Python SMTP-over-TLS prober: the bare dialogue on asyncio socket calls, paced like the agent.
 
-`python -m bench.bare_starttls PORT CA_FILE SERVERNAME RATE SECONDS` prints one JSON line: probes,
-failures and the CPU seconds of this process. Connect, greeting, EHLO, STARTTLS, a verified TLS
-handshake, EHLO, QUIT: no timeouts, timings, bounds or results. What the agent spends above this
-is its own structure, not Python's or OpenSSL's.
+`python -m bench.bare_starttls PORT CA_FILE SERVERNAME RATE SECONDS [implicit]` prints one JSON line:
+probes, failures and the CPU seconds of this process. Connect, greeting, EHLO, STARTTLS, a verified
+TLS handshake, EHLO, QUIT (with `implicit`: connect, a verified handshake, greeting, EHLO, QUIT):
+no timeouts, timings, bounds or results. What the agent spends above this is its own structure,
+not Python's or OpenSSL's.
 """
 
 from __future__ import annotations
@@ -102,15 +103,32 @@ async def _probe(port: int, context: ssl.SSLContext, servername: str) -> None:
             await session.reply()
 
 
-async def _run(port: int, ca_file: str, servername: str, rate: float, seconds: float) -> dict[str, float]:
+async def _probe_implicit(port: int, context: ssl.SSLContext, servername: str) -> None:
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        session = _Session(sock)
+        await session.starttls(context, servername)  # from the first byte
+        if not (await session.reply()).startswith(b"2"):
+            raise ConnectionError("refused")
+        for command in (b"EHLO bench.test\r\n", b"QUIT\r\n"):
+            await session.send(command)
+            await session.reply()
+
+
+async def _run(
+    port: int, ca_file: str, servername: str, rate: float, seconds: float, implicit: bool = False
+) -> dict[str, float]:
     context = ssl.create_default_context(cafile=ca_file)
-    await _probe(port, context, servername)  # fail early, and outside the measurement
+    probe = _probe_implicit if implicit else _probe
+    await probe(port, context, servername)  # fail early, and outside the measurement
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     tasks = []
     start = time.monotonic()
     for i in range(int(rate * seconds)):
         await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-        tasks.append(asyncio.create_task(_probe(port, context, servername)))
+        tasks.append(asyncio.create_task(probe(port, context, servername)))
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime
@@ -120,7 +138,8 @@ async def _run(port: int, ca_file: str, servername: str, rate: float, seconds: f
 
 def main(argv: list[str]) -> int:
     port, ca_file, servername, rate, seconds = int(argv[1]), argv[2], argv[3], float(argv[4]), float(argv[5])
-    print(json.dumps(asyncio.run(_run(port, ca_file, servername, rate, seconds))))
+    implicit = argv[6:7] == ["implicit"]
+    print(json.dumps(asyncio.run(_run(port, ca_file, servername, rate, seconds, implicit))))
     return 0
 
 

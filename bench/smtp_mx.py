@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import resource
 import subprocess
 import sys
 import time
@@ -214,8 +216,10 @@ def smtp(settings: Settings, peers: Peers, results: Results) -> None:
                 bb.check(module, target)
                 b = measure_blackbox(bb, f"{bb.url}/probe?module={module}&target={target}", offered, warmup, window)
                 _rows(results, "smtp", label, a, b, rate_text)
-                if mode == "starttls" and name == "paced":
-                    _floor(results, port, postfix.ca_file, offered, warmup + window, b, rate_text)
+                if name == "paced":
+                    _floor(results, mode, label, port, postfix.ca_file, offered, warmup + window, b, rate_text)
+                    if mode == "implicit":
+                        _openssl_handshakes(results, port, postfix.ca_file, b)
                 # a fresh exporter per pass: its peak RSS then belongs to that pass alone
                 bb.stop()
                 bb = BlackboxExporter(settings.workdir / "blackbox-smtp", postfix.ca_file)
@@ -232,14 +236,17 @@ def smtp(settings: Settings, peers: Peers, results: Results) -> None:
 
 
 def _floor(
-    results: Results, port: int, ca_file: Path, rate: float, seconds: float, b: Measured, rate_text: str
+    results: Results, mode: str, label: str, port: int, ca_file: Path, rate: float, seconds: float, b: Measured,
+    rate_text: str,
 ) -> None:
-    """The bare STARTTLS dialogue in Python at the same pace: how much of the agent's CPU is its own structure."""
+    """The bare dialogue in Python at the same pace: how much of the agent's CPU is its own structure."""
     argv = [sys.executable, "-m", "bench.bare_starttls", str(port), str(ca_file), "mail.test", str(rate), str(seconds)]
-    log(f"smtp: bare Python STARTTLS dialogue (bench/bare_starttls.py), {rate_text}")
+    if mode == "implicit":
+        argv.append("implicit")
+    log(f"smtp: bare Python {label} dialogue (bench/bare_starttls.py), {rate_text}")
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120, check=False, cwd=REPO_ROOT)
     if proc.returncode != 0:
-        results.note(f"smtp: bare STARTTLS floor failed: {proc.stderr.strip()[-300:]}")
+        results.note(f"smtp: bare {label} floor failed: {proc.stderr.strip()[-300:]}")
         return
     floor = json.loads(proc.stdout)
     per_1000 = 1000 * floor["cpu"] / floor["probes"] if floor["probes"] else None
@@ -247,12 +254,43 @@ def _floor(
     results.add(
         Row(
             "smtp",
-            f"bare Python STARTTLS dialogue, no timeouts/timings/results: CPU-s per 1,000 ({rate_text})",
+            f"bare Python {label} dialogue, no timeouts/timings/results: CPU-s per 1,000 ({rate_text})",
             per_1000,
             "CPU-s",
             b.cpu_per_1000,
             "blackbox",
             note=f"{floor['probes']} probes, {floor['failed']} failed; the floor of a Python prober, not a target",
+        )
+    )
+
+
+def _openssl_handshakes(results: Results, port: int, ca_file: Path, b: Measured, seconds: int = 10) -> None:
+    """OpenSSL's own C client (`openssl s_time -new`): CPU per verified full handshake, nothing else.
+
+    What the handshake alone costs with the OpenSSL that Python's ssl module uses, next to
+    blackbox's (Go's crypto/tls) whole implicit-TLS probe."""
+    argv = ["openssl", "s_time", "-connect", f"{HOST}:{port}", "-new", "-time", str(seconds),
+            "-CAfile", str(ca_file), "-verify", "2"]
+    log(f"smtp: OpenSSL C client, full handshakes only: {' '.join(argv)}")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    found = re.search(r"^(\d+) connections in [\d.]+ real seconds", proc.stdout, re.MULTILINE)
+    if proc.returncode != 0 or found is None or int(found.group(1)) == 0:
+        results.note(f"smtp: openssl s_time failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+        return
+    handshakes = int(found.group(1))
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    log(f"  openssl s_time: {handshakes} handshakes, {cpu:.2f} CPU-s")
+    results.add(
+        Row(
+            "smtp",
+            "OpenSSL C client (openssl s_time -new), verified full TLS handshakes only: CPU-s per 1,000",
+            1000 * cpu / handshakes,
+            "CPU-s",
+            b.cpu_per_1000,
+            "blackbox implicit TLS, whole probe",
+            note=f"{handshakes} handshakes in {seconds} s back to back; no SMTP dialogue; not a target",
         )
     )
 
