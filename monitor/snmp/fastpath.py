@@ -297,6 +297,11 @@ def _bindings(data: bytes, pos: int, stop: int) -> _Bindings:
 
 
 def _name_varbind(body: bytes, value: bytes) -> bytes:
+    """SEQUENCE { name, value } for OID content octets `body`: one concatenation when short (the
+    usual varbind), since a cold walk builds one per cell."""
+    size = len(body) + 2 + len(value)
+    if size < 0x80:
+        return bytes((0x30, size, 0x06, len(body))) + body + value
     return tlv(0x30, tlv(0x06, body) + value)
 
 
@@ -345,7 +350,8 @@ def cell_encoder(syntax: type) -> Callable[[Raw], bytes]:
                 return _pyasn1(lambda: syntax(raw))
             if not low <= raw <= high:
                 raise NotHandled(f"{raw} outside {syntax.__name__}")
-            return tlv(tag, _int_body(raw))
+            body = raw.to_bytes(raw.bit_length() // 8 + 1, "big", signed=True)  # _int_body, inline: once per cell
+            return bytes((tag, len(body))) + body  # at most nine octets: a short length
 
         return encode_int
 
@@ -578,7 +584,7 @@ class FastPath(Guarded[bytes]):
         varbind = code.varbinds[node.position]
         if varbind is None:
             value = node.encode(cells[node.position])
-            varbind = code.varbinds[node.position] = tlv(0x30, tlv(0x06, node.key_body + code.index_body) + value)
+            varbind = code.varbinds[node.position] = _name_varbind(node.key_body + code.index_body, value)
         return varbind
 
     # -- GETBULK ----------------------------------------------------------------------------
@@ -685,13 +691,17 @@ class FastPath(Guarded[bytes]):
                 stop = min(j + m, len(node.indexes))
                 m -= stop - j
                 indexes, rows, codes, position = node.indexes, node.cells, node.rows, node.position
+                encode, key_body = node.encode, node.key_body
                 for row in range(j, stop):
                     cells = rows[row]
                     code = codes.get(id(cells))
-                    varbind = None
                     if code is not None and code.cells is cells and code.index is indexes[row]:
                         varbind = code.varbinds[position]
-                    if varbind is None:
+                        if varbind is None:  # the row's code exists (another column made it): encode here
+                            varbind = code.varbinds[position] = _name_varbind(
+                                key_body + code.index_body, encode(cells[position])
+                            )
+                    else:
                         varbind = self._cell(node, row)
                     used += len(varbind)
                     if used > budget:
@@ -780,7 +790,7 @@ class FastPath(Guarded[bytes]):
         # The next request's one binding, as every BER encoder writes it: decoded now, not on arrival.
         if len(self._bindings) >= _CACHE_MAX:
             self._bindings.clear()
-        self._bindings[tlv(0x30, tlv(0x06, body) + _NULL)] = ((plan.start,), (body,))
+        self._bindings[_name_varbind(body, _NULL)] = ((plan.start,), (body,))
 
     @staticmethod
     def _truncated(request: Request, varbinds: list[bytes]) -> bytes:
