@@ -350,7 +350,7 @@ def cell_encoder(syntax: type) -> Callable[[Raw], bytes]:
                 return _pyasn1(lambda: syntax(raw))
             if not low <= raw <= high:
                 raise NotHandled(f"{raw} outside {syntax.__name__}")
-            body = raw.to_bytes(raw.bit_length() // 8 + 1, "big", signed=True)  # _int_body, inline: once per cell
+            body = _int_body(raw)
             return bytes((tag, len(body))) + body  # at most nine octets: a short length
 
         return encode_int
