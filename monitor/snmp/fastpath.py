@@ -422,14 +422,13 @@ class _WalkPart:
 
 @dataclass(slots=True, eq=False)
 class _ReadAhead:
-    """A walk's next response, planned (part None) or prepared, valid for its compiled table only."""
+    """A walk's next response to prepare, valid for its compiled table only."""
 
     compiled: _Compiled
     start: Oid  # the name the next request will carry
     repetitions: int
     budget: int
     position: tuple[int, int]
-    part: _WalkPart | None = None
 
 
 # -- the fast path ------------------------------------------------------------------------------
@@ -462,7 +461,7 @@ class FastPath(Guarded[bytes]):
         self._budgets: dict[tuple[int, int, int, int], int] = {}
         self._walk_ends: dict[Oid, bool] = {}  # names that ended a walk response: a request there continues a walk
         self._plan: _ReadAhead | None = None
-        self._prepared: dict[Oid, _ReadAhead] = {}  # by the name the next request of the walk carries
+        self._prepared: dict[Oid, tuple[_ReadAhead, _WalkPart]] = {}  # by the name the next request carries
         self.read_ahead_served = 0
 
     def _respond(self, message: bytes) -> bytes:
@@ -554,11 +553,14 @@ class FastPath(Guarded[bytes]):
             return i, bisect_right(node.indexes, oid[len(node.key) :])
         return i + 1, 0  # at (or below) a scalar instance
 
-    def _next_from(self, compiled: _Compiled, k: int, j: int, v1_next: bool) -> tuple[int, int, bytes] | None:
+    def _next_from(
+        self, compiled: _Compiled, k: int, j: int, v1_next: bool, *, scalars: bool = True
+    ) -> tuple[int, int, bytes] | None:
         """(node, row, varbind) of the first readable instance at or after position (k, j).
 
         Nodes outside the view are skipped, as are Counter64 ones for an SNMPv1 GETNEXT
-        (RFC 3584 4.1.2.1: the whole column, as the pysnmp path does)."""
+        (RFC 3584 4.1.2.1: the whole column, as the pysnmp path does). With scalars=False a
+        scalar instance raises _ScalarAhead instead of being read (a read-ahead must not read it early)."""
         nodes = compiled.nodes
         while k < len(nodes):
             node = nodes[k]
@@ -567,6 +569,8 @@ class FastPath(Guarded[bytes]):
                     if j < len(node.indexes) and not (v1_next and node.counter64):
                         return k, j, self._cell(node, j)
                 elif j == 0:
+                    if not scalars:
+                        raise _ScalarAhead
                     value, tag = node.value()
                     if not (v1_next and tag == _COUNTER64):
                         return k, 0, tlv(0x30, node.name_tlv + value)
@@ -658,12 +662,11 @@ class FastPath(Guarded[bytes]):
     ) -> bytes:
         """GETBULK with one repeated binding (a bulk walk): rows of a column in a tight loop."""
         start = request.names[-1]
-        if not out:  # no non-repeaters: the read-ahead may hold this very response
-            ahead = self._prepared.pop(start, None)
-            part = ahead.part if ahead is not None else None
+        prepared = self._prepared.pop(start, None) if not out else None  # non-repeaters: never prepared
+        if prepared is not None:
+            plan, part = prepared
             # A part that fitted its own budget and fits this one is what this request would build.
-            if ahead is not None and part is not None and ahead.compiled is compiled and ahead.repetitions == m \
-                    and part.used <= budget:
+            if plan.compiled is compiled and plan.repetitions == m and part.used <= budget:
                 self.read_ahead_served += 1
                 self._follow(compiled, m, budget, part, continues=True)
                 return _message(request, 0, 0, part.varbinds, part.used)
@@ -711,7 +714,7 @@ class FastPath(Guarded[bytes]):
                 j = stop
                 previous = out[-1]
                 continue
-            found = self._next_from(compiled, k, j, False) if not columns_only else self._next_column(compiled, k, j)
+            found = self._next_from(compiled, k, j, False, scalars=not columns_only)
             if found is None:
                 end = _end_after(previous) if previous is not None else _name_varbind(start_body, _END_OF_MIB_VIEW)
                 used += len(end)
@@ -729,20 +732,6 @@ class FastPath(Guarded[bytes]):
                 return _WalkPart(out, used, True)
             out.append(previous)
         return _WalkPart(out, used, False, (k, j), last)
-
-    def _next_column(self, compiled: _Compiled, k: int, j: int) -> tuple[int, int, bytes] | None:
-        """_next_from, when the next readable instance is a column's; _ScalarAhead when it is a scalar's."""
-        nodes = compiled.nodes
-        while k < len(nodes):
-            node = nodes[k]
-            if node.visible:
-                if not isinstance(node, _ColumnNode):
-                    raise _ScalarAhead
-                if j < len(node.indexes):
-                    return k, j, self._cell(node, j)
-            k += 1
-            j = 0
-        return None
 
     # -- reading ahead of a bulk walk -------------------------------------------------------------
 
@@ -785,8 +774,7 @@ class FastPath(Guarded[bytes]):
             return
         if len(self._prepared) >= _AHEAD_MAX:
             self._prepared.clear()
-        plan.part = part
-        self._prepared[plan.start] = plan
+        self._prepared[plan.start] = (plan, part)
         # The next request's one binding, as every BER encoder writes it: decoded now, not on arrival.
         if len(self._bindings) >= _CACHE_MAX:
             self._bindings.clear()

@@ -902,9 +902,8 @@ class TestReadAhead:
         walk = walk_requests(fast, (*SMTP_ENTRY, int(SmtpProbeColumn.HOST)), 10, read_ahead=True)
         next(walk)
         _, second = next(walk)
-        (prepared,) = fast._prepared.values()
-        assert prepared.part is not None
-        community = "c" * (700 - prepared.part.used)
+        ((_, part),) = fast._prepared.values()  # exactly one response prepared
+        community = "c" * (700 - part.used)
         datagram = request(V2C, GETBULK, [varbinds(second)[-1][0]], request_id=3, second=10, community=community)
         response = fast.respond(datagram)
         assert response is not None
