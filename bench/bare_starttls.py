@@ -86,49 +86,38 @@ class _Session:
             await self.loop.sock_sendall(self.sock, pending)
 
 
-async def _probe(port: int, context: ssl.SSLContext, servername: str) -> None:
+async def _probe(port: int, context: ssl.SSLContext, servername: str, implicit: bool = False) -> None:
     loop = asyncio.get_running_loop()
     with socket.socket() as sock:
         sock.setblocking(False)
         await loop.sock_connect(sock, ("127.0.0.1", port))
         session = _Session(sock)
-        for command in (None, b"EHLO bench.test\r\n", b"STARTTLS\r\n"):
+        if implicit:
+            await session.starttls(context, servername)  # from the first byte
+        for command in (None, b"EHLO bench.test\r\n") if implicit else (None, b"EHLO bench.test\r\n", b"STARTTLS\r\n"):
             if command:
                 await session.send(command)
             if not (await session.reply()).startswith(b"2"):
                 raise ConnectionError("refused")
-        await session.starttls(context, servername)
-        for command in (b"EHLO bench.test\r\n", b"QUIT\r\n"):
-            await session.send(command)
+        if not implicit:
+            await session.starttls(context, servername)
+            await session.send(b"EHLO bench.test\r\n")
             await session.reply()
-
-
-async def _probe_implicit(port: int, context: ssl.SSLContext, servername: str) -> None:
-    loop = asyncio.get_running_loop()
-    with socket.socket() as sock:
-        sock.setblocking(False)
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-        session = _Session(sock)
-        await session.starttls(context, servername)  # from the first byte
-        if not (await session.reply()).startswith(b"2"):
-            raise ConnectionError("refused")
-        for command in (b"EHLO bench.test\r\n", b"QUIT\r\n"):
-            await session.send(command)
-            await session.reply()
+        await session.send(b"QUIT\r\n")
+        await session.reply()
 
 
 async def _run(
     port: int, ca_file: str, servername: str, rate: float, seconds: float, implicit: bool = False
 ) -> dict[str, float]:
     context = ssl.create_default_context(cafile=ca_file)
-    probe = _probe_implicit if implicit else _probe
-    await probe(port, context, servername)  # fail early, and outside the measurement
+    await _probe(port, context, servername, implicit)  # fail early, and outside the measurement
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     tasks = []
     start = time.monotonic()
     for i in range(int(rate * seconds)):
         await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-        tasks.append(asyncio.create_task(probe(port, context, servername)))
+        tasks.append(asyncio.create_task(_probe(port, context, servername, implicit)))
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime
