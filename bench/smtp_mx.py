@@ -35,7 +35,7 @@ from tests.peers.ports import HOST
 
 CONCURRENCY = 50  # the agent's max_concurrency and the blackbox client's in-flight bound
 BLACKBOX_STARTTLS_ANCHOR = 2.4  # CPU-s per 1,000 STARTTLS probes measured before (issue 5)
-ROUNDS = 3  # agent/blackbox pairs per SMTP figure in a full run
+ROUNDS = 3  # agent/blackbox pairs per SMTP and MX figure in a full run
 
 
 @dataclass
@@ -220,15 +220,16 @@ def smtp(settings: Settings, peers: Peers, results: Results) -> None:
                 settings.results_dir / f"profile-smtp-{mode}" if settings.profile and name == "paced" else None
             )
             agent_pass = functools.partial(
-                _agent_smtp_pass,
+                _agent_pass,
                 settings.workdir / f"agent-smtp-{mode}-{name[:6]}",
                 config,
+                "smtp_probe",
                 warmup,
                 window,
                 profile_out,
             )
             blackbox_pass = functools.partial(
-                _blackbox_smtp_pass,
+                _blackbox_pass,
                 settings.workdir / "blackbox-smtp",
                 postfix.ca_file,
                 module,
@@ -247,27 +248,20 @@ def smtp(settings: Settings, peers: Peers, results: Results) -> None:
         "smtp, mx: 'agent' figures cover the agent's process tree (the agent process and its probe "
         "process): CPU from /proc/PID/stat utime+stime of each, peak RSS as the sum of each one's VmHWM."
     )
-    if rounds > 1:
-        results.note(
-            f"smtp: each figure pools {rounds} rounds, the agent and blackbox taking turns first "
-            "(agent-blackbox, blackbox-agent, ...): a machine that drifts faster or slower during a pass "
-            "weighs on both sides alike. CPU per 1,000 is total CPU over total probes of all rounds; "
-            "peak RSS the highest of the rounds."
-        )
     results.note(
         f"smtp: blackbox STARTTLS CPU per 1,000 probes measured before: {BLACKBOX_STARTTLS_ANCHOR} CPU-s "
         "(issue 5); the table's anchor is this run's."
     )
 
 
-def _agent_smtp_pass(
-    workdir: Path, config: dict[str, Any], warmup: float, window: float, profile_out: Path | None, i: int
+def _agent_pass(
+    workdir: Path, config: dict[str, Any], kind: str, warmup: float, window: float, profile_out: Path | None, i: int
 ) -> Measured:
     """One agent pass; only the first round is profiled."""
-    return measure_agent(workdir, config, "smtp_probe", warmup, window, profile_out if i == 0 else None)
+    return measure_agent(workdir, config, kind, warmup, window, profile_out if i == 0 else None)
 
 
-def _blackbox_smtp_pass(
+def _blackbox_pass(
     workdir: Path, ca_file: Path, module: str, target: str, rate: float, warmup: float, window: float, i: int
 ) -> Measured:
     """One blackbox pass on a fresh exporter: its peak RSS then belongs to that pass alone."""
@@ -303,6 +297,14 @@ def paired_rounds(
     if rounds > 1:
         ratios = [_cpu_ratio(a, b) for a, b in zip(agents, blackboxes, strict=True)]
         results.note(f"{what}: CPU ratio per round " + ", ".join(ratios))
+        how = (
+            f"smtp, mx: each figure pools {rounds} rounds, the agent and blackbox taking turns first "
+            "(agent-blackbox, blackbox-agent, ...): a machine that drifts faster or slower during a pass "
+            "weighs on both sides alike. CPU per 1,000 is total CPU over total probes of all rounds; "
+            "peak RSS the highest of the rounds."
+        )
+        if how not in results.notes:
+            results.note(how)
     return Measured.pooled(agents), Measured.pooled(blackboxes)
 
 
@@ -394,27 +396,31 @@ def mx(settings: Settings, peers: Peers, results: Results) -> None:
     """M MX checks of good.test against NSD: agent vs blackbox's dns prober (MX query only)."""
     nsd = peers.nsd
     m, interval = 100, 1.0
-    warmup, window = (interval + 2.0, 10.0) if settings.quick else (interval + 4.0, 30.0)
+    warmup, window = (interval + 2.0, 10.0) if settings.quick else (interval + 4.0, 20.0)
+    rounds = 1 if settings.quick else ROUNDS
     rate = m / interval
     rate_text = f"paced {rate:.0f}/s, ≤{CONCURRENCY} in flight"
-    log(f"mx: {m} checks of good.test every {interval:g} s ({rate_text})")
+    log(f"mx: {m} checks of good.test every {interval:g} s ({rate_text}), {rounds} rounds")
     config = {
         "defaults": {"interval": interval, "timeout": "5s", "max_concurrency": CONCURRENCY},
         "dns": {"nameservers": [f"{HOST}:{nsd.port}"], "timeout": "5s"},
         "mx": [{"name": f"mx-{i:04d}", "domain": "good.test"} for i in range(m)],
     }
     prof = settings.results_dir / "profile-mx" if settings.profile else None
-    a = measure_agent(settings.workdir / "agent-mx", config, "mx_check", warmup, window, prof)
     ca_unused = settings.workdir / "none.pem"
     ca_unused.touch()
-    bb = BlackboxExporter(settings.workdir / "blackbox-mx", ca_unused)
-    try:
-        bb.start()
-        target = f"{HOST}:{nsd.port}"
-        bb.check("dns_mx", target)
-        b = measure_blackbox(bb, f"{bb.url}/probe?module=dns_mx&target={target}", rate, warmup, window)
-    finally:
-        bb.stop()
+    agent_pass = functools.partial(_agent_pass, settings.workdir / "agent-mx", config, "mx_check", warmup, window, prof)
+    blackbox_pass = functools.partial(
+        _blackbox_pass,
+        settings.workdir / "blackbox-mx",
+        ca_unused,
+        "dns_mx",
+        f"{HOST}:{nsd.port}",
+        rate,
+        warmup,
+        window,
+    )
+    a, b = paired_rounds(rounds, agent_pass, blackbox_pass, results, f"mx: MX check ({rate_text})")
     _rows(results, "mx", "MX check", a, b, rate_text)
     results.note(
         "mx: an agent MX check of good.test is 5 DNS queries (MX, then A and AAAA of both exchanges); "
