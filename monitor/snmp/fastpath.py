@@ -350,8 +350,7 @@ def cell_encoder(syntax: type) -> Callable[[Raw], bytes]:
                 return _pyasn1(lambda: syntax(raw))
             if not low <= raw <= high:
                 raise NotHandled(f"{raw} outside {syntax.__name__}")
-            body = _int_body(raw)
-            return bytes((tag, len(body))) + body  # at most nine octets: a short length
+            return tlv(tag, _int_body(raw))
 
         return encode_int
 
