@@ -6,6 +6,8 @@ import logging
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress
+from operator import is_not
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from pyasn1.codec.ber import encoder as pyasn1_encoder
@@ -368,13 +370,30 @@ def cell_encoder(syntax: type) -> Callable[[Raw], bytes]:
 
 
 @dataclass(slots=True, eq=False)
-class _RowCode:
-    """A row's encoded varbinds by column position, valid while the view hands out the same cells."""
+class _ColumnCode:
+    """A column's encoded varbinds by row position, each with the row version it was encoded from.
 
-    cells: tuple[Raw, ...]
-    index: Oid
-    index_body: bytes
-    varbinds: list[bytes | None]
+    Position-aligned lists let a walk find the rows that changed since it last passed with one
+    C-level scan (`sources[i] is not cells[i]`) instead of a lookup per row."""
+
+    sources: list[tuple[Raw, ...] | None]
+    varbinds: list[bytes]
+
+
+@dataclass(slots=True, eq=False)
+class _TableCode:
+    """A table's encodings, kept across its versions while its rows keep their positions."""
+
+    indexes: Sequence[Oid]  # the index list the positions refer to
+    index_bodies: list[bytes]  # each row's index as OID sub-identifier octets
+    columns: dict[int, _ColumnCode]  # by column position
+
+    def column(self, position: int) -> _ColumnCode:
+        code = self.columns.get(position)
+        if code is None:
+            rows = len(self.indexes)
+            code = self.columns[position] = _ColumnCode([None] * rows, [b""] * rows)
+        return code
 
 
 @dataclass(slots=True, eq=False)
@@ -395,7 +414,8 @@ class _ColumnNode:
     encode: Callable[[Raw], bytes]
     counter64: bool
     visible: bool
-    rows: dict[int, _RowCode]  # id(cells) -> code, shared by the table's columns across versions
+    index_bodies: list[bytes]  # shared by the table's columns
+    code: _ColumnCode  # kept across table versions
 
 
 _Node = _ScalarNode | _ColumnNode
@@ -454,7 +474,7 @@ class FastPath(Guarded[bytes]):
         self._max_message = max_message_size
         self._compiled: _Compiled | None = None
         self._unsupported: MibTable | None = None
-        self._row_codes: dict[Oid, dict[int, _RowCode]] = {}  # table entry OID -> its rows' codes
+        self._table_codes: dict[Oid, _TableCode] = {}  # by table entry OID
         self._encoders: dict[type, Callable[[Raw], bytes]] = {}
         self._bindings: dict[bytes, _Bindings] = {}
         self._budgets: dict[tuple[int, int, int, int], int] = {}
@@ -577,18 +597,15 @@ class FastPath(Guarded[bytes]):
             j = 0
         return None
 
-    def _cell(self, node: _ColumnNode, j: int) -> bytes:
-        """The encoded varbind of row j of a column, from the row's cache when it is unchanged."""
+    @staticmethod
+    def _cell(node: _ColumnNode, j: int) -> bytes:
+        """The encoded varbind of row j of a column, from the column's code when the row is unchanged."""
         cells = node.cells[j]
-        index = node.indexes[j]
-        code = node.rows.get(id(cells))
-        if code is None or code.cells is not cells or code.index is not index:
-            code = node.rows[id(cells)] = _RowCode(cells, index, _sub_ids(index), [None] * len(cells))
-        varbind = code.varbinds[node.position]
-        if varbind is None:
-            value = node.encode(cells[node.position])
-            varbind = code.varbinds[node.position] = _name_varbind(node.key_body + code.index_body, value)
-        return varbind
+        code = node.code
+        source = code.sources[j]
+        if source is not cells:
+            _encode_row(node, code, j, cells, source)
+        return code.varbinds[j]
 
     # -- GETBULK ----------------------------------------------------------------------------
 
@@ -692,24 +709,21 @@ class FastPath(Guarded[bytes]):
             if isinstance(node, _ColumnNode) and node.visible and j < len(node.indexes):
                 stop = min(j + m, len(node.indexes))
                 m -= stop - j
-                indexes, rows, codes, position = node.indexes, node.cells, node.rows, node.position
-                encode, key_body = node.encode, node.key_body
-                for row in range(j, stop):
-                    cells = rows[row]
-                    code = codes.get(id(cells))
-                    if code is not None and code.cells is cells and code.index is indexes[row]:
-                        varbind = code.varbinds[position]
-                        if varbind is None:  # the row's code exists (another column made it): encode here
-                            varbind = code.varbinds[position] = _name_varbind(
-                                key_body + code.index_body, encode(cells[position])
-                            )
-                    else:
-                        varbind = self._cell(node, row)
-                    used += len(varbind)
-                    if used > budget:
-                        return _WalkPart(out, used, True)
-                    out.append(varbind)
-                last = node.key + indexes[stop - 1]
+                code, rows = node.code, node.cells
+                # Only rows replaced since this column was last encoded go through Python.
+                for row in compress(range(j, stop), map(is_not, code.sources[j:stop], rows[j:stop])):
+                    _encode_row(node, code, row, rows[row], code.sources[row])
+                chunk = code.varbinds[j:stop]
+                size = sum(map(len, chunk))
+                if used + size > budget:
+                    for varbind in chunk:
+                        used += len(varbind)
+                        if used > budget:
+                            return _WalkPart(out, used, True)
+                        out.append(varbind)
+                used += size
+                out += chunk
+                last = node.key + node.indexes[stop - 1]
                 j = stop
                 previous = out[-1]
                 continue
@@ -832,25 +846,34 @@ class FastPath(Guarded[bytes]):
         if not keys or len(keys) != len(raw_nodes):
             raise NotHandled("unknown MibTable layout")
         nodes: list[_Node] = []
-        trimmed: set[int] = set()
+        tables: dict[Oid, _TableCode] = {}  # checked once per compile
         for key, node in zip(keys, raw_nodes, strict=True):
             visible = self._visible(key)
             if type(node) is _Scalar:
                 nodes.append(_ScalarNode(key, tlv(0x06, oid_body(key)), self._scalar_value(key, node), visible))
             elif type(node) is _Column:
                 rows = node.rows
-                codes = self._row_codes.setdefault(key[:-1], {})
-                if id(codes) not in trimmed:
-                    trimmed.add(id(codes))
-                    _trim(codes, rows.indexes, rows.cells)
+                table_code = tables.get(key[:-1])
+                if table_code is None:
+                    table_code = tables[key[:-1]] = self._table_code(key[:-1], rows.indexes)
                 counter64 = getattr(node.syntax, "tagSet", None) == rfc1902.Counter64.tagSet
                 nodes.append(
                     _ColumnNode(key, oid_body(key), rows.indexes, rows.cells, node.position,
-                                self._encoder(node.syntax), counter64, visible, codes)
+                                self._encoder(node.syntax), counter64, visible,
+                                table_code.index_bodies, table_code.column(node.position))
                 )
             else:
                 raise NotHandled(f"unknown MIB node {type(node).__name__}")
         return _Compiled(table, keys, nodes)
+
+    def _table_code(self, entry: Oid, indexes: Sequence[Oid]) -> _TableCode:
+        """The table's code, kept while its rows keep their positions; afresh when rows came or went."""
+        code = self._table_codes.get(entry)
+        if code is not None and (code.indexes is indexes or code.indexes == indexes):
+            code.indexes = indexes
+            return code
+        code = self._table_codes[entry] = _TableCode(indexes, [_sub_ids(index) for index in indexes], {})
+        return code
 
     def _scalar_value(self, key: Oid, node: _Scalar) -> Callable[[], tuple[bytes, int]]:
         if key == SYS_UPTIME:
@@ -927,14 +950,15 @@ def _tlv_size(octets: int) -> int:
     return 2 + (octets.bit_length() + 7) // 8 + octets
 
 
-def _trim(codes: dict[int, _RowCode], indexes: Sequence[Oid], cells: Sequence[tuple[Raw, ...]]) -> None:
-    """Forget the codes of rows gone from the table once they outnumber the live ones."""
-    if len(codes) <= 2 * len(cells) + 256:
-        return
-    live: dict[int, _RowCode] = {}
-    for index, row in zip(indexes, cells, strict=True):
-        code = codes.get(id(row))
-        if code is not None and code.cells is row and code.index is index:
-            live[id(row)] = code
-    codes.clear()
-    codes.update(live)
+def _encode_row(
+    node: _ColumnNode, code: _ColumnCode, j: int, cells: tuple[Raw, ...], source: tuple[Raw, ...] | None
+) -> None:
+    """Bring row j of a column's code up to the row's current version `cells`.
+
+    A new version of a row usually changes a few cells (timings, counters): a cell equal to the
+    one it was encoded from keeps its varbind."""
+    position = node.position
+    value = cells[position]
+    if source is None or source[position] != value:
+        code.varbinds[j] = _name_varbind(node.key_body + node.index_bodies[j], node.encode(value))
+    code.sources[j] = cells

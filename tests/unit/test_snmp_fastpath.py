@@ -91,6 +91,24 @@ def filled_store(extra_probes: int = 2) -> ResultsStore:
     return store
 
 
+def count_encodings(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The raw cell values fast paths created from now on encode, in order."""
+    encoded: list[object] = []
+    cell_encoder = fastpath.cell_encoder
+
+    def counting(syntax: type) -> Callable[[Any], bytes]:
+        encode = cell_encoder(syntax)
+
+        def encode_counted(raw: Any) -> bytes:
+            encoded.append(raw)
+            return encode(raw)
+
+        return encode_counted
+
+    monkeypatch.setattr(fastpath, "cell_encoder", counting)
+    return encoded
+
+
 def fast_path_for(store: ResultsStore | Any, health: AgentHealth | None = None, **kwargs: Any) -> FastPath:
     return FastPath(MibView(store, health or AgentHealth()), subtrees=READ_SUBTREES, **kwargs)
 
@@ -671,36 +689,55 @@ class TestResponses:
         after = fast.respond(datagram)
         assert before != after
 
-    def test_changed_rows_are_encoded_again_and_unchanged_ones_are_reused(self) -> None:
+    def test_only_cells_whose_value_changed_are_encoded_again(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        encoded = count_encodings(monkeypatch)
         store = filled_store(2)
         fast = fast_path_for(store)
-        status_p0 = mib_oids.smtp_probe_oid(SmtpProbeColumn.STATUS, "p0")
-        status_p1 = mib_oids.smtp_probe_oid(SmtpProbeColumn.STATUS, "p1")
-        runs_p1 = mib_oids.smtp_probe_oid(SmtpProbeColumn.RUNS, "p1")
-        datagram = request(V2C, GET, [status_p0, status_p1, runs_p1])
+        oids = [mib_oids.smtp_probe_oid(column, name)
+                for name in ("p0", "p1") for column in (SmtpProbeColumn.STATUS, SmtpProbeColumn.HOST,
+                                                        SmtpProbeColumn.RUNS)]
+        datagram = request(V2C, GET, oids)
         before = fast.respond(datagram)
         assert before is not None
-        codes = fast._row_codes[SMTP_ENTRY]
-        p0_code = next(code for code in codes.values() if code.index == mib_oids.name_index("p0"))
+        assert len(encoded) == 6
         store.record("p1", SmtpResult("mx1.example.net", 25, "none", time.time(), False, phase=Phase.CONNECT,
                                       reason=Reason.REFUSED, error="refused"))
+        encoded.clear()
         after = fast.respond(datagram)
         assert after is not None
-        fresh = fast_path_for(store).respond(datagram)
-        assert after == fresh
-        assert varbinds(after)[0] == varbinds(before)[0]
-        assert varbinds(after)[1:] != varbinds(before)[1:]
-        assert any(code is p0_code for code in fast._row_codes[SMTP_ENTRY].values())  # kept across versions
+        # p1's status and runs changed; its host and all of p0 are served from the cache
+        assert encoded == [mib_oids.STATUS_VALUES["failed"], 1]
+        assert after == fast_path_for(store).respond(datagram)
+        unchanged, changed = (0, 1, 2, 4), (3, 5)
+        assert [varbinds(after)[i] for i in unchanged] == [varbinds(before)[i] for i in unchanged]
+        assert all(varbinds(after)[i] != varbinds(before)[i] for i in changed)
 
-    def test_the_row_cache_forgets_replaced_rows(self) -> None:
+    def test_the_cache_holds_one_encoding_per_row_however_often_rows_change(self) -> None:
         store = filled_store(2)
         fast = fast_path_for(store)
         datagram = request(V2C, GET, [mib_oids.smtp_probe_oid(SmtpProbeColumn.STATUS, "p1")])
         for _ in range(700):
             store.record("p1", SmtpResult("mx1.example.net", 25, "none", time.time(), True, total=0.01))
             assert fast.respond(datagram) is not None
-        rows = len(store.snapshot().states)
-        assert len(fast._row_codes[SMTP_ENTRY]) <= 2 * rows + 256 + 1
+        rows = sum(state.kind == "smtp" for state in store.snapshot().states.values())
+        status = (*SMTP_ENTRY, int(SmtpProbeColumn.STATUS))
+        code = next(node.code for node in fast._current().nodes if node.key == status)  # type: ignore[union-attr]
+        assert len(code.sources) == len(code.varbinds) == rows
+
+    def test_a_walk_after_rows_came_and_went_matches_a_fresh_agent(self) -> None:
+        store = filled_store(6)
+        fast = fast_path_for(store)
+        column = (*SMTP_ENTRY, int(SmtpProbeColumn.HOST))
+        walk = request(V2C, GETBULK, [column], second=20)
+        assert fast.respond(walk) is not None  # every row of the column encoded at its position
+        configs = [state.config for name, state in store.snapshot().states.items() if name != "p1"]
+        configs.append(SmtpProbeConfig(name="p2a", host="inserted.example"))  # sorts after p5, before mail-a
+        store.configure([(config, 1, 14) for config in configs])
+        again = fast.respond(walk)
+        assert again is not None
+        assert again == fast_path_for(store).respond(walk)
+        assert b"inserted.example" in again
+        assert b"mx1.example.net" not in again
 
     def test_too_big_get_and_truncated_bulk(self) -> None:
         store = filled_store(6)
@@ -774,21 +811,9 @@ class TestStalls:
     def test_a_getbulk_of_50_encodes_only_the_cells_it_returns_then_reuses_them(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        encoded: list[object] = []
-        cell_encoder = fastpath.cell_encoder
-
-        def counting(syntax: type) -> Callable[[Any], bytes]:
-            encode = cell_encoder(syntax)
-
-            def encode_counted(raw: Any) -> bytes:
-                encoded.append(raw)
-                return encode(raw)
-
-            return encode_counted
-
+        encoded = count_encodings(monkeypatch)
         store = ResultsStore(announce=False)
         store.configure([(SmtpProbeConfig(name=f"t-{i:05d}", host="mail.example"), 1, 14) for i in range(10_000)])
-        monkeypatch.setattr(fastpath, "cell_encoder", counting)
         fast = fast_path_for(store)
         assert fast.respond(request(V2C, GET, [SYS_DESCR])) is not None  # compiles the 10,000-row table
         assert encoded == []  # compiling encodes no cell
@@ -798,7 +823,6 @@ class TestStalls:
         assert cold is not None
         assert len(varbinds(cold)) == 50
         assert len(encoded) == 50
-        assert len(fast._row_codes[SMTP_ENTRY]) == 50
         warm = fast.respond(datagram)
         assert warm is not None
         assert len(encoded) == 50  # every cell came from the row cache
