@@ -36,7 +36,7 @@ def probe_entries(config: Config) -> list[tuple[ProbeConfig, int, int]]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # readers may cache by state without pinning it
 class ProbeState:
     """Everything known about one probe; replaced, never mutated, on every write."""
 

@@ -6,6 +6,7 @@ import math
 import socket
 import struct
 import time
+import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -566,31 +567,59 @@ class MibTable:
         return sum(1 if isinstance(n, _Scalar) else len(n.rows.indexes) for n in self._nodes)
 
 
+RowInputs = tuple[object, ...]
+
+
+def row_inputs(state: ProbeState) -> RowInputs:
+    """What a row's cells are made from, by value or by long-lived reference (the config).
+
+    A run is known by its start time, a handshake by its time: the key holds neither result
+    nor TLS facts, so keeping it keeps no previous result alive."""
+    result = state.last_result
+    return (
+        state.config,
+        None if result is None else (type(result), result.started_at),
+        state.status,
+        state.runs,
+        state.failures,
+        state.consecutive_failures,
+        state.last_success,
+        state.last_change,
+        state.last_tls_at if state.last_tls is not None else None,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _CachedRow:
-    """A row's cells, valid while the store hands out the identical ProbeState object."""
+    """A row's cells and what they were made from.
 
-    state: ProbeState
+    The state is held weakly: between two rebuilds the store replaces every state that ran, and a
+    strong reference here would keep each one's previous result (TLS facts, chain) alive until
+    the next SNMP request, tens of MiB with 10,000 probes."""
+
+    made_from: weakref.ref[ProbeState]
+    inputs: RowInputs
+    failed: bool
     index: Oid
     cells: tuple[Raw, ...]
     exchanges: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()
     addresses: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # mxAddressTable or smtpAddressTable rows
 
+    @classmethod
+    def of(
+        cls,
+        state: ProbeState,
+        index: Oid,
+        cells: tuple[Raw, ...],
+        exchanges: tuple[tuple[Oid, tuple[Raw, ...]], ...] = (),
+        addresses: tuple[tuple[Oid, tuple[Raw, ...]], ...] = (),
+    ) -> _CachedRow:
+        failed = state.status is Status.FAILED
+        return cls(weakref.ref(state), row_inputs(state), failed, index, cells, exchanges, addresses)
 
-def _same_inputs(old: ProbeState, new: ProbeState) -> bool:
-    """Whether a replaced state still yields the same cells (a reload keeps config and result)."""
-    return (
-        old.config is new.config
-        and old.last_result is new.last_result
-        and old.status is new.status
-        and old.runs == new.runs
-        and old.failures == new.failures
-        and old.consecutive_failures == new.consecutive_failures
-        and old.last_success == new.last_success
-        and old.last_change == new.last_change
-        and old.last_tls is new.last_tls
-        and old.last_tls_at == new.last_tls_at
-    )
+    def made_of(self, state: ProbeState) -> bool:
+        """Whether this row was made from `state` itself."""
+        return self.made_from() is state
 
 
 RowMaker = Callable[[str, ProbeState, "_CachedRow | None"], _CachedRow]
@@ -617,13 +646,13 @@ class _RowTable:
         for name, state in changed:
             old = rows.get(name)
             rows[name] = self._make(name, state, old)
-            self.failed += (state.status is Status.FAILED) - (old is not None and old.state.status is Status.FAILED)
+            self.failed += (state.status is Status.FAILED) - (old is not None and old.failed)
         if len(rows) != count or any(name not in self._position for name, _ in changed):
             # Rows came or went (a reload): sort again. Index order is length, then octets.
             if len(rows) != count:
                 kind = self.kind
                 self.rows = rows = {name: rows[name] for name, s in snapshot.states.items() if s.kind == kind}
-                self.failed = sum(row.state.status is Status.FAILED for row in rows.values())
+                self.failed = sum(row.failed for row in rows.values())
             self.order = sorted(rows, key=lambda name: rows[name].index)
             self._position = {name: i for i, name in enumerate(self.order)}
             self.indexes = [rows[name].index for name in self.order]
@@ -715,11 +744,11 @@ class MibView:
             if state.kind == "smtp":
                 smtp_count += 1
                 old = smtp_rows.get(name)
-                if old is None or old.state is not state:
+                if old is None or not old.made_of(state):
                     smtp_changed.append((name, state))
             else:
                 old = mx_rows.get(name)
-                if old is None or old.state is not state:
+                if old is None or not old.made_of(state):
                     mx_changed.append((name, state))
         mx_count = len(snapshot.states) - smtp_count
         if self._smtp.apply(smtp_changed, smtp_count, snapshot):
@@ -764,19 +793,19 @@ class MibView:
         return MibTable(snapshot.version, nodes)
 
     def _smtp_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
-        if old is not None and _same_inputs(old.state, state):
-            return _CachedRow(state, old.index, old.cells, addresses=old.addresses)
+        if old is not None and old.inputs == row_inputs(state):  # a reload keeps config and result
+            return _CachedRow.of(state, old.index, old.cells, addresses=old.addresses)
         index = old.index if old is not None else mib_oids.name_index(name)
         result = state.last_result if isinstance(state.last_result, SmtpResult) else None
         cells = smtp_probe_row(state, self._default_interval)
-        return _CachedRow(state, index, cells, addresses=tuple(smtp_address_rows(index, result)))
+        return _CachedRow.of(state, index, cells, addresses=tuple(smtp_address_rows(index, result)))
 
     def _mx_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
-        if old is not None and _same_inputs(old.state, state):
-            return _CachedRow(state, old.index, old.cells, old.exchanges, old.addresses)
+        if old is not None and old.inputs == row_inputs(state):
+            return _CachedRow.of(state, old.index, old.cells, old.exchanges, old.addresses)
         index = old.index if old is not None else mib_oids.name_index(name)
         result = state.last_result if isinstance(state.last_result, MxResult) else None
-        return _CachedRow(
+        return _CachedRow.of(
             state, index, mx_check_row(state),
             tuple(mx_exchange_rows(index, result)), tuple(mx_address_rows(index, result)),
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import time
+import weakref
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -325,6 +327,30 @@ class TestSnapshotChanges:
         store.configure([(smtp("a"), 1, 14), (mx("m"), 1, 14)])
         assert int(read(view, mib_oids.scalar_oid(Scalar.PROBES_FAILED))) == 0
         assert int(read(view, mib_oids.scalar_oid(Scalar.MX_CHECKS_FAILED))) == 1
+
+    def test_a_replaced_state_and_its_result_are_not_kept_alive_until_the_next_request(self) -> None:
+        store = store_with(smtp("a"))
+        view = view_of(store)
+        store.record("a", ok_smtp(tls=tls_info()))
+        view.current()  # the row is made from the state holding this result
+        previous = weakref.ref(store.snapshot().states["a"])
+        store.record("a", failed_smtp())  # no SNMP request follows: the view is not rebuilt
+        gc.collect()
+        assert previous() is None
+        assert int(read(view, mib_oids.smtp_probe_oid(SmtpProbeColumn.STATUS, "a"))) == mib_oids.STATUS_VALUES["failed"]
+
+    def test_a_reload_that_keeps_config_and_result_keeps_the_row(self) -> None:
+        config = smtp("a")
+        store = store_with(config, smtp("b"))
+        view = view_of(store)
+        store.record("a", ok_smtp())
+        before = view.current()
+        row = view._smtp.rows["a"].cells
+        store.configure([(config, 1, 14)])  # a reload without "b": "a" gets a new state, same inputs
+        after = view.current()
+        assert after.version > before.version
+        assert view._smtp.rows["a"].cells is row
+        assert after.get(mib_oids.smtp_probe_oid(SmtpProbeColumn.NAME, "b")) is None
 
     def test_same_version_same_table(self) -> None:
         store = store_with(smtp("a"))
