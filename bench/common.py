@@ -139,6 +139,31 @@ def peak_rss_mib(pid: int) -> float:
     return _tree_sum(pid, lambda p: status_field(p, "VmHWM")) / 1024
 
 
+def _pss_mib(pid: int) -> float:
+    """Proportional set size: shared pages divided among the processes that map them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
+def rss_split(pid: int) -> str:
+    """Each process of the tree: RSS now, its peak, and how much of it is file-backed (shared
+    libraries, counted again in every process that maps them)."""
+    parts = []
+    for p in sorted({pid} | descendants(pid)):
+        try:
+            rss, hwm, file = (status_field(p, field) / 1024 for field in ("VmRSS", "VmHWM", "RssFile"))
+        except (OSError, KeyError):
+            continue
+        pss = _pss_mib(p)
+        parts.append(f"pid {p}: {rss:.0f} MiB (peak {hwm:.0f}, files {file:.0f}, PSS {pss:.0f})")
+    return "; ".join(parts)
+
+
 def open_fds(pid: int) -> int:
     """Open file descriptors of `pid` and its descendants."""
     return _tree_sum(pid, lambda p: len(os.listdir(f"/proc/{p}/fd")))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from bench.peers import Peers
 from bench.scale import probe_mix
 from monitor import mib_oids
 from tests.peers.ports import free_udp_port
+from tests.peers.procs import descendants, read_pid_file
 
 PHASES = ("connect", "banner")
 NOISY_BASELINE_MS = 10.0  # loopback connect/banner p99 on an idle 2-core machine is well below this
@@ -49,6 +52,7 @@ class Sampler:
     db: Path
     seen: dict[str, float] = field(default_factory=dict)
     runs: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (started_at, phase timings)
+    details: list[dict[str, Any]] = field(default_factory=list)  # every run's result fields that explain a time
 
     def take(self, record: bool = True) -> None:
         uri = f"file:{self.db}?mode=ro"
@@ -63,6 +67,8 @@ class Sampler:
             timings = result.get("timings", {})
             if record:
                 self.runs.append((float(started), {p: float(timings[p]) for p in PHASES if p in timings}))
+                keep = ("started_at", "timings", "timing_source", "tls_mode", "ok", "reason")
+                self.details.append({"name": name, **{k: result[k] for k in keep if k in result}})
 
 
 KINDS = ("quiet", "loaded", "burn")
@@ -197,6 +203,41 @@ def _slice(
     slices.wall[kind] += cpu.wall
 
 
+def _pin_tree(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` and its descendants onto `cpus` (children forked later inherit it)."""
+    for member in {pid} | descendants(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{member}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task.name), cpus)
+
+
+@contextlib.contextmanager
+def _peers_apart(peer_roots: list[int], agent_pid: int) -> Iterator[str]:
+    """The peers on the first CPU, the agent and the load (this thread's children) on the others.
+
+    Sharing every CPU, the loaded spans slow Postfix itself: greetings come later, truly, and the
+    kernel-stamped banner times report that. Apart, what is left is what the agent's own load
+    does to its measurements: its probe process shares its CPUs with SNMP, scrapes and the load."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        yield "one CPU: peers and agent share it"
+        return
+    peers, ours = {cpus[0]}, set(cpus[1:])
+    for root in peer_roots:
+        _pin_tree(root, peers)
+    _pin_tree(agent_pid, ours)
+    os.sched_setaffinity(0, ours)  # this thread: the load's subprocesses and threads inherit it
+    try:
+        yield f"peers (Postfix) on CPU {cpus[0]}, the agent and the load on CPU {','.join(map(str, sorted(ours)))}"
+    finally:
+        everything = set(cpus)
+        os.sched_setaffinity(0, everything)
+        for root in peer_roots:
+            _pin_tree(root, everything)
+        _pin_tree(agent_pid, everything)
+
+
 def run(settings: Settings, peers: Peers, results: Results) -> None:
     postfix = peers.postfix
     n, interval = (1_000, 10.0) if settings.quick else (2_000, 20.0)
@@ -211,12 +252,16 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
         config["snmp"] = snmp_tools.agent_snmp_config(snmp_port)
     log(f"honesty: {n} probes (half STARTTLS, half plain) every {interval:g} s")
     agent = AgentProcess(settings.workdir / "agent-honesty", config)
+    apart = contextlib.ExitStack()
     try:
         agent.start()
+        master = read_pid_file(postfix.pid_file)
+        placement = apart.enter_context(_peers_apart([master] if master is not None else [], agent.pid))
+        log(f"honesty: {placement}")
         time.sleep(interval + 3.0)
         if not (agent.workdir / "state" / STATE_DB).is_file():
             raise RuntimeError("no state database to sample probe timings from (monitor/persistence.py)")
-        log(f"honesty: {pairs} x ({slice_s:g} s quiet, {slice_s:g} s loaded); timings from the state database")
+        log(f"honesty: {pairs} x ({slice_s:g} s quiet, loaded, burn); timings from the state database")
         sampler = Sampler(agent.workdir / "state" / STATE_DB)
         sampler.take(record=False)
         slices = Slices()
@@ -231,6 +276,9 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
             _slice(agent, "burn", slice_s, sampler, slices, Burn(burns[-1]))
         time.sleep(SAMPLE_EVERY + 1.0)  # the agent's next save holds the last runs
         sampler.take()
+        raw = settings.workdir / "honesty-runs.json"  # to look into a tail: which runs, when, timed how
+        raw.write_text(json.dumps({"spans": slices.spans, "runs": sampler.details}))
+        results.note(f"honesty: every run's timings, timing sources and the spans: {raw}")
         values: dict[str, dict[str, list[float]]] = {k: {p: [] for p in PHASES} for k in KINDS}
         for started, timings in sampler.runs:
             kind = slices.kind_at(started)
@@ -250,6 +298,7 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
             f"using {', '.join(f'{b:.2f}' for b in burns)} cores (the loaded spans' extra machine CPU so far). "
             "Other processes' load adds to every kind alike."
         )
+        results.note(f"honesty: {placement}")
         results.note(
             "honesty: connect and banner end at kernel timestamps (TCP_INFO handshake RTT, SO_TIMESTAMPNS of the "
             "greeting): a late-scheduled probe process does not lengthen them, a server slowed by a busy machine "
@@ -279,6 +328,7 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
                 )
             _burn_rows(results, phase, values)
     finally:
+        apart.close()
         agent.stop()
 
 
