@@ -600,11 +600,9 @@ class FastPath(Guarded[bytes]):
     @staticmethod
     def _cell(node: _ColumnNode, j: int) -> bytes:
         """The encoded varbind of row j of a column, from the column's code when the row is unchanged."""
-        cells = node.cells[j]
         code = node.code
-        source = code.sources[j]
-        if source is not cells:
-            _encode_row(node, code, j, cells, source)
+        if code.sources[j] is not node.cells[j]:
+            _encode_row(node, j)
         return code.varbinds[j]
 
     # -- GETBULK ----------------------------------------------------------------------------
@@ -712,7 +710,7 @@ class FastPath(Guarded[bytes]):
                 code, rows = node.code, node.cells
                 # Only rows replaced since this column was last encoded go through Python.
                 for row in compress(range(j, stop), map(is_not, code.sources[j:stop], rows[j:stop])):
-                    _encode_row(node, code, row, rows[row], code.sources[row])
+                    _encode_row(node, row)
                 chunk = code.varbinds[j:stop]
                 size = sum(map(len, chunk))
                 if used + size > budget:
@@ -950,15 +948,13 @@ def _tlv_size(octets: int) -> int:
     return 2 + (octets.bit_length() + 7) // 8 + octets
 
 
-def _encode_row(
-    node: _ColumnNode, code: _ColumnCode, j: int, cells: tuple[Raw, ...], source: tuple[Raw, ...] | None
-) -> None:
-    """Bring row j of a column's code up to the row's current version `cells`.
+def _encode_row(node: _ColumnNode, j: int) -> None:
+    """Bring row j of a column's code up to the row's current version.
 
     A new version of a row usually changes a few cells (timings, counters): a cell equal to the
     one it was encoded from keeps its varbind."""
-    position = node.position
-    value = cells[position]
+    code, cells, position = node.code, node.cells[j], node.position
+    source, value = code.sources[j], cells[position]
     if source is None or source[position] != value:
         code.varbinds[j] = _name_varbind(node.key_body + node.index_bodies[j], node.encode(value))
     code.sources[j] = cells

@@ -11,7 +11,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from pysnmp.proto import rfc1902
 
@@ -567,26 +567,36 @@ class MibTable:
         return sum(1 if isinstance(n, _Scalar) else len(n.rows.indexes) for n in self._nodes)
 
 
-RowInputs = tuple[object, ...]
-
-
-def row_inputs(state: ProbeState) -> RowInputs:
+class RowInputs(NamedTuple):
     """What a row's cells are made from, by value or by long-lived reference (the config).
 
     A run is known by its start time, a handshake by its time: the key holds neither result
     nor TLS facts, so keeping it keeps no previous result alive."""
-    result = state.last_result
-    return (
-        state.config,
-        None if result is None else (type(result), result.started_at),
-        state.status,
-        state.runs,
-        state.failures,
-        state.consecutive_failures,
-        state.last_success,
-        state.last_change,
-        state.last_tls_at if state.last_tls is not None else None,
-    )
+
+    config: object
+    run: tuple[type, float] | None
+    status: Status
+    runs: int
+    failures: int
+    consecutive_failures: int
+    last_success: float | None
+    last_change: float | None
+    tls_at: float | None
+
+    @classmethod
+    def of(cls, state: ProbeState) -> RowInputs:
+        result = state.last_result
+        return cls(
+            state.config,
+            None if result is None else (type(result), result.started_at),
+            state.status,
+            state.runs,
+            state.failures,
+            state.consecutive_failures,
+            state.last_success,
+            state.last_change,
+            state.last_tls_at if state.last_tls is not None else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,7 +609,6 @@ class _CachedRow:
 
     made_from: weakref.ref[ProbeState]
     inputs: RowInputs
-    failed: bool
     index: Oid
     cells: tuple[Raw, ...]
     exchanges: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()
@@ -614,8 +623,11 @@ class _CachedRow:
         exchanges: tuple[tuple[Oid, tuple[Raw, ...]], ...] = (),
         addresses: tuple[tuple[Oid, tuple[Raw, ...]], ...] = (),
     ) -> _CachedRow:
-        failed = state.status is Status.FAILED
-        return cls(weakref.ref(state), row_inputs(state), failed, index, cells, exchanges, addresses)
+        return cls(weakref.ref(state), RowInputs.of(state), index, cells, exchanges, addresses)
+
+    @property
+    def failed(self) -> bool:
+        return self.inputs.status is Status.FAILED
 
     def made_of(self, state: ProbeState) -> bool:
         """Whether this row was made from `state` itself."""
@@ -793,7 +805,7 @@ class MibView:
         return MibTable(snapshot.version, nodes)
 
     def _smtp_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
-        if old is not None and old.inputs == row_inputs(state):  # a reload keeps config and result
+        if old is not None and old.inputs == RowInputs.of(state):  # a reload keeps config and result
             return _CachedRow.of(state, old.index, old.cells, addresses=old.addresses)
         index = old.index if old is not None else mib_oids.name_index(name)
         result = state.last_result if isinstance(state.last_result, SmtpResult) else None
@@ -801,7 +813,7 @@ class MibView:
         return _CachedRow.of(state, index, cells, addresses=tuple(smtp_address_rows(index, result)))
 
     def _mx_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
-        if old is not None and old.inputs == row_inputs(state):
+        if old is not None and old.inputs == RowInputs.of(state):
             return _CachedRow.of(state, old.index, old.cells, old.exchanges, old.addresses)
         index = old.index if old is not None else mib_oids.name_index(name)
         result = state.last_result if isinstance(state.last_result, MxResult) else None
