@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -229,10 +230,12 @@ class ProbeExposition:
     instead of once per scrape: a scrape of 10,000 probes re-formats only the probes that ran
     since the last one (none, when MetricsServer warmed the cache between scrapes). Lines are
     kept encoded, one bytes object per probe and family: 10,000 probes hold ~20 MB of text, and
-    one string per line cost three times that in object headers."""
+    one string per line cost three times that in object headers. States are held weakly: between
+    two scrapes the store replaces every state that ran, and the previous ones (with their results)
+    must not live on here until the next scrape."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[ProbeState, dict[str, bytes]]] = {}
+        self._cache: dict[str, tuple[weakref.ref[ProbeState], dict[str, bytes]]] = {}
         self.formatted = 0  # states formatted so far, by render or warm
 
     def warm(self, states: Iterator[ProbeState], deadline: float) -> bool:
@@ -242,8 +245,8 @@ class ProbeExposition:
         cache = self._cache
         for state in states:
             hit = cache.get(state.name)
-            if hit is None or hit[0] is not state:
-                cache[state.name] = (state, _format_state(state))
+            if hit is None or hit[0]() is not state:
+                cache[state.name] = (weakref.ref(state), _format_state(state))
                 self.formatted += 1
                 if time.perf_counter() >= deadline:
                     return False
@@ -267,11 +270,11 @@ class ProbeExposition:
         """The exposition as the cached pieces, in order: written out one by one, a scrape of 10,000
         probes never needs a 20 MB buffer (glibc keeps such buffers once a worker thread freed one)."""
         by_family: dict[str, list[bytes]] = {name: [] for name in PROBE_FAMILIES}
-        cache: dict[str, tuple[ProbeState, dict[str, bytes]]] = {}
+        cache: dict[str, tuple[weakref.ref[ProbeState], dict[str, bytes]]] = {}
         for state in states:
             hit = self._cache.get(state.name)
-            if hit is None or hit[0] is not state:
-                hit = (state, _format_state(state))
+            if hit is None or hit[0]() is not state:
+                hit = (weakref.ref(state), _format_state(state))
                 self.formatted += 1
             cache[state.name] = hit
             for family_name, text in hit[1].items():

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import shutil
 import subprocess
 import time
+import weakref
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -337,6 +339,18 @@ class TestProbeExposition:
         labels = frozenset({("probe", "relay"), ("phase", "banner"), ("reason", "timeout")})
         key = ("smtp_probe_failures_total", labels)
         assert after[key] == 1.0
+
+    def test_a_replaced_state_is_not_kept_alive_until_the_next_scrape(self) -> None:
+        store = populated_store()
+        exposition = ProbeExposition()
+        exposition.render(store.snapshot().states.values())
+        previous = weakref.ref(store.snapshot().states["relay"])
+        store.record("relay", smtp_failed(Phase.BANNER, Reason.TIMEOUT))  # no scrape follows
+        gc.collect()
+        assert previous() is None
+        after = parsed(exposition.render(store.snapshot().states.values()).decode())
+        labels = frozenset({("probe", "relay"), ("phase", "banner"), ("reason", "timeout")})
+        assert after[("smtp_probe_failures_total", labels)] == 1.0
 
     def test_removed_probes_disappear(self) -> None:
         store = populated_store()
