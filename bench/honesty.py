@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -51,8 +52,7 @@ class Sampler:
 
     db: Path
     seen: dict[str, float] = field(default_factory=dict)
-    runs: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (started_at, phase timings)
-    details: list[dict[str, Any]] = field(default_factory=list)  # every run's result fields that explain a time
+    runs: list[dict[str, Any]] = field(default_factory=list)  # each run's result fields that explain its times
 
     def take(self, record: bool = True) -> None:
         uri = f"file:{self.db}?mode=ro"
@@ -64,11 +64,9 @@ class Sampler:
             if started is None or self.seen.get(name) == started:
                 continue
             self.seen[name] = started
-            timings = result.get("timings", {})
             if record:
-                self.runs.append((float(started), {p: float(timings[p]) for p in PHASES if p in timings}))
                 keep = ("started_at", "timings", "timing_source", "tls_mode", "ok", "reason")
-                self.details.append({"name": name, **{k: result[k] for k in keep if k in result}})
+                self.runs.append({"name": name, **{k: result[k] for k in keep if k in result}})
 
 
 KINDS = ("quiet", "loaded", "burn")
@@ -277,14 +275,16 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
         time.sleep(SAMPLE_EVERY + 1.0)  # the agent's next save holds the last runs
         sampler.take()
         raw = settings.workdir / "honesty-runs.json"  # to look into a tail: which runs, when, timed how
-        raw.write_text(json.dumps({"spans": slices.spans, "runs": sampler.details}))
+        raw.write_text(json.dumps({"spans": slices.spans, "runs": sampler.runs}))
         results.note(f"honesty: every run's timings, timing sources and the spans: {raw}")
         values: dict[str, dict[str, list[float]]] = {k: {p: [] for p in PHASES} for k in KINDS}
-        for started, timings in sampler.runs:
-            kind = slices.kind_at(started)
+        for run in sampler.runs:
+            kind = slices.kind_at(run["started_at"])
             if kind is not None:
-                for phase, seconds in timings.items():
-                    values[kind][phase].append(seconds)
+                timings = run.get("timings", {})
+                for phase in PHASES:
+                    if phase in timings:
+                        values[kind][phase].append(float(timings[phase]))
         scrapes = sum(x.scrapes for x in loads)
         load_text = f"{scrapes} scrapes ({sum(x.scrape_failures for x in loads)} failed)"
         if with_snmp:
@@ -302,57 +302,40 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
         results.note(
             "honesty: connect and banner end at kernel timestamps (TCP_INFO handshake RTT, SO_TIMESTAMPNS of the "
             "greeting): a late-scheduled probe process does not lengthen them, a server slowed by a busy machine "
-            "does. The burn rows tell the two apart: what loaded adds beyond burn is what SNMP and scrapes add "
-            "beyond taking the same CPU from the peers."
+            "does. The burn spans use as much extra CPU as the loaded ones with no SNMP and no scrapes: what "
+            "loaded adds beyond burn is what serving SNMP and scrapes adds beyond using that CPU."
         )
         for phase in PHASES:
-            q, b = values["quiet"][phase], values["loaded"][phase]
-            for name, qv in (("p50", 0.5), ("p99", 0.99)):
-                base, loaded = 1000 * percentile(q, qv), 1000 * percentile(b, qv)
-                inflation = loaded - base
-                ok = (inflation < 2.0) if name == "p99" else None
-                note = f"{base:.2f} ms quiet ({len(q)} runs) → {loaded:.2f} ms loaded ({len(b)} runs)"
-                if ok is not None and base > NOISY_BASELINE_MS:
-                    ok = None  # a loopback connect/banner p99 this high is the machine's noise, not a verdict
-                    note += f"; inconclusive: the quiet p99 is above {NOISY_BASELINE_MS:g} ms"
-                results.add(
-                    Row(
-                        "honesty",
-                        f"{phase} {name} inflation under load",
-                        inflation,
-                        "ms",
-                        target="< 2 ms" if name == "p99" else "",
-                        ok=ok,
-                        note=note,
-                    )
-                )
-            _burn_rows(results, phase, values)
+            shift = functools.partial(_shift_row, results, values, phase)
+            shift("p50", "quiet", "loaded", f"{phase} p50 inflation under load")
+            shift("p99", "quiet", "loaded", f"{phase} p99 inflation under load", judged=True)
+            shift("p99", "quiet", "burn", f"{phase} p99 inflation by an equal CPU burn (no SNMP, no scrapes)")
+            shift("p99", "burn", "loaded", f"{phase} p99, loaded beyond the equal CPU burn", judged=True,
+                  why="; what SNMP and scrapes add beyond their CPU")
     finally:
         apart.close()
         agent.stop()
 
 
-def _burn_rows(results: Results, phase: str, values: dict[str, dict[str, list[float]]]) -> None:
-    """p99 under the CPU burn against quiet, and loaded against burn: contention versus distortion."""
-    q, b, c = (values[kind][phase] for kind in KINDS)
-    quiet, loaded, burn = (1000 * percentile(v, 0.99) for v in (q, b, c))
-    results.add(
-        Row(
-            "honesty",
-            f"{phase} p99 inflation by an equal CPU burn (no SNMP, no scrapes)",
-            burn - quiet,
-            "ms",
-            note=f"{quiet:.2f} ms quiet → {burn:.2f} ms burn ({len(c)} runs); the peers' share of a busy machine",
-        )
-    )
-    results.add(
-        Row(
-            "honesty",
-            f"{phase} p99, loaded beyond the equal CPU burn",
-            loaded - burn,
-            "ms",
-            target="< 2 ms",
-            ok=None if quiet > NOISY_BASELINE_MS else loaded - burn < 2.0,
-            note=f"{burn:.2f} ms burn → {loaded:.2f} ms loaded; what SNMP and scrapes add beyond their CPU",
-        )
-    )
+def _shift_row(
+    results: Results,
+    values: dict[str, dict[str, list[float]]],
+    phase: str,
+    stat: str,
+    before: str,
+    after: str,
+    figure: str,
+    judged: bool = False,
+    why: str = "",
+) -> None:
+    """How far `stat` (p50 or p99) of `phase` moved from the spans of kind `before` to those of `after`."""
+    q = {"p50": 0.5, "p99": 0.99}[stat]
+    first, then = values[before][phase], values[after][phase]
+    base, moved = 1000 * percentile(first, q), 1000 * percentile(then, q)
+    note = f"{base:.2f} ms {before} ({len(first)} runs) → {moved:.2f} ms {after} ({len(then)} runs){why}"
+    ok = moved - base < 2.0 if judged else None
+    if judged and 1000 * percentile(values["quiet"][phase], q) > NOISY_BASELINE_MS:
+        ok = None  # a loopback connect/banner p99 this high is the machine's noise, not a verdict
+        note += f"; inconclusive: the quiet {stat} is above {NOISY_BASELINE_MS:g} ms"
+    target = "< 2 ms" if judged else ""
+    results.add(Row("honesty", figure, moved - base, "ms", target=target, ok=ok, note=note))
