@@ -303,11 +303,12 @@ class Notifier:
         rcv.queue.put_nowait((notification, outbox_id))
 
     def _finish(self, rcv: _Receiver, item: tuple[Notification, int | None], outcome: str, detail: str = "") -> None:
-        """A final outcome: count and log it, and release the outbox entry."""
+        """A final outcome: release the outbox entry, then count and log it (a counted outcome is
+        already durable, so a kill -9 after it never sends the notification again)."""
         notification, outbox_id = item
-        self._outcome(rcv, notification, outcome, detail)
         if outbox_id is not None and self.on_final is not None:
             self.on_final(outbox_id)
+        self._outcome(rcv, notification, outcome, detail)
 
     async def start(self) -> None:
         """Create every receiver's engine and start its sender task."""

@@ -50,6 +50,12 @@ class TestNotificationsAcrossRestarts:
         postfix.pause()
         wait_count(trap_receiver, FAILED_OID, 1)
         assert "relay" in trap_receiver.wait_for(FAILED_OID)
+        # coldStart and the failure acknowledged: a kill before the ack would rightly resend
+        receiver = f"127.0.0.1:{trap_receiver.port}"
+        agent.wait_until(
+            lambda: agent.value("smtp_monitor_notifications_total", receiver=receiver, outcome="acknowledged") == 2.0,
+            5, "failure inform not counted as acknowledged",
+        )
 
         assert agent.proc is not None
         agent.proc.kill()  # SIGKILL while the probe is failed
@@ -64,7 +70,6 @@ class TestNotificationsAcrossRestarts:
         wait_count(trap_receiver, RECOVERED_OID, 1)
         time.sleep(1.0)
         assert count(trap_receiver, RECOVERED_OID) == 1
-        receiver = f"127.0.0.1:{trap_receiver.port}"
         # coldStart and the recovery since the restart; the ack is counted just after snmptrapd logs
         agent.wait_until(
             lambda: agent.value("smtp_monitor_notifications_total", receiver=receiver, outcome="acknowledged") == 2.0,

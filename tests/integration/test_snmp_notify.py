@@ -234,6 +234,25 @@ class TestV2cInform:
         assert re.search(_trap_oid_pattern(mib.Notification.SMTP_PROBE_RECOVERED), lines[1])
         assert health.notifications == {(f"127.0.0.1:{receiver.port}", "acknowledged"): 2}
 
+    def test_an_acknowledged_inform_leaves_the_outbox_before_it_is_counted(self, receiver: TrapReceiver) -> None:
+        # A counted ack must already be durable: a kill -9 after the count never resends it.
+        counted_at_release: list[tuple[int, dict[tuple[str, str], int]]] = []
+
+        async def scenario(notifier: Notifier, health: AgentHealth) -> None:
+            notifier.on_final = lambda outbox_id: counted_at_release.append((outbox_id, dict(health.notifications)))
+            store = _smtp_store()
+            prepared: list[tuple[int, str, dict[str, Any]]] = []
+            store.subscribe(lambda event: prepared.extend((7, *item) for item in notifier.prepare(event)))
+            for _ in range(2):
+                store.record("mail-a", _failing())
+            notifier.enqueue_prepared(prepared)
+            assert await notifier.drain(SEE)
+            assert health.notifications == {(f"127.0.0.1:{receiver.port}", "acknowledged"): 1}
+
+        _run([_receiver(receiver.port, kind="inform")], scenario)
+
+        assert counted_at_release == [(7, {})]
+
 
 class TestV3Inform:
     def test_authpriv_sha_aes_informs_are_acknowledged_by_snmptrapd(self, receiver: TrapReceiver) -> None:
