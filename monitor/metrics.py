@@ -229,13 +229,14 @@ class ProbeExposition:
     Same samples as StoreCollector (both come from state_samples), formatted once per state
     instead of once per scrape: a scrape of 10,000 probes re-formats only the probes that ran
     since the last one (none, when MetricsServer warmed the cache between scrapes). Lines are
-    kept encoded, one bytes object per probe and family: 10,000 probes hold ~20 MB of text, and
-    one string per line cost three times that in object headers. States are held weakly: between
+    kept encoded, one bytes object per probe and family, in a tuple aligned with the families of
+    the probe's kind: 10,000 probes hold ~20 MB of text; one string per line cost three times that
+    in object headers, and a dict per probe 3 MB more than the tuple. States are held weakly: between
     two scrapes the store replaces every state that ran, and the previous ones (with their results)
     must not live on here until the next scrape."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[weakref.ref[ProbeState], dict[str, bytes]]] = {}
+        self._cache: dict[str, tuple[weakref.ref[ProbeState], tuple[bytes, ...]]] = {}
         self.formatted = 0  # states formatted so far, by render or warm
 
     def warm(self, states: Iterator[ProbeState], deadline: float) -> bool:
@@ -269,26 +270,29 @@ class ProbeExposition:
     def render_chunks(self, states: Iterable[ProbeState], tail: bytes = b"") -> list[bytes]:
         """The exposition as the cached pieces, in order: written out one by one, a scrape of 10,000
         probes never needs a 20 MB buffer (glibc keeps such buffers once a worker thread freed one)."""
-        by_family: dict[str, list[bytes]] = {name: [] for name in PROBE_FAMILIES}
-        cache: dict[str, tuple[weakref.ref[ProbeState], dict[str, bytes]]] = {}
+        by_family: list[list[bytes]] = [[] for _ in PROBE_FAMILIES]
+        cache: dict[str, tuple[weakref.ref[ProbeState], tuple[bytes, ...]]] = {}
         for state in states:
             hit = self._cache.get(state.name)
             if hit is None or hit[0]() is not state:
                 hit = (weakref.ref(state), _format_state(state))
                 self.formatted += 1
             cache[state.name] = hit
-            for family_name, text in hit[1].items():
-                by_family[family_name].append(text)
+            offset = _FAMILY_OFFSET[state.kind]
+            for i, text in enumerate(hit[1]):
+                if text:
+                    by_family[offset + i].append(text)
         self._cache = cache  # drops removed probes
         out: list[bytes] = []
-        for name in PROBE_FAMILIES:
+        for name, texts in zip(PROBE_FAMILIES, by_family, strict=True):
             out.append(_HEADERS[name])
-            out += by_family[name]
+            out += texts
         out.append(tail)
         return out
 
 
-def _format_state(state: ProbeState) -> dict[str, bytes]:
+def _format_state(state: ProbeState) -> tuple[bytes, ...]:
+    """The state's lines, one bytes object per family of its kind, in _FAMILY_ORDER (b"" for none)."""
     lines: dict[str, list[str]] = {}
     for family_name, labels, value in state_samples(state):
         number = repr(float(value))  # exact, and much cheaper than the library's formatting
@@ -298,7 +302,12 @@ def _format_state(state: ProbeState) -> dict[str, bytes]:
         if "\\" in joined or '"' in joined or "\n" in joined:
             labels = tuple(map(_escape_label, labels))
         lines.setdefault(family_name, []).append(_LINE_TEMPLATES[family_name] % (*labels, number))
-    return {family_name: "".join(texts).encode() for family_name, texts in lines.items()}
+    return tuple("".join(lines[name]).encode() if name in lines else b"" for name in _FAMILY_ORDER[state.kind])
+
+
+# A probe's cached lines follow its kind's families; PROBE_FAMILIES lists SMTP's, then MX's.
+_FAMILY_ORDER = {"smtp": tuple(SMTP_FAMILIES), "mx": tuple(MX_FAMILIES)}
+_FAMILY_OFFSET = {"smtp": 0, "mx": len(SMTP_FAMILIES)}
 
 
 # 'name{label="%s",...} %s\n' per family: one %-format per line instead of joining label pairs.

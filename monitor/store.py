@@ -12,6 +12,7 @@ from typing import Literal
 
 from monitor.config import Config, MxCheckConfig, SmtpProbeConfig
 from monitor.results import MxResult, ProbeResult, SmtpResult, Status, TlsInfo
+from monitor.shared_facts import SharedFacts
 
 log = logging.getLogger("smtp_monitor.store")
 
@@ -97,6 +98,7 @@ class ResultsStore:
         self._version = 0
         self._snapshot: Snapshot | None = None
         self._subscribers: list[Subscriber] = []
+        self._facts = SharedFacts()  # equal facts of many results held once
 
     # -- configuration ---------------------------------------------------------
     def configure(self, entries: Iterable[tuple[ProbeConfig, int, int]]) -> tuple[list[str], list[str]]:
@@ -133,6 +135,7 @@ class ResultsStore:
         old = self._states.get(name)
         if old is None:
             return []  # removed by a reload while it ran
+        result = self._facts.result(result)
         now = time.time()
         if result.ok:
             consecutive = 0

@@ -236,7 +236,7 @@ class TestRunOnce:
             assert result.error == "internal error: RuntimeError: boom"
             assert (result.host, result.port, result.tls_mode) == (HOST, 2525, "none")
             a = state(scheduler, "a")
-            assert a.last_result is result
+            assert a.last_result == result
             assert a.status is Status.FAILED
             assert dict(a.failures_by_cause) == {("internal", "internal"): 1}
             assert scheduler.health.in_flight == 0

@@ -171,7 +171,7 @@ class TestCounters:
         result = failed(Phase.TLS, Reason.TLS)
         store.record("a", ok())
         store.record("a", result)
-        assert store.snapshot().states["a"].last_result is result
+        assert store.snapshot().states["a"].last_result == result
 
 
 class TestConfigure:
