@@ -211,7 +211,11 @@ def _row(state: ProbeState) -> tuple[Any, ...]:
 
 def restore_into(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> int:
     """Put saved states back for probes whose configuration is unchanged; returns how many."""
-    restored = 0
+    return store.restore(_saved_states(store, rows))
+
+
+def _saved_states(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> Iterator[ProbeState]:
+    """Each usable saved state, built on its probe's current state (config, thresholds)."""
     for name, current in store.snapshot().states.items():
         row = rows.get(name)
         if row is None or row["config_hash"] != config_hash(current):
@@ -219,7 +223,7 @@ def restore_into(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> int:
         try:
             result = result_from_dict(json.loads(row["last_result"])) if row["last_result"] else None
             causes = {(p, r): int(c) for p, r, c in json.loads(row["failures_by_cause"])}
-            saved = ProbeState(
+            yield ProbeState(
                 name=name, kind=current.kind, config=current.config, alert_after=current.alert_after,
                 cert_warn_days=current.cert_warn_days, status=Status(row["status"]), last_result=result,
                 consecutive_failures=int(row["consecutive_failures"]), runs=int(row["runs"]),
@@ -230,10 +234,6 @@ def restore_into(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> int:
             )
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("saved state of %s is unusable (%s): starting it afresh", name, exc)
-            continue
-        store.restore(saved)
-        restored += 1
-    return restored
 
 
 class StatePersister:

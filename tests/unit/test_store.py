@@ -174,6 +174,22 @@ class TestCounters:
         assert store.snapshot().states["a"].last_result == result
 
 
+class TestRestore:
+    def test_states_built_on_the_current_config_are_taken_others_left_alone(self) -> None:
+        store, _ = store_with(smtp_config("a"), smtp_config("b"))
+        current = store.snapshot().states
+        saved_a = dataclasses.replace(current["a"], runs=7, status=Status.FAILED)
+        # an equal config, but not the probe's own: built before a reload, it must not be taken
+        saved_b = dataclasses.replace(current["b"], config=smtp_config("b"), runs=9)
+        orphan = dataclasses.replace(current["a"], name="gone", runs=3)
+
+        assert store.restore([saved_a, saved_b, orphan]) == 1
+        states = store.snapshot().states
+        assert (states["a"].runs, states["a"].status) == (7, Status.FAILED)
+        assert states["b"].runs == 0
+        assert "gone" not in states
+
+
 class TestConfigure:
     def test_first_configure_adds_everything(self) -> None:
         store = ResultsStore()
