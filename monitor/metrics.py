@@ -278,10 +278,9 @@ class ProbeExposition:
                 hit = (weakref.ref(state), _format_state(state))
                 self.formatted += 1
             cache[state.name] = hit
-            offset = _FAMILY_OFFSET[state.kind]
-            for i, text in enumerate(hit[1]):
+            for slot, text in zip(_FAMILY_SLOTS[state.kind], hit[1], strict=True):
                 if text:
-                    by_family[offset + i].append(text)
+                    by_family[slot].append(text)
         self._cache = cache  # drops removed probes
         out: list[bytes] = []
         for name, texts in zip(PROBE_FAMILIES, by_family, strict=True):
@@ -305,9 +304,11 @@ def _format_state(state: ProbeState) -> tuple[bytes, ...]:
     return tuple("".join(lines[name]).encode() if name in lines else b"" for name in _FAMILY_ORDER[state.kind])
 
 
-# A probe's cached lines follow its kind's families; PROBE_FAMILIES lists SMTP's, then MX's.
+# A probe's cached lines follow its kind's families; each goes to its family's place in PROBE_FAMILIES.
 _FAMILY_ORDER = {"smtp": tuple(SMTP_FAMILIES), "mx": tuple(MX_FAMILIES)}
-_FAMILY_OFFSET = {"smtp": 0, "mx": len(SMTP_FAMILIES)}
+_FAMILY_SLOTS = {
+    kind: tuple(list(PROBE_FAMILIES).index(name) for name in names) for kind, names in _FAMILY_ORDER.items()
+}
 
 
 # 'name{label="%s",...} %s\n' per family: one %-format per line instead of joining label pairs.

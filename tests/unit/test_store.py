@@ -189,6 +189,14 @@ class TestRestore:
         assert states["b"].runs == 0
         assert "gone" not in states
 
+    def test_a_taken_state_gets_the_current_thresholds(self) -> None:
+        store, _ = store_with(smtp_config("a"), alert_after=3, warn_days=21)
+        saved = dataclasses.replace(store.snapshot().states["a"], alert_after=1, cert_warn_days=7, runs=4)
+
+        assert store.restore([saved]) == 1
+        state = store.snapshot().states["a"]
+        assert (state.runs, state.alert_after, state.cert_warn_days) == (4, 3, 21)
+
 
 class TestConfigure:
     def test_first_configure_adds_everything(self) -> None:
