@@ -109,6 +109,10 @@ class TestEveryAddressOfAHost:
         assert agent.value("smtp_probe_address_success", probe="both", address="::1") == 0.0
         env = {k: v for k, v in os.environ.items() if k not in ("MIBS", "MIBDIRS", "SNMPCONFPATH")}
         env["SNMPCONFPATH"] = str(tmp_path)  # ignore ~/.snmp and /etc/snmp
+        # net-snmp tools say on stderr when they create their persistent directory: made here beforehand
+        persist = tmp_path / "net-snmp-persist"
+        (persist / "cert_indexes").mkdir(parents=True)
+        env["SNMP_PERSISTENT_DIR"] = str(persist)
         mib_dirs = f"+{Path(__file__).resolve().parents[2] / 'mibs'}:{base_mibs}"
         table = subprocess.run(
             ["snmptable", "-v2c", "-c", "public", "-t", "3", "-r", "2", "-M", mib_dirs, "-m", "SMTP-MONITOR-MIB",
