@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,11 @@ BOOTS_MAX = 2**31 - 1  # RFC 3414 2.2.2: snmpEngineBoots latches at its maximum
 # Larger datagrams are dropped unread: a GET of 64 varbinds with long OIDs stays below 10 KiB.
 MAX_REQUEST_OCTETS = 16384
 VIEW_MAX_STALENESS = 0.5  # seconds an SNMP answer may lag the store (one rebuild per half second at most)
+# Keeping the encodings warm: every WARM_EVERY seconds the rows replaced since are encoded, in slices of
+# WARM_SLICE seconds of the event loop, as long as a request came within WARM_IDLE seconds.
+WARM_EVERY = 1.0
+WARM_SLICE = 0.002
+WARM_IDLE = 900.0
 # Subtrees a manager may read: the system group and our own MIB (RFC 3415 views).
 READ_SUBTREES: tuple[Oid, ...] = (SYSTEM, mib_oids.MIB_ROOT)
 VIEW_NAME = "smtp-monitor"
@@ -449,6 +456,7 @@ class SnmpAgent:
         self._users: list[tuple[str, int]] = []  # (user, model) in VACM groups
         self._domains = 0
         self.engine_state: EngineState | None = None
+        self._warmer: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -483,6 +491,8 @@ class SnmpAgent:
             self._teardown()
             raise
         self.view.restart_uptime()
+        if self.fast_path is not None:
+            self._warmer = loop.create_task(self._keep_warm(self.fast_path), name="snmp-warmer")
         log.info(
             "SNMP agent listening on %s (engine ID %s, boots %d)",
             ", ".join(self._config.listen), self.engine_state.engine_id.hex(), self.engine_state.boots,
@@ -490,7 +500,40 @@ class SnmpAgent:
 
     async def stop(self) -> None:
         """Close every socket; the ports are free when this returns."""
+        warmer, self._warmer = self._warmer, None
+        if warmer is not None:
+            warmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warmer
         self._teardown()
+
+    async def _keep_warm(self, fast: FastPath) -> None:
+        """Encode replaced rows soon after they change, while managers poll (a request within
+        WARM_IDLE): a walk then costs lookups, however long since the last one.
+
+        Before the first request, or once managers stopped asking, the work is left to the next
+        request: an agent nobody polls spends nothing on it."""
+        answered, polled_at = 0, float("-inf")
+        while True:
+            await asyncio.sleep(WARM_EVERY)
+            now = time.monotonic()
+            count = sum(self._health.snmp_requests.values())
+            if count != answered:
+                answered, polled_at = count, now
+            if now - polled_at > WARM_IDLE:
+                continue
+            try:
+                steps = fast.warming()
+                while True:
+                    deadline = time.perf_counter() + WARM_SLICE
+                    for _ in steps:
+                        if time.perf_counter() >= deadline:
+                            break
+                    else:
+                        break  # every cell is current
+                    await asyncio.sleep(0)  # requests in between: they find what is encoded so far
+            except Exception:  # never the end of the warmer: the requests encode what it left
+                log.debug("keeping SNMP encodings warm failed", exc_info=True)
 
     async def reconfigure(self, config: SnmpConfig) -> None:
         """Apply new communities, users and listen addresses without restarting the engine.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from operator import is_not
@@ -52,6 +52,7 @@ _ZERO_ZERO = b"\x02\x01\x00\x02\x01\x00"  # error-status and error-index 0
 _CACHE_MAX = 4096  # decoded varbind lists kept
 _HEADROOM = 64  # more than a response's octets besides its varbinds and community
 _AHEAD_MAX = 64  # walks followed at once (managers walking side by side)
+_WARM_ROWS = 100  # rows of a column encoded between two pauses of FastPath.warming (well under 1 ms)
 
 _FIXED_PER_TABLE = frozenset({SYS_DESCR, SYS_OBJECT_ID, SYS_CONTACT, SYS_NAME, SYS_LOCATION, SYS_SERVICES})
 
@@ -758,6 +759,26 @@ class FastPath(Guarded[bytes]):
             if len(self._walk_ends) >= _AHEAD_MAX:
                 self._walk_ends.clear()
             self._walk_ends[part.last] = True
+
+    def warming(self) -> Iterator[None]:
+        """Bring every served cell's encoding up to its row's current version, pausing (yielding)
+        after every stretch of rows: the agent runs it in slices between requests.
+
+        A walk then finds its cells encoded whatever changed since the last one: with 10,000 probes
+        every row is replaced within an interval, and a walk that met them all replaced paid for
+        rebuilding and encoding them (0.5 CPU-s) while the manager waited."""
+        try:
+            compiled = self._current()
+        except NotHandled:
+            return  # pysnmp answers this table: nothing to keep
+        for node in compiled.nodes:
+            if not isinstance(node, _ColumnNode) or not node.visible:
+                continue
+            stale = list(compress(range(len(node.cells)), map(is_not, node.code.sources, node.cells)))
+            for start in range(0, len(stale), _WARM_ROWS):
+                for row in stale[start : start + _WARM_ROWS]:
+                    _encode_row(node, row)
+                yield
 
     @property
     def planned(self) -> bool:

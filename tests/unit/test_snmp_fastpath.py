@@ -26,6 +26,7 @@ from monitor.health import AgentHealth
 from monitor.mib_oids import MxCheckColumn, Oid, Scalar, SmtpProbeColumn
 from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult, TlsInfo
 from monitor.snmp import SnmpAgent, fastpath
+from monitor.snmp import agent as snmp_agent_module
 from monitor.snmp.agent import READ_SUBTREES
 from monitor.snmp.fastpath import (
     GET,
@@ -712,6 +713,37 @@ class TestResponses:
         assert [varbinds(after)[i] for i in unchanged] == [varbinds(before)[i] for i in unchanged]
         assert all(varbinds(after)[i] != varbinds(before)[i] for i in changed)
 
+    def test_a_walk_encodes_again_only_the_cells_whose_value_changed(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        encoded = count_encodings(monkeypatch)
+        store = filled_store(4)
+        fast = fast_path_for(store)
+
+        def walk(path: FastPath) -> list[bytes]:
+            return [response for _, response in walk_requests(path, SMTP_ENTRY, 7, read_ahead=False)]
+
+        def rows() -> list[tuple[Any, ...]]:
+            column = next(node for node in fast._current().nodes if node.key[: len(SMTP_ENTRY)] == SMTP_ENTRY)
+            return list(column.cells)  # type: ignore[union-attr]
+
+        walk(fast)
+        before = rows()
+        store.record("p1", SmtpResult("mx1.example.net", 25, "none", time.time(), False, phase=Phase.CONNECT,
+                                      reason=Reason.REFUSED, error="refused"))
+        store.record("p2", SmtpResult("mx2.example.net", 25, "none", time.time(), True, total=0.01))
+        after = rows()
+        replaced = [i for i, (old, new) in enumerate(zip(before, after, strict=True)) if old is not new]
+        assert len(replaced) == 2
+        encoded.clear()
+        responses = walk(fast)
+        columns = sorted({node.position for node in fast._current().nodes  # type: ignore[union-attr]
+                          if node.key[: len(SMTP_ENTRY)] == SMTP_ENTRY})
+        # column by column, as the walk goes: each replaced row's cells that differ from before
+        expected = [after[i][position] for position in columns for i in replaced
+                    if after[i][position] != before[i][position]]
+        assert 0 < len(expected) < len(columns)  # a run changes some cells of its row, not all
+        assert encoded == expected
+        assert responses == walk(fast_path_for(store))
+
     def test_the_cache_holds_one_encoding_per_row_however_often_rows_change(self) -> None:
         store = filled_store(2)
         fast = fast_path_for(store)
@@ -965,3 +997,65 @@ class TestReadAhead:
                 oid = varbinds(response)[-1][0]
         assert responses >= 4
         assert agent.fast_path.read_ahead_served == responses - 2
+
+
+class TestWarming:
+    """Rows replaced since the last walk are encoded between requests, not while a manager waits."""
+
+    def test_after_warming_a_walk_encodes_nothing_and_answers_alike(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        encoded = count_encodings(monkeypatch)
+        store = filled_store(4)
+        fast = fast_path_for(store)
+        list(walk_requests(fast, SMTP_ENTRY, 7, read_ahead=False))
+        store.record("p1", SmtpResult("mx1.example.net", 25, "none", time.time(), False, phase=Phase.CONNECT,
+                                      reason=Reason.REFUSED, error="refused"))
+        store.record("p2", SmtpResult("mx2.example.net", 25, "none", time.time(), True, total=0.02))
+        encoded.clear()
+        for _ in fast.warming():
+            pass
+        assert encoded  # the replaced rows' changed cells
+        encoded.clear()
+        walked = [response for _, response in walk_requests(fast, SMTP_ENTRY, 7, read_ahead=False)]
+        assert encoded == []
+        assert walked == [response for _, response in walk_requests(fast_path_for(store), SMTP_ENTRY, 7,
+                                                                    read_ahead=False)]
+
+    def test_warming_pauses_after_every_stretch_of_rows(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        encoded = count_encodings(monkeypatch)
+        fast = fast_path_for(filled_store(250))
+        at_pauses = [len(encoded) for _ in fast.warming()]
+        steps = [after - before for before, after in zip([0, *at_pauses], at_pauses, strict=False)]
+        assert len(at_pauses) > 10
+        assert max(steps) <= fastpath._WARM_ROWS
+        fresh = fast_path_for(filled_store(250))
+        encoded.clear()
+        for _ in walk_requests(fresh, mib_oids.MIB_ROOT, 50, read_ahead=False):
+            pass
+        assert at_pauses[-1] == len(encoded)  # warming encoded what a full walk does
+
+    def test_the_agent_warms_once_polled_and_not_before(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        encoded = count_encodings(monkeypatch)
+        monkeypatch.setattr(snmp_agent_module, "WARM_EVERY", 0.02)
+        port = free_udp_port()
+        config = SnmpConfig.model_validate({"listen": [f"udp:127.0.0.1:{port}"], "communities": [{"name": COMMUNITY}]})
+        agent = SnmpAgent(config, tmp_path, filled_store(20), AgentHealth())
+        with AgentThread(agent), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(3.0)
+            sock.connect(("127.0.0.1", port))
+            time.sleep(0.3)  # fifteen ticks of the warmer, no request yet
+            assert encoded == []
+            sock.send(request(V2C, GET, [SYS_DESCR]))
+            sock.recv(65535)
+            warmed, deadline = -1, time.monotonic() + 10
+            while time.monotonic() < deadline:  # until the warmer is done: the count holds still
+                time.sleep(0.1)
+                if encoded and len(encoded) == warmed:
+                    break
+                warmed = len(encoded)
+            assert warmed > 0
+            oid, number = SMTP_ENTRY, 1
+            while oid[: len(SMTP_ENTRY)] == SMTP_ENTRY:
+                number += 1
+                sock.send(request(V2C, GETBULK, [oid], request_id=number, second=20))
+                oid = varbinds(sock.recv(65535))[-1][0]
+            assert len(encoded) == warmed  # the walk found every cell encoded
