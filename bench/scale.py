@@ -190,12 +190,13 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
         if with_snmp:
             limit = 15.0 if settings.quick else 120.0
             # (label, seconds to wait before, what the walk meets); a poller walking every few minutes
-            # finds every row replaced since its last walk: the common case is the third.
+            # finds every row replaced since its last walk: the common case is the third. The startup
+            # GET polled the agent, so its warmer has kept the cells encoded since.
             walks = (
-                ("full SNMP walk (v2c, -Cr50)", 0.0, "; the first walk encodes every cell"),
-                ("full SNMP walk again", 0.0, "; cells of unchanged rows cached"),
+                ("full SNMP walk (v2c, -Cr50)", 0.0, "; the first walk, cells encoded ahead by the warmer"),
+                ("full SNMP walk again", 0.0, "; right after the first"),
                 ("full SNMP walk one interval later", 0.0 if settings.quick else interval,
-                 "; every row ran since: its changed cells encoded again"),
+                 "; every row ran since, its changed cells encoded by the warmer as results came"),
             )
             for label, wait, why in walks:
                 time.sleep(wait)
