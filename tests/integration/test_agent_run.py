@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.peers import zone
 from tests.peers.agent import AgentProcess
+from tests.peers.net_snmp import tool_env
 from tests.peers.nsd import NsdServer
 from tests.peers.ports import free_tcp_port, free_udp_port
 from tests.peers.postfix import PostfixServer
@@ -107,12 +108,7 @@ class TestEveryAddressOfAHost:
                          20, "no per-address samples")
         assert agent.value("smtp_probe_address_success", probe="both", address="127.0.0.1") == 1.0
         assert agent.value("smtp_probe_address_success", probe="both", address="::1") == 0.0
-        env = {k: v for k, v in os.environ.items() if k not in ("MIBS", "MIBDIRS", "SNMPCONFPATH")}
-        env["SNMPCONFPATH"] = str(tmp_path)  # ignore ~/.snmp and /etc/snmp
-        # net-snmp tools say on stderr when they create their persistent directory: made here beforehand
-        persist = tmp_path / "net-snmp-persist"
-        (persist / "cert_indexes").mkdir(parents=True)
-        env["SNMP_PERSISTENT_DIR"] = str(persist)
+        env = tool_env(tmp_path)
         mib_dirs = f"+{Path(__file__).resolve().parents[2] / 'mibs'}:{base_mibs}"
         table = subprocess.run(
             ["snmptable", "-v2c", "-c", "public", "-t", "3", "-r", "2", "-M", mib_dirs, "-m", "SMTP-MONITOR-MIB",

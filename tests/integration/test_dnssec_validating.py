@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from monitor.probes.dane import Tlsa, lookup_tlsa
 from monitor.results import MxResult, Phase, Reason
 from tests.peers import signed_zones as sz
 from tests.peers.agent import AgentProcess
+from tests.peers.net_snmp import tool_env
 from tests.peers.nsd import NsdServer
 from tests.peers.ports import HOST, free_udp_port, tcp_port_open
 from tests.peers.postfix import PostfixServer
@@ -335,11 +335,7 @@ def dnssec_agent(
                for name, (domain, mode) in AGENT_CHECKS.items()],
     }  # fmt: skip
     agent = AgentProcess(workdir, config)
-    env = {k: v for k, v in os.environ.items() if k not in ("MIBS", "MIBDIRS", "SNMPCONFPATH")}
-    env["SNMP_PERSISTENT_DIR"] = str(workdir / "net-snmp-persist")
-    env["SNMPCONFPATH"] = str(workdir / "net-snmp-conf")  # ignore ~/.snmp and /etc/snmp
-    # net-snmp's first run creates its persistent directory and says so on stderr
-    subprocess.run(["snmptranslate", ".1.3"], capture_output=True, env=env, check=False, timeout=30)
+    env = tool_env(workdir)
     try:
         agent.start()
         agent.wait_until(

@@ -27,6 +27,7 @@ from monitor.mib_oids import Oid
 from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, SmtpResult, TlsInfo
 from monitor.snmp import SnmpAgent, SnmpBindError
 from monitor.store import ResultsStore
+from tests.peers.net_snmp import tool_env
 from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
 
@@ -204,12 +205,7 @@ def net_snmp(tmp_path_factory: pytest.TempPathFactory, base_mibs: Path) -> NetSn
     missing = [tool for tool in ("snmpget", "snmpwalk", "snmpbulkwalk", "snmptable", "snmpset") if not _which(tool)]
     if missing:
         pytest.fail(f"needs Debian's snmp package (missing: {', '.join(missing)})")
-    env = {k: v for k, v in os.environ.items() if k not in ("MIBS", "MIBDIRS", "SNMPCONFPATH")}
-    env["SNMP_PERSISTENT_DIR"] = str(tmp_path_factory.mktemp("net-snmp-persist"))
-    env["SNMPCONFPATH"] = str(tmp_path_factory.mktemp("net-snmp-conf"))  # ignore ~/.snmp and /etc/snmp
-    tools = NetSnmp(env, base_mibs)
-    tools.run("snmptranslate", ".1.3")  # the first run reports creating the persistent directory
-    return tools
+    return NetSnmp(tool_env(tmp_path_factory.mktemp("net-snmp")), base_mibs)
 
 
 def _which(tool: str) -> bool:

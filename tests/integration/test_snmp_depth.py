@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -25,6 +24,7 @@ from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reverse
 from monitor.snmp import SnmpAgent
 from monitor.store import ResultsStore
 from tests.peers.certs import make_self_signed_cert
+from tests.peers.net_snmp import tool_env
 from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
 
@@ -155,10 +155,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, base_mibs: Path) -> Iterato
     missing = [tool for tool in ("snmpget", "snmptable", "snmptranslate") if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"needs Debian's snmp package (missing: {', '.join(missing)})")
-    env = {k: v for k, v in os.environ.items() if k not in ("MIBS", "MIBDIRS", "SNMPCONFPATH")}
-    env["SNMP_PERSISTENT_DIR"] = str(tmp_path_factory.mktemp("net-snmp-persist"))
-    env["SNMPCONFPATH"] = str(tmp_path_factory.mktemp("net-snmp-conf"))  # ignore ~/.snmp and /etc/snmp
-    subprocess.run(["snmptranslate", ".1.3"], capture_output=True, env=env, check=False, timeout=30)  # first run
+    env = tool_env(tmp_path_factory.mktemp("net-snmp"))
     store, handshake_started = depth_store(tmp_path_factory.mktemp("cert"))
     port = free_udp_port()
     config = SnmpConfig.model_validate({"listen": [f"udp:127.0.0.1:{port}"], "communities": [{"name": COMMUNITY}]})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 from monitor import mib_oids
 from monitor.config import TlsMode
 from monitor.results import Phase, Reason, Status
+from tests.peers import net_snmp
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB_DIR = ROOT / "mibs"
@@ -32,12 +32,7 @@ def tool_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     missing = [tool for tool in ("smilint", "snmptranslate") if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"needs Debian packages smitools and snmp: {', '.join(missing)} not found")
-    env = {k: v for k, v in os.environ.items() if k not in ("MIBS", "MIBDIRS", "SMIPATH", "SNMPCONFPATH")}
-    env["SNMP_PERSISTENT_DIR"] = str(tmp_path_factory.mktemp("snmp-persist"))
-    env["SNMPCONFPATH"] = str(tmp_path_factory.mktemp("snmp-conf"))  # ignore ~/.snmp and /etc/snmp
-    # The first run in a fresh persistent directory reports creating it on stderr: do that run now.
-    subprocess.run(["snmptranslate", ".1.3"], capture_output=True, env=env, check=False, timeout=30)
-    return env
+    return net_snmp.tool_env(tmp_path_factory.mktemp("net-snmp"))
 
 
 def snmptranslate(base_mibs: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
