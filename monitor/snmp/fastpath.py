@@ -708,11 +708,10 @@ class FastPath(Guarded[bytes]):
             if isinstance(node, _ColumnNode) and node.visible and j < len(node.indexes):
                 stop = min(j + m, len(node.indexes))
                 m -= stop - j
-                code, rows = node.code, node.cells
                 # Only rows replaced since this column was last encoded go through Python.
-                for row in compress(range(j, stop), map(is_not, code.sources[j:stop], rows[j:stop])):
+                for row in _stale_rows(node, j, stop):
                     _encode_row(node, row)
-                chunk = code.varbinds[j:stop]
+                chunk = node.code.varbinds[j:stop]
                 size = sum(map(len, chunk))
                 if used + size > budget:
                     for varbind in chunk:
@@ -774,7 +773,7 @@ class FastPath(Guarded[bytes]):
         for node in compiled.nodes:
             if not isinstance(node, _ColumnNode) or not node.visible:
                 continue
-            stale = list(compress(range(len(node.cells)), map(is_not, node.code.sources, node.cells)))
+            stale = _stale_rows(node, 0, len(node.cells))
             for start in range(0, len(stale), _WARM_ROWS):
                 for row in stale[start : start + _WARM_ROWS]:
                     _encode_row(node, row)
@@ -967,6 +966,12 @@ def _tlv_size(octets: int) -> int:
     if octets < 0x80:
         return 2 + octets
     return 2 + (octets.bit_length() + 7) // 8 + octets
+
+
+def _stale_rows(node: _ColumnNode, start: int, stop: int) -> list[int]:
+    """The rows among start..stop-1 of a column replaced since they were encoded: one C-level scan."""
+    sources, rows = node.code.sources[start:stop], node.cells[start:stop]
+    return list(compress(range(start, stop), map(is_not, sources, rows)))
 
 
 def _encode_row(node: _ColumnNode, j: int) -> None:
