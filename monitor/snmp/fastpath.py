@@ -482,6 +482,7 @@ class FastPath(Guarded[bytes]):
         self._walk_ends: dict[Oid, bool] = {}  # names that ended a walk response: a request there continues a walk
         self._plan: _ReadAhead | None = None
         self._prepared: dict[Oid, tuple[_ReadAhead, _WalkPart]] = {}  # by the name the next request carries
+        self._warmed: _Compiled | None = None  # the table whose every cell warming() last encoded
         self.read_ahead_served = 0
 
     def _respond(self, message: bytes) -> bytes:
@@ -770,6 +771,8 @@ class FastPath(Guarded[bytes]):
             compiled = self._current()
         except NotHandled:
             return  # pysnmp answers this table: nothing to keep
+        if compiled is self._warmed:
+            return  # no row replaced since: not even a scan (13 ms with 10,000 rows)
         for node in compiled.nodes:
             if not isinstance(node, _ColumnNode) or not node.visible:
                 continue
@@ -778,6 +781,7 @@ class FastPath(Guarded[bytes]):
                 for row in stale[start : start + _WARM_ROWS]:
                     _encode_row(node, row)
                 yield
+        self._warmed = compiled
 
     @property
     def planned(self) -> bool:

@@ -1020,6 +1020,26 @@ class TestWarming:
         assert walked == [response for _, response in walk_requests(fast_path_for(store), SMTP_ENTRY, 7,
                                                                     read_ahead=False)]
 
+    def test_warming_an_unchanged_table_again_scans_nothing(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        store = filled_store(4)
+        fast = fast_path_for(store)
+        for _ in fast.warming():
+            pass
+        scans: list[int] = []
+        stale_rows = fastpath._stale_rows
+
+        def counted(node: Any, start: int, stop: int) -> list[int]:
+            scans.append(stop - start)
+            return stale_rows(node, start, stop)
+
+        monkeypatch.setattr(fastpath, "_stale_rows", counted)
+        assert list(fast.warming()) == []
+        assert scans == []
+        store.record("p1", SmtpResult("mx1.example.net", 25, "none", time.time(), True, total=0.02))
+        for _ in fast.warming():
+            pass
+        assert scans  # a replaced row: the columns are scanned again
+
     def test_warming_pauses_after_every_stretch_of_rows(self, monkeypatch: pytest.MonkeyPatch) -> None:
         encoded = count_encodings(monkeypatch)
         fast = fast_path_for(filled_store(250))
