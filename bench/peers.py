@@ -67,21 +67,16 @@ def install() -> None:
                     _run([*sudo, "rm", "-f", str(POLICY)])
     absent = [m for m in PYTHON_MODULES if importlib.util.find_spec(m) is None]
     if absent:
-        log(f"python modules missing ({', '.join(absent)}): installing the project")
-        _run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{REPO_ROOT}[test]"])
+        # The bench runs on the locked set only: scripts/bench.sh syncs .venv from uv.lock first.
+        raise SystemExit(f"python modules missing ({', '.join(absent)}): run the bench as ./scripts/bench.sh")
 
 
 def ensure_py_spy() -> str | None:
-    """py-spy's path, pip-installing it once if absent; None if that fails."""
-    found = shutil.which("py-spy")
-    if found:
-        return found
-    try:
-        _run([sys.executable, "-m", "pip", "install", "-q", "py-spy"])
-    except (subprocess.SubprocessError, OSError) as exc:
-        log(f"py-spy unavailable: {exc}")
-        return None
-    return shutil.which("py-spy")
+    """py-spy's path (the lock's `bench` extra, beside this interpreter); None if absent."""
+    found = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        log("py-spy unavailable: it is in the `bench` extra, installed by ./scripts/bench.sh")
+    return found
 
 
 class Peers:

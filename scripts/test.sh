@@ -1,17 +1,35 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Debian packages for the real peers, a virtualenv
-# with the project and its test extras), lints, type-checks and runs the whole test suite.
+# Installs everything the tests need (Debian packages for the real peers; .venv with the project
+# and the test extras exactly as uv.lock pins them), lints, type-checks and runs the whole suite.
+# Arguments go to pytest.
+#
+#   ./scripts/test.sh --latest   the same suite on the newest releases pyproject.toml allows, in
+#                                .venv-latest, ignoring uv.lock: an early warning that a new release
+#                                breaks something, before ./scripts/lock.sh --upgrade takes it in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/uv.sh
+
+venv=.venv
+if [[ ${1:-} == --latest ]]; then
+    shift
+    venv=.venv-latest
+fi
 
 bash scripts/test-deps.sh
 
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+if [[ $venv == .venv ]]; then
+    sync_venv --extra test
+else
+    ensure_uv
+    "$UV" venv --quiet --clear "$venv"
+    "$UV" pip install --quiet --python "$venv/bin/python" --upgrade -e '.[test]'
+    # tests/unit/test_dependency_lock.py checks the installed set against the lock unless told
+    # that this run is on purpose off the lock
+    export SMTP_MONITOR_UNLOCKED=1
+    "$UV" pip list --python "$venv/bin/python" --format freeze | sed 's/^/latest: /'
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
-.venv/bin/ruff check .
-.venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+"$venv/bin/ruff" check .
+"$venv/bin/mypy"
+exec "$venv/bin/python" -m pytest "$@"

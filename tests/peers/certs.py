@@ -35,7 +35,7 @@ def make_self_signed_cert(
     now = datetime.datetime.now(datetime.UTC)
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -43,7 +43,13 @@ def make_self_signed_cert(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))  # tolerate small clock skew
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    )
+    # No names means no SAN extension at all: RFC 5280 §4.2.1.6 forbids an empty one, and
+    # cryptography 51 refuses to build it. Such a certificate is named by its subject CN only.
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = (
+        builder
         # CA:TRUE so OpenSSL accepts the self-signed leaf as a trust anchor
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
