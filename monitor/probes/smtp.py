@@ -11,7 +11,8 @@ import re
 import socket
 import ssl
 import time
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 
 from monitor.config import EnvelopeConfig, RelayTestConfig, SmtpAuthConfig, SmtpProbeConfig
 from monitor.probes import ProbeEnv, kernel_times, resolve
@@ -52,12 +53,97 @@ def _matches(code: int, expect: str) -> bool:
     return str(code)[0] == expect[0] if expect.endswith("xx") else str(code) == expect
 
 
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    """Servers sometimes echo what they got; never let a credential into a result."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***").replace(base64.b64encode(secret.encode()).decode(), "***")
-    return text
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _password_only_runs(raw: bytes) -> Iterator[str]:
+    """The base64 characters that encode password bytes only, with the password at each offset mod 3
+    of a longer base64 text (the PLAIN token puts it at len("\\0user\\0") mod 3).
+
+    Character i carries bits 6i..6i+5: it depends on the password alone when those bits lie within it."""
+    for offset in range(3):
+        encoded = _b64(bytes(offset) + raw + bytes(3))
+        first = -(-8 * offset // 6)  # ceil: the first character after the password's first bit
+        end = 8 * (offset + len(raw)) // 6
+        yield encoded[first:end]
+
+
+# A shorter run carries less than three password bytes and would match ordinary text.
+_MIN_RUN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class _Credentials:
+    """The AUTH credentials, read once per probe, and every text that gives them away: servers echo
+    what they got, in the AUTH reply or in a later session's banner, so every reply text leaving the
+    probe is scrubbed of them."""
+
+    mechanism: str | None
+    username: str
+    password: str = field(repr=False)
+    forms: tuple[str, ...] = field(repr=False)  # longest first: a whole token is replaced before its parts
+
+    @classmethod
+    def of(cls, auth: SmtpAuthConfig) -> _Credentials:
+        password = auth.password.reveal()
+        raw = password.encode()
+        forms = {
+            password,
+            _b64(f"\0{auth.username}\0{password}".encode()),  # the PLAIN token
+            _b64(auth.username.encode()),  # the LOGIN lines
+            _b64(raw),
+            _b64(raw).rstrip("="),
+            *(run for run in _password_only_runs(raw) if len(run) >= _MIN_RUN),
+        }
+        forms.discard("")
+        return cls(auth.mechanism, auth.username, password, tuple(sorted(forms, key=len, reverse=True)))
+
+    def scrub(self, text: str) -> str:
+        for form in self.forms:
+            if form in text:
+                text = text.replace(form, "***")
+        return text
+
+    def scrub_result(self, result: SmtpResult) -> SmtpResult:
+        """The result with no credential in any text the server chose."""
+        reply = result.reply
+        if reply is not None:
+            reply = Reply(reply.code, tuple(self.scrub(line) for line in reply.lines))
+        return replace(
+            result,
+            error=self.scrub(result.error),
+            banner=self.scrub(result.banner),
+            reply=reply,
+            extensions={self.scrub(k): self.scrub(v) for k, v in result.extensions.items()},
+        )
+
+
+# RFC 4954's meanings of the replies to AUTH: all that is kept of them (the server's text may echo
+# the credentials). RFC 3463's enhanced status code is kept too when it is well formed.
+_AUTH_REPLY_MEANING = {
+    432: "password transition needed",
+    454: "temporary authentication failure",
+    500: "authentication exchange line too long",
+    501: "authentication exchange refused as malformed",
+    502: "AUTH not implemented",
+    504: "authentication mechanism not supported",
+    530: "authentication required",
+    534: "authentication mechanism too weak",
+    535: "authentication credentials invalid",
+    538: "encryption required for the mechanism",
+}
+_ENHANCED_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+
+
+def _withheld(reply: Reply, credentials: _Credentials) -> Reply:
+    """A reply to AUTH as kept: the code, the enhanced status code, a fixed description."""
+    first = reply.lines[0].split(" ", 1)[0] if reply.lines else ""
+    enhanced = first if _ENHANCED_STATUS.fullmatch(first) and first[0] == str(reply.code)[0] else ""
+    if credentials.scrub(enhanced) != enhanced:  # a digits-only password
+        enhanced = ""
+    meaning = _AUTH_REPLY_MEANING.get(reply.code, "reply to AUTH")
+    return Reply(reply.code, (f"{enhanced} {meaning} (server text withheld)".lstrip(),))
 
 
 def _ends_a_reply(chunk: bytes) -> bool:
@@ -319,31 +405,31 @@ class _Dialogue:
         await self.command("RSET")
         self.in_transaction = False
 
-    async def authenticate(self, auth: SmtpAuthConfig) -> None:
+    async def authenticate(self, credentials: _Credentials) -> None:
         self.enter(Phase.AUTH)
-        password = auth.password.reveal()
+        username, password = credentials.username, credentials.password
         offered = self.extensions.get("AUTH", "").upper().split()
-        mechanism = auth.mechanism or next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
+        mechanism = credentials.mechanism or next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
         if mechanism is None or mechanism not in offered:
-            wanted = auth.mechanism or "PLAIN or LOGIN"
+            wanted = credentials.mechanism or "PLAIN or LOGIN"
             raise _Failure(Reason.AUTH_UNAVAILABLE, f"server offers AUTH {' '.join(offered) or '(none)'}, not {wanted}")
-        secrets = (auth.username, password)
         try:
             if mechanism == "PLAIN":
-                token = base64.b64encode(f"\0{auth.username}\0{password}".encode()).decode()
+                token = _b64(f"\0{username}\0{password}".encode())
                 reply = await self.command(f"AUTH PLAIN {token}")
             else:
                 reply = await self.command("AUTH LOGIN")
-                for value in secrets:
+                for value in (username, password):
                     if reply.code != 334:
                         break
-                    reply = await self.command(base64.b64encode(value.encode()).decode())
+                    reply = await self.command(_b64(value.encode()))
         except WireError as exc:
-            raise WireError(exc.kind, _scrub(str(exc), secrets)) from None
+            # A malformed reply is quoted in the message: keep the message, never the server's text.
+            raise WireError(exc.kind, credentials.scrub(exc.bare)) from None
         if reply.code == 235:
             self.done()
             return
-        reply = Reply(reply.code, tuple(_scrub(line, secrets) for line in reply.lines))
+        reply = _withheld(reply, credentials)
         if reply.code == 535:
             raise _Failure(Reason.AUTH_FAILED, f"credentials refused: {reply}", reply)
         raise ReplyFailed(reply)
@@ -414,6 +500,7 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     d = _Dialogue(config, env)
+    credentials = _Credentials.of(config.auth) if config.auth is not None else None
     reason: Reason | None = None
     error = ""
     reply: Reply | None = None
@@ -435,8 +522,8 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
                 await d.relay_test(config.relay_test)
             if config.envelope is not None:
                 await d.envelope(config.envelope)
-            if config.auth is not None:
-                await d.authenticate(config.auth)
+            if credentials is not None:
+                await d.authenticate(credentials)
             await d.quit()
     except TimeoutError:
         reason, error = Reason.TIMEOUT, f"no answer within {timeout:g}s"
@@ -465,7 +552,7 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
         d.close()
     if reason is Reason.TLS_VERIFY:
         d.tls = await _look_at_certificate(d, deadline, error)
-    return SmtpResult(
+    result = SmtpResult(
         host=config.host,
         port=config.effective_port,
         tls_mode=config.tls,
@@ -484,6 +571,7 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
         tls=d.tls,
         timing_source=d.timing_source,
     )
+    return credentials.scrub_result(result) if credentials is not None else result
 
 
 async def _look_at_certificate(failed: _Dialogue, deadline: float, verify_error: str) -> TlsInfo | None:

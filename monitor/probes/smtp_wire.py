@@ -30,11 +30,15 @@ class WireTransport(Protocol):
 
 
 class WireError(Exception):
-    """A dialogue step that cannot go on; `kind` names the failure class."""
+    """A dialogue step that cannot go on; `kind` names the failure class.
 
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
+    `quoted` is server text the message shows; `bare` is the message without it, for where that
+    text may echo credentials (AUTH)."""
+
+    def __init__(self, kind: str, message: str, quoted: str = "") -> None:
+        super().__init__(f"{message}: {quoted!r}" if quoted else message)
         self.kind = kind  # "protocol", "reset"
+        self.bare = message
 
 
 class SmtpClientProtocol(asyncio.Protocol):
@@ -188,7 +192,7 @@ class SmtpClientProtocol(asyncio.Protocol):
         while True:
             line = await self._read_line()
             if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in "- "):
-                raise WireError("protocol", f"not an SMTP reply: {_printable(line)!r}")
+                raise WireError("protocol", "not an SMTP reply", _printable(line))
             line_code = int(line[:3])
             if code is not None and line_code != code:
                 raise WireError("protocol", f"reply code changed mid-reply: {code} then {line_code}")

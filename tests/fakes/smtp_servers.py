@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
 import os
 import socket
 import ssl
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -630,3 +632,165 @@ class AiosmtpdServer(_BaseServer):
         self._lost.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 5)
+
+
+# -- a server that echoes credentials ------------------------------------------------
+
+LOGIN_USER_PROMPT = b"334 VXNlcm5hbWU6\r\n"  # base64("Username:")
+
+
+class EchoingAuthServer(_BaseServer):
+    """STARTTLS, then AUTH PLAIN LOGIN offered, and every AUTH step's reply echoes what the client sent.
+
+    `reply` is the template of the failing reply to the last AUTH line (the PLAIN token, or the
+    LOGIN password): "{echo}" is that line as received, "{decoded}" its base64 decoding (NULs as
+    spaces). AUTH LOGIN's second prompt echoes the username line as well. After the reply it
+    answers RSET with 250, QUIT with 221 (and closes), anything else with 502. `received` holds
+    every line of every connection, so a test can tell the credentials were really sent.
+    """
+
+    def __init__(
+        self,
+        tls: ssl.SSLContext,
+        *,
+        reply: str = "535 5.7.8 Authentication failed for token {echo}",
+        mechanisms: str = "PLAIN LOGIN",
+    ) -> None:
+        super().__init__()
+        self.tls = tls
+        self.reply = reply
+        self.mechanisms = mechanisms
+        self.received: list[bytes] = []
+        self.auth_attempts = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def _listen(self) -> asyncio.Server:
+        return await asyncio.start_server(self._handle, HOST, 0)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        await asyncio.sleep(0)
+        for task in list(self._tasks):
+            task.cancel()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for _ in range(_STOP_SPINS):
+            await asyncio.sleep(0)
+        await server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        try:
+            await self._dialogue(reader, writer)
+        except (_PeerGone, OSError, ValueError, asyncio.IncompleteReadError):
+            pass  # the client went away or broke TLS: the next connection gets a fresh dialogue
+        except asyncio.CancelledError:
+            pass  # stop(): end normally (see ScriptedSmtpServer._handle)
+        finally:
+            writer.transport.abort()
+            self._writers.discard(writer)
+            self._tasks.discard(task)
+
+    async def _dialogue(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._send(writer, GREETING)
+        while True:
+            line = await self._line(reader)
+            verb = line.split(b" ", 1)[0].upper()
+            if verb in (b"EHLO", b"HELO"):
+                tls_up = writer.get_extra_info("ssl_object") is not None
+                offer = f"250-AUTH {self.mechanisms}" if tls_up else "250-STARTTLS"
+                await self._send(writer, f"250-mail.test greets you\r\n{offer}\r\n250 8BITMIME\r\n".encode())
+            elif verb == b"STARTTLS":
+                await self._send(writer, STARTTLS_GO)
+                await writer.start_tls(self.tls)
+            elif verb == b"AUTH":
+                self.auth_attempts += 1
+                await self._auth(line, reader, writer)
+            elif verb == b"RSET":
+                await self._send(writer, b"250 2.0.0 Ok\r\n")
+            elif verb == b"QUIT":
+                await self._send(writer, b"221 2.0.0 bye\r\n")
+                writer.close()
+                return
+            else:
+                await self._send(writer, b"502 5.5.1 not here\r\n")
+
+    async def _auth(self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        words = line.split(b" ")
+        mechanism = words[1].upper() if len(words) > 1 else b""
+        if mechanism == b"PLAIN":
+            last = words[2] if len(words) > 2 else await self._prompt(reader, writer, b"334 \r\n")
+        elif mechanism == b"LOGIN":
+            user = await self._prompt(reader, writer, LOGIN_USER_PROMPT)
+            last = await self._prompt(reader, writer, b"334 UGFzc3dvcmQ6 (after " + user + b")\r\n")
+        else:
+            await self._send(writer, b"504 5.5.4 unrecognized authentication type " + mechanism + b"\r\n")
+            return
+        await self._send(writer, self._render(last))
+
+    def _render(self, echoed: bytes) -> bytes:
+        try:
+            decoded = base64.b64decode(echoed, validate=True).replace(b"\0", b" ").decode("utf-8", "replace")
+        except ValueError:
+            decoded = ""
+        text = self.reply.format(echo=echoed.decode("ascii", "replace"), decoded=decoded)
+        return text.encode() + b"\r\n"
+
+    async def _prompt(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, prompt: bytes) -> bytes:
+        await self._send(writer, prompt)
+        return await self._line(reader)
+
+    async def _line(self, reader: asyncio.StreamReader) -> bytes:
+        raw = await reader.readline()
+        if not raw.endswith(b"\n"):
+            raise _PeerGone
+        line = raw.rstrip(b"\r\n")
+        self.received.append(line)
+        return line
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+
+
+class ServerThread:
+    """Runs one of the fakes above in an event loop of its own, in a background thread, for tests
+    whose client is another process (an agent under test)."""
+
+    def __init__(self, server: _BaseServer) -> None:
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="fake-smtp", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        except BaseException:
+            self._close_loop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
