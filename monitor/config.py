@@ -486,32 +486,37 @@ class Config(_Strict):
         """Read every file/env secret now, so a missing one is a load-time error."""
         problems = []
         found = [
-            pair for name in _secret_fields(type(self)) for pair in _walk_secrets(name, getattr(self, name))
+            found_secret
+            for name in _secret_fields(type(self))
+            for found_secret in _walk_secrets(name, getattr(self, name), self)
         ]
-        for path, secret in found:
+        for path, secret, owner in found:
             try:
                 revealed = secret.reveal()
             except ValueError as exc:
                 problems.append(f"{path}: {exc}")
                 continue
-            # Only auth/priv passwords end in `.password`; the length check on the field sees
-            # inline values only, so a short one from file/env passed check-config.
-            if path.endswith(".password") and len(revealed) < 8:
+            # The length check on the field sees inline values only, so a short one from file/env
+            # passed check-config. RFC 3414's minimum is SNMPv3's: SMTP AUTH passwords have none.
+            if isinstance(owner, SnmpAuth | SnmpPriv) and len(revealed) < 8:
                 problems.append(f"{path}: SNMPv3 passwords need at least 8 characters (RFC 3414)")
         return problems
 
 
-def _walk_secrets(path: str, value: Any) -> Iterator[tuple[str, Secret]]:
+def _walk_secrets(
+    path: str, value: Any, owner: BaseModel | None = None
+) -> Iterator[tuple[str, Secret, BaseModel | None]]:
+    """Each Secret under `value` with its key path and the model whose field holds it."""
     if isinstance(value, Secret):
-        yield path, value
+        yield path, value, owner
     elif isinstance(value, BaseModel):
         for name in _secret_fields(type(value)):
             field = getattr(value, name)
             if field is not None:
-                yield from _walk_secrets(f"{path}.{name}", field)
+                yield from _walk_secrets(f"{path}.{name}", field, value)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            yield from _walk_secrets(f"{path}[{i}]", item)
+            yield from _walk_secrets(f"{path}[{i}]", item, owner)
 
 
 @functools.cache
