@@ -49,7 +49,7 @@ _COUNTER64 = 0x46
 _TOO_BIG, _NO_SUCH_NAME = 1, 2
 _VERSIONS = {0: b"\x02\x01\x00", 1: b"\x02\x01\x01"}
 _ZERO_ZERO = b"\x02\x01\x00\x02\x01\x00"  # error-status and error-index 0
-_CACHE_MAX = 4096  # decoded varbind lists kept
+_CACHE_MAX = 4096  # entries of the small caches (budgets, walk ends) whose entries have a fixed size
 _HEADROOM = 64  # more than a response's octets besides its varbinds and community
 _AHEAD_MAX = 64  # walks followed at once (managers walking side by side)
 _WARM_ROWS = 100  # rows of a column encoded between two pauses of FastPath.warming (well under 1 ms)
@@ -216,8 +216,55 @@ class Request(NamedTuple):
 
 _Bindings = tuple[tuple[Oid, ...], tuple[bytes, ...]]
 
+# The decoded-bindings caches are bounded by what their entries cost in memory, not by their count:
+# a 16 KiB GET of 64 OIDs of 128 arcs decodes to ~360 KB of tuples and ints, so 4,096 of them took
+# 1 GiB. 8 MiB per cache (the agent has two: v1/v2c and v3) keeps ~10,000 one-OID polls or ~300
+# snmptable requests, and an entry costing more than 64 KiB is decoded each time instead.
+BINDINGS_CACHE_OCTETS = 8 * 1024 * 1024
+BINDINGS_ENTRY_OCTETS = 64 * 1024
+# What an entry costs, measured with tracemalloc and rounded up: each OID arc is an 8-octet tuple
+# slot plus, above 256, a 28-octet int (44 octets an arc at worst); each OID a tuple and a bytes
+# object; the key and the OIDs' content octets are held once each.
+_COST_PER_ARC = 48
+_COST_PER_OID = 128
+_COST_PER_ENTRY = 256
 
-def decode_request(message: bytes, cache: dict[bytes, _Bindings] | None = None) -> Request:
+
+class BindingsCache:
+    """Decoded variable bindings by the octets of their list, at most `max_octets` of accounted memory.
+
+    Managers poll the same bindings again and again: decoding them once saves a quarter of a GET's cost.
+    When the next entry would pass the bound the cache starts afresh (cheaper than LRU bookkeeping per hit)."""
+
+    __slots__ = ("_entries", "max_entry", "max_octets", "octets")
+
+    def __init__(self, max_octets: int = BINDINGS_CACHE_OCTETS, max_entry: int = BINDINGS_ENTRY_OCTETS) -> None:
+        self._entries: dict[bytes, _Bindings] = {}
+        self.max_octets = max_octets
+        self.max_entry = max_entry
+        self.octets = 0  # accounted memory of the entries held
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> _Bindings | None:
+        return self._entries.get(key)
+
+    def put(self, key: bytes, bindings: _Bindings) -> None:
+        names = bindings[0]
+        cost = (
+            2 * len(key) + _COST_PER_ARC * sum(map(len, names)) + _COST_PER_OID * len(names) + _COST_PER_ENTRY
+        )
+        if cost > self.max_entry or key in self._entries:
+            return
+        if self.octets + cost > self.max_octets:
+            self._entries.clear()
+            self.octets = 0
+        self._entries[key] = bindings
+        self.octets += cost
+
+
+def decode_request(message: bytes, cache: BindingsCache | None = None) -> Request:
     """Strictly decode a v1/v2c GET, GETNEXT or GETBULK request; NotHandled if it is anything else.
 
     Definite lengths only, no trailing octets, NULL values only, at most MAX_VARBINDS bindings."""
@@ -227,7 +274,7 @@ def decode_request(message: bytes, cache: dict[bytes, _Bindings] | None = None) 
         raise NotHandled("truncated") from None
 
 
-def _decode(data: bytes, cache: dict[bytes, _Bindings] | None) -> Request:
+def _decode(data: bytes, cache: BindingsCache | None) -> Request:
     end = len(data)
     if data[0] != 0x30:
         raise NotHandled("not a SEQUENCE")
@@ -271,9 +318,7 @@ def _decode(data: bytes, cache: dict[bytes, _Bindings] | None) -> Request:
     if known is None:
         known = _bindings(data, pos, stop)
         if cache is not None:
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
-            cache[key] = known
+            cache.put(key, known)
     return Request(version, community, pdu, request_id, first, second, *known)
 
 
@@ -477,7 +522,7 @@ class FastPath(Guarded[bytes]):
         self._unsupported: MibTable | None = None
         self._table_codes: dict[Oid, _TableCode] = {}  # by table entry OID
         self._encoders: dict[type, Callable[[Raw], bytes]] = {}
-        self._bindings: dict[bytes, _Bindings] = {}
+        self._bindings = BindingsCache()
         self._budgets: dict[tuple[int, int, int, int], int] = {}
         self._walk_ends: dict[Oid, bool] = {}  # names that ended a walk response: a request there continues a walk
         self._plan: _ReadAhead | None = None
@@ -811,9 +856,7 @@ class FastPath(Guarded[bytes]):
             self._prepared.clear()
         self._prepared[plan.start] = (plan, part)
         # The next request's one binding, as every BER encoder writes it: decoded now, not on arrival.
-        if len(self._bindings) >= _CACHE_MAX:
-            self._bindings.clear()
-        self._bindings[_name_varbind(body, _NULL)] = ((plan.start,), (body,))
+        self._bindings.put(_name_varbind(body, _NULL), ((plan.start,), (body,)))
 
     @staticmethod
     def _truncated(request: Request, varbinds: list[bytes]) -> bytes:

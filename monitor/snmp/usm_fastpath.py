@@ -18,11 +18,11 @@ from monitor.config import SnmpUser
 from monitor.snmp.fastpath import (
     _SHORT_LENGTHS,
     MAX_RESPONSE_OCTETS,
+    BindingsCache,
     FastPath,
     Guarded,
     NotHandled,
     Request,
-    _Bindings,
     _body,
     _int_tlv,
     _length,
@@ -310,7 +310,7 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         self._clock = clock
         self._max_message = max_message_size
         self._users: dict[bytes, tuple[UsmUser, int]] = {}  # name -> user, octets around a response's PDU
-        self._bindings: dict[bytes, _Bindings] = {}
+        self._bindings = BindingsCache()  # bounded by octets: fastpath.BINDINGS_CACHE_OCTETS
         self._engine_boots = tlv(0x04, engine_id) + _int_tlv(boots)  # USM parameters' first two
         self._boots_octets = boots.to_bytes(4, "big")
         self._context = tlv(0x04, engine_id) + b"\x04\x00"  # contextEngineID and the default context ""
