@@ -8,6 +8,9 @@ UV="$UV_TOOL_VENV/bin/uv"
 # The machine's python3 (3.11+), never an interpreter downloaded by uv.
 export UV_PYTHON_DOWNLOADS=never
 export UV_PYTHON="${UV_PYTHON:-python3}"
+# Write .pyc files at install time, as pip does: the agent then starts without compiling pysnmp's
+# MIB modules (tests/unit/test_snmp_mib_bytecode.py holds it to that).
+export UV_COMPILE_BYTECODE=1
 
 as_root() {
     if [[ $(id -u) -eq 0 ]]; then

@@ -17,6 +17,23 @@ from tests.peers.zone import standard_zones
 # The session's Postfix, once some test has asked for it (so unit-only runs start nothing).
 _SESSION_POSTFIX = pytest.StashKey[PostfixServer]()
 
+# Fixtures that start a Debian daemon or read what a Debian package installed.
+_PEER_FIXTURES = frozenset(
+    {"postfix", "postfix_sasl", "dns_server", "trap_receiver", "base_mibs", "dnssec_nsd", "validating_resolver"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `peers` tier: every integration test, and any test using a peer fixture.
+
+    `pytest -m "not peers"` is the quick tier: only the Python packages of the lock are needed.
+    A unit test that runs a Debian tool itself says so with @pytest.mark.peers.
+    """
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if "integration" in item.path.parts or uses & _PEER_FIXTURES:
+            item.add_marker(pytest.mark.peers)
+
 
 @pytest.fixture(scope="session")
 def peers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
