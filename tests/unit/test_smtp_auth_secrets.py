@@ -6,7 +6,6 @@ when len("\\0user\\0") is a multiple of 3, so the usernames here cover all three
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -16,6 +15,7 @@ import pytest
 from monitor.config import DnsConfig, SmtpProbeConfig
 from monitor.probes import ProbeEnv, build_resolver, smtp
 from monitor.results import Phase, Reason, SmtpResult
+from tests.fakes.auth_secrets import b64, password_only_runs, secret_forms
 from tests.fakes.certs import SERVER_IP, SERVER_NAME, IssuedCert, Pki
 from tests.fakes.smtp_servers import (
     QUIT,
@@ -31,41 +31,6 @@ PASSWORD = "Quokka-Zebra-Hunter2-Passphrase"  # long enough that every base64 fo
 # len("\0" + user + "\0") mod 3 is 0, 1 and 2: the password's alignment inside the PLAIN token
 USERNAMES = ("a", "ab", "abc")
 MECHANISMS = ("PLAIN", "LOGIN")
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def password_only_runs(password: bytes) -> list[str]:
-    """For each of the three alignments, the base64 characters that encode password bytes only.
-
-    Character i of a base64 text carries bits 6i..6i+5, i.e. bytes 6i//8 .. (6i+5)//8; behind a
-    prefix of k bytes the characters whose bytes all lie within the password depend on it alone,
-    whatever comes before or after it."""
-    runs = []
-    for k in range(3):
-        encoded = b64(b"\xff" * k + password + b"\xff" * 3)
-        pure = [
-            ch for i, ch in enumerate(encoded)
-            if (6 * i) // 8 >= k and (6 * i + 5) // 8 < k + len(password)
-        ]
-        runs.append("".join(pure))
-    return runs
-
-
-def secret_forms(username: str, password: str) -> dict[str, str]:
-    """Every text that would give the password away, by name."""
-    raw = password.encode()
-    forms = {
-        "password": password,
-        "PLAIN token": b64(f"\0{username}\0{password}".encode()),
-        "base64(password)": b64(raw),
-        "base64(password) unpadded": b64(raw).rstrip("="),
-        **{f"base64 alignment {k}": run for k, run in enumerate(password_only_runs(raw))},
-    }
-    assert all(len(form) >= 16 for form in forms.values()), forms  # no accidental matches
-    return forms
 
 
 def assert_no_secret(result: SmtpResult, username: str, password: str) -> None:
