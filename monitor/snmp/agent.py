@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyasn1.codec.ber import encoder as ber_encoder
 from pysnmp.carrier.asyncio.dgram import udp, udp6
 from pysnmp.carrier.asyncio.dispatch import AsyncioDispatcher
 from pysnmp.entity import config as pysnmp_config
@@ -30,9 +31,10 @@ from monitor.config import SnmpConfig, parse_snmp_listen
 from monitor.health import AgentHealth
 from monitor.mib_oids import Oid
 from monitor.snmp.engine import new_snmp_engine
-from monitor.snmp.fastpath import MAX_RESPONSE_OCTETS, FastPath
+from monitor.snmp.fastpath import MAX_BULK_OCTETS, MAX_REQUEST_BINDINGS, MAX_RESPONSE_OCTETS, FastPath, oid_body
 from monitor.snmp.mibview import BEYOND, SYSTEM, MibTable, MibView, SnapshotSource
-from monitor.snmp.usm_fastpath import UsmFastPath
+from monitor.snmp.ratelimit import TokenBucket
+from monitor.snmp.usm_fastpath import Refusal, Screened, UsmFastPath
 
 log = logging.getLogger("smtp_monitor.snmp")
 
@@ -78,13 +80,16 @@ _GROUPS = (
 PDU_NAMES = {0: "get", 1: "getnext", 3: "set", 5: "getbulk"}
 _V1_REQUESTS = frozenset({0, 1, 3})
 _V2C_REQUESTS = frozenset({0, 1, 3, 5})
-# USM counters that mean wrong or missing credentials (not discovery or time sync).
-_USM_AUTH_COUNTERS = (
-    "usmStatsWrongDigests",
-    "usmStatsUnknownUserNames",
-    "usmStatsDecryptionErrors",
-    "usmStatsUnsupportedSecLevels",
-)
+# SNMPv3 refusals that mean wrong or missing credentials (not discovery or time sync).
+_AUTH_REFUSALS = frozenset({
+    Refusal.WRONG_DIGEST, Refusal.UNKNOWN_USER_NAME, Refusal.DECRYPTION_ERROR, Refusal.UNSUPPORTED_SEC_LEVEL,
+})
+_DROPPED_REFUSALS = {Refusal.MALFORMED: "malformed", Refusal.NOT_A_REQUEST: "not a request"}
+# pysnmp's share of the event loop: it spends ~1 ms a message (the fast paths ~0.05 ms), so what
+# still reaches it (authentic SETs, other contexts, odd requests; replays of captured ones) gets at
+# most half a second of each second, with half a second of burst: GETs on the fast paths keep the rest.
+PYSNMP_SHARE = 0.5
+PYSNMP_BURST = 0.5
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -233,7 +238,6 @@ class _Gate:
         self.max_octets = max_octets
         # community -> allowed source networks; an empty tuple allows every source
         self.communities: dict[bytes, tuple[Network, ...]] = {}
-        self.usm_counters: list[Any] = []
 
     def admit(self, address: Any, message: bytes) -> MessageHeader | None:
         if len(message) > self.max_octets:
@@ -259,15 +263,19 @@ class _Gate:
         ip = _source_ip(address)
         return ip is not None and any(ip in network for network in networks)
 
-    def usm_failures(self) -> int:
-        return sum(int(counter.syntax) for counter in self.usm_counters)
+    def drop(self, reason: str) -> None:
+        self.health.snmp_dropped += 1
+        self.health.snmp_dropped_reasons[reason] += 1
 
 
 class _GuardedDispatcher(AsyncioDispatcher):  # type: ignore[misc]  # pysnmp is untyped
-    """pysnmp's asyncio dispatcher with the gate in front, the fast path next and a net behind.
+    """pysnmp's asyncio dispatcher with the gate in front, the fast paths next and a net behind.
 
-    pysnmp raises uncaught exceptions on some malformed messages (a TypeError on ~2 % of random
-    datagrams): they are counted as dropped instead of reaching the event loop as tracebacks."""
+    Every SNMPv3 message is screened by the USM fast path (`UsmFastPath.screen`): pysnmp sees only
+    authentic in-window requests it does not serve, and never a Response, Report or Trap. What
+    reaches pysnmp shares a time budget (PYSNMP_SHARE of the loop). pysnmp raises uncaught
+    exceptions on some malformed messages (a TypeError on ~2 % of random datagrams): they are
+    counted as dropped instead of reaching the event loop as tracebacks."""
 
     def __init__(
         self, gate: _Gate, loop: asyncio.AbstractEventLoop, fast: FastPath | None = None, usm: UsmFastPath | None = None
@@ -276,6 +284,7 @@ class _GuardedDispatcher(AsyncioDispatcher):  # type: ignore[misc]  # pysnmp is 
         self._gate = gate
         self._fast = fast
         self._usm = usm
+        self.pysnmp_budget = TokenBucket(PYSNMP_SHARE, PYSNMP_BURST, time.perf_counter)
 
     def _callback_function(self, transport: Any, address: Any, message: bytes) -> None:
         gate = self._gate
@@ -283,26 +292,63 @@ class _GuardedDispatcher(AsyncioDispatcher):  # type: ignore[misc]  # pysnmp is 
             header = gate.admit(address, message)
             if header is None:
                 return
-            if self._answer_fast(transport, address, message, header):
-                return
-            before = gate.usm_failures() if header.version == 3 else 0
-            super()._callback_function(transport, address, message)
             if header.version == 3:
-                gate.health.snmp_auth_failures += gate.usm_failures() - before
+                if self._screen_v3(transport, address, message):
+                    return
+            elif self._answer_fast(transport, address, message, header):
+                return
+            budget = self.pysnmp_budget
+            if not budget.allows():
+                gate.drop("pysnmp busy")
+                return
+            started = time.perf_counter()
+            try:
+                super()._callback_function(transport, address, message)
+            finally:
+                budget.charge(time.perf_counter() - started)
         except Exception as exc:
             gate.health.snmp_dropped += 1
             log.debug("dropped SNMP message from %s: %s: %s", address, type(exc).__name__, exc)
 
+    def _screen_v3(self, transport: Any, address: Any, message: bytes) -> bool:
+        """Answer, report or drop an SNMPv3 message; False leaves an authentic request to pysnmp."""
+        gate, usm = self._gate, self._usm
+        if usm is None:  # not started: nothing screens, so nothing goes on
+            gate.drop("malformed")
+            return True
+        screened: Screened = usm.screen(message)
+        refusal = screened.refusal
+        if refusal is Refusal.UNSERVED:
+            return False
+        health = gate.health
+        if refusal is None:
+            health.snmp_requests[PDU_NAMES[screened.pdu]] += 1  # counted before it leaves, as below
+        elif refusal in _DROPPED_REFUSALS:
+            gate.drop(_DROPPED_REFUSALS[refusal])
+            return True
+        elif refusal in _AUTH_REFUSALS:
+            health.snmp_auth_failures += 1
+        if screened.report_limited:
+            health.snmp_dropped_reasons["report rate-limited"] += 1
+        datagram = screened.datagram
+        endpoint = getattr(transport, "transport", None)  # the asyncio DatagramTransport
+        if datagram is None or endpoint is None or endpoint.is_closing():
+            return True
+        if refusal is not None:
+            health.snmp_reports[refusal.value] += 1
+        endpoint.sendto(datagram, address)
+        fast = self._fast
+        if refusal is None and fast is not None and fast.planned:
+            self.loop.call_soon(fast.read_ahead)  # as in _answer_fast
+        return True
+
     def _answer_fast(self, transport: Any, address: Any, message: bytes, header: MessageHeader) -> bool:
-        """Count and send a fast path's answer on the receiving socket; False leaves the message to pysnmp."""
+        """Count and send the v1/v2c fast path's answer on the receiving socket; False leaves the message to pysnmp."""
         endpoint = getattr(transport, "transport", None)  # the asyncio DatagramTransport
         if endpoint is None or endpoint.is_closing():  # closing listener: pysnmp drops it
             return False
-        if header.version == 3:
-            answer = self._usm.respond(message) if self._usm is not None else None
-        else:
-            response = self._fast.respond(message) if self._fast is not None else None
-            answer = None if response is None else (response, header.pdu_tag)
+        response = self._fast.respond(message) if self._fast is not None else None
+        answer = None if response is None else (response, header.pdu_tag)
         if answer is None:
             return False
         # Counted before it leaves: a manager that got the answer must already see it counted.
@@ -384,13 +430,98 @@ class _ViewInstrumentation:
         return []
 
 
-class _BulkResponder(cmdrsp.BulkCommandResponder):  # type: ignore[misc]  # pysnmp is untyped
-    """GETBULK (RFC 3416 4.2.3) that stops repeating once every repeated variable hit endOfMibView.
+# Octets of a response message besides its varbinds and community (v1/v2c): the message and PDU
+# headers with long lengths, version, the widest request-id, error-status, error-index, list header.
+_V2C_AROUND = 32
+# Octets of an SNMPv3 ScopedPDU besides its PDU's varbinds, past pysnmp's maxSizeResponseScopedPDU
+# (msgMaxSize less the request's own security parameters and 48): the ScopedPDU and PDU headers, the
+# encrypted OCTET STRING and DES padding, and boots and time longer than the request's.
+_V3_AROUND = 64
+
+
+def _varbind_octets(var_bind: tuple[Any, Any]) -> int:
+    """The encoded size of one VarBind, as pyasn1 (and the fast path) writes it."""
+    name, value = var_bind
+    return _tlv_size(len(oid_body(tuple(name))) + 2 + len(ber_encoder.encode(value)))  # OID tag and length
+
+
+def _tlv_size(octets: int) -> int:
+    return 1 + (1 if octets < 0x80 else 1 + (octets.bit_length() + 7) // 8) + octets
+
+
+class _BoundedResponder(cmdrsp.CommandResponderBase):  # type: ignore[misc]  # pysnmp is untyped
+    """A read responder that answers tooBig (RFC 3416 4.2.1) where pysnmp dropped the response in
+    silence (snmpSilentDrops): a request of more than MAX_REQUEST_BINDINGS bindings, and a response
+    larger than the message size (65,507 octets, or a smaller SNMPv3 msgMaxSize)."""
+
+    def __init__(self, engine: Any, context: Any, cb_ctx: Any = None) -> None:
+        super().__init__(engine, context, cb_ctx)
+        self._budgets: dict[Any, int] = {}  # varbind octets a response may carry, by stateReference
+
+    def process_pdu(
+        self, engine: Any, mp_model: int, security_model: Any, security_name: Any, security_level: Any,
+        context_engine_id: Any, context_name: Any, pdu_version: Any, pdu: Any, max_scoped: int, state_reference: Any,
+    ) -> None:
+        if mp_model in (0, 1):
+            request = engine.observer.get_execution_context("rfc3412.receiveMessage:request")["wholeMsg"]
+            header = parse_header(bytes(request))
+            community = len(header.community) if header is not None else 255
+            budget = MAX_RESPONSE_OCTETS - _V2C_AROUND - _tlv_size(community)
+        else:
+            context = len(context_engine_id) + len(context_name)
+            budget = min(int(max_scoped), MAX_RESPONSE_OCTETS - 256) - _V3_AROUND - context
+        self._budgets[state_reference] = budget
+        try:
+            super().process_pdu(
+                engine, mp_model, security_model, security_name, security_level, context_engine_id, context_name,
+                pdu_version, pdu, max_scoped, state_reference,
+            )  # fmt: skip
+        finally:
+            self._budgets.pop(state_reference, None)
+
+    def handle_management_operation(self, engine: Any, state_reference: Any, context_name: Any, pdu: Any) -> None:
+        if len(v2c.apiPDU.get_varbinds(pdu)) > MAX_REQUEST_BINDINGS:
+            raise smi_error.TooBigError()  # pysnmp answers tooBig, error-index 0, no bindings
+        super().handle_management_operation(engine, state_reference, context_name, pdu)
+
+    def send_varbinds(
+        self, engine: Any, state_reference: Any, error_status: Any, error_index: Any, var_binds: Any
+    ) -> None:
+        if not error_status and var_binds:
+            budget = self._budgets.get(state_reference)
+            if budget is not None and sum(map(_varbind_octets, var_binds)) > budget:
+                raise smi_error.TooBigError()
+        super().send_varbinds(engine, state_reference, error_status, error_index, var_binds)
+
+    def fitting(self, state_reference: Any, var_binds: list[Any], cap: int) -> list[Any]:
+        """The longest head of `var_binds` within the response's budget and `cap` octets (RFC 3416 4.2.3)."""
+        budget = min(self._budgets.get(state_reference, cap), cap)
+        used = 0
+        for count, var_bind in enumerate(var_binds):
+            used += _varbind_octets(var_bind)
+            if used > budget:
+                return var_binds[:count]
+        return var_binds
+
+
+class _GetResponder(_BoundedResponder, cmdrsp.GetCommandResponder):  # type: ignore[misc]
+    pass
+
+
+class _NextResponder(_BoundedResponder, cmdrsp.NextCommandResponder):  # type: ignore[misc]
+    pass
+
+
+class _BulkResponder(_BoundedResponder, cmdrsp.BulkCommandResponder):  # type: ignore[misc]  # pysnmp is untyped
+    """GETBULK (RFC 3416 4.2.3) that stops repeating once every repeated variable hit endOfMibView,
+    and ends the response before MAX_BULK_OCTETS octets of bindings (tooBig if not even one fits).
 
     pysnmp's responder fills all max-repetitions with copies of the endOfMibView varbinds,
     which net-snmp's snmpbulkwalk prints once per copy."""
 
     def handle_management_operation(self, engine: Any, state_reference: Any, context_name: Any, pdu: Any) -> None:
+        if len(v2c.apiPDU.get_varbinds(pdu)) > MAX_REQUEST_BINDINGS:
+            raise smi_error.TooBigError()
         non_repeaters = max(int(v2c.apiBulkPDU.get_non_repeaters(pdu)), 0)
         max_repetitions = max(int(v2c.apiBulkPDU.get_max_repetitions(pdu)), 0)
         requested = v2c.apiPDU.get_varbinds(pdu)
@@ -409,6 +540,9 @@ class _BulkResponder(cmdrsp.BulkCommandResponder):  # type: ignore[misc]  # pysn
             m -= 1
         if not response:
             raise smi_error.SmiError()
+        response = self.fitting(state_reference, response, MAX_BULK_OCTETS)
+        if not response:
+            raise smi_error.TooBigError()
         self.send_varbinds(engine, state_reference, 0, 0, response)
         self.release_state_information(state_reference)
 
@@ -476,7 +610,8 @@ class SnmpAgent:
             configured = parse_engine_id(self._config.engine_id) if self._config.engine_id else None
             self.engine_state = next_engine_state(self._state_path, configured)
             engine = self._new_engine(self.engine_state)
-            self.usm_fast_path = UsmFastPath.for_engine(self.fast_path, engine) if self.fast_path is not None else None
+            # Also without the v1/v2c fast path: it screens every SNMPv3 message in front of pysnmp.
+            self.usm_fast_path = UsmFastPath.for_engine(self.fast_path, engine)
             self._dispatcher = _GuardedDispatcher(self._gate, loop, self.fast_path, self.usm_fast_path)
             engine.register_transport_dispatcher(self._dispatcher)
             self._engine = engine
@@ -573,7 +708,6 @@ class SnmpAgent:
         # allow what UDP carries, as the fast path does.
         (max_size,) = builder.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineMaxMessageSize")
         max_size.syntax = max_size.syntax.clone(MAX_RESPONSE_OCTETS)
-        self._gate.usm_counters = list(builder.import_symbols("__SNMP-USER-BASED-SM-MIB", *_USM_AUTH_COUNTERS))
         engine.observer.register_observer(self._count_request, "rfc3412.receiveMessage:request")
         return engine
 
@@ -586,8 +720,8 @@ class SnmpAgent:
         context.unregister_context_name(b"")
         context.register_context_name(b"", _ViewInstrumentation(self.view))
         for responder in (
-            cmdrsp.GetCommandResponder,
-            cmdrsp.NextCommandResponder,
+            _GetResponder,
+            _NextResponder,
             _BulkResponder,
             cmdrsp.SetCommandResponder,
         ):
