@@ -57,6 +57,15 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _utf8(text: str) -> bytes:
+    """A credential's bytes; surrogateescape gives back an environment variable's undecodable bytes."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # The exception's text names the character and its position: never let it near a log.
+        raise ValueError("AUTH username or password is not valid UTF-8") from None
+
+
 def _password_only_runs(raw: bytes) -> Iterator[str]:
     """The base64 characters that encode password bytes only, with the password at each offset mod 3
     of a longer base64 text (the PLAIN token puts it at len("\\0user\\0") mod 3).
@@ -87,11 +96,11 @@ class _Credentials:
     @classmethod
     def of(cls, auth: SmtpAuthConfig) -> _Credentials:
         password = auth.password.reveal()
-        raw = password.encode()
+        raw = _utf8(password)
         forms = {
             password,
-            _b64(f"\0{auth.username}\0{password}".encode()),  # the PLAIN token
-            _b64(auth.username.encode()),  # the LOGIN lines
+            _b64(_utf8(f"\0{auth.username}\0{password}")),  # the PLAIN token
+            _b64(_utf8(auth.username)),  # the LOGIN lines
             _b64(raw),
             _b64(raw).rstrip("="),
             *(run for run in _password_only_runs(raw) if len(run) >= _MIN_RUN),
@@ -415,14 +424,14 @@ class _Dialogue:
             raise _Failure(Reason.AUTH_UNAVAILABLE, f"server offers AUTH {' '.join(offered) or '(none)'}, not {wanted}")
         try:
             if mechanism == "PLAIN":
-                token = _b64(f"\0{username}\0{password}".encode())
+                token = _b64(_utf8(f"\0{username}\0{password}"))
                 reply = await self.command(f"AUTH PLAIN {token}")
             else:
                 reply = await self.command("AUTH LOGIN")
                 for value in (username, password):
                     if reply.code != 334:
                         break
-                    reply = await self.command(_b64(value.encode()))
+                    reply = await self.command(_b64(_utf8(value)))
         except WireError as exc:
             # A malformed reply is quoted in the message: keep the message, never the server's text.
             raise WireError(exc.kind, credentials.scrub(exc.bare)) from None

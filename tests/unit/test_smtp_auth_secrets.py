@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -176,3 +177,39 @@ def test_password_only_runs_cover_the_plain_token_at_every_alignment() -> None:
         token = secret_forms(username, PASSWORD)["PLAIN token"]
         k = len(f"\0{username}\0") % 3
         assert password_only_runs(PASSWORD.encode())[k] in token
+
+
+class TestUndecodableCredentials:
+    def test_an_environment_password_with_undecodable_bytes_is_sent_as_those_bytes(
+        self, pki: Pki, good_cert: IssuedCert, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        raw = b"Quokka-\xff-Zebra-Hunter2"  # not UTF-8: os.environ holds it surrogate-escaped
+        monkeypatch.setitem(os.environb, b"SMTPMON_TEST_RAW_PASSWORD", raw)
+        server = EchoingAuthServer(good_cert.server_context())
+
+        async def scenario() -> SmtpResult:
+            async with server:
+                config = SmtpProbeConfig(
+                    name="auth", host=SERVER_IP, port=server.port, tls="starttls", timeout=5, helo="probe.test",
+                    ca_file=pki.ca_file, servername=SERVER_NAME,
+                    auth={"username": "ab", "password": {"env": "SMTPMON_TEST_RAW_PASSWORD"}, "mechanism": "PLAIN"},
+                )
+                return await smtp.run(config, ProbeEnv(resolver=build_resolver(DnsConfig())))
+
+        result = run_scenario(scenario())
+        assert (result.phase, result.reason) == (Phase.AUTH, Reason.AUTH_FAILED), result.error
+        token = b64(b"\0ab\0" + raw)
+        assert f"AUTH PLAIN {token}".encode() in server.received
+        dumped = json.dumps(result.as_dict())
+        for form in (token, b64(raw), *password_only_runs(raw)):
+            assert form not in dumped
+
+    def test_a_password_that_is_no_unicode_text_fails_without_naming_its_characters(self, pki: Pki) -> None:
+        config = SmtpProbeConfig(
+            name="auth", host=SERVER_IP, port=25, tls="starttls", ca_file=pki.ca_file,
+            auth={"username": "ab", "password": "lone-\ud800-surrogate"},
+        )
+        with pytest.raises(ValueError, match="not valid UTF-8") as info:
+            run_scenario(smtp.run(config, ProbeEnv(resolver=build_resolver(DnsConfig()))))
+        assert "\ud800" not in str(info.value)
+        assert "position" not in str(info.value)
