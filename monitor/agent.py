@@ -128,6 +128,7 @@ class Agent:
                 address[0], address[1], build_agent_registry(self.health), self.store,
                 ready=lambda: self._started and not self._stopping.is_set(),
                 adhoc=AdhocProber(self.env, endpoint) if endpoint.enabled else None, health=self.health,
+                limits=self.config.prometheus.http,
             )
             try:
                 await self.http.start()

@@ -186,16 +186,73 @@ class DnsConfig(_Strict):
         return out
 
 
+def _check_host_pattern(value: Any) -> Any:
+    """`mail.example.org` (that name only) or `.example.org` (every name below example.org)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    below = text.startswith(".")
+    name = _check_hostname(text[1:] if below else text)
+    if _MAYBE_IP.fullmatch(name):
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            pass
+        else:
+            raise ValueError(f"{value!r} is an address: list it under networks")
+    return f".{name}" if below else name
+
+
+HostPattern = Annotated[str, BeforeValidator(_check_host_pattern)]
+
+
+class ProbeAllow(_Strict):
+    """The targets /probe may reach; every other one is refused (403) before any DNS lookup or connection.
+
+    A name must match `hosts`; when `networks` is set, every address it resolves to must lie in them
+    too (so that DNS cannot point an allowed name at 127.0.0.1). An address must lie in `networks`."""
+
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    hosts: list[HostPattern] = []
+    ports: list[Port] = Field(default=[25, 465, 587], min_length=1)
+
+
+class ProbeRateLimit(_Strict):
+    """A token bucket over every /probe that passes the allow-list: `rate` per second, `burst` at once."""
+
+    rate: float = Field(default=10.0, gt=0, le=10_000)
+    burst: int = Field(default=20, ge=1, le=10_000)
+
+
 class ProbeEndpointConfig(_Strict):
     """`/probe?target=...` for ad-hoc probes, blackbox_exporter style; off unless enabled."""
 
     enabled: bool = False
     max_concurrency: int = Field(default=10, ge=1, le=1000)
     timeout: Duration = 10.0
+    allow: ProbeAllow = ProbeAllow()
+    rate_limit: ProbeRateLimit = ProbeRateLimit()
+
+    @model_validator(mode="after")
+    def _allow_needed(self) -> ProbeEndpointConfig:
+        if self.enabled and not (self.allow.networks or self.allow.hosts):
+            raise ValueError("an enabled /probe needs allow.networks or allow.hosts: it probes only what they list")
+        return self
+
+
+class HttpLimits(_Strict):
+    """Bounds on HTTP connections, so that slow, idle or silent clients cannot hold the agent's descriptors."""
+
+    # Connections at once; at the bound a new one displaces the oldest that has no request running.
+    max_connections: int = Field(default=256, ge=1, le=65_536)
+    header_timeout: Duration = 10.0  # from connect to the complete request headers of the first request
+    idle_timeout: Duration = 15.0  # keep-alive: from a response to the complete headers of the next request
+    send_timeout: Duration = 60.0  # writing one /metrics response to a client that reads it slowly
 
 
 class PrometheusConfig(_Strict):
     listen: str | None = "127.0.0.1:9465"
+    http: HttpLimits = HttpLimits()
     probe_endpoint: ProbeEndpointConfig = ProbeEndpointConfig()
 
     @field_validator("listen")

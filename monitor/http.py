@@ -1,28 +1,59 @@
-"""HTTP endpoints: /metrics for Prometheus, /-/healthy and /-/ready for orchestrators."""
+"""HTTP endpoints: /metrics for Prometheus, /-/healthy and /-/ready for orchestrators, /probe when enabled.
+
+The agent accepts its HTTP connections itself (`HttpListener`) instead of through aiohttp's site:
+aiohttp keeps a connection whose request headers never end for its keep-alive time (an hour by
+default), accepts until the process runs out of descriptors, and asyncio then logs a traceback per
+failed accept. Here connections are counted and bounded (`prometheus.http`), a connection that has
+not sent a request within `header_timeout` is closed, failed accepts are logged once per minute,
+and at the bound a new connection displaces the oldest one with no request running, so that a
+scraper gets in while a flood of half-sent requests holds every slot.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import logging
+import resource
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import web, web_response
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from pydantic import ValidationError
 
-from monitor.config import MxCheckConfig, ProbeEndpointConfig, SmtpProbeConfig, parse_duration, split_host_port
+from monitor.config import (
+    HttpLimits,
+    MxCheckConfig,
+    ProbeAllow,
+    ProbeEndpointConfig,
+    SmtpProbeConfig,
+    parse_duration,
+    split_host_port,
+)
 from monitor.health import AgentHealth
-from monitor.metrics import ProbeExposition, single_result_registry
+from monitor.metrics import ProbeExposition, StoreCollector
+from monitor.results import Phase, Reason, SmtpResult
 from monitor.store import ProbeState, ResultsStore
 
 if TYPE_CHECKING:
     from monitor.probes import ProbeEnv
+    from monitor.results import MxResult
 
 _WRITE_BATCH = 256 * 1024  # octets per write of /metrics: bounded buffers, few syscalls
+
+SERVER_NAME = "smtp-monitor"  # the Server header: a product name, no versions to look vulnerabilities up by
+LISTEN_BACKLOG = 128  # connections the kernel queues while every slot runs a request
+ACCEPT_RETRY = 0.25  # seconds between accepts while the process has no descriptor to spare
+LOG_EVERY = 60.0  # at most one line per minute about failed accepts, and one about malformed requests
+SHUTDOWN_GRACE = 3.0  # seconds requests in flight get at stop (aiohttp's default is 60)
 
 log = logging.getLogger("smtp_monitor.http")
 
@@ -67,34 +98,435 @@ class HttpBindError(Exception):
     """The HTTP listen address could not be bound."""
 
 
+class Throttle:
+    """At most one log line per `every` seconds about one kind of event, counting the events in between."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.total = 0
+        self._since_line = 0
+        self._next_line = 0.0
+
+    def note(self, now: float) -> int | None:
+        """Count one event: the events since the last line (this one included) when a line is due now, else None."""
+        self.total += 1
+        self._since_line += 1
+        if now < self._next_line:
+            return None
+        self._next_line = now + self.every
+        count, self._since_line = self._since_line, 0
+        return count
+
+
+class _ThrottledServerLog(logging.Filter):
+    """aiohttp logs an ERROR with a traceback for every malformed request, which lets any client fill the
+    log: one line per LOG_EVERY instead, and a client's malformed request without the traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.throttle = Throttle(LOG_EVERY)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        count = self.throttle.note(time.monotonic())
+        if count is None:
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):  # the client's fault, not the agent's: no traceback
+            first_line = str(exc.message).strip().splitlines()[0] if exc.message else type(exc).__name__
+            record.msg = "%s: %s (%d such lines in the last %.0f s at most, the others left out)"
+            record.args = (record.getMessage(), first_line[:200], count, LOG_EVERY)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_server_log = logging.getLogger("smtp_monitor.http.server")
+_server_log.addFilter(_ThrottledServerLog())
+
+
+def _descriptor_share() -> int:
+    """At most half the process's descriptors for HTTP connections: SNMP, the state database, the probe
+    process's pipes and a SIGHUP reload keep the rest."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(16, soft // 2)
+
+
+class _Connection:
+    """One accepted connection: requests started on it and running now, and its header deadline."""
+
+    __slots__ = ("deadline", "handler", "running", "started", "transport")
+
+    def __init__(self, handler: asyncio.Protocol) -> None:
+        self.handler = handler
+        self.transport: asyncio.Transport | None = None
+        self.started = 0
+        self.running = 0
+        self.deadline: asyncio.TimerHandle | None = None
+
+
+class _Tracked(asyncio.Protocol):
+    """aiohttp's request handler behind a proxy that tells the listener when the connection comes and goes."""
+
+    __slots__ = ("_inner", "_listener")
+
+    def __init__(self, inner: asyncio.Protocol, listener: HttpListener) -> None:
+        self._inner = inner
+        self._listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._listener.connection_made(self._inner, transport)
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._inner.connection_lost(exc)
+        finally:
+            self._listener.connection_lost(self._inner)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class HttpListener:
+    """Listening sockets and an accept loop of our own, with every connection counted.
+
+    At `max_connections` (or half the descriptor limit, if lower) a new connection displaces the
+    oldest connection that has no request running: a half-sent request or an idle keep-alive. A
+    scraper's connection is the newest and sends its request at once, so it is answered while a flood
+    of half-open connections holds every slot; closing the new connection instead would refuse the
+    scraper until the flood's header deadlines ran out. Only when every slot runs a request does the
+    loop stop accepting, and new connections wait in the kernel's backlog (LISTEN_BACKLOG)."""
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self._factory: Callable[[], asyncio.Protocol] | None = None  # aiohttp's, given to start()
+        self.limits = limits
+        self.max_connections = min(limits.max_connections, _descriptor_share())
+        self._open: dict[asyncio.Protocol, _Connection] = {}  # in accept order: the oldest is displaced first
+        self._room = asyncio.Event()
+        self._sockets: list[socket.socket] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._accept_failures = Throttle(LOG_EVERY)
+        self._accept_failing_since: int | None = None  # accept failures counted when the last line was logged
+        self.displaced = 0
+        self.header_timeouts = 0
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    async def bind(self, host: str, port: int) -> int:
+        """Listen on every address of `host` (one, for an IP address); returns the port."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        try:
+            for family, kind, proto, _, address in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                self._sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address[0], port, *address[2:]))
+                port = port or sock.getsockname()[1]  # port 0: every address on the port the first one got
+                sock.listen(LISTEN_BACKLOG)
+                sock.setblocking(False)
+        except OSError:
+            self.close_sockets()
+            raise
+        if self.max_connections < self.limits.max_connections:
+            log.info("HTTP connections capped at %d, half the descriptor limit", self.max_connections)
+        return port
+
+    def start(self, factory: Callable[[], asyncio.Protocol]) -> None:
+        self._factory = factory
+        self._tasks = [asyncio.create_task(self._accept(sock), name="http-accept") for sock in self._sockets]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self.close_sockets()
+
+    def close_sockets(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
+
+    def abort_all(self) -> None:
+        for conn in list(self._open.values()):
+            self._close(conn)
+
+    # -- accepting --------------------------------------------------------------------------
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._has_room():
+                self._room.clear()
+                await self._room.wait()
+            try:
+                conn, _ = await loop.sock_accept(listening)
+            except ConnectionAbortedError:
+                continue  # the client went away while queued
+            except OSError as exc:
+                await self._accept_failed(exc)
+                continue
+            self._accept_succeeded()
+            if len(self._open) >= self.max_connections and not self._displace_oldest_waiting():
+                conn.close()  # another listening socket took the last slot since _has_room()
+                continue
+            try:
+                await loop.connect_accepted_socket(self._protocol, conn)
+            except OSError:
+                conn.close()
+
+    def _has_room(self) -> bool:
+        return len(self._open) < self.max_connections or any(c.running == 0 for c in self._open.values())
+
+    async def _accept_failed(self, exc: OSError) -> None:
+        # Out of descriptors: give up the oldest waiting connection so that the next accept gets one.
+        freed = exc.errno in (errno.EMFILE, errno.ENFILE) and self._displace_oldest_waiting()
+        count = self._accept_failures.note(time.monotonic())
+        if count is not None:
+            if self._accept_failing_since is None:
+                self._accept_failing_since = self._accept_failures.total - count
+            log.warning(
+                "HTTP: cannot accept a connection: %s (%d failed accepts since the last such line); "
+                "connections without a request running are closed to make room",
+                exc.strerror or exc, count,
+            )
+        # abort() closes the descriptor in the next turn of the loop; the next accept comes after it.
+        await asyncio.sleep(0 if freed else ACCEPT_RETRY)
+
+    def _accept_succeeded(self) -> None:
+        if self._accept_failing_since is not None:
+            log.info(
+                "HTTP: accepting connections again after %d failed accepts",
+                self._accept_failures.total - self._accept_failing_since,
+            )
+            self._accept_failing_since = None
+
+    def _displace_oldest_waiting(self) -> bool:
+        for conn in self._open.values():
+            if conn.running == 0 and conn.transport is not None:
+                self.displaced += 1
+                self._close(conn)
+                return True
+        return False
+
+    def _close(self, conn: _Connection) -> None:
+        self._open.pop(conn.handler, None)
+        if conn.deadline is not None:
+            conn.deadline.cancel()
+        if conn.transport is not None:
+            conn.transport.abort()  # not close(): a client that does not read would keep it open
+        self._room.set()
+
+    # -- the connections --------------------------------------------------------------------
+    def _protocol(self) -> asyncio.Protocol:
+        assert self._factory is not None
+        handler = self._factory()
+        self._open[handler] = _Connection(handler)
+        return _Tracked(handler, self)
+
+    def connection_made(self, handler: asyncio.Protocol, transport: asyncio.BaseTransport) -> None:
+        conn = self._open.get(handler)
+        if conn is not None:
+            assert isinstance(transport, asyncio.Transport)
+            conn.transport = transport
+            loop = asyncio.get_running_loop()
+            conn.deadline = loop.call_later(self.limits.header_timeout, self._headers_overdue, conn)
+
+    def connection_lost(self, handler: asyncio.Protocol) -> None:
+        conn = self._open.pop(handler, None)
+        if conn is not None and conn.deadline is not None:
+            conn.deadline.cancel()
+        self._room.set()
+
+    def _headers_overdue(self, conn: _Connection) -> None:
+        conn.deadline = None
+        if conn.started == 0 and conn.handler in self._open:
+            self.header_timeouts += 1
+            self._close(conn)
+
+    @web.middleware
+    async def track_requests(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Counts requests per connection: one running is not displaced, one started ends the header deadline.
+        After a response aiohttp's keep-alive timer (`idle_timeout`) bounds the wait for the next request."""
+        conn = self._open.get(request.protocol)
+        if conn is None:
+            return await handler(request)
+        conn.started += 1
+        conn.running += 1
+        if conn.deadline is not None:
+            conn.deadline.cancel()
+            conn.deadline = None
+        try:
+            return await handler(request)
+        finally:
+            conn.running -= 1
+            if conn.running == 0:
+                self._room.set()
+
+
 class AdhocBusy(Exception):
     """The bound on ad-hoc probes in flight is reached."""
 
 
+class ProbeRefused(Exception):
+    """A /probe target outside `prometheus.probe_endpoint.allow` (403)."""
+
+
+class ProbeRateLimited(Exception):
+    """The /probe rate limit is spent (429)."""
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._at = now
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+class TargetPolicy:
+    """Which targets /probe may reach (`prometheus.probe_endpoint.allow`)."""
+
+    def __init__(self, allow: ProbeAllow) -> None:
+        self.allow = allow
+        self._exact = frozenset(h for h in allow.hosts if not h.startswith("."))
+        self._below = tuple(h for h in allow.hosts if h.startswith("."))
+
+    def refusal(self, spec: SmtpProbeConfig | MxCheckConfig) -> str | None:
+        """Why `spec` may not run, judged on the request alone (before any DNS lookup); None if it may."""
+        if isinstance(spec, MxCheckConfig):
+            return None if self.name_allowed(spec.domain) else f"domain {spec.domain} is not in allow.hosts"
+        if spec.effective_port not in self.allow.ports:
+            return f"port {spec.effective_port} is not in allow.ports"
+        address = _ip(spec.host)
+        if address is not None:
+            return None if self.address_allowed(address) else f"address {spec.host} is not in allow.networks"
+        return None if self.name_allowed(spec.host) else f"host {spec.host} is not in allow.hosts"
+
+    def address_refusal(self, host: str, addresses: list[str]) -> str | None:
+        """After the lookup of an allowed name: every address must lie in allow.networks, if any are set."""
+        if not self.allow.networks:
+            return None
+        for text in addresses:
+            address = _ip(text)
+            if address is None or not self.address_allowed(address):
+                return f"host {host} resolves to an address outside allow.networks"
+        return None
+
+    def name_allowed(self, name: str) -> bool:
+        name = name.lower().rstrip(".")
+        return name in self._exact or any(name.endswith(suffix) for suffix in self._below)
+
+    def address_allowed(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        return any(address in network for network in self.allow.networks)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def adhoc_registry(spec: SmtpProbeConfig | MxCheckConfig, result: SmtpResult | MxResult) -> CollectorRegistry:
+    """The metrics of one ad-hoc probe, with the same names as the scheduled ones. Its store announces
+    nothing: an ad-hoc probe has no status to change, and a scan would otherwise log a line per port."""
+    store = ResultsStore(announce=False)
+    store.configure([(spec, 1, 0)])
+    store.record(spec.name, result)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store, None))
+    return registry
+
+
 class AdhocProber:
-    """Runs one probe per /probe request, bounded; the results never enter the store."""
+    """Runs one probe per /probe request: allowed targets only, rate-limited and bounded in flight;
+    the results never enter the store."""
 
     def __init__(self, env: ProbeEnv, config: ProbeEndpointConfig) -> None:
         # Here, not at the top: an agent without /probe runs no probe in its own process.
-        from monitor.probes import mx, smtp
+        from monitor.probes import mx, resolve, smtp
 
         self._run_smtp, self._run_mx = smtp.run, mx.run
+        self._addresses, self._lookup_failed = resolve.addresses, resolve.LookupFailed
         self.env = env
         self.config = config
+        self.policy = TargetPolicy(config.allow)
+        self.bucket = TokenBucket(config.rate_limit.rate, config.rate_limit.burst, time.monotonic())
         self._in_flight = 0
 
     async def probe(self, query: Mapping[str, str]) -> CollectorRegistry:
+        spec = self._spec(query)
+        refusal = self.policy.refusal(spec)
+        if refusal is not None:
+            raise ProbeRefused(refusal)
         if self._in_flight >= self.config.max_concurrency:
             raise AdhocBusy
-        spec = self._spec(query)
+        if not self.bucket.take(time.monotonic()):
+            raise ProbeRateLimited
         self._in_flight += 1
         try:
-            result = await (
-                self._run_smtp(spec, self.env) if isinstance(spec, SmtpProbeConfig) else self._run_mx(spec, self.env)
-            )
+            result = await (self._smtp(spec) if isinstance(spec, SmtpProbeConfig) else self._run_mx(spec, self.env))
         finally:
             self._in_flight -= 1
-        return single_result_registry(spec, result)
+        return adhoc_registry(spec, result)
+
+    async def _smtp(self, spec: SmtpProbeConfig) -> SmtpResult:
+        """Resolve once, check every address, then probe the address checked: a second lookup by the
+        probe could answer differently (DNS rebinding to 127.0.0.1)."""
+        if _ip(spec.host) is not None:
+            return await self._run_smtp(spec, self.env)
+        timeout = spec.timeout or self.config.timeout
+        started_at, t0 = time.time(), time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                addresses = await self._addresses(self.env.resolver, spec.host)
+        except self._lookup_failed as exc:
+            reason = Reason.TIMEOUT if exc.reason is Reason.TIMEOUT else Reason.DNS
+            return _unresolved(spec, started_at, time.perf_counter() - t0, reason, str(exc))
+        except TimeoutError:
+            error = f"no answer within {timeout:g}s"
+            return _unresolved(spec, started_at, time.perf_counter() - t0, Reason.TIMEOUT, error)
+        refusal = self.policy.address_refusal(spec.host, addresses)
+        if refusal is not None:
+            raise ProbeRefused(refusal)
+        resolved = time.perf_counter() - t0
+        pinned = spec.model_copy(update={
+            "host": addresses[0], "servername": spec.servername or spec.host, "timeout": max(timeout - resolved, 0.001),
+        })
+        result = await self._run_smtp(pinned, self.env)
+        timings = {**result.timings, Phase.RESOLVE.value: resolved}
+        return replace(result, host=spec.host, started_at=started_at, timings=timings, total=result.total + resolved)
 
     def _spec(self, query: Mapping[str, str]) -> SmtpProbeConfig | MxCheckConfig:
         target = query.get("target", "")
@@ -114,6 +546,13 @@ class AdhocProber:
             raise ValueError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
+def _unresolved(spec: SmtpProbeConfig, started_at: float, seconds: float, reason: Reason, error: str) -> SmtpResult:
+    return SmtpResult(
+        host=spec.host, port=spec.effective_port, tls_mode=spec.tls, started_at=started_at, ok=False,
+        phase=Phase.RESOLVE, reason=reason, error=error, timings={Phase.RESOLVE.value: seconds}, total=seconds,
+    )
+
+
 class MetricsServer:
     """aiohttp in the agent's event loop; the exposition text is rendered in a worker
     thread so that a large scrape does not hold up probe timing."""
@@ -121,8 +560,11 @@ class MetricsServer:
     def __init__(
         self, host: str, port: int, registry: CollectorRegistry, store: ResultsStore,
         ready: Callable[[], bool], adhoc: AdhocProber | None = None, health: AgentHealth | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.limits = limits or HttpLimits()
+        self.listener: HttpListener | None = None
         self.health = health
         self.exposition = ProbeExposition()
         self._render_lock = asyncio.Lock()
@@ -135,24 +577,30 @@ class MetricsServer:
         self.rhythm = ScrapeRhythm(time.monotonic())
 
     async def start(self) -> None:
-        app = web.Application()
+        # aiohttp's own answers to malformed requests never reach the app's hooks; they take this name.
+        web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]  # imported there, not exported
+        listener = HttpListener(self.limits)
+        app = web.Application(middlewares=[listener.track_requests])
+        app.on_response_prepare.append(_server_header)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/-/healthy", self._healthy)
         app.router.add_get("/-/ready", self._ready)
         app.router.add_get("/", self._index)
         if self.adhoc is not None:
             app.router.add_get("/probe", self._probe)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, logger=_server_log,
+            keepalive_timeout=self.limits.idle_timeout, shutdown_timeout=SHUTDOWN_GRACE,
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        assert self._runner.server is not None
         try:
-            await site.start()
+            self.port = await listener.bind(self.host, self.port)
         except OSError as exc:
             await self._runner.cleanup()
             raise HttpBindError(f"cannot listen on {self.host}:{self.port} for HTTP: {exc.strerror or exc}") from None
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets and self.port == 0:
-            self.port = sockets[0].getsockname()[1]
+        listener.start(self._runner.server)
+        self.listener = listener
         log.info("serving /metrics on http://%s:%d/metrics", self.host, self.port)
         self._warmer = asyncio.create_task(self._keep_warm(), name="metrics-warmer")
 
@@ -162,9 +610,14 @@ class MetricsServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._warmer
             self._warmer = None
+        if self.listener is not None:
+            await self.listener.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.listener is not None:
+            self.listener.abort_all()  # what the runner's grace left open: a client that does not read
+            self.listener = None
 
     async def _keep_warm(self) -> None:
         seen = -1
@@ -194,6 +647,17 @@ class MetricsServer:
         # Streamed in batches: the cached pieces are immutable, so a slow scraper holds no lock.
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
         response.content_length = sum(len(chunk) for chunk in chunks)
+        try:
+            async with asyncio.timeout(self.limits.send_timeout):
+                await self._send(request, response, chunks)
+        except TimeoutError:
+            # A client that stops reading would hold its connection, and a batch, for good.
+            if request.transport is not None:
+                request.transport.abort()
+        return response
+
+    @staticmethod
+    async def _send(request: web.Request, response: web.StreamResponse, chunks: list[bytes]) -> None:
         await response.prepare(request)
         batch: list[bytes] = []
         size = 0
@@ -205,15 +669,22 @@ class MetricsServer:
                 batch, size = [], 0
         await response.write(b"".join(batch))
         await response.write_eof()
-        return response
 
     def _render(self, states: list[ProbeState]) -> list[bytes]:
         return self.exposition.render_chunks(states, tail=generate_latest(self.registry))
 
     async def _probe(self, request: web.Request) -> web.Response:
         assert self.adhoc is not None
+        # A browser marks the requests a web page makes to another site: such a page may not run probes.
+        if request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):
+            return web.Response(status=403, text="refused: a cross-site request\n")
         try:
             registry = await self.adhoc.probe(request.query)
+        except ProbeRefused as exc:
+            return web.Response(status=403, text=f"refused: {exc}\n")
+        except ProbeRateLimited:
+            return web.Response(status=429, text="too many ad-hoc probes, try again later\n",
+                                headers={"Retry-After": "1"})
         except AdhocBusy:
             return web.Response(status=503, text="too many ad-hoc probes in flight\n")
         except ValueError as exc:
@@ -231,3 +702,7 @@ class MetricsServer:
 
     async def _index(self, _: web.Request) -> web.Response:
         return web.Response(text="smtp-monitor: see /metrics\n")
+
+
+async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME

@@ -216,7 +216,8 @@ class TestOperationsSurface:
     def test_adhoc_probe_endpoint_returns_one_probes_metrics(
         self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
     ) -> None:
-        agent = agent_factory({"prometheus_probe": True, "smtp": []})
+        allow = {"networks": ["127.0.0.0/8"], "ports": [postfix.plain_port]}
+        agent = agent_factory({"prometheus_probe": {"allow": allow}, "smtp": []})
         status, text = agent.get(f"/probe?target=127.0.0.1:{postfix.plain_port}&tls=starttls&verify=false")
         assert status == 200
         samples = {

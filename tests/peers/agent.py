@@ -34,10 +34,15 @@ class AgentProcess:
 
     def write_config(self, config: dict[str, object]) -> None:
         config = dict(config)
-        endpoint = {"enabled": bool(config.pop("prometheus_probe", False))}
+        # prometheus_probe: True, or the /probe settings (allow, rate_limit, ...) to enable it with
+        probe = config.pop("prometheus_probe", False)
+        endpoint = {"enabled": True, **probe} if isinstance(probe, dict) else {"enabled": bool(probe)}
+        prometheus: dict[str, object] = {"listen": f"127.0.0.1:{self.port}", "probe_endpoint": endpoint}
+        if "prometheus_http" in config:  # prometheus.http: connection limits
+            prometheus["http"] = config.pop("prometheus_http")
         full = {
             "agent": {"state_dir": str(self.workdir / "state")},
-            "prometheus": {"listen": f"127.0.0.1:{self.port}", "probe_endpoint": endpoint},
+            "prometheus": prometheus,
             "snmp": {"enabled": False},
             **config,
         }
