@@ -64,6 +64,134 @@ _CONTEXT_NAME = b""  # must be bytes: a str context name silently drops the noti
 
 _RESOLVE_TIMEOUT = 10.0  # seconds for the receiver's name to resolve
 _TIMED_OUT = "timeout"  # an inform's answer when pysnmp's window passed without one
+_OUTSTANDING_MAX = 64  # messages awaiting an answer per receiver: an inform and its discovery, a few windows
+_REPORTABLE = 0x04  # msgFlags: set on requests (RFC 3412 6.4), never on a Response or Report
+_INFORM, _RESPONSE = 0xA6, 0xA2  # v2c PDU tags: what we ask with, what answers it
+
+
+# -- the notifier's sockets ------------------------------------------------------------
+
+
+def _item(data: bytes, pos: int, tag: int) -> tuple[int, int]:
+    """(value start, value end) of the BER item at pos, which must have `tag`; ValueError otherwise."""
+    if data[pos] != tag:
+        raise ValueError("unexpected tag")
+    size, start = data[pos + 1], pos + 2
+    if size & 0x80:
+        count = size & 0x7F
+        if not 1 <= count <= 4:
+            raise ValueError("indefinite or oversized length")
+        size, start = int.from_bytes(data[start : start + count], "big"), start + count
+    if start + size > len(data):
+        raise ValueError("truncated")
+    return start, start + size
+
+
+def _exchange(data: bytes) -> tuple[int, int, bool, bool] | None:
+    """(version, msgID or request-id, asks for an answer, is an answer) of a message; None if unreadable.
+
+    An SNMPv3 request is reportable and its Response or Report is not (RFC 3412 6.4): the flag is
+    readable before authentication, the PDU type of an encrypted message is not."""
+    try:
+        start, _ = _item(data, 0, 0x30)
+        at, pos = _item(data, start, 0x02)
+        version = int.from_bytes(data[at:pos], "big", signed=True)
+        if version in (0, 1):
+            _, pos = _item(data, pos, 0x04)  # community
+            pdu = data[pos]
+            if pdu & 0xE0 != 0xA0:
+                return None
+            start, _ = _item(data, pos, pdu)
+            at, end = _item(data, start, 0x02)
+            request_id = int.from_bytes(data[at:end], "big", signed=True)
+            return version, request_id, pdu == _INFORM, pdu == _RESPONSE
+        if version == 3:
+            start, _ = _item(data, pos, 0x30)  # msgGlobalData
+            at, pos = _item(data, start, 0x02)
+            msg_id = int.from_bytes(data[at:pos], "big", signed=True)
+            _, pos = _item(data, pos, 0x02)  # msgMaxSize
+            at, end = _item(data, pos, 0x04)
+            if end - at != 1:
+                return None
+            reportable = bool(data[at] & _REPORTABLE)
+            return version, msg_id, reportable, not reportable
+    except (ValueError, IndexError):
+        return None
+    return None
+
+
+class _Screen:
+    """What a notifier's socket lets through to pysnmp: only the Response or Report to a message it
+    sent and still waits on (same version and msgID/request-id), each once.
+
+    A notifier answers nothing: discovery, requests and stray Reports are dropped unread, so its
+    engine can neither be probed for its ID, boots and time nor made one end of a Report loop."""
+
+    def __init__(self) -> None:
+        self.outstanding: dict[tuple[int, int], None] = {}
+        self.dropped = 0
+
+    def sent(self, message: bytes) -> None:
+        exchange = _exchange(message)
+        if exchange is None or not exchange[2]:
+            return  # a trap: nothing answers it
+        key = exchange[:2]
+        self.outstanding.pop(key, None)
+        if len(self.outstanding) >= _OUTSTANDING_MAX:
+            del self.outstanding[next(iter(self.outstanding))]  # the oldest: its window has passed
+        self.outstanding[key] = None
+
+    def admits(self, message: bytes) -> bool:
+        exchange = _exchange(message)
+        if exchange is not None and exchange[3] and exchange[:2] in self.outstanding:
+            del self.outstanding[exchange[:2]]
+            return True
+        self.dropped += 1
+        return False
+
+
+class _ScreenedUdp(udp.UdpAsyncioTransport):  # type: ignore[misc]  # pysnmp is untyped
+    screen: _Screen
+
+    def send_message(self, outgoing: bytes, address: Any) -> None:
+        self.screen.sent(bytes(outgoing))
+        super().send_message(outgoing, address)
+
+    def datagram_received(self, datagram: bytes, address: Any) -> None:
+        if self.screen.admits(datagram):
+            super().datagram_received(datagram, address)
+
+
+class _ScreenedUdp6(udp6.Udp6AsyncioTransport):  # type: ignore[misc]  # pysnmp is untyped
+    screen: _Screen
+
+    def send_message(self, outgoing: bytes, address: Any) -> None:
+        self.screen.sent(bytes(outgoing))
+        super().send_message(outgoing, address)
+
+    def datagram_received(self, datagram: bytes, address: Any) -> None:
+        if self.screen.admits(datagram):
+            super().datagram_received(datagram, address)
+
+
+def source_socket(family: int, destination: tuple[Any, ...]) -> socket.socket:
+    """A UDP socket bound to the local address the route to `destination` leaves from (loopback for a
+    loopback receiver), never the wildcard: the notifier is reachable only where it sends."""
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(destination)  # no packet: the kernel chooses the route and its source address
+        local = probe.getsockname()
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((local[0], 0, 0, local[3]))  # a link-local source keeps its scope
+        else:
+            sock.bind((local[0], 0))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +323,7 @@ class _Receiver:
         self.originator: Any = None
         self.ready = False  # target registered (host resolved)
         self.current: tuple[Notification, int | None] | None = None
+        self.screen = _Screen()
         # Informs: attempt k waits timeout * 2**k, all within give_up (and at least one attempt).
         windows: list[float] = []
         for attempt in range(cfg.retries + 1 if cfg.type == "inform" else 1):
@@ -429,8 +558,15 @@ class Notifier:
             address = (*address, 0, sockaddr[3])  # link-local: keep the scope
         engine = rcv.engine
         if snmp_config.get_transport(engine, domain) is None:
-            transport = (udp6.Udp6AsyncioTransport if v6 else udp.UdpAsyncioTransport)().open_client_mode()
-            snmp_config.add_transport(engine, domain, transport)
+            sock = source_socket(family, address)
+            transport = _ScreenedUdp6() if v6 else _ScreenedUdp()
+            transport.screen = rcv.screen
+            try:
+                transport.open_server_mode(sock=sock)  # "server": on our socket, not one on 0.0.0.0
+                snmp_config.add_transport(engine, domain, transport)
+            except BaseException:
+                sock.close()
+                raise
             await transport._lport  # bind now, so a socket error shows here and not as silence
         notify_type = "inform" if rcv.cfg.type == "inform" else "trap"
         for attempt, window in enumerate(rcv.windows):
