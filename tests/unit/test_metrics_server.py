@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 
 from monitor import http
+from monitor.config import HttpLimits
 from monitor.health import AgentHealth
-from monitor.http import WARM_IDLE, WARM_LEAD, MetricsServer, ScrapeRhythm
+from monitor.http import WARM_IDLE, WARM_LEAD, MetricsServer, ScrapeRhythm, Throttle
 from monitor.metrics import build_agent_registry
 from monitor.store import ResultsStore
 from tests.unit.test_metrics import SMTP, SMTP_IMPLICIT, smtp_ok
@@ -22,9 +28,13 @@ def _store() -> ResultsStore:
     return store
 
 
-async def _serving(store: ResultsStore, body: Callable[[MetricsServer], Awaitable[None]]) -> None:
+async def _serving(
+    store: ResultsStore, body: Callable[[MetricsServer], Awaitable[None]], limits: HttpLimits | None = None,
+) -> None:
     health = AgentHealth()
-    server = MetricsServer("127.0.0.1", 0, build_agent_registry(health), store, ready=lambda: True, health=health)
+    server = MetricsServer(
+        "127.0.0.1", 0, build_agent_registry(health), store, ready=lambda: True, health=health, limits=limits,
+    )
     await server.start()
     try:
         await body(server)
@@ -146,3 +156,217 @@ class TestScrapeRhythm:
         rhythm.scraped(40.0)
         assert rhythm.warm_now(40.0 + WARM_IDLE)
         assert not rhythm.warm_now(40.0 + WARM_IDLE + 1)
+
+
+# -- bounded connections ----------------------------------------------------------------------
+
+HALF_REQUEST = b"GET /metrics HTTP/1.1\r\nHost: agent\r\n"  # the blank line that ends the headers never comes
+FULL_REQUEST = b"GET /-/healthy HTTP/1.1\r\nHost: agent\r\n\r\n"
+MALFORMED = b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"
+
+
+async def _connect(
+    server: MetricsServer, data: bytes = HALF_REQUEST,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Whether the server closes the connection within `seconds` (whatever it sends before)."""
+    try:
+        async with asyncio.timeout(seconds):
+            while await reader.read(65536):
+                pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _timed_scrape(server: MetricsServer) -> float:
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        await _scrape(server)
+    return time.monotonic() - started
+
+
+def _limits(**settings: object) -> HttpLimits:
+    return HttpLimits.model_validate(settings)
+
+
+class TestConnectionBounds:
+    def test_a_request_whose_headers_never_end_is_closed_at_the_header_timeout(self) -> None:
+        async def body(server: MetricsServer) -> None:
+            started = time.monotonic()
+            reader, writer = await _connect(server)
+            assert await _closed_within(reader, 3.0)
+            assert 0.25 <= time.monotonic() - started < 1.5
+            assert server.listener is not None
+            assert server.listener.header_timeouts == 1
+            await _until(lambda: server.listener is not None and server.listener.open_connections == 0, "still open")
+            writer.close()
+
+        asyncio.run(_serving(_store(), body, _limits(header_timeout=0.3)))
+
+    def test_a_trickle_of_header_bytes_does_not_extend_the_header_timeout(self) -> None:
+        async def body(server: MetricsServer) -> None:
+            started = time.monotonic()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+
+            async def trickle() -> None:
+                for byte in HALF_REQUEST:
+                    writer.write(bytes([byte]))
+                    await asyncio.sleep(0.05)
+
+            trickling = asyncio.create_task(trickle())
+            assert await _closed_within(reader, 3.0)
+            assert time.monotonic() - started < 1.0
+            trickling.cancel()
+            writer.close()
+
+        asyncio.run(_serving(_store(), body, _limits(header_timeout=0.3)))
+
+    def test_after_a_response_a_half_sent_next_request_is_closed_at_the_idle_timeout(self) -> None:
+        async def body(server: MetricsServer) -> None:
+            reader, writer = await _connect(server, FULL_REQUEST)
+            async with asyncio.timeout(3):
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+                assert await reader.readexactly(3) == b"OK\n"
+            started = time.monotonic()
+            writer.write(HALF_REQUEST)  # the header deadline (30 s) is over: the keep-alive bound applies
+            assert await _closed_within(reader, 3.0)
+            assert 0.25 <= time.monotonic() - started < 1.5
+            writer.close()
+
+        asyncio.run(_serving(_store(), body, _limits(header_timeout=30, idle_timeout=0.3)))
+
+    def test_at_the_bound_a_new_connection_displaces_the_oldest_without_a_request(self) -> None:
+        async def body(server: MetricsServer) -> None:
+            assert server.listener is not None
+            held = [await _connect(server) for _ in range(10)]
+            await _until(lambda: server.listener is not None and server.listener.displaced == 6, "none displaced")
+            assert await _timed_scrape(server) < 1.0  # the scrape displaced one more
+            assert server.listener.open_connections <= 4
+            for reader, _ in held[:7]:  # the oldest went first
+                assert await _closed_within(reader, 1.0)
+            for reader, _ in held[7:]:
+                assert not await _closed_within(reader, 0.05)
+            for _, writer in held:
+                writer.close()
+
+        asyncio.run(_serving(_store(), body, _limits(max_connections=4, header_timeout=30)))
+
+    def test_a_connection_running_a_request_is_not_displaced_and_a_stalled_reader_is_cut_at_the_send_timeout(
+        self, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        block = b"# " + b"x" * (256 * 1024 - 3) + b"\n"
+        monkeypatch.setattr(MetricsServer, "_render", lambda self, states: [block] * 128)  # 32 MiB
+
+        async def body(server: MetricsServer) -> None:
+            assert server.listener is not None
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", server.port))
+            stalled, stalled_writer = await asyncio.open_connection(sock=sock)
+            stalled_writer.write(b"GET /metrics HTTP/1.1\r\nHost: agent\r\n\r\n")  # and never read
+            await _until(lambda: server.listener is not None and server.listener.open_connections == 1, "no scrape")
+            started = time.monotonic()
+            await asyncio.sleep(0.2)  # the response fills the socket buffers: the request runs on
+            waiting, _ = await _connect(server)
+            newest, _ = await _connect(server)
+            assert await _closed_within(waiting, 1.0)  # displaced, not the running scrape
+            assert server.listener.displaced == 1
+            assert not await _closed_within(newest, 0.05)
+            await _until(lambda: server.listener is not None and server.listener.open_connections == 1, "scrape kept")
+            received = 0
+            with contextlib.suppress(ConnectionResetError):  # RST or a clean EOF: either way cut short
+                while chunk := await stalled.read(1 << 20):
+                    received += len(chunk)
+            assert time.monotonic() - started < 3.0
+            assert received < len(block) * 128
+
+        asyncio.run(_serving(_store(), body, _limits(max_connections=2, header_timeout=30, send_timeout=1)))
+
+    def test_every_response_names_the_product_without_versions(self) -> None:
+        async def body(server: MetricsServer) -> None:
+            async with aiohttp.ClientSession() as session:
+                for path in ("/metrics", "/-/healthy", "/no-such-page"):
+                    async with session.get(f"http://127.0.0.1:{server.port}{path}") as resp:
+                        assert resp.headers["Server"] == "smtp-monitor", path
+            reader, writer = await _connect(server, MALFORMED)  # answered by aiohttp itself, not by the app
+            async with asyncio.timeout(3):
+                head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 400") or head.startswith(b"HTTP/1.1 400")
+            assert b"\r\nServer: smtp-monitor\r\n" in head
+            assert b"aiohttp" not in head
+            assert b"Python" not in head
+            writer.close()
+
+        asyncio.run(_serving(_store(), body))
+
+    def test_malformed_requests_log_one_line_without_traceback_per_interval(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        for log_filter in http._server_log.filters:
+            monkeypatch.setattr(log_filter, "throttle", Throttle(60.0))  # as after a start: a line is due
+
+        async def body(server: MetricsServer) -> None:
+            for _ in range(50):
+                reader, writer = await _connect(server, MALFORMED)
+                assert await _closed_within(reader, 3.0)
+                writer.close()
+            assert await _timed_scrape(server) < 1.0
+
+        with caplog.at_level(logging.DEBUG, logger="smtp_monitor.http"):
+            asyncio.run(_serving(_store(), body))
+        lines = [r for r in caplog.records if r.name == "smtp_monitor.http.server"]
+        assert len(lines) == 1
+        assert lines[0].exc_info is None
+        assert lines[0].levelno == logging.WARNING
+        assert "Invalid header token" in lines[0].getMessage()
+
+    def test_failed_accepts_are_logged_once_per_interval_and_out_of_descriptors_displaces_a_waiting_one(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        monkeypatch.setattr(http, "ACCEPT_RETRY", 0.001)
+        failures = {"left": 0}
+
+        async def body(server: MetricsServer) -> None:
+            assert server.listener is not None
+            held = [await _connect(server) for _ in range(3)]
+            await _until(lambda: server.listener is not None and server.listener.open_connections == 3, "not held")
+            failures["left"] = 500  # accept() runs out of descriptors 500 times in a row
+            assert await _timed_scrape(server) < 2.0
+            assert failures["left"] == 0
+            assert await _closed_within(held[0][0], 1.0)  # given up to get a descriptor back
+            assert server.listener.displaced >= 1
+            for _, writer in held:
+                writer.close()
+
+        real_sock_accept = asyncio.selector_events.BaseSelectorEventLoop.sock_accept
+
+        async def sock_accept(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[socket.socket, object]:
+            """accept() as at the descriptor limit: a connection is queued, and accepting it fails."""
+            queued = loop.create_future()
+            loop.add_reader(sock.fileno(), lambda: queued.done() or queued.set_result(None))
+            try:
+                await queued
+            finally:
+                loop.remove_reader(sock.fileno())
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise OSError(errno.EMFILE, "Too many open files")
+            return await real_sock_accept(loop, sock)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(asyncio.selector_events.BaseSelectorEventLoop, "sock_accept", sock_accept)
+        with caplog.at_level(logging.INFO, logger="smtp_monitor.http"):
+            asyncio.run(_serving(_store(), body))
+        accept_lines = [r.getMessage() for r in caplog.records if "accept" in r.getMessage()]
+        assert len(accept_lines) == 2, accept_lines  # the first failure, and the recovery with the count
+        assert "Too many open files" in accept_lines[0]
+        assert "after 500 failed accepts" in accept_lines[1]
+        assert not any(r.exc_info for r in caplog.records)
