@@ -21,7 +21,7 @@ from monitor.config_file import ConfigReader
 from monitor.health import AgentHealth
 from monitor.http import AdhocProber, HttpBindError, MetricsServer
 from monitor.metrics import build_agent_registry
-from monitor.persistence import STATE_FILE, DurableNotifications, StateDB, StatePersister, restore_into
+from monitor.persistence import STATE_FILE, DurableNotifications, StateDB, StatePersister, private_dir, restore_into
 from monitor.probe_process import ProbeProcess
 from monitor.sharding import Shard
 from monitor.store import ResultsStore
@@ -234,7 +234,7 @@ class Agent:
 
 def _prepare_state_dir(path: Path) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)  # 0700 whatever the umask: the state is the agent's alone
     except OSError as exc:
         raise StartupError(f"cannot create state directory {path}: {exc.strerror or exc}") from None
     if not os.access(path, os.W_OK):

@@ -7,7 +7,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -22,6 +24,10 @@ from monitor.store import ProbeState, ResultsStore, StoreEvent
 log = logging.getLogger("smtp_monitor.state")
 
 STATE_FILE = "state.db"  # inside agent.state_dir
+# Modes of what the agent keeps in state_dir, whatever the umask it was started with: the state holds
+# error texts and receiver names, the SNMP engine state the boots counter replay protection rests on.
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
 SCHEMA_VERSION = 1
 FLUSH_INTERVAL = 5.0  # seconds between batched saves of counters and last results
 
@@ -47,6 +53,46 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL
 );
 """
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` (and its parents) if missing, and make it PRIVATE_DIR_MODE if this user owns it.
+
+    A directory someone else owns (a volume's root in a container) keeps its mode: the files in it are
+    private anyway."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)  # the mode is masked by the umask
+    info = path.stat()
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != PRIVATE_DIR_MODE:
+        try:
+            os.chmod(path, PRIVATE_DIR_MODE)
+        except OSError as exc:
+            log.warning("cannot make state directory %s private (mode %o): %s", path, PRIVATE_DIR_MODE, exc)
+
+
+def private_file(path: Path) -> None:
+    """Create `path` empty if missing, and make it PRIVATE_FILE_MODE whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)  # an existing file (an older agent's, 0644) too
+    finally:
+        os.close(fd)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically with `text` in a PRIVATE_FILE_MODE file (OSError if that fails)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        private_dir(path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            os.fchmod(fd, PRIVATE_FILE_MODE)  # O_CREAT's mode is masked by the umask
+            out.write(text)
+            out.flush()
+            os.fsync(fd)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def config_hash(state: ProbeState) -> str:
@@ -94,6 +140,13 @@ class StateDB:
             self._connect()
 
     def _connect(self) -> None:
+        # SQLite creates files 0644 less the umask; its -wal and -shm files take the database's mode.
+        private_dir(self.path.parent)
+        private_file(self.path)
+        for suffix in ("-wal", "-shm"):
+            journal = Path(f"{self.path}{suffix}")
+            if journal.exists():
+                os.chmod(journal, PRIVATE_FILE_MODE)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5)
         self._conn = conn
         # WAL: a crash loses at most the last transaction and never corrupts earlier ones.

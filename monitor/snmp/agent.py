@@ -7,7 +7,6 @@ import contextlib
 import ipaddress
 import json
 import logging
-import os
 import secrets
 import socket
 import time
@@ -30,6 +29,7 @@ from monitor import mib_oids
 from monitor.config import SnmpConfig, parse_snmp_listen
 from monitor.health import AgentHealth
 from monitor.mib_oids import Oid
+from monitor.persistence import write_private
 from monitor.snmp.engine import new_snmp_engine
 from monitor.snmp.fastpath import MAX_BULK_OCTETS, MAX_REQUEST_BINDINGS, MAX_RESPONSE_OCTETS, FastPath, oid_body
 from monitor.snmp.mibview import BEYOND, SYSTEM, MibTable, MibView, SnapshotSource
@@ -40,6 +40,7 @@ log = logging.getLogger("smtp_monitor.snmp")
 
 ENGINE_STATE_FILE = "snmp-engine.json"
 BOOTS_MAX = 2**31 - 1  # RFC 3414 2.2.2: snmpEngineBoots latches at its maximum
+BOOTS_CLOCK_EPOCH = 1_704_067_200  # 2024-01-01 UTC: boots derived from the clock reach BOOTS_MAX in 2092
 # Larger datagrams are dropped unread: a GET of 64 varbinds with long OIDs stays below 10 KiB.
 MAX_REQUEST_OCTETS = 16384
 VIEW_MAX_STALENESS = 0.5  # seconds an SNMP answer may lag the store (one rebuild per half second at most)
@@ -129,38 +130,66 @@ def parse_engine_id(text: str) -> bytes:
     return bytes.fromhex(text.removeprefix("0x").removeprefix("0X"))
 
 
+def clock_boots(now: float | None = None) -> int:
+    """snmpEngineBoots for an engine ID whose count was lost: seconds since BOOTS_CLOCK_EPOCH, at least 1.
+
+    Boots counted on from an earlier start (one a restart) stay below it unless the agent restarted more
+    than once a second on average since then, so no boots value a captured message carries comes back."""
+    seconds = int((time.time() if now is None else now) - BOOTS_CLOCK_EPOCH)
+    return min(max(seconds, 1), BOOTS_MAX)
+
+
+def _read_engine_state(path: Path) -> tuple[bytes | None, int | None]:
+    """(engine ID, boots) saved in `path`, each None if missing or not valid (boots: 0 to BOOTS_MAX)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable SNMP engine state %s: %s", path, exc)
+        return None, None
+    engine_id: bytes | None = None
+    boots: int | None = None
+    if isinstance(data, dict):
+        try:
+            engine_id = bytes.fromhex(data.get("engine_id", ""))
+        except (TypeError, ValueError):
+            engine_id = None
+        value = data.get("boots")
+        boots = value if type(value) is int and 0 <= value <= BOOTS_MAX else None
+    if not engine_id or not 5 <= len(engine_id) <= 32:
+        engine_id = None
+    if engine_id is None or boots is None:
+        log.warning("ignoring %s in SNMP engine state %s", "engine_id" if engine_id is None else "boots", path)
+    return engine_id, boots
+
+
 def next_engine_state(path: Path, configured: bytes | None) -> EngineState:
     """Read the saved engine state, count this start as one more boot and save it atomically.
 
-    A configured engine ID wins; a new one (configured or generated) starts boots at 1."""
-    saved: EngineState | None = None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        saved = EngineState(bytes.fromhex(data["engine_id"]), int(data["boots"]))
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring unreadable SNMP engine state %s: %s", path, exc)
-    engine_id = configured or (saved.engine_id if saved else generate_engine_id())
-    same_engine = saved is not None and saved.engine_id == engine_id
-    boots = min(saved.boots + 1, BOOTS_MAX) if saved is not None and same_engine else 1
+    A configured engine ID wins. A generated one starts boots at 1 (no message ever carried it); an
+    engine ID that may have been in use before, with its count missing or unreadable (a configured
+    one, or the saved one with a bad boots value), takes its boots from the clock (clock_boots), so
+    that boots never go back to a value replayed captures carry (RFC 3414 2.2.2)."""
+    saved_id, saved_boots = _read_engine_state(path)
+    engine_id = configured or saved_id or generate_engine_id()
+    if saved_id == engine_id and saved_boots is not None:
+        boots = min(saved_boots + 1, BOOTS_MAX)
+    elif configured is not None or saved_id == engine_id:
+        boots = clock_boots()
+        log.warning(
+            "SNMP engine state %s has no boots count for engine ID %s: snmpEngineBoots set from the clock to %d "
+            "(seconds since 2024-01-01), above any count it can have had, so old messages cannot be replayed",
+            path, engine_id.hex(), boots,
+        )  # fmt: skip
+    else:
+        boots = 1
     state = EngineState(engine_id, boots)
-    _write_atomically(path, json.dumps({"engine_id": engine_id.hex(), "boots": boots}) + "\n")
-    return state
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+        write_private(path, json.dumps({"engine_id": engine_id.hex(), "boots": boots}) + "\n")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise SnmpStateError(f"cannot write SNMP engine state {path}: {exc.strerror or exc}") from None
+    return state
 
 
 # -- request screening --------------------------------------------------------------------------
@@ -761,7 +790,8 @@ class SnmpAgent:
         for number, (name, networks) in enumerate(communities.items()):
             # The security name is what pysnmp logs: never the community itself.
             index = f"community-{number}"
-            pysnmp_config.add_v1_system(engine, index, name, securityName=index)
+            # As octets: pysnmp would encode a str as ISO 8859-1, the gate (and every terminal) as UTF-8.
+            pysnmp_config.add_v1_system(engine, index, name.encode("utf-8"), securityName=index)
             pysnmp_config.add_vacm_group(engine, "smtp-monitor-v1", 1, index)
             pysnmp_config.add_vacm_group(engine, "smtp-monitor-v2c", 2, index)
             self._communities.append(index)

@@ -526,9 +526,9 @@ class Notifier:
         else:
             assert cfg.community is not None
             snmp_config.add_v1_system(
-                engine, security_name, cfg.community.reveal(), transportTag=_SEND_TAG,
+                engine, security_name, cfg.community.reveal().encode("utf-8"), transportTag=_SEND_TAG,
                 securityName=security_name,
-            )  # fmt: skip
+            )  # fmt: skip  # octets as the agent's communities: UTF-8, not pysnmp's ISO 8859-1 for a str
             level = "noAuthNoPriv"
         snmp_config.add_target_parameters(engine, "params", security_name, level, _MP_MODEL[cfg.version])
         # The notify view must cover every varbind (sysUpTime.0 and snmpTrapOID.0 included).
