@@ -59,6 +59,8 @@ class AgentHealth:
     snmp_requests: Counter[str] = field(default_factory=Counter)
     snmp_auth_failures: int = 0
     snmp_dropped: int = 0
+    snmp_dropped_reasons: Counter[str] = field(default_factory=Counter)  # reason -> part of snmp_dropped
+    snmp_reports: Counter[str] = field(default_factory=Counter)  # usmStats counter -> SNMPv3 Reports sent
     notifications: Counter[tuple[str, str]] = field(default_factory=Counter)  # (receiver, outcome)
     state_write_errors: int = 0  # failed writes to the state database
     # The probe process's own resources, from its health reports (soak checks: these stay flat)

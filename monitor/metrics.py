@@ -393,6 +393,20 @@ def agent_metric_families(h: AgentHealth) -> Iterator[Metric]:
         "smtp_monitor_snmp_dropped_packets", "Malformed or unsupported SNMP datagrams dropped",
         value=h.snmp_dropped,
     )
+    dropped = CounterMetricFamily(
+        "smtp_monitor_snmp_dropped_by_reason_packets",
+        "SNMP datagrams dropped without an answer, by reason (Responses, Reports and Traps; rate limits)",
+        labels=["reason"],
+    )
+    for reason, count in sorted(dict(h.snmp_dropped_reasons).items()):
+        dropped.add_metric([reason], count)
+    yield dropped
+    reports = CounterMetricFamily(
+        "smtp_monitor_snmp_reports", "SNMPv3 Reports sent, by the usmStats counter they carry", labels=["counter"],
+    )
+    for counter, count in sorted(dict(h.snmp_reports).items()):
+        reports.add_metric([counter], count)
+    yield reports
     yield CounterMetricFamily(
         "smtp_monitor_state_write_errors", "Failed writes to the state database", value=h.state_write_errors,
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +31,9 @@ from monitor.snmp.fastpath import (
     decode_request,
     tlv,
 )
+from monitor.snmp.ratelimit import TokenBucket
+
+log = logging.getLogger("smtp_monitor.snmp")
 
 TIME_WINDOW = 150  # seconds either side of the engine's time (RFC 3414 3.2.7a)
 BOOTS_MAX = 2**31 - 1  # a latched snmpEngineBoots: every message is out of the window
@@ -61,6 +66,90 @@ _V2C_FRAME = 2 + len(_V2C_HEAD)  # that frame with a short length: its narrowest
 _LONGEST_HEAD = 4  # tag and 0x82 and two length octets: the widest header below 64 KiB
 _WIDEST_INTEGER = 6  # an INTEGER TLV up to 2**31 - 1
 _SHORT_CFB = 256  # plaintext octets up to which CFB block by block beats a cipher context per message
+
+# PDU tag octets (RFC 3416): the confirmed class a Report may answer (RFC 3412 7.1.3b, RFC 3411 2.8),
+# and of those the requests for the command responder. A Response, Report or Trap is never answered.
+_GET, _GETNEXT, _SET, _GETBULK, _INFORM = 0xA0, 0xA1, 0xA3, 0xA5, 0xA6
+_CONFIRMED = frozenset({_GET, _GETNEXT, _SET, _GETBULK, _INFORM})
+_COMMANDS = frozenset({_GET, _GETNEXT, _SET, _GETBULK})
+# Reports: sent at most this many a second (with a burst as large), whatever the flood; net-snmp's
+# tools need one or two per session (engine ID discovery, time synchronization).
+REPORT_RATE = 100.0
+_REPORT_FLAGS = b"\x04\x01\x00"  # noAuthNoPriv and never reportable (RFC 3412 6.4)
+_ZERO_ERRORS = b"\x02\x01\x00\x02\x01\x00"  # error-status and error-index
+
+
+class Refusal(enum.Enum):
+    """Why an SNMPv3 message gets no Response from the fast path, in RFC 3414 3.2's order of checks.
+
+    The usmStats* ones are counted and, for a reportable request, answered with a Report; MALFORMED
+    and NOT_A_REQUEST are dropped without a word; UNSERVED is an authentic request left to pysnmp."""
+
+    MALFORMED = "malformed"
+    NOT_A_REQUEST = "not a request"  # a Response, Report, Trap or Inform: answering one can loop
+    UNKNOWN_ENGINE_ID = "usmStatsUnknownEngineIDs"
+    UNKNOWN_USER_NAME = "usmStatsUnknownUserNames"
+    UNSUPPORTED_SEC_LEVEL = "usmStatsUnsupportedSecLevels"
+    WRONG_DIGEST = "usmStatsWrongDigests"
+    NOT_IN_TIME_WINDOW = "usmStatsNotInTimeWindows"
+    DECRYPTION_ERROR = "usmStatsDecryptionErrors"
+    UNSERVED = "unserved"
+
+
+# usmStats*.0 (RFC 3414 5, 1.3.6.1.6.3.15.1.1.n.0) as the name in a Report's varbind
+_USM_STATS_NUMBER = {
+    Refusal.UNSUPPORTED_SEC_LEVEL: 1,
+    Refusal.NOT_IN_TIME_WINDOW: 2,
+    Refusal.UNKNOWN_USER_NAME: 3,
+    Refusal.UNKNOWN_ENGINE_ID: 4,
+    Refusal.WRONG_DIGEST: 5,
+    Refusal.DECRYPTION_ERROR: 6,
+}
+_USM_STATS_NAME = {
+    refusal: tlv(0x06, bytes((0x2B, 6, 1, 6, 3, 15, 1, 1, number, 0))) for refusal, number in _USM_STATS_NUMBER.items()
+}
+
+
+class Screened(NamedTuple):
+    """What to do with an SNMPv3 message: send `datagram` (a Response when `refusal` is None, else a
+    Report), or nothing; pysnmp gets it only when `refusal` is UNSERVED."""
+
+    refusal: Refusal | None
+    datagram: bytes | None = None
+    pdu: int = -1  # an answered request's PDU tag number (0 GET, 1 GETNEXT, 5 GETBULK)
+    report_limited: bool = False  # a Report was due and the rate limit held it back
+
+
+_DROP_MALFORMED = Screened(Refusal.MALFORMED)
+_DROP_NOT_A_REQUEST = Screened(Refusal.NOT_A_REQUEST)
+_UNSERVED = Screened(Refusal.UNSERVED)
+_FAILED = Screened(Refusal.UNSERVED)  # answering failed (a bug): counted in errors, not fallbacks
+
+
+class UsmStats:
+    """The usmStats* counters (RFC 3414 5). Bound to pysnmp's own MIB instances (`bind`), they are one
+    sequence with the Reports pysnmp still sends for authentic requests."""
+
+    def __init__(self) -> None:
+        self._counts = dict.fromkeys(_USM_STATS_NUMBER, 0)
+        self._instances: dict[Refusal, Any] = {}
+
+    def bind(self, instances: dict[Refusal, Any]) -> None:
+        self._instances = instances
+
+    def bump(self, refusal: Refusal) -> int:
+        """Count one more `refusal`; the new value (Counter32: it wraps)."""
+        instance = self._instances.get(refusal)
+        if instance is None:
+            value = self._counts[refusal] = (self._counts[refusal] + 1) & 0xFFFFFFFF
+            return value
+        value = (int(instance.syntax) + 1) & 0xFFFFFFFF
+        instance.syntax = instance.syntax.clone(value)
+        return value
+
+    def value(self, refusal: Refusal) -> int:
+        instance = self._instances.get(refusal)
+        return self._counts[refusal] if instance is None else int(instance.syntax)
 
 
 # -- keys -----------------------------------------------------------------------------------------
@@ -287,16 +376,22 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
 
     It serves only a well-formed message for this engine, from a configured user at the user's
     own security level, inside the time window and with the right digest and a decryptable
-    ScopedPDU for the default context; `respond` returns None for everything else (discovery,
-    unknown users, wrong digests, time-window misses, ...) so that pysnmp answers it with its
-    Report and counts it in usmStats. Engine ID, boots and time are pysnmp's own (`for_engine`):
-    the time a response carries is the time pysnmp's Reports carry."""
+    ScopedPDU for the default context. It is also the agent's SNMPv3 gate (`screen`): every
+    other message is refused here, in front of pysnmp, by RFC 3414 3.2's checks, and answered
+    at most with a rate-limited Report built here whose reportable flag is clear (pysnmp sets it,
+    and answers a Report with a Report: lextudio/pysnmp#207, the CVE-2024-2169 loop). A Response,
+    Report or Trap is never answered, whatever its security parameters. pysnmp gets only authentic,
+    in-window requests the fast path does not serve (a SET, another context), so its cost of ~1 ms
+    a message is never spent on unauthenticated traffic. Engine ID, boots and time are pysnmp's
+    own (`for_engine`): the time a response carries is the time pysnmp's Reports carry.
+
+    With `fast` None it answers no read itself (pysnmp does) but screens all the same."""
 
     what = "SNMPv3 fast path"
 
     def __init__(
         self,
-        fast: FastPath,
+        fast: FastPath | None,
         *,
         engine_id: bytes,
         boots: int,
@@ -305,6 +400,9 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
     ) -> None:
         super().__init__()
         self._fast = fast
+        self.stats = UsmStats()
+        self.report_limit = TokenBucket(REPORT_RATE, REPORT_RATE)
+        self.reports_limited = 0  # Reports due and not sent (the rate limit)
         self._engine_id = engine_id
         self._boots = boots
         self._clock = clock
@@ -314,6 +412,8 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         self._engine_boots = tlv(0x04, engine_id) + _int_tlv(boots)  # USM parameters' first two
         self._boots_octets = boots.to_bytes(4, "big")
         self._context = tlv(0x04, engine_id) + b"\x04\x00"  # contextEngineID and the default context ""
+        # an unauthenticated Report's msgGlobalData after msgID: msgMaxSize, msgFlags and msgSecurityModel
+        self._report_header_tail = _int_tlv(max_message_size) + _REPORT_FLAGS + _V3
         # msgGlobalData after msgID: msgMaxSize, msgFlags (authNoPriv, authPriv) and msgSecurityModel
         self._header_tail = {
             private: _int_tlv(max_message_size) + flags + _V3 for private, flags in _RESPONSE_FLAGS.items()
@@ -326,22 +426,25 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         self._des_salt = secrets.randbits(32)
 
     @classmethod
-    def for_engine(cls, fast: FastPath, engine: Any) -> UsmFastPath:
-        """The fast path for pysnmp's `engine`, with its snmpEngineID, snmpEngineBoots, snmpEngineTime
-        and snmpEngineMaxMessageSize read from its own MIB instances."""
+    def for_engine(cls, fast: FastPath | None, engine: Any) -> UsmFastPath:
+        """The fast path for pysnmp's `engine`, with its snmpEngineID, snmpEngineBoots, snmpEngineTime,
+        snmpEngineMaxMessageSize and usmStats* counters read from its own MIB instances."""
         builder = engine.get_mib_builder()
         engine_id, boots, engine_time, max_size = builder.import_symbols(
             "__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots", "snmpEngineTime", "snmpEngineMaxMessageSize"
         )
         # pysnmp stores the second its clock started at and reads int(time.time() - start) each time.
         start = int(engine_time.syntax)
-        return cls(
+        usm = cls(
             fast,
             engine_id=bytes(engine_id.syntax),
             boots=int(boots.syntax),
             clock=lambda: int(time.time() - start),
             max_message_size=int(max_size.syntax),
         )
+        counters = builder.import_symbols("__SNMP-USER-BASED-SM-MIB", *(refusal.value for refusal in _USM_STATS_NUMBER))
+        usm.stats.bind(dict(zip(_USM_STATS_NUMBER, counters, strict=True)))
+        return usm
 
     @property
     def engine_id(self) -> bytes:
@@ -372,30 +475,103 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         around = len(_V3) + header + security + len(self._context) + _LONGEST_HEAD * containers
         return around + 7 if user.priv == "des" else around
 
-    def _respond(self, message: bytes) -> tuple[bytes, int]:
-        """(response, request PDU tag number); NotHandled leaves the message to pysnmp."""
-        msg = decode_message(message)
+    def respond(self, message: bytes) -> tuple[bytes, int] | None:
+        """(response, request PDU tag number) when the fast path answers `message`, else None (see `screen`)."""
+        screened = self.screen(message)
+        if screened.refusal is not None or screened.datagram is None:
+            return None
+        return screened.datagram, screened.pdu
+
+    def screen(self, message: bytes) -> Screened:
+        """The fast path's Response to an SNMPv3 message, or its refusal with the Report it is due. Never raises."""
+        try:
+            screened = self._screen(message)
+        except Exception:  # a bug: refuse the message rather than hand pysnmp what was not screened
+            self.errors += 1
+            if self.errors == 1:
+                log.debug("%s failed to screen a message; dropped", self.what, exc_info=True)
+            return _DROP_MALFORMED
+        if screened.refusal is None:
+            self.answered += 1
+        elif screened is not _FAILED:
+            self.fallbacks += 1
+        return screened
+
+    def _screen(self, message: bytes) -> Screened:
+        """RFC 3412 7.2 and RFC 3414 3.2 in front of pysnmp, cheapest refusals first."""
+        try:
+            msg = decode_message(message)
+        except NotHandled:
+            return _DROP_MALFORMED  # pysnmp could not decode it either, or drops it unanswered
         flags = msg.flags
-        if flags & ~(_AUTH | _PRIV | _REPORTABLE) or not flags & _AUTH:
-            raise NotHandled("noAuthNoPriv, or an invalid msgFlags")  # no user may read without auth
+        private = bool(flags & _PRIV)
+        invalid_flags = flags & ~(_AUTH | _PRIV | _REPORTABLE) or (private and not flags & _AUTH)
+        if invalid_flags or private != (msg.data_tag == 0x04):
+            return _DROP_MALFORMED  # RFC 3412 7.2.5: an invalid msgFlags; or msgData not as the flags say
+        peeked: tuple[int, int] | None = None
+        if not private:
+            peeked = _peek_pdu(message, msg.data_at, msg.data_end)
+            if peeked is None:
+                return _DROP_MALFORMED
+            if peeked[0] not in _CONFIRMED:
+                return _DROP_NOT_A_REQUEST  # whatever its security parameters: no Report, no pysnmp
+        # A Report is due for a failure only when the sender asked for one (RFC 3412 7.1.3b).
+        reportable = bool(flags & _REPORTABLE)
+        request_id = peeked[1] if peeked is not None else 0
         if msg.engine_id != self._engine_id:
-            raise NotHandled("engine ID discovery, or another engine")
+            # RFC 3414 3.2.3b: discovery or another engine's message; a plaintext one only, as pysnmp
+            return self._refuse(Refusal.UNKNOWN_ENGINE_ID, msg, reportable and not private, request_id)
         served = self._users.get(msg.user)
         if served is None:
-            raise NotHandled("unknown user")
+            return self._refuse(Refusal.UNKNOWN_USER_NAME, msg, reportable, request_id)
         user, around = served
-        private = bool(flags & _PRIV)
-        if private != (user.priv is not None) or private != (msg.data_tag == 0x04):
-            raise NotHandled("not the user's security level")
+        level_ok = bool(flags & _AUTH) and private == (user.priv is not None)
+        # RFC 3414 3.2.5; pysnmp lets a privacy user's authNoPriv probe with boots and time 0 go on
+        # to the time window, whose Report synchronizes the manager's clock.
+        probe = bool(flags & _AUTH) and user.priv is not None and msg.boots == 0 and msg.time == 0
+        if not level_ok and not probe:
+            return self._refuse(Refusal.UNSUPPORTED_SEC_LEVEL, msg, reportable, request_id)
+        if not self._authentic(message, msg, user):
+            return self._refuse(Refusal.WRONG_DIGEST, msg, reportable, request_id)
+        plaintext = b""
+        if private:
+            # Authentic: decrypted now, out of the window too, so that no Report answers a Report.
+            try:
+                plaintext = self._decrypt(user, msg, message[msg.data_at : msg.data_end])
+            except NotHandled:  # no 8-octet salt, or DES ciphertext not in whole blocks
+                plaintext = b""
+            peeked = _peek_pdu(plaintext, 0, len(plaintext)) if plaintext else None
+            if peeked is not None and peeked[0] not in _CONFIRMED:
+                return _DROP_NOT_A_REQUEST
+            request_id = peeked[1] if peeked is not None else 0
         now = self._clock()
         if msg.boots != self._boots or self._boots == BOOTS_MAX or abs(now - msg.time) > TIME_WINDOW:
-            raise NotHandled("not in the time window")
-        if now > INT31_MAX:
-            raise NotHandled("engine time beyond its range")
-        if not self._authentic(message, msg, user):
-            raise NotHandled("wrong digest")
+            return self._refuse(Refusal.NOT_IN_TIME_WINDOW, msg, reportable, request_id, user, now)
+        if not level_ok:
+            return self._refuse(Refusal.UNSUPPORTED_SEC_LEVEL, msg, reportable, request_id)
+        if peeked is None:
+            return self._refuse(Refusal.DECRYPTION_ERROR, msg, reportable, request_id)
+        if peeked[0] not in _COMMANDS:
+            return _DROP_NOT_A_REQUEST  # an Inform: for a notification receiver, not this agent
+        if self._fast is None or now > INT31_MAX:
+            return _UNSERVED
+        try:
+            return Screened(None, *self._answer(message, msg, user, around, plaintext, now))
+        except NotHandled:
+            return _UNSERVED
+        except Exception:  # a bug in answering an authentic request: pysnmp answers it instead
+            self.errors += 1
+            if self.errors == 1:
+                log.debug("%s failed; pysnmp answers instead", self.what, exc_info=True)
+            return _FAILED
+
+    def _answer(
+        self, message: bytes, msg: Message, user: UsmUser, around: int, plaintext: bytes, now: int
+    ) -> tuple[bytes, int]:
+        """(response, request PDU tag number) to an authentic in-window request; NotHandled leaves it to pysnmp."""
+        assert self._fast is not None
+        private = user.priv is not None
         if private:
-            plaintext = self._decrypt(user, msg, message[msg.data_at : msg.data_end])
             pdu_at, pdu_end = _scoped_pdu(plaintext, 0, len(plaintext), self._engine_id, padded=True)
             pdu = plaintext[pdu_at:pdu_end]
         else:
@@ -412,6 +588,34 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         if len(response) > limit:
             raise NotHandled("response beyond msgMaxSize")  # not expected: the budget is conservative
         return response, request.pdu
+
+    def _refuse(
+        self,
+        refusal: Refusal,
+        msg: Message,
+        reportable: bool,
+        request_id: int,
+        user: UsmUser | None = None,
+        now: int = 0,
+    ) -> Screened:
+        """Count `refusal` in its usmStats counter and build the Report it is due, if any and the rate allows.
+
+        The Report is noAuthNoPriv (RFC 3414 3.2), but for notInTimeWindows, authNoPriv with the user's
+        key (3.2.7a); its reportable flag is clear (RFC 3412 6.4), so no compliant engine answers it."""
+        value = self.stats.bump(refusal)
+        if not reportable:
+            return Screened(refusal)
+        if not self.report_limit.take():
+            self.reports_limited += 1
+            return Screened(refusal, report_limited=True)
+        # Counter32 is an INTEGER body under its own tag; the length stays short below 2**32
+        varbind = tlv(0x30, _USM_STATS_NAME[refusal] + b"\x41" + _int_tlv(value)[1:])
+        pdu = tlv(0xA8, _int_tlv(request_id) + _ZERO_ERRORS + tlv(0x30, varbind))
+        if user is not None:
+            return Screened(refusal, self._frame(user, False, now, msg.msg_id, memoryview(pdu)))
+        usm = tlv(0x30, self._engine_boots + self._time_tlv(self._clock()) + tlv(0x04, msg.user) + b"\x04\x00\x04\x00")
+        header = tlv(0x30, _int_tlv(msg.msg_id) + self._report_header_tail)
+        return Screened(refusal, tlv(0x30, _V3 + header + tlv(0x04, usm) + tlv(0x30, self._context + pdu)))
 
     def _authentic(self, message: bytes, msg: Message, user: UsmUser) -> bool:
         """RFC 3414 6.3.2 / RFC 7860: the HMAC over the message with msgAuthenticationParameters zeroed."""
@@ -509,6 +713,25 @@ def _cfb_encrypt(user: UsmUser, iv: bytes, plaintext: bytes) -> bytes:
         chained = (int.from_bytes(block, "big") ^ int.from_bytes(update(chained)[:size], "big")).to_bytes(size, "big")
         out.append(chained)
     return b"".join(out)
+
+
+def _peek_pdu(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """(PDU tag octet, request-id) of the ScopedPDU at pos, whatever its context; None if it is none.
+
+    Enough to tell a request from a Response, Report or Trap before any check of its security
+    parameters; trailing octets (DES padding) are left to the stricter readers."""
+    try:
+        start, stop = _item(data, pos, end, 0x30)
+        _, at = _item(data, start, stop, 0x04)  # contextEngineID
+        _, at = _item(data, at, stop, 0x04)  # contextName
+        tag = data[at]
+        if tag & 0xE0 != 0xA0:  # context-specific, constructed
+            return None
+        body, body_end = _body(data, at + 1, stop)
+        request_id, _ = _integer(data, body, body_end, -(2**31), INT31_MAX)
+    except (NotHandled, IndexError):
+        return None
+    return tag, request_id
 
 
 def _scoped_pdu(data: bytes, pos: int, end: int, engine_id: bytes, *, padded: bool) -> tuple[int, int]:

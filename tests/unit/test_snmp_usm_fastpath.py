@@ -886,8 +886,13 @@ class TestAgent:
         assert len(bulk[3]) == 10
         assert usm.answered == answered + 2  # discovery went to pysnmp, the reads did not
 
-    def test_without_the_v2c_fast_path_there_is_no_usm_fast_path(self, slow_agent: Served) -> None:
-        assert slow_agent.agent.usm_fast_path is None
+    def test_without_the_v2c_fast_path_pysnmp_answers_reads_the_screen_let_through(self, slow_agent: Served) -> None:
+        usm = slow_agent.usm
+        answered, fallbacks = usm.answered, usm.fallbacks
+        answer = slow_agent.ask(slow_agent.request(NMS, GET, [SYS_DESCR]))
+        assert answer is not None
+        assert open_message(NMS, answer).pdu == rfc1905.ResponsePDU.tagSet
+        assert (usm.answered, usm.fallbacks) == (answered, fallbacks + 1)  # screened, then pysnmp's
 
     def test_reconfigured_users_are_served_and_removed_ones_are_not(self, tmp_path: Path, store: ResultsStore) -> None:
         port = free_udp_port()
