@@ -23,6 +23,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor import config
 from tests.peers.agent import AgentProcess
 from tests.peers.nsd import NsdServer
 from tests.peers.ports import HOST, free_tcp_port
@@ -261,3 +262,30 @@ class TestProbeEndpoint:
         assert proc.returncode == 2
         problem = "prometheus.probe_endpoint: an enabled /probe needs allow.networks or allow.hosts"
         assert f"{path}: {problem}" in proc.stderr
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+class TestDeployCarriesTheLimits:
+    def test_the_systemd_unit_raises_the_descriptor_limit_well_above_the_http_bound(self) -> None:
+        values = [
+            line.split("=", 1)[1] for line in (DEPLOY / "systemd/smtp-monitor.service").read_text().splitlines()
+            if line.startswith("LimitNOFILE=")
+        ]
+        assert len(values) == 1
+        # HTTP takes at most half; the probe process needs about 2 per probe in flight (500 by default)
+        limits, defaults = config.HttpLimits(), config.Defaults()
+        assert int(values[0]) >= max(2 * limits.max_connections, 2 * defaults.max_concurrency) * 2
+
+    def test_the_kubernetes_config_spells_out_the_http_bounds_and_keeps_probe_off(
+        self, monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setenv("SNMP_COMMUNITY", "from-a-secret")  # the StatefulSet's secretKeyRef
+        configmap = yaml.safe_load((DEPLOY / "kubernetes/configmap.yaml").read_text())
+        document = yaml.safe_load(configmap["data"]["config.yaml"])
+        limits = config.HttpLimits
+        assert set(document["prometheus"]["http"]) == set(limits.model_fields)
+        parsed = config.parse_config(document, "configmap.yaml")
+        assert parsed.prometheus.http == limits()
+        assert not parsed.prometheus.probe_endpoint.enabled
