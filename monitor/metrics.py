@@ -6,7 +6,6 @@ import time
 import weakref
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -165,23 +164,22 @@ def mx_samples(state: ProbeState) -> list[Sample]:
         out += [("mx_check_address_up", (*at, p.address), 1.0 if p.ok else 0.0) for p in record.address_probes]
         out += [("mx_check_reverse_dns_confirmed", (*at, r.address), 1.0 if r.confirmed else 0.0)
                 for r in record.reverse]
-        dane = record.extra.get("dane")
-        if dane is not None and dane.get("matched") is not None:
-            out.append(("mx_check_dane_matched", at, 1.0 if dane["matched"] else 0.0))
-    sts = result.extra.get("mta_sts")
+        if record.dane is not None and record.dane.matched is not None:
+            out.append(("mx_check_dane_matched", at, 1.0 if record.dane.matched else 0.0))
+    sts = result.mta_sts
     if sts is not None:
-        out.append(("mx_check_mta_sts_valid", (name,), 1.0 if sts.get("valid") else 0.0))
-        if sts.get("mode"):
-            out.append(("mx_check_mta_sts", (name, sts["mode"]), 1.0))
-        if sts.get("cert_not_after"):
-            not_after = datetime.fromisoformat(sts["cert_not_after"]).timestamp()
+        out.append(("mx_check_mta_sts_valid", (name,), 1.0 if sts.valid else 0.0))
+        if sts.policy is not None and sts.policy.mode:
+            out.append(("mx_check_mta_sts", (name, sts.policy.mode), 1.0))
+        if sts.policy is not None and sts.policy.cert_not_after is not None:
+            not_after = sts.policy.cert_not_after.timestamp()
             out.append(("mx_check_mta_sts_cert_not_after_timestamp_seconds", (name,), not_after))
     if result.authenticated is not None:
         out.append(("mx_check_dnssec_authenticated", (name,), 1.0 if result.authenticated else 0.0))
-    for kind in ("spf", "dmarc"):
-        verdict = result.extra.get(kind)
-        if verdict is not None:
-            out.append((f"mx_check_{kind}_valid", (name,), 1.0 if verdict["valid"] else 0.0))
+    if result.spf is not None:
+        out.append(("mx_check_spf_valid", (name,), 1.0 if result.spf.valid else 0.0))
+    if result.dmarc is not None:
+        out.append(("mx_check_dmarc_valid", (name,), 1.0 if result.dmarc.valid else 0.0))
     return out
 
 

@@ -298,15 +298,15 @@ SMTP_ADDRESS_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2}
 
 # SmtpMonitorDnssec (mxCheckDnssec), from MxResult.authenticated None / True / False.
 DNSSEC_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "authenticated": 2, "unauthenticated": 3}
-# SmtpMonitorVerdict (mxCheckSpf, mxCheckDmarc), from MxResult.extra["spf" | "dmarc"]["valid"].
+# SmtpMonitorVerdict (mxCheckSpf, mxCheckDmarc), from MxResult.spf / .dmarc: None, valid or not.
 VERDICT_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "valid": 2, "invalid": 3}
-# mxCheckMtaSts, from MxResult.extra["mta_sts"]: "present" and "valid".
+# mxCheckMtaSts, from MxResult.mta_sts: present and valid.
 MTA_STS_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "absent": 2, "valid": 3, "invalid": 4}
-# mxExchangeDane, from MxRecord.extra["dane"]: "lookup_error", "records" and "matched".
+# mxExchangeDane, from MxRecord.dane: lookup_error, records and matched.
 DANE_VALUES: Final[Mapping[str, int]] = {
     "not_checked": 1, "no_records": 2, "matched": 3, "mismatched": 4, "error": 5, "unusable": 6,
 }
-# mxExchangeMtaSts, from MxResult.extra["mta_sts"]["uncovered"] of a fetched policy.
+# mxExchangeMtaSts, from MxResult.mta_sts.policy.uncovered of a fetched policy.
 MTA_STS_COVERAGE_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "covered": 2, "not_covered": 3}
 # mxAddressPtr, from the ReverseDns of the address in MxRecord.reverse.
 PTR_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "confirmed": 2, "not_confirmed": 3}

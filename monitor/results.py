@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from monitor.facts import DaneFacts, MtaStsFacts, PolicyRecord
+
 
 class Status(enum.Enum):
     """Alerting status of a probe, as kept by the results store."""
@@ -215,7 +217,7 @@ class MxRecord:
     probe: SmtpResult | None = None  # the first address's probe (or the only one)
     address_probes: tuple[SmtpResult, ...] = ()  # every address, with probe_hosts: all_addresses
     reverse: tuple[ReverseDns, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)  # DANE and MTA-STS facts for this exchange
+    dane: DaneFacts | None = None  # None when DANE was not checked
 
     @property
     def up(self) -> bool | None:
@@ -233,7 +235,7 @@ class MxRecord:
             "probe": self.probe.as_dict() if self.probe else None,
             "address_probes": [p.as_dict() for p in self.address_probes],
             "reverse": [r.as_dict() for r in self.reverse],
-            **self.extra,
+            **({"dane": self.dane.as_dict()} if self.dane is not None else {}),
         }
 
 
@@ -254,13 +256,23 @@ class MxResult:
     timings: dict[str, float] = field(default_factory=dict)
     total: float = 0.0
     authenticated: bool | None = None  # AD bit of the MX answer; None when not asked
-    extra: dict[str, Any] = field(default_factory=dict)  # MTA-STS, SPF and DMARC facts
+    # None when the check did not run (or, for SPF and DMARC, its lookup failed)
+    mta_sts: MtaStsFacts | None = None
+    spf: PolicyRecord | None = None
+    dmarc: PolicyRecord | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {}  # keys only for the checks that ran: the JSON shape of earlier releases
+        if self.mta_sts is not None:
+            facts["mta_sts"] = self.mta_sts.as_dict()
+        if self.spf is not None:
+            facts["spf"] = self.spf.as_dict()
+        if self.dmarc is not None:
+            facts["dmarc"] = self.dmarc.as_dict()
         return {
             "kind": "mx",
             "authenticated": self.authenticated,
-            **self.extra,
+            **facts,
             "status": "ok" if self.ok else "failed",
             "domain": self.domain,
             "started_at": self.started_at,
@@ -363,7 +375,7 @@ def result_from_dict(d: dict[str, Any]) -> ProbeResult:
                 ReverseDns(x["address"], tuple(x["names"]), bool(x["confirmed"]), x.get("error", ""))
                 for x in r.get("reverse") or ()
             ),
-            extra=_record_extra(r),
+            dane=DaneFacts.from_dict(r["dane"], r["exchange"]) if r.get("dane") is not None else None,
         )
         for r in d.get("mx") or []
     )
@@ -381,26 +393,8 @@ def result_from_dict(d: dict[str, Any]) -> ProbeResult:
         timings=timings,
         total=total,
         authenticated=d.get("authenticated"),
-        extra={k: v for k, v in d.items() if k in _RESULT_EXTRA},
+        mta_sts=MtaStsFacts.from_dict(d["mta_sts"]) if d.get("mta_sts") is not None else None,
+        spf=PolicyRecord.from_dict("spf", d["spf"]) if d.get("spf") is not None else None,
+        dmarc=PolicyRecord.from_dict("dmarc", d["dmarc"]) if d.get("dmarc") is not None else None,
     )
 
-
-_RECORD_EXTRA = ("dane", "mta_sts_match")
-# DANE facts (MxRecord.extra["dane"], monitor.probes.mx._dane_verdict) added after results were first saved:
-# what a result saved before them means. tlsa_name is the TLSA owner name the verdict used.
-DANE_FACT_DEFAULTS: dict[str, Any] = {
-    "tlsa_name": "",
-    "cname_target": "",  # the exchange's fully CNAME-expanded name; "" when it is no alias
-    "cname_secure": None,  # whether that CNAME chain was DNSSEC-authenticated; None when no alias
-}
-
-
-def _record_extra(r: dict[str, Any]) -> dict[str, Any]:
-    extra = {k: v for k, v in r.items() if k in _RECORD_EXTRA}
-    if isinstance(extra.get("dane"), dict):
-        names = {"reference_names": [r["exchange"]]}
-        extra["dane"] = {**DANE_FACT_DEFAULTS, **names, **extra["dane"]}
-    return extra
-
-
-_RESULT_EXTRA = ("mta_sts", "spf", "dmarc")

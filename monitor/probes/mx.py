@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import dns.asyncresolver
 import dns.flags
@@ -14,6 +14,7 @@ import dns.rdtypes.ANY.MX
 import dns.reversename
 
 from monitor.config import MxCheckConfig, SmtpProbeConfig
+from monitor.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
 from monitor.probes import ProbeEnv, dane, mta_sts, resolve, smtp
 from monitor.probes.dane import TlsaLookup  # by name: _Check.dane hides the module in the class body
 from monitor.probes.policy_records import check_dmarc, check_spf
@@ -53,7 +54,9 @@ class _Check:
         self.missing: tuple[str, ...] = ()
         self.unexpected: tuple[str, ...] = ()
         self.authenticated: bool | None = None
-        self.extra: dict[str, Any] = {}
+        self.mta_sts_facts: MtaStsFacts | None = None
+        self.spf: PolicyRecord | None = None
+        self.dmarc: PolicyRecord | None = None
         self.phase = Phase.MX
         # exchanges (normalised) that are CNAMEs: only those need TLSA at another name
         self.aliases: dict[str, Alias] = {}
@@ -222,22 +225,25 @@ class _Check:
         """SPF and DMARC: presence and syntax."""
         self.phase = Phase.POLICY
         started = time.perf_counter()
-        checks: list[tuple[str, str]] = []
+        checks: list[tuple[str, str, Callable[[list[str]], PolicyRecord]]] = []
         if self.config.spf:
-            checks.append(("spf", self.config.domain))
+            checks.append(("spf", self.config.domain, check_spf))
         if self.config.dmarc:
-            checks.append(("dmarc", f"_dmarc.{self.config.domain}"))
-        found = await asyncio.gather(*(self._txt(name) for _, name in checks))
+            checks.append(("dmarc", f"_dmarc.{self.config.domain}", check_dmarc))
+        found = await asyncio.gather(*(self._txt(name) for _, name, _ in checks))
         problems = []
         failed: Reason | None = None
-        for (kind, _), texts in zip(checks, found, strict=True):
+        for (kind, _, judge), texts in zip(checks, found, strict=True):
             if isinstance(texts, resolve.LookupFailed):
                 # no verdict: a failed lookup says nothing about the record (receivers call it a temperror)
                 failed = failed or texts.reason
                 problems.append(f"{kind.upper()}: lookup failed: {texts}")
                 continue
-            verdict = check_spf(texts) if kind == "spf" else check_dmarc(texts)
-            self.extra[kind] = verdict.as_dict()
+            verdict = judge(texts)
+            if kind == "spf":
+                self.spf = verdict
+            else:
+                self.dmarc = verdict
             if verdict.problem:
                 problems.append(f"{kind.upper()}: {verdict.problem}")
         self._timed(Phase.POLICY, started)
@@ -263,7 +269,7 @@ class _Check:
         problems = []
         for i, (record, (lookup, alias)) in enumerate(zip(list(self.records), found, strict=True)):
             facts, problem = _dane_verdict(record, lookup, alias=alias)
-            self.records[i] = replace(record, extra={**record.extra, "dane": facts})
+            self.records[i] = replace(record, dane=facts)
             if problem:
                 problems.append(f"{record.exchange}: {problem}")
         self._timed(Phase.DANE, started)
@@ -290,15 +296,10 @@ class _Check:
         started = time.perf_counter()
         domain = self.config.domain
         txt = await mta_sts.lookup_txt(self.env.resolver, domain)
-        facts: dict[str, Any] = {"txt_id": txt.id, "txt_error": txt.error, "txt_error_kind": txt.error_kind}
-        problem = ""
-        if txt.error_kind == "absent":
-            facts["present"] = False
-        elif not txt.ok:
-            facts["present"] = True
-            problem = f"TXT record: {txt.error}"
-        else:
-            facts["present"] = True
+        present = txt.error_kind != mta_sts.TXT_ABSENT  # no record is no MTA-STS, not a problem
+        problem = f"TXT record: {txt.error}" if present and not txt.ok else ""
+        policy_facts: MtaStsPolicyFacts | None = None
+        if txt.ok:
             timeout = self.config.timeout or self.env.defaults.timeout
             policy = await mta_sts.fetch_policy(
                 domain,
@@ -308,25 +309,29 @@ class _Check:
                 timeout=timeout,
             )
             uncovered = mta_sts.check_exchanges(policy, [r.exchange for r in self.records]) if policy.ok else []
-            facts.update(
-                {
-                    "mode": policy.mode,
-                    "max_age": policy.max_age,
-                    "mx_patterns": list(policy.mx_patterns),
-                    "verified": policy.verified,
-                    "error": policy.error,
-                    "error_kind": policy.error_kind,
-                    "http_status": policy.http_status,
-                    "uncovered": uncovered,
-                    "cert_not_after": policy.cert_not_after.isoformat() if policy.cert_not_after else None,
-                }
+            policy_facts = MtaStsPolicyFacts(
+                mode=policy.mode,
+                max_age=policy.max_age,
+                mx_patterns=policy.mx_patterns,
+                verified=policy.verified,
+                error=policy.error,
+                error_kind=policy.error_kind,
+                http_status=policy.http_status,
+                uncovered=tuple(uncovered),
+                cert_not_after=policy.cert_not_after,
             )
             if not policy.ok:
                 problem = f"policy: {policy.error}"
             elif uncovered and policy.mode == "enforce":
                 problem = "exchanges not covered by the enforced policy: " + ", ".join(uncovered)
-        facts["valid"] = not problem
-        self.extra["mta_sts"] = facts
+        self.mta_sts_facts = MtaStsFacts(
+            txt_id=txt.id,
+            txt_error=txt.error,
+            txt_error_kind=txt.error_kind,
+            present=present,
+            policy=policy_facts,
+            valid=not problem,
+        )
         self._timed(Phase.MTA_STS, started)
         if problem and self.config.mta_sts == "verify":
             raise _Failed(Phase.MTA_STS, Reason.MTA_STS_MISMATCH, f"MTA-STS: {problem}")
@@ -349,45 +354,39 @@ class _Check:
 
 def _dane_verdict(
     record: MxRecord, lookup: dane.TlsaLookup, *, alias: Alias | None = None
-) -> tuple[dict[str, Any], str]:
+) -> tuple[DaneFacts, str]:
     """Facts for the report and the problem ("" when none) of one exchange's DANE state."""
     # RFC 7672 3.2.2: through a secure alias the certificate may name either the expanded or the original name
-    names = [alias.target, record.exchange] if alias is not None and alias.secure else [record.exchange]
-    facts: dict[str, Any] = {
-        "tlsa_name": lookup.name,
-        "records": [str(r) for r in lookup.records],
-        "authenticated": lookup.authenticated,
-        "lookup_error": lookup.error,
-        "usable": 0,
-        "matched": None,
-        "matched_record": "",
-        "detail": "",
-        "cname_target": alias.target if alias else "",
-        "cname_secure": alias.secure if alias else None,
-        "reference_names": names,
-    }
+    names = (alias.target, record.exchange) if alias is not None and alias.secure else (record.exchange,)
+    facts = DaneFacts(
+        tlsa_name=lookup.name,
+        records=tuple(str(r) for r in lookup.records),
+        authenticated=lookup.authenticated,
+        lookup_error=lookup.error,
+        cname_target=alias.target if alias else "",
+        cname_secure=alias.secure if alias else None,
+        reference_names=names,
+    )
     if lookup.error:
         return facts, f"TLSA lookup failed: {lookup.error}"
     if not lookup.records:
-        facts["detail"] = "no TLSA records: DANE not in use"
-        return facts, ""
+        return replace(facts, detail="no TLSA records: DANE not in use"), ""
     probe = record.probe
     chain = probe.tls.chain_der if probe is not None and probe.tls is not None else ()
     if not chain:
-        facts["usable"] = sum(1 for r in lookup.records if r.usable)
-        if facts["usable"] == 0:
-            return facts, ""
+        usable = sum(1 for r in lookup.records if r.usable)
+        if usable == 0:
+            return replace(facts, usable=usable), ""
         why = probe.error if probe is not None and probe.error else "no STARTTLS handshake"
-        facts["matched"], facts["detail"] = False, f"TLSA published but no certificate to match ({why})"
-        return facts, facts["detail"]
+        detail = f"TLSA published but no certificate to match ({why})"
+        return replace(facts, usable=usable, matched=False, detail=detail), detail
     outcome = dane.verify(lookup.records, chain, names=names)
-    facts.update(
-        {
-            "usable": outcome.usable,
-            "matched": outcome.matched if outcome.usable else None,
-            "matched_record": str(outcome.matched_record) if outcome.matched_record else "",
-            "detail": outcome.detail,
-        }
+    facts = replace(
+        facts,
+        usable=outcome.usable,
+        matched=outcome.matched if outcome.usable else None,
+        matched_record=str(outcome.matched_record) if outcome.matched_record else "",
+        detail=outcome.detail,
     )
     if outcome.usable and not outcome.matched:
         # Enforced even without AD: the records will bite as soon as the zone is signed.
@@ -450,5 +449,7 @@ async def run(config: MxCheckConfig, env: ProbeEnv) -> MxResult:
         timings=check.timings,
         total=time.perf_counter() - t0,
         authenticated=check.authenticated,
-        extra=check.extra,
+        mta_sts=check.mta_sts_facts,
+        spf=check.spf,
+        dmarc=check.dmarc,
     )

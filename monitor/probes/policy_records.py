@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
-from typing import Any
+
+from monitor.facts import PolicyRecord
 
 _SPF_MECHANISM = re.compile(
     r"^[+\-~?]?(all|include:\S+|exists:\S+|ptr(:\S+)?|a(:[^/\s]+)?(/\d{1,2})?(//\d{1,3})?"
@@ -16,17 +16,7 @@ _SPF_MODIFIER = re.compile(r"^[a-z][a-z0-9_.-]*=\S*$", re.IGNORECASE)
 _DMARC_POLICIES = {"none", "quarantine", "reject"}
 _DMARC_START = re.compile(r"^v\s*=\s*DMARC1\s*(;|$)", re.IGNORECASE)
 
-
-@dataclass(frozen=True, slots=True)
-class PolicyRecord:
-    """What was found for one record kind, and what is wrong with it ("" when fine)."""
-
-    kind: str  # "spf" or "dmarc"
-    record: str
-    problem: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"record": self.record, "valid": not self.problem, "problem": self.problem}
+__all__ = ["PolicyRecord", "check_dmarc", "check_spf"]
 
 
 def _strings(txt_records: list[str], prefix: str) -> list[str]:

@@ -17,6 +17,7 @@ from pysnmp.proto import rfc1902
 
 from monitor import mib_oids
 from monitor.config import MxCheckConfig, SmtpProbeConfig
+from monitor.facts import MtaStsPolicyFacts, PolicyRecord
 from monitor.health import AgentHealth
 from monitor.mib_oids import (
     MxAddressColumn,
@@ -133,12 +134,6 @@ def _norm(name: str) -> str:
     return name.lower().rstrip(".")
 
 
-def _facts(extra: dict[str, Any], key: str) -> dict[str, Any] | None:
-    """One check's facts from a result's or record's extra (None when the check did not run)."""
-    facts = extra.get(key)
-    return facts if isinstance(facts, dict) else None
-
-
 def _dnssec(result: MxResult | None) -> int:
     """mxCheckDnssec from the AD bit of the MX answer: None when not asked (or no answer)."""
     if result is None or result.authenticated is None:
@@ -146,53 +141,51 @@ def _dnssec(result: MxResult | None) -> int:
     return mib_oids.DNSSEC_VALUES["authenticated" if result.authenticated else "unauthenticated"]
 
 
-def _verdict(result: MxResult | None, key: str) -> int:
-    """mxCheckSpf and mxCheckDmarc from extra["spf" | "dmarc"]["valid"]."""
-    facts = _facts(result.extra, key) if result else None
-    if facts is None:
+def _verdict(verdict: PolicyRecord | None) -> int:
+    """mxCheckSpf and mxCheckDmarc from MxResult.spf and MxResult.dmarc."""
+    if verdict is None:
         return mib_oids.VERDICT_VALUES["not_checked"]
-    return mib_oids.VERDICT_VALUES["valid" if facts.get("valid") else "invalid"]
+    return mib_oids.VERDICT_VALUES["valid" if verdict.valid else "invalid"]
 
 
 def _mta_sts(result: MxResult | None) -> int:
     """mxCheckMtaSts: no TXT record is absent, otherwise the check's own verdict."""
-    facts = _facts(result.extra, "mta_sts") if result else None
+    facts = result.mta_sts if result else None
     if facts is None:
         return mib_oids.MTA_STS_VALUES["not_checked"]
-    if facts.get("present") is False:
+    if not facts.present:
         return mib_oids.MTA_STS_VALUES["absent"]
-    return mib_oids.MTA_STS_VALUES["valid" if facts.get("valid") else "invalid"]
+    return mib_oids.MTA_STS_VALUES["valid" if facts.valid else "invalid"]
 
 
-def _mta_sts_policy(result: MxResult | None) -> dict[str, Any] | None:
-    """The MTA-STS facts of a run that fetched a policy (no TXT error, no policy error)."""
-    facts = _facts(result.extra, "mta_sts") if result else None
-    if facts is None or not facts.get("present") or "uncovered" not in facts or facts.get("error"):
+def _mta_sts_policy(result: MxResult | None) -> MtaStsPolicyFacts | None:
+    """The MTA-STS policy of a run that fetched one (no TXT error, no policy error)."""
+    facts = result.mta_sts if result else None
+    if facts is None or not facts.present or facts.policy is None or facts.policy.error:
         return None
-    return facts
+    return facts.policy
 
 
-def _mta_sts_coverage(policy: dict[str, Any] | None, exchange: str) -> int:
+def _mta_sts_coverage(policy: MtaStsPolicyFacts | None, exchange: str) -> int:
     """mxExchangeMtaSts: whether the exchange is missing from the policy's uncovered list."""
     if policy is None:
         return mib_oids.MTA_STS_COVERAGE_VALUES["not_checked"]
-    uncovered = {_norm(str(name)) for name in policy.get("uncovered") or ()}
+    uncovered = {_norm(name) for name in policy.uncovered}
     return mib_oids.MTA_STS_COVERAGE_VALUES["not_covered" if _norm(exchange) in uncovered else "covered"]
 
 
 def _dane(record: MxRecord) -> int:
-    """mxExchangeDane from the exchange's extra["dane"] (monitor.probes.mx._dane_verdict)."""
-    facts = _facts(record.extra, "dane")
+    """mxExchangeDane from the exchange's DANE facts (monitor.probes.mx._dane_verdict)."""
+    facts = record.dane
     if facts is None:
         return mib_oids.DANE_VALUES["not_checked"]
-    if facts.get("lookup_error"):
+    if facts.lookup_error:
         return mib_oids.DANE_VALUES["error"]
-    if not facts.get("records"):
+    if not facts.records:
         return mib_oids.DANE_VALUES["no_records"]
-    matched = facts.get("matched")
-    if matched is None:  # records, but none an SMTP client may use
+    if facts.matched is None:  # records, but none an SMTP client may use
         return mib_oids.DANE_VALUES["unusable"]
-    return mib_oids.DANE_VALUES["matched" if matched else "mismatched"]
+    return mib_oids.DANE_VALUES["matched" if facts.matched else "mismatched"]
 
 
 # -- column layouts -----------------------------------------------------------------------------
@@ -393,9 +386,9 @@ def mx_check_row(state: ProbeState) -> tuple[Raw, ...]:
         _truth(bool(result and result.implicit_mx)),
         _dnssec(result),
         _mta_sts(result),
-        admin_string(str(policy.get("mode") or "")) if policy is not None else b"",
-        _verdict(result, "spf"),
-        _verdict(result, "dmarc"),
+        admin_string(policy.mode) if policy is not None else b"",
+        _verdict(result.spf if result else None),
+        _verdict(result.dmarc if result else None),
     )
 
 

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from monitor.config import DnsConfig, MxCheckConfig
+from monitor.facts import MtaStsPolicyFacts
 from monitor.probes import ProbeEnv, build_resolver, mx
 from monitor.probes.dane import Tlsa, lookup_tlsa, verify
 from monitor.probes.mta_sts import StsPolicy, check_exchanges, fetch_policy, lookup_txt
@@ -394,15 +395,17 @@ class TestMxCheckWithDane:
     def test_matching_tlsa_passes_and_reports_the_record(self, dane_zone: DaneZone, postfix: PostfixServer) -> None:
         result = mx_check(dane_zone.server.port, **self.settings(postfix, "dane.test"))
         assert result.ok, result.error
-        facts = result.records[0].extra["dane"]
-        assert facts["matched"] is True
-        assert facts["matched_record"] == str(dane_zone.ee_port)
+        facts = result.records[0].dane
+        assert facts is not None
+        assert facts.matched is True
+        assert facts.matched_record == str(dane_zone.ee_port)
         assert "dane" in result.timings
 
     def test_tlsa_of_another_key_fails_with_dane_mismatch(self, dane_zone: DaneZone, postfix: PostfixServer) -> None:
         result = mx_check(dane_zone.server.port, **self.settings(postfix, "badcert.dane.test"))
         assert (result.phase, result.reason) == (Phase.DANE, Reason.DANE_MISMATCH)
-        assert result.records[0].extra["dane"]["matched"] is False
+        assert result.records[0].dane is not None
+        assert result.records[0].dane.matched is False
         assert "wrong.dane.test" in result.error
 
     def test_report_mode_records_the_mismatch_without_failing(
@@ -410,31 +413,41 @@ class TestMxCheckWithDane:
     ) -> None:
         result = mx_check(dane_zone.server.port, **{**self.settings(postfix, "badcert.dane.test"), "dane": "report"})
         assert result.ok, result.error
-        assert result.records[0].extra["dane"]["matched"] is False
+        assert result.records[0].dane is not None
+        assert result.records[0].dane.matched is False
 
     def test_an_insecure_alias_uses_the_tlsa_of_the_original_name(
         self, dane_zone: DaneZone, postfix: PostfixServer
     ) -> None:
         result = mx_check(dane_zone.server.port, **self.settings(postfix, "cname.dane.test"))
         assert result.ok, result.error
-        facts = result.records[0].extra["dane"]
-        assert facts["tlsa_name"] == f"_{postfix.plain_port}._tcp.alias.dane.test"
-        assert (facts["cname_target"], facts["cname_secure"]) == ("wrong.dane.test", False)
-        assert (facts["matched"], facts["matched_record"]) == (True, str(dane_zone.ee_port))
-        assert facts["reference_names"] == ["alias.dane.test"]
+        facts = result.records[0].dane
+        assert facts is not None
+        assert facts.tlsa_name == f"_{postfix.plain_port}._tcp.alias.dane.test"
+        assert (facts.cname_target, facts.cname_secure) == ("wrong.dane.test", False)
+        assert (facts.matched, facts.matched_record) == (True, str(dane_zone.ee_port))
+        assert facts.reference_names == ("alias.dane.test",)
 
     def test_an_insecure_alias_without_tlsa_of_its_own_does_not_use_the_targets(
         self, dane_zone: DaneZone, postfix: PostfixServer
     ) -> None:
         result = mx_check(dane_zone.server.port, **self.settings(postfix, "cnamenotlsa.dane.test"))
         assert result.ok, result.error
-        facts = result.records[0].extra["dane"]
-        assert facts["tlsa_name"] == f"_{postfix.plain_port}._tcp.alias2.dane.test"
-        assert (facts["records"], facts["matched"], facts["cname_target"]) == ([], None, "mx.dane.test")
+        facts = result.records[0].dane
+        assert facts is not None
+        assert facts.tlsa_name == f"_{postfix.plain_port}._tcp.alias2.dane.test"
+        assert (facts.records, facts.matched, facts.cname_target) == ((), None, "mx.dane.test")
 
     def test_dane_needs_starttls_host_probes(self) -> None:
         with pytest.raises(ValueError, match="dane needs probe_hosts"):
             MxCheckConfig(name="t", domain="dane.test", dane="verify")
+
+
+def fetched_policy(result: MxResult) -> MtaStsPolicyFacts:
+    """What the MX check's policy fetch found (it follows a valid TXT record)."""
+    assert result.mta_sts is not None
+    assert result.mta_sts.policy is not None
+    return result.mta_sts.policy
 
 
 class TestMxCheckWithMtaSts:
@@ -445,8 +458,8 @@ class TestMxCheckWithMtaSts:
         https.serve_policy(POLICY)
         result = mx_check(dns_server.port, **self.settings(https))
         assert result.ok, result.error
-        facts = result.extra["mta_sts"]
-        assert (facts["mode"], facts["max_age"], facts["uncovered"], facts["verified"]) == ("enforce", 604800, [], True)
+        policy = fetched_policy(result)
+        assert (policy.mode, policy.max_age, policy.uncovered, policy.verified) == ("enforce", 604800, (), True)
 
     def test_enforced_policy_not_covering_an_exchange_fails(self, dns_server: NsdServer, https: HttpsServer) -> None:
         https.serve_policy("version: STSv1\nmode: enforce\nmx: mx1.good.test\nmax_age: 86400\n")
@@ -460,7 +473,7 @@ class TestMxCheckWithMtaSts:
         https.serve_policy("version: STSv1\nmode: testing\nmx: mx1.good.test\nmax_age: 86400\n")
         result = mx_check(dns_server.port, **self.settings(https))
         assert result.ok, result.error
-        assert result.extra["mta_sts"]["uncovered"] == ["mx2.good.test"]
+        assert fetched_policy(result).uncovered == ("mx2.good.test",)
 
     def test_policy_host_with_untrusted_certificate_fails(
         self, dns_server: NsdServer, https: HttpsServer, tmp_path: Path
@@ -470,11 +483,12 @@ class TestMxCheckWithMtaSts:
         trustme.CA().cert_pem.write_to_path(str(other_ca))
         result = mx_check(dns_server.port, **{**self.settings(https), "mta_sts_ca_file": str(other_ca)})
         assert result.reason is Reason.MTA_STS_MISMATCH
-        assert result.extra["mta_sts"]["error_kind"] == "tls_verify"
+        assert fetched_policy(result).error_kind == "tls_verify"
 
     def test_domain_without_mta_sts_is_reported_absent_and_passes(
         self, dns_server: NsdServer, https: HttpsServer
     ) -> None:
         result = mx_check(dns_server.port, **{**self.settings(https), "domain": "implicit.test"})
         assert result.ok, result.error
-        assert result.extra["mta_sts"]["present"] is False
+        assert result.mta_sts is not None
+        assert result.mta_sts.present is False

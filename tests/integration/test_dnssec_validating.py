@@ -280,9 +280,10 @@ class TestDaneWithValidatedTlsa:
         )  # fmt: skip
         assert result.ok, result.error
         assert result.authenticated is True
-        facts = result.records[0].extra["dane"]
+        facts = result.records[0].dane
+        assert facts is not None
         assert result.records[0].exchange == sz.SIGNED_MX1.rstrip(".")
-        assert (facts["authenticated"], facts["matched"], facts["usable"]) == (True, True, 1)
+        assert (facts.authenticated, facts.matched, facts.usable) == (True, True, 1)
 
 
 # -- the agent: /metrics and the MIB ------------------------------------------------------------

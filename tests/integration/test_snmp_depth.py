@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from monitor.config import MxCheckConfig, SmtpProbeConfig, SnmpConfig
+from monitor.facts import MtaStsFacts, MtaStsPolicyFacts
 from monitor.health import AgentHealth
 from monitor.probes.dane import Tlsa, TlsaLookup
 from monitor.probes.mx import _dane_verdict
@@ -58,8 +59,8 @@ def self_signed_der(directory: Path) -> bytes:
 
 
 def with_dane(record: MxRecord, lookup: TlsaLookup) -> MxRecord:
-    """The record with extra["dane"] as monitor.probes.mx._Check.dane sets it."""
-    return replace(record, extra={**record.extra, "dane": _dane_verdict(record, lookup)[0]})
+    """The record with its DANE facts as monitor.probes.mx._Check.dane sets them."""
+    return replace(record, dane=_dane_verdict(record, lookup)[0])
 
 
 def depth_store(cert_dir: Path) -> tuple[ResultsStore, float]:
@@ -91,15 +92,13 @@ def depth_store(cert_dir: Path) -> tuple[ResultsStore, float]:
     mx2_probe = probe("mx2.example.org", "192.0.2.2", error="timed out")
     mx2 = MxRecord(20, "mx2.example.org", ("192.0.2.2",), probe=mx2_probe, address_probes=(mx2_probe,))
     mx2 = with_dane(mx2, TlsaLookup("_25._tcp.mx2.example.org", error="SERVFAIL"))
-    # extra["mta_sts"] as monitor.probes.mx._Check.mta_sts writes it: a testing policy not covering mx2.
-    mta_sts = {
-        "txt_id": "20261122", "txt_error": "", "txt_error_kind": "", "present": True, "mode": "testing",
-        "max_age": 86400, "mx_patterns": ["mx1.example.org"], "verified": True, "error": "", "error_kind": "",
-        "http_status": 200, "uncovered": ["mx2.example.org"], "cert_not_after": None, "valid": True,
-    }
-    extra = {"mta_sts": mta_sts, "spf": check_spf(["v=spf1 mx -all"]).as_dict(), "dmarc": check_dmarc([]).as_dict()}
+    # MTA-STS facts as monitor.probes.mx._Check.mta_sts makes them: a testing policy not covering mx2.
+    policy = MtaStsPolicyFacts(mode="testing", max_age=86400, mx_patterns=("mx1.example.org",), verified=True,
+                               error="", error_kind="", http_status=200, uncovered=("mx2.example.org",),
+                               cert_not_after=None)
+    mta_sts = MtaStsFacts(txt_id="20261122", txt_error="", txt_error_kind="", present=True, policy=policy, valid=True)
     store.record("example.org", MxResult("example.org", time.time(), True, records=(mx1, mx2), authenticated=True,
-                                         extra=extra))
+                                         mta_sts=mta_sts, spf=check_spf(["v=spf1 mx -all"]), dmarc=check_dmarc([])))
     store.record("plain.example", MxResult("plain.example", time.time(), True,
                                            records=(MxRecord(10, "mx.plain.example", ("192.0.2.9",)),)))
 

@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from monitor.config import DnsConfig, MxCheckConfig
+from monitor.facts import DaneFacts
 from monitor.probes import ProbeEnv, build_resolver, mx
 from monitor.probes.dane import Tlsa
 from monitor.results import MxResult, Phase, Reason, result_from_dict
@@ -92,10 +93,10 @@ def check(dns: ScriptedDnsServer, context: ssl.SSLContext, tlsa: dict[str, Any],
     return result
 
 
-def dane_facts(result: MxResult) -> dict[str, Any]:
+def dane_facts(result: MxResult) -> DaneFacts:
     (record,) = result.records
-    facts: dict[str, Any] = record.extra["dane"]
-    return facts
+    assert record.dane is not None, "no DANE facts"
+    return record.dane
 
 
 def tlsa_queries(dns: ScriptedDnsServer) -> list[str]:
@@ -109,9 +110,9 @@ class TestSecureAlias:
         assert result.ok, result.error
         facts = dane_facts(result)
         port = result.records[0].probe.port  # type: ignore[union-attr]
-        assert facts["tlsa_name"] == tlsa_owner(TARGET, port)
-        assert (facts["cname_target"], facts["cname_secure"]) == (TARGET, True)
-        assert (facts["matched"], facts["matched_record"]) == (True, str(pki.ta))
+        assert facts.tlsa_name == tlsa_owner(TARGET, port)
+        assert (facts.cname_target, facts.cname_secure) == (TARGET, True)
+        assert (facts.matched, facts.matched_record) == (True, str(pki.ta))
         assert tlsa_queries(dns) == [tlsa_owner(TARGET, port)]  # the original name is not needed
 
     def test_the_address_lookups_ask_for_the_ad_bit(self, dns: ScriptedDnsServer, pki: Server) -> None:
@@ -123,7 +124,7 @@ class TestSecureAlias:
     def test_dane_ta_accepts_a_certificate_for_the_original_name(self, dns: ScriptedDnsServer, pki: Server) -> None:
         result = check(dns, pki.contexts[EXCHANGE], {TARGET: Records(str(pki.ta), secure=True)})
         assert result.ok, result.error
-        assert dane_facts(result)["reference_names"] == [TARGET, EXCHANGE]
+        assert dane_facts(result).reference_names == (TARGET, EXCHANGE)
 
     def test_dane_ta_still_refuses_a_certificate_for_another_name(self, dns: ScriptedDnsServer, pki: Server) -> None:
         result = check(dns, pki.contexts["unrelated.test"], {TARGET: Records(str(pki.ta), secure=True)})
@@ -140,23 +141,23 @@ class TestSecureAlias:
         assert result.ok, result.error
         port = result.records[0].probe.port  # type: ignore[union-attr]
         facts = dane_facts(result)
-        assert facts["tlsa_name"] == tlsa_owner(EXCHANGE, port)
-        assert (facts["cname_target"], facts["cname_secure"], facts["matched"]) == (TARGET, True, True)
+        assert facts.tlsa_name == tlsa_owner(EXCHANGE, port)
+        assert (facts.cname_target, facts.cname_secure, facts.matched) == (TARGET, True, True)
         assert tlsa_queries(dns) == [tlsa_owner(TARGET, port), tlsa_owner(EXCHANGE, port)]
 
     def test_no_tlsa_at_either_name_means_no_dane(self, dns: ScriptedDnsServer, pki: Server) -> None:
         result = check(dns, pki.contexts[TARGET], {})
         assert result.ok, result.error
         facts = dane_facts(result)
-        assert (facts["records"], facts["matched"]) == ([], None)
-        assert facts["tlsa_name"].endswith(EXCHANGE)
+        assert (facts.records, facts.matched) == ((), None)
+        assert facts.tlsa_name.endswith(EXCHANGE)
 
     def test_a_failed_lookup_at_the_expanded_name_does_not_fall_back(self, dns: ScriptedDnsServer, pki: Server) -> None:
         tlsa = {TARGET: Rcode("SERVFAIL"), EXCHANGE: Records(str(pki.ta), secure=True)}
         result = check(dns, pki.contexts[TARGET], tlsa)
         assert (result.phase, result.reason) == (Phase.DANE, Reason.DANE_MISMATCH)
         port = result.records[0].probe.port  # type: ignore[union-attr]
-        assert dane_facts(result)["tlsa_name"] == tlsa_owner(TARGET, port)
+        assert dane_facts(result).tlsa_name == tlsa_owner(TARGET, port)
         assert "TLSA lookup failed" in result.error
         assert tlsa_queries(dns) == [tlsa_owner(TARGET, port)]
 
@@ -165,8 +166,8 @@ class TestSecureAlias:
         result = check(dns, pki.contexts[EXCHANGE], tlsa, dnssec="off")
         assert result.ok, result.error
         facts = dane_facts(result)
-        assert (facts["cname_target"], facts["cname_secure"]) == (TARGET, False)
-        assert facts["tlsa_name"].endswith(EXCHANGE)
+        assert (facts.cname_target, facts.cname_secure) == (TARGET, False)
+        assert facts.tlsa_name.endswith(EXCHANGE)
 
 
 class TestInsecureAlias:
@@ -181,14 +182,14 @@ class TestInsecureAlias:
         assert result.ok, result.error
         port = result.records[0].probe.port  # type: ignore[union-attr]
         facts = dane_facts(result)
-        assert facts["tlsa_name"] == tlsa_owner(EXCHANGE, port)
-        assert (facts["cname_target"], facts["cname_secure"]) == (TARGET, False)
+        assert facts.tlsa_name == tlsa_owner(EXCHANGE, port)
+        assert (facts.cname_target, facts.cname_secure) == (TARGET, False)
         assert tlsa_queries(insecure) == [tlsa_owner(EXCHANGE, port)]  # the expanded name is never asked
 
     def test_dane_ta_accepts_only_the_original_name(self, insecure: ScriptedDnsServer, pki: Server) -> None:
         result = check(insecure, pki.contexts[TARGET], {EXCHANGE: Records(str(pki.ta), secure=True)})
         assert (result.phase, result.reason) == (Phase.DANE, Reason.DANE_MISMATCH)
-        assert dane_facts(result)["reference_names"] == [EXCHANGE]
+        assert dane_facts(result).reference_names == (EXCHANGE,)
 
 
 class TestExchangeWithoutAlias:
@@ -199,8 +200,8 @@ class TestExchangeWithoutAlias:
         result = check(dns, pki.contexts["mx.plain.test"], tlsa, domain="plain.test")
         assert result.ok, result.error
         facts = dane_facts(result)
-        assert (facts["cname_target"], facts["cname_secure"], facts["reference_names"]) == ("", None, ["mx.plain.test"])
-        assert facts["tlsa_name"].endswith("._tcp.mx.plain.test")
+        assert (facts.cname_target, facts.cname_secure, facts.reference_names) == ("", None, ("mx.plain.test",))
+        assert facts.tlsa_name.endswith("._tcp.mx.plain.test")
 
 
 class TestSavedResults:
@@ -219,6 +220,8 @@ class TestSavedResults:
                 }
             ],
         }
-        facts = result_from_dict(saved).records[0].extra["dane"]  # type: ignore[union-attr]
-        assert facts["tlsa_name"] == f"_25._tcp.{EXCHANGE}"
-        assert (facts["cname_target"], facts["cname_secure"], facts["reference_names"]) == ("", None, [EXCHANGE])
+        restored = result_from_dict(saved)
+        assert isinstance(restored, MxResult)
+        facts = dane_facts(restored)
+        assert facts.tlsa_name == f"_25._tcp.{EXCHANGE}"
+        assert (facts.cname_target, facts.cname_secure, facts.reference_names) == ("", None, (EXCHANGE,))

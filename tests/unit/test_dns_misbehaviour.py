@@ -14,6 +14,7 @@ import pytest
 
 from monitor import cli
 from monitor.config import DnsConfig, MxCheckConfig
+from monitor.facts import PolicyRecord
 from monitor.probes import ProbeEnv, build_resolver, mx
 from monitor.results import MxResult, Phase, Reason, ReverseDns, result_from_dict
 from tests.fakes.dns_server import (
@@ -74,6 +75,16 @@ def assert_classified(result: MxResult) -> None:
     assert result_from_dict(saved).as_dict() == saved
 
 
+def spf_of(result: MxResult) -> PolicyRecord:
+    assert result.spf is not None, "no SPF verdict"
+    return result.spf
+
+
+def dmarc_of(result: MxResult) -> PolicyRecord:
+    assert result.dmarc is not None, "no DMARC verdict"
+    return result.dmarc
+
+
 def failed(result: MxResult) -> tuple[Phase | None, Reason | None]:
     return result.phase, result.reason
 
@@ -88,14 +99,14 @@ class TestSpfLookup:
     def test_a_healthy_record_passes(self, dns: ScriptedDnsServer) -> None:
         result = check(dns, spf=True)
         assert result.ok, result.error
-        assert result.extra["spf"] == {"record": SPF, "valid": True, "problem": ""}
+        assert spf_of(result).as_dict() == {"record": SPF, "valid": True, "problem": ""}
 
     def test_a_silent_server_is_a_timeout_of_the_spf_lookup(self, dns: ScriptedDnsServer) -> None:
         dns.on(DOMAIN, "TXT", Silence())
         result = check(dns, spf=True)
         assert failed(result) == (Phase.POLICY, Reason.TIMEOUT)
         assert result.error.startswith("SPF: lookup failed: example.test TXT: DNS timeout")
-        assert "spf" not in result.extra  # no verdict on a record nobody could read
+        assert result.spf is None  # no verdict on a record nobody could read
 
     def test_servfail_is_a_servfail_of_the_spf_lookup(self, dns: ScriptedDnsServer) -> None:
         dns.on(DOMAIN, "TXT", Rcode("SERVFAIL"))
@@ -136,26 +147,26 @@ class TestSpfLookup:
         dns.records(DOMAIN, "TXT", '"v=spf1 -all"', '"v=spf1 mx -all"')
         result = check(dns, spf=True)
         assert failed(result) == (Phase.POLICY, Reason.POLICY_RECORD)
-        assert result.extra["spf"]["problem"] == "2 SPF records: RFC 7208 makes that a permerror"
+        assert spf_of(result).problem == "2 SPF records: RFC 7208 makes that a permerror"
 
     def test_the_strings_of_one_record_are_joined_without_adding_a_space(self, dns: ScriptedDnsServer) -> None:
         dns.records(DOMAIN, "TXT", '"v=spf1 mx ip4:192.0.2.0/24" " -all"')
         result = check(dns, spf=True)
         assert result.ok, result.error
-        assert result.extra["spf"]["record"] == "v=spf1 mx ip4:192.0.2.0/24 -all"
+        assert spf_of(result).record == "v=spf1 mx ip4:192.0.2.0/24 -all"
 
     def test_strings_split_inside_a_term_make_one_malformed_term(self, dns: ScriptedDnsServer) -> None:
         dns.records(DOMAIN, "TXT", '"v=spf1 mx ip4:192.0.2.0/24" "-all"')
         result = check(dns, spf=True)
         assert failed(result) == (Phase.POLICY, Reason.POLICY_RECORD)
-        assert result.extra["spf"]["problem"] == "bad network in 'ip4:192.0.2.0/24-all'"
+        assert spf_of(result).problem == "bad network in 'ip4:192.0.2.0/24-all'"
 
     def test_a_record_too_large_for_udp_is_fetched_over_tcp(self, dns: ScriptedDnsServer) -> None:
         record = "v=spf1 " + " ".join(f"ip4:198.51.100.{i}" for i in range(200)) + " -all"
         dns.records(DOMAIN, "TXT", long_txt(record))
         result = check(dns, spf=True)
         assert result.ok, result.error
-        assert result.extra["spf"]["record"] == record
+        assert spf_of(result).record == record
         assert [q.transport for q in dns.seen(DOMAIN, "TXT")] == ["udp", "tcp"]
 
     def test_a_truncated_reply_is_retried_over_tcp(self, dns: ScriptedDnsServer) -> None:
@@ -173,13 +184,13 @@ class TestSpfLookup:
         dns.records(DOMAIN, "TXT", r'"v=spf1 ip4:192.0.2.1 \255\000 -all"')
         result = check(dns, spf=True)
         assert failed(result) == (Phase.POLICY, Reason.POLICY_RECORD)
-        assert result.extra["spf"]["problem"] == "non-ASCII characters: RFC 7208 records are US-ASCII only"
+        assert spf_of(result).problem == "non-ASCII characters: RFC 7208 records are US-ASCII only"
 
     def test_a_non_ascii_domain_in_a_mechanism_makes_it_invalid(self, dns: ScriptedDnsServer) -> None:
         dns.records(DOMAIN, "TXT", '"v=spf1 include:ex\\195\\164mple.test -all"')  # UTF-8 "ä"
         result = check(dns, spf=True)
-        assert result.extra["spf"]["record"] == "v=spf1 include:exämple.test -all"
-        assert "non-ASCII" in result.extra["spf"]["problem"]
+        assert spf_of(result).record == "v=spf1 include:exämple.test -all"
+        assert "non-ASCII" in spf_of(result).problem
 
     def test_a_binary_txt_record_beside_the_spf_record_is_ignored(self, dns: ScriptedDnsServer) -> None:
         dns.records(DOMAIN, "TXT", r'"\255\254\000\001"', f'"{SPF}"')
@@ -192,18 +203,18 @@ class TestDmarcLookup:
         dns.on(DMARC_NAME, "TXT", Rcode("NXDOMAIN"))
         result = check(dns, dmarc=True)
         assert failed(result) == (Phase.POLICY, Reason.POLICY_RECORD)
-        assert result.extra["dmarc"] == {"record": "", "valid": False, "problem": "no DMARC record (v=DMARC1)"}
+        assert dmarc_of(result).as_dict() == {"record": "", "valid": False, "problem": "no DMARC record (v=DMARC1)"}
 
     def test_nodata_is_a_missing_record(self, dns: ScriptedDnsServer) -> None:
         dns.on(DMARC_NAME, "TXT", Rcode("NOERROR"))
-        assert check(dns, dmarc=True).extra["dmarc"]["problem"] == "no DMARC record (v=DMARC1)"
+        assert dmarc_of(check(dns, dmarc=True)).problem == "no DMARC record (v=DMARC1)"
 
     def test_servfail_is_a_servfail_not_a_missing_record(self, dns: ScriptedDnsServer) -> None:
         dns.on(DMARC_NAME, "TXT", Rcode("SERVFAIL"))
         result = check(dns, dmarc=True)
         assert failed(result) == (Phase.POLICY, Reason.SERVFAIL)
         assert result.error.startswith("DMARC: lookup failed: _dmarc.example.test TXT:")
-        assert "dmarc" not in result.extra
+        assert result.dmarc is None
 
     def test_a_timeout_is_a_timeout_not_a_missing_record(self, dns: ScriptedDnsServer) -> None:
         dns.on(DMARC_NAME, "TXT", Silence())
@@ -215,13 +226,13 @@ class TestDmarcLookup:
         result = check(dns, dmarc=True)
         assert failed(result) == (Phase.POLICY, Reason.POLICY_RECORD)
         assert result.error == "DMARC: p= must be none, quarantine or reject"
-        assert result.extra["dmarc"]["valid"] is False
+        assert dmarc_of(result).valid is False
 
     def test_the_spf_verdict_is_kept_when_the_dmarc_lookup_fails(self, dns: ScriptedDnsServer) -> None:
         dns.on(DMARC_NAME, "TXT", Rcode("SERVFAIL"))
         result = check(dns, spf=True, dmarc=True)
         assert failed(result) == (Phase.POLICY, Reason.SERVFAIL)
-        assert result.extra["spf"]["valid"] is True
+        assert spf_of(result).valid is True
 
     def test_both_lookups_failing_name_both(self, dns: ScriptedDnsServer) -> None:
         dns.on(DOMAIN, "TXT", Rcode("SERVFAIL"))

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor.config import MxCheckConfig, SmtpProbeConfig
+from monitor.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
 from monitor.health import LATENESS_BUCKETS, AgentHealth
 from monitor.metrics import ProbeExposition, StoreCollector, build_registry
 from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, ReverseDns, SmtpResult, TlsInfo
@@ -218,8 +219,7 @@ class TestMxCheckMetrics:
         )
         store.record("domain-mx", MxResult(
             domain="example.com", started_at=0.0, ok=True, records=(record,), authenticated=False,
-            extra={"spf": {"record": "v=spf1 -all", "valid": True, "problem": ""},
-                   "dmarc": {"record": "", "valid": False, "problem": "no DMARC record"}},
+            spf=PolicyRecord("spf", "v=spf1 -all", ""), dmarc=PolicyRecord("dmarc", "", "no DMARC record"),
         ))
         reg = registry_for(store)
         at = {"check": "domain-mx", "exchange": "mx1.example.com"}
@@ -235,10 +235,14 @@ class TestMxCheckMetrics:
         store = ResultsStore()
         store.configure([(MX, 1, 14)])
         record = MxRecord(10, "mx1.example.com", ("192.0.2.1",), probe=smtp_ok(),
-                          extra={"dane": {"matched": False, "usable": 1}})
+                          dane=DaneFacts("_25._tcp.mx1.example.com", ("3 1 1 " + "00" * 32,), matched=False, usable=1))
+        policy = MtaStsPolicyFacts(
+            mode="enforce", max_age=86400, mx_patterns=("*.example.com",), verified=True, error="", error_kind="",
+            http_status=200, uncovered=(), cert_not_after=datetime.fromisoformat("2031-01-01T00:00:00+00:00"),
+        )
         store.record("domain-mx", MxResult(
             domain="example.com", started_at=0.0, ok=False, records=(record,),
-            extra={"mta_sts": {"valid": True, "mode": "enforce", "cert_not_after": "2031-01-01T00:00:00+00:00"}},
+            mta_sts=MtaStsFacts("20261122", "", "", present=True, policy=policy, valid=True),
         ))
         reg = registry_for(store)
         check = {"check": "domain-mx"}

@@ -17,6 +17,7 @@ from pysnmp.proto import rfc1902
 
 from monitor import mib_oids
 from monitor.config import MxCheckConfig, SmtpProbeConfig
+from monitor.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
 from monitor.health import AgentHealth
 from monitor.mib_oids import (
     MxAddressColumn,
@@ -597,31 +598,28 @@ def address_cells(store: ResultsStore, column: MxAddressColumn, name: str = "m")
 def mta_sts_facts(
     *, present: bool = True, txt_error: str = "", mode: str = "enforce", uncovered: tuple[str, ...] = (),
     policy_error: str = "",
-) -> dict[str, Any]:
-    """extra["mta_sts"] in the shape monitor.probes.mx._Check.mta_sts writes it."""
-    facts: dict[str, Any] = {"txt_id": "" if txt_error or not present else "20261122", "txt_error": txt_error,
-                             "txt_error_kind": "absent" if not present else ("malformed" if txt_error else "")}
+) -> MtaStsFacts:
+    """MTA-STS facts as monitor.probes.mx._Check.mta_sts makes them."""
+    policy = None
     problem = ""
-    if not present:
-        facts["present"] = False
-    elif txt_error:
-        facts["present"] = True
+    if present and txt_error:
         problem = f"TXT record: {txt_error}"
-    else:
-        facts["present"] = True
-        facts.update({
-            "mode": "" if policy_error else mode, "max_age": 0 if policy_error else 86400,
-            "mx_patterns": [] if policy_error else ["*.example.com"], "verified": not policy_error,
-            "error": policy_error, "error_kind": "http" if policy_error else "",
-            "http_status": 404 if policy_error else 200,
-            "uncovered": list(uncovered), "cert_not_after": None,
-        })
+    elif present:
+        policy = MtaStsPolicyFacts(
+            mode="" if policy_error else mode, max_age=0 if policy_error else 86400,
+            mx_patterns=() if policy_error else ("*.example.com",), verified=not policy_error,
+            error=policy_error, error_kind="http" if policy_error else "",
+            http_status=404 if policy_error else 200, uncovered=uncovered, cert_not_after=None,
+        )
         if policy_error:
             problem = f"policy: {policy_error}"
         elif uncovered and mode == "enforce":
             problem = "exchanges not covered by the enforced policy: " + ", ".join(uncovered)
-    facts["valid"] = not problem
-    return facts
+    return MtaStsFacts(
+        txt_id="" if txt_error or not present else "20261122", txt_error=txt_error,
+        txt_error_kind="absent" if not present else ("malformed" if txt_error else ""),
+        present=present, policy=policy, valid=not problem,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -632,8 +630,8 @@ def cert_der(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return x509.load_pem_x509_certificate(cert_pem.read_bytes()).public_bytes(serialization.Encoding.DER)
 
 
-def dane_facts(tlsa: tuple[Tlsa, ...], chain: tuple[bytes, ...] = (), lookup_error: str = "") -> dict[str, Any]:
-    """extra["dane"] as monitor.probes.mx._dane_verdict makes it from a TLSA lookup and a chain."""
+def dane_facts(tlsa: tuple[Tlsa, ...], chain: tuple[bytes, ...] = (), lookup_error: str = "") -> DaneFacts:
+    """DANE facts as monitor.probes.mx._dane_verdict makes them from a TLSA lookup and a chain."""
     tls = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", False, chain_der=chain) if chain else None
     probe = SmtpResult("mx.example", 25, "starttls", time.time(), True, address="192.0.2.1", tls=tls)
     record = MxRecord(10, "mx.example", ("192.0.2.1",), probe=probe)
@@ -717,30 +715,27 @@ class TestMxCheckMtaSts:
             pytest.param(mta_sts_facts(policy_error="HTTP 404"), "invalid", b"", id="policy-not-fetched"),
         ],
     )
-    def test_state_and_mode_of_the_policy(self, facts: dict[str, Any] | None, label: str, mode: bytes) -> None:
-        extra = {"mta_sts": facts} if facts is not None else {}
-        store = record_mx("m", MxRecord(10, "mx.example", ("192.0.2.1",)), extra=extra)
+    def test_state_and_mode_of_the_policy(self, facts: MtaStsFacts | None, label: str, mode: bytes) -> None:
+        store = record_mx("m", MxRecord(10, "mx.example", ("192.0.2.1",)), mta_sts=facts)
         assert int(check_cell(store, MxCheckColumn.MTA_STS)) == mib_oids.MTA_STS_VALUES[label]
         assert bytes(check_cell(store, MxCheckColumn.MTA_STS_MODE)) == mode
 
 
 class TestMxCheckSpfAndDmarc:
     @pytest.mark.parametrize(
-        ("extra", "spf", "dmarc"),
+        ("verdicts", "spf", "dmarc"),
         [
             pytest.param({}, "not_checked", "not_checked", id="neither-checked"),
-            pytest.param({"spf": check_spf(["v=spf1 mx -all"]).as_dict()}, "valid", "not_checked", id="spf-only"),
+            pytest.param({"spf": check_spf(["v=spf1 mx -all"])}, "valid", "not_checked", id="spf-only"),
             pytest.param(
-                {"spf": check_spf(["v=spf1 -all", "v=spf1 mx -all"]).as_dict(),
-                 "dmarc": check_dmarc(["v=DMARC1; p=reject"]).as_dict()},
+                {"spf": check_spf(["v=spf1 -all", "v=spf1 mx -all"]), "dmarc": check_dmarc(["v=DMARC1; p=reject"])},
                 "invalid", "valid", id="two-spf-records",
             ),
-            pytest.param({"spf": check_spf([]).as_dict(), "dmarc": check_dmarc([]).as_dict()},
-                         "invalid", "invalid", id="both-missing"),
+            pytest.param({"spf": check_spf([]), "dmarc": check_dmarc([])}, "invalid", "invalid", id="both-missing"),
         ],
     )
-    def test_verdicts_of_the_policy_records(self, extra: dict[str, Any], spf: str, dmarc: str) -> None:
-        store = record_mx("m", MxRecord(10, "mx.example", ("192.0.2.1",)), extra=extra)
+    def test_verdicts_of_the_policy_records(self, verdicts: dict[str, PolicyRecord], spf: str, dmarc: str) -> None:
+        store = record_mx("m", MxRecord(10, "mx.example", ("192.0.2.1",)), **verdicts)
         assert int(check_cell(store, MxCheckColumn.SPF)) == mib_oids.VERDICT_VALUES[spf]
         assert int(check_cell(store, MxCheckColumn.DMARC)) == mib_oids.VERDICT_VALUES[dmarc]
 
@@ -760,7 +755,7 @@ class TestMxExchangeDane:
             "unusable": dane_facts((Tlsa(1, 0, 1, other),), chain=(cert_der,)),
         }
         records = [
-            MxRecord(i, f"mx{i}.example", (f"192.0.2.{i}",), extra={"dane": facts})
+            MxRecord(i, f"mx{i}.example", (f"192.0.2.{i}",), dane=facts)
             for i, facts in enumerate(cases.values(), start=1)
         ]
         store = record_mx("m", *records)
@@ -769,15 +764,14 @@ class TestMxExchangeDane:
 
     def test_published_records_without_a_handshake_are_mismatched(self) -> None:
         facts = dane_facts((Tlsa(3, 1, 1, bytes(32)),))  # usable record, nothing presented
-        store = record_mx("m", MxRecord(10, "mx.example", ("192.0.2.1",), extra={"dane": facts}))
+        store = record_mx("m", MxRecord(10, "mx.example", ("192.0.2.1",), dane=facts))
         assert int(exchange_cell(store, MxExchangeColumn.DANE)) == mib_oids.DANE_VALUES["mismatched"]
 
 
 class TestMxExchangeMtaSts:
     def test_covered_and_not_covered_by_the_fetched_policy(self) -> None:
         records = (MxRecord(10, "mx1.example.com", ("192.0.2.1",)), MxRecord(20, "backup.example.net.", ()))
-        extra = {"mta_sts": mta_sts_facts(mode="testing", uncovered=("backup.example.net",))}
-        store = record_mx("m", *records, extra=extra)
+        store = record_mx("m", *records, mta_sts=mta_sts_facts(mode="testing", uncovered=("backup.example.net",)))
         values = mib_oids.MTA_STS_COVERAGE_VALUES
         assert int(exchange_cell(store, MxExchangeColumn.MTA_STS, 1)) == values["covered"]
         assert int(exchange_cell(store, MxExchangeColumn.MTA_STS, 2)) == values["not_covered"]
@@ -791,9 +785,8 @@ class TestMxExchangeMtaSts:
             pytest.param(mta_sts_facts(policy_error="certificate verify failed"), id="policy-not-fetched"),
         ],
     )
-    def test_not_checked_without_a_fetched_policy(self, facts: dict[str, Any] | None) -> None:
-        extra = {"mta_sts": facts} if facts is not None else {}
-        store = record_mx("m", MxRecord(10, "mx1.example.com", ("192.0.2.1",)), extra=extra)
+    def test_not_checked_without_a_fetched_policy(self, facts: MtaStsFacts | None) -> None:
+        store = record_mx("m", MxRecord(10, "mx1.example.com", ("192.0.2.1",)), mta_sts=facts)
         value = int(exchange_cell(store, MxExchangeColumn.MTA_STS))
         assert value == mib_oids.MTA_STS_COVERAGE_VALUES["not_checked"]
 
