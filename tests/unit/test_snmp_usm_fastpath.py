@@ -57,12 +57,16 @@ ENGINE_ID = bytes.fromhex("80007ed905a1b2c3d4e5f60718")
 AUTH_PASS = "auth-pass-8d1e"
 PRIV_PASS = "priv-pass-4c2a"
 V2C = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
-SET = 3
+SET, RESPONSE, INFORM, TRAP, REPORT = 3, 2, 6, 7, 8
 PDU_CLASSES = {
     GET: V2C.GetRequestPDU,
     GETNEXT: V2C.GetNextRequestPDU,
     GETBULK: V2C.GetBulkRequestPDU,
     SET: V2C.SetRequestPDU,
+    RESPONSE: V2C.ResponsePDU,
+    INFORM: V2C.InformRequestPDU,
+    TRAP: V2C.SNMPv2TrapPDU,
+    REPORT: V2C.ReportPDU,
 }
 AUTH_SERVICES = SnmpUSMSecurityModel.AUTH_SERVICES
 PRIV_SERVICES = SnmpUSMSecurityModel.PRIV_SERVICES
