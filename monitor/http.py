@@ -132,9 +132,9 @@ class _ThrottledServerLog(logging.Filter):
             return False
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):  # the client's fault, not the agent's: no traceback
-            first_line = str(exc.message).strip().splitlines()[0] if exc.message else type(exc).__name__
+            first_line = (str(exc.message).strip().splitlines() or [type(exc).__name__])[0]
             record.args = (record.getMessage(), first_line[:200], count, LOG_EVERY)
-            record.msg = "%s: %s (%d such lines in the last %.0f s at most, the others left out)"
+            record.msg = "%s: %s (%d malformed requests since the last such line, one line per %.0f s at most)"
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info = record.exc_text = None
         return True
