@@ -39,13 +39,12 @@ from monitor.config import (
     split_host_port,
 )
 from monitor.health import AgentHealth
-from monitor.metrics import ProbeExposition, StoreCollector
+from monitor.metrics import ProbeExposition, single_result_registry
 from monitor.results import Phase, Reason, SmtpResult
 from monitor.store import ProbeState, ResultsStore
 
 if TYPE_CHECKING:
     from monitor.probes import ProbeEnv
-    from monitor.results import MxResult
 
 _WRITE_BATCH = 256 * 1024  # octets per write of /metrics: bounded buffers, few syscalls
 
@@ -458,17 +457,6 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def adhoc_registry(spec: SmtpProbeConfig | MxCheckConfig, result: SmtpResult | MxResult) -> CollectorRegistry:
-    """The metrics of one ad-hoc probe, with the same names as the scheduled ones. Its store announces
-    nothing: an ad-hoc probe has no status to change, and a scan would otherwise log a line per port."""
-    store = ResultsStore(announce=False)
-    store.configure([(spec, 1, 0)])
-    store.record(spec.name, result)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store, None))
-    return registry
-
-
 class AdhocProber:
     """Runs one probe per /probe request: allowed targets only, rate-limited and bounded in flight;
     the results never enter the store."""
@@ -499,7 +487,7 @@ class AdhocProber:
             result = await (self._smtp(spec) if isinstance(spec, SmtpProbeConfig) else self._run_mx(spec, self.env))
         finally:
             self._in_flight -= 1
-        return adhoc_registry(spec, result)
+        return single_result_registry(spec, result)
 
     async def _smtp(self, spec: SmtpProbeConfig) -> SmtpResult:
         """Resolve once, check every address, then probe the address checked: a second lookup by the

@@ -432,8 +432,9 @@ def agent_metric_families(h: AgentHealth) -> Iterator[Metric]:
 
 
 def single_result_registry(probe: ProbeConfig, result: ProbeResult) -> CollectorRegistry:
-    """The metrics of one ad-hoc probe, with the same names as the scheduled ones."""
-    store = ResultsStore()
+    """The metrics of one ad-hoc probe, with the same names as the scheduled ones. Its store announces
+    nothing: an ad-hoc probe has no status to change, and a scan would otherwise log a line per port."""
+    store = ResultsStore(announce=False)
     store.configure([(probe, 1, 0)])
     store.record(probe.name, result)
     registry = CollectorRegistry(auto_describe=False)
