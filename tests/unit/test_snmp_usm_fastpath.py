@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -356,11 +357,19 @@ class Served:
         return ask(self.port, datagram, timeout)
 
 
+def counted_from_zero(state_dir: Path) -> Path:
+    """A state directory whose engine state knows ENGINE_ID's count: the next start is boot 1 (without
+    it a configured engine ID takes its boots from the clock)."""
+    (state_dir / "snmp-engine.json").write_text(json.dumps({"engine_id": ENGINE_ID.hex(), "boots": 0}))
+    return state_dir
+
+
 def serve(
     state_dir: Path, store: ResultsStore, *, pysnmp_only: bool = False, managers: Sequence[Manager] = MANAGERS
 ) -> Iterator[Served]:
     """An agent with the managers' users; `pysnmp_only` without either fast path."""
     port = free_udp_port()
+    counted_from_zero(state_dir)
     agent = SnmpAgent(agent_config(port, managers), state_dir, store, AgentHealth())
     if pysnmp_only:
         agent.fast_path = None  # and so no USM fast path either
@@ -900,7 +909,7 @@ class TestAgent:
 
     def test_reconfigured_users_are_served_and_removed_ones_are_not(self, tmp_path: Path, store: ResultsStore) -> None:
         port = free_udp_port()
-        agent = SnmpAgent(agent_config(port, [NMS]), tmp_path, store, AgentHealth())
+        agent = SnmpAgent(agent_config(port, [NMS]), counted_from_zero(tmp_path), store, AgentHealth())
         with AgentThread(agent) as thread:
             served = Served(agent, port, store)
             assert served.ask(served.request(NMS, GET, [SYS_DESCR])) is not None
@@ -912,6 +921,7 @@ class TestAgent:
             assert open_message(NMS, report).report == UNKNOWN_USER_NAMES
 
     def test_boots_and_engine_id_come_from_the_persisted_state(self, tmp_path: Path, store: ResultsStore) -> None:
+        counted_from_zero(tmp_path)
         for boots in (1, 2):
             port = free_udp_port()
             agent = SnmpAgent(agent_config(port, [NMS]), tmp_path, store, AgentHealth())
