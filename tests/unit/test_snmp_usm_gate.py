@@ -5,12 +5,15 @@ Messages are built with pysnmp's own encoder and USM services (tests.unit.test_s
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pysnmp.proto import rfc1905
 
+from monitor.config import SnmpConfig
 from monitor.health import AgentHealth
+from monitor.snmp import SnmpAgent
 from monitor.snmp.agent import READ_SUBTREES
 from monitor.snmp.engine import new_snmp_engine
 from monitor.snmp.fastpath import GET, GETBULK, FastPath
@@ -18,6 +21,8 @@ from monitor.snmp.mibview import SYS_DESCR, MibView
 from monitor.snmp.ratelimit import TokenBucket
 from monitor.snmp.usm_fastpath import REPORT_RATE, Refusal, Screened, UsmFastPath
 from monitor.store import ResultsStore
+from tests.peers.ports import free_udp_port
+from tests.peers.snmp_agent_thread import AgentThread
 from tests.unit.test_snmp_fastpath import ber, filled_store, integer
 from tests.unit.test_snmp_usm_fastpath import (
     AUTH,
@@ -41,6 +46,7 @@ from tests.unit.test_snmp_usm_fastpath import (
     Manager,
     Opened,
     agent_config,
+    ask,
     open_message,
     raw_v3,
     secrets_of,
@@ -277,3 +283,28 @@ def test_a_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
     assert not budget.allows()
     now[0] += 1.0
     assert budget.allows()
+
+
+def test_pysnmp_gets_no_more_than_its_time_budget(tmp_path: Path, store: ResultsStore) -> None:
+    """What still reaches pysnmp (~1 ms a message: a SET, replayed or not) waits for its budget; reads
+    on the fast paths go on. A live agent on loopback, its budget spent by hand."""
+    port = free_udp_port()
+    config = SnmpConfig.model_validate({"listen": [f"udp:127.0.0.1:{port}"], "communities": [{"name": "gate-c0de"}]})
+    health = AgentHealth()
+    agent = SnmpAgent(config, tmp_path, store, health)
+
+    def v2c(tag: int, name: bytes, value: bytes) -> bytes:
+        varbinds = ber(0x30, ber(0x30, ber(0x06, name) + value))
+        pdu = ber(tag, integer(7) + integer(0) + integer(0) + varbinds)
+        return ber(0x30, integer(1) + ber(0x04, b"gate-c0de") + pdu)
+
+    set_request = v2c(0xA3, b"\x2b\x06\x01\x02\x01\x01\x05\x00", b"\x04\x01x")  # sysName.0 = "x"
+    get_request = v2c(0xA0, b"\x2b\x06\x01\x02\x01\x01\x01\x00", b"\x05\x00")  # sysDescr.0
+    with AgentThread(agent):
+        assert ask(port, set_request) is not None  # refused by pysnmp with an error status, but answered
+        dispatcher = agent._dispatcher
+        assert dispatcher is not None
+        dispatcher.pysnmp_budget.charge(10.0)  # ten seconds of pysnmp work just done: 20 s to earn back
+        assert ask(port, set_request, timeout=0.5) is None
+        assert ask(port, get_request) is not None  # the fast path's
+        assert health.snmp_dropped_reasons["pysnmp busy"] == 1
