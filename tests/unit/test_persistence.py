@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from monitor.config import MxCheckConfig, SmtpProbeConfig
+from monitor.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
 from monitor.health import AgentHealth
+from monitor.metrics import mx_samples
 from monitor.persistence import StateDB, StatePersister, restore_into
 from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, SmtpResult, Status, TlsInfo
 from monitor.store import ProbeConfig, ResultsStore
@@ -90,6 +93,42 @@ class TestStateDatabase:
         states = fresh.snapshot().states
         assert states["relay"].last_result == store.snapshot().states["relay"].last_result
         assert states["dom"].last_result == mx
+
+    def test_dane_mta_sts_spf_and_dmarc_facts_round_trip(self, tmp_path: Path) -> None:
+        store = store_with(MX)
+        dane = DaneFacts("_25._tcp.mx1.good.test", ("3 1 1 " + "ab" * 32,), authenticated=True, usable=1,
+                         matched=True, matched_record="3 1 1 " + "ab" * 32, detail="matches the leaf (DANE-EE)",
+                         reference_names=("mx1.good.test",))
+        policy = MtaStsPolicyFacts("testing", 86400, ("mx1.good.test",), True, "", "", 200, ("mx2.good.test",),
+                                   datetime(2031, 1, 1, tzinfo=UTC))
+        mx = MxResult(
+            domain="good.test", started_at=time.time(), ok=True, total=0.01,
+            records=(MxRecord(10, "mx1.good.test", ("127.0.0.1",), probe=ok_smtp(), dane=dane),
+                     MxRecord(20, "mx2.good.test", ("127.0.0.2",))),
+            mta_sts=MtaStsFacts("20261122", "", "", present=True, policy=policy, valid=True),
+            spf=PolicyRecord("spf", "v=spf1 mx -all", ""), dmarc=PolicyRecord("dmarc", "", "no DMARC record"),
+        )
+        store.record("dom", mx)
+        db = saved_and_reopened(tmp_path, store)
+        fresh = store_with(MX)
+        assert restore_into(fresh, db.load_states()) == 1
+        assert fresh.snapshot().states["dom"].last_result == mx
+
+    def test_saved_facts_that_are_no_object_start_the_check_afresh(self, tmp_path: Path) -> None:
+        store = store_with(MX)
+        dane = DaneFacts("_25._tcp.mx1.good.test")
+        store.record("dom", MxResult(domain="good.test", started_at=time.time(), ok=True,
+                                     records=(MxRecord(10, "mx1.good.test", ("127.0.0.1",), dane=dane),)))
+        db = saved_and_reopened(tmp_path, store)
+        rows = db.load_states()
+        saved = json.loads(rows["dom"]["last_result"])
+        saved["mx"][0]["dane"] = "matched"  # a hand-edited or foreign database
+        rows["dom"]["last_result"] = json.dumps(saved)
+        fresh = store_with(MX)
+        assert restore_into(fresh, rows) == 0
+        state = fresh.snapshot().states["dom"]
+        assert (state.status, state.last_result) == (Status.UNKNOWN, None)
+        assert mx_samples(state)  # the exporters read it like any check that has not run
 
     def test_changed_probe_config_starts_afresh(self, tmp_path: Path) -> None:
         store = store_with(SMTP)
