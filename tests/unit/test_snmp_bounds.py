@@ -11,6 +11,7 @@ from monitor.mib_oids import Oid
 from monitor.snmp.agent import READ_SUBTREES
 from monitor.snmp.fastpath import (
     BINDINGS_CACHE_OCTETS,
+    MAX_REQUEST_BINDINGS,
     MAX_VARBINDS,
     BindingsCache,
     FastPath,
@@ -87,3 +88,44 @@ class TestBindingsCaches:
         cache = fast._bindings
         assert isinstance(cache, BindingsCache)
         assert 0 < cache.octets <= BINDINGS_CACHE_OCTETS
+
+
+def get_request(version: int, oids: Sequence[Oid]) -> bytes:
+    binds = b"".join(tlv(0x30, tlv(0x06, oid_body(oid)) + b"\x05\x00") for oid in oids)
+    pdu = tlv(0xA0, b"\x02\x01\x09\x02\x01\x00\x02\x01\x00" + tlv(0x30, binds))
+    return tlv(0x30, bytes([0x02, 0x01, version]) + tlv(0x04, b"public") + pdu)
+
+
+class TestTooManyBindings:
+    SYS_DESCR: Oid = (1, 3, 6, 1, 2, 1, 1, 1, 0)
+
+    def fast(self) -> FastPath:
+        return FastPath(MibView(ResultsStore(), AgentHealth()), subtrees=READ_SUBTREES)
+
+    def test_more_than_the_cap_is_answered_too_big_without_pysnmp(self) -> None:
+        fast = self.fast()
+        response = fast.respond(get_request(1, [self.SYS_DESCR] * (MAX_REQUEST_BINDINGS + 1)))
+        assert response is not None
+        assert (fast.answered, fast.fallbacks, fast.errors) == (1, 0, 0)
+        # v2c: error-status tooBig (1), error-index 0, no bindings
+        assert response.endswith(b"\xa2\x0b\x02\x01\x09\x02\x01\x01\x02\x01\x00\x30\x00")
+
+    def test_snmpv1_echoes_the_bindings(self) -> None:
+        fast = self.fast()
+        request = get_request(0, [self.SYS_DESCR] * 1100)
+        response = fast.respond(request)
+        assert response is not None
+        binds = request[request.index(b"\x02\x01\x00\x02\x01\x00") + 6 :]
+        assert response.endswith(b"\x02\x01\x01\x02\x01\x00" + binds)
+
+    def test_between_the_fast_paths_limit_and_the_cap_pysnmp_answers(self) -> None:
+        fast = self.fast()
+        assert fast.respond(get_request(1, [self.SYS_DESCR] * MAX_REQUEST_BINDINGS)) is None
+        assert fast.fallbacks == 1
+
+    def test_a_malformed_binding_past_the_fast_paths_limit_is_left_to_pysnmp(self) -> None:
+        fast = self.fast()
+        broken = bytearray(get_request(1, [self.SYS_DESCR] * 200))
+        broken[-2:] = b"\x04\x00"  # the last binding's value is an OCTET STRING, not NULL
+        assert fast.respond(bytes(broken)) is None
+        assert fast.fallbacks == 1
