@@ -6,6 +6,7 @@ response octets (MAX_BULK_OCTETS)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from pyasn1.codec.ber import decoder as ber_decoder
 from pyasn1.codec.ber import encoder as ber_encoder
+from pysnmp.hlapi.v3arch import asyncio as hlapi
 from pysnmp.proto import api
 
 from monitor import mib_oids
@@ -38,6 +40,9 @@ TOO_BIG = 1
 SYS_DESCR: Oid = (1, 3, 6, 1, 2, 1, 1, 1, 0)
 LAST_ERROR_COLUMN: Oid = (*mib_oids.SMTP_PROBE_ENTRY, int(SmtpProbeColumn.LAST_ERROR))
 PROBES = 40
+AUTH_PASS, PRIV_PASS = "auth-pass-b0d5", "priv-pass-b0d5"
+USER = {"name": "nms", "auth": {"protocol": "sha", "password": AUTH_PASS},
+        "priv": {"protocol": "aes128", "password": PRIV_PASS}}
 
 
 def long_rows_store() -> ResultsStore:
@@ -104,7 +109,9 @@ class Served:
 @pytest.fixture(scope="module", params=["fast path", "pysnmp"])
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     port = free_udp_port()
-    config = SnmpConfig.model_validate({"listen": [f"udp:127.0.0.1:{port}"], "communities": [{"name": COMMUNITY}]})
+    config = SnmpConfig.model_validate(
+        {"listen": [f"udp:127.0.0.1:{port}"], "communities": [{"name": COMMUNITY}], "users": [USER]}
+    )
     agent = SnmpAgent(config, tmp_path_factory.mktemp("snmp-state"), long_rows_store(), AgentHealth())
     if request.param == "pysnmp":
         agent.fast_path = None  # every request through pysnmp's responders
@@ -127,6 +134,36 @@ class TestTooBig:
         beyond = ask(served.port, request(GET, [SYS_DESCR] * (MAX_REQUEST_BINDINGS + 1)))
         assert beyond is not None
         assert (beyond.error_status, beyond.error_index, beyond.varbinds) == (TOO_BIG, 0, [])
+
+
+def v3_getnext_with_max_size(port: int, max_size: int, oids: Sequence[Oid]) -> tuple[Any, Any, list[Any]]:
+    """(errorIndication, errorStatus, varBinds) of an authPriv GETNEXT by pysnmp's client, msgMaxSize `max_size`."""
+
+    async def ask() -> tuple[Any, Any, list[Any]]:
+        engine = hlapi.SnmpEngine()
+        (size,) = engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineMaxMessageSize")
+        size.syntax = size.syntax.clone(max_size)  # what its requests carry as msgMaxSize
+        user = hlapi.UsmUserData(
+            "nms", AUTH_PASS, PRIV_PASS,
+            authProtocol=hlapi.usmHMACSHAAuthProtocol, privProtocol=hlapi.usmAesCfb128Protocol,
+        )
+        target = await hlapi.UdpTransportTarget.create(("127.0.0.1", port), timeout=2, retries=1)
+        objects = [hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in oids]
+        indication, status, _, varbinds = await hlapi.next_cmd(engine, user, target, hlapi.ContextData(), *objects)
+        engine.close_dispatcher()
+        return indication, status, list(varbinds)
+
+    return asyncio.run(ask())
+
+
+class TestV3MaxSize:
+    def test_a_response_beyond_the_managers_msg_max_size_is_answered_too_big(self, served: Served) -> None:
+        # Two ~380-octet bindings do not fit in 484 octets (RFC 3412's smallest msgMaxSize); one does.
+        indication, status, varbinds = v3_getnext_with_max_size(served.port, 484, [LAST_ERROR_COLUMN] * 2)
+        assert indication is None, f"no answer: {indication}"
+        assert (str(status), varbinds) == ("tooBig", [])
+        indication, status, varbinds = v3_getnext_with_max_size(served.port, 1400, [LAST_ERROR_COLUMN] * 2)
+        assert (indication, int(status), len(varbinds)) == (None, 0, 2)
 
 
 class TestBulkAmplification:
