@@ -72,6 +72,16 @@ def agents(tmp_path: Path) -> Iterator[Callable[[bytes], Agent]]:
         agent.process.stop()
 
 
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    """One agent for the tests that need no second one and leave it as it was."""
+    agent = start_agent(tmp_path_factory.mktemp("single") / "agent", ENGINE_A)
+    try:
+        yield agent
+    finally:
+        agent.process.stop()
+
+
 # -- a relay between two agents ----------------------------------------------------------------
 
 
@@ -164,8 +174,8 @@ class TestNoReportLoop:
         "message",
         ["report to an unknown user", "report from another engine", "response", "trap", "encrypted report"],
     )
-    def test_no_response_report_or_trap_is_answered(self, agents: Callable[[bytes], Agent], message: str) -> None:
-        agent = agents(ENGINE_A)
+    def test_no_response_report_or_trap_is_answered(self, single: Agent, message: str) -> None:
+        agent = single
         engine = agent.engine_id
         datagrams = {
             "report to an unknown user": spoofed_report(engine),
@@ -187,10 +197,8 @@ class TestNoReportLoop:
         else:
             assert answer is None
 
-    def test_discovery_and_unknown_users_get_one_unreportable_report_each(
-        self, agents: Callable[[bytes], Agent]
-    ) -> None:
-        agent = agents(ENGINE_A)
+    def test_discovery_and_unknown_users_get_one_unreportable_report_each(self, single: Agent) -> None:
+        agent = single
         answer = snmp_flood.ask(agent.port, snmp_flood.discovery())
         assert answer is not None
         engine_id, flags, boots, _, name = snmp_flood.report_of(answer)
