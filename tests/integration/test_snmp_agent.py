@@ -473,7 +473,7 @@ class TestUsmFastPath:
         assert gets == 1
         assert bulks >= len(served_oids(served)) // 50
         assert usm.answered - answered == gets + bulks
-        assert usm.fallbacks - fallbacks == 2  # each tool's engine ID discovery: pysnmp's Report answers it
+        assert usm.fallbacks - fallbacks == 2  # each tool's engine ID discovery: declined, a Report answers it
         assert usm.errors == 0
 
     @pytest.mark.parametrize(
@@ -504,7 +504,7 @@ class TestUsmFastPath:
         assert "smtp-monitor" in result.stdout
         assert usm.answered == answered + 1
 
-    def test_a_wrong_password_is_left_to_pysnmp_and_counted_as_an_auth_failure(
+    def test_a_wrong_password_is_refused_and_counted_as_an_auth_failure(
         self, served: Served, net_snmp: NetSnmp
     ) -> None:
         usm = served.agent.usm_fast_path

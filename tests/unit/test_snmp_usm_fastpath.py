@@ -1,4 +1,4 @@
-"""monitor.snmp.usm_fastpath: USM keys, strict decoding, answers pysnmp authenticates, fallbacks to pysnmp's Reports."""
+"""monitor.snmp.usm_fastpath: USM keys, strict decoding, answers pysnmp authenticates, Reports for the rest."""
 
 from __future__ import annotations
 
@@ -654,11 +654,12 @@ class TestAnswers:
         assert open_message(NMS, answer[0]).varbinds[0][1] == rfc1905.NoSuchObject.tagSet
 
 
-# -- falling back to pysnmp ----------------------------------------------------------------------------
+# -- declined: Reports --------------------------------------------------------------------------------
 
 
 class TestFallback:
-    """Everything but an authentic in-window read of a known user goes to pysnmp, which sends the Report."""
+    """Everything but an authentic in-window read of a known user is declined: a Report where one is due
+    (built by the fast path's screen, as pysnmp would; tests.unit.test_snmp_usm_gate), pysnmp for a SET."""
 
     def declined_then_reported(self, agent: Served, datagram: bytes, manager: Manager = NMS) -> Opened | None:
         usm = agent.usm
