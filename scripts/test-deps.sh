@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite runs for real: Postfix, NSD, Unbound, net-snmp tools,
-# snmptrapd/snmpd, smitools, the base MIBs (erlang-snmp), promtool, openssl, python3-venv.
-# Idempotent and quick when everything is present; never leaves a system Postfix on port 25
-# nor a system Unbound on port 53.
+# snmptrapd/snmpd, smitools, the base MIBs (erlang-snmp), promtool, openssl, python3-venv,
+# and the delivery chain's Dovecot, OpenDKIM and policyd-spf.
+# Idempotent and quick when everything is present; never leaves a system Postfix on port 25,
+# a system Unbound on port 53, nor a system Dovecot or OpenDKIM running.
 set -euo pipefail
 
 PACKAGES=(
@@ -24,6 +25,15 @@ PACKAGES=(
     # SMTP AUTH against the second test Postfix (tests/peers/postfix_sasl.py): Cyrus SASL
     sasl2-bin                # saslpasswd2, to write the instance's own sasldb file
     libsasl2-modules         # the PLAIN and LOGIN mechanisms and the sasldb auxprop plugin
+    # The delivery chain (tests/peers/mail_chain.py): MSA Postfix -> MX Postfix -> Dovecot
+    dovecot-core                # the mailbox server (a private instance; passwd-file users, Maildir)
+    dovecot-imapd               # IMAP (STARTTLS and implicit TLS, IDLE, SPECIAL-USE \Junk)
+    dovecot-pop3d               # POP3 (STLS and implicit TLS)
+    dovecot-lmtpd               # LMTP: how the MX Postfix hands mail to Dovecot
+    dovecot-sieve               # Sieve at delivery: a header rule files chosen mail into Junk
+    opendkim                    # DKIM signing at the MSA and verifying at the MX (milter)
+    opendkim-tools              # opendkim-genkey: the signing key and its DNS TXT record
+    postfix-policyd-spf-python  # SPF check at the MX (a policy service spawned by Postfix)
 )
 
 if [[ $(id -u) -eq 0 ]]; then
@@ -54,6 +64,10 @@ postfix_was_installed=1
 installed postfix || postfix_was_installed=0
 unbound_was_installed=1
 installed unbound || unbound_was_installed=0
+dovecot_was_installed=1
+installed dovecot-core || dovecot_was_installed=0
+opendkim_was_installed=1
+installed opendkim || opendkim_was_installed=0
 
 # Keep package scripts from starting daemons (a system postfix on port 25, snmpd on 161,
 # nsd or unbound on 53) unless the machine already has a policy of its own.
@@ -117,6 +131,33 @@ if [[ $unbound_was_installed -eq 0 ]]; then
         fi
     fi
     echo "test-deps: system Unbound disabled (the tests start their own)"
+fi
+
+# Tests run their own Dovecot and OpenDKIM; the packages enable system daemons (IMAP/POP3 on
+# 143/993/110/995, a milter socket) started at the next boot, or now where no policy-rc.d stopped
+# them. Only a package installed just now is touched: stop what it started, disable its start-up.
+stop_system_daemon() {  # NAME PIDFILE EXECUTABLE
+    if [[ -d /run/systemd/system ]]; then
+        "${SUDO[@]}" systemctl disable --now "$1" >/dev/null 2>&1 || true
+    else
+        if [[ -f $2 ]]; then
+            echo "test-deps: the $1 package started a system $1; stopping it"
+            "${SUDO[@]}" start-stop-daemon --stop --quiet --oknodo --retry 10 \
+                --pidfile "$2" --exec "$3" || true
+        fi
+        if command -v systemctl >/dev/null 2>&1; then
+            "${SUDO[@]}" systemctl disable "$1" >/dev/null 2>&1 || true
+        elif command -v update-rc.d >/dev/null 2>&1; then
+            "${SUDO[@]}" update-rc.d "$1" disable >/dev/null 2>&1 || true
+        fi
+    fi
+    echo "test-deps: system $1 disabled (the tests start their own)"
+}
+if [[ $dovecot_was_installed -eq 0 ]]; then
+    stop_system_daemon dovecot /run/dovecot/master.pid /usr/sbin/dovecot
+fi
+if [[ $opendkim_was_installed -eq 0 ]]; then
+    stop_system_daemon opendkim /run/opendkim/opendkim.pid /usr/sbin/opendkim
 fi
 
 for _ in 1 2 3 4 5; do
