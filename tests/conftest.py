@@ -172,3 +172,21 @@ def validating_resolver(
         yield resolver
     finally:
         resolver.close()
+
+
+# Appended with its fixture rather than merged into the imports at the top of the file.
+from tests.peers.mail_chain import MailChain  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mail_chain(peers_dir: Path) -> Iterator[MailChain]:
+    """The delivery chain, started when first asked for: MSA Postfix (AUTH, OpenDKIM signing) ->
+    MX Postfix of dest.test (SPF, DKIM verify) -> Dovecot (IMAP, POP3, LMTP, Sieve Junk rule),
+    with its own NSD.  Ports, accounts and ca_file are attributes; stop_mx()/start_mx(),
+    stop_dovecot()/start_dovecot(), msa_queue(), inbox(), junk().  See tests.peers.mail_chain."""
+    chain = MailChain(peers_dir / "mail-chain")
+    try:
+        chain.start()
+        yield chain
+    finally:
+        chain.close()  # every process, also on failed tests and on a failed start

@@ -1,0 +1,201 @@
+"""Private OpenDKIM milters: a signer for the sender domain and a verifier, on free loopback ports.
+
+OpenDKIM resolves keys through libunbound and never reads /etc/resolv.conf: the verifier is
+given an Unbound configuration that forwards the test zones to the test NSD.  It logs only
+to syslog (there is none here), so its verdicts show only in the Authentication-Results
+header it adds; its own stdio goes to a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tests.peers.lifecycle import Peer, log_tails
+
+from .ports import HOST, free_tcp_port, tcp_port_open, wait_for_tcp_port_closed
+from .procs import pid_runs, terminate_tree
+
+OPENDKIM = "/usr/sbin/opendkim"
+OPENDKIM_GENKEY = "/usr/sbin/opendkim-genkey"
+START_DEADLINE = 10.0
+STOP_DEADLINE = 10.0
+# It takes about 4 s to exit after SIGTERM; it keeps no state worth a clean exit (its keys and
+# config are files of ours), so SIGKILL follows after this grace: 4 s less per session.
+TERM_GRACE = 1.0
+
+
+class OpenDkimError(RuntimeError):
+    """OpenDKIM could not be configured, started or stopped; the message carries its output."""
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """A signing key made by opendkim-genkey and the TXT record that publishes it."""
+
+    domain: str  # "src.test"
+    selector: str  # "chain"
+    private_key_file: Path
+    txt_strings: tuple[str, ...]  # the record's character-strings, in order (a 2048-bit key needs two)
+
+    @property
+    def record_name(self) -> str:
+        """Where the public key lives: `selector._domainkey.domain.` (absolute)."""
+        return f"{self.selector}._domainkey.{self.domain}."
+
+    def zone_line(self) -> str:
+        """The TXT record as one zone-file line."""
+        return f'{self.record_name} IN TXT {" ".join(f"{chr(34)}{s}{chr(34)}" for s in self.txt_strings)}'
+
+
+def make_dkim_key(directory: Path, domain: str, selector: str, bits: int = 2048) -> DkimKey:
+    """Run opendkim-genkey into `directory` and read back the key file and the TXT record."""
+    directory.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [OPENDKIM_GENKEY, "-b", str(bits), "-d", domain, "-s", selector, "-D", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    private = directory / f"{selector}.private"
+    record = directory / f"{selector}.txt"
+    if proc.returncode != 0 or not private.exists() or not record.exists():
+        raise OpenDkimError(f"opendkim-genkey exited {proc.returncode}: {proc.stdout}{proc.stderr}")
+    # chain._domainkey IN TXT ( "v=DKIM1; h=sha256; k=rsa; " "p=MIIB..." "..." )  ; comment
+    body = record.read_text().partition(";  -----")[0]
+    strings = tuple(re.findall(r'"([^"]*)"', body))
+    if not strings or not "".join(strings).startswith("v=DKIM1"):
+        raise OpenDkimError(f"unexpected opendkim-genkey record: {body!r}")
+    private.chmod(0o600)
+    return DkimKey(domain=domain, selector=selector, private_key_file=private, txt_strings=strings)
+
+
+class OpenDkimMilter(Peer):
+    """`opendkim -f -x CONF` under `root`, a milter on 127.0.0.1:`port`.
+
+    mode "s": signs mail from `key.domain` submitted by any loopback client (InternalHosts).
+    mode "v": verifies every message (no internal hosts) and always adds Authentication-Results
+    with `authserv_id`, "dkim=none" for unsigned mail.  DNS: the zones in `dns_zones` are
+    forwarded to 127.0.0.1:`dns_port`.
+    """
+
+    host = HOST
+
+    def __init__(
+        self,
+        root: Path,
+        mode: Literal["s", "v"],
+        *,
+        authserv_id: str,
+        dns_port: int,
+        dns_zones: tuple[str, ...],
+        key: DkimKey | None = None,
+    ) -> None:
+        if mode == "s" and key is None:
+            raise ValueError("a signing OpenDKIM needs a key")
+        self.root = root
+        self.mode = mode
+        self.authserv_id = authserv_id
+        self.dns_port = dns_port
+        self.dns_zones = dns_zones
+        self.key = key
+        self.port = free_tcp_port()
+        self.config_file = root / "opendkim.conf"
+        self.resolver_file = root / "unbound.conf"
+        self.pid_file = root / "opendkim.pid"
+        self.output_file = root / "opendkim.out"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_spec(self) -> str:
+        """How Postfix names this milter (`smtpd_milters`)."""
+        return f"inet:{HOST}:{self.port}"
+
+    def _resolver_config(self) -> str:
+        lines = [
+            "server:",
+            "    do-not-query-localhost: no",  # the test NSD is on loopback
+            # libunbound answers NXDOMAIN for .test by itself unless told otherwise
+            '    local-zone: "test." nodefault',
+        ]
+        for zone in self.dns_zones:
+            lines += ["forward-zone:", f'    name: "{zone}"', f"    forward-addr: {HOST}@{self.dns_port}"]
+        return "\n".join(lines) + "\n"
+
+    def _config(self) -> str:
+        lines = [
+            f"Mode {self.mode}",
+            f"Socket inet:{self.port}@{HOST}",
+            f"PidFile {self.pid_file}",
+            "Syslog no",
+            f"AuthservID {self.authserv_id}",
+            "Canonicalization relaxed/simple",
+            f"ResolverConfiguration {self.resolver_file}",
+            "SoftwareHeader no",
+        ]
+        if self.mode == "s":
+            assert self.key is not None
+            lines += [
+                f"Domain {self.key.domain}",
+                f"Selector {self.key.selector}",
+                f"KeyFile {self.key.private_key_file}",
+                "InternalHosts 127.0.0.0/8",  # every loopback client submits: sign its mail
+            ]
+        else:
+            lines += [
+                "InternalHosts 192.0.2.1",  # none of ours (TEST-NET-1): verify mail from loopback too
+                "AlwaysAddARHeader yes",  # dkim=none for unsigned mail, instead of no header
+            ]
+        return "\n".join(lines) + "\n"
+
+    def configure(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.resolver_file.write_text(self._resolver_config())
+        self.config_file.write_text(self._config())
+
+    def log_tail(self, lines: int = 30) -> str:
+        return log_tails((self.output_file,), lines, "(no OpenDKIM output)")
+
+    def running(self) -> bool:
+        return self._process is not None and pid_runs(self._process.pid, "opendkim")
+
+    def start(self) -> None:
+        """Start in the foreground (`-f`) and wait until the milter port accepts."""
+        if self.running():
+            raise OpenDkimError(f"OpenDKIM under {self.root} is already running")
+        self.configure()
+        with self.output_file.open("ab") as out:
+            self._process = subprocess.Popen(
+                [OPENDKIM, "-f", "-x", str(self.config_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        end = time.monotonic() + START_DEADLINE
+        while not tcp_port_open(self.port):
+            if self._process.poll() is not None or time.monotonic() >= end:
+                self.stop()
+                raise OpenDkimError(f"OpenDKIM ({self.mode}) did not open port {self.port}\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def begin_stop(self) -> None:
+        """Send SIGTERM without waiting (it takes seconds to exit: stop several at once)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+
+    def stop(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            terminate_tree(process.pid, deadline=TERM_GRACE)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_DEADLINE)
+        self._process = None
+        wait_for_tcp_port_closed(self.port, deadline=STOP_DEADLINE)
