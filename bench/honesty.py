@@ -32,15 +32,15 @@ from bench.common import (
 )
 from bench.peers import Peers
 from bench.scale import probe_mix
-from monitor import mib_oids
+from monitor.exporters.snmp import mib_oids
 from tests.peers.ports import free_udp_port
 from tests.peers.procs import descendants, read_pid_file
 
 PHASES = ("connect", "banner")
 NOISY_BASELINE_MS = 10.0  # loopback connect/banner p99 on an idle 2-core machine is well below this
-SAMPLE_EVERY = 5.0  # the agent saves last results every 5 s (monitor/persistence.py FLUSH_INTERVAL)
+SAMPLE_EVERY = 5.0  # the agent saves last results every 5 s (monitor/state/persistence.py FLUSH_INTERVAL)
 try:
-    from monitor.persistence import STATE_FILE as STATE_DB
+    from monitor.state.persistence import STATE_FILE as STATE_DB
 except ImportError:  # an agent without a state database: the section says so and stops
     STATE_DB = "state.db"
 
@@ -258,7 +258,7 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
         log(f"honesty: {placement}")
         time.sleep(interval + 3.0)
         if not (agent.workdir / "state" / STATE_DB).is_file():
-            raise RuntimeError("no state database to sample probe timings from (monitor/persistence.py)")
+            raise RuntimeError("no state database to sample probe timings from (monitor/state/persistence.py)")
         log(f"honesty: {pairs} x ({slice_s:g} s quiet, loaded, burn); timings from the state database")
         sampler = Sampler(agent.workdir / "state" / STATE_DB)
         sampler.take(record=False)

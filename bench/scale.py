@@ -32,7 +32,7 @@ from bench.common import (
     snmp_agent_present,
 )
 from bench.peers import Peers
-from monitor import mib_oids
+from monitor.exporters.snmp import mib_oids
 from tests.peers.ports import free_udp_port
 
 LATENESS = "smtp_monitor_scheduler_lateness_seconds"

@@ -19,7 +19,7 @@ from bench.common import (
 )
 from bench.peers import Peers
 from bench.scale import probe_mix
-from monitor import mib_oids
+from monitor.exporters.snmp import mib_oids
 from tests.peers.ports import free_udp_port
 
 VERSIONS = ("v2c", "v3")
@@ -127,7 +127,7 @@ def _flood_rows(
 
 def run(settings: Settings, peers: Peers, results: Results) -> None:
     if not snmp_agent_present():
-        results.note("snmp: n/a (SNMP agent not present: monitor/snmp/agent.py)")
+        results.note("snmp: n/a (SNMP agent not present: monitor/exporters/snmp/agent.py)")
         return
     get_s, walk_s = (3.0, 8.0) if settings.quick else (8.0, 20.0)
     flood_s = 5.0 if settings.quick else 10.0

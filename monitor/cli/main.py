@@ -9,14 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from monitor import __version__, report
-from monitor.config_file import ConfigError, ConfigReader
-from monitor.sharding import Shard, parse_shard
+from monitor import __version__
+from monitor.cli import report
+from monitor.config.document import ConfigError
+from monitor.config.reader import ConfigReader
+from monitor.runtime.sharding import Shard, parse_shard
 
 # Each command imports what it needs: `run` forks its config reader before the models load
 # (pydantic), and runs its probes in another process (the one-shots import them).
 if TYPE_CHECKING:
-    from monitor.config import SmtpProbeConfig
+    from monitor.config.schema import SmtpProbeConfig
     from monitor.probes import ProbeEnv
 
 EXIT_CONFIG = 2  # a bad config file, for check-config and run
@@ -31,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _duration(text: str) -> float:
-    from monitor.config import parse_duration
+    from monitor.config.schema import parse_duration
 
     try:
         return parse_duration(text)
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _env(nameservers: list[str], timeout: float) -> ProbeEnv:
-    from monitor.config import DnsConfig
+    from monitor.config.schema import DnsConfig
     from monitor.probes import ProbeEnv, build_resolver
 
     dns_config = DnsConfig(nameservers=nameservers, timeout=min(timeout, 5.0))
@@ -134,7 +136,7 @@ def _env(nameservers: list[str], timeout: float) -> ProbeEnv:
 def _probe(args: argparse.Namespace) -> int:
     import asyncio
 
-    from monitor.config import SmtpProbeConfig, split_host_port
+    from monitor.config.schema import SmtpProbeConfig, split_host_port
     from monitor.probes import smtp
 
     host, port = split_host_port(args.target, None)
@@ -164,7 +166,7 @@ def _probe(args: argparse.Namespace) -> int:
 def _mx(args: argparse.Namespace) -> int:
     import asyncio
 
-    from monitor.config import MxCheckConfig
+    from monitor.config.schema import MxCheckConfig
     from monitor.probes import mx
 
     spec = MxCheckConfig(
@@ -180,7 +182,7 @@ def _mx(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from monitor.config import load_config
+    from monitor.config.schema import load_config
 
     config = load_config(args.config)
     print(f"{args.config}: ok ({len(config.smtp)} SMTP probes, {len(config.mx)} MX checks)")
@@ -188,8 +190,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from monitor.config import load_config
-    from monitor.status import print_status
+    from monitor.cli.status import print_status
+    from monitor.config.schema import load_config
 
     return print_status(load_config(args.config), as_json=args.json)
 
@@ -197,7 +199,7 @@ def _status(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     gc.disable()  # for the agent's imports too: run_agent keeps it off until the agent has started
     reader = ConfigReader(args.config)  # forks: before any thread starts, and before the imports it overlaps
-    from monitor.agent import run_agent  # the agent's imports are heavy; one-shots skip them
+    from monitor.runtime.agent import run_agent  # the agent's imports are heavy; one-shots skip them
 
     return run_agent(args.config, log_format=args.log_format, log_level=args.log_level, shard=args.shard, reader=reader)
 

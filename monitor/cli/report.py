@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from monitor.results import MxResult, SmtpResult
+from monitor.model.results import MxResult, SmtpResult
 
 # Monitoring-plugins convention (Nagios, Icinga, Naemon).
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3

@@ -8,9 +8,9 @@ import sys
 import time
 from typing import Any
 
-from monitor.config import Config, MxCheckConfig, SmtpProbeConfig
-from monitor.persistence import STATE_FILE
-from monitor.report import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN
+from monitor.cli.report import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN
+from monitor.config.schema import Config, MxCheckConfig, SmtpProbeConfig
+from monitor.state.persistence import STATE_FILE
 
 
 def _age(epoch: float | None, now: float) -> str:

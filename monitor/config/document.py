@@ -1,19 +1,17 @@
 """Reading the config file into plain data: YAML as SafeLoader builds it, duplicate keys refused."""
 
-# No pydantic here, nor anything heavy: `run` forks the reading child before the models load.
+# No pydantic here, nor anything heavy: `run` forks the reading child (reader.py) before the models load.
 
 from __future__ import annotations
 
-import os
-import pickle
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 if TYPE_CHECKING:
-    from monitor.config import Config
+    pass
 
 
 class ConfigError(Exception):
@@ -183,59 +181,3 @@ def read_document(path: Path | str) -> Any:
             problem = f"unacceptable character {char}: {exc.reason}"
         raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
     return data
-
-
-class ConfigReader:
-    """load_config(path) with the reading and YAML parsing done by a forked child meanwhile.
-
-    `run` starts it before importing the models and the agent (~0.7 s), and the YAML of 10,000
-    probes takes ~0.6 s: a second core does one while this process does the other. Whatever
-    goes wrong in the child (it died, or raised something other than a ConfigError), config()
-    loads the file here instead, so the result or error is always load_config's."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = path
-        self._pid = 0
-        self._pipe = -1
-        if hasattr(os, "fork"):
-            self._pipe, out = os.pipe()
-            self._pid = os.fork()
-            if self._pid == 0:
-                os.close(self._pipe)
-                _child_reads(path, out)  # never returns
-            os.close(out)
-
-    def config(self) -> Config:
-        """The validated config: waits for the child's document if it is not there yet."""
-        outcome: tuple[str, Any] = ("retry", None)
-        if self._pid:
-            try:
-                with os.fdopen(self._pipe, "rb") as pipe:
-                    outcome = pickle.load(pipe)  # noqa: S301 - our own fork
-            except (EOFError, OSError, pickle.UnpicklingError):
-                pass  # the child died: the file is read here
-            finally:
-                os.waitpid(self._pid, 0)
-                self._pid = 0
-        from monitor.config import load_config, parse_config  # by now imported: this forked before it
-
-        kind, payload = outcome
-        if kind == "document":
-            return parse_config(payload, str(self.path))
-        if kind == "error":
-            raise ConfigError(payload)
-        return load_config(self.path)
-
-
-def _child_reads(path: Path | str, out: int) -> NoReturn:
-    try:
-        try:
-            outcome: tuple[str, Any] = ("document", read_document(path))
-        except ConfigError as exc:
-            outcome = ("error", str(exc))
-        except BaseException:  # a bug: the parent loads the file and meets it itself
-            outcome = ("retry", None)
-        with os.fdopen(out, "wb") as pipe:
-            pickle.dump(outcome, pipe, protocol=pickle.HIGHEST_PROTOCOL)
-    finally:
-        os._exit(0)  # no atexit handlers, no flushing the parent's buffers

@@ -22,8 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.config_file import ConfigError as ConfigError  # re-exported: raised by both
-from monitor.config_file import read_document
+from monitor.config.document import ConfigError as ConfigError  # re-exported: raised by both
+from monitor.config.document import read_document
 
 DEFAULT_SMTP_PORTS = {"none": 25, "starttls": 25, "implicit": 465}
 TlsMode = Literal["none", "starttls", "implicit"]

@@ -162,6 +162,6 @@ class PolicyRecord:
 
 
 def _mapping(value: object) -> None:
-    # TypeError is what a restore treats as an unusable saved state (monitor.persistence)
+    # TypeError is what a restore treats as an unusable saved state (monitor.state.persistence)
     if not isinstance(value, dict):
         raise TypeError(f"saved facts are {type(value).__name__}, not an object")

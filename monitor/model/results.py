@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from monitor.facts import DaneFacts, MtaStsFacts, PolicyRecord
+from monitor.model.facts import DaneFacts, MtaStsFacts, PolicyRecord
 
 
 class Status(enum.Enum):

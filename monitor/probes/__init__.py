@@ -9,7 +9,7 @@ import dns.flags
 import dns.nameserver
 import dns.resolver
 
-from monitor.config import Config, Defaults, DnsConfig
+from monitor.config.schema import Config, Defaults, DnsConfig
 from monitor.probes.tls import TlsContexts
 
 

@@ -19,8 +19,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from monitor.model.results import Reason
 from monitor.probes import resolve
-from monitor.results import Reason
 
 # Certificate usages (RFC 7218 names).  Only DANE-TA and DANE-EE apply to SMTP (RFC 7672 3.1.3).
 PKIX_TA, PKIX_EE, DANE_TA, DANE_EE = 0, 1, 2, 3

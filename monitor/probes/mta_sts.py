@@ -22,8 +22,8 @@ import dns.resolver
 from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography import x509
 
+from monitor.model.results import Reason
 from monitor.probes import resolve
-from monitor.results import Reason
 
 WELL_KNOWN_PATH = "/.well-known/mta-sts.txt"
 MAX_POLICY_BYTES = 64 * 1024  # RFC 8461 3.3 lets senders limit the body; 64 KiB is generous

@@ -13,12 +13,12 @@ import dns.flags
 import dns.rdtypes.ANY.MX
 import dns.reversename
 
-from monitor.config import MxCheckConfig, SmtpProbeConfig
-from monitor.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
+from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
+from monitor.model.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
+from monitor.model.results import MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult
 from monitor.probes import ProbeEnv, dane, mta_sts, resolve, smtp
 from monitor.probes.dane import TlsaLookup  # by name: _Check.dane hides the module in the class body
 from monitor.probes.policy_records import check_dmarc, check_spf
-from monitor.results import MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult
 
 _MAX_PTR_NAMES = 10
 

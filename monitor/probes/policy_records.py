@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from monitor.facts import PolicyRecord
+from monitor.model.facts import PolicyRecord
 
 _SPF_MECHANISM = re.compile(
     r"^[+\-~?]?(all|include:\S+|exists:\S+|ptr(:\S+)?|a(:[^/\s]+)?(/\d{1,2})?(//\d{1,3})?"

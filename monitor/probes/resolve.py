@@ -13,7 +13,7 @@ import dns.message
 import dns.rdatatype
 import dns.resolver
 
-from monitor.results import Reason
+from monitor.model.results import Reason
 
 _LOCAL_NAMES = {"localhost": ["127.0.0.1", "::1"], "localhost.": ["127.0.0.1", "::1"]}
 

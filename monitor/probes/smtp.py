@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from monitor.config import EnvelopeConfig, RelayTestConfig, SmtpAuthConfig, SmtpProbeConfig
+from monitor.config.schema import EnvelopeConfig, RelayTestConfig, SmtpAuthConfig, SmtpProbeConfig
+from monitor.model.results import Phase, Reason, Reply, SmtpResult, TlsInfo
 from monitor.probes import ProbeEnv, kernel_times, resolve
 from monitor.probes.smtp_wire import MAX_BUFFER, SmtpClientProtocol, WireError, parse_extensions
 from monitor.probes.tls import tls_facts, unverified_context
-from monitor.results import Phase, Reason, Reply, SmtpResult, TlsInfo
 
 # EHLO refusals after which HELO is worth a try (RFC 5321 4.1.4); a 421 is not one.
 _HELO_FALLBACK_CODES = {500, 501, 502, 504, 550}

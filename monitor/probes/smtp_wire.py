@@ -8,7 +8,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from monitor.results import Reply
+from monitor.model.results import Reply
 
 # RFC 5321 limits a reply line to 512 octets; real servers stay far below 1 KiB.
 # Anything longer is not SMTP (or a tarpit feeding an endless line): stop reading.

@@ -13,7 +13,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from monitor.results import CertInfo, TlsInfo
+from monitor.model.results import CertInfo, TlsInfo
 
 
 class TlsContexts:

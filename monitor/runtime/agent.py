@@ -15,20 +15,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from monitor import logs
-from monitor.config import Config, ConfigError, load_config
-from monitor.config_file import ConfigReader
-from monitor.health import AgentHealth
-from monitor.http import AdhocProber, HttpBindError, MetricsServer
-from monitor.metrics import build_agent_registry
-from monitor.persistence import STATE_FILE, DurableNotifications, StateDB, StatePersister, private_dir, restore_into
-from monitor.probe_process import ProbeProcess
-from monitor.sharding import Shard
-from monitor.store import ResultsStore
+from monitor.config.reader import ConfigReader
+from monitor.config.schema import Config, ConfigError, load_config
+from monitor.exporters.prometheus.http import AdhocProber, HttpBindError, MetricsServer
+from monitor.exporters.prometheus.metrics import build_agent_registry
+from monitor.runtime import logs
+from monitor.runtime.probe_process import ProbeProcess
+from monitor.runtime.sharding import Shard
+from monitor.state.health import AgentHealth
+from monitor.state.persistence import (
+    STATE_FILE,
+    DurableNotifications,
+    StateDB,
+    StatePersister,
+    private_dir,
+    restore_into,
+)
+from monitor.state.store import ResultsStore
 
 if TYPE_CHECKING:  # probes run in the probe process: the agent imports them only to run some itself
     from monitor.probes import ProbeEnv
-    from monitor.scheduler import ProbeScheduler
+    from monitor.runtime.scheduler import ProbeScheduler
 
 log = logging.getLogger("smtp_monitor.agent")
 
@@ -74,7 +81,7 @@ class Agent:
         return ProbeEnv.from_config(self.config)
 
     def _scheduler_here(self, config: Config) -> ProbeScheduler:
-        from monitor.scheduler import ProbeScheduler
+        from monitor.runtime.scheduler import ProbeScheduler
 
         return ProbeScheduler(self.store, self.health, self.env, config.defaults.max_concurrency)
 
@@ -137,8 +144,14 @@ class Agent:
         snmp = self.config.snmp
         if not snmp.enabled:
             return
-        from monitor.snmp.agent import ENGINE_STATE_FILE, SnmpAgent, SnmpBindError, next_engine_state, parse_engine_id
-        from monitor.snmp.notify import Notifier
+        from monitor.exporters.snmp.agent import (
+            ENGINE_STATE_FILE,
+            SnmpAgent,
+            SnmpBindError,
+            next_engine_state,
+            parse_engine_id,
+        )
+        from monitor.exporters.snmp.notify import Notifier
 
         engine_state = None
         if snmp.listen:

@@ -1,7 +1,7 @@
 """The probe process: scheduler and probes in an interpreter of their own, so that SNMP requests and
 Prometheus scrapes served by the agent process never delay the timings probes measure.
 
-The agent starts `python -m monitor.probe_process FD` with one end of a socket pair. Frames are a
+The agent starts `python -m monitor.runtime.probe_process FD` with one end of a socket pair. Frames are a
 4-byte length and a pickle (both ends are this program). Agent -> probes: ("config", Config),
 ("stop", grace). Probes -> agent: ("results", [(name, result), ...]), ("health", dict), ("stopped", None).
 """
@@ -21,13 +21,13 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from monitor import logs
-from monitor.config import Config, SnmpConfig
-from monitor.health import AgentHealth, LatenessHistogram
-from monitor.store import ResultsStore, probe_entries
+from monitor.config.schema import Config, SnmpConfig
+from monitor.runtime import logs
+from monitor.state.health import AgentHealth, LatenessHistogram
+from monitor.state.store import ResultsStore, probe_entries
 
 if TYPE_CHECKING:  # the probe process's side only: the agent's side needs neither
-    from monitor.scheduler import ProbeScheduler
+    from monitor.runtime.scheduler import ProbeScheduler
 
 log = logging.getLogger("smtp_monitor.probe_process")
 
@@ -95,7 +95,7 @@ class ProbeProcess:
         try:
             # The child must not take the agent's terminal signals: the agent stops it in order.
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "monitor.probe_process", str(child.fileno()), *self.log_args],
+                [sys.executable, "-m", "monitor.runtime.probe_process", str(child.fileno()), *self.log_args],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True,
             )
         finally:
@@ -225,7 +225,7 @@ class _Worker:
     def apply(self, config: Config) -> None:
         if self.scheduler is None:
             from monitor.probes import ProbeEnv
-            from monitor.scheduler import ProbeScheduler
+            from monitor.runtime.scheduler import ProbeScheduler
 
             env = ProbeEnv.from_config(config)
             # No store here: results go to the agent's, and a second copy of 10,000 results costs ~10 MB.
@@ -273,7 +273,7 @@ async def _run_worker(fd: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m monitor.probe_process FD LOG_FORMAT LOG_LEVEL`, started by the agent only."""
+    """`python -m monitor.runtime.probe_process FD LOG_FORMAT LOG_LEVEL`, started by the agent only."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when probing stops
     logs.setup(argv[2] if len(argv) > 2 else "text", argv[3] if len(argv) > 3 else "info")
     asyncio.run(_run_worker(int(argv[1])))

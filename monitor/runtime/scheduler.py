@@ -14,11 +14,11 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, EVENT_
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from monitor.config import Config, MxCheckConfig, SmtpProbeConfig
-from monitor.health import AgentHealth
+from monitor.config.schema import Config, MxCheckConfig, SmtpProbeConfig
+from monitor.model.results import MxResult, Phase, ProbeResult, Reason, SmtpResult
 from monitor.probes import ProbeEnv, mx, smtp
-from monitor.results import MxResult, Phase, ProbeResult, Reason, SmtpResult
-from monitor.store import ProbeConfig, ResultsStore, probe_entries
+from monitor.state.health import AgentHealth
+from monitor.state.store import ProbeConfig, ResultsStore, probe_entries
 
 log = logging.getLogger("smtp_monitor.scheduler")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command line imports this before the models (see config_file)
-    from monitor.config import Config
+    from monitor.config.schema import Config
 
 
 @dataclass(frozen=True, slots=True)

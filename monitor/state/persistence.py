@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from monitor.health import AgentHealth
-from monitor.results import SmtpResult, Status, result_from_dict
-from monitor.store import ProbeState, ResultsStore, StoreEvent
+from monitor.model.results import SmtpResult, Status, result_from_dict
+from monitor.state.health import AgentHealth
+from monitor.state.store import ProbeState, ResultsStore, StoreEvent
 
 log = logging.getLogger("smtp_monitor.state")
 
@@ -338,7 +338,7 @@ class StatePersister:
 
 
 class PreparingNotifier(Protocol):
-    """What DurableNotifications needs of the notifier (monitor.snmp.notify.Notifier)."""
+    """What DurableNotifications needs of the notifier (monitor.exporters.snmp.notify.Notifier)."""
 
     def prepare(self, event: StoreEvent) -> list[tuple[str, dict[str, Any]]]: ...
 

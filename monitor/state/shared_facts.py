@@ -7,7 +7,7 @@ from collections.abc import Hashable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from monitor.results import MxRecord, MxResult, ProbeResult, SmtpResult, TlsInfo
+from monitor.model.results import MxRecord, MxResult, ProbeResult, SmtpResult, TlsInfo
 
 T = TypeVar("T")
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal
 
-from monitor.config import Config, MxCheckConfig, SmtpProbeConfig
-from monitor.results import MxResult, ProbeResult, SmtpResult, Status, TlsInfo
-from monitor.shared_facts import SharedFacts
+from monitor.config.schema import Config, MxCheckConfig, SmtpProbeConfig
+from monitor.model.results import MxResult, ProbeResult, SmtpResult, Status, TlsInfo
+from monitor.state.shared_facts import SharedFacts
 
 log = logging.getLogger("smtp_monitor.store")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from monitor import mib_oids as mib
+from monitor.exporters.snmp import mib_oids as mib
 from tests.peers.agent import AgentProcess
 from tests.peers.postfix import PostfixServer
 from tests.peers.snmptrapd import TrapReceiver

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor import mib_oids as mib
+from monitor.exporters.snmp import mib_oids as mib
 from tests.fakes.auth_secrets import leaks, secret_forms
 from tests.fakes.certs import SERVER_NAME, Pki
 from tests.fakes.smtp_servers import EchoingAuthServer, ServerThread

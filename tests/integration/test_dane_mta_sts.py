@@ -20,12 +20,12 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from monitor.config import DnsConfig, MxCheckConfig
-from monitor.facts import MtaStsPolicyFacts
+from monitor.config.schema import DnsConfig, MxCheckConfig
+from monitor.model.facts import MtaStsPolicyFacts
+from monitor.model.results import MxResult, Phase, Reason
 from monitor.probes import ProbeEnv, build_resolver, mx
 from monitor.probes.dane import Tlsa, lookup_tlsa, verify
 from monitor.probes.mta_sts import StsPolicy, check_exchanges, fetch_policy, lookup_txt
-from monitor.results import MxResult, Phase, Reason
 from tests.fakes.dns_server import Rcode, ScriptedDnsServer
 from tests.peers import zone
 from tests.peers.https import POLICY_PATH, HttpsServer, silent_listener

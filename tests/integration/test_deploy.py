@@ -30,7 +30,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor import mib_oids
+from monitor.exporters.snmp import mib_oids
 from tests.peers.nsd import NsdServer
 from tests.peers.ports import HOST, free_tcp_port, free_udp_port
 from tests.peers.postfix import PostfixServer
@@ -910,7 +910,7 @@ class TestSnmpExamples:
         assert [c["name"] for c in config["snmp"]["communities"]] == ["public"]
 
     def test_snmpd_proxy_example_forwards_the_mib_to_the_agent(self, tmp_path: Path, postfix: PostfixServer) -> None:
-        # The project's SNMP agent (monitor/snmp/agent.py, SnmpAgent) is the backend, configured
+        # The project's SNMP agent (monitor/exporters/snmp/agent.py, SnmpAgent) is the backend, configured
         # from config-behind-snmpd.yaml with free ports; snmpd runs the example snmpd.conf.
         backend_port = free_udp_port()
         config = yaml.safe_load((SNMP / "config-behind-snmpd.yaml").read_text())

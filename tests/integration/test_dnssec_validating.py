@@ -21,10 +21,10 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from monitor.config import DnsConfig, MxCheckConfig
+from monitor.config.schema import DnsConfig, MxCheckConfig
+from monitor.model.results import MxResult, Phase, Reason
 from monitor.probes import ProbeEnv, build_resolver, mx
 from monitor.probes.dane import Tlsa, lookup_tlsa
-from monitor.results import MxResult, Phase, Reason
 from tests.peers import signed_zones as sz
 from tests.peers.agent import AgentProcess
 from tests.peers.net_snmp import tool_env

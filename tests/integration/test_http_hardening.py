@@ -23,7 +23,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor import config
+from monitor.config import schema as config
 from tests.peers.agent import AgentProcess
 from tests.peers.nsd import NsdServer
 from tests.peers.ports import HOST, free_tcp_port

@@ -109,7 +109,7 @@ def values(raw: bytes, name: str) -> list[str]:
 
 
 class TestRoundTrip:
-    def test_submitted_message_arrives_signed_with_dkim_and_spf_pass(self, chain: MailChain) -> None:
+    def test_submitted_message_arrives_signed_with_dkim_spf_and_dmarc_pass(self, chain: MailChain) -> None:
         msg = message(chain)
         submit(chain, msg)
         raw = imap_headers(chain, msg["Message-ID"])
@@ -133,6 +133,7 @@ class TestRoundTrip:
         spf_pass = r"mx\.dest\.test; spf=pass \(sender SPF authorized\) smtp\.mailfrom=src\.test"
         assert re.search(dkim_pass, results), results
         assert re.search(spf_pass, results), results
+        assert re.search(r"mx\.dest\.test; dmarc=pass \(p=reject dis=none\) header\.from=src\.test", results), results
 
     def test_implicit_tls_submission_arrives_too(self, chain: MailChain) -> None:
         msg = message(chain)
@@ -140,7 +141,9 @@ class TestRoundTrip:
         raw = imap_headers(chain, msg["Message-ID"])
         assert "dkim=pass" in " ".join(values(raw, "Authentication-Results"))
 
-    def test_unsigned_mail_from_an_unauthorised_domain_gets_spf_fail_and_dkim_none(self, chain: MailChain) -> None:
+    def test_unsigned_mail_from_an_unauthorised_domain_gets_spf_fail_dkim_none_dmarc_fail(
+        self, chain: MailChain
+    ) -> None:
         # straight to the MX from spoof.test, whose SPF authorises only 192.0.2.1: nothing signs it
         msg = message(chain, sender=f"someone@{chain.spoof_domain}")
         with smtplib.SMTP(chain.host, chain.mx_port, local_hostname="client.spoof.test", timeout=10) as smtp:
@@ -152,6 +155,9 @@ class TestRoundTrip:
         results = " | ".join(values(raw, "Authentication-Results"))
         assert re.search(r"mx\.dest\.test; dkim=none", results), results
         assert re.search(r"mx\.dest\.test; spf=fail .*smtp\.mailfrom=spoof\.test", results), results
+        assert re.search(r"mx\.dest\.test; dmarc=fail \(p=reject dis=none\) header\.from=spoof\.test", results), (
+            results
+        )
         assert "dkim=pass" not in results
         assert "spf=pass" not in results
         assert len(values(raw, "Received")) == 2  # no MSA hop

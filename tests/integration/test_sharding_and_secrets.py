@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from monitor.sharding import owner
+from monitor.runtime.sharding import owner
 from tests.peers.agent import AgentProcess
 from tests.peers.ports import free_tcp_port, free_udp_port
 from tests.peers.postfix_sasl import PostfixSaslServer

@@ -12,9 +12,9 @@ import re
 import time
 from typing import Any
 
-from monitor.config import DnsConfig, SmtpProbeConfig
+from monitor.config.schema import DnsConfig, SmtpProbeConfig
+from monitor.model.results import Phase, Reason, SmtpResult
 from monitor.probes import ProbeEnv, build_resolver, smtp
-from monitor.results import Phase, Reason, SmtpResult
 from tests.peers.postfix import PostfixServer
 from tests.peers.postfix_sasl import PostfixSaslServer
 

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from monitor import mib_oids
-from monitor.config import MxCheckConfig, SmtpProbeConfig, SnmpConfig
-from monitor.health import AgentHealth
-from monitor.mib_oids import Oid
-from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, SmtpResult, TlsInfo
-from monitor.snmp import SnmpAgent, SnmpBindError
-from monitor.store import ResultsStore
+from monitor.config.schema import MxCheckConfig, SmtpProbeConfig, SnmpConfig
+from monitor.exporters.snmp import mib_oids
+from monitor.exporters.snmp.agent import SnmpAgent, SnmpBindError
+from monitor.exporters.snmp.mib_oids import Oid
+from monitor.model.results import CertInfo, MxRecord, MxResult, Phase, Reason, SmtpResult, TlsInfo
+from monitor.state.health import AgentHealth
+from monitor.state.store import ResultsStore
 from tests.peers.net_snmp import tool_env
 from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
@@ -419,7 +419,7 @@ class TestReads:
 
 
 class TestFastPath:
-    """Plain v1/v2c reads are answered without pysnmp (monitor.snmp.fastpath), and still counted."""
+    """Plain v1/v2c reads are answered without pysnmp (monitor.exporters.snmp.fast.fastpath), and still counted."""
 
     def test_net_snmp_reads_take_the_fast_path_and_are_counted(self, served: Served, net_snmp: NetSnmp) -> None:
         fast = served.agent.fast_path
@@ -456,7 +456,7 @@ class TestFastPath:
 
 
 class TestUsmFastPath:
-    """SNMPv3 reads of configured users are answered without pysnmp (monitor.snmp.usm_fastpath), and still counted."""
+    """SNMPv3 reads of configured users are answered without pysnmp (fast/usm_fastpath.py), and still counted."""
 
     def test_net_snmp_v3_auth_priv_reads_take_the_usm_fast_path(self, served: Served, net_snmp: NetSnmp) -> None:
         usm = served.agent.usm_fast_path

@@ -20,14 +20,14 @@ from pyasn1.codec.ber import encoder as ber_encoder
 from pysnmp.hlapi.v3arch import asyncio as hlapi
 from pysnmp.proto import api
 
-from monitor import mib_oids
-from monitor.config import SmtpProbeConfig, SnmpConfig
-from monitor.health import AgentHealth
-from monitor.mib_oids import Oid, SmtpProbeColumn
-from monitor.results import Phase, Reason, SmtpResult
-from monitor.snmp import SnmpAgent
-from monitor.snmp.fastpath import MAX_BULK_OCTETS, MAX_REQUEST_BINDINGS, MAX_RESPONSE_OCTETS
-from monitor.store import ResultsStore
+from monitor.config.schema import SmtpProbeConfig, SnmpConfig
+from monitor.exporters.snmp import mib_oids
+from monitor.exporters.snmp.agent import SnmpAgent
+from monitor.exporters.snmp.fast.fastpath import MAX_BULK_OCTETS, MAX_REQUEST_BINDINGS, MAX_RESPONSE_OCTETS
+from monitor.exporters.snmp.mib_oids import Oid, SmtpProbeColumn
+from monitor.model.results import Phase, Reason, SmtpResult
+from monitor.state.health import AgentHealth
+from monitor.state.store import ResultsStore
 from tests.peers.net_snmp import tool_env
 from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread

@@ -15,15 +15,15 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from monitor.config import MxCheckConfig, SmtpProbeConfig, SnmpConfig
-from monitor.facts import MtaStsFacts, MtaStsPolicyFacts
-from monitor.health import AgentHealth
+from monitor.config.schema import MxCheckConfig, SmtpProbeConfig, SnmpConfig
+from monitor.exporters.snmp.agent import SnmpAgent
+from monitor.model.facts import MtaStsFacts, MtaStsPolicyFacts
+from monitor.model.results import CertInfo, MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult, TlsInfo
 from monitor.probes.dane import Tlsa, TlsaLookup
 from monitor.probes.mx import _dane_verdict
 from monitor.probes.policy_records import check_dmarc, check_spf
-from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult, TlsInfo
-from monitor.snmp import SnmpAgent
-from monitor.store import ResultsStore
+from monitor.state.health import AgentHealth
+from monitor.state.store import ResultsStore
 from tests.peers.certs import make_self_signed_cert
 from tests.peers.net_snmp import tool_env
 from tests.peers.ports import free_udp_port

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from monitor import mib_oids as mib
-from monitor.config import MxCheckConfig, SmtpProbeConfig, SnmpNotify
-from monitor.health import AgentHealth
-from monitor.results import CertInfo, MxResult, Phase, Reason, SmtpResult, TlsInfo
-from monitor.snmp.mibview import date_and_time
-from monitor.snmp.notify import COLD_START, Notifier, generate_engine_id
-from monitor.store import ResultsStore
+from monitor.config.schema import MxCheckConfig, SmtpProbeConfig, SnmpNotify
+from monitor.exporters.snmp import mib_oids as mib
+from monitor.exporters.snmp.mibview import date_and_time
+from monitor.exporters.snmp.notify import COLD_START, Notifier, generate_engine_id
+from monitor.model.results import CertInfo, MxResult, Phase, Reason, SmtpResult, TlsInfo
+from monitor.state.health import AgentHealth
+from monitor.state.store import ResultsStore
 from tests.peers.ports import free_udp_port
 from tests.peers.snmptrapd import TrapReceiver, V3User
 

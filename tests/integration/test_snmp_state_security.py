@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 
-from monitor.config import SnmpConfig
-from monitor.health import AgentHealth
-from monitor.snmp import SnmpAgent
-from monitor.snmp.agent import clock_boots
-from monitor.store import ResultsStore
+from monitor.config.schema import SnmpConfig
+from monitor.exporters.snmp.agent import SnmpAgent, clock_boots
+from monitor.state.health import AgentHealth
+from monitor.state.store import ResultsStore
 from tests.peers.agent import AgentProcess
 from tests.peers.net_snmp import tool_env
 from tests.peers.ports import free_udp_port

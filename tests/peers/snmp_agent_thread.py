@@ -7,7 +7,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from monitor.snmp.agent import SnmpAgent
+from monitor.exporters.snmp.agent import SnmpAgent
 
 T = TypeVar("T")
 

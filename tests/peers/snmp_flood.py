@@ -82,7 +82,7 @@ def _item(data: bytes, pos: int) -> tuple[int, int, int]:
 
 def report_of(datagram: bytes) -> tuple[bytes, int, int, int, tuple[int, ...]]:
     """(msgAuthoritativeEngineID, msgFlags, boots, time, the first binding's name) of a plaintext Report."""
-    from monitor.snmp.usm_fastpath import decode_message
+    from monitor.exporters.snmp.fast.usm_fastpath import decode_message
 
     msg = decode_message(datagram)
     if msg.data_tag != 0x30:

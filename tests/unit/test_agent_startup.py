@@ -1,4 +1,4 @@
-"""monitor.agent's collection at the end of starting: cycles left by starting are freed, not frozen."""
+"""monitor.runtime.agent's collection at the end of starting: cycles left by starting are freed, not frozen."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from monitor.agent import _collect_from_now_on
+from monitor.runtime.agent import _collect_from_now_on
 
 
 class _Node:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli import main
+from monitor.cli.main import main
 
 SHORT = "Pw4!"  # four characters: too short for SNMPv3, fine for SMTP AUTH
 

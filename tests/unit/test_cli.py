@@ -1,4 +1,4 @@
-"""monitor.cli: exit codes (0 ok, 2 bad config or CRITICAL, 3 usage) and output of check-config and probe."""
+"""monitor.cli.main: exit codes (0 ok, 2 bad config or CRITICAL, 3 usage) and output of check-config and probe."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from monitor import __version__
-from monitor.cli import main
+from monitor.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "agent.yaml"
@@ -108,12 +108,12 @@ class TestRun:
         assert gc.isenabled()
 
     def test_command_line_forks_the_config_reader_before_the_models_load(self) -> None:
-        loaded = modules_loaded_by("monitor.cli", ("pydantic", "monitor.config"))
-        assert loaded == ["monitor.config_file"]
+        loaded = modules_loaded_by("monitor.cli.main", ("pydantic", "monitor.config"))
+        assert loaded == ["monitor.config", "monitor.config.document", "monitor.config.reader"]
 
     def test_agent_modules_leave_the_probes_to_the_probe_process(self) -> None:
-        imports = "monitor.cli, monitor.agent, monitor.snmp.agent, monitor.snmp.notify"
-        assert modules_loaded_by(imports, ("monitor.probes", "monitor.scheduler", "dns.")) == []
+        imports = "monitor.cli.main, monitor.runtime.agent, monitor.exporters.snmp.agent, monitor.exporters.snmp.notify"
+        assert modules_loaded_by(imports, ("monitor.probes", "monitor.runtime.scheduler", "dns.")) == []
 
 
 class TestUsageErrors:

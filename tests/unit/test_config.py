@@ -1,4 +1,4 @@
-"""monitor.config: every bad file is a ConfigError naming file, key path and problem; secrets stay hidden."""
+"""monitor.config.schema: every bad file is a ConfigError naming file, key path and problem; secrets stay hidden."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import monitor.config_file
-from monitor.config import (
+import monitor.config.document
+from monitor.config.document import _PlainBuilder, _UniqueKeyLoader, load_yaml
+from monitor.config.reader import ConfigReader
+from monitor.config.schema import (
     Config,
     ConfigError,
     DnsConfig,
@@ -24,7 +26,6 @@ from monitor.config import (
     parse_snmp_listen,
     split_host_port,
 )
-from monitor.config_file import ConfigReader, _PlainBuilder, _UniqueKeyLoader, load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "agent.yaml"
@@ -706,12 +707,12 @@ class TestConfigReader:
     ) -> None:
         path = write(tmp_path, "defaults: {interval: 5s}\n")
         parent = os.getpid()
-        real = monitor.config_file.read_document
+        real = monitor.config.document.read_document
 
         def fails_in_the_child(source: Path | str) -> Any:
             if os.getpid() != parent:
                 fail()
             return real(source)
 
-        monkeypatch.setattr(monitor.config_file, "read_document", fails_in_the_child)
+        monkeypatch.setattr(monitor.config.document, "read_document", fails_in_the_child)
         assert ConfigReader(path).config().defaults.interval == 5.0

@@ -15,11 +15,11 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from monitor.config import DnsConfig, MxCheckConfig
-from monitor.facts import DaneFacts
+from monitor.config.schema import DnsConfig, MxCheckConfig
+from monitor.model.facts import DaneFacts
+from monitor.model.results import MxResult, Phase, Reason, result_from_dict
 from monitor.probes import ProbeEnv, build_resolver, mx
 from monitor.probes.dane import Tlsa
-from monitor.results import MxResult, Phase, Reason, result_from_dict
 from tests.fakes import smtp_servers
 from tests.fakes.dns_server import Cname, Rcode, Records, ScriptedDnsServer
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from monitor import cli
-from monitor.config import DnsConfig, MxCheckConfig
-from monitor.facts import PolicyRecord
+from monitor.cli import main as cli
+from monitor.config.schema import DnsConfig, MxCheckConfig
+from monitor.model.facts import PolicyRecord
+from monitor.model.results import MxResult, Phase, Reason, ReverseDns, result_from_dict
 from monitor.probes import ProbeEnv, build_resolver, mx
-from monitor.results import MxResult, Phase, Reason, ReverseDns, result_from_dict
 from tests.fakes.dns_server import (
     Cname,
     Garbage,

@@ -1,4 +1,4 @@
-"""monitor.metrics: the Prometheus families built from a store snapshot and agent health, and promtool's verdict."""
+"""prometheus/metrics.py: Prometheus families from a store snapshot and agent health, and promtool's verdict."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitor.config import MxCheckConfig, SmtpProbeConfig
-from monitor.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
-from monitor.health import LATENESS_BUCKETS, AgentHealth
-from monitor.metrics import ProbeExposition, StoreCollector, build_registry
-from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, ReverseDns, SmtpResult, TlsInfo
-from monitor.store import ResultsStore
+from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
+from monitor.exporters.prometheus.metrics import ProbeExposition, StoreCollector, build_registry
+from monitor.model.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
+from monitor.model.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, ReverseDns, SmtpResult, TlsInfo
+from monitor.state.health import LATENESS_BUCKETS, AgentHealth
+from monitor.state.store import ResultsStore
 
 PROMTOOL = "/usr/bin/promtool"
 NOT_AFTER = datetime(2031, 5, 17, 12, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""monitor.http.MetricsServer and ScrapeRhythm: the exposition formatted ahead of the scrapes that need it."""
+"""prometheus/http.py MetricsServer and ScrapeRhythm: the exposition formatted ahead of the scrapes that need it."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
-from monitor import http
-from monitor.config import HttpLimits
-from monitor.health import AgentHealth
-from monitor.http import WARM_IDLE, WARM_LEAD, MetricsServer, ScrapeRhythm, Throttle
-from monitor.metrics import build_agent_registry
-from monitor.store import ResultsStore
+from monitor.config.schema import HttpLimits
+from monitor.exporters.prometheus import http
+from monitor.exporters.prometheus.http import WARM_IDLE, WARM_LEAD, MetricsServer, ScrapeRhythm, Throttle
+from monitor.exporters.prometheus.metrics import build_agent_registry
+from monitor.state.health import AgentHealth
+from monitor.state.store import ResultsStore
 from tests.unit.test_metrics import SMTP, SMTP_IMPLICIT, smtp_ok
 
 

@@ -1,4 +1,4 @@
-"""SMTP-MONITOR-MIB and monitor.mib_oids agree, as read by smilint and net-snmp's snmptranslate."""
+"""SMTP-MONITOR-MIB and monitor.exporters.snmp.mib_oids agree, as read by smilint and net-snmp's snmptranslate."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor import mib_oids
-from monitor.config import TlsMode
-from monitor.results import Phase, Reason, Status
+from monitor.config.schema import TlsMode
+from monitor.exporters.snmp import mib_oids
+from monitor.model.results import Phase, Reason, Status
 from tests.peers import net_snmp
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,13 +9,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from monitor.config import MxCheckConfig, SmtpProbeConfig
-from monitor.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
-from monitor.health import AgentHealth
-from monitor.metrics import mx_samples
-from monitor.persistence import StateDB, StatePersister, restore_into
-from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, SmtpResult, Status, TlsInfo
-from monitor.store import ProbeConfig, ResultsStore
+from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
+from monitor.exporters.prometheus.metrics import mx_samples
+from monitor.model.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
+from monitor.model.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, SmtpResult, Status, TlsInfo
+from monitor.state.health import AgentHealth
+from monitor.state.persistence import StateDB, StatePersister, restore_into
+from monitor.state.store import ProbeConfig, ResultsStore
 
 SMTP = SmtpProbeConfig(name="relay", host="127.0.0.1", port=2525, tls="starttls")
 MX = MxCheckConfig(name="dom", domain="good.test")

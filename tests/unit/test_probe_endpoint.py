@@ -16,12 +16,19 @@ import aiohttp
 import pytest
 from prometheus_client import generate_latest
 
-from monitor.config import ConfigError, DnsConfig, ProbeAllow, ProbeEndpointConfig, SmtpProbeConfig, parse_config
-from monitor.health import AgentHealth
-from monitor.http import AdhocProber, MetricsServer, ProbeRateLimited, ProbeRefused, TargetPolicy, TokenBucket
-from monitor.metrics import build_agent_registry
+from monitor.config.schema import ConfigError, DnsConfig, ProbeAllow, ProbeEndpointConfig, SmtpProbeConfig, parse_config
+from monitor.exporters.prometheus.http import (
+    AdhocProber,
+    MetricsServer,
+    ProbeRateLimited,
+    ProbeRefused,
+    TargetPolicy,
+    TokenBucket,
+)
+from monitor.exporters.prometheus.metrics import build_agent_registry
 from monitor.probes import ProbeEnv, build_resolver
-from monitor.store import ResultsStore
+from monitor.state.health import AgentHealth
+from monitor.state.store import ResultsStore
 from tests.fakes.dns_server import Records, ScriptedDnsServer
 from tests.fakes.smtp_servers import ScriptedSmtpServer, healthy
 

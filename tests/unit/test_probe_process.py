@@ -1,4 +1,4 @@
-"""monitor.probe_process: how results travel from the probe process to the agent."""
+"""monitor.runtime.probe_process: how results travel from the probe process to the agent."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import socket
 import time
 from typing import Any
 
-from monitor.probe_process import RESULTS_EVERY, RESULTS_MAX, _read_frame, _Worker
-from monitor.results import SmtpResult
+from monitor.model.results import SmtpResult
+from monitor.runtime.probe_process import RESULTS_EVERY, RESULTS_MAX, _read_frame, _Worker
 
 RESULTS = [SmtpResult(f"mx{i}.example", 25, "none", time.time(), True, total=0.01) for i in range(RESULTS_MAX * 3)]
 

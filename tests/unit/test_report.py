@@ -1,4 +1,4 @@
-"""monitor.report: monitoring-plugin status lines with perfdata, certificate warnings, exit codes and JSON."""
+"""monitor.cli.report: monitoring-plugin status lines with perfdata, certificate warnings, exit codes and JSON."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 
-from monitor import report
-from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, SmtpResult, TlsInfo
+from monitor.cli import report
+from monitor.model.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, SmtpResult, TlsInfo
 
 TIMINGS = {"resolve": 0.0001, "connect": 0.001, "banner": 0.01, "ehlo": 0.002, "starttls": 0.003,
            "tls": 0.03, "ehlo_tls": 0.002, "quit": 0.0005}

@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 from pyasn1.type import univ
 
-from monitor import mib_oids
-from monitor.config import MxCheckConfig
-from monitor.facts import DaneFacts, MtaStsFacts, PolicyRecord
-from monitor.health import AgentHealth
-from monitor.metrics import mx_samples
-from monitor.persistence import StateDB, restore_into
-from monitor.results import MxResult
-from monitor.snmp.mibview import MibView
-from monitor.store import ResultsStore
+from monitor.config.schema import MxCheckConfig
+from monitor.exporters.prometheus.metrics import mx_samples
+from monitor.exporters.snmp import mib_oids
+from monitor.exporters.snmp.mibview import MibView
+from monitor.model.facts import DaneFacts, MtaStsFacts, PolicyRecord
+from monitor.model.results import MxResult
+from monitor.state.health import AgentHealth
+from monitor.state.persistence import StateDB, restore_into
+from monitor.state.store import ResultsStore
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "f466e3e"
 EXPECTED: dict[str, Any] = json.loads((FIXTURE / "expected.json").read_text())

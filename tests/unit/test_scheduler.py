@@ -1,4 +1,4 @@
-"""monitor.scheduler: start offsets, one run per probe at a time, the concurrency bound, reloads and stop."""
+"""monitor.runtime.scheduler: start offsets, one run per probe at a time, the concurrency bound, reloads and stop."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from monitor.config import Config, MxCheckConfig, SmtpProbeConfig, parse_config
-from monitor.health import AgentHealth
+from monitor.config.schema import Config, MxCheckConfig, SmtpProbeConfig, parse_config
+from monitor.model.results import MxResult, Phase, Reason, SmtpResult, Status
 from monitor.probes import ProbeEnv
-from monitor.results import MxResult, Phase, Reason, SmtpResult, Status
-from monitor.scheduler import RUNNERS, ProbeScheduler, internal_failure, spread_offset
-from monitor.store import ProbeState, ResultsStore, probe_entries
+from monitor.runtime.scheduler import RUNNERS, ProbeScheduler, internal_failure, spread_offset
+from monitor.state.health import AgentHealth
+from monitor.state.store import ProbeState, ResultsStore, probe_entries
 
 HOST = "127.0.0.1"
 LONG = "1h"  # an interval under which no scheduled run happens during a test (see offsets below)
@@ -120,7 +120,9 @@ class TestSpreadOffset:
         assert spread_offset("mx1.example.com", 60.0) == spread_offset("mx1.example.com", 60.0)
 
     def test_stable_across_processes_with_other_hash_seeds(self) -> None:
-        code = "from monitor.scheduler import spread_offset; print(repr(spread_offset('mx1.example.com', 60.0)))"
+        code = (
+            "from monitor.runtime.scheduler import spread_offset; print(repr(spread_offset('mx1.example.com', 60.0)))"
+        )
         env = {**os.environ, "PYTHONHASHSEED": "12345"}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                              check=True, timeout=60).stdout

@@ -1,4 +1,4 @@
-"""monitor.shared_facts: equal facts of unpickled results held once, results unchanged, the pool bounded."""
+"""monitor.state.shared_facts: equal facts of unpickled results held once, results unchanged, the pool bounded."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pickle
 import time
 from datetime import UTC, datetime, timedelta
 
-from monitor.config import SmtpProbeConfig
-from monitor.results import CertInfo, MxRecord, MxResult, SmtpResult, TlsInfo
-from monitor.shared_facts import SharedFacts
-from monitor.store import ResultsStore
+from monitor.config.schema import SmtpProbeConfig
+from monitor.model.results import CertInfo, MxRecord, MxResult, SmtpResult, TlsInfo
+from monitor.state.shared_facts import SharedFacts
+from monitor.state.store import ResultsStore
 
 
 def tls_info(chain: tuple[bytes, ...] = ()) -> TlsInfo:

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from monitor.config import DnsConfig, SmtpProbeConfig
+from monitor.config.schema import DnsConfig, SmtpProbeConfig
+from monitor.model.results import Phase, Reason, SmtpResult
 from monitor.probes import ProbeEnv, build_resolver, smtp
-from monitor.results import Phase, Reason, SmtpResult
 from tests.fakes.auth_secrets import b64, password_only_runs, secret_forms
 from tests.fakes.certs import SERVER_IP, SERVER_NAME, IssuedCert, Pki
 from tests.fakes.smtp_servers import (

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from monitor.config import DnsConfig, SmtpProbeConfig
+from monitor.config.schema import DnsConfig, SmtpProbeConfig
+from monitor.model.results import Phase, Reason, SmtpResult
 from monitor.probes import ProbeEnv, build_resolver, smtp
-from monitor.results import Phase, Reason, SmtpResult
 from tests.fakes.certs import Pki
 
 USER, PASSWORD = "monitor", "s3cret-Pa55word"

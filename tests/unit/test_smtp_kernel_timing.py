@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from monitor.config import DnsConfig, SmtpProbeConfig, TlsMode
+from monitor.config.schema import DnsConfig, SmtpProbeConfig, TlsMode
+from monitor.model.results import Phase, Reason, SmtpResult, result_from_dict
 from monitor.probes import ProbeEnv, build_resolver, kernel_times, smtp
-from monitor.results import Phase, Reason, SmtpResult, result_from_dict
 from tests.fakes import smtp_servers as fakes
 from tests.fakes.certs import SERVER_NAME, IssuedCert, Pki
 from tests.fakes.smtp_servers import AiosmtpdServer, ScriptedSmtpServer

@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from monitor.config import DnsConfig, SmtpProbeConfig, TlsMode
+from monitor.config.schema import DnsConfig, SmtpProbeConfig, TlsMode
+from monitor.model.results import Phase, Reason, SmtpResult
 from monitor.probes import ProbeEnv, build_resolver, smtp
-from monitor.results import Phase, Reason, SmtpResult
 from tests.fakes import smtp_servers as fakes
 from tests.fakes.certs import SERVER_IP, SERVER_NAME, IssuedCert, Pki
 from tests.fakes.smtp_servers import AiosmtpdServer, PeerConnection, ScriptedSmtpServer, Step, Then

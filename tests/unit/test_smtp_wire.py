@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from monitor.model.results import Reply
 from monitor.probes.smtp_wire import (
     MAX_BUFFER,
     MAX_LINE,
@@ -19,7 +20,6 @@ from monitor.probes.smtp_wire import (
     WireError,
     parse_extensions,
 )
-from monitor.results import Reply
 from tests.fakes.transports import RecordingTransport
 
 T = TypeVar("T")

@@ -6,10 +6,8 @@ import random
 import tracemalloc
 from collections.abc import Sequence
 
-from monitor.health import AgentHealth
-from monitor.mib_oids import Oid
-from monitor.snmp.agent import READ_SUBTREES
-from monitor.snmp.fastpath import (
+from monitor.exporters.snmp.agent import READ_SUBTREES
+from monitor.exporters.snmp.fast.fastpath import (
     BINDINGS_CACHE_OCTETS,
     MAX_REQUEST_BINDINGS,
     MAX_VARBINDS,
@@ -19,8 +17,10 @@ from monitor.snmp.fastpath import (
     oid_body,
     tlv,
 )
-from monitor.snmp.mibview import MibView
-from monitor.store import ResultsStore
+from monitor.exporters.snmp.mib_oids import Oid
+from monitor.exporters.snmp.mibview import MibView
+from monitor.state.health import AgentHealth
+from monitor.state.store import ResultsStore
 
 
 def v2c_get(oids: Sequence[Oid], request_id: int = 1) -> bytes:

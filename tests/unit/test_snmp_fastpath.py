@@ -1,4 +1,4 @@
-"""monitor.snmp.fastpath: strict decoding, fallbacks, caching, and answers identical to the pysnmp path's."""
+"""snmp/fast/fastpath.py: strict decoding, fallbacks, caching, and answers identical to the pysnmp path's."""
 
 from __future__ import annotations
 
@@ -20,15 +20,12 @@ from pyasn1.codec.ber import encoder as ber_encoder
 from pyasn1.error import PyAsn1Error
 from pysnmp.proto import api, rfc1902, rfc1905
 
-from monitor import mib_oids
-from monitor.config import MxCheckConfig, SmtpProbeConfig, SnmpConfig
-from monitor.health import AgentHealth
-from monitor.mib_oids import MxCheckColumn, Oid, Scalar, SmtpProbeColumn
-from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult, TlsInfo
-from monitor.snmp import SnmpAgent, fastpath
-from monitor.snmp import agent as snmp_agent_module
-from monitor.snmp.agent import READ_SUBTREES
-from monitor.snmp.fastpath import (
+from monitor.config.schema import MxCheckConfig, SmtpProbeConfig, SnmpConfig
+from monitor.exporters.snmp import agent as snmp_agent_module
+from monitor.exporters.snmp import mib_oids
+from monitor.exporters.snmp.agent import READ_SUBTREES, SnmpAgent
+from monitor.exporters.snmp.fast import fastpath
+from monitor.exporters.snmp.fast.fastpath import (
     GET,
     GETBULK,
     GETNEXT,
@@ -40,8 +37,11 @@ from monitor.snmp.fastpath import (
     decode_request,
     oid_body,
 )
-from monitor.snmp.mibview import SYS_DESCR, SYS_UPTIME, SYSTEM, MibView
-from monitor.store import ProbeConfig, ResultsStore, Snapshot
+from monitor.exporters.snmp.mib_oids import MxCheckColumn, Oid, Scalar, SmtpProbeColumn
+from monitor.exporters.snmp.mibview import SYS_DESCR, SYS_UPTIME, SYSTEM, MibView
+from monitor.model.results import CertInfo, MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult, TlsInfo
+from monitor.state.health import AgentHealth
+from monitor.state.store import ProbeConfig, ResultsStore, Snapshot
 from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
 

@@ -1,4 +1,4 @@
-"""monitor.snmp.engine's MIB source: pysnmp's MIB modules run from their bytecode caches, unless stale."""
+"""monitor.exporters.snmp.engine's MIB source: pysnmp's MIB modules run from their bytecode caches, unless stale."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pysnmp.entity.engine import SnmpEngine
 
-from monitor.snmp.engine import _BYTECODE, _BytecodeMibSource, new_snmp_engine
+from monitor.exporters.snmp.engine import _BYTECODE, _BytecodeMibSource, new_snmp_engine
 
 
 def symbols(engine: Any) -> dict[str, list[str]]:

@@ -1,4 +1,4 @@
-"""monitor.snmp.mibview: OID order, GETNEXT across boundaries, snapshot changes and value encodings."""
+"""monitor.exporters.snmp.mibview: OID order, GETNEXT across boundaries, snapshot changes and value encodings."""
 
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pysnmp.proto import rfc1902
 
-from monitor import mib_oids
-from monitor.config import MxCheckConfig, SmtpProbeConfig
-from monitor.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
-from monitor.health import AgentHealth
-from monitor.mib_oids import (
+from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
+from monitor.exporters.snmp import mib_oids
+from monitor.exporters.snmp.mib_oids import (
     MxAddressColumn,
     MxCheckColumn,
     MxExchangeColumn,
@@ -28,11 +26,7 @@ from monitor.mib_oids import (
     SmtpAddressColumn,
     SmtpProbeColumn,
 )
-from monitor.probes.dane import Tlsa, TlsaLookup
-from monitor.probes.mx import _dane_verdict
-from monitor.probes.policy_records import check_dmarc, check_spf
-from monitor.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, ReverseDns, SmtpResult, TlsInfo
-from monitor.snmp.mibview import (
+from monitor.exporters.snmp.mibview import (
     MX_ADDRESS_TYPES,
     MX_CHECK_TYPES,
     MX_EXCHANGE_TYPES,
@@ -47,7 +41,13 @@ from monitor.snmp.mibview import (
     date_and_time,
     smtp_probe_row,
 )
-from monitor.store import ProbeConfig, ResultsStore
+from monitor.model.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
+from monitor.model.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, ReverseDns, SmtpResult, TlsInfo
+from monitor.probes.dane import Tlsa, TlsaLookup
+from monitor.probes.mx import _dane_verdict
+from monitor.probes.policy_records import check_dmarc, check_spf
+from monitor.state.health import AgentHealth
+from monitor.state.store import ProbeConfig, ResultsStore
 from tests.peers.certs import make_self_signed_cert
 
 NEVER = mib_oids.DATE_AND_TIME_NEVER

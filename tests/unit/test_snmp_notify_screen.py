@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from monitor.snmp.notify import _Screen, source_socket
+from monitor.exporters.snmp.notify import _Screen, source_socket
 
 
 def ber(tag: int, body: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""monitor.snmp.usm_fastpath: USM keys, strict decoding, answers pysnmp authenticates, Reports for the rest."""
+"""snmp/fast/usm_fastpath.py: USM keys, strict decoding, answers pysnmp authenticates, Reports for the rest."""
 
 from __future__ import annotations
 
@@ -33,15 +33,11 @@ from pysnmp.proto import api, rfc1902, rfc1905
 from pysnmp.proto.mpmod.rfc3412 import ScopedPDU, SNMPv3Message
 from pysnmp.proto.secmod.rfc3414.service import SnmpUSMSecurityModel, UsmSecurityParameters
 
-from monitor import mib_oids
-from monitor.config import SnmpConfig, SnmpUser
-from monitor.health import AgentHealth
-from monitor.mib_oids import Oid, SmtpProbeColumn
-from monitor.snmp import SnmpAgent
-from monitor.snmp.agent import AUTH_PROTOCOLS, PRIV_PROTOCOLS, READ_SUBTREES
-from monitor.snmp.fastpath import GET, GETBULK, GETNEXT, FastPath, NotHandled
-from monitor.snmp.mibview import SYS_DESCR, SYS_UPTIME, MibView
-from monitor.snmp.usm_fastpath import (
+from monitor.config.schema import SnmpConfig, SnmpUser
+from monitor.exporters.snmp import mib_oids
+from monitor.exporters.snmp.agent import AUTH_PROTOCOLS, PRIV_PROTOCOLS, READ_SUBTREES, SnmpAgent
+from monitor.exporters.snmp.fast.fastpath import GET, GETBULK, GETNEXT, FastPath, NotHandled
+from monitor.exporters.snmp.fast.usm_fastpath import (
     UsmFastPath,
     decode_message,
     localize_key,
@@ -49,7 +45,10 @@ from monitor.snmp.usm_fastpath import (
     password_to_key,
     usm_user,
 )
-from monitor.store import ResultsStore
+from monitor.exporters.snmp.mib_oids import Oid, SmtpProbeColumn
+from monitor.exporters.snmp.mibview import SYS_DESCR, SYS_UPTIME, MibView
+from monitor.state.health import AgentHealth
+from monitor.state.store import ResultsStore
 from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
 from tests.unit.test_snmp_fastpath import ber, boundary_oids, chunks, filled_store, integer

@@ -11,16 +11,15 @@ from typing import Any
 import pytest
 from pysnmp.proto import rfc1905
 
-from monitor.config import SnmpConfig
-from monitor.health import AgentHealth
-from monitor.snmp import SnmpAgent
-from monitor.snmp.agent import READ_SUBTREES
-from monitor.snmp.engine import new_snmp_engine
-from monitor.snmp.fastpath import GET, GETBULK, FastPath
-from monitor.snmp.mibview import SYS_DESCR, MibView
-from monitor.snmp.ratelimit import TokenBucket
-from monitor.snmp.usm_fastpath import REPORT_RATE, Refusal, Screened, UsmFastPath
-from monitor.store import ResultsStore
+from monitor.config.schema import SnmpConfig
+from monitor.exporters.snmp.agent import READ_SUBTREES, SnmpAgent
+from monitor.exporters.snmp.engine import new_snmp_engine
+from monitor.exporters.snmp.fast.fastpath import GET, GETBULK, FastPath
+from monitor.exporters.snmp.fast.usm_fastpath import REPORT_RATE, Refusal, Screened, UsmFastPath
+from monitor.exporters.snmp.mibview import SYS_DESCR, MibView
+from monitor.exporters.snmp.ratelimit import TokenBucket
+from monitor.state.health import AgentHealth
+from monitor.state.store import ResultsStore
 from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
 from tests.unit.test_snmp_fastpath import ber, filled_store, integer

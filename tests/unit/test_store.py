@@ -1,4 +1,4 @@
-"""monitor.store: status transitions, counters, reconfiguration, snapshots and the events they publish."""
+"""monitor.state.store: status transitions, counters, reconfiguration, snapshots and the events they publish."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitor.config import MxCheckConfig, SmtpProbeConfig
-from monitor.results import CertInfo, MxResult, Phase, Reason, SmtpResult, Status, TlsInfo
-from monitor.store import ProbeConfig, ResultsStore, StoreEvent
+from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
+from monitor.model.results import CertInfo, MxResult, Phase, Reason, SmtpResult, Status, TlsInfo
+from monitor.state.store import ProbeConfig, ResultsStore, StoreEvent
 
 
 def smtp_config(name: str = "a", host: str = "mail.example", port: int = 25) -> SmtpProbeConfig:

@@ -29,7 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encode
 from prometheus_client.registry import CollectorRegistry
 from pydantic import ValidationError
 
-from monitor.config import (
+from monitor.config.schema import (
     HttpLimits,
     MxCheckConfig,
     ProbeAllow,
@@ -38,10 +38,10 @@ from monitor.config import (
     parse_duration,
     split_host_port,
 )
-from monitor.health import AgentHealth
-from monitor.metrics import ProbeExposition, single_result_registry
-from monitor.results import Phase, Reason, SmtpResult
-from monitor.store import ProbeState, ResultsStore
+from monitor.exporters.prometheus.metrics import ProbeExposition, single_result_registry
+from monitor.model.results import Phase, Reason, SmtpResult
+from monitor.state.health import AgentHealth
+from monitor.state.store import ProbeState, ResultsStore
 
 if TYPE_CHECKING:
     from monitor.probes import ProbeEnv

@@ -17,10 +17,10 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from monitor.config import MxCheckConfig, SmtpProbeConfig
-from monitor.health import AgentHealth
-from monitor.results import MxResult, ProbeResult, SmtpResult, Status
-from monitor.store import ProbeConfig, ProbeState, ResultsStore
+from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
+from monitor.model.results import MxResult, ProbeResult, SmtpResult, Status
+from monitor.state.health import AgentHealth
+from monitor.state.store import ProbeConfig, ProbeState, ResultsStore
 
 Labels = tuple[str, ...]
 Sample = tuple[str, Labels, float]  # (family name, label values, value)

@@ -15,11 +15,9 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from pysnmp.proto import rfc1902
 
-from monitor import mib_oids
-from monitor.config import MxCheckConfig, SmtpProbeConfig
-from monitor.facts import MtaStsPolicyFacts, PolicyRecord
-from monitor.health import AgentHealth
-from monitor.mib_oids import (
+from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
+from monitor.exporters.snmp import mib_oids
+from monitor.exporters.snmp.mib_oids import (
     MxAddressColumn,
     MxCheckColumn,
     MxExchangeColumn,
@@ -28,8 +26,10 @@ from monitor.mib_oids import (
     SmtpAddressColumn,
     SmtpProbeColumn,
 )
-from monitor.results import MxRecord, MxResult, SmtpResult, Status, TlsInfo
-from monitor.store import ProbeState, Snapshot
+from monitor.model.facts import MtaStsPolicyFacts, PolicyRecord
+from monitor.model.results import MxRecord, MxResult, SmtpResult, Status, TlsInfo
+from monitor.state.health import AgentHealth
+from monitor.state.store import ProbeState, Snapshot
 
 # pyasn1/pysnmp ship no type information: their values stay `Any` behind this one alias.
 Asn1Value: TypeAlias = Any

@@ -17,12 +17,12 @@ from pysnmp.entity import config as snmp_config
 from pysnmp.entity.rfc3413 import ntforg
 from pysnmp.proto import errind, rfc1902
 
-from monitor import mib_oids as mib
-from monitor.config import SnmpNotify
-from monitor.health import AgentHealth
-from monitor.snmp.engine import new_snmp_engine
-from monitor.snmp.mibview import admin_string, row_values
-from monitor.store import ResultsStore, StoreEvent
+from monitor.config.schema import SnmpNotify
+from monitor.exporters.snmp import mib_oids as mib
+from monitor.exporters.snmp.engine import new_snmp_engine
+from monitor.exporters.snmp.mibview import admin_string, row_values
+from monitor.state.health import AgentHealth
+from monitor.state.store import ResultsStore, StoreEvent
 
 log = logging.getLogger("smtp_monitor.snmp.notify")
 

@@ -14,11 +14,11 @@ from pyasn1.codec.ber import encoder as pyasn1_encoder
 from pyasn1.error import PyAsn1Error
 from pysnmp.proto import rfc1902
 
-from monitor.mib_oids import Oid
+from monitor.exporters.snmp.mib_oids import Oid
 
 # MibTable's layout (_keys, _nodes, _Scalar, _Column) is read in FastPath._compile only: a
 # change there makes the fast path step aside (pysnmp answers), never answer differently.
-from monitor.snmp.mibview import (
+from monitor.exporters.snmp.mibview import (
     SYS_CONTACT,
     SYS_DESCR,
     SYS_LOCATION,

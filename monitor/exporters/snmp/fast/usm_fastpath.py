@@ -16,8 +16,8 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.decrepit.ciphers.modes import CFB
 from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, CipherContext, algorithms, modes
 
-from monitor.config import SnmpUser
-from monitor.snmp.fastpath import (
+from monitor.config.schema import SnmpUser
+from monitor.exporters.snmp.fast.fastpath import (
     _SHORT_LENGTHS,
     MAX_RESPONSE_OCTETS,
     BindingsCache,
@@ -31,7 +31,7 @@ from monitor.snmp.fastpath import (
     decode_request,
     tlv,
 )
-from monitor.snmp.ratelimit import TokenBucket
+from monitor.exporters.snmp.ratelimit import TokenBucket
 
 log = logging.getLogger("smtp_monitor.snmp")
 
@@ -42,7 +42,7 @@ MIN_MESSAGE_SIZE = 484  # msgMaxSize's lower bound (RFC 3412); pysnmp drops smal
 MAX_USER_NAME = 32
 KEY_STRETCH = 1_048_576  # RFC 3414 A.2.1: the password repeated to 1 MiB
 
-# Hash function of each authentication protocol (monitor.config.AuthProtocol), and the octets of its
+# Hash function of each authentication protocol (monitor.config.schema.AuthProtocol), and the octets of its
 # digest in msgAuthenticationParameters: HMAC-*-96 (RFC 3414) and the HMAC-SHA-2 ones (RFC 7860).
 AUTH_HASHES = {
     "md5": "md5",
@@ -203,7 +203,7 @@ class UsmUser:
     """One configured user's localized keys, and the parts of its messages that never change."""
 
     name: bytes
-    priv: str | None  # monitor.config.PrivProtocol, None for an authNoPriv user
+    priv: str | None  # monitor.config.schema.PrivProtocol, None for an authNoPriv user
     digest_octets: int
     inner: hashlib._Hash  # HMAC with the localized authentication key, before any message octet
     outer: hashlib._Hash

@@ -1,0 +1,1 @@
+"""The command line: one-shot probes with plugin output, check-config, status, and `run`."""
