@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite runs for real: Postfix, NSD, Unbound, net-snmp tools,
 # snmptrapd/snmpd, smitools, the base MIBs (erlang-snmp), promtool, openssl, python3-venv,
-# and the delivery chain's Dovecot, OpenDKIM and policyd-spf.
+# and the delivery chain's Dovecot, OpenDKIM, OpenDMARC and policyd-spf.
 # Idempotent and quick when everything is present; never leaves a system Postfix on port 25,
-# a system Unbound on port 53, nor a system Dovecot or OpenDKIM running.
+# a system Unbound on port 53, nor a system Dovecot, OpenDKIM or OpenDMARC running.
 set -euo pipefail
 
 PACKAGES=(
@@ -34,6 +34,8 @@ PACKAGES=(
     opendkim                    # DKIM signing at the MSA and verifying at the MX (milter)
     opendkim-tools              # opendkim-genkey: the signing key and its DNS TXT record
     postfix-policyd-spf-python  # SPF check at the MX (a policy service spawned by Postfix)
+    opendmarc                   # DMARC verdict at the MX (milter after OpenDKIM)
+    dbconfig-no-thanks          # satisfies opendmarc's "dbconfig-mysql | ..." without a MySQL client
 )
 
 if [[ $(id -u) -eq 0 ]]; then
@@ -68,6 +70,8 @@ dovecot_was_installed=1
 installed dovecot-core || dovecot_was_installed=0
 opendkim_was_installed=1
 installed opendkim || opendkim_was_installed=0
+opendmarc_was_installed=1
+installed opendmarc || opendmarc_was_installed=0
 
 # Keep package scripts from starting daemons (a system postfix on port 25, snmpd on 161,
 # nsd or unbound on 53) unless the machine already has a policy of its own.
@@ -133,7 +137,7 @@ if [[ $unbound_was_installed -eq 0 ]]; then
     echo "test-deps: system Unbound disabled (the tests start their own)"
 fi
 
-# Tests run their own Dovecot and OpenDKIM; the packages enable system daemons (IMAP/POP3 on
+# Tests run their own Dovecot, OpenDKIM and OpenDMARC; the packages enable system daemons (IMAP/POP3 on
 # 143/993/110/995, a milter socket) started at the next boot, or now where no policy-rc.d stopped
 # them. Only a package installed just now is touched: stop what it started, disable its start-up.
 stop_system_daemon() {  # NAME PIDFILE EXECUTABLE
@@ -158,6 +162,9 @@ if [[ $dovecot_was_installed -eq 0 ]]; then
 fi
 if [[ $opendkim_was_installed -eq 0 ]]; then
     stop_system_daemon opendkim /run/opendkim/opendkim.pid /usr/sbin/opendkim
+fi
+if [[ $opendmarc_was_installed -eq 0 ]]; then
+    stop_system_daemon opendmarc /run/opendmarc/opendmarc.pid /usr/sbin/opendmarc
 fi
 
 for _ in 1 2 3 4 5; do

@@ -36,7 +36,7 @@ from typing import TypeVar
 from .certs import SERVER_NAME, make_self_signed_cert
 from .dovecot import JUNK_FOLDER, DovecotServer, MailAccount, StoredMessage
 from .nsd import NsdServer
-from .opendkim import DkimKey, OpenDkimMilter, make_dkim_key
+from .opendkim import DkimKey, OpenDkimMilter, OpenDmarcMilter, make_dkim_key
 from .ports import HOST
 from .postfix import POSTFIX, PostfixError, PostfixServer
 
@@ -484,6 +484,7 @@ class MailChain:
         self._nsd: ChainNsd | None = None
         self._signer: OpenDkimMilter | None = None
         self._verifier: OpenDkimMilter | None = None
+        self._dmarc: OpenDmarcMilter | None = None
         self._mx: MxPostfix | None = None
         self._msa: MsaPostfix | None = None
         self.startup_seconds = 0.0  # start() to every listener ready
@@ -568,10 +569,15 @@ class MailChain:
                 self.opendkim_dir / "verify", "v", authserv_id=MX_HOST, dns_port=self._nsd.port,
                 dns_zones=dns_zones,
             )
+            self._dmarc = OpenDmarcMilter(
+                self.opendkim_dir / "dmarc", authserv_id=MX_HOST, resolv_conf=self.resolv_conf
+            )
             self._mx = MxPostfix(
                 self.root / "postfix-mx", cert_file=self.cert_file, key_file=self.key_file,
                 resolv_conf=self.resolv_conf, recipients=(self.mailbox.address, self.other_mailbox.address),
-                lmtp_port=self.dovecot.ports.lmtp, milter=self._verifier.socket_spec,
+                lmtp_port=self.dovecot.ports.lmtp,
+                # DMARC after DKIM: OpenDMARC reads the verifier's Authentication-Results
+                milter=f"{self._verifier.socket_spec}, {self._dmarc.socket_spec}",
             )
             self._msa = MsaPostfix(
                 self.root / "postfix-msa", cert_file=self.cert_file, key_file=self.key_file,
@@ -579,7 +585,7 @@ class MailChain:
                 milter=self._signer.socket_spec,
             )
             starts: list[Callable[[], None]] = [
-                self._nsd.start, self.dovecot.start, self._signer.start, self._verifier.start,
+                self._nsd.start, self.dovecot.start, self._signer.start, self._verifier.start, self._dmarc.start,
                 self._mx.start, self._msa.start,
             ]
             jobs = [pool.submit(start) for start in starts]
@@ -590,7 +596,7 @@ class MailChain:
 
     def close(self) -> None:
         """Stop every process (OpenDKIM's slow exits overlap the rest) and remove the runtime dir."""
-        milters = [milter for milter in (self._signer, self._verifier) if milter is not None]
+        milters = [milter for milter in (self._signer, self._verifier, self._dmarc) if milter is not None]
         for milter in milters:
             milter.begin_stop()
         stops: list[Callable[[], None]] = [milter.stop for milter in milters]

@@ -1,9 +1,11 @@
-"""Private OpenDKIM milters: a signer for the sender domain and a verifier, on free loopback ports.
+"""Private milters on free loopback ports: OpenDKIM (a signer and a verifier) and OpenDMARC.
 
-OpenDKIM resolves keys through libunbound and never reads /etc/resolv.conf: the verifier is
-given an Unbound configuration that forwards the test zones to the test NSD.  It logs only
-to syslog (there is none here), so its verdicts show only in the Authentication-Results
-header it adds; its own stdio goes to a file.
+OpenDKIM resolves keys through libunbound and never reads /etc/resolv.conf: it is given an
+Unbound configuration that forwards the test zones to the test NSD.  OpenDMARC uses the libc
+resolver: it runs in a mount namespace where the chain's resolv.conf is bind-mounted over
+/etc/resolv.conf, like the chain's Postfix.  Both log only to syslog (there is none here), so
+their verdicts show only in the Authentication-Results headers they add; their stdio goes to
+a file.  Both refuse a config file under a world-writable directory such as /tmp.
 """
 
 from __future__ import annotations
@@ -19,19 +21,20 @@ from typing import Literal
 from tests.peers.lifecycle import Peer, log_tails
 
 from .ports import HOST, free_tcp_port, tcp_port_open, wait_for_tcp_port_closed
-from .procs import pid_runs, terminate_tree
+from .procs import terminate_tree
 
 OPENDKIM = "/usr/sbin/opendkim"
 OPENDKIM_GENKEY = "/usr/sbin/opendkim-genkey"
+OPENDMARC = "/usr/sbin/opendmarc"
 START_DEADLINE = 10.0
 STOP_DEADLINE = 10.0
-# It takes about 4 s to exit after SIGTERM; it keeps no state worth a clean exit (its keys and
-# config are files of ours), so SIGKILL follows after this grace: 4 s less per session.
+# OpenDKIM takes about 4 s to exit after SIGTERM; neither milter keeps state worth a clean exit
+# (keys and config are files of ours), so SIGKILL follows after this grace: 4 s less per session.
 TERM_GRACE = 1.0
 
 
 class OpenDkimError(RuntimeError):
-    """OpenDKIM could not be configured, started or stopped; the message carries its output."""
+    """A milter could not be configured, started or stopped; the message carries its output."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +79,73 @@ def make_dkim_key(directory: Path, domain: str, selector: str, bits: int = 2048)
     return DkimKey(domain=domain, selector=selector, private_key_file=private, txt_strings=strings)
 
 
-class OpenDkimMilter(Peer):
+class _Milter(Peer):
+    """A milter daemon in the foreground under `root`, listening on 127.0.0.1:`port`."""
+
+    host = HOST
+    name = "milter"
+    executable = ""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_tcp_port()
+        self.config_file = root / f"{self.name}.conf"
+        self.pid_file = root / f"{self.name}.pid"
+        self.output_file = root / f"{self.name}.out"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_spec(self) -> str:
+        """How Postfix names this milter (`smtpd_milters`)."""
+        return f"inet:{HOST}:{self.port}"
+
+    def configure(self) -> None:
+        raise NotImplementedError
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def log_tail(self, lines: int = 30) -> str:
+        return log_tails((self.output_file,), lines, f"(no {self.name} output)")
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start in the foreground and wait until the milter port accepts."""
+        if self.running():
+            raise OpenDkimError(f"{self.name} under {self.root} is already running")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.configure()
+        with self.output_file.open("ab") as out:
+            self._process = subprocess.Popen(
+                self._command(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+        end = time.monotonic() + START_DEADLINE
+        while not tcp_port_open(self.port):
+            if self._process.poll() is not None or time.monotonic() >= end:
+                self.stop()
+                raise OpenDkimError(f"{self.name} did not open port {self.port}\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def begin_stop(self) -> None:
+        """Send SIGTERM without waiting (stop several at once)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+
+    def stop(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            terminate_tree(process.pid, deadline=TERM_GRACE)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_DEADLINE)
+        self._process = None
+        wait_for_tcp_port_closed(self.port, deadline=STOP_DEADLINE)
+
+
+class OpenDkimMilter(_Milter):
     """`opendkim -f -x CONF` under `root`, a milter on 127.0.0.1:`port`.
 
     mode "s": signs mail from `key.domain` submitted by any loopback client (InternalHosts).
@@ -85,7 +154,7 @@ class OpenDkimMilter(Peer):
     forwarded to 127.0.0.1:`dns_port`.
     """
 
-    host = HOST
+    name = "opendkim"
 
     def __init__(
         self,
@@ -99,23 +168,16 @@ class OpenDkimMilter(Peer):
     ) -> None:
         if mode == "s" and key is None:
             raise ValueError("a signing OpenDKIM needs a key")
-        self.root = root
+        super().__init__(root)
         self.mode = mode
         self.authserv_id = authserv_id
         self.dns_port = dns_port
         self.dns_zones = dns_zones
         self.key = key
-        self.port = free_tcp_port()
-        self.config_file = root / "opendkim.conf"
         self.resolver_file = root / "unbound.conf"
-        self.pid_file = root / "opendkim.pid"
-        self.output_file = root / "opendkim.out"
-        self._process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def socket_spec(self) -> str:
-        """How Postfix names this milter (`smtpd_milters`)."""
-        return f"inet:{HOST}:{self.port}"
+    def _command(self) -> list[str]:
+        return [OPENDKIM, "-f", "-x", str(self.config_file)]
 
     def _resolver_config(self) -> str:
         lines = [
@@ -155,47 +217,42 @@ class OpenDkimMilter(Peer):
         return "\n".join(lines) + "\n"
 
     def configure(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         self.resolver_file.write_text(self._resolver_config())
         self.config_file.write_text(self._config())
 
-    def log_tail(self, lines: int = 30) -> str:
-        return log_tails((self.output_file,), lines, "(no OpenDKIM output)")
 
-    def running(self) -> bool:
-        return self._process is not None and pid_runs(self._process.pid, "opendkim")
+class OpenDmarcMilter(_Milter):
+    """`opendmarc -f -c CONF` under `root` in a mount namespace whose /etc/resolv.conf is
+    `resolv_conf`: adds Authentication-Results "dmarc=..." with `authserv_id`, from the DKIM
+    result the verifying OpenDKIM wrote before it under the same authserv-id (DMARC passes on
+    aligned DKIM alone: SPF is not part of its verdict here).  Never rejects."""
 
-    def start(self) -> None:
-        """Start in the foreground (`-f`) and wait until the milter port accepts."""
-        if self.running():
-            raise OpenDkimError(f"OpenDKIM under {self.root} is already running")
-        self.configure()
-        with self.output_file.open("ab") as out:
-            self._process = subprocess.Popen(
-                [OPENDKIM, "-f", "-x", str(self.config_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        end = time.monotonic() + START_DEADLINE
-        while not tcp_port_open(self.port):
-            if self._process.poll() is not None or time.monotonic() >= end:
-                self.stop()
-                raise OpenDkimError(f"OpenDKIM ({self.mode}) did not open port {self.port}\n{self.log_tail()}")
-            time.sleep(0.02)
+    name = "opendmarc"
 
-    def begin_stop(self) -> None:
-        """Send SIGTERM without waiting (it takes seconds to exit: stop several at once)."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+    def __init__(self, root: Path, *, authserv_id: str, resolv_conf: Path) -> None:
+        super().__init__(root)
+        self.authserv_id = authserv_id
+        self.resolv_conf = resolv_conf
+        self.ignore_file = root / "ignore-hosts"
 
-    def stop(self) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            terminate_tree(process.pid, deadline=TERM_GRACE)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=STOP_DEADLINE)
-        self._process = None
-        wait_for_tcp_port_closed(self.port, deadline=STOP_DEADLINE)
+    def _command(self) -> list[str]:
+        script = 'mount -n --bind "$1" /etc/resolv.conf && exec "$2" -f -c "$3"'
+        return ["unshare", "-m", "sh", "-c", script, "sh", str(self.resolv_conf), OPENDMARC, str(self.config_file)]
+
+    def configure(self) -> None:
+        self.ignore_file.write_text("192.0.2.1\n")  # none of ours: mail from loopback is evaluated
+        self.config_file.write_text(
+            f"Socket inet:{self.port}@{HOST}\n"
+            f"PidFile {self.pid_file}\n"
+            "Syslog false\n"
+            f"AuthservID {self.authserv_id}\n"
+            f"TrustedAuthservIDs {self.authserv_id}\n"
+            f"IgnoreHosts {self.ignore_file}\n"
+            # its own SPF check passes anything from 127.0.0.1 and adds a false "spf=pass"; it does
+            # not see policyd-spf's header (a Postfix PREPEND, invisible to milters): DKIM only
+            "SPFSelfValidate false\n"
+            "RejectFailures false\n"
+            "RequiredHeaders false\n"
+            "FailureReports false\n"
+            "SoftwareHeader false\n"
+        )
