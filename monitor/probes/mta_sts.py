@@ -22,6 +22,7 @@ import dns.resolver
 from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography import x509
 
+from monitor.model.failures import LookupFailure
 from monitor.model.results import Reason
 from monitor.probes import resolve
 
@@ -218,7 +219,7 @@ class DnsResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         try:
             found = await resolve.addresses(self._resolver, host)
-        except resolve.LookupFailed as exc:
+        except LookupFailure as exc:
             raise _ResolveFailed(exc.reason, str(exc)) from None
         results: list[ResolveResult] = []
         for address in found:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import dns.asyncresolver
@@ -15,9 +15,10 @@ import dns.reversename
 
 from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
 from monitor.model.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
+from monitor.model.failures import LookupFailure, ProbeFailure, classify
 from monitor.model.results import MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult
 from monitor.probes import ProbeEnv, dane, mta_sts, resolve, smtp
-from monitor.probes.dane import TlsaLookup  # by name: _Check.dane hides the module in the class body
+from monitor.probes.dane import TlsaLookup
 from monitor.probes.policy_records import check_dmarc, check_spf
 
 _MAX_PTR_NAMES = 10
@@ -35,15 +36,8 @@ class Alias:
     secure: bool
 
 
-class _Failed(Exception):
-    def __init__(self, phase: Phase, reason: Reason, message: str) -> None:
-        super().__init__(message)
-        self.phase = phase
-        self.reason = reason
-
-
-class _Check:
-    """One MX check's progress: timings and what has been found so far."""
+class _Progress:
+    """One MX check's progress, shared by its checks: timings and what has been found so far."""
 
     def __init__(self, config: MxCheckConfig, env: ProbeEnv) -> None:
         self.config = config
@@ -61,295 +55,310 @@ class _Check:
         # exchanges (normalised) that are CNAMEs: only those need TLSA at another name
         self.aliases: dict[str, Alias] = {}
 
-    def _timed(self, phase: Phase, started: float) -> None:
+    def timed(self, phase: Phase, started: float) -> None:
         self.timings[phase.value] = time.perf_counter() - started
 
-    async def lookup_mx(self) -> list[tuple[int, str]]:
-        self.phase = Phase.MX
-        started = time.perf_counter()
-        domain = self.config.domain
-        resolver = self.env.resolver if self.config.dnssec == "off" else self.env.dnssec_resolver
-        try:
-            answer = await resolve.query(resolver, domain, "MX")
-            if self.config.dnssec != "off":
-                self.authenticated = bool(answer.response.flags & dns.flags.AD)
-        except resolve.LookupFailed as exc:
-            if exc.reason is not Reason.NO_ADDRESS:  # NoAnswer maps to NO_ADDRESS
-                raise _Failed(Phase.MX, exc.reason, str(exc)) from None
-            if self.config.dnssec != "off":  # a validated "no MX" is as authenticated as an MX answer
-                self.authenticated = bool(exc.authenticated)
-            self._timed(Phase.MX, started)
-            return []
-        self._timed(Phase.MX, started)
-        pairs = []
-        for rdata in answer:
-            assert isinstance(rdata, dns.rdtypes.ANY.MX.MX)
-            pairs.append((int(rdata.preference), rdata.exchange.to_text(omit_final_dot=True)))
-        # RFC 7505: a single "MX 0 ." says the domain accepts no mail at all.
-        if any(exchange in ("", ".") for _, exchange in pairs):
-            raise _Failed(Phase.MX, Reason.NULL_MX, f"{domain} has a null MX (RFC 7505): it accepts no mail")
-        return sorted(pairs, key=lambda p: (p[0], _norm(p[1])))
-
-    def _address_resolver(self) -> dns.asyncresolver.Resolver:
+    def address_resolver(self) -> dns.asyncresolver.Resolver:
         # DANE needs to know whether an alias's CNAME chain is secure (RFC 7672 2.2.3): ask for AD then
         if self.config.dane != "off" and self.config.dnssec != "off":
             return self.env.dnssec_resolver
         return self.env.resolver
 
-    async def _addresses(self, exchange: str) -> tuple[str, ...]:
-        found = await resolve.lookup_addresses(self._address_resolver(), exchange)
+    async def addresses(self, exchange: str) -> tuple[str, ...]:
+        found = await resolve.lookup_addresses(self.address_resolver(), exchange)
         target = _norm(found.canonical_name)
         if target != _norm(exchange):
             self.aliases[_norm(exchange)] = Alias(target, found.authenticated)
         return found.addresses
 
-    async def lookup_addresses(self, pairs: list[tuple[int, str]]) -> None:
-        self.phase = Phase.ADDRESS
-        started = time.perf_counter()
-        found = await asyncio.gather(*(self._addresses(exchange) for _, exchange in pairs), return_exceptions=True)
-        for (preference, exchange), addrs in zip(pairs, found, strict=True):
-            if isinstance(addrs, resolve.LookupFailed):
-                self.records.append(MxRecord(preference, exchange, (), error=str(addrs)))
-            elif isinstance(addrs, BaseException):
-                raise addrs
-            else:
-                self.records.append(MxRecord(preference, exchange, addrs))
-        self._timed(Phase.ADDRESS, started)
 
-    async def implicit(self) -> None:
-        """No MX: RFC 5321 5.1 makes the domain's own address the exchange."""
-        self.phase = Phase.ADDRESS
-        started = time.perf_counter()
-        domain = self.config.domain
-        try:
-            addrs = await self._addresses(domain)
-        except resolve.LookupFailed as exc:
-            if exc.reason is Reason.NO_ADDRESS:
-                raise _Failed(Phase.MX, Reason.NO_MX, f"{domain} has no MX and no address") from None
-            raise _Failed(Phase.ADDRESS, exc.reason, str(exc)) from None
-        self._timed(Phase.ADDRESS, started)
-        self.implicit_mx = True
-        self.records.append(MxRecord(0, domain, addrs))
+async def lookup_mx(p: _Progress) -> list[tuple[int, str]]:
+    p.phase = Phase.MX
+    started = time.perf_counter()
+    domain = p.config.domain
+    resolver = p.env.resolver if p.config.dnssec == "off" else p.env.dnssec_resolver
+    try:
+        answer = await resolve.query(resolver, domain, "MX")
+        if p.config.dnssec != "off":
+            p.authenticated = bool(answer.response.flags & dns.flags.AD)
+    except LookupFailure as exc:
+        if exc.reason is not Reason.NO_ADDRESS:  # NoAnswer maps to NO_ADDRESS
+            raise ProbeFailure(exc.reason, str(exc), phase=Phase.MX) from None
+        if p.config.dnssec != "off":  # a validated "no MX" is as authenticated as an MX answer
+            p.authenticated = bool(exc.authenticated)
+        p.timed(Phase.MX, started)
+        return []
+    p.timed(Phase.MX, started)
+    pairs = []
+    for rdata in answer:
+        assert isinstance(rdata, dns.rdtypes.ANY.MX.MX)
+        pairs.append((int(rdata.preference), rdata.exchange.to_text(omit_final_dot=True)))
+    # RFC 7505: a single "MX 0 ." says the domain accepts no mail at all.
+    if any(exchange in ("", ".") for _, exchange in pairs):
+        raise ProbeFailure(Reason.NULL_MX, f"{domain} has a null MX (RFC 7505): it accepts no mail", phase=Phase.MX)
+    return sorted(pairs, key=lambda pair: (pair[0], _norm(pair[1])))
 
-    def compare_expected(self) -> None:
-        if not self.config.expect:
-            return
-        expected = {_norm(e) for e in self.config.expect}
-        actual = {_norm(r.exchange) for r in self.records}
-        self.missing = tuple(sorted(expected - actual))
-        self.unexpected = tuple(sorted(actual - expected))
-        if self.missing or self.unexpected:
-            parts = []
-            if self.missing:
-                parts.append("missing " + ", ".join(self.missing))
-            if self.unexpected:
-                parts.append("unexpected " + ", ".join(self.unexpected))
-            raise _Failed(Phase.MX, Reason.UNEXPECTED_MX, "MX set differs from expected: " + "; ".join(parts))
 
-    def require_dnssec(self) -> None:
-        if self.config.dnssec == "require" and not self.authenticated:
-            raise _Failed(
-                Phase.MX,
-                Reason.DNSSEC,
-                f"the MX answer for {self.config.domain} is not DNSSEC-authenticated (no AD bit from the resolver)",
-            )
+async def lookup_addresses(p: _Progress, pairs: list[tuple[int, str]]) -> None:
+    p.phase = Phase.ADDRESS
+    started = time.perf_counter()
+    found = await asyncio.gather(*(p.addresses(exchange) for _, exchange in pairs), return_exceptions=True)
+    for (preference, exchange), addrs in zip(pairs, found, strict=True):
+        if isinstance(addrs, LookupFailure):
+            p.records.append(MxRecord(preference, exchange, (), error=str(addrs)))
+        elif isinstance(addrs, BaseException):
+            raise addrs
+        else:
+            p.records.append(MxRecord(preference, exchange, addrs))
+    p.timed(Phase.ADDRESS, started)
 
-    async def probe_hosts(self) -> None:
-        """SMTP-probe each exchange: its first address, or every address (all_addresses)."""
-        self.phase = Phase.HOSTS
-        started = time.perf_counter()
-        every = self.config.probe_hosts == "all_addresses"
-        jobs = [
-            (i, address)
-            for i, record in enumerate(self.records)
-            for address in (record.addresses if every else record.addresses[:1])
-        ]
-        results = await asyncio.gather(*(self._probe(self.records[i], address) for i, address in jobs))
-        by_record: dict[int, list[SmtpResult]] = {}
-        for (i, _), result in zip(jobs, results, strict=True):
-            by_record.setdefault(i, []).append(result)
-        for i, probes in by_record.items():
-            self.records[i] = replace(self.records[i], probe=probes[0], address_probes=tuple(probes) if every else ())
-        self._timed(Phase.HOSTS, started)
-        if not any(r.up for r in self.records):
-            down = "; ".join(f"{r.exchange}: {r.probe.error if r.probe else r.error}" for r in self.records)
-            raise _Failed(Phase.HOSTS, Reason.HOSTS_DOWN, f"no exchange answers SMTP ({down})")
 
-    async def reverse_dns(self) -> None:
-        """PTR of every exchange address, forward-confirmed (the name resolves back to it)."""
-        self.phase = Phase.REVERSE
-        started = time.perf_counter()
-        pairs = [(i, a) for i, r in enumerate(self.records) for a in r.addresses]
-        found = await asyncio.gather(*(self._reverse(a) for _, a in pairs))
-        by_record: dict[int, list[ReverseDns]] = {}
-        for (i, _), rev in zip(pairs, found, strict=True):
-            by_record.setdefault(i, []).append(rev)
-        for i, revs in by_record.items():
-            self.records[i] = replace(self.records[i], reverse=tuple(revs))
-        self._timed(Phase.REVERSE, started)
-        bad = [rev for revs in by_record.values() for rev in revs if not rev.confirmed]
-        if bad and self.config.reverse_dns == "require":
-            detail = "; ".join(f"{r.address}: {r.error}" for r in bad)
-            raise _Failed(Phase.REVERSE, Reason.REVERSE_DNS, f"reverse DNS not forward-confirmed: {detail}")
+async def implicit(p: _Progress) -> None:
+    """No MX: RFC 5321 5.1 makes the domain's own address the exchange."""
+    p.phase = Phase.ADDRESS
+    started = time.perf_counter()
+    domain = p.config.domain
+    try:
+        addrs = await p.addresses(domain)
+    except LookupFailure as exc:
+        if exc.reason is Reason.NO_ADDRESS:
+            raise ProbeFailure(Reason.NO_MX, f"{domain} has no MX and no address", phase=Phase.MX) from None
+        raise ProbeFailure(exc.reason, str(exc), phase=Phase.ADDRESS) from None
+    p.timed(Phase.ADDRESS, started)
+    p.implicit_mx = True
+    p.records.append(MxRecord(0, domain, addrs))
 
-    async def _reverse(self, address: str) -> ReverseDns:
-        name = dns.reversename.from_address(address).to_text(omit_final_dot=True)
-        try:
-            answer = await resolve.query(self.env.resolver, name, "PTR")
-        except resolve.LookupFailed as exc:
-            if exc.reason in (Reason.NXDOMAIN, Reason.NO_ADDRESS):
-                return ReverseDns(address, (), False, f"no PTR record ({exc})")
-            return ReverseDns(address, (), False, f"PTR lookup failed: {exc}")
-        names = tuple(sorted({rdata.to_text().rstrip(".") for rdata in answer}))
-        # RFC 7208 4.6.4 bounds the names an SPF "ptr" check looks up to 10; so do we
-        checked = names[:_MAX_PTR_NAMES]
-        forward = await asyncio.gather(*(self._forward(name, address) for name in checked))
-        if any(why == "" for why in forward):
-            return ReverseDns(address, names, True)
-        skipped = f" ({len(names) - len(checked)} more PTR names not checked)" if len(names) > len(checked) else ""
-        return ReverseDns(address, names, False, "; ".join(forward) + skipped)
 
-    async def _forward(self, name: str, address: str) -> str:
-        """Why `name` does not resolve back to `address` ("" when it does)."""
-        try:
-            # literals=False: a PTR target spelled like an IP address is a name like any other
-            found = await resolve.addresses(self.env.resolver, name, literals=False)
-        except resolve.LookupFailed as exc:
-            return f"PTR {name}: {exc}"
-        wanted = ipaddress.ip_address(address)
-        if any(ipaddress.ip_address(a) == wanted for a in found):
-            return ""
-        return f"PTR {name} resolves to {', '.join(found)}, not {address}"
+def compare_expected(p: _Progress) -> None:
+    if not p.config.expect:
+        return
+    expected = {_norm(e) for e in p.config.expect}
+    actual = {_norm(r.exchange) for r in p.records}
+    p.missing = tuple(sorted(expected - actual))
+    p.unexpected = tuple(sorted(actual - expected))
+    if p.missing or p.unexpected:
+        parts = []
+        if p.missing:
+            parts.append("missing " + ", ".join(p.missing))
+        if p.unexpected:
+            parts.append("unexpected " + ", ".join(p.unexpected))
+        raise ProbeFailure(Reason.UNEXPECTED_MX, "MX set differs from expected: " + "; ".join(parts), phase=Phase.MX)
 
-    async def policy_records(self) -> None:
-        """SPF and DMARC: presence and syntax."""
-        self.phase = Phase.POLICY
-        started = time.perf_counter()
-        checks: list[tuple[str, str, Callable[[list[str]], PolicyRecord]]] = []
-        if self.config.spf:
-            checks.append(("spf", self.config.domain, check_spf))
-        if self.config.dmarc:
-            checks.append(("dmarc", f"_dmarc.{self.config.domain}", check_dmarc))
-        found = await asyncio.gather(*(self._txt(name) for _, name, _ in checks))
-        problems = []
-        failed: Reason | None = None
-        for (kind, _, judge), texts in zip(checks, found, strict=True):
-            if isinstance(texts, resolve.LookupFailed):
-                # no verdict: a failed lookup says nothing about the record (receivers call it a temperror)
-                failed = failed or texts.reason
-                problems.append(f"{kind.upper()}: lookup failed: {texts}")
-                continue
-            verdict = judge(texts)
-            if kind == "spf":
-                self.spf = verdict
-            else:
-                self.dmarc = verdict
-            if verdict.problem:
-                problems.append(f"{kind.upper()}: {verdict.problem}")
-        self._timed(Phase.POLICY, started)
-        if problems:
-            raise _Failed(Phase.POLICY, failed or Reason.POLICY_RECORD, "; ".join(problems))
 
-    async def _txt(self, name: str) -> list[str] | resolve.LookupFailed:
-        """The TXT records of a name, each record's strings joined (RFC 7208 3.3); [] when there are none."""
-        try:
-            answer = await resolve.query(self.env.resolver, name, "TXT")
-        except resolve.LookupFailed as exc:
-            if exc.reason in (Reason.NXDOMAIN, Reason.NO_ADDRESS):
-                return []
-            return exc
-        # undecodable bytes become U+FFFD: check_spf/check_dmarc then see a non-ASCII record
-        return [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer]
-
-    async def dane(self) -> None:
-        """RFC 7672: the TLSA records of each exchange against the chain its STARTTLS presented."""
-        self.phase = Phase.DANE
-        started = time.perf_counter()
-        found = await asyncio.gather(*(self._tlsa(r.exchange) for r in self.records))
-        problems = []
-        for i, (record, (lookup, alias)) in enumerate(zip(list(self.records), found, strict=True)):
-            facts, problem = _dane_verdict(record, lookup, alias=alias)
-            self.records[i] = replace(record, dane=facts)
-            if problem:
-                problems.append(f"{record.exchange}: {problem}")
-        self._timed(Phase.DANE, started)
-        if problems and self.config.dane == "verify":
-            raise _Failed(Phase.DANE, Reason.DANE_MISMATCH, "DANE: " + "; ".join(problems))
-
-    async def _tlsa(self, exchange: str) -> tuple[TlsaLookup, Alias | None]:
-        """The TLSA lookup that applies to an exchange, and its alias when it is one (RFC 7672 2.2.3).
-
-        A secure alias has its TLSA records at the fully CNAME-expanded name first, at the
-        original name when the expanded one has none; an insecure alias only at the original.
-        """
-        port = self.config.port
-        alias = self.aliases.get(_norm(exchange))
-        if alias is not None and alias.secure:
-            expanded = await dane.lookup_tlsa(self.env.resolver, alias.target, port)
-            if expanded.records or expanded.error:
-                return expanded, alias
-        return await dane.lookup_tlsa(self.env.resolver, exchange, port), alias
-
-    async def mta_sts(self) -> None:
-        """RFC 8461: the _mta-sts TXT record, the HTTPS policy, and the exchanges it covers."""
-        self.phase = Phase.MTA_STS
-        started = time.perf_counter()
-        domain = self.config.domain
-        txt = await mta_sts.lookup_txt(self.env.resolver, domain)
-        present = txt.error_kind != mta_sts.TXT_ABSENT  # no record is no MTA-STS, not a problem
-        problem = f"TXT record: {txt.error}" if present and not txt.ok else ""
-        policy_facts: MtaStsPolicyFacts | None = None
-        if txt.ok:
-            timeout = self.config.timeout or self.env.defaults.timeout
-            policy = await mta_sts.fetch_policy(
-                domain,
-                self.env.resolver,
-                port=self.config.mta_sts_port,
-                ca_file=self.config.mta_sts_ca_file,
-                timeout=timeout,
-            )
-            uncovered = mta_sts.check_exchanges(policy, [r.exchange for r in self.records]) if policy.ok else []
-            policy_facts = MtaStsPolicyFacts(
-                mode=policy.mode,
-                max_age=policy.max_age,
-                mx_patterns=policy.mx_patterns,
-                verified=policy.verified,
-                error=policy.error,
-                error_kind=policy.error_kind,
-                http_status=policy.http_status,
-                uncovered=tuple(uncovered),
-                cert_not_after=policy.cert_not_after,
-            )
-            if not policy.ok:
-                problem = f"policy: {policy.error}"
-            elif uncovered and policy.mode == "enforce":
-                problem = "exchanges not covered by the enforced policy: " + ", ".join(uncovered)
-        self.mta_sts_facts = MtaStsFacts(
-            txt_id=txt.id,
-            txt_error=txt.error,
-            txt_error_kind=txt.error_kind,
-            present=present,
-            policy=policy_facts,
-            valid=not problem,
+def require_dnssec(p: _Progress) -> None:
+    if p.config.dnssec == "require" and not p.authenticated:
+        raise ProbeFailure(
+            Reason.DNSSEC,
+            f"the MX answer for {p.config.domain} is not DNSSEC-authenticated (no AD bit from the resolver)",
+            phase=Phase.MX,
         )
-        self._timed(Phase.MTA_STS, started)
-        if problem and self.config.mta_sts == "verify":
-            raise _Failed(Phase.MTA_STS, Reason.MTA_STS_MISMATCH, f"MTA-STS: {problem}")
 
-    async def _probe(self, record: MxRecord, address: str) -> SmtpResult:
-        spec = SmtpProbeConfig(
-            name=f"{self.config.name}:{record.exchange}",
-            keep_chain=self.config.dane != "off",
-            host=address,
-            port=self.config.port,
-            tls=self.config.tls,
-            timeout=self.config.timeout or self.env.defaults.timeout,
-            ca_file=self.config.ca_file,
-            servername=record.exchange,
-            verify=self.config.verify,
+
+async def probe_hosts(p: _Progress) -> None:
+    """SMTP-probe each exchange: its first address, or every address (all_addresses)."""
+    p.phase = Phase.HOSTS
+    started = time.perf_counter()
+    every = p.config.probe_hosts == "all_addresses"
+    jobs = [
+        (i, address)
+        for i, record in enumerate(p.records)
+        for address in (record.addresses if every else record.addresses[:1])
+    ]
+    results = await asyncio.gather(*(_probe(p, p.records[i], address) for i, address in jobs))
+    by_record: dict[int, list[SmtpResult]] = {}
+    for (i, _), result in zip(jobs, results, strict=True):
+        by_record.setdefault(i, []).append(result)
+    for i, probes in by_record.items():
+        p.records[i] = replace(p.records[i], probe=probes[0], address_probes=tuple(probes) if every else ())
+    p.timed(Phase.HOSTS, started)
+    if not any(r.up for r in p.records):
+        down = "; ".join(f"{r.exchange}: {r.probe.error if r.probe else r.error}" for r in p.records)
+        raise ProbeFailure(Reason.HOSTS_DOWN, f"no exchange answers SMTP ({down})", phase=Phase.HOSTS)
+
+
+async def reverse_dns(p: _Progress) -> None:
+    """PTR of every exchange address, forward-confirmed (the name resolves back to it)."""
+    p.phase = Phase.REVERSE
+    started = time.perf_counter()
+    pairs = [(i, a) for i, r in enumerate(p.records) for a in r.addresses]
+    found = await asyncio.gather(*(_reverse(p, a) for _, a in pairs))
+    by_record: dict[int, list[ReverseDns]] = {}
+    for (i, _), rev in zip(pairs, found, strict=True):
+        by_record.setdefault(i, []).append(rev)
+    for i, revs in by_record.items():
+        p.records[i] = replace(p.records[i], reverse=tuple(revs))
+    p.timed(Phase.REVERSE, started)
+    bad = [rev for revs in by_record.values() for rev in revs if not rev.confirmed]
+    if bad and p.config.reverse_dns == "require":
+        detail = "; ".join(f"{r.address}: {r.error}" for r in bad)
+        raise ProbeFailure(Reason.REVERSE_DNS, f"reverse DNS not forward-confirmed: {detail}", phase=Phase.REVERSE)
+
+
+async def _reverse(p: _Progress, address: str) -> ReverseDns:
+    name = dns.reversename.from_address(address).to_text(omit_final_dot=True)
+    try:
+        answer = await resolve.query(p.env.resolver, name, "PTR")
+    except LookupFailure as exc:
+        if exc.reason in (Reason.NXDOMAIN, Reason.NO_ADDRESS):
+            return ReverseDns(address, (), False, f"no PTR record ({exc})")
+        return ReverseDns(address, (), False, f"PTR lookup failed: {exc}")
+    names = tuple(sorted({rdata.to_text().rstrip(".") for rdata in answer}))
+    # RFC 7208 4.6.4 bounds the names an SPF "ptr" check looks up to 10; so do we
+    checked = names[:_MAX_PTR_NAMES]
+    forward = await asyncio.gather(*(_forward(p, name, address) for name in checked))
+    if any(why == "" for why in forward):
+        return ReverseDns(address, names, True)
+    skipped = f" ({len(names) - len(checked)} more PTR names not checked)" if len(names) > len(checked) else ""
+    return ReverseDns(address, names, False, "; ".join(forward) + skipped)
+
+
+async def _forward(p: _Progress, name: str, address: str) -> str:
+    """Why `name` does not resolve back to `address` ("" when it does)."""
+    try:
+        # literals=False: a PTR target spelled like an IP address is a name like any other
+        found = await resolve.addresses(p.env.resolver, name, literals=False)
+    except LookupFailure as exc:
+        return f"PTR {name}: {exc}"
+    wanted = ipaddress.ip_address(address)
+    if any(ipaddress.ip_address(a) == wanted for a in found):
+        return ""
+    return f"PTR {name} resolves to {', '.join(found)}, not {address}"
+
+
+async def policy_records(p: _Progress) -> None:
+    """SPF and DMARC: presence and syntax."""
+    p.phase = Phase.POLICY
+    started = time.perf_counter()
+    checks: list[tuple[str, str, Callable[[list[str]], PolicyRecord]]] = []
+    if p.config.spf:
+        checks.append(("spf", p.config.domain, check_spf))
+    if p.config.dmarc:
+        checks.append(("dmarc", f"_dmarc.{p.config.domain}", check_dmarc))
+    found = await asyncio.gather(*(_txt(p, name) for _, name, _ in checks))
+    problems = []
+    failed: Reason | None = None
+    for (kind, _, judge), texts in zip(checks, found, strict=True):
+        if isinstance(texts, LookupFailure):
+            # no verdict: a failed lookup says nothing about the record (receivers call it a temperror)
+            failed = failed or texts.reason
+            problems.append(f"{kind.upper()}: lookup failed: {texts}")
+            continue
+        verdict = judge(texts)
+        if kind == "spf":
+            p.spf = verdict
+        else:
+            p.dmarc = verdict
+        if verdict.problem:
+            problems.append(f"{kind.upper()}: {verdict.problem}")
+    p.timed(Phase.POLICY, started)
+    if problems:
+        raise ProbeFailure(failed or Reason.POLICY_RECORD, "; ".join(problems), phase=Phase.POLICY)
+
+
+async def _txt(p: _Progress, name: str) -> list[str] | LookupFailure:
+    """The TXT records of a name, each record's strings joined (RFC 7208 3.3); [] when there are none."""
+    try:
+        answer = await resolve.query(p.env.resolver, name, "TXT")
+    except LookupFailure as exc:
+        if exc.reason in (Reason.NXDOMAIN, Reason.NO_ADDRESS):
+            return []
+        return exc
+    # undecodable bytes become U+FFFD: check_spf/check_dmarc then see a non-ASCII record
+    return [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer]
+
+
+async def check_dane(p: _Progress) -> None:
+    """RFC 7672: the TLSA records of each exchange against the chain its STARTTLS presented."""
+    p.phase = Phase.DANE
+    started = time.perf_counter()
+    found = await asyncio.gather(*(_tlsa(p, r.exchange) for r in p.records))
+    problems = []
+    for i, (record, (lookup, alias)) in enumerate(zip(list(p.records), found, strict=True)):
+        facts, problem = _dane_verdict(record, lookup, alias=alias)
+        p.records[i] = replace(record, dane=facts)
+        if problem:
+            problems.append(f"{record.exchange}: {problem}")
+    p.timed(Phase.DANE, started)
+    if problems and p.config.dane == "verify":
+        raise ProbeFailure(Reason.DANE_MISMATCH, "DANE: " + "; ".join(problems), phase=Phase.DANE)
+
+
+async def _tlsa(p: _Progress, exchange: str) -> tuple[TlsaLookup, Alias | None]:
+    """The TLSA lookup that applies to an exchange, and its alias when it is one (RFC 7672 2.2.3).
+
+    A secure alias has its TLSA records at the fully CNAME-expanded name first, at the
+    original name when the expanded one has none; an insecure alias only at the original.
+    """
+    port = p.config.port
+    alias = p.aliases.get(_norm(exchange))
+    if alias is not None and alias.secure:
+        expanded = await dane.lookup_tlsa(p.env.resolver, alias.target, port)
+        if expanded.records or expanded.error:
+            return expanded, alias
+    return await dane.lookup_tlsa(p.env.resolver, exchange, port), alias
+
+
+async def check_mta_sts(p: _Progress) -> None:
+    """RFC 8461: the _mta-sts TXT record, the HTTPS policy, and the exchanges it covers."""
+    p.phase = Phase.MTA_STS
+    started = time.perf_counter()
+    domain = p.config.domain
+    txt = await mta_sts.lookup_txt(p.env.resolver, domain)
+    present = txt.error_kind != mta_sts.TXT_ABSENT  # no record is no MTA-STS, not a problem
+    problem = f"TXT record: {txt.error}" if present and not txt.ok else ""
+    policy_facts: MtaStsPolicyFacts | None = None
+    if txt.ok:
+        timeout = p.config.timeout or p.env.defaults.timeout
+        policy = await mta_sts.fetch_policy(
+            domain,
+            p.env.resolver,
+            port=p.config.mta_sts_port,
+            ca_file=p.config.mta_sts_ca_file,
+            timeout=timeout,
         )
-        result = await smtp.run(spec, self.env)
-        return replace(result, host=record.exchange)
+        uncovered = mta_sts.check_exchanges(policy, [r.exchange for r in p.records]) if policy.ok else []
+        policy_facts = MtaStsPolicyFacts(
+            mode=policy.mode,
+            max_age=policy.max_age,
+            mx_patterns=policy.mx_patterns,
+            verified=policy.verified,
+            error=policy.error,
+            error_kind=policy.error_kind,
+            http_status=policy.http_status,
+            uncovered=tuple(uncovered),
+            cert_not_after=policy.cert_not_after,
+        )
+        if not policy.ok:
+            problem = f"policy: {policy.error}"
+        elif uncovered and policy.mode == "enforce":
+            problem = "exchanges not covered by the enforced policy: " + ", ".join(uncovered)
+    p.mta_sts_facts = MtaStsFacts(
+        txt_id=txt.id,
+        txt_error=txt.error,
+        txt_error_kind=txt.error_kind,
+        present=present,
+        policy=policy_facts,
+        valid=not problem,
+    )
+    p.timed(Phase.MTA_STS, started)
+    if problem and p.config.mta_sts == "verify":
+        raise ProbeFailure(Reason.MTA_STS_MISMATCH, f"MTA-STS: {problem}", phase=Phase.MTA_STS)
+
+
+async def _probe(p: _Progress, record: MxRecord, address: str) -> SmtpResult:
+    spec = SmtpProbeConfig(
+        name=f"{p.config.name}:{record.exchange}",
+        keep_chain=p.config.dane != "off",
+        host=address,
+        port=p.config.port,
+        tls=p.config.tls,
+        timeout=p.config.timeout or p.env.defaults.timeout,
+        ca_file=p.config.ca_file,
+        servername=record.exchange,
+        verify=p.config.verify,
+    )
+    result = await smtp.run(spec, p.env)
+    return replace(result, host=record.exchange)
 
 
 def _dane_verdict(
@@ -394,47 +403,55 @@ def _dane_verdict(
     return facts, ""
 
 
+async def _required_checks(p: _Progress) -> None:
+    """The MX set and its addresses: what every check does before the optional ones."""
+    config = p.config
+    pairs = await lookup_mx(p)
+    if pairs:
+        await lookup_addresses(p, pairs)
+    else:
+        await implicit(p)
+        if config.require_mx:
+            raise ProbeFailure(Reason.NO_MX, f"{config.domain} has no MX record", phase=Phase.MX)
+    compare_expected(p)
+    no_address = [r for r in p.records if not r.addresses]
+    if no_address:
+        raise ProbeFailure(
+            Reason.NO_ADDRESS,
+            "exchange without address: " + "; ".join(r.error for r in no_address),
+            phase=Phase.ADDRESS,
+        )
+    require_dnssec(p)
+
+
+# The checks an MX check's config switches on, in the order they run (DANE needs the probes' chains).
+_OPTIONAL_CHECKS: tuple[tuple[Callable[[MxCheckConfig], bool], Callable[[_Progress], Awaitable[None]]], ...] = (
+    (lambda c: bool(c.probe_hosts), probe_hosts),
+    (lambda c: c.dane != "off", check_dane),
+    (lambda c: c.mta_sts != "off", check_mta_sts),
+    (lambda c: c.reverse_dns != "off", reverse_dns),
+    (lambda c: bool(c.spf or c.dmarc), policy_records),
+)
+
+
 async def run(config: MxCheckConfig, env: ProbeEnv) -> MxResult:
     """Check one domain's MX; every outcome, good or bad, is a result value."""
     started_at = time.time()
     t0 = time.perf_counter()
-    check = _Check(config, env)
+    check = _Progress(config, env)
     timeout = config.timeout or env.defaults.timeout
-    phase: Phase | None = None
-    reason: Reason | None = None
-    error = ""
+    failure: ProbeFailure | None = None
     try:
         async with asyncio.timeout(timeout):
-            pairs = await check.lookup_mx()
-            if pairs:
-                await check.lookup_addresses(pairs)
-            else:
-                await check.implicit()
-                if config.require_mx:
-                    raise _Failed(Phase.MX, Reason.NO_MX, f"{config.domain} has no MX record")
-            check.compare_expected()
-            no_address = [r for r in check.records if not r.addresses]
-            if no_address:
-                raise _Failed(
-                    Phase.ADDRESS,
-                    Reason.NO_ADDRESS,
-                    "exchange without address: " + "; ".join(r.error for r in no_address),
-                )
-            check.require_dnssec()
-            if config.probe_hosts:
-                await check.probe_hosts()
-            if config.dane != "off":
-                await check.dane()
-            if config.mta_sts != "off":
-                await check.mta_sts()
-            if config.reverse_dns != "off":
-                await check.reverse_dns()
-            if config.spf or config.dmarc:
-                await check.policy_records()
-    except _Failed as exc:
-        phase, reason, error = exc.phase, exc.reason, str(exc)
-    except TimeoutError:
-        phase, reason, error = check.phase, Reason.TIMEOUT, f"no answer within {timeout:g}s"
+            await _required_checks(check)
+            for wanted, optional in _OPTIONAL_CHECKS:
+                if wanted(config):
+                    await optional(check)
+    except (ProbeFailure, TimeoutError) as exc:
+        failure = classify(exc, timeout)
+    phase = (failure.phase or check.phase) if failure is not None else None
+    reason = failure.reason if failure is not None else None
+    error = failure.message if failure is not None else ""
     return MxResult(
         domain=config.domain,
         started_at=started_at,

@@ -13,19 +13,10 @@ import dns.message
 import dns.rdatatype
 import dns.resolver
 
+from monitor.model.failures import LookupFailure
 from monitor.model.results import Reason
 
 _LOCAL_NAMES = {"localhost": ["127.0.0.1", "::1"], "localhost.": ["127.0.0.1", "::1"]}
-
-
-class LookupFailed(Exception):
-    """A DNS lookup that produced no usable answer, with its classified reason."""
-
-    def __init__(self, reason: Reason, message: str, authenticated: bool | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        # NXDOMAIN and NODATA only: whether the denial carried the AD bit (a validated "no such record")
-        self.authenticated = authenticated
 
 
 def authenticated(response: dns.message.Message | None) -> bool:
@@ -44,23 +35,23 @@ def denial_response(exc: dns.exception.DNSException) -> dns.message.Message | No
     return response if isinstance(response, dns.message.Message) else None
 
 
-def classify(exc: BaseException, name: str, rdtype: str) -> LookupFailed:
+def classify(exc: BaseException, name: str, rdtype: str) -> LookupFailure:
     if isinstance(exc, dns.resolver.NXDOMAIN):
         ad = authenticated(denial_response(exc))
-        return LookupFailed(Reason.NXDOMAIN, f"{name}: no such domain (NXDOMAIN)", ad)
+        return LookupFailure(Reason.NXDOMAIN, f"{name}: no such domain (NXDOMAIN)", ad)
     if isinstance(exc, dns.resolver.NoAnswer):
-        return LookupFailed(Reason.NO_ADDRESS, f"{name}: no {rdtype} record", authenticated(denial_response(exc)))
+        return LookupFailure(Reason.NO_ADDRESS, f"{name}: no {rdtype} record", authenticated(denial_response(exc)))
     if isinstance(exc, dns.resolver.LifetimeTimeout | dns.exception.Timeout | TimeoutError):
         # dnspython drops malformed or mismatched UDP replies as possible forgeries: they end here too
-        return LookupFailed(Reason.TIMEOUT, f"{name} {rdtype}: DNS timeout (no valid reply)")
+        return LookupFailure(Reason.TIMEOUT, f"{name} {rdtype}: DNS timeout (no valid reply)")
     if isinstance(exc, dns.resolver.NoNameservers):
         return _no_nameservers(exc, name, rdtype)
     if isinstance(exc, dns.exception.DNSException):
-        return LookupFailed(Reason.DNS, f"{name} {rdtype}: {_first_line(exc)}")
-    return LookupFailed(Reason.DNS, f"{name} {rdtype}: {type(exc).__name__}: {exc}")
+        return LookupFailure(Reason.DNS, f"{name} {rdtype}: {_first_line(exc)}")
+    return LookupFailure(Reason.DNS, f"{name} {rdtype}: {type(exc).__name__}: {exc}")
 
 
-def _no_nameservers(exc: dns.resolver.NoNameservers, name: str, rdtype: str) -> LookupFailed:
+def _no_nameservers(exc: dns.resolver.NoNameservers, name: str, rdtype: str) -> LookupFailure:
     """SERVFAIL when a server said so (or REFUSED, or was unreachable); DNS when every answer was unusable."""
     errors = (exc.kwargs or {}).get("errors") or []
     said: list[tuple[str, str | BaseException]] = [(str(error[0]).removeprefix("Do53:"), error[3]) for error in errors]
@@ -73,8 +64,8 @@ def _no_nameservers(exc: dns.resolver.NoNameservers, name: str, rdtype: str) -> 
     detail = "; ".join(parts)[:250] or _first_line(exc)
     if said and all(isinstance(what, dns.exception.DNSException) for _, what in said):
         # malformed answers, CNAME loops: servers answered, but nothing usable
-        return LookupFailed(Reason.DNS, f"{name} {rdtype}: unusable answer ({detail})")
-    return LookupFailed(Reason.SERVFAIL, f"{name} {rdtype}: {detail}")
+        return LookupFailure(Reason.DNS, f"{name} {rdtype}: unusable answer ({detail})")
+    return LookupFailure(Reason.SERVFAIL, f"{name} {rdtype}: {detail}")
 
 
 def _extended_errors(response: object) -> str:
@@ -128,9 +119,9 @@ async def lookup_addresses(resolver: dns.asyncresolver.Resolver, name: str, *, l
     results = await asyncio.gather(query(resolver, name, "A"), query(resolver, name, "AAAA"), return_exceptions=True)
     found: list[str] = []
     answers: list[dns.resolver.Answer] = []
-    failures: list[LookupFailed] = []
+    failures: list[LookupFailure] = []
     for result in results:
-        if isinstance(result, LookupFailed):
+        if isinstance(result, LookupFailure):
             failures.append(result)
         elif isinstance(result, BaseException):
             raise result
@@ -146,4 +137,4 @@ async def lookup_addresses(resolver: dns.asyncresolver.Resolver, name: str, *, l
         for failure in failures:
             if failure.reason is reason:
                 raise failure
-    raise LookupFailed(Reason.NO_ADDRESS, f"{name}: no A or AAAA record")
+    raise LookupFailure(Reason.NO_ADDRESS, f"{name}: no A or AAAA record")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import errno
 import functools
 import ipaddress
 import re
@@ -15,34 +14,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from monitor.config.schema import EnvelopeConfig, RelayTestConfig, SmtpAuthConfig, SmtpProbeConfig
+from monitor.model.failures import (
+    LookupFailure,
+    ProbeFailure,
+    ReplyFailure,
+    SessionFailure,
+    WireFailure,
+    classify,
+)
 from monitor.model.results import Phase, Reason, Reply, SmtpResult, TlsInfo
 from monitor.probes import ProbeEnv, kernel_times, resolve
-from monitor.probes.smtp_wire import MAX_BUFFER, SmtpClientProtocol, WireError, parse_extensions
+from monitor.probes.smtp_wire import MAX_BUFFER, SmtpClientProtocol, parse_extensions
 from monitor.probes.tls import tls_facts, unverified_context
 
 # EHLO refusals after which HELO is worth a try (RFC 5321 4.1.4); a 421 is not one.
 _HELO_FALLBACK_CODES = {500, 501, 502, 504, 550}
 _QUIT_GRACE = 1.0  # seconds: QUIT is a courtesy, never worth the whole deadline
-_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
 _FIRST_READ = min(16 * 1024, MAX_BUFFER)  # the greeting's first recvmsg(), then the protocol's bounds apply
 # SmtpResult.timing_source values: connect and banner come from kernel timestamps when they can.
 KERNEL = "kernel"
 WALL = "wall"
-
-
-class ReplyFailed(Exception):
-    """The server answered a step with 4xx/5xx."""
-
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(str(reply))
-        self.reply = reply
-
-
-class _Failure(Exception):
-    def __init__(self, reason: Reason, message: str, reply: Reply | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.reply = reply
 
 
 _TLS_ORDER = {"TLSv1": 1, "TLSv1.1": 2, "TLSv1.2": 3, "TLSv1.3": 4}
@@ -212,7 +203,7 @@ class _Dialogue:
     async def expect(self, line: str | None, ok_codes: range) -> Reply:
         reply = await (self.command(line) if line else self.proto.read_reply())
         if reply.code not in ok_codes:
-            raise ReplyFailed(reply)
+            raise ReplyFailure(reply)
         return reply
 
     # -- steps ----------------------------------------------------------------
@@ -224,7 +215,7 @@ class _Dialogue:
             wanted = 4 if family == "ipv4" else 6
             addrs = [a for a in addrs if ipaddress.ip_address(a).version == wanted]
             if not addrs:
-                raise resolve.LookupFailed(Reason.NO_ADDRESS, f"{self.config.host}: no {family} address")
+                raise LookupFailure(Reason.NO_ADDRESS, f"{self.config.host}: no {family} address")
         self.address = addrs[0]
         self.done()
 
@@ -319,7 +310,7 @@ class _Dialogue:
             # start_tls() drops bytes the server sent before the handshake: they are not part of the session.
             sslobj = await self.proto.start_tls(ctx, self.server_name)
         except ssl.SSLCertVerificationError as exc:
-            raise _Failure(Reason.TLS_VERIFY, f"certificate verification failed: {exc.verify_message}") from exc
+            raise ProbeFailure(Reason.TLS_VERIFY, f"certificate verification failed: {exc.verify_message}") from exc
         verified = self.config.verify
         self.tls = tls_facts(
             sslobj, verified, "" if verified else "verification disabled", keep_chain=self.config.keep_chain
@@ -327,7 +318,7 @@ class _Dialogue:
         self.done()
         minimum = self.config.tls_min_version
         if minimum is not None and _TLS_ORDER.get(self.tls.version, 0) < _TLS_ORDER[minimum]:
-            raise _Failure(Reason.TLS_VERSION, f"negotiated {self.tls.version}, below the minimum {minimum}")
+            raise SessionFailure(Reason.TLS_VERSION, f"negotiated {self.tls.version}, below the minimum {minimum}")
 
     async def greet(self) -> None:
         self.enter(Phase.BANNER)
@@ -343,7 +334,7 @@ class _Dialogue:
             self.record(Phase.BANNER, None)
         pattern = self.config.expect_banner
         if pattern is not None and not re.search(pattern, self.banner):
-            raise _Failure(Reason.UNEXPECTED_BANNER, f"greeting {self.banner[:120]!r} does not match {pattern!r}")
+            raise SessionFailure(Reason.UNEXPECTED_BANNER, f"greeting {self.banner[:120]!r} does not match {pattern!r}")
 
     async def ehlo(self, phase: Phase) -> None:
         self.enter(phase)
@@ -353,10 +344,10 @@ class _Dialogue:
             self.helo_fallback = True
             reply = await self.command(f"HELO {helo}")
             if reply.code // 100 != 2:
-                raise ReplyFailed(reply)
+                raise ReplyFailure(reply)
             self.extensions = {}
         elif reply.code // 100 != 2:
-            raise ReplyFailed(reply)
+            raise ReplyFailure(reply)
         else:
             self.extensions = parse_extensions(reply)
         if phase is Phase.EHLO:
@@ -366,7 +357,7 @@ class _Dialogue:
     async def starttls(self) -> None:
         self.enter(Phase.STARTTLS)
         if "STARTTLS" not in self.extensions:
-            raise _Failure(Reason.NO_STARTTLS, "server does not offer STARTTLS")
+            raise SessionFailure(Reason.NO_STARTTLS, "server does not offer STARTTLS")
         await self.expect("STARTTLS", range(220, 221))
         self.done()
 
@@ -375,7 +366,7 @@ class _Dialogue:
         offered = self.extensions.keys() | self.plain_extensions.keys()
         missing = [e for e in self.config.expect_extensions if e not in offered]
         if missing:
-            raise _Failure(Reason.MISSING_EXTENSION, "EHLO lacks " + ", ".join(missing))
+            raise SessionFailure(Reason.MISSING_EXTENSION, "EHLO lacks " + ", ".join(missing))
 
     async def relay_test(self, relay: RelayTestConfig) -> None:
         """An outside recipient must be refused; a 2xx means anyone can relay through us."""
@@ -385,7 +376,7 @@ class _Dialogue:
         self.enter(Phase.RCPT)
         reply = await self.command(f"RCPT TO:<{relay.rcpt_to}>")
         if reply.code // 100 == 2:
-            raise _Failure(Reason.OPEN_RELAY, f"open relay: RCPT TO:<{relay.rcpt_to}> accepted ({reply})")
+            raise SessionFailure(Reason.OPEN_RELAY, f"open relay: RCPT TO:<{relay.rcpt_to}> accepted ({reply})")
         self.done()
         await self.rset()
 
@@ -405,8 +396,8 @@ class _Dialogue:
             self.in_transaction = True
         if not _matches(reply.code, expect):
             if expect == "2xx":
-                raise ReplyFailed(reply)
-            raise _Failure(Reason.UNEXPECTED_REPLY, f"{line}: expected {expect}, got {reply}", reply)
+                raise ReplyFailure(reply)
+            raise SessionFailure(Reason.UNEXPECTED_REPLY, f"{line}: expected {expect}, got {reply}", reply=reply)
         return reply
 
     async def rset(self) -> None:
@@ -421,7 +412,8 @@ class _Dialogue:
         mechanism = credentials.mechanism or next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
         if mechanism is None or mechanism not in offered:
             wanted = credentials.mechanism or "PLAIN or LOGIN"
-            raise _Failure(Reason.AUTH_UNAVAILABLE, f"server offers AUTH {' '.join(offered) or '(none)'}, not {wanted}")
+            offer = " ".join(offered) or "(none)"
+            raise SessionFailure(Reason.AUTH_UNAVAILABLE, f"server offers AUTH {offer}, not {wanted}")
         try:
             if mechanism == "PLAIN":
                 token = _b64(_utf8(f"\0{username}\0{password}"))
@@ -432,16 +424,16 @@ class _Dialogue:
                     if reply.code != 334:
                         break
                     reply = await self.command(_b64(_utf8(value)))
-        except WireError as exc:
+        except WireFailure as exc:
             # A malformed reply is quoted in the message: keep the message, never the server's text.
-            raise WireError(exc.kind, credentials.scrub(exc.bare)) from None
+            raise WireFailure(exc.reason, credentials.scrub(exc.bare)) from None
         if reply.code == 235:
             self.done()
             return
         reply = _withheld(reply, credentials)
         if reply.code == 535:
-            raise _Failure(Reason.AUTH_FAILED, f"credentials refused: {reply}", reply)
-        raise ReplyFailed(reply)
+            raise SessionFailure(Reason.AUTH_FAILED, f"credentials refused: {reply}", reply=reply)
+        raise ReplyFailure(reply)
 
     async def quit(self) -> None:
         self.enter(Phase.QUIT)
@@ -449,7 +441,7 @@ class _Dialogue:
             async with asyncio.timeout(_QUIT_GRACE):
                 await self.command("QUIT")
             self.done()
-        except (WireError, TimeoutError, OSError, ssl.SSLError):
+        except (WireFailure, OSError):  # OSError: TimeoutError and ssl.SSLError too
             pass  # the dialogue already succeeded; a sloppy goodbye is not an outage
 
     async def goodbye(self, deadline: float) -> None:
@@ -466,7 +458,7 @@ class _Dialogue:
                 if self.in_transaction:
                     await self.command("RSET")
                 await self.command("QUIT")
-        except (WireError, TimeoutError, OSError, ssl.SSLError):
+        except (WireFailure, OSError):
             pass
 
     def close(self) -> None:
@@ -488,7 +480,7 @@ async def run(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
     t0 = time.perf_counter()
     try:
         addrs = await resolve.addresses(env.resolver, config.host)
-    except resolve.LookupFailed:
+    except LookupFailure:
         return await _run_one(config.model_copy(update={"address_family": "any"}), env)  # reports the DNS failure
     servername = config.servername or config.host
     per_address = await asyncio.gather(*(
@@ -502,6 +494,38 @@ async def run(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
     return replace(main, address_results=tuple(per_address), total=time.perf_counter() - t0)
 
 
+async def _converse(d: _Dialogue, credentials: _Credentials | None) -> None:
+    """The dialogue's steps in order; the first that fails raises."""
+    config = d.config
+    await d.resolve()
+    await d.connect()
+    if config.tls == "implicit":
+        await d.handshake()
+    await d.greet()
+    await d.ehlo(Phase.EHLO)
+    if config.tls == "starttls":
+        await d.starttls()
+        await d.handshake()
+        await d.ehlo(Phase.EHLO_TLS)
+    d.check_extensions()
+    # Relay and envelope tests run before AUTH: an authenticated client may relay.
+    if config.relay_test is not None:
+        await d.relay_test(config.relay_test)
+    if config.envelope is not None:
+        await d.envelope(config.envelope)
+    if credentials is not None:
+        await d.authenticate(credentials)
+    await d.quit()
+
+
+def _session_open(failure: ProbeFailure) -> bool:
+    """Whether the server is still in the session after `failure`, so that the probe ends it politely."""
+    if not isinstance(failure, SessionFailure):
+        return False  # a broken connection, a failed handshake (no session left), DNS, a timeout
+    # 421: the server is closing the channel itself
+    return failure.reason is not Reason.REPLY or failure.reply is None or failure.reply.code != 421
+
+
 async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
     started_at = time.time()
     t0 = time.perf_counter()
@@ -510,55 +534,21 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
     deadline = loop.time() + timeout
     d = _Dialogue(config, env)
     credentials = _Credentials.of(config.auth) if config.auth is not None else None
-    reason: Reason | None = None
-    error = ""
-    reply: Reply | None = None
+    failure: ProbeFailure | None = None
     try:
         async with asyncio.timeout_at(deadline):
-            await d.resolve()
-            await d.connect()
-            if config.tls == "implicit":
-                await d.handshake()
-            await d.greet()
-            await d.ehlo(Phase.EHLO)
-            if config.tls == "starttls":
-                await d.starttls()
-                await d.handshake()
-                await d.ehlo(Phase.EHLO_TLS)
-            d.check_extensions()
-            # Relay and envelope tests run before AUTH: an authenticated client may relay.
-            if config.relay_test is not None:
-                await d.relay_test(config.relay_test)
-            if config.envelope is not None:
-                await d.envelope(config.envelope)
-            if credentials is not None:
-                await d.authenticate(credentials)
-            await d.quit()
-    except TimeoutError:
-        reason, error = Reason.TIMEOUT, f"no answer within {timeout:g}s"
-    except ReplyFailed as exc:
-        reason, error, reply = Reason.REPLY, str(exc.reply), exc.reply
-        if exc.reply.code != 421:  # 421: the server is closing the channel itself
+            await _converse(d, credentials)
+    except (ProbeFailure, OSError) as exc:  # OSError: TimeoutError, ssl.SSLError and the socket's errors
+        failure = classify(exc, timeout)
+        if isinstance(failure, LookupFailure):
+            failure = failure.as_dns()
+        if _session_open(failure):
             await d.goodbye(deadline)
-    except _Failure as exc:
-        reason, error, reply = exc.reason, str(exc), exc.reply
-        if exc.reason is not Reason.TLS_VERIFY:  # after a failed handshake there is no session left
-            await d.goodbye(deadline)
-    except resolve.LookupFailed as exc:
-        reason, error = (Reason.TIMEOUT if exc.reason is Reason.TIMEOUT else Reason.DNS), str(exc)
-    except WireError as exc:
-        reason, error = (Reason.RESET if exc.kind == "reset" else Reason.PROTOCOL), str(exc)
-    except ssl.SSLError as exc:
-        reason, error = Reason.TLS, f"TLS error: {exc.reason or exc}"
-    except ConnectionRefusedError:
-        reason, error = Reason.REFUSED, "connection refused"
-    except ConnectionResetError:
-        reason, error = Reason.RESET, "connection reset by server"
-    except OSError as exc:
-        reason = Reason.UNREACHABLE if exc.errno in _UNREACHABLE else Reason.RESET
-        error = exc.strerror or str(exc)
     finally:
         d.close()
+    reason = failure.reason if failure is not None else None
+    error = failure.message if failure is not None else ""
+    reply = failure.reply if failure is not None else None
     if reason is Reason.TLS_VERIFY:
         d.tls = await _look_at_certificate(d, deadline, error)
     result = SmtpResult(
@@ -597,7 +587,7 @@ async def _look_at_certificate(failed: _Dialogue, deadline: float, verify_error:
                 await d.starttls()
             sslobj = await d.proto.start_tls(unverified_context(), d.server_name)
             return tls_facts(sslobj, False, verify_error, keep_chain=d.config.keep_chain)
-    except (TimeoutError, OSError, ssl.SSLError, WireError, ReplyFailed, _Failure):
+    except (ProbeFailure, OSError):
         return None
     finally:
         d.close()

@@ -8,7 +8,8 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from monitor.model.results import Reply
+from monitor.model.failures import WireFailure
+from monitor.model.results import Reason, Reply
 
 # RFC 5321 limits a reply line to 512 octets; real servers stay far below 1 KiB.
 # Anything longer is not SMTP (or a tarpit feeding an endless line): stop reading.
@@ -27,18 +28,6 @@ class WireTransport(Protocol):
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
     def abort(self) -> None: ...
-
-
-class WireError(Exception):
-    """A dialogue step that cannot go on; `kind` names the failure class.
-
-    `quoted` is server text the message shows; `bare` is the message without it, for where that
-    text may echo credentials (AUTH)."""
-
-    def __init__(self, kind: str, message: str, quoted: str = "") -> None:
-        super().__init__(f"{message}: {quoted!r}" if quoted else message)
-        self.kind = kind  # "protocol", "reset"
-        self.bare = message
 
 
 class SmtpClientProtocol(asyncio.Protocol):
@@ -95,7 +84,7 @@ class SmtpClientProtocol(asyncio.Protocol):
     def _lost(self, exc: BaseException) -> None:
         self._closed = self._closed or exc
         if self._handshake is not None and not self._handshake.done():
-            self._handshake.set_exception(WireError("reset", "connection closed during the TLS handshake"))
+            self._handshake.set_exception(WireFailure(Reason.RESET, "connection closed during the TLS handshake"))
         self._wake()
 
     def _wake(self) -> None:
@@ -112,9 +101,9 @@ class SmtpClientProtocol(asyncio.Protocol):
     async def start_tls(self, context: ssl.SSLContext, server_hostname: str) -> ssl.SSLObject:
         """Handshake as the client on this connection; the caller bounds the wait.
 
-        Raises ssl.SSLError (SSLCertVerificationError when verification fails) or WireError("reset")."""
+        Raises ssl.SSLError (SSLCertVerificationError when verification fails) or WireFailure(RESET)."""
         if self.transport is None or self.transport.is_closing() or self._closed is not None:
-            raise WireError("reset", "connection closed before the TLS handshake")
+            raise WireFailure(Reason.RESET, "connection closed before the TLS handshake")
         self.discard_buffer()
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
@@ -176,7 +165,7 @@ class SmtpClientProtocol(asyncio.Protocol):
 
     def write(self, line: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
-            raise WireError("reset", "connection closed before the command could be sent")
+            raise WireFailure(Reason.RESET, "connection closed before the command could be sent")
         if self.tls is None:
             self.transport.write(line)
             return
@@ -186,22 +175,22 @@ class SmtpClientProtocol(asyncio.Protocol):
         self._flush()
 
     async def read_reply(self) -> Reply:
-        """One complete (possibly multi-line) reply, or WireError."""
+        """One complete (possibly multi-line) reply, or WireFailure."""
         lines: list[str] = []
         code: int | None = None
         while True:
             line = await self._read_line()
             if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in "- "):
-                raise WireError("protocol", "not an SMTP reply", _printable(line))
+                raise WireFailure(Reason.PROTOCOL, "not an SMTP reply", _printable(line))
             line_code = int(line[:3])
             if code is not None and line_code != code:
-                raise WireError("protocol", f"reply code changed mid-reply: {code} then {line_code}")
+                raise WireFailure(Reason.PROTOCOL, f"reply code changed mid-reply: {code} then {line_code}")
             code = line_code
             lines.append(line[4:])
             if len(line) == 3 or line[3] == " ":
                 return Reply(code, tuple(lines))
             if len(lines) >= MAX_REPLY_LINES:
-                raise WireError("protocol", f"reply longer than {MAX_REPLY_LINES} lines")
+                raise WireFailure(Reason.PROTOCOL, f"reply longer than {MAX_REPLY_LINES} lines")
 
     async def _read_line(self) -> str:
         while True:
@@ -213,11 +202,11 @@ class SmtpClientProtocol(asyncio.Protocol):
                     self.transport.resume_reading()
                 return raw.rstrip(b"\r").decode("utf-8", "replace")
             if len(self._buffer) > MAX_LINE:
-                raise WireError("protocol", f"reply line longer than {MAX_LINE} bytes")
+                raise WireFailure(Reason.PROTOCOL, f"reply line longer than {MAX_LINE} bytes")
             if self._closed is not None:
                 if isinstance(self._closed, ssl.SSLError):
                     raise self._closed
-                raise WireError("reset", _closed_text(self._closed, bool(self._buffer)))
+                raise WireFailure(Reason.RESET, _closed_text(self._closed, bool(self._buffer)))
             if self._pull is not None:
                 await self._pull()
                 continue

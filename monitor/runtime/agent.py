@@ -31,7 +31,7 @@ from monitor.state.persistence import (
     private_dir,
     restore_into,
 )
-from monitor.state.store import ResultsStore
+from monitor.state.store import ResultsStore, probe_entries
 
 if TYPE_CHECKING:  # probes run in the probe process: the agent imports them only to run some itself
     from monitor.probes import ProbeEnv
@@ -83,11 +83,16 @@ class Agent:
     def _scheduler_here(self, config: Config) -> ProbeScheduler:
         from monitor.runtime.scheduler import ProbeScheduler
 
-        return ProbeScheduler(self.store, self.health, self.env, config.defaults.max_concurrency)
+        return ProbeScheduler(self.store.record, self.health, self.env, config.defaults.max_concurrency)
+
+    def _apply(self, config: Config) -> None:
+        """The store follows the config at once; the probes (here or in the probe process) follow."""
+        self.store.configure(probe_entries(config))
+        self.scheduler.apply(config)
 
     async def start(self) -> None:
         _prepare_state_dir(self.config.agent.state_dir)
-        self.scheduler.apply(self.config)
+        self._apply(self.config)
         self._open_state()
         await self._start_exporters()
         self._wire_events()
@@ -202,7 +207,7 @@ class Agent:
         self.config = config.model_copy(
             update={section: getattr(self.config, section) for section in ("agent", "prometheus", "dns")}
         )
-        self.scheduler.apply(self.config)
+        self._apply(self.config)
         self.health.config_load_success = True
         self.health.config_loaded_at = time.time()
         self.health.config_reloads["success"] += 1

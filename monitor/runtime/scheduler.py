@@ -1,29 +1,27 @@
-"""Runs every configured probe at its interval on APScheduler and writes results to the store."""
+"""Runs every configured probe at its interval on APScheduler and hands each result to one sink."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, EVENT_JOB_SUBMITTED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from monitor.config.schema import Config, MxCheckConfig, SmtpProbeConfig
-from monitor.model.results import MxResult, Phase, ProbeResult, Reason, SmtpResult
-from monitor.probes import ProbeEnv, mx, smtp
+from monitor.config.schema import Config
+from monitor.model.results import ProbeResult
+from monitor.probes import ProbeEnv, runners
 from monitor.state.health import AgentHealth
-from monitor.state.store import ProbeConfig, ResultsStore, probe_entries
+from monitor.state.store import ProbeConfig
 
 log = logging.getLogger("smtp_monitor.scheduler")
 
-ProbeRunner = Callable[[Any, ProbeEnv], Awaitable[ProbeResult]]
-RUNNERS: dict[type, ProbeRunner] = {SmtpProbeConfig: smtp.run, MxCheckConfig: mx.run}
+# Where results go: the agent's store (ResultsStore.record), or the probe process's link to the agent.
+ResultSink = Callable[[str, ProbeResult], object]
 
 
 def spread_offset(name: str, interval: float) -> float:
@@ -32,36 +30,18 @@ def spread_offset(name: str, interval: float) -> float:
     return (zlib.crc32(name.encode()) / 2**32) * interval
 
 
-def internal_failure(probe: ProbeConfig, started_at: float, error: str) -> ProbeResult:
-    """The result of a probe that raised instead of returning: a bug, recorded as a failure."""
-    if isinstance(probe, SmtpProbeConfig):
-        return SmtpResult(
-            host=probe.host, port=probe.effective_port, tls_mode=probe.tls, started_at=started_at,
-            ok=False, phase=Phase.INTERNAL, reason=Reason.INTERNAL, error=error,
-        )
-    return MxResult(
-        domain=probe.domain, started_at=started_at, ok=False, phase=Phase.INTERNAL,
-        reason=Reason.INTERNAL, error=error,
-    )
-
-
 class ProbeScheduler:
-    """One APScheduler job per probe in the running event loop; the only store writer.
+    """One APScheduler job per probe in the running event loop; every result of the current config
+    goes to `sink`. Whoever owns the store configures it (the scheduler only schedules)."""
 
-    Without a store (the probe process) results only go to on_result: the agent's store keeps them."""
-
-    def __init__(
-        self, store: ResultsStore | None, health: AgentHealth, env: ProbeEnv, max_concurrency: int
-    ) -> None:
-        self.store = store
+    def __init__(self, sink: ResultSink, health: AgentHealth, env: ProbeEnv, max_concurrency: int) -> None:
+        self.sink = sink
         self.health = health
         self.env = env
         self._limit = asyncio.Semaphore(max_concurrency)
         self._probes: dict[str, ProbeConfig] = {}
         self._intervals: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        # Called with every recorded result; the probe process forwards results to the agent with it.
-        self.on_result: Callable[[str, ProbeResult], None] | None = None
         self._scheduler = AsyncIOScheduler(
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone="UTC",
@@ -83,12 +63,8 @@ class ProbeScheduler:
         self.env.defaults = config.defaults
         wanted: dict[str, ProbeConfig] = {p.name: p for p in config.smtp}
         wanted.update({p.name: p for p in config.mx})
-        if self.store is not None:
-            added_list, removed = self.store.configure(probe_entries(config))
-        else:
-            added_list = [name for name in wanted if name not in self._probes]
-            removed = [name for name in self._probes if name not in wanted]
-        added = set(added_list)
+        added = {name for name, probe in wanted.items() if self._probes.get(name) != probe}  # new or changed
+        removed = [name for name in self._probes if name not in wanted]
         for name in removed:
             self._remove_job(name)
         now = datetime.now().astimezone()
@@ -144,22 +120,13 @@ class ProbeScheduler:
             return None
         async with self._limit:
             self.health.in_flight += 1
-            started_at = time.time()
             try:
-                result = await RUNNERS[type(probe)](probe, self.env)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("probe %s raised instead of returning a result", name)
-                result = internal_failure(probe, started_at, f"internal error: {type(exc).__name__}: {exc}")
+                result = await runners.run(probe, self.env)
             finally:
                 self.health.in_flight -= 1
         # A reload may have changed this probe while it ran: its result belongs to the old config.
         if self._probes.get(name) == probe:
-            if self.store is not None:
-                self.store.record(name, result)
-            if self.on_result is not None:
-                self.on_result(name, result)
+            self.sink(name, result)
         return result
 
     def _on_event(self, event: JobEvent) -> None:

@@ -293,7 +293,7 @@ class TestProbeProcess:
         agent.wait_until(lambda: agent.value("smtp_probe_runs_total", probe="plain") is not None, 10, "no runs")
         assert agent.proc is not None
         [child] = children(agent.proc.pid)
-        assert "monitor.runtime.probe_process" in Path(f"/proc/{child}/cmdline").read_text()
+        assert "monitor.runtime.probe_worker" in Path(f"/proc/{child}/cmdline").read_text()
         agent.wait_until(
             lambda: (agent.value("smtp_monitor_probe_process_open_fds") or 0) > 0, 5, "no probe process health"
         )

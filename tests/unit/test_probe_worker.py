@@ -1,4 +1,4 @@
-"""monitor.runtime.probe_process: how results travel from the probe process to the agent."""
+"""monitor.runtime.probe_worker: how results and health travel from the probe process to the agent."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from monitor.model.results import SmtpResult
-from monitor.runtime.probe_process import RESULTS_EVERY, RESULTS_MAX, _read_frame, _Worker
+from monitor.runtime.probe_process import read_frame
+from monitor.runtime.probe_worker import RESULTS_EVERY, RESULTS_MAX, Worker
 
 RESULTS = [SmtpResult(f"mx{i}.example", 25, "none", time.time(), True, total=0.01) for i in range(RESULTS_MAX * 3)]
 
@@ -18,7 +19,7 @@ async def frames_after(add: int, *, wait: float, stop: bool = False) -> list[Any
     ours, theirs = socket.socketpair()
     _, writer = await asyncio.open_connection(sock=ours)
     reader, agent_writer = await asyncio.open_connection(sock=theirs)
-    worker = _Worker(writer)
+    worker = Worker(writer)
     for i in range(add):
         worker.add_result(f"p{i}", RESULTS[i])
     await asyncio.sleep(wait)
@@ -28,7 +29,7 @@ async def frames_after(add: int, *, wait: float, stop: bool = False) -> list[Any
     frames = []
     try:
         while True:
-            frames.append(await asyncio.wait_for(_read_frame(reader), 2))
+            frames.append(await asyncio.wait_for(read_frame(reader), 2))
     except asyncio.IncompleteReadError:
         pass
     agent_writer.close()

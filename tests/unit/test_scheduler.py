@@ -17,7 +17,8 @@ import pytest
 from monitor.config.schema import Config, MxCheckConfig, SmtpProbeConfig, parse_config
 from monitor.model.results import MxResult, Phase, Reason, SmtpResult, Status
 from monitor.probes import ProbeEnv
-from monitor.runtime.scheduler import RUNNERS, ProbeScheduler, internal_failure, spread_offset
+from monitor.probes.runners import RUNNERS, internal_failure
+from monitor.runtime.scheduler import ProbeScheduler, spread_offset
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeState, ResultsStore, probe_entries
 
@@ -48,10 +49,23 @@ def make_config(
     })
 
 
-def new_scheduler(config: Config) -> ProbeScheduler:
+class StoredScheduler(ProbeScheduler):
+    """Wired as the agent wires it without a probe process: results go to a store that follows the
+    config before the scheduler does (Agent._apply)."""
+
+    def __init__(self, config: Config) -> None:
+        self.store = ResultsStore()
+        super().__init__(self.store.record, AgentHealth(), ProbeEnv.from_config(config),
+                         config.defaults.max_concurrency)
+
+    def apply(self, config: Config) -> None:
+        self.store.configure(probe_entries(config))
+        super().apply(config)
+
+
+def new_scheduler(config: Config) -> StoredScheduler:
     """Built inside the running loop, as the agent does."""
-    return ProbeScheduler(ResultsStore(), AgentHealth(), ProbeEnv.from_config(config),
-                          config.defaults.max_concurrency)
+    return StoredScheduler(config)
 
 
 def start(scheduler: ProbeScheduler, config: Config) -> None:
@@ -60,7 +74,7 @@ def start(scheduler: ProbeScheduler, config: Config) -> None:
     scheduler.start()
 
 
-def state(scheduler: ProbeScheduler, name: str) -> ProbeState:
+def state(scheduler: StoredScheduler, name: str) -> ProbeState:
     return scheduler.store.snapshot().states[name]
 
 
@@ -368,14 +382,15 @@ class TestStop:
         asyncio.run(scenario())
 
 
-class TestWithoutStore:
-    def test_results_only_reach_on_result_and_reloads_still_add_and_remove_jobs(self) -> None:
+class TestSink:
+    def test_results_only_reach_the_sink_and_reloads_still_add_and_remove_jobs(self) -> None:
         async def scenario() -> None:
             keep, drop, added = (smtp_probe(name, closed_port()) for name in ("keep", "drop", "added"))
             first = make_config([keep, drop], interval=LONG)
-            scheduler = ProbeScheduler(None, AgentHealth(), ProbeEnv.from_config(first), 10)
             seen: list[tuple[str, bool]] = []
-            scheduler.on_result = lambda name, result: seen.append((name, result.ok))
+            scheduler = ProbeScheduler(
+                lambda name, result: seen.append((name, result.ok)), AgentHealth(), ProbeEnv.from_config(first), 10
+            )
             start(scheduler, first)
             try:
                 await scheduler.run_once("keep")

@@ -10,14 +10,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from monitor.model.results import Reply
+from monitor.model.failures import WireFailure
+from monitor.model.results import Reason, Reply
 from monitor.probes.smtp_wire import (
     MAX_BUFFER,
     MAX_LINE,
     MAX_REPLY_LINES,
     PulledSocket,
     SmtpClientProtocol,
-    WireError,
     parse_extensions,
 )
 from tests.fakes.transports import RecordingTransport
@@ -44,8 +44,8 @@ async def read_fed(*chunks: bytes, end: End | None = None, proto: SmtpClientProt
     return await reading
 
 
-def read_error(*chunks: bytes, end: End | None = None) -> WireError:
-    with pytest.raises(WireError) as info:
+def read_error(*chunks: bytes, end: End | None = None) -> WireFailure:
+    with pytest.raises(WireFailure) as info:
         run(read_fed(*chunks, end=end))
     return info.value
 
@@ -111,31 +111,31 @@ class TestReplyRejected:
     )
     def test_line_without_a_three_digit_code_is_a_protocol_error(self, line: bytes) -> None:
         error = read_error(line + b"\r\n")
-        assert error.kind == "protocol"
+        assert error.reason is Reason.PROTOCOL
         assert "not an SMTP reply" in str(error)
 
     def test_code_change_mid_reply_is_a_protocol_error(self) -> None:
         error = read_error(b"250-mail.test\r\n251 SIZE 1000\r\n")
-        assert error.kind == "protocol"
+        assert error.reason is Reason.PROTOCOL
         assert "250 then 251" in str(error)
 
     def test_line_too_long_without_a_line_end_is_a_protocol_error(self) -> None:
         error = read_error(b"220 " + b"x" * MAX_LINE)
-        assert error.kind == "protocol"
+        assert error.reason is Reason.PROTOCOL
         assert f"longer than {MAX_LINE}" in str(error)
 
     def test_line_one_byte_over_the_limit_is_rejected_even_with_a_line_end(self) -> None:
         line = b"250 " + b"x" * (MAX_LINE - 3)  # MAX_LINE + 1 bytes before the LF
-        assert read_error(line + b"\n").kind == "protocol"
+        assert read_error(line + b"\n").reason is Reason.PROTOCOL
 
     def test_endless_line_in_small_chunks_is_rejected_once_over_the_limit(self) -> None:
         chunks = [b"220 "] + [b"x" * 256] * (MAX_LINE // 256 + 1)
-        assert read_error(*chunks).kind == "protocol"
+        assert read_error(*chunks).reason is Reason.PROTOCOL
 
     def test_too_many_continuation_lines_is_a_protocol_error(self) -> None:
         data = b"250-x\r\n" * MAX_REPLY_LINES + b"250 end\r\n"
         error = read_error(data)
-        assert error.kind == "protocol"
+        assert error.reason is Reason.PROTOCOL
         assert f"{MAX_REPLY_LINES} lines" in str(error)
 
     def test_longest_allowed_reply_is_accepted(self) -> None:
@@ -146,15 +146,15 @@ class TestReplyRejected:
 class TestConnectionEnd:
     def test_eof_before_any_reply_is_a_reset(self) -> None:
         error = read_error(end=eof)
-        assert (error.kind, str(error)) == ("reset", "connection closed by server")
+        assert (error.reason, str(error)) == (Reason.RESET, "connection closed by server")
 
     def test_eof_mid_line_is_a_reset_in_the_middle_of_a_reply(self) -> None:
         error = read_error(b"250-first\r\n250-sec", end=eof)
-        assert error.kind == "reset"
+        assert error.reason is Reason.RESET
         assert "in the middle of a reply" in str(error)
 
     def test_eof_after_a_continuation_line_is_a_reset(self) -> None:
-        assert read_error(b"250-first\r\n", end=eof).kind == "reset"
+        assert read_error(b"250-first\r\n", end=eof).reason is Reason.RESET
 
     def test_complete_reply_before_eof_is_still_returned(self) -> None:
         async def scenario() -> Reply:
@@ -170,10 +170,10 @@ class TestConnectionEnd:
 
     def test_connection_lost_with_an_os_error_is_a_reset_naming_it(self) -> None:
         error = read_error(end=lambda p: p.connection_lost(OSError("network is down")))
-        assert (error.kind, str(error)) == ("reset", "network is down")
+        assert (error.reason, str(error)) == (Reason.RESET, "network is down")
 
     def test_connection_lost_without_an_error_is_a_reset(self) -> None:
-        assert read_error(end=lambda p: p.connection_lost(None)).kind == "reset"
+        assert read_error(end=lambda p: p.connection_lost(None)).reason is Reason.RESET
 
     def test_connection_lost_with_an_ssl_error_raises_that_ssl_error(self) -> None:
         lost = ssl.SSLError(1, "bad record mac")
@@ -223,14 +223,14 @@ class TestFlowControl:
         proto = SmtpClientProtocol()
         proto.connection_made(transport)
         transport.close()
-        with pytest.raises(WireError) as info:
+        with pytest.raises(WireFailure) as info:
             proto.write(b"QUIT\r\n")
-        assert info.value.kind == "reset"
+        assert info.value.reason is Reason.RESET
 
     def test_write_before_connection_is_a_reset(self) -> None:
-        with pytest.raises(WireError) as info:
+        with pytest.raises(WireFailure) as info:
             SmtpClientProtocol().write(b"QUIT\r\n")
-        assert info.value.kind == "reset"
+        assert info.value.reason is Reason.RESET
 
 
 class TestBufferResets:
@@ -336,30 +336,30 @@ class TestPulledSocket:
         assert run(go()) == (len(big), Reply(250, ("all of it",)))
 
     def test_the_end_of_the_stream_mid_line_is_a_reset_and_closes(self) -> None:
-        async def go() -> tuple[WireError, bool]:
+        async def go() -> tuple[WireFailure, bool]:
             proto, pulled, server = await _pulled_pair()
             server.send(b"250-first\r\n250 unfinish")
             server.close()
-            with pytest.raises(WireError) as info:
+            with pytest.raises(WireFailure) as info:
                 await proto.read_reply()
             return info.value, pulled.is_closing()
 
         error, closing = run(go())
-        assert error.kind == "reset"
+        assert error.reason is Reason.RESET
         assert "in the middle of a reply" in str(error)
         assert closing
 
     def test_an_endless_line_stops_being_read_at_the_line_limit(self) -> None:
-        async def go() -> WireError:
+        async def go() -> WireFailure:
             proto, _, server = await _pulled_pair()
             with server:
                 server.send(b"220 " + b"x" * (4 * MAX_LINE))
-                with pytest.raises(WireError) as info:
+                with pytest.raises(WireFailure) as info:
                     await proto.read_reply()
                 return info.value
 
         error = run(go())
-        assert error.kind == "protocol"
+        assert error.reason is Reason.PROTOCOL
         assert f"longer than {MAX_LINE}" in str(error)
 
     def test_abort_closes_the_socket(self) -> None:

@@ -20,7 +20,6 @@ import resource
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from aiohttp import web, web_response
@@ -39,7 +38,7 @@ from monitor.config.schema import (
     split_host_port,
 )
 from monitor.exporters.prometheus.metrics import ProbeExposition, single_result_registry
-from monitor.model.results import Phase, Reason, SmtpResult
+from monitor.model.results import ProbeResult
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeState, ResultsStore
 
@@ -463,10 +462,9 @@ class AdhocProber:
 
     def __init__(self, env: ProbeEnv, config: ProbeEndpointConfig) -> None:
         # Here, not at the top: an agent without /probe runs no probe in its own process.
-        from monitor.probes import mx, resolve, smtp
+        from monitor.probes import runners
 
-        self._run_smtp, self._run_mx = smtp.run, mx.run
-        self._addresses, self._lookup_failed = resolve.addresses, resolve.LookupFailed
+        self._runners = runners
         self.env = env
         self.config = config
         self.policy = TargetPolicy(config.allow)
@@ -484,37 +482,18 @@ class AdhocProber:
             raise ProbeRateLimited
         self._in_flight += 1
         try:
-            result = await (self._smtp(spec) if isinstance(spec, SmtpProbeConfig) else self._run_mx(spec, self.env))
+            if isinstance(spec, SmtpProbeConfig):
+                # Resolved once and every address checked before the probe: see run_pinned.
+                budget = spec.timeout or self.config.timeout
+                pinned = await self._runners.run_pinned(spec, self.env, budget, self.policy.address_refusal)
+                if isinstance(pinned, self._runners.Refused):
+                    raise ProbeRefused(pinned.why)
+                result: ProbeResult = pinned
+            else:
+                result = await self._runners.run(spec, self.env)
         finally:
             self._in_flight -= 1
         return single_result_registry(spec, result)
-
-    async def _smtp(self, spec: SmtpProbeConfig) -> SmtpResult:
-        """Resolve once, check every address, then probe the address checked: a second lookup by the
-        probe could answer differently (DNS rebinding to 127.0.0.1)."""
-        if _ip(spec.host) is not None:
-            return await self._run_smtp(spec, self.env)
-        timeout = spec.timeout or self.config.timeout
-        started_at, t0 = time.time(), time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await self._addresses(self.env.resolver, spec.host)
-        except self._lookup_failed as exc:
-            reason = Reason.TIMEOUT if exc.reason is Reason.TIMEOUT else Reason.DNS
-            return _unresolved(spec, started_at, time.perf_counter() - t0, reason, str(exc))
-        except TimeoutError:
-            error = f"no answer within {timeout:g}s"
-            return _unresolved(spec, started_at, time.perf_counter() - t0, Reason.TIMEOUT, error)
-        refusal = self.policy.address_refusal(spec.host, addresses)
-        if refusal is not None:
-            raise ProbeRefused(refusal)
-        resolved = time.perf_counter() - t0
-        pinned = spec.model_copy(update={
-            "host": addresses[0], "servername": spec.servername or spec.host, "timeout": max(timeout - resolved, 0.001),
-        })
-        result = await self._run_smtp(pinned, self.env)
-        timings = {**result.timings, Phase.RESOLVE.value: resolved}
-        return replace(result, host=spec.host, started_at=started_at, timings=timings, total=result.total + resolved)
 
     def _spec(self, query: Mapping[str, str]) -> SmtpProbeConfig | MxCheckConfig:
         target = query.get("target", "")
@@ -532,13 +511,6 @@ class AdhocProber:
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
             raise ValueError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-
-
-def _unresolved(spec: SmtpProbeConfig, started_at: float, seconds: float, reason: Reason, error: str) -> SmtpResult:
-    return SmtpResult(
-        host=spec.host, port=spec.effective_port, tls_mode=spec.tls, started_at=started_at, ok=False,
-        phase=Phase.RESOLVE, reason=reason, error=error, timings={Phase.RESOLVE.value: seconds}, total=seconds,
-    )
 
 
 class MetricsServer:

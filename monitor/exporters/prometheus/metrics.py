@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
 from monitor.model.results import MxResult, ProbeResult, SmtpResult, Status
 from monitor.state.health import AgentHealth
-from monitor.state.store import ProbeConfig, ProbeState, ResultsStore
+from monitor.state.store import ProbeConfig, ProbeState, ResultsStore, kind_of
 
 Labels = tuple[str, ...]
 Sample = tuple[str, Labels, float]  # (family name, label values, value)
@@ -431,14 +431,43 @@ def agent_metric_families(h: AgentHealth) -> Iterator[Metric]:
     yield notes
 
 
+class _StatesCollector(Collector):
+    """Probe metrics of states held by the caller (no store, no agent health)."""
+
+    def __init__(self, states: Iterable[ProbeState]) -> None:
+        self.states = tuple(states)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from probe_metric_families(self.states)
+
+
+def single_result_state(probe: ProbeConfig, result: ProbeResult, now: float) -> ProbeState:
+    """A probe's state after its one and only run, as ResultsStore.record leaves a new probe's with
+    alert_after 1: an ad-hoc probe has no history, and no status to announce."""
+    cause = (
+        result.phase.value if result.phase else "internal",
+        result.reason.value if result.reason else "internal",
+    )
+    tls = result.tls if isinstance(result, SmtpResult) else None
+    return ProbeState(
+        probe.name, kind_of(probe), probe, alert_after=1, cert_warn_days=0,
+        status=Status.OK if result.ok else Status.FAILED,
+        last_result=result,
+        consecutive_failures=0 if result.ok else 1,
+        runs=1,
+        failures=0 if result.ok else 1,
+        failures_by_cause={} if result.ok else {cause: 1},
+        last_success=now if result.ok else None,
+        last_change=now,  # from unknown to ok or failed
+        last_tls=tls,
+        last_tls_at=result.started_at if tls is not None else None,
+    )
+
+
 def single_result_registry(probe: ProbeConfig, result: ProbeResult) -> CollectorRegistry:
-    """The metrics of one ad-hoc probe, with the same names as the scheduled ones. Its store announces
-    nothing: an ad-hoc probe has no status to change, and a scan would otherwise log a line per port."""
-    store = ResultsStore(announce=False)
-    store.configure([(probe, 1, 0)])
-    store.record(probe.name, result)
+    """The metrics of one ad-hoc probe, with the same names as the scheduled ones."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store, None))
+    registry.register(_StatesCollector([single_result_state(probe, result, time.time())]))
     return registry
 
 
