@@ -181,7 +181,7 @@ from tests.peers.mail_chain import MailChain  # noqa: E402
 @pytest.fixture(scope="session")
 def mail_chain(peers_dir: Path) -> Iterator[MailChain]:
     """The delivery chain, started when first asked for: MSA Postfix (AUTH, OpenDKIM signing) ->
-    MX Postfix of dest.test (SPF, DKIM verify) -> Dovecot (IMAP, POP3, LMTP, Sieve Junk rule),
+    MX Postfix of dest.test (SPF, DKIM verify, DMARC) -> Dovecot (IMAP, POP3, LMTP, Sieve Junk rule),
     with its own NSD.  Ports, accounts and ca_file are attributes; stop_mx()/start_mx(),
     stop_dovecot()/start_dovecot(), msa_queue(), inbox(), junk().  See tests.peers.mail_chain."""
     chain = MailChain(peers_dir / "mail-chain")

@@ -2,7 +2,7 @@
 
     client --587/465 AUTH--> MSA Postfix (msa.src.test) --OpenDKIM signs--> smtp client
         --MX lookup of dest.test in the test DNS, port from a transport map-->
-    MX Postfix (mx.dest.test): policyd-spf (SPF) and OpenDKIM (DKIM verify) write
+    MX Postfix (mx.dest.test): policyd-spf (SPF), OpenDKIM (DKIM verify) and OpenDMARC write
         Authentication-Results --LMTP over TCP--> Dovecot (mail.dest.test): Sieve files
         `X-Test-Junk: yes` into the SPECIAL-USE \\Junk folder; IMAP/POP3 read it back.
 
@@ -238,7 +238,7 @@ class _ChainPostfix(PostfixServer):
 
 class MxPostfix(_ChainPostfix):
     """The recipient domain's MX: accepts mail for the Dovecot users only, checks SPF with
-    policyd-spf and DKIM with the verifying OpenDKIM (both write Authentication-Results),
+    policyd-spf, DKIM and DMARC with the milters in `milter` (each writes Authentication-Results),
     and delivers over LMTP.  `plain_port` is its port 25."""
 
     def __init__(
@@ -576,7 +576,7 @@ class MailChain:
                 self.root / "postfix-mx", cert_file=self.cert_file, key_file=self.key_file,
                 resolv_conf=self.resolv_conf, recipients=(self.mailbox.address, self.other_mailbox.address),
                 lmtp_port=self.dovecot.ports.lmtp,
-                # DMARC after DKIM: OpenDMARC reads the verifier's Authentication-Results
+                # DMARC after DKIM: OpenDMARC reads the SPF and DKIM Authentication-Results
                 milter=f"{self._verifier.socket_spec}, {self._dmarc.socket_spec}",
             )
             self._msa = MsaPostfix(

@@ -223,9 +223,9 @@ class OpenDkimMilter(_Milter):
 
 class OpenDmarcMilter(_Milter):
     """`opendmarc -f -c CONF` under `root` in a mount namespace whose /etc/resolv.conf is
-    `resolv_conf`: adds Authentication-Results "dmarc=..." with `authserv_id`, from the DKIM
-    result the verifying OpenDKIM wrote before it under the same authserv-id (DMARC passes on
-    aligned DKIM alone: SPF is not part of its verdict here).  Never rejects."""
+    `resolv_conf`: adds Authentication-Results "dmarc=..." with `authserv_id`, from the SPF and
+    DKIM results that policyd-spf and the verifying OpenDKIM wrote before it under the same
+    authserv-id (aligned SPF pass or aligned DKIM pass gives dmarc=pass).  Never rejects."""
 
     name = "opendmarc"
 
@@ -248,8 +248,8 @@ class OpenDmarcMilter(_Milter):
             f"AuthservID {self.authserv_id}\n"
             f"TrustedAuthservIDs {self.authserv_id}\n"
             f"IgnoreHosts {self.ignore_file}\n"
-            # its own SPF check passes anything from 127.0.0.1 and adds a false "spf=pass"; it does
-            # not see policyd-spf's header (a Postfix PREPEND, invisible to milters): DKIM only
+            # its own SPF check passes anything from 127.0.0.1 and adds a second, false "spf=pass":
+            # it takes policyd-spf's result from that header instead
             "SPFSelfValidate false\n"
             "RejectFailures false\n"
             "RequiredHeaders false\n"
