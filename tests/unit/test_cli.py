@@ -82,19 +82,6 @@ class TestCheckConfig:
         err = capsys.readouterr().err
         assert err == f"smtp-monitor: {path}: invalid YAML: line 1, column 3: found unhashable key\n"
 
-    def test_subprocess_bad_config_exits_2_without_traceback(self, tmp_path: Path) -> None:
-        path = write(tmp_path, "smtp:\n  - {name: a, host: mail.example, port: 0}\n")
-        proc = subprocess.run(
-            [sys.executable, "-m", "monitor", "check-config", "-c", str(path)],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert "Traceback" not in proc.stderr
-        assert proc.stdout == ""
-        assert proc.stderr.splitlines() == [
-            f"smtp-monitor: {path}: smtp[0].port: Input should be greater than or equal to 1",
-        ]
-
 
 class TestRun:
     def test_bad_config_exits_2_and_leaves_the_collector_on(
