@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, fields
 from typing import Any
+
+from pydantic import SerializerFunctionWrapHandler, model_serializer, model_validator
+
+from monitor.model.wire import IsoDatetime, as_object, to_wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,39 +27,8 @@ class DaneFacts:
     reference_names: tuple[str, ...] = ()  # names a DANE-TA leaf may carry (RFC 7672 3.2.2)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "tlsa_name": self.tlsa_name,
-            "records": list(self.records),
-            "authenticated": self.authenticated,
-            "lookup_error": self.lookup_error,
-            "usable": self.usable,
-            "matched": self.matched,
-            "matched_record": self.matched_record,
-            "detail": self.detail,
-            "cname_target": self.cname_target,
-            "cname_secure": self.cname_secure,
-            "reference_names": list(self.reference_names),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], exchange: str) -> DaneFacts:
-        """Saved facts; a field saved before it existed means what it meant then (no alias: the exchange's name)."""
-        _mapping(d)
-        matched = d.get("matched")
-        secure = d.get("cname_secure")
-        return cls(
-            tlsa_name=str(d.get("tlsa_name", "")),
-            records=tuple(str(r) for r in d.get("records") or ()),
-            authenticated=bool(d.get("authenticated")),
-            lookup_error=str(d.get("lookup_error", "")),
-            usable=int(d.get("usable", 0)),
-            matched=None if matched is None else bool(matched),
-            matched_record=str(d.get("matched_record", "")),
-            detail=str(d.get("detail", "")),
-            cname_target=str(d.get("cname_target", "")),
-            cname_secure=None if secure is None else bool(secure),
-            reference_names=tuple(str(n) for n in d.get("reference_names", (exchange,))),
-        )
+        # every field in field order; MxRecord fills in reference_names saved before it existed
+        return to_wire(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,37 +43,10 @@ class MtaStsPolicyFacts:
     error_kind: str  # monitor.probes.mta_sts error kinds
     http_status: int
     uncovered: tuple[str, ...]  # exchanges of the MX answer no mx pattern covers
-    cert_not_after: datetime | None  # expiry of the HTTPS server's certificate
+    cert_not_after: IsoDatetime | None  # expiry of the HTTPS server's certificate
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "max_age": self.max_age,
-            "mx_patterns": list(self.mx_patterns),
-            "verified": self.verified,
-            "error": self.error,
-            "error_kind": self.error_kind,
-            "http_status": self.http_status,
-            "uncovered": list(self.uncovered),
-            "cert_not_after": self.cert_not_after.isoformat() if self.cert_not_after else None,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MtaStsPolicyFacts:
-        _mapping(d)
-        max_age = d.get("max_age")
-        not_after = d.get("cert_not_after")
-        return cls(
-            mode=str(d.get("mode") or ""),
-            max_age=None if max_age is None else int(max_age),
-            mx_patterns=tuple(str(p) for p in d.get("mx_patterns") or ()),
-            verified=bool(d.get("verified")),
-            error=str(d.get("error") or ""),
-            error_kind=str(d.get("error_kind") or ""),
-            http_status=int(d.get("http_status") or 0),
-            uncovered=tuple(str(x) for x in d.get("uncovered") or ()),
-            cert_not_after=datetime.fromisoformat(not_after) if not_after else None,
-        )
+        return to_wire(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,28 +61,26 @@ class MtaStsFacts:
     valid: bool  # no problem with the record, the policy or its coverage of the exchanges
 
     def as_dict(self) -> dict[str, Any]:
-        # the policy's keys sit at the top level: the JSON shape the facts had as a plain dict
-        policy = self.policy.as_dict() if self.policy is not None else {}
-        return {
-            "txt_id": self.txt_id,
-            "txt_error": self.txt_error,
-            "txt_error_kind": self.txt_error_kind,
-            "present": self.present,
-            **policy,
-            "valid": self.valid,
-        }
+        return to_wire(self)
 
+    # the policy's keys sit at the top level, between "present" and "valid": the JSON shape the facts had
+    # as a plain dict; a saved policy is there when its "uncovered" key is
+    @model_serializer(mode="wrap")
+    def _wire(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        wire: dict[str, Any] = fields_of(self)
+        policy = wire.pop("policy") or {}
+        valid = wire.pop("valid")
+        return {**wire, **policy, "valid": valid}
+
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MtaStsFacts:
-        _mapping(d)
-        return cls(
-            txt_id=str(d.get("txt_id", "")),
-            txt_error=str(d.get("txt_error", "")),
-            txt_error_kind=str(d.get("txt_error_kind", "")),
-            present=bool(d.get("present")),
-            policy=MtaStsPolicyFacts.from_dict(d) if "uncovered" in d else None,
-            valid=bool(d.get("valid")),
-        )
+    def _unwire(cls, data: Any) -> Any:
+        wire = as_object(data)
+        if wire is None:
+            return data
+        policy = {key: wire.pop(key) for key in _POLICY_KEYS if key in wire}
+        wire["policy"] = policy if "uncovered" in policy else None
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,15 +96,23 @@ class PolicyRecord:
         return not self.problem
 
     def as_dict(self) -> dict[str, Any]:
-        return {"record": self.record, "valid": self.valid, "problem": self.problem}
+        return to_wire(self)
 
+    # {"record", "valid", "problem"}: the kind is the key it is saved under (MxResult fills it in)
+    @model_serializer(mode="wrap")
+    def _wire(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        wire: dict[str, Any] = fields_of(self)
+        del wire["kind"]
+        return {"record": wire.pop("record"), "valid": self.valid, **wire}
+
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, kind: str, d: dict[str, Any]) -> PolicyRecord:
-        _mapping(d)
-        return cls(kind, str(d["record"]), str(d["problem"]))
+    def _unwire(cls, data: Any) -> Any:
+        wire = as_object(data)
+        if wire is None:
+            return data
+        wire.pop("valid", None)  # derived from the problem
+        return wire
 
 
-def _mapping(value: object) -> None:
-    # TypeError is what a restore treats as an unusable saved state (monitor.state.persistence)
-    if not isinstance(value, dict):
-        raise TypeError(f"saved facts are {type(value).__name__}, not an object")
+_POLICY_KEYS = tuple(f.name for f in fields(MtaStsPolicyFacts))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Discriminator, Field, SerializerFunctionWrapHandler, Tag, model_serializer, model_validator
 
 from monitor.model.facts import DaneFacts, MtaStsFacts, PolicyRecord
+from monitor.model.wire import IsoDatetime, adapter, as_object, ordered, to_wire
 
 
 class Status(enum.Enum):
@@ -84,21 +86,10 @@ class CertInfo:
     subject: str
     issuer: str
     sans: tuple[str, ...]
-    not_before: datetime
-    not_after: datetime
+    not_before: IsoDatetime
+    not_after: IsoDatetime
     serial: str
     sha256: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "subject": self.subject,
-            "issuer": self.issuer,
-            "sans": list(self.sans),
-            "not_before": self.not_before.isoformat(),
-            "not_after": self.not_after.isoformat(),
-            "serial": self.serial,
-            "sha256": self.sha256,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,19 +101,9 @@ class TlsInfo:
     verified: bool
     verify_error: str = ""
     cert: CertInfo | None = None
-    chain_not_after: datetime | None = None  # earliest expiry in the presented chain
-    # DER of the presented chain, kept only for DANE matching; never exported
-    chain_der: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "cipher": self.cipher,
-            "verified": self.verified,
-            "verify_error": self.verify_error,
-            "cert": self.cert.as_dict() if self.cert else None,
-            "chain_not_after": self.chain_not_after.isoformat() if self.chain_not_after else None,
-        }
+    chain_not_after: IsoDatetime | None = None  # earliest expiry in the presented chain
+    # DER of the presented chain, kept only for DANE matching; never exported (nor saved)
+    chain_der: Annotated[tuple[bytes, ...], Field(exclude=True)] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,27 +151,47 @@ class SmtpResult:
         return self.reply.code if self.reply else 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "smtp",
-            "status": "ok" if self.ok else "failed",
-            "host": self.host,
-            "port": self.port,
-            "tls_mode": self.tls_mode,
-            "address": self.address,
-            "started_at": self.started_at,
-            "phase": self.phase.value if self.phase else None,
-            "reason": self.reason.value if self.reason else None,
-            "error": self.error,
-            "reply_code": self.reply.code if self.reply else None,
-            "reply": str(self.reply) if self.reply else None,
-            "timings": {**self.timings, "total": self.total},
-            "timing_source": dict(self.timing_source),
-            "banner": self.banner,
-            "helo_fallback": self.helo_fallback,
-            "extensions": dict(self.extensions),
-            "tls": self.tls.as_dict() if self.tls else None,
-            "addresses": [r.as_dict() for r in self.address_results],
-        }
+        """The JSON of `--json` and of the state database."""
+        return to_wire(self)
+
+    # The JSON shape earlier releases printed and saved: "kind" and "status" first, the reply as its code and
+    # text, the total inside "timings", address_results as "addresses"; other fields follow in field order.
+    @model_serializer(mode="wrap")
+    def _wire(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        wire: dict[str, Any] = fields_of(self)
+        wire["status"] = "ok" if wire.pop("ok") else "failed"
+        del wire["reply"]
+        wire["reply_code"] = self.reply.code if self.reply else None
+        wire["reply"] = str(self.reply) if self.reply else None
+        wire["timings"] = {**wire["timings"], "total": wire.pop("total")}
+        wire["addresses"] = wire.pop("address_results")
+        return {"kind": "smtp", **ordered(wire, _SMTP_FIRST)}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwire(cls, data: Any) -> Any:
+        wire = as_object(data)
+        if wire is None:
+            return data
+        wire.pop("kind", None)
+        if "status" in wire:
+            wire["ok"] = wire.pop("status") == "ok"
+        code, text = wire.pop("reply_code", None), wire.pop("reply", None)
+        # the lines were saved joined behind the code: they come back as one line
+        wire["reply"] = {"code": code, "lines": [str(text or "")[4:]]} if code else None
+        _unwire_timings(wire)
+        wire["address_results"] = wire.pop("addresses", ())
+        return wire
+
+
+_SMTP_FIRST = ("status", "host", "port", "tls_mode", "address", "started_at", "phase", "reason", "error",
+               "reply_code", "reply", "timings", "timing_source")
+
+
+def _unwire_timings(wire: dict[str, Any]) -> None:
+    timings = dict(wire.get("timings") or {})
+    wire["total"] = timings.pop("total", 0.0)
+    wire["timings"] = timings
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,9 +202,6 @@ class ReverseDns:
     names: tuple[str, ...]
     confirmed: bool
     error: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "names": list(self.names), "confirmed": self.confirmed, "error": self.error}
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,18 +223,27 @@ class MxRecord:
         probes = self.address_probes or ((self.probe,) if self.probe else ())
         return any(p.ok for p in probes) if probes else None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "preference": self.preference,
-            "exchange": self.exchange,
-            "addresses": list(self.addresses),
-            "error": self.error,
-            "up": self.up,
-            "probe": self.probe.as_dict() if self.probe else None,
-            "address_probes": [p.as_dict() for p in self.address_probes],
-            "reverse": [r.as_dict() for r in self.reverse],
-            **({"dane": self.dane.as_dict()} if self.dane is not None else {}),
-        }
+    # "up" (derived) after "error"; "dane" only when DANE was checked
+    @model_serializer(mode="wrap")
+    def _wire(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        wire: dict[str, Any] = fields_of(self)
+        wire["up"] = self.up
+        if wire["dane"] is None:
+            del wire["dane"]
+        return ordered(wire, ("preference", "exchange", "addresses", "error", "up"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwire(cls, data: Any) -> Any:
+        wire = as_object(data)
+        if wire is None:
+            return data
+        wire.pop("up", None)
+        dane = wire.get("dane")
+        if isinstance(dane, dict) and "reference_names" not in dane:
+            # saved before DANE followed CNAMEs: the exchange's name was the only reference name
+            wire["dane"] = {**dane, "reference_names": [wire.get("exchange")]}
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,139 +269,59 @@ class MxResult:
     dmarc: PolicyRecord | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        facts: dict[str, Any] = {}  # keys only for the checks that ran: the JSON shape of earlier releases
-        if self.mta_sts is not None:
-            facts["mta_sts"] = self.mta_sts.as_dict()
-        if self.spf is not None:
-            facts["spf"] = self.spf.as_dict()
-        if self.dmarc is not None:
-            facts["dmarc"] = self.dmarc.as_dict()
-        return {
-            "kind": "mx",
-            "authenticated": self.authenticated,
-            **facts,
-            "status": "ok" if self.ok else "failed",
-            "domain": self.domain,
-            "started_at": self.started_at,
-            "phase": self.phase.value if self.phase else None,
-            "reason": self.reason.value if self.reason else None,
-            "error": self.error,
-            "implicit_mx": self.implicit_mx,
-            "missing": list(self.missing),
-            "unexpected": list(self.unexpected),
-            "timings": {**self.timings, "total": self.total},
-            "mx": [r.as_dict() for r in self.records],
-        }
+        """The JSON of `--json` and of the state database."""
+        return to_wire(self)
+
+    # The JSON shape earlier releases printed and saved: "kind", "authenticated" and the facts first (a fact's
+    # key only when its check ran), "status" for ok, the total inside "timings", the records as "mx" last.
+    @model_serializer(mode="wrap")
+    def _wire(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        wire: dict[str, Any] = fields_of(self)
+        for fact in _MX_FACTS:
+            if wire[fact] is None:
+                del wire[fact]
+        wire["status"] = "ok" if wire.pop("ok") else "failed"
+        wire["timings"] = {**wire["timings"], "total": wire.pop("total")}
+        wire["mx"] = wire.pop("records")
+        return {"kind": "mx", **ordered(wire, _MX_FIRST)}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwire(cls, data: Any) -> Any:
+        wire = as_object(data)
+        if wire is None:
+            return data
+        wire.pop("kind", None)
+        if "status" in wire:
+            wire["ok"] = wire.pop("status") == "ok"
+        _unwire_timings(wire)
+        wire["records"] = wire.pop("mx", ())
+        for kind in ("spf", "dmarc"):  # a policy record is saved without its kind: the key says it
+            if isinstance(wire.get(kind), dict):
+                wire[kind] = {**wire[kind], "kind": kind}
+        return wire
+
+
+_MX_FACTS = ("mta_sts", "spf", "dmarc")
+_MX_FIRST = ("authenticated", *_MX_FACTS, "status", "domain", "started_at", "phase", "reason", "error", "implicit_mx",
+             "missing", "unexpected", "timings")
 
 
 ProbeResult = SmtpResult | MxResult
 
 
-# -- restoring results saved with as_dict() (the state database) ----------------------
+def _kind(value: Any) -> str:
+    # as earlier releases read saved results: anything but "smtp" is an MX check's
+    if isinstance(value, dict):
+        return "smtp" if value.get("kind") == "smtp" else "mx"
+    return "smtp" if isinstance(value, SmtpResult) else "mx"
 
 
-def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-def _cert_from(d: dict[str, Any] | None) -> CertInfo | None:
-    if not d:
-        return None
-    return CertInfo(
-        subject=d["subject"],
-        issuer=d["issuer"],
-        sans=tuple(d["sans"]),
-        not_before=datetime.fromisoformat(d["not_before"]),
-        not_after=datetime.fromisoformat(d["not_after"]),
-        serial=d["serial"],
-        sha256=d["sha256"],
-    )
-
-
-def _tls_from(d: dict[str, Any] | None) -> TlsInfo | None:
-    if not d:
-        return None
-    return TlsInfo(
-        version=d["version"],
-        cipher=d["cipher"],
-        verified=d["verified"],
-        verify_error=d.get("verify_error", ""),
-        cert=_cert_from(d.get("cert")),
-        chain_not_after=_dt(d.get("chain_not_after")),
-    )
-
-
-def _timings(d: dict[str, Any]) -> tuple[dict[str, float], float]:
-    timings = dict(d.get("timings") or {})
-    total = float(timings.pop("total", 0.0))
-    return timings, total
-
-
-def _smtp_from(d: dict[str, Any]) -> SmtpResult:
-    timings, total = _timings(d)
-    reply = None
-    if d.get("reply_code"):
-        text = (d.get("reply") or "")[4:]
-        reply = Reply(int(d["reply_code"]), (text,))
-    return SmtpResult(
-        host=d["host"],
-        port=int(d["port"]),
-        tls_mode=d["tls_mode"],
-        started_at=float(d["started_at"]),
-        ok=d["status"] == "ok",
-        phase=Phase(d["phase"]) if d.get("phase") else None,
-        reason=Reason(d["reason"]) if d.get("reason") else None,
-        error=d.get("error", ""),
-        reply=reply,
-        address=d.get("address", ""),
-        timings=timings,
-        total=total,
-        banner=d.get("banner", ""),
-        helo_fallback=bool(d.get("helo_fallback")),
-        extensions=dict(d.get("extensions") or {}),
-        tls=_tls_from(d.get("tls")),
-        address_results=tuple(_smtp_from(a) for a in d.get("addresses") or ()),
-        timing_source=dict(d.get("timing_source") or {}),
-    )
+_ProbeResultWire = Annotated[Annotated[SmtpResult, Tag("smtp")] | Annotated[MxResult, Tag("mx")], Discriminator(_kind)]
 
 
 def result_from_dict(d: dict[str, Any]) -> ProbeResult:
-    """The inverse of as_dict(), for results saved across a restart."""
-    if d.get("kind") == "smtp":
-        return _smtp_from(d)
-    timings, total = _timings(d)
-    records = tuple(
-        MxRecord(
-            preference=int(r["preference"]),
-            exchange=r["exchange"],
-            addresses=tuple(r["addresses"]),
-            error=r.get("error", ""),
-            probe=_smtp_from(r["probe"]) if r.get("probe") else None,
-            address_probes=tuple(_smtp_from(p) for p in r.get("address_probes") or ()),
-            reverse=tuple(
-                ReverseDns(x["address"], tuple(x["names"]), bool(x["confirmed"]), x.get("error", ""))
-                for x in r.get("reverse") or ()
-            ),
-            dane=DaneFacts.from_dict(r["dane"], r["exchange"]) if r.get("dane") is not None else None,
-        )
-        for r in d.get("mx") or []
-    )
-    return MxResult(
-        domain=d["domain"],
-        started_at=float(d["started_at"]),
-        ok=d["status"] == "ok",
-        phase=Phase(d["phase"]) if d.get("phase") else None,
-        reason=Reason(d["reason"]) if d.get("reason") else None,
-        error=d.get("error", ""),
-        records=records,
-        implicit_mx=bool(d.get("implicit_mx")),
-        missing=tuple(d.get("missing") or ()),
-        unexpected=tuple(d.get("unexpected") or ()),
-        timings=timings,
-        total=total,
-        authenticated=d.get("authenticated"),
-        mta_sts=MtaStsFacts.from_dict(d["mta_sts"]) if d.get("mta_sts") is not None else None,
-        spf=PolicyRecord.from_dict("spf", d["spf"]) if d.get("spf") is not None else None,
-        dmarc=PolicyRecord.from_dict("dmarc", d["dmarc"]) if d.get("dmarc") is not None else None,
-    )
-
+    """The inverse of as_dict(), for results saved across a restart (pydantic.ValidationError, a ValueError, if
+    `d` is no saved result)."""
+    result: ProbeResult = adapter(_ProbeResultWire).validate_python(d)
+    return result
