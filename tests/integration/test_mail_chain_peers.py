@@ -197,6 +197,19 @@ class TestMailbox:
             assert status == "OK"
             assert rb'(\HasNoChildren \Junk) "/" Junk' in listed
 
+    def test_discard_header_makes_mail_vanish_after_every_hop_accepted_it(self, chain: MailChain) -> None:
+        dropped = message(chain, headers={chain.discard_header: "yes"})
+        submit(chain, dropped)
+        marker = message(chain)  # submitted after it: once this one is in, the first had its turn
+        submit(chain, marker)
+        imap_headers(chain, marker["Message-ID"])
+        wait_until_empty(chain.msa_queue)
+        wait_until_empty(chain.mx_queue)
+
+        stored = [m.message_id for m in chain.inbox() + chain.junk()]
+        assert dropped["Message-ID"] not in stored
+        assert f"sieve: msgid={dropped['Message-ID']}: discard action" in chain.dovecot.log_file.read_text()
+
     def test_imap_idle_reports_a_new_message_within_a_second(self, chain: MailChain) -> None:
         with imaplib.IMAP4_SSL(chain.host, chain.imaps_port, ssl_context=tls_context(chain), timeout=10) as imap:
             imap.login(chain.mailbox.address, chain.mailbox.password)

@@ -85,7 +85,9 @@ class DovecotServer(Peer):
     nobody); pytest's temp dirs are 0700, so the chain gives a 0711 directory elsewhere.
     Users: `accounts`, passwords in PLAIN scheme.  Each has INBOX and an auto-created
     `Junk` folder marked SPECIAL-USE \\Junk.  A Sieve script run before delivery files any
-    message whose header `junk_header` has the value `junk_value` into Junk.
+    message whose header `junk_header` has the value `junk_value` into Junk, and silently
+    discards one whose header `discard_header` is "yes" (mail that is accepted by every hop
+    and never arrives).
     """
 
     host = HOST
@@ -101,6 +103,7 @@ class DovecotServer(Peer):
         hostname: str = "mail.test",
         junk_header: str = "X-Test-Junk",
         junk_value: str = "yes",
+        discard_header: str = "X-Test-Discard",
     ) -> None:
         self.root = root
         self.runtime_dir = runtime_dir
@@ -110,6 +113,7 @@ class DovecotServer(Peer):
         self.hostname = hostname
         self.junk_header = junk_header
         self.junk_value = junk_value
+        self.discard_header = discard_header
         self.ports = DovecotPorts(*free_tcp_ports(5))
         self.config_file = root / "dovecot.conf"
         self.log_file = root / "dovecot.log"
@@ -204,6 +208,10 @@ pop3_uidl_format = %08Xu%08Xv
     def _sieve_script(self) -> str:
         return (
             'require ["fileinto"];\n'
+            f'if header :is "{self.discard_header}" "yes" {{\n'
+            "  discard;\n"
+            "  stop;\n"
+            "}\n"
             f'if header :is "{self.junk_header}" "{self.junk_value}" {{\n'
             f'  fileinto "{JUNK_FOLDER}";\n'
             "  stop;\n"

@@ -54,6 +54,7 @@ MX_HOST = "mx.dest.test"
 MAILBOX_HOST = "mail.dest.test"
 DKIM_SELECTOR = "chain"
 JUNK_HEADER, JUNK_VALUE = "X-Test-Junk", "yes"
+DISCARD_HEADER = "X-Test-Discard"  # with value "yes": accepted by every hop, dropped by Sieve
 # Short retries so store-and-forward shows within seconds of a hop coming back.
 QUEUE_TIMES = {"queue_run_delay": "2s", "minimal_backoff_time": "2s", "maximal_backoff_time": "4s"}
 # Test instances on loopback: these are not secrets.
@@ -448,6 +449,7 @@ class MailChain:
     dkim_selector = DKIM_SELECTOR
     junk_header = JUNK_HEADER
     junk_value = JUNK_VALUE
+    discard_header = DISCARD_HEADER
     junk_folder = JUNK_FOLDER
     submitter = MailAccount(f"probe@{SENDER_DOMAIN}", SUBMIT_PASSWORD)
     mailbox = MailAccount(f"probe@{RECIPIENT_DOMAIN}", MAILBOX_PASSWORD)
@@ -480,6 +482,7 @@ class MailChain:
             hostname=MAILBOX_HOST,
             junk_header=JUNK_HEADER,
             junk_value=JUNK_VALUE,
+            discard_header=DISCARD_HEADER,
         )
         self._nsd: ChainNsd | None = None
         self._signer: OpenDkimMilter | None = None
