@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import cast
 
-from monitor.exporters.snmp.fast.fastpath import oid_body, tlv
+from monitor.exporters.snmp.fast.ber import oid_body, tlv
 
 GET, GETNEXT, GETBULK = 0xA0, 0xA1, 0xA5
 _ID_BASE = 0x40000000  # request-ids from here on always take 4 octets: packets differ in those only

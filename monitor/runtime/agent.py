@@ -149,13 +149,8 @@ class Agent:
         snmp = self.config.snmp
         if not snmp.enabled:
             return
-        from monitor.exporters.snmp.agent import (
-            ENGINE_STATE_FILE,
-            SnmpAgent,
-            SnmpBindError,
-            next_engine_state,
-            parse_engine_id,
-        )
+        from monitor.exporters.snmp.agent import SnmpAgent, SnmpBindError
+        from monitor.exporters.snmp.identity import ENGINE_STATE_FILE, next_engine_state, parse_engine_id
         from monitor.exporters.snmp.notify import Notifier
 
         engine_state = None

@@ -15,8 +15,9 @@ import pytest
 
 from monitor.config.schema import MxCheckConfig, SmtpProbeConfig, SnmpNotify
 from monitor.exporters.snmp import mib_oids as mib
+from monitor.exporters.snmp.identity import generate_engine_id
 from monitor.exporters.snmp.mibview import date_and_time
-from monitor.exporters.snmp.notify import COLD_START, Notifier, generate_engine_id
+from monitor.exporters.snmp.notify import COLD_START, Notifier
 from monitor.model.results import CertInfo, MxResult, Phase, Reason, SmtpResult, TlsInfo
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore

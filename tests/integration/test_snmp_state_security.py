@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from monitor.config.schema import SnmpConfig
-from monitor.exporters.snmp.agent import SnmpAgent, clock_boots
+from monitor.exporters.snmp.agent import SnmpAgent
+from monitor.exporters.snmp.identity import clock_boots
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore
 from tests.peers.agent import AgentProcess

@@ -7,6 +7,7 @@ import tracemalloc
 from collections.abc import Sequence
 
 from monitor.exporters.snmp.agent import READ_SUBTREES
+from monitor.exporters.snmp.fast.ber import oid_body, tlv
 from monitor.exporters.snmp.fast.fastpath import (
     BINDINGS_CACHE_OCTETS,
     MAX_REQUEST_BINDINGS,
@@ -14,8 +15,6 @@ from monitor.exporters.snmp.fast.fastpath import (
     BindingsCache,
     FastPath,
     decode_request,
-    oid_body,
-    tlv,
 )
 from monitor.exporters.snmp.mib_oids import Oid
 from monitor.exporters.snmp.mibview import MibView

@@ -25,6 +25,7 @@ from monitor.exporters.snmp import agent as snmp_agent_module
 from monitor.exporters.snmp import mib_oids
 from monitor.exporters.snmp.agent import READ_SUBTREES, SnmpAgent
 from monitor.exporters.snmp.fast import fastpath
+from monitor.exporters.snmp.fast.ber import BerError, decode_oid, oid_body
 from monitor.exporters.snmp.fast.fastpath import (
     GET,
     GETBULK,
@@ -33,9 +34,7 @@ from monitor.exporters.snmp.fast.fastpath import (
     FastPath,
     NotHandled,
     cell_encoder,
-    decode_oid,
     decode_request,
-    oid_body,
 )
 from monitor.exporters.snmp.mib_oids import MxCheckColumn, Oid, Scalar, SmtpProbeColumn
 from monitor.exporters.snmp.mibview import SYS_DESCR, SYS_UPTIME, SYSTEM, MibView
@@ -365,7 +364,7 @@ class TestDecode:
         ids=["empty", "truncated", "padded", "padded-first", "too-many-arcs", "above-2**32"],
     )
     def test_bad_oids_are_refused(self, body: bytes) -> None:
-        with pytest.raises(NotHandled):
+        with pytest.raises(BerError):
             decode_oid(body)
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
-import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -28,25 +26,24 @@ from pysnmp.smi import error as smi_error
 from monitor.config.schema import SnmpConfig, parse_snmp_listen
 from monitor.exporters.snmp import mib_oids
 from monitor.exporters.snmp.engine import new_snmp_engine
-from monitor.exporters.snmp.fast.fastpath import (
-    MAX_BULK_OCTETS,
-    MAX_REQUEST_BINDINGS,
-    MAX_RESPONSE_OCTETS,
-    FastPath,
-    oid_body,
-)
+from monitor.exporters.snmp.fast.ber import BerError, any_item, oid_body, tlv_size
+from monitor.exporters.snmp.fast.fastpath import MAX_BULK_OCTETS, MAX_REQUEST_BINDINGS, MAX_RESPONSE_OCTETS, FastPath
 from monitor.exporters.snmp.fast.usm_fastpath import Refusal, Screened, UsmFastPath
+from monitor.exporters.snmp.identity import (
+    AUTH_PROTOCOLS,
+    ENGINE_STATE_FILE,
+    PRIV_PROTOCOLS,
+    EngineState,
+    next_engine_state,
+    parse_engine_id,
+)
 from monitor.exporters.snmp.mib_oids import Oid
 from monitor.exporters.snmp.mibview import BEYOND, SYSTEM, MibTable, MibView, SnapshotSource
 from monitor.exporters.snmp.ratelimit import TokenBucket
 from monitor.state.health import AgentHealth
-from monitor.state.persistence import write_private
 
 log = logging.getLogger("smtp_monitor.snmp")
 
-ENGINE_STATE_FILE = "snmp-engine.json"
-BOOTS_MAX = 2**31 - 1  # RFC 3414 2.2.2: snmpEngineBoots latches at its maximum
-BOOTS_CLOCK_EPOCH = 1_704_067_200  # 2024-01-01 UTC: boots derived from the clock reach BOOTS_MAX in 2092
 # Larger datagrams are dropped unread: a GET of 64 varbinds with long OIDs stays below 10 KiB.
 MAX_REQUEST_OCTETS = 16384
 VIEW_MAX_STALENESS = 0.5  # seconds an SNMP answer may lag the store (one rebuild per half second at most)
@@ -58,22 +55,6 @@ WARM_IDLE = 900.0
 # Subtrees a manager may read: the system group and our own MIB (RFC 3415 views).
 READ_SUBTREES: tuple[Oid, ...] = (SYSTEM, mib_oids.MIB_ROOT)
 VIEW_NAME = "smtp-monitor"
-
-AUTH_PROTOCOLS: dict[str, tuple[int, ...]] = {
-    "md5": pysnmp_config.USM_AUTH_HMAC96_MD5,
-    "sha": pysnmp_config.USM_AUTH_HMAC96_SHA,
-    "sha224": pysnmp_config.USM_AUTH_HMAC128_SHA224,
-    "sha256": pysnmp_config.USM_AUTH_HMAC192_SHA256,
-    "sha384": pysnmp_config.USM_AUTH_HMAC256_SHA384,
-    "sha512": pysnmp_config.USM_AUTH_HMAC384_SHA512,
-}
-# AES-192/256 key extension as net-snmp's AES192/AES256 (draft-blumenthal-aes-usm-04).
-PRIV_PROTOCOLS: dict[str, tuple[int, ...]] = {
-    "des": pysnmp_config.USM_PRIV_CBC56_DES,
-    "aes128": pysnmp_config.USM_PRIV_CFB128_AES,
-    "aes192": pysnmp_config.USM_PRIV_CFB192_AES_BLUMENTHAL,
-    "aes256": pysnmp_config.USM_PRIV_CFB256_AES_BLUMENTHAL,
-}
 
 # (security model, minimum security level, VACM group)
 _GROUPS = (
@@ -113,91 +94,6 @@ class SnmpBindError(SnmpAgentError):
         self.address = address
 
 
-class SnmpStateError(SnmpAgentError):
-    """The engine state file cannot be written (snmpEngineBoots must persist, RFC 3414)."""
-
-
-# -- engine identity ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class EngineState:
-    engine_id: bytes
-    boots: int
-
-
-def generate_engine_id() -> bytes:
-    """RFC 3411 snmpEngineID: enterprise number with the high bit, format 5 (octets), 8 random octets."""
-    enterprise = mib_oids.ENTERPRISE_OID[-1]
-    return (0x80000000 | enterprise).to_bytes(4, "big") + b"\x05" + secrets.token_bytes(8)
-
-
-def parse_engine_id(text: str) -> bytes:
-    return bytes.fromhex(text.removeprefix("0x").removeprefix("0X"))
-
-
-def clock_boots(now: float | None = None) -> int:
-    """snmpEngineBoots for an engine ID whose count was lost: seconds since BOOTS_CLOCK_EPOCH, at least 1.
-
-    Boots counted on from an earlier start (one a restart) stay below it unless the agent restarted more
-    than once a second on average since then, so no boots value a captured message carries comes back."""
-    seconds = int((time.time() if now is None else now) - BOOTS_CLOCK_EPOCH)
-    return min(max(seconds, 1), BOOTS_MAX)
-
-
-def _read_engine_state(path: Path) -> tuple[bytes | None, int | None]:
-    """(engine ID, boots) saved in `path`, each None if missing or not valid (boots: 0 to BOOTS_MAX)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None, None
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable SNMP engine state %s: %s", path, exc)
-        return None, None
-    engine_id: bytes | None = None
-    boots: int | None = None
-    if isinstance(data, dict):
-        try:
-            engine_id = bytes.fromhex(data.get("engine_id", ""))
-        except (TypeError, ValueError):
-            engine_id = None
-        value = data.get("boots")
-        boots = value if type(value) is int and 0 <= value <= BOOTS_MAX else None
-    if not engine_id or not 5 <= len(engine_id) <= 32:
-        engine_id = None
-    if engine_id is None or boots is None:
-        log.warning("ignoring %s in SNMP engine state %s", "engine_id" if engine_id is None else "boots", path)
-    return engine_id, boots
-
-
-def next_engine_state(path: Path, configured: bytes | None) -> EngineState:
-    """Read the saved engine state, count this start as one more boot and save it atomically.
-
-    A configured engine ID wins. A generated one starts boots at 1 (no message ever carried it); an
-    engine ID that may have been in use before, with its count missing or unreadable (a configured
-    one, or the saved one with a bad boots value), takes its boots from the clock (clock_boots), so
-    that boots never go back to a value replayed captures carry (RFC 3414 2.2.2)."""
-    saved_id, saved_boots = _read_engine_state(path)
-    engine_id = configured or saved_id or generate_engine_id()
-    if saved_id == engine_id and saved_boots is not None:
-        boots = min(saved_boots + 1, BOOTS_MAX)
-    elif configured is not None or saved_id == engine_id:
-        boots = clock_boots()
-        log.warning(
-            "SNMP engine state %s has no boots count for engine ID %s: snmpEngineBoots set from the clock to %d "
-            "(seconds since 2024-01-01), above any count it can have had, so old messages cannot be replayed",
-            path, engine_id.hex(), boots,
-        )  # fmt: skip
-    else:
-        boots = 1
-    state = EngineState(engine_id, boots)
-    try:
-        write_private(path, json.dumps({"engine_id": engine_id.hex(), "boots": boots}) + "\n")
-    except OSError as exc:
-        raise SnmpStateError(f"cannot write SNMP engine state {path}: {exc.strerror or exc}") from None
-    return state
-
-
 # -- request screening --------------------------------------------------------------------------
 
 
@@ -210,45 +106,27 @@ class MessageHeader:
     pdu_tag: int = -1
 
 
-def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag octet, value start, value end) of the BER item at pos; ValueError if malformed."""
-    if pos + 2 > len(data):
-        raise ValueError("truncated")
-    tag, length = data[pos], data[pos + 1]
-    if tag & 0x1F == 0x1F:
-        raise ValueError("multi-octet tag")
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        if not 1 <= count <= 4 or pos + count > len(data):
-            raise ValueError("indefinite or oversized length")
-        length = int.from_bytes(data[pos : pos + count], "big")
-        pos += count
-    if pos + length > len(data):
-        raise ValueError("truncated")
-    return tag, pos, pos + length
-
-
 def parse_header(message: bytes) -> MessageHeader | None:
     """Decode just enough of a message to screen it; None if it is not a well-formed SNMP message."""
+    size = len(message)
     try:
-        tag, start, end = _tlv(message, 0)
+        tag, start, end = any_item(message, 0, size)
         if tag != 0x30:
             return None
-        tag, vstart, vend = _tlv(message, start)
+        tag, vstart, vend = any_item(message, start, size)
         if tag != 0x02 or not 1 <= vend - vstart <= 4:
             return None
         version = int.from_bytes(message[vstart:vend], "big", signed=True)
         if version not in (0, 1):
             return MessageHeader(version)
-        tag, cstart, cend = _tlv(message, vend)
+        tag, cstart, cend = any_item(message, vend, size)
         if tag != 0x04:
             return None
-        tag, _, pdu_end = _tlv(message, cend)
+        tag, _, pdu_end = any_item(message, cend, size)
         if tag & 0xE0 != 0xA0 or pdu_end > end:  # context-specific, constructed
             return None
         return MessageHeader(version, message[cstart:cend], tag & 0x1F)
-    except ValueError:
+    except BerError:
         return None
 
 
@@ -482,11 +360,7 @@ _V3_AROUND = 64
 def _varbind_octets(var_bind: tuple[Any, Any]) -> int:
     """The encoded size of one VarBind, as pyasn1 (and the fast path) writes it."""
     name, value = var_bind
-    return _tlv_size(len(oid_body(tuple(name))) + 2 + len(ber_encoder.encode(value)))  # OID tag and length
-
-
-def _tlv_size(octets: int) -> int:
-    return 1 + (1 if octets < 0x80 else 1 + (octets.bit_length() + 7) // 8) + octets
+    return tlv_size(len(oid_body(tuple(name))) + 2 + len(ber_encoder.encode(value)))  # OID tag and length
 
 
 class _BoundedResponder(cmdrsp.CommandResponderBase):  # type: ignore[misc]  # pysnmp is untyped
@@ -506,7 +380,7 @@ class _BoundedResponder(cmdrsp.CommandResponderBase):  # type: ignore[misc]  # p
             request = engine.observer.get_execution_context("rfc3412.receiveMessage:request")["wholeMsg"]
             header = parse_header(bytes(request))
             community = len(header.community) if header is not None else 255
-            budget = MAX_RESPONSE_OCTETS - _V2C_AROUND - _tlv_size(community)
+            budget = MAX_RESPONSE_OCTETS - _V2C_AROUND - tlv_size(community)
         else:
             context = len(context_engine_id) + len(context_name)
             budget = min(int(max_scoped), MAX_RESPONSE_OCTETS - 256) - _V3_AROUND - context

@@ -454,7 +454,7 @@ def mx_address_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid,
 
 
 @dataclass(frozen=True, slots=True)
-class _Rows:
+class ColumnRows:
     """One conceptual table: row indexes in OID order and their cells."""
 
     indexes: Sequence[Oid]
@@ -462,22 +462,22 @@ class _Rows:
 
 
 @dataclass(frozen=True, slots=True)
-class _Scalar:
+class ScalarNode:
     """A scalar instance; `read` builds its value at the moment of the request."""
 
     read: Callable[[], Asn1Value]
 
 
 @dataclass(frozen=True, slots=True)
-class _Column:
+class ColumnNode:
     """One column of a table: every instance is the column OID + a row index."""
 
-    rows: _Rows
+    rows: ColumnRows
     position: int
     syntax: type
 
 
-_Node = _Scalar | _Column
+MibNode = ScalarNode | ColumnNode
 
 
 class MibTable:
@@ -486,11 +486,21 @@ class MibTable:
     No node's OID is a prefix of another's, so one bisect finds the node that can hold an OID,
     and a second bisect over that table's row indexes finds the instance."""
 
-    def __init__(self, version: int, nodes: Sequence[tuple[Oid, _Node]]) -> None:
+    def __init__(self, version: int, nodes: Sequence[tuple[Oid, MibNode]]) -> None:
         self.version = version
         ordered = sorted(nodes, key=lambda item: item[0])
         self._keys = [oid for oid, _ in ordered]
         self._nodes = [node for _, node in ordered]
+
+    @property
+    def node_oids(self) -> Sequence[Oid]:
+        """Every node's OID (a scalar instance's or a column's), sorted: a bisect finds the node of an OID."""
+        return self._keys
+
+    @property
+    def nodes(self) -> Sequence[MibNode]:
+        """The nodes in the order of `node_oids`: what the fast path compiles its encodings from."""
+        return self._nodes
 
     def get(self, oid: Oid) -> Asn1Value | None:
         """The value of exactly this instance, or None."""
@@ -498,7 +508,7 @@ class MibTable:
         if i < 0:
             return None
         key, node = self._keys[i], self._nodes[i]
-        if isinstance(node, _Scalar):
+        if isinstance(node, ScalarNode):
             return node.read() if oid == key else None
         if oid[: len(key)] != key:
             return None
@@ -516,7 +526,7 @@ class MibTable:
             i += 1  # oid is not inside node i: start with the first node after it
         for k in range(i, len(self._keys)):
             key, node = self._keys[k], self._nodes[k]
-            if isinstance(node, _Scalar):
+            if isinstance(node, ScalarNode):
                 if key > oid:
                     return key, node.read()
                 continue
@@ -537,11 +547,11 @@ class MibTable:
     def is_object(self, oid: Oid) -> bool:
         """Whether `oid` names an instance of an object this agent serves (noSuchInstance vs noSuchObject)."""
         i = bisect_right(self._keys, oid) - 1
-        if i >= 0 and isinstance(self._nodes[i], _Column):
+        if i >= 0 and isinstance(self._nodes[i], ColumnNode):
             return oid[: len(self._keys[i])] == self._keys[i]
         # A scalar instance is object + (0,): compare object OIDs. Its key may sort after oid.
         for k in (i, i + 1):
-            if 0 <= k < len(self._keys) and isinstance(self._nodes[k], _Scalar):
+            if 0 <= k < len(self._keys) and isinstance(self._nodes[k], ScalarNode):
                 obj = self._keys[k][:-1]
                 if oid[: len(obj)] == obj:
                     return True
@@ -550,14 +560,14 @@ class MibTable:
     def items(self) -> Iterator[tuple[Oid, Asn1Value]]:
         """Every instance in OID order (what a full walk returns)."""
         for key, node in zip(self._keys, self._nodes, strict=True):
-            if isinstance(node, _Scalar):
+            if isinstance(node, ScalarNode):
                 yield key, node.read()
             else:
                 for index, cells in zip(node.rows.indexes, node.rows.cells, strict=True):
                     yield key + index, node.syntax(cells[node.position])
 
     def __len__(self) -> int:
-        return sum(1 if isinstance(n, _Scalar) else len(n.rows.indexes) for n in self._nodes)
+        return sum(1 if isinstance(n, ScalarNode) else len(n.rows.indexes) for n in self._nodes)
 
 
 class RowInputs(NamedTuple):
@@ -705,9 +715,9 @@ class MibView:
         self._table: MibTable | None = None
         self._smtp = _RowTable("smtp", self._smtp_row)
         self._mx = _RowTable("mx", self._mx_row)
-        self._exchanges = _Rows([], [])
-        self._addresses = _Rows([], [])
-        self._smtp_addresses = _Rows([], [])
+        self._exchanges = ColumnRows([], [])
+        self._addresses = ColumnRows([], [])
+        self._smtp_addresses = ColumnRows([], [])
         self.last_build_seconds = 0.0
 
     def restart_uptime(self) -> None:
@@ -759,40 +769,40 @@ class MibView:
         if self._smtp.apply(smtp_changed, smtp_count, snapshot):
             rows = self._smtp.rows
             flat = [address for name in self._smtp.order for address in rows[name].addresses]
-            self._smtp_addresses = _Rows([index for index, _ in flat], [cells for _, cells in flat])
+            self._smtp_addresses = ColumnRows([index for index, _ in flat], [cells for _, cells in flat])
         if self._mx.apply(mx_changed, mx_count, snapshot):
             rows = self._mx.rows
             flat = [exchange for name in self._mx.order for exchange in rows[name].exchanges]
-            self._exchanges = _Rows([index for index, _ in flat], [cells for _, cells in flat])
+            self._exchanges = ColumnRows([index for index, _ in flat], [cells for _, cells in flat])
             flat = [address for name in self._mx.order for address in rows[name].addresses]
-            self._addresses = _Rows([index for index, _ in flat], [cells for _, cells in flat])
+            self._addresses = ColumnRows([index for index, _ in flat], [cells for _, cells in flat])
 
-        nodes: list[tuple[Oid, _Node]] = self._system_nodes()
+        nodes: list[tuple[Oid, MibNode]] = self._system_nodes()
         nodes += self._scalar_nodes(smtp_count, self._smtp.failed, mx_count, self._mx.failed)
-        smtp_table = _Rows(self._smtp.indexes, self._smtp.cells)
-        mx_table = _Rows(self._mx.indexes, self._mx.cells)
+        smtp_table = ColumnRows(self._smtp.indexes, self._smtp.cells)
+        mx_table = ColumnRows(self._mx.indexes, self._mx.cells)
         for position, column in enumerate(_SMTP_COLUMNS):
             syntax = SMTP_PROBE_TYPES[column]
-            nodes.append(((*mib_oids.SMTP_PROBE_ENTRY, int(column)), _Column(smtp_table, position, syntax)))
+            nodes.append(((*mib_oids.SMTP_PROBE_ENTRY, int(column)), ColumnNode(smtp_table, position, syntax)))
         for position, mx_column in enumerate(_MX_COLUMNS):
             syntax = MX_CHECK_TYPES[mx_column]
-            nodes.append(((*mib_oids.MX_CHECK_ENTRY, int(mx_column)), _Column(mx_table, position, syntax)))
+            nodes.append(((*mib_oids.MX_CHECK_ENTRY, int(mx_column)), ColumnNode(mx_table, position, syntax)))
         for position, exchange_column in enumerate(_EXCHANGE_COLUMNS):
             syntax = MX_EXCHANGE_TYPES[exchange_column]
             nodes.append(
-                ((*mib_oids.MX_EXCHANGE_ENTRY, int(exchange_column)), _Column(self._exchanges, position, syntax))
+                ((*mib_oids.MX_EXCHANGE_ENTRY, int(exchange_column)), ColumnNode(self._exchanges, position, syntax))
             )
         for position, address_column in enumerate(_ADDRESS_COLUMNS):
             syntax = MX_ADDRESS_TYPES[address_column]
             nodes.append(
-                ((*mib_oids.MX_ADDRESS_ENTRY, int(address_column)), _Column(self._addresses, position, syntax))
+                ((*mib_oids.MX_ADDRESS_ENTRY, int(address_column)), ColumnNode(self._addresses, position, syntax))
             )
         for position, smtp_address_column in enumerate(_SMTP_ADDRESS_COLUMNS):
             syntax = SMTP_ADDRESS_TYPES[smtp_address_column]
             nodes.append(
                 (
                     (*mib_oids.SMTP_ADDRESS_ENTRY, int(smtp_address_column)),
-                    _Column(self._smtp_addresses, position, syntax),
+                    ColumnNode(self._smtp_addresses, position, syntax),
                 )
             )
         return MibTable(snapshot.version, nodes)
@@ -815,37 +825,37 @@ class MibView:
             tuple(mx_exchange_rows(index, result)), tuple(mx_address_rows(index, result)),
         )
 
-    def _system_nodes(self) -> list[tuple[Oid, _Node]]:
+    def _system_nodes(self) -> list[tuple[Oid, MibNode]]:
         descr = admin_string(f"smtp-monitor {self._health.version}: SMTP and MX monitoring agent")
         return [
-            (SYS_DESCR, _Scalar(lambda: rfc1902.OctetString(descr))),
-            (SYS_OBJECT_ID, _Scalar(lambda: rfc1902.ObjectIdentifier(mib_oids.MIB_ROOT))),
-            (SYS_UPTIME, _Scalar(lambda: rfc1902.TimeTicks(self.uptime_ticks()))),
-            (SYS_CONTACT, _Scalar(lambda: rfc1902.OctetString(self._sys_contact))),
-            (SYS_NAME, _Scalar(lambda: rfc1902.OctetString(self._sys_name))),
-            (SYS_LOCATION, _Scalar(lambda: rfc1902.OctetString(self._sys_location))),
-            (SYS_SERVICES, _Scalar(lambda: rfc1902.Integer32(SYS_SERVICES_VALUE))),
+            (SYS_DESCR, ScalarNode(lambda: rfc1902.OctetString(descr))),
+            (SYS_OBJECT_ID, ScalarNode(lambda: rfc1902.ObjectIdentifier(mib_oids.MIB_ROOT))),
+            (SYS_UPTIME, ScalarNode(lambda: rfc1902.TimeTicks(self.uptime_ticks()))),
+            (SYS_CONTACT, ScalarNode(lambda: rfc1902.OctetString(self._sys_contact))),
+            (SYS_NAME, ScalarNode(lambda: rfc1902.OctetString(self._sys_name))),
+            (SYS_LOCATION, ScalarNode(lambda: rfc1902.OctetString(self._sys_location))),
+            (SYS_SERVICES, ScalarNode(lambda: rfc1902.Integer32(SYS_SERVICES_VALUE))),
         ]
 
     def _scalar_nodes(
         self, probes: int, probes_failed: int, checks: int, checks_failed: int
-    ) -> list[tuple[Oid, _Node]]:
+    ) -> list[tuple[Oid, MibNode]]:
         health = self._health
 
-        def gauge(value: int) -> _Scalar:
-            return _Scalar(lambda: rfc1902.Gauge32(_clamp(value, 0, UINT32_MAX)))
+        def gauge(value: int) -> ScalarNode:
+            return ScalarNode(lambda: rfc1902.Gauge32(_clamp(value, 0, UINT32_MAX)))
 
         # Health facts change without a store version: read them at request time.
-        readers: dict[Scalar, _Scalar] = {
+        readers: dict[Scalar, ScalarNode] = {
             Scalar.PROBE_COUNT: gauge(probes),
             Scalar.PROBES_FAILED: gauge(probes_failed),
             Scalar.MX_CHECK_COUNT: gauge(checks),
             Scalar.MX_CHECKS_FAILED: gauge(checks_failed),
-            Scalar.VERSION: _Scalar(lambda: rfc1902.OctetString(admin_string(health.version))),
-            Scalar.CONFIG_LOAD_TIME: _Scalar(
+            Scalar.VERSION: ScalarNode(lambda: rfc1902.OctetString(admin_string(health.version))),
+            Scalar.CONFIG_LOAD_TIME: ScalarNode(
                 lambda: rfc1902.OctetString(date_and_time(health.config_attempted_at or health.config_loaded_at))
             ),
-            Scalar.CONFIG_LOAD_SUCCESS: _Scalar(
+            Scalar.CONFIG_LOAD_SUCCESS: ScalarNode(
                 lambda: rfc1902.Integer32(_truth(health.config_load_success))
             ),
         }

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from pysnmp.proto import errind, rfc1902
 from monitor.config.schema import SnmpNotify
 from monitor.exporters.snmp import mib_oids as mib
 from monitor.exporters.snmp.engine import new_snmp_engine
+from monitor.exporters.snmp.identity import AUTH_PROTOCOLS, PRIV_PROTOCOLS, generate_engine_id, parse_engine_id
 from monitor.exporters.snmp.mibview import admin_string, row_values
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore, StoreEvent
@@ -40,22 +39,6 @@ _RESULT_GRACE = 0.5  # pysnmp reports a timeout on its 0.1 s timer tick: wait a 
 
 # The outcomes counted in health.notifications[(receiver, outcome)].
 SENT, ACKNOWLEDGED, FAILED, RETRIED, DROPPED = "sent", "acknowledged", "failed", "retried", "dropped"
-
-AUTH_PROTOCOLS: Final[dict[str, Oid]] = {
-    "md5": snmp_config.USM_AUTH_HMAC96_MD5,
-    "sha": snmp_config.USM_AUTH_HMAC96_SHA,
-    "sha224": snmp_config.USM_AUTH_HMAC128_SHA224,
-    "sha256": snmp_config.USM_AUTH_HMAC192_SHA256,
-    "sha384": snmp_config.USM_AUTH_HMAC256_SHA384,
-    "sha512": snmp_config.USM_AUTH_HMAC384_SHA512,
-}
-# AES-192/256 with Blumenthal key extension, as net-snmp's AES-192/AES-256 (not Cisco's "-C" variant).
-PRIV_PROTOCOLS: Final[dict[str, Oid]] = {
-    "des": snmp_config.USM_PRIV_CBC56_DES,
-    "aes128": snmp_config.USM_PRIV_CFB128_AES,
-    "aes192": snmp_config.USM_PRIV_CFB192_AES_BLUMENTHAL,
-    "aes256": snmp_config.USM_PRIV_CFB256_AES_BLUMENTHAL,
-}
 
 _MP_MODEL = {"1": 0, "2c": 1, "3": 3}
 _SECURITY_MODEL = {"1": 1, "2c": 2, "3": 3}
@@ -239,19 +222,6 @@ def from_payload(payload: dict[str, Any]) -> Notification:
         )
         varbinds.append((tuple(oid), value))
     return Notification(payload["label"], payload["probe"], tuple(varbinds))
-
-
-def generate_engine_id() -> bytes:
-    """A fresh RFC 3411 engine ID: our enterprise number, format 5 (octets), 8 random octets."""
-    return struct.pack(">IB", 0x80000000 | mib.ENTERPRISE_OID[-1], 5) + os.urandom(8)
-
-
-def parse_engine_id(value: bytes | str) -> bytes:
-    """An engine ID given as bytes or as hex text (with or without 0x)."""
-    raw = value if isinstance(value, bytes) else bytes.fromhex(value.removeprefix("0x"))
-    if not 5 <= len(raw) <= 32:
-        raise ValueError("an SNMP engine ID is 5 to 32 octets")
-    return raw
 
 
 def receiver_label(cfg: SnmpNotify) -> str:

@@ -14,10 +14,22 @@ from pyasn1.codec.ber import encoder as pyasn1_encoder
 from pyasn1.error import PyAsn1Error
 from pysnmp.proto import rfc1902
 
+from monitor.exporters.snmp.fast.ber import (
+    SHORT_LENGTHS,
+    BerError,
+    decode_oid,
+    int_body,
+    int_tlv,
+    integer,
+    item,
+    length,
+    oid_body,
+    span,
+    sub_ids,
+    tlv,
+    tlv_size,
+)
 from monitor.exporters.snmp.mib_oids import Oid
-
-# MibTable's layout (_keys, _nodes, _Scalar, _Column) is read in FastPath._compile only: a
-# change there makes the fast path step aside (pysnmp answers), never answer differently.
 from monitor.exporters.snmp.mibview import (
     SYS_CONTACT,
     SYS_DESCR,
@@ -29,8 +41,7 @@ from monitor.exporters.snmp.mibview import (
     MibTable,
     MibView,
     Raw,
-    _Column,
-    _Scalar,
+    ScalarNode,
 )
 
 log = logging.getLogger("smtp_monitor.snmp")
@@ -48,8 +59,6 @@ MAX_REQUEST_BINDINGS = 128
 # 4.2.3): a 44-octet request then gets ~4,150 octets at most, 95x, about net-snmp's 98x (its 100-binding
 # cap); without it 64 long error texts made 289x. A bulk walk's -Cr50 response of typical rows is ~3,000.
 MAX_BULK_OCTETS = 4096
-MAX_OID_ARCS = 128  # RFC 2578 3.5
-MAX_SUB_ID = 2**32 - 1
 
 _NULL = b"\x05\x00"
 _NO_SUCH_OBJECT, _NO_SUCH_INSTANCE, _END_OF_MIB_VIEW = b"\x80\x00", b"\x81\x00", b"\x82\x00"
@@ -57,6 +66,7 @@ _COUNTER64 = 0x46
 _TOO_BIG, _NO_SUCH_NAME = 1, 2
 _VERSIONS = {0: b"\x02\x01\x00", 1: b"\x02\x01\x01"}
 _ZERO_ZERO = b"\x02\x01\x00\x02\x01\x00"  # error-status and error-index 0
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1  # request-id and its two companions (RFC 3416 3)
 _CACHE_MAX = 4096  # entries of the small caches (budgets, walk ends) whose entries have a fixed size
 _HEADROOM = 64  # more than a response's octets besides its varbinds and community
 _AHEAD_MAX = 64  # walks followed at once (managers walking side by side)
@@ -136,90 +146,6 @@ class Guarded(Generic[Answer]):
         raise NotImplementedError
 
 
-# -- BER ----------------------------------------------------------------------------------------
-
-
-def tlv(tag: int, body: bytes) -> bytes:
-    """One BER item with a minimal definite length, as pyasn1 encodes it."""
-    size = len(body)
-    if size < 0x80:
-        return bytes((tag, size)) + body
-    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(octets))) + octets + body
-
-
-def _int_body(value: int) -> bytes:
-    """Two's complement, as long as pyasn1 makes it (-128 takes two octets there): byte for byte
-    what the pysnmp path sends. Unsigned SMI types are encoded the same way."""
-    return value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
-
-
-def _int_tlv(value: int) -> bytes:
-    return tlv(0x02, _int_body(value))
-
-
-def _sub_ids(arcs: Sequence[int]) -> bytes:
-    out = bytearray()
-    for arc in arcs:
-        if arc < 0x80:
-            out.append(arc)
-            continue
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        out.extend(reversed(chunk))
-    return bytes(out)
-
-
-def oid_body(oid: Oid) -> bytes:
-    """The content octets of an OBJECT IDENTIFIER."""
-    if len(oid) < 2 or not 0 <= oid[0] <= 2 or (oid[0] < 2 and not 0 <= oid[1] < 40):
-        raise ValueError(f"not an encodable OID: {oid}")
-    return _sub_ids((oid[0] * 40 + oid[1], *oid[2:]))
-
-
-def decode_oid(body: bytes) -> Oid:
-    """An OID from canonical content octets; NotHandled for anything else (padding, truncation, size)."""
-    if not body or body[-1] & 0x80:
-        raise NotHandled("empty or truncated OID")
-    arcs: list[int] = []
-    value = 0
-    start = True
-    for octet in body:
-        if start and octet == 0x80:
-            raise NotHandled("padded sub-identifier")  # pyasn1 refuses it too
-        value = (value << 7) | (octet & 0x7F)
-        if octet & 0x80:
-            start = False
-        else:
-            arcs.append(value)
-            value = 0
-            start = True
-    first = arcs[0]
-    head = (0, first) if first < 40 else (1, first - 40) if first < 80 else (2, first - 80)
-    oid = (*head, *arcs[1:])
-    if len(oid) > MAX_OID_ARCS or max(oid) > MAX_SUB_ID:
-        raise NotHandled("OID beyond SMI limits")
-    return oid
-
-
-def _body(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """(value start, value end) of the item whose length octets are at pos; it must end by `end`."""
-    size = data[pos]
-    start = pos + 1
-    if size & 0x80:
-        count = size & 0x7F
-        if not 1 <= count <= 4:  # 0x80 is the indefinite form
-            raise NotHandled("indefinite or oversized length")
-        size = int.from_bytes(data[start : start + count], "big")
-        start += count
-    if start + size > end:
-        raise NotHandled("truncated")
-    return start, start + size
-
-
 class Request(NamedTuple):
     """A decoded v1/v2c read request. `first`/`second` are error-status/error-index, or for
     GETBULK non-repeaters/max-repetitions; `bodies` are the OIDs' content octets as received.
@@ -292,6 +218,8 @@ def decode_request(message: bytes, cache: BindingsCache | None = None) -> Reques
     Definite lengths only, no trailing octets, NULL values only, at most MAX_VARBINDS bindings."""
     try:
         return _decode(message, cache)
+    except BerError as exc:  # not BER the codec reads: pysnmp decides what it is
+        raise NotHandled(str(exc)) from None
     except IndexError:  # read past the end: truncated
         raise NotHandled("truncated") from None
 
@@ -300,7 +228,7 @@ def _decode(data: bytes, cache: BindingsCache | None) -> Request:
     end = len(data)
     if data[0] != 0x30:
         raise NotHandled("not a SEQUENCE")
-    pos, stop = _body(data, 1, end)
+    pos, stop = span(data, 1, end)
     if stop != end:
         raise NotHandled("octets after the message")
     if data[pos : pos + 2] != b"\x02\x01" or data[pos + 2] not in _VERSIONS:  # 3 octets from any encoder
@@ -308,31 +236,23 @@ def _decode(data: bytes, cache: BindingsCache | None) -> Request:
     version = data[pos + 2]
     if data[pos + 3] != 0x04:
         raise NotHandled("no community")
-    start, pos = _body(data, pos + 4, end)
+    start, pos = span(data, pos + 4, end)
     community = data[start:pos]
     pdu = data[pos] - 0xA0
-    pos, stop = _body(data, pos + 1, end)
+    pos, stop = span(data, pos + 1, end)
     if stop != end or not (pdu in (GET, GETNEXT) or (pdu == GETBULK and version == 1)):
         raise NotHandled("not a read request")
     # request-id, error-status, error-index (or non-repeaters, max-repetitions): short INTEGERs
-    fields = []
-    for _ in range(3):
-        size = data[pos + 1]
-        if data[pos] != 0x02 or not 1 <= size <= 5:  # pyasn1 writes -2**31 in five octets
-            raise NotHandled("not a short INTEGER")
-        value = int.from_bytes(data[pos + 2 : pos + 2 + size], "big", signed=True)
-        if not -(2**31) <= value < 2**31:
-            raise NotHandled("INTEGER beyond 32 bits")
-        fields.append(value)
-        pos += 2 + size
+    request_id, pos = integer(data, pos, stop, _INT32_MIN, _INT32_MAX)
+    first, pos = integer(data, pos, stop, _INT32_MIN, _INT32_MAX)
+    second, pos = integer(data, pos, stop, _INT32_MIN, _INT32_MAX)
     if pos >= stop:
         raise NotHandled("truncated")
-    request_id, first, second = fields
     if pdu != GETBULK and second < 0:
         raise NotHandled("negative error-index")  # pysnmp drops it
     if data[pos] != 0x30:
         raise NotHandled("no variable bindings")
-    pos, stop_list = _body(data, pos + 1, stop)
+    pos, stop_list = span(data, pos + 1, stop)
     if stop_list != stop:
         raise NotHandled("octets after the variable bindings")
     key = data[pos:stop]  # managers poll the same bindings again and again: decode them once
@@ -357,12 +277,8 @@ def _bindings(data: bytes, pos: int, stop: int) -> _Bindings:
             if MAX_VARBINDS + _null_bindings(data, pos, stop) > MAX_REQUEST_BINDINGS:
                 raise _TooMany
             raise NotHandled("too many variable bindings")
-        if data[pos] != 0x30:
-            raise NotHandled("not a VarBind")
-        start, bind_end = _body(data, pos + 1, stop)
-        if data[start] != 0x06:
-            raise NotHandled("VarBind without an OID")
-        oid_start, oid_end = _body(data, start + 1, bind_end)
+        start, bind_end = item(data, pos, stop, 0x30)  # a VarBind
+        oid_start, oid_end = item(data, start, bind_end, 0x06)  # its name
         if data[oid_end:bind_end] != _NULL:
             raise NotHandled("VarBind value is not NULL")
         body = data[oid_start:oid_end]
@@ -377,12 +293,8 @@ def _null_bindings(data: bytes, pos: int, stop: int) -> int:
     not that: every one is checked, so only what pysnmp would read as well is answered here."""
     count = 0
     while pos < stop:
-        if data[pos] != 0x30:
-            raise NotHandled("not a VarBind")
-        start, bind_end = _body(data, pos + 1, stop)
-        if data[start] != 0x06:
-            raise NotHandled("VarBind without an OID")
-        _, oid_end = _body(data, start + 1, bind_end)
+        start, bind_end = item(data, pos, stop, 0x30)  # a VarBind
+        _, oid_end = item(data, start, bind_end, 0x06)  # its name
         if data[oid_end:bind_end] != _NULL:
             raise NotHandled("VarBind value is not NULL")
         count += 1
@@ -418,7 +330,7 @@ def _value_tlv(value: Any) -> tuple[bytes, int]:
         return encoded, encoded[0]
     tag, kind = spec[0], spec[1]
     if kind == _INT:
-        return tlv(tag, _int_body(int(value))), tag
+        return tlv(tag, int_body(int(value))), tag
     if kind == _OCTETS:
         return tlv(tag, value.asOctets()), tag
     return tlv(tag, oid_body(tuple(value))), tag
@@ -444,7 +356,7 @@ def cell_encoder(syntax: type) -> Callable[[Raw], bytes]:
                 return _pyasn1(lambda: syntax(raw))
             if not low <= raw <= high:
                 raise NotHandled(f"{raw} outside {syntax.__name__}")
-            return tlv(tag, _int_body(raw))
+            return tlv(tag, int_body(raw))
 
         return encode_int
 
@@ -489,7 +401,7 @@ class _TableCode:
 
 
 @dataclass(slots=True, eq=False)
-class _ScalarNode:
+class _CompiledScalar:
     key: Oid
     name_tlv: bytes
     value: Callable[[], tuple[bytes, int]]  # (value TLV, tag octet), read at each request
@@ -497,7 +409,7 @@ class _ScalarNode:
 
 
 @dataclass(slots=True, eq=False)
-class _ColumnNode:
+class _CompiledColumn:
     key: Oid
     key_body: bytes
     indexes: Sequence[Oid]
@@ -510,7 +422,7 @@ class _ColumnNode:
     code: _ColumnCode  # kept across table versions
 
 
-_Node = _ScalarNode | _ColumnNode
+_Node = _CompiledScalar | _CompiledColumn
 
 
 @dataclass(slots=True, eq=False)
@@ -635,7 +547,7 @@ class FastPath(Guarded[bytes]):
         if i >= 0:
             node = compiled.nodes[i]
             key = node.key
-            if isinstance(node, _ColumnNode):
+            if isinstance(node, _CompiledColumn):
                 if oid[: len(key)] == key:
                     index = oid[len(key) :]
                     indexes = node.indexes
@@ -667,7 +579,7 @@ class FastPath(Guarded[bytes]):
         if i < 0 or oid[: len(keys[i])] != keys[i]:
             return i + 1, 0  # oid is inside no node: every later node sorts after it
         node = compiled.nodes[i]
-        if isinstance(node, _ColumnNode):
+        if isinstance(node, _CompiledColumn):
             return i, bisect_right(node.indexes, oid[len(node.key) :])
         return i + 1, 0  # at (or below) a scalar instance
 
@@ -683,7 +595,7 @@ class FastPath(Guarded[bytes]):
         while k < len(nodes):
             node = nodes[k]
             if node.visible:
-                if isinstance(node, _ColumnNode):
+                if isinstance(node, _CompiledColumn):
                     if j < len(node.indexes) and not (v1_next and node.counter64):
                         return k, j, self._cell(node, j)
                 elif j == 0:
@@ -697,7 +609,7 @@ class FastPath(Guarded[bytes]):
         return None
 
     @staticmethod
-    def _cell(node: _ColumnNode, j: int) -> bytes:
+    def _cell(node: _CompiledColumn, j: int) -> bytes:
         """The encoded varbind of row j of a column, from the column's code when the row is unchanged."""
         code = node.code
         if code.sources[j] is not node.cells[j]:
@@ -740,7 +652,7 @@ class FastPath(Guarded[bytes]):
                 if k >= 0:
                     node = nodes[k] if k < len(nodes) else None
                     # the common case, a walk down a column, without the general search
-                    if isinstance(node, _ColumnNode) and node.visible and j < len(node.indexes):
+                    if isinstance(node, _CompiledColumn) and node.visible and j < len(node.indexes):
                         found_varbind = self._cell(node, j)
                         js[i] = j + 1
                     else:
@@ -803,7 +715,7 @@ class FastPath(Guarded[bytes]):
         last: Oid | None = None
         while m:
             node = nodes[k] if k < len(nodes) else None
-            if isinstance(node, _ColumnNode) and node.visible and j < len(node.indexes):
+            if isinstance(node, _CompiledColumn) and node.visible and j < len(node.indexes):
                 stop = min(j + m, len(node.indexes))
                 m -= stop - j
                 # Only rows replaced since this column was last encoded go through Python.
@@ -833,7 +745,7 @@ class FastPath(Guarded[bytes]):
                 return _WalkPart(out, used, False)
             k, j, previous = found
             found_node = nodes[k]
-            last = found_node.key + found_node.indexes[j] if isinstance(found_node, _ColumnNode) else found_node.key
+            last = found_node.key + found_node.indexes[j] if isinstance(found_node, _CompiledColumn) else found_node.key
             j += 1
             m -= 1
             used += len(previous)
@@ -871,7 +783,7 @@ class FastPath(Guarded[bytes]):
         if compiled is self._warmed:
             return  # no row replaced since: not even a scan (13 ms with 10,000 rows)
         for node in compiled.nodes:
-            if not isinstance(node, _ColumnNode) or not node.visible:
+            if not isinstance(node, _CompiledColumn) or not node.visible:
                 continue
             stale = _stale_rows(node, 0, len(node.cells))
             for start in range(0, len(stale), _WARM_ROWS):
@@ -959,33 +871,30 @@ class FastPath(Guarded[bytes]):
     def _compile(self, table: MibTable) -> _Compiled:
         try:
             return self._compile_nodes(table)
-        except (AttributeError, TypeError, ValueError) as exc:
-            raise NotHandled(f"unknown MibTable layout: {exc}") from None
+        except BerError as exc:  # a node OID the codec cannot write: pysnmp answers this table
+            raise NotHandled(f"MIB node not encodable: {exc}") from None
 
     def _compile_nodes(self, table: MibTable) -> _Compiled:
-        keys: list[Oid] = getattr(table, "_keys", None) or []
-        raw_nodes: list[object] = getattr(table, "_nodes", None) or []
-        if not keys or len(keys) != len(raw_nodes):
-            raise NotHandled("unknown MibTable layout")
+        keys = table.node_oids
+        if not keys:
+            raise NotHandled("an empty MibTable")
         nodes: list[_Node] = []
         tables: dict[Oid, _TableCode] = {}  # checked once per compile
-        for key, node in zip(keys, raw_nodes, strict=True):
+        for key, node in zip(keys, table.nodes, strict=True):
             visible = self._visible(key)
-            if type(node) is _Scalar:
-                nodes.append(_ScalarNode(key, tlv(0x06, oid_body(key)), self._scalar_value(key, node), visible))
-            elif type(node) is _Column:
+            if isinstance(node, ScalarNode):
+                nodes.append(_CompiledScalar(key, tlv(0x06, oid_body(key)), self._scalar_value(key, node), visible))
+            else:
                 rows = node.rows
                 table_code = tables.get(key[:-1])
                 if table_code is None:
                     table_code = tables[key[:-1]] = self._table_code(key[:-1], rows.indexes)
                 counter64 = getattr(node.syntax, "tagSet", None) == rfc1902.Counter64.tagSet
                 nodes.append(
-                    _ColumnNode(key, oid_body(key), rows.indexes, rows.cells, node.position,
+                    _CompiledColumn(key, oid_body(key), rows.indexes, rows.cells, node.position,
                                 self._encoder(node.syntax), counter64, visible,
                                 table_code.index_bodies, table_code.column(node.position))
                 )
-            else:
-                raise NotHandled(f"unknown MIB node {type(node).__name__}")
         return _Compiled(table, keys, nodes)
 
     def _table_code(self, entry: Oid, indexes: Sequence[Oid]) -> _TableCode:
@@ -994,14 +903,14 @@ class FastPath(Guarded[bytes]):
         if code is not None and (code.indexes is indexes or code.indexes == indexes):
             code.indexes = indexes
             return code
-        code = self._table_codes[entry] = _TableCode(indexes, [_sub_ids(index) for index in indexes], {})
+        code = self._table_codes[entry] = _TableCode(indexes, [sub_ids(index) for index in indexes], {})
         return code
 
-    def _scalar_value(self, key: Oid, node: _Scalar) -> Callable[[], tuple[bytes, int]]:
+    def _scalar_value(self, key: Oid, node: ScalarNode) -> Callable[[], tuple[bytes, int]]:
         if key == SYS_UPTIME:
             # Read at every request like every scalar, without building a pyasn1 TimeTicks.
             uptime = self._view.uptime_ticks
-            return lambda: (tlv(0x43, _int_body(uptime())), 0x43)
+            return lambda: (tlv(0x43, int_body(uptime())), 0x43)
         if key in _FIXED_PER_TABLE:
             # The rest of the system group is fixed when MibView builds a table: encode it once.
             encoded = _value_tlv(node.read())
@@ -1027,58 +936,41 @@ class FastPath(Guarded[bytes]):
 # -- messages -------------------------------------------------------------------------------------
 
 
-_SHORT_LENGTHS = [bytes((size,)) for size in range(0x80)]
-
-
-def _length(size: int) -> bytes:
-    if size < 0x80:
-        return _SHORT_LENGTHS[size]
-    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(octets),)) + octets
-
-
 def _message(request: Request, status: int, index: int, varbinds: list[bytes], size: int = -1) -> bytes:
     """The Response-PDU message, assembled in one join (varbinds are not copied on the way);
     `size` is the varbinds' total length when the caller knows it."""
     community = request.community
     request_id = request.request_id
     rid = request_id.to_bytes(request_id.bit_length() // 8 + 1, "big", signed=True)
-    fields = b"\x02" + _SHORT_LENGTHS[len(rid)] + rid
-    fields += _int_tlv(status) + _int_tlv(index) if status or index else _ZERO_ZERO
+    fields = b"\x02" + SHORT_LENGTHS[len(rid)] + rid
+    fields += int_tlv(status) + int_tlv(index) if status or index else _ZERO_ZERO
     if size < 0:
         size = sum(map(len, varbinds))
-    list_head = b"\x30" + _length(size)
+    list_head = b"\x30" + length(size)
     pdu_size = len(fields) + len(list_head) + size
-    pdu_head = b"\xa2" + _length(pdu_size)
-    head = _VERSIONS[request.version] + b"\x04" + _length(len(community)) + community + pdu_head + fields + list_head
-    return b"".join([b"\x30", _length(len(head) + size), head, *varbinds])
+    pdu_head = b"\xa2" + length(pdu_size)
+    head = _VERSIONS[request.version] + b"\x04" + length(len(community)) + community + pdu_head + fields + list_head
+    return b"".join([b"\x30", length(len(head) + size), head, *varbinds])
 
 
 def _message_size(request: Request, octets: int) -> int:
     """The size of a noError response carrying `octets` octets of varbinds."""
-    fixed = len(_VERSIONS[request.version]) + _tlv_size(len(request.community))
-    pdu = len(_int_tlv(request.request_id)) + len(_ZERO_ZERO) + _tlv_size(octets)
-    return _tlv_size(fixed + _tlv_size(pdu))
+    fixed = len(_VERSIONS[request.version]) + tlv_size(len(request.community))
+    pdu = len(int_tlv(request.request_id)) + len(_ZERO_ZERO) + tlv_size(octets)
+    return tlv_size(fixed + tlv_size(pdu))
 
 
 def _echo(request: Request) -> list[bytes]:
     return [_name_varbind(body, _NULL) for body in request.bodies]
 
 
-def _tlv_size(octets: int) -> int:
-    """The size of a BER item whose value has `octets` octets."""
-    if octets < 0x80:
-        return 2 + octets
-    return 2 + (octets.bit_length() + 7) // 8 + octets
-
-
-def _stale_rows(node: _ColumnNode, start: int, stop: int) -> list[int]:
+def _stale_rows(node: _CompiledColumn, start: int, stop: int) -> list[int]:
     """The rows among start..stop-1 of a column replaced since they were encoded: one C-level scan."""
     sources, rows = node.code.sources[start:stop], node.cells[start:stop]
     return list(compress(range(start, stop), map(is_not, sources, rows)))
 
 
-def _encode_row(node: _ColumnNode, j: int) -> None:
+def _encode_row(node: _CompiledColumn, j: int) -> None:
     """Bring row j of a column's code up to the row's current version.
 
     A new version of a row usually changes a few cells (timings, counters): a cell equal to the

@@ -14,22 +14,18 @@ from typing import Any, NamedTuple
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.decrepit.ciphers.modes import CFB
-from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, CipherContext, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
 
 from monitor.config.schema import SnmpUser
+from monitor.exporters.snmp.fast.ber import SHORT_LENGTHS, BerError, int_tlv, integer, item, length, span, tlv
 from monitor.exporters.snmp.fast.fastpath import (
-    _SHORT_LENGTHS,
     MAX_RESPONSE_OCTETS,
     BindingsCache,
     FastPath,
     Guarded,
     NotHandled,
     Request,
-    _body,
-    _int_tlv,
-    _length,
     decode_request,
-    tlv,
 )
 from monitor.exporters.snmp.ratelimit import TokenBucket
 
@@ -65,7 +61,6 @@ _V2C_HEAD = b"\x02\x01\x01\x04\x00"  # version 2c and an empty community: FastPa
 _V2C_FRAME = 2 + len(_V2C_HEAD)  # that frame with a short length: its narrowest
 _LONGEST_HEAD = 4  # tag and 0x82 and two length octets: the widest header below 64 KiB
 _WIDEST_INTEGER = 6  # an INTEGER TLV up to 2**31 - 1
-_SHORT_CFB = 256  # plaintext octets up to which CFB block by block beats a cipher context per message
 
 # PDU tag octets (RFC 3416): the confirmed class a Report may answer (RFC 3412 7.1.3b, RFC 3411 2.8),
 # and of those the requests for the command responder. A Response, Report or Trap is never answered.
@@ -184,20 +179,6 @@ def localized_priv_key(auth_protocol: str, priv_protocol: str, password: bytes, 
     return key[:size]
 
 
-def hmac_pads(key: bytes, hash_name: str) -> tuple[hashlib._Hash, hashlib._Hash]:
-    """RFC 2104 (RFC 3414 6.3.1, RFC 7860): the hash after (key ^ ipad) and the hash after (key ^ opad).
-
-    Copying these per message makes HMAC two copies, the updates and two digests. A localized
-    key is never longer than its hash's block, so it is only zero-padded."""
-    block = hashlib.new(hash_name).block_size
-    if len(key) > block:
-        raise ValueError("a localized key longer than its hash's block")
-    padded = int.from_bytes(key.ljust(block, b"\0"), "big")
-    inner = (padded ^ int.from_bytes(b"\x36" * block, "big")).to_bytes(block, "big")
-    outer = (padded ^ int.from_bytes(b"\x5c" * block, "big")).to_bytes(block, "big")
-    return hashlib.new(hash_name, inner), hashlib.new(hash_name, outer)
-
-
 @dataclass(frozen=True, slots=True, eq=False, repr=False)  # no repr: nothing key-derived ends up in a log
 class UsmUser:
     """One configured user's localized keys, and the parts of its messages that never change."""
@@ -205,10 +186,10 @@ class UsmUser:
     name: bytes
     priv: str | None  # monitor.config.schema.PrivProtocol, None for an authNoPriv user
     digest_octets: int
-    inner: hashlib._Hash  # HMAC with the localized authentication key, before any message octet
-    outer: hashlib._Hash
+    # HMAC (RFC 2104) keyed with the localized authentication key, before any message octet: copied per
+    # message, so the key is set up once per user (RFC 3414 6.3.1, RFC 7860).
+    keyed: hmac.HMAC
     cipher: BlockCipherAlgorithm | None  # keyed AES or DES (as 3DES with one key thrice, as pysnmp)
-    block: CipherContext | None  # the cipher's ECB context: AES encrypting (CFB both ways), DES decrypting
     pre_iv: int  # DES only
     name_tlv: bytes
     placeholder: bytes  # msgAuthenticationParameters while the digest is computed: zeros
@@ -216,12 +197,10 @@ class UsmUser:
 
     def mac(self, *parts: bytes | memoryview) -> bytes:
         """The truncated HMAC of the parts' concatenation."""
-        inner = self.inner.copy()
+        keyed = self.keyed.copy()
         for part in parts:
-            inner.update(part)
-        outer = self.outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()[: self.digest_octets]
+            keyed.update(part)
+        return keyed.digest()[: self.digest_octets]
 
 
 def usm_user(user: SnmpUser, auth_password: str, priv_password: str | None, engine_id: bytes) -> UsmUser:
@@ -230,7 +209,6 @@ def usm_user(user: SnmpUser, auth_password: str, priv_password: str | None, engi
     hash_name = AUTH_HASHES[auth]
     auth_key = localize_key(password_to_key(secret_octets(auth_password), hash_name), engine_id, hash_name)
     cipher: BlockCipherAlgorithm | None = None
-    block: CipherContext | None = None
     pre_iv = 0
     priv = user.priv.protocol if user.priv is not None else None
     if priv is not None:
@@ -239,19 +217,16 @@ def usm_user(user: SnmpUser, auth_password: str, priv_password: str | None, engi
         key = localized_priv_key(auth, priv, secret_octets(priv_password), engine_id)
         if priv == "des":
             cipher, pre_iv = TripleDES(key[:8] * 3), int.from_bytes(key[8:16], "big")
-            block = Cipher(cipher, modes.ECB()).decryptor()  # noqa: S305  # the raw cipher: CBC chained by hand
         else:
             cipher = algorithms.AES(key)
-            block = Cipher(cipher, modes.ECB()).encryptor()  # noqa: S305  # the raw cipher: CFB chained by hand
     digest = DIGEST_OCTETS[auth]
     name = secret_octets(user.name)
     return UsmUser(
         name,
         priv,
         digest,
-        *hmac_pads(auth_key, hash_name),
+        hmac.new(auth_key, digestmod=hash_name),
         cipher,
-        block,
         pre_iv,
         tlv(0x04, name),
         tlv(0x04, bytes(digest)),
@@ -284,70 +259,47 @@ def decode_message(data: bytes) -> Message:
     """Strictly decode an SNMPv3 message with USM parameters; NotHandled for anything unusual."""
     try:
         return _decode(data)
+    except BerError as exc:  # not BER the codec reads
+        raise NotHandled(str(exc)) from None
     except IndexError:  # read past the end: truncated
         raise NotHandled("truncated") from None
 
 
-def _item(data: bytes, pos: int, end: int, tag: int) -> tuple[int, int]:
-    """(value start, value end) of the item at pos, which must have `tag` and end by `end`."""
-    if data[pos] != tag:
-        raise NotHandled(f"tag {data[pos]:#x} where {tag:#x} belongs")
-    size = data[pos + 1]
-    if size & 0x80:
-        return _body(data, pos + 1, end)
-    stop = pos + 2 + size  # the short form, most items: without a second call
-    if stop > end:
-        raise NotHandled("truncated")
-    return pos + 2, stop
-
-
-def _integer(data: bytes, pos: int, end: int, low: int, high: int) -> tuple[int, int]:
-    """(value, next position) of an INTEGER within [low, high], the bounds pysnmp's decoder holds."""
-    size = data[pos + 1]
-    stop = pos + 2 + size
-    if data[pos] != 0x02 or not 1 <= size <= 5 or stop > end:  # a long-form length is above 5 here
-        raise NotHandled("not a short INTEGER")
-    value = int.from_bytes(data[pos + 2 : stop], "big", signed=True)
-    if not low <= value <= high:
-        raise NotHandled("INTEGER out of range")
-    return value, stop
-
-
 def _decode(data: bytes) -> Message:
     end = len(data)
-    pos, stop = _item(data, 0, end, 0x30)
+    pos, stop = item(data, 0, end, 0x30)
     if stop != end:
         raise NotHandled("octets after the message")
     if data[pos : pos + 3] != _V3:
         raise NotHandled("not SNMPv3")
-    start, header_end = _item(data, pos + 3, end, 0x30)  # msgGlobalData
-    msg_id, pos = _integer(data, start, header_end, 0, INT31_MAX)
-    max_size, pos = _integer(data, pos, header_end, MIN_MESSAGE_SIZE, INT31_MAX)
-    start, stop = _item(data, pos, header_end, 0x04)
+    start, header_end = item(data, pos + 3, end, 0x30)  # msgGlobalData
+    msg_id, pos = integer(data, start, header_end, 0, INT31_MAX)
+    max_size, pos = integer(data, pos, header_end, MIN_MESSAGE_SIZE, INT31_MAX)
+    start, stop = item(data, pos, header_end, 0x04)
     if stop - start != 1:
         raise NotHandled("msgFlags is not one octet")
     flags = data[start]
     if data[stop:header_end] != _V3:
         raise NotHandled("not the user-based security model")
-    params_at, params_end = _item(data, header_end, end, 0x04)  # msgSecurityParameters
-    pos, stop = _item(data, params_at, params_end, 0x30)
+    params_at, params_end = item(data, header_end, end, 0x04)  # msgSecurityParameters
+    pos, stop = item(data, params_at, params_end, 0x30)
     if stop != params_end:
         raise NotHandled("octets after the security parameters")
-    start, pos = _item(data, pos, stop, 0x04)
+    start, pos = item(data, pos, stop, 0x04)
     engine_id = data[start:pos]
-    boots, pos = _integer(data, pos, stop, 0, INT31_MAX)
-    engine_time, pos = _integer(data, pos, stop, 0, INT31_MAX)
-    start, pos = _item(data, pos, stop, 0x04)
+    boots, pos = integer(data, pos, stop, 0, INT31_MAX)
+    engine_time, pos = integer(data, pos, stop, 0, INT31_MAX)
+    start, pos = item(data, pos, stop, 0x04)
     if pos - start > MAX_USER_NAME:
         raise NotHandled("user name too long")
     user = data[start:pos]
-    auth_at, auth_end = _item(data, pos, stop, 0x04)
-    start, pos = _item(data, auth_end, stop, 0x04)
+    auth_at, auth_end = item(data, pos, stop, 0x04)
+    start, pos = item(data, auth_end, stop, 0x04)
     if pos != stop:
         raise NotHandled("octets after msgPrivacyParameters")
     priv_params = data[start:pos]
     data_tag = data[params_end]
-    value_at, data_end = _body(data, params_end + 1, end)
+    value_at, data_end = span(data, params_end + 1, end)
     if data_tag not in (0x30, 0x04) or data_end != end:
         raise NotHandled("msgData is neither a ScopedPDU nor encrypted octets")
     data_at = params_end if data_tag == 0x30 else value_at
@@ -409,14 +361,14 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         self._max_message = max_message_size
         self._users: dict[bytes, tuple[UsmUser, int]] = {}  # name -> user, octets around a response's PDU
         self._bindings = BindingsCache()  # bounded by octets: fastpath.BINDINGS_CACHE_OCTETS
-        self._engine_boots = tlv(0x04, engine_id) + _int_tlv(boots)  # USM parameters' first two
+        self._engine_boots = tlv(0x04, engine_id) + int_tlv(boots)  # USM parameters' first two
         self._boots_octets = boots.to_bytes(4, "big")
         self._context = tlv(0x04, engine_id) + b"\x04\x00"  # contextEngineID and the default context ""
         # an unauthenticated Report's msgGlobalData after msgID: msgMaxSize, msgFlags and msgSecurityModel
-        self._report_header_tail = _int_tlv(max_message_size) + _REPORT_FLAGS + _V3
+        self._report_header_tail = int_tlv(max_message_size) + _REPORT_FLAGS + _V3
         # msgGlobalData after msgID: msgMaxSize, msgFlags (authNoPriv, authPriv) and msgSecurityModel
         self._header_tail = {
-            private: _int_tlv(max_message_size) + flags + _V3 for private, flags in _RESPONSE_FLAGS.items()
+            private: int_tlv(max_message_size) + flags + _V3 for private, flags in _RESPONSE_FLAGS.items()
         }
         self._header_size = len(self._header_tail[True])
         self._usm_size = len(self._engine_boots)
@@ -470,7 +422,7 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         header = 2 + _WIDEST_INTEGER + self._header_size
         usm = len(self._engine_boots) + _WIDEST_INTEGER + len(user.name_tlv) + len(user.placeholder)
         usm += 10 if user.priv else len(_NO_PRIV_PARAMS)  # the salt: 8 octets
-        security = 1 + len(_length(usm + 4)) + 1 + len(_length(usm)) + usm
+        security = 1 + len(length(usm + 4)) + 1 + len(length(usm)) + usm
         containers = 3 if user.priv else 2  # the message, the ScopedPDU and the encrypted octets
         around = len(_V3) + header + security + len(self._context) + _LONGEST_HEAD * containers
         return around + 7 if user.priv == "des" else around
@@ -609,12 +561,12 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
             self.reports_limited += 1
             return Screened(refusal, report_limited=True)
         # Counter32 is an INTEGER body under its own tag; the length stays short below 2**32
-        varbind = tlv(0x30, _USM_STATS_NAME[refusal] + b"\x41" + _int_tlv(value)[1:])
-        pdu = tlv(0xA8, _int_tlv(request_id) + _ZERO_ERRORS + tlv(0x30, varbind))
+        varbind = tlv(0x30, _USM_STATS_NAME[refusal] + b"\x41" + int_tlv(value)[1:])
+        pdu = tlv(0xA8, int_tlv(request_id) + _ZERO_ERRORS + tlv(0x30, varbind))
         if user is not None:
             return Screened(refusal, self._frame(user, False, now, msg.msg_id, memoryview(pdu)))
         usm = tlv(0x30, self._engine_boots + self._time_tlv(self._clock()) + tlv(0x04, msg.user) + b"\x04\x00\x04\x00")
-        header = tlv(0x30, _int_tlv(msg.msg_id) + self._report_header_tail)
+        header = tlv(0x30, int_tlv(msg.msg_id) + self._report_header_tail)
         return Screened(refusal, tlv(0x30, _V3 + header + tlv(0x04, usm) + tlv(0x30, self._context + pdu)))
 
     def _authentic(self, message: bytes, msg: Message, user: UsmUser) -> bool:
@@ -626,26 +578,20 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         return hmac.compare_digest(digest, view[msg.auth_at : msg.auth_end])
 
     def _decrypt(self, user: UsmUser, msg: Message, ciphertext: bytes) -> bytes:
-        """RFC 3826 3.3.2 (AES-CFB128, IV = boots, time, salt) or RFC 3414 8.3.2 (DES-CBC, IV = salt ^ pre-IV).
-
-        Decrypting either mode applies the block cipher to known octets only (the IV and the
-        ciphertext), so one call of the user's ECB context and one XOR do it, without a cipher
-        context per message (the costly part): CFB P[i] = C[i] ^ E(C[i-1]), CBC P[i] = D(C[i]) ^ C[i-1]."""
+        """RFC 3826 3.3.2 (AES-CFB128, IV = boots, time, salt) or RFC 3414 8.3.2 (DES-CBC, IV = salt ^ pre-IV)."""
         salt = msg.priv_params
         if len(salt) != 8:
             raise NotHandled("msgPrivacyParameters is not an 8-octet salt")
-        assert user.block is not None
-        size = len(ciphertext)
+        assert user.cipher is not None
+        mode: modes.ModeWithInitializationVector
         if user.priv == "des":
-            if size % 8 or not size:
+            if len(ciphertext) % 8 or not ciphertext:
                 raise NotHandled("DES ciphertext not in whole blocks")
-            iv = (int.from_bytes(salt, "big") ^ user.pre_iv).to_bytes(8, "big")
-            mask, chained = user.block.update(ciphertext), iv + ciphertext[:-8]
+            mode = modes.CBC((int.from_bytes(salt, "big") ^ user.pre_iv).to_bytes(8, "big"))
         else:
-            iv = msg.boots.to_bytes(4, "big") + msg.time.to_bytes(4, "big") + salt
-            mask = user.block.update(iv + ciphertext[: (size - 1) // 16 * 16])[:size]  # a last partial block too
-            chained = ciphertext
-        return (int.from_bytes(mask, "big") ^ int.from_bytes(chained, "big")).to_bytes(size, "big")
+            mode = CFB(msg.boots.to_bytes(4, "big") + msg.time.to_bytes(4, "big") + salt)
+        decryptor = Cipher(user.cipher, mode).decryptor()
+        return decryptor.update(ciphertext) + decryptor.finalize()
 
     def _encrypt(self, user: UsmUser, now: int, plaintext: bytes) -> tuple[bytes, bytes]:
         """(ciphertext, salt) with a salt never used before by this engine (boots and a counter for DES)."""
@@ -660,10 +606,7 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         else:
             self._aes_salt = (self._aes_salt + 1) & 0xFFFFFFFFFFFFFFFF
             salt = self._aes_salt.to_bytes(8, "big")
-            iv = self._boots_octets + now.to_bytes(4, "big") + salt
-            if len(plaintext) <= _SHORT_CFB:
-                return _cfb_encrypt(user, iv, plaintext), salt
-            mode = CFB(iv)
+            mode = CFB(self._boots_octets + now.to_bytes(4, "big") + salt)
         encryptor = Cipher(user.cipher, mode).encryptor()
         return encryptor.update(plaintext) + encryptor.finalize(), salt
 
@@ -671,48 +614,33 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         """msgAuthoritativeEngineTime, encoded once a second."""
         cached = self._time
         if cached[0] != now:
-            cached = self._time = (now, _int_tlv(now))
+            cached = self._time = (now, int_tlv(now))
         return cached[1]
 
     def _frame(self, user: UsmUser, private: bool, now: int, msg_id: int, pdu: memoryview) -> bytes:
         """The Response message around FastPath's PDU: scopedPDU (encrypted), USM parameters, then the digest."""
         context = self._context
-        scoped = b"".join((b"\x30", _length(len(context) + len(pdu)), context, pdu))
+        scoped = b"".join((b"\x30", length(len(context) + len(pdu)), context, pdu))
         if private:
             ciphertext, salt = self._encrypt(user, now, scoped)
-            data = b"".join((b"\x04", _length(len(ciphertext)), ciphertext))
+            data = b"".join((b"\x04", length(len(ciphertext)), ciphertext))
             priv_params = b"\x04\x08" + salt
         else:
             data, priv_params = scoped, _NO_PRIV_PARAMS
-        id_tlv, time_tlv = _int_tlv(msg_id), self._time_tlv(now)
+        id_tlv, time_tlv = int_tlv(msg_id), self._time_tlv(now)
         header_size = len(id_tlv) + self._header_size  # below 0x80: a one-octet length
         usm_size = self._usm_size + len(time_tlv) + len(user.name_tlv) + len(user.placeholder) + len(priv_params)
-        usm_length = _length(usm_size)
+        usm_length = length(usm_size)
         security_size = 1 + len(usm_length) + usm_size
-        security_length = _length(security_size)
+        security_length = length(security_size)
         # the version (3 octets), msgGlobalData's tag and length, msgSecurityParameters' tag: 6 octets
         body_size = 6 + header_size + len(security_length) + security_size + len(data)
         head = b"".join((
-            b"\x30", _length(body_size), _V3, b"\x30", _SHORT_LENGTHS[header_size], id_tlv, self._header_tail[private],
+            b"\x30", length(body_size), _V3, b"\x30", SHORT_LENGTHS[header_size], id_tlv, self._header_tail[private],
             b"\x04", security_length, b"\x30", usm_length, self._engine_boots, time_tlv, user.usm_tail,
         ))  # fmt: skip
         digest = user.mac(head, user.placeholder[2:], priv_params, data)
         return b"".join((head, digest, priv_params, data))
-
-
-def _cfb_encrypt(user: UsmUser, iv: bytes, plaintext: bytes) -> bytes:
-    """AES-CFB128 (RFC 3826 3.1.4, NIST SP 800-38A 6.3), C[i] = P[i] ^ E(C[i-1]) with C[-1] = IV, block by
-    block through the user's ECB context: for a short message cheaper than a cipher context of its own."""
-    assert user.block is not None
-    update = user.block.update
-    out = []
-    chained = iv
-    for at in range(0, len(plaintext), 16):
-        block = plaintext[at : at + 16]
-        size = len(block)  # the last block may be partial: CFB uses that much of its keystream
-        chained = (int.from_bytes(block, "big") ^ int.from_bytes(update(chained)[:size], "big")).to_bytes(size, "big")
-        out.append(chained)
-    return b"".join(out)
 
 
 def _peek_pdu(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
@@ -721,15 +649,15 @@ def _peek_pdu(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
     Enough to tell a request from a Response, Report or Trap before any check of its security
     parameters; trailing octets (DES padding) are left to the stricter readers."""
     try:
-        start, stop = _item(data, pos, end, 0x30)
-        _, at = _item(data, start, stop, 0x04)  # contextEngineID
-        _, at = _item(data, at, stop, 0x04)  # contextName
+        start, stop = item(data, pos, end, 0x30)
+        _, at = item(data, start, stop, 0x04)  # contextEngineID
+        _, at = item(data, at, stop, 0x04)  # contextName
         tag = data[at]
         if tag & 0xE0 != 0xA0:  # context-specific, constructed
             return None
-        body, body_end = _body(data, at + 1, stop)
-        request_id, _ = _integer(data, body, body_end, -(2**31), INT31_MAX)
-    except (NotHandled, IndexError):
+        body, body_end = span(data, at + 1, stop)
+        request_id, _ = integer(data, body, body_end, -(2**31), INT31_MAX)
+    except (BerError, IndexError):
         return None
     return tag, request_id
 
@@ -740,15 +668,15 @@ def _scoped_pdu(data: bytes, pos: int, end: int, engine_id: bytes, *, padded: bo
     A decrypted ScopedPDU may be followed by padding (DES), which pysnmp ignores too."""
     try:
         return _locate_pdu(data, pos, end, engine_id, padded)
-    except IndexError:  # truncated, or decrypted with another key: pysnmp counts a decryption error
-        raise NotHandled("truncated ScopedPDU") from None
+    except (BerError, IndexError):  # malformed, or decrypted with another key: pysnmp counts a decryption error
+        raise NotHandled("not a ScopedPDU") from None
 
 
 def _locate_pdu(data: bytes, pos: int, end: int, engine_id: bytes, padded: bool) -> tuple[int, int]:
-    start, stop = _item(data, pos, end, 0x30)
+    start, stop = item(data, pos, end, 0x30)
     if stop != end and not padded:
         raise NotHandled("octets after the ScopedPDU")
-    at, context_end = _item(data, start, stop, 0x04)
+    at, context_end = item(data, start, stop, 0x04)
     if data[at:context_end] != engine_id:
         raise NotHandled("another contextEngineID")
     if data[context_end : context_end + 2] != b"\x04\x00":
@@ -756,7 +684,7 @@ def _locate_pdu(data: bytes, pos: int, end: int, engine_id: bytes, padded: bool)
     pdu_at = context_end + 2
     if data[pdu_at] not in (0xA0, 0xA1, 0xA5):
         raise NotHandled("not GET, GETNEXT or GETBULK")
-    _, pdu_end = _body(data, pdu_at + 1, stop)
+    _, pdu_end = span(data, pdu_at + 1, stop)
     if pdu_end != stop:
         raise NotHandled("octets after the PDU")
     return pdu_at, pdu_end
