@@ -15,7 +15,7 @@ import aiohttp
 import yaml
 
 from bench.common import http_get, log, on_exit, stop_process
-from tests.peers.ports import HOST, free_tcp_port
+from tests.support.ports import HOST, free_tcp_port
 
 BLACKBOX = "/usr/bin/prometheus-blackbox-exporter"
 HELO = "bench.test"

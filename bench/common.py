@@ -26,8 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.peers.ports import HOST, free_tcp_port  # noqa: E402
-from tests.peers.procs import descendants, kill_quietly, wait_gone  # noqa: E402
+from tests.support.ports import HOST, free_tcp_port  # noqa: E402
+from tests.support.procs import descendants, kill_quietly, wait_gone  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SNMP_AGENT_MODULE = REPO_ROOT / "monitor" / "snmp" / "agent.py"

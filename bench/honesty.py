@@ -33,8 +33,8 @@ from bench.common import (
 from bench.peers import Peers
 from bench.scale import probe_mix
 from monitor.exporters.snmp import mib_oids
-from tests.peers.ports import free_udp_port
-from tests.peers.procs import descendants, read_pid_file
+from tests.support.ports import free_udp_port
+from tests.support.procs import descendants, read_pid_file
 
 PHASES = ("connect", "banner")
 NOISY_BASELINE_MS = 10.0  # loopback connect/banner p99 on an idle 2-core machine is well below this

@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 from bench.common import OUR_ROOTS, REPO_ROOT, log, on_exit
-from tests.peers.nsd import NsdServer
-from tests.peers.postfix import PostfixServer
-from tests.peers.procs import read_pid_file
-from tests.peers.zone import standard_zones
+from tests.support.peers import NsdServer, PostfixServer, standard_zones
+from tests.support.procs import read_pid_file
 
 # binary -> Debian package
 BINARIES = {

@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: bench.*, tests.peers.*
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: bench.*, tests.support.*
 
 from bench.common import (
     OTHERS_LOAD,

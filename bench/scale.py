@@ -33,7 +33,7 @@ from bench.common import (
 )
 from bench.peers import Peers
 from monitor.exporters.snmp import mib_oids
-from tests.peers.ports import free_udp_port
+from tests.support.ports import free_udp_port
 
 LATENESS = "smtp_monitor_scheduler_lateness_seconds"
 

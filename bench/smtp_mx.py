@@ -31,7 +31,7 @@ from bench.common import (
     smtp_probe,
 )
 from bench.peers import Peers
-from tests.peers.ports import HOST
+from tests.support.ports import HOST
 
 CONCURRENCY = 50  # the agent's max_concurrency and the blackbox client's in-flight bound
 BLACKBOX_STARTTLS_ANCHOR = 2.4  # CPU-s per 1,000 STARTTLS probes measured before (issue 5)

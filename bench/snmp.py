@@ -20,7 +20,7 @@ from bench.common import (
 from bench.peers import Peers
 from bench.scale import probe_mix
 from monitor.exporters.snmp import mib_oids
-from tests.peers.ports import free_udp_port
+from tests.support.ports import free_udp_port
 
 VERSIONS = ("v2c", "v3")
 # HOST-RESOURCES-MIB (storage, devices, processes, installed packages): some thousand values that

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import log, on_exit, stop_process
-from tests.peers.ports import HOST, free_udp_port
+from tests.support.ports import HOST, free_udp_port
 
 SNMPD = "/usr/sbin/snmpd"
 COMMUNITY = "public"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import snmp_tools
 from bench.common import CpuWindow, on_exit, stop_process
-from tests.peers import snmp_flood
+from tests.support.peers import snmp_flood
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOOD_RATE = 2_000  # datagrams a second: 1.9 Mbit/s of unknown-user messages took 113 % of a core at f466e3e
@@ -31,7 +31,7 @@ class FloodFigures:
 
 
 def _start_flood(port: int, datagrams: Path, seconds: float) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "tests.peers.snmp_flood", str(port), str(FLOOD_RATE), str(seconds), str(datagrams)]
+    argv = [sys.executable, "-m", snmp_flood.__name__, str(port), str(FLOOD_RATE), str(seconds), str(datagrams)]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     on_exit(f"snmp flood {proc.pid}", lambda: stop_process(proc))
     return proc

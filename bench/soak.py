@@ -28,8 +28,8 @@ from bench.common import (
     thread_count,
 )
 from bench.peers import Peers
-from tests.peers.ports import free_udp_port
-from tests.peers.procs import descendants
+from tests.support.ports import free_udp_port
+from tests.support.procs import descendants
 
 # group -> (count, expected failure reasons); healthy groups expect none
 FAULTS = {"tarpit": {"timeout"}, "reset": {"reset"}, "reject554": {"reply"}, "endless": {"protocol"}}

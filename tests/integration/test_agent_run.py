@@ -16,8 +16,8 @@ from tests.peers import zone
 from tests.peers.agent import AgentProcess
 from tests.peers.net_snmp import tool_env
 from tests.peers.nsd import NsdServer
-from tests.peers.ports import free_tcp_port, free_udp_port
 from tests.peers.postfix import PostfixServer
+from tests.support.ports import free_tcp_port, free_udp_port
 
 
 def smtp_probes(postfix: PostfixServer) -> list[dict[str, object]]:

@@ -20,12 +20,12 @@ import pytest
 
 from monitor.exporters.snmp import mib_oids as mib
 from tests.fakes.auth_secrets import leaks, secret_forms
-from tests.fakes.certs import SERVER_NAME, Pki
 from tests.fakes.smtp_servers import EchoingAuthServer, ServerThread
 from tests.peers.agent import AgentProcess
 from tests.peers.net_snmp import tool_env
-from tests.peers.ports import free_udp_port
 from tests.peers.snmptrapd import TrapReceiver
+from tests.support.certs import SERVER_NAME, Pki
+from tests.support.ports import free_udp_port
 
 PASSWORD = "Quokka-Zebra-Hunter2-Passphrase"
 USERNAMES = ("a", "ab", "abc")  # len("\0user\0") mod 3 = 0, 1, 2

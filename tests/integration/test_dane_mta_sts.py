@@ -30,8 +30,8 @@ from tests.fakes.dns_server import Rcode, ScriptedDnsServer
 from tests.peers import zone
 from tests.peers.https import POLICY_PATH, HttpsServer, silent_listener
 from tests.peers.nsd import NsdServer
-from tests.peers.ports import HOST, free_tcp_port
 from tests.peers.postfix import PostfixServer
+from tests.support.ports import HOST, free_tcp_port
 
 DANE_ORIGIN = "dane.test."
 MAX_REPLY = 65536

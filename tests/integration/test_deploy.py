@@ -32,9 +32,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.exporters.snmp import mib_oids
 from tests.peers.nsd import NsdServer
-from tests.peers.ports import HOST, free_tcp_port, free_udp_port
 from tests.peers.postfix import PostfixServer
-from tests.peers.procs import descendants, pid_alive, terminate_tree
+from tests.support.ports import HOST, free_tcp_port, free_udp_port
+from tests.support.procs import descendants, pid_alive, terminate_tree
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

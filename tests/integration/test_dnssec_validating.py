@@ -29,9 +29,9 @@ from tests.peers import signed_zones as sz
 from tests.peers.agent import AgentProcess
 from tests.peers.net_snmp import tool_env
 from tests.peers.nsd import NsdServer
-from tests.peers.ports import HOST, free_udp_port, tcp_port_open
 from tests.peers.postfix import PostfixServer
 from tests.peers.unbound import UnboundError, UnboundResolver
+from tests.support.ports import HOST, free_udp_port, tcp_port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB_DIR = ROOT / "mibs"

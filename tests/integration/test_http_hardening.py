@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.config import schema as config
 from tests.peers.agent import AgentProcess
 from tests.peers.nsd import NsdServer
-from tests.peers.ports import HOST, free_tcp_port
 from tests.peers.postfix import PostfixServer
+from tests.support.ports import HOST, free_tcp_port
 
 HALF_REQUEST = b"GET /metrics HTTP/1.1\r\nHost: agent\r\n"  # the blank line that ends the headers never comes
 MALFORMED = b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"

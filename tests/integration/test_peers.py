@@ -19,9 +19,9 @@ import pytest
 
 from tests.peers import zone
 from tests.peers.nsd import NsdServer
-from tests.peers.ports import tcp_port_open
 from tests.peers.postfix import PostfixServer, read_smtp_greeting
 from tests.peers.snmptrapd import TrapReceiver
+from tests.support.ports import tcp_port_open
 
 
 def _verifying_context(postfix: PostfixServer) -> ssl.SSLContext:

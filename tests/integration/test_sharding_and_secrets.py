@@ -8,8 +8,8 @@ from pathlib import Path
 
 from monitor.runtime.sharding import owner
 from tests.peers.agent import AgentProcess
-from tests.peers.ports import free_tcp_port, free_udp_port
 from tests.peers.postfix_sasl import PostfixSaslServer
+from tests.support.ports import free_tcp_port, free_udp_port
 
 PROBES = 40
 

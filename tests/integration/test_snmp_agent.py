@@ -28,8 +28,8 @@ from monitor.model.results import CertInfo, MxRecord, MxResult, Phase, Reason, S
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore
 from tests.peers.net_snmp import tool_env
-from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
+from tests.support.ports import free_udp_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB_DIR = ROOT / "mibs"

@@ -29,8 +29,8 @@ from monitor.model.results import Phase, Reason, SmtpResult
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore
 from tests.peers.net_snmp import tool_env
-from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
+from tests.support.ports import free_udp_port
 
 COMMUNITY = "bounds-c0mm"
 V2C = 1

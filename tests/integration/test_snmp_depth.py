@@ -24,10 +24,10 @@ from monitor.probes.mx import _dane_verdict
 from monitor.probes.policy_records import check_dmarc, check_spf
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore
-from tests.peers.certs import make_self_signed_cert
 from tests.peers.net_snmp import tool_env
-from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
+from tests.support.certs import make_self_signed_cert
+from tests.support.ports import free_udp_port
 
 T = TypeVar("T")
 

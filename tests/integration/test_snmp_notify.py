@@ -21,8 +21,8 @@ from monitor.exporters.snmp.notify import COLD_START, Notifier
 from monitor.model.results import CertInfo, MxResult, Phase, Reason, SmtpResult, TlsInfo
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore
-from tests.peers.ports import free_udp_port
 from tests.peers.snmptrapd import TrapReceiver, V3User
+from tests.support.ports import free_udp_port
 
 AUTH_PASS = "auth-pass-123"
 PRIV_PASS = "priv-pass-456"

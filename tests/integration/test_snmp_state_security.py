@@ -25,8 +25,8 @@ from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore
 from tests.peers.agent import AgentProcess
 from tests.peers.net_snmp import tool_env
-from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
+from tests.support.ports import free_udp_port
 
 ENGINE_ID = "80007ed905a1b2c3d4e5f60718"
 SYS_DESCR = "1.3.6.1.2.1.1.1.0"

@@ -17,8 +17,8 @@ import pytest
 
 from tests.peers import snmp_flood
 from tests.peers.agent import AgentProcess
-from tests.peers.ports import free_udp_port
 from tests.peers.snmp_flood import AUTH, PRIV, REPORT, REPORTABLE, USM_STATS, ber, integer, scoped_pdu, v3_message
+from tests.support.ports import free_udp_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMUNITY = "gate-read-51c7"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.peers.ports import free_tcp_port
+from tests.support.ports import free_tcp_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

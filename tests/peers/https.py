@@ -13,8 +13,7 @@ from typing import Any
 import trustme
 
 from tests.peers.lifecycle import Peer
-
-from .ports import HOST
+from tests.support.ports import HOST
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
 HANDSHAKE_TIMEOUT = 5.0  # a client that connects and says nothing must not hold a thread for long

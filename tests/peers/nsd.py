@@ -15,9 +15,8 @@ import dns.rcode
 import dns.rdatatype
 
 from tests.peers.lifecycle import Peer, log_tails
-
-from .ports import HOST, free_tcp_udp_port
-from .procs import descendants, pid_runs, read_pid_file, terminate_tree, wait_gone
+from tests.support.ports import HOST, free_tcp_udp_port
+from tests.support.procs import descendants, pid_runs, read_pid_file, terminate_tree, wait_gone
 
 NSD = "/usr/sbin/nsd"
 NSD_CHECKZONE = "/usr/sbin/nsd-checkzone"

@@ -15,10 +15,9 @@ import weakref
 from pathlib import Path
 
 from tests.peers.lifecycle import Peer
-
-from .certs import SERVER_NAME, make_self_signed_cert
-from .ports import HOST, free_tcp_ports, wait_for_tcp_port_closed
-from .procs import descendants, pid_runs, read_pid_file, terminate_tree, wait_gone
+from tests.support.certs import SERVER_NAME, make_self_signed_cert
+from tests.support.ports import HOST, free_tcp_ports, wait_for_tcp_port_closed
+from tests.support.procs import descendants, pid_runs, read_pid_file, terminate_tree, wait_gone
 
 POSTFIX = "/usr/sbin/postfix"
 START_DEADLINE = 20.0

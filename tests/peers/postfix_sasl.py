@@ -25,7 +25,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .ports import free_tcp_ports, wait_for_tcp_port_closed
+from tests.support.ports import free_tcp_ports, wait_for_tcp_port_closed
+
 from .postfix import STOP_DEADLINE, PostfixError, PostfixServer, read_smtp_greeting
 
 SASLPASSWD2 = "/usr/sbin/saslpasswd2"

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tests.peers.lifecycle import Peer
-
-from .ports import HOST, free_udp_port
-from .procs import pid_runs, read_pid_file, terminate_tree
+from tests.support.ports import HOST, free_udp_port
+from tests.support.procs import pid_runs, read_pid_file, terminate_tree
 
 SNMPTRAPD = "/usr/sbin/snmptrapd"
 START_DEADLINE = 10.0

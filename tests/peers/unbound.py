@@ -8,9 +8,8 @@ from pathlib import Path
 
 from tests.peers.lifecycle import Peer, log_tails
 from tests.peers.nsd import wait_for_soa
-
-from .ports import HOST, free_tcp_udp_port
-from .procs import pid_runs, terminate_tree, wait_gone
+from tests.support.ports import HOST, free_tcp_udp_port
+from tests.support.procs import pid_runs, terminate_tree, wait_gone
 
 UNBOUND = "/usr/sbin/unbound"
 UNBOUND_CHECKCONF = "/usr/sbin/unbound-checkconf"

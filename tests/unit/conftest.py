@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fakes.certs import SERVER_IP, IssuedCert, Pki
+from tests.support.certs import SERVER_IP, IssuedCert, Pki
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from monitor.probes.dane import Tlsa, name_matches, tlsa_name, verify
-from tests.peers.certs import make_self_signed_cert
+from tests.support.certs import make_self_signed_cert
 
 EXCHANGE = "mx1.good.test"
 

@@ -17,7 +17,6 @@ from monitor.config.schema import DnsConfig, SmtpProbeConfig
 from monitor.model.results import Phase, Reason, SmtpResult
 from monitor.probes import ProbeEnv, build_resolver, smtp
 from tests.fakes.auth_secrets import b64, password_only_runs, secret_forms
-from tests.fakes.certs import SERVER_IP, SERVER_NAME, IssuedCert, Pki
 from tests.fakes.smtp_servers import (
     QUIT,
     STARTTLS_GO,
@@ -26,6 +25,7 @@ from tests.fakes.smtp_servers import (
     Step,
     Then,
 )
+from tests.support.certs import SERVER_IP, SERVER_NAME, IssuedCert, Pki
 
 T = TypeVar("T")
 PASSWORD = "Quokka-Zebra-Hunter2-Passphrase"  # long enough that every base64 form is distinctive

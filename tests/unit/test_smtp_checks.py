@@ -14,7 +14,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from monitor.config.schema import DnsConfig, SmtpProbeConfig
 from monitor.model.results import Phase, Reason, SmtpResult
 from monitor.probes import ProbeEnv, build_resolver, smtp
-from tests.fakes.certs import Pki
+from tests.support.certs import Pki
 
 USER, PASSWORD = "monitor", "s3cret-Pa55word"
 LOCAL_DOMAIN = "mail.test"

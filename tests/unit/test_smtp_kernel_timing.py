@@ -17,8 +17,8 @@ from monitor.config.schema import DnsConfig, SmtpProbeConfig, TlsMode
 from monitor.model.results import Phase, Reason, SmtpResult, result_from_dict
 from monitor.probes import ProbeEnv, build_resolver, kernel_times, smtp
 from tests.fakes import smtp_servers as fakes
-from tests.fakes.certs import SERVER_NAME, IssuedCert, Pki
 from tests.fakes.smtp_servers import AiosmtpdServer, ScriptedSmtpServer
+from tests.support.certs import SERVER_NAME, IssuedCert, Pki
 
 T = TypeVar("T")
 HANG_GUARD = 30.0  # seconds: a scenario still running after this has hung

@@ -16,8 +16,8 @@ from monitor.config.schema import DnsConfig, SmtpProbeConfig, TlsMode
 from monitor.model.results import Phase, Reason, SmtpResult
 from monitor.probes import ProbeEnv, build_resolver, smtp
 from tests.fakes import smtp_servers as fakes
-from tests.fakes.certs import SERVER_IP, SERVER_NAME, IssuedCert, Pki
 from tests.fakes.smtp_servers import AiosmtpdServer, PeerConnection, ScriptedSmtpServer, Step, Then
+from tests.support.certs import SERVER_IP, SERVER_NAME, IssuedCert, Pki
 
 T = TypeVar("T")
 HANG_GUARD = 30.0  # seconds: a scenario still running after this has hung

@@ -41,8 +41,8 @@ from monitor.exporters.snmp.mibview import SYS_DESCR, SYS_UPTIME, SYSTEM, MibVie
 from monitor.model.results import CertInfo, MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult, TlsInfo
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeConfig, ResultsStore, Snapshot
-from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
+from tests.support.ports import free_udp_port
 
 COMMUNITY = "public"  # as in the net-snmp captures below
 V1, V2C = 0, 1

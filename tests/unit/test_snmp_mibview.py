@@ -48,7 +48,7 @@ from monitor.probes.mx import _dane_verdict
 from monitor.probes.policy_records import check_dmarc, check_spf
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeConfig, ResultsStore
-from tests.peers.certs import make_self_signed_cert
+from tests.support.certs import make_self_signed_cert
 
 NEVER = mib_oids.DATE_AND_TIME_NEVER
 

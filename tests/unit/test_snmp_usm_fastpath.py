@@ -50,8 +50,8 @@ from monitor.exporters.snmp.mib_oids import Oid, SmtpProbeColumn
 from monitor.exporters.snmp.mibview import SYS_DESCR, SYS_UPTIME, MibView
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore
-from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
+from tests.support.ports import free_udp_port
 from tests.unit.test_snmp_fastpath import ber, boundary_oids, chunks, filled_store, integer
 
 ENGINE_ID = bytes.fromhex("80007ed905a1b2c3d4e5f60718")

@@ -20,8 +20,8 @@ from monitor.exporters.snmp.mibview import SYS_DESCR, MibView
 from monitor.exporters.snmp.ratelimit import TokenBucket
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore
-from tests.peers.ports import free_udp_port
 from tests.peers.snmp_agent_thread import AgentThread
+from tests.support.ports import free_udp_port
 from tests.unit.test_snmp_fastpath import ber, filled_store, integer
 from tests.unit.test_snmp_usm_fastpath import (
     AUTH,
