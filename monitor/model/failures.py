@@ -72,7 +72,8 @@ def classify(exc: ProbeFailure | OSError, timeout: float) -> ProbeFailure:
     if isinstance(exc, TimeoutError):
         return ProbeFailure(Reason.TIMEOUT, f"no answer within {timeout:g}s")
     if isinstance(exc, ssl.SSLError):
-        return ProbeFailure(Reason.TLS, f"TLS error: {exc.reason or exc}")
+        # OpenSSL's errors carry a reason; one raised from Python code has none, and is told by its text
+        return ProbeFailure(Reason.TLS, f"TLS error: {getattr(exc, 'reason', None) or exc}")
     if isinstance(exc, ConnectionRefusedError):
         return ProbeFailure(Reason.REFUSED, "connection refused")
     if isinstance(exc, ConnectionResetError):
