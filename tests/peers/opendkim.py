@@ -148,7 +148,8 @@ class _Milter(Peer):
 class OpenDkimMilter(_Milter):
     """`opendkim -f -x CONF` under `root`, a milter on 127.0.0.1:`port`.
 
-    mode "s": signs mail from `key.domain` submitted by any loopback client (InternalHosts).
+    mode "s": signs mail from `key.domain` submitted by any loopback client (InternalHosts);
+    `key` may be set after construction, before start().
     mode "v": verifies every message (no internal hosts) and always adds Authentication-Results
     with `authserv_id`, "dkim=none" for unsigned mail.  DNS: the zones in `dns_zones` are
     forwarded to 127.0.0.1:`dns_port`.
@@ -166,8 +167,6 @@ class OpenDkimMilter(_Milter):
         dns_zones: tuple[str, ...],
         key: DkimKey | None = None,
     ) -> None:
-        if mode == "s" and key is None:
-            raise ValueError("a signing OpenDKIM needs a key")
         super().__init__(root)
         self.mode = mode
         self.authserv_id = authserv_id
@@ -202,7 +201,8 @@ class OpenDkimMilter(_Milter):
             "SoftwareHeader no",
         ]
         if self.mode == "s":
-            assert self.key is not None
+            if self.key is None:
+                raise OpenDkimError("a signing OpenDKIM needs a key: set `key` before start()")
             lines += [
                 f"Domain {self.key.domain}",
                 f"Selector {self.key.selector}",
