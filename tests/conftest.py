@@ -1,4 +1,8 @@
-"""Session fixtures for real peers: a private Postfix, an NSD with the test zone, snmptrapd, base MIBs."""
+"""Fixtures shared by every tier, and the `peers` marker that sets the quick tier (`pytest -m "not peers"`) apart.
+
+Session peers start when a test first asks for them, so a run that asks for none starts nothing.
+Groups below: the tier marker, SMTP peers, DNS peers, SNMP peers, the agent as a process, the mail chain.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,32 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers import signed_zones
 from tests.peers.agent import AgentProcess
+from tests.peers.mail_chain import MailChain
 from tests.peers.mibs import base_mib_dir
 from tests.peers.nsd import NsdServer
 from tests.peers.postfix import PostfixServer
+from tests.peers.postfix_sasl import PostfixSaslServer
 from tests.peers.snmptrapd import TrapReceiver
+from tests.peers.unbound import UnboundResolver
 from tests.peers.zone import standard_zones
 
 # The session's Postfix, once some test has asked for it (so unit-only runs start nothing).
 _SESSION_POSTFIX = pytest.StashKey[PostfixServer]()
 
-# Fixtures that start a Debian daemon or read what a Debian package installed.
+# Fixtures that start a process (a Debian daemon, the agent) or read what a Debian package installed.
 _PEER_FIXTURES = frozenset(
-    {"postfix", "postfix_sasl", "dns_server", "trap_receiver", "base_mibs", "dnssec_nsd", "validating_resolver"}
-)
+    {
+        "postfix", "postfix_sasl", "mail_chain",
+        "dns_server", "dnssec_zones", "dnssec_nsd", "validating_resolver",
+        "trap_receiver", "base_mibs",
+        "agent_factory",
+    }
+)  # fmt: skip
+
+
+# -- the tier marker ------------------------------------------------------------------------------
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,12 +57,13 @@ def peers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("peers")
 
 
+# -- SMTP peers -----------------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def postfix(request: pytest.FixtureRequest, peers_dir: Path) -> Iterator[PostfixServer]:
-    """A running private Postfix for the whole session: plain_port, implicit_port, submission_port, ca_file.
-
-    Tests may pause() it to make probes fail; it is resumed after each test if left stopped.
-    """
+    """A private Postfix for the session (plain_port, implicit_port, submission_port, ca_file); see PostfixServer."""
+    # Tests may pause() it to make probes fail; _resume_paused_postfix restarts it after each test.
     server = PostfixServer(peers_dir / "postfix")
     try:
         server.start()
@@ -66,6 +83,22 @@ def _resume_paused_postfix(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def postfix_sasl(peers_dir: Path) -> Iterator[PostfixSaslServer]:
+    """A second private Postfix with AUTH inside TLS, a local domain and relay control; see PostfixSaslServer."""
+    # username/password, known_recipient (accepted) and unknown_recipient (550), no relay for
+    # 127.0.0.1 unauthenticated, plus tls12_port (TLS 1.2 at most) and open_relay_port.
+    server = PostfixSaslServer(peers_dir / "postfix-sasl")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()  # also on failed tests and on a failed start
+
+
+# -- DNS peers ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
 def dns_server(peers_dir: Path) -> Iterator[NsdServer]:
     """A running NSD serving tests.peers.zone's standard zone (origin `test.`) at host:port."""
     server = NsdServer(peers_dir / "nsd", standard_zones())
@@ -76,68 +109,11 @@ def dns_server(peers_dir: Path) -> Iterator[NsdServer]:
         server.close()
 
 
-@pytest.fixture
-def trap_receiver(tmp_path: Path) -> Iterator[TrapReceiver]:
-    """A fresh snmptrapd per test (community `public`, every notification logged) at host:port."""
-    receiver = TrapReceiver(tmp_path / "snmptrapd")
-    try:
-        receiver.start()
-        yield receiver
-    finally:
-        receiver.close()
-
-
-@pytest.fixture(scope="session")
-def base_mibs() -> Path:
-    """The directory of IETF base MIB texts (erlang-snmp's), for SMIPATH or net-snmp's -M."""
-    return base_mib_dir()
-
-
-# Appended with its fixture rather than merged into the imports at the top of the file.
-from tests.peers.postfix_sasl import PostfixSaslServer  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def postfix_sasl(peers_dir: Path) -> Iterator[PostfixSaslServer]:
-    """A second private Postfix, started when first asked for: SMTP AUTH PLAIN/LOGIN inside TLS
-    (username, password), local domain mail.test (known_recipient accepted, unknown_recipient
-    550), no relay for 127.0.0.1 unauthenticated, plus tls12_port (TLS 1.2 at most) and
-    open_relay_port.  See tests.peers.postfix_sasl."""
-    server = PostfixSaslServer(peers_dir / "postfix-sasl")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()  # also on failed tests and on a failed start
-
-
-@pytest.fixture
-def agent_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, object]], AgentProcess]]:
-    agents: list[AgentProcess] = []
-
-    def make(config: dict[str, object]) -> AgentProcess:
-        agent = AgentProcess(tmp_path, config)
-        agents.append(agent)
-        agent.start()
-        return agent
-
-    yield make
-    for agent in agents:
-        agent.stop()
-
-
-# Appended with its fixtures rather than merged into the imports at the top of the file.
-from tests.peers import signed_zones  # noqa: E402
-from tests.peers.unbound import UnboundResolver  # noqa: E402
-
-
 @pytest.fixture(scope="session")
 def dnssec_zones(postfix: PostfixServer) -> signed_zones.SignedZones:
-    """signed.test. (secure), bogus.test. (anchored to another key), plain.test. (insecure), keys made now.
-
-    signed.test. also publishes TLSA 3 1 1 of the session Postfix's key for mx1.signed.test. on
-    port 25 and on postfix.plain_port (DANE with a validated TLSA).  See tests.peers.signed_zones.
-    """
+    """signed.test. (secure), bogus.test. (anchored to another key), plain.test. (insecure), keys made now."""
+    # signed.test. also publishes TLSA 3 1 1 of the session Postfix's key for mx1.signed.test. on
+    # port 25 and on postfix.plain_port (DANE with a validated TLSA).  See tests.peers.signed_zones.
     tlsa = signed_zones.tlsa_3_1_1(postfix.cert_file.read_bytes())
     exchange = signed_zones.SIGNED_MX1
     records = [f"_{port}._tcp.{exchange} IN TLSA {tlsa}" for port in (25, postfix.plain_port)]
@@ -159,11 +135,9 @@ def dnssec_nsd(peers_dir: Path, dnssec_zones: signed_zones.SignedZones) -> Itera
 def validating_resolver(
     peers_dir: Path, dnssec_zones: signed_zones.SignedZones, dnssec_nsd: NsdServer
 ) -> Iterator[UnboundResolver]:
-    """Unbound validating dnssec_zones (stub zones on dnssec_nsd, DS anchors for the signed ones) at host:port.
-
-    signed.test. answers carry AD; bogus.test., tampered.signed.test. and expired.signed.test.
-    are SERVFAIL; plain.test. resolves without AD; every other name is REFUSED (no internet).
-    """
+    """Unbound validating dnssec_zones (stub zones on dnssec_nsd, DS anchors for the signed ones) at host:port."""
+    # signed.test. answers carry AD; bogus.test., tampered.signed.test. and expired.signed.test.
+    # are SERVFAIL; plain.test. resolves without AD; every other name is REFUSED (no internet).
     resolver = UnboundResolver(
         peers_dir / "unbound", dict.fromkeys(dnssec_zones.zones, dnssec_nsd.port), dnssec_zones.trust_anchors
     )
@@ -174,8 +148,46 @@ def validating_resolver(
         resolver.close()
 
 
-# Appended with its fixture rather than merged into the imports at the top of the file.
-from tests.peers.mail_chain import MailChain  # noqa: E402
+# -- SNMP peers -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trap_receiver(tmp_path: Path) -> Iterator[TrapReceiver]:
+    """A fresh snmptrapd per test (community `public`, every notification logged) at host:port."""
+    receiver = TrapReceiver(tmp_path / "snmptrapd")
+    try:
+        receiver.start()
+        yield receiver
+    finally:
+        receiver.close()
+
+
+@pytest.fixture(scope="session")
+def base_mibs() -> Path:
+    """The directory of IETF base MIB texts (erlang-snmp's), for SMIPATH or net-snmp's -M."""
+    return base_mib_dir()
+
+
+# -- the agent as a process -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, object]], AgentProcess]]:
+    """Start agents from config dicts (each in tmp_path, on free ports); every one is stopped after the test."""
+    agents: list[AgentProcess] = []
+
+    def make(config: dict[str, object]) -> AgentProcess:
+        agent = AgentProcess(tmp_path, config)
+        agents.append(agent)
+        agent.start()
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.stop()
+
+
+# -- the mail chain -------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

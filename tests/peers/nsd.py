@@ -14,9 +14,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from tests.peers.lifecycle import Peer, log_tails
+from tests.peers.lifecycle import DaemonPeer, log_tails
 from tests.support.ports import HOST, free_tcp_udp_port
-from tests.support.procs import descendants, pid_runs, read_pid_file, terminate_tree, wait_gone
 
 NSD = "/usr/sbin/nsd"
 NSD_CHECKZONE = "/usr/sbin/nsd-checkzone"
@@ -28,7 +27,7 @@ class NsdError(RuntimeError):
     """NSD could not be configured, started or stopped; the message carries its log tail."""
 
 
-class NsdServer(Peer):
+class NsdServer(DaemonPeer):
     """NSD serving `zone_text_by_origin` ({"test.": "<zone file text>"}) on 127.0.0.1:`port`.
 
     Runs in the foreground (`nsd -d`) as root without chroot or privilege drop, with
@@ -37,6 +36,9 @@ class NsdServer(Peer):
     """
 
     host = HOST
+    executable = "nsd"  # NSD renames its processes ("nsd: main", "nsd: xfrd"); /proc/PID/exe stays nsd
+    error = NsdError
+    stop_deadline = STOP_DEADLINE
 
     def __init__(self, tmpdir: Path | str, zone_text_by_origin: dict[str, str]) -> None:
         if not zone_text_by_origin:
@@ -45,10 +47,13 @@ class NsdServer(Peer):
         self.zones = {_absolute(origin): text for origin, text in zone_text_by_origin.items()}
         self.port = free_tcp_udp_port()
         self.config_file = self.root / "nsd.conf"
-        self.pid_file = self.root / "nsd.pid"
         self.log_file = self.root / "nsd.log"
         self.output_file = self.root / "nsd.out"  # nsd's own stdout/stderr
-        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid_file(self) -> Path:
+        """NSD's main PID, written by NSD itself."""
+        return self.root / "nsd.pid"
 
     def _zone_file(self, origin: str) -> Path:
         return self.root / "zones" / f"{origin.rstrip('.') or 'root'}.zone"
@@ -98,55 +103,26 @@ class NsdServer(Peer):
         """The last lines of NSD's log and output, labelled, for error messages."""
         return log_tails((self.log_file, self.output_file), lines, "(no NSD log)")
 
-    def running(self) -> bool:
-        """Whether this server's main process is alive."""
-        pid = read_pid_file(self.pid_file)
-        return pid is not None and pid_runs(pid, "nsd")
-
-    def start(self) -> None:
-        """Start NSD and wait until it answers a SOA query for every zone."""
-        if self._process is not None and self._process.poll() is None:
-            raise NsdError(f"NSD under {self.root} is already running")
+    def _prepare(self) -> None:
         self.configure()
         self.pid_file.unlink(missing_ok=True)
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         with self.output_file.open("ab") as out:
-            self._process = subprocess.Popen(
+            return subprocess.Popen(
                 [NSD, "-d", "-c", str(self.config_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
 
     def _wait_ready(self) -> None:
+        """Wait until NSD answers a SOA query for every zone."""
         assert self._process is not None
         wait_for_soa(self._process, self.port, self.zones, what="NSD", log_tail=self.log_tail, error=NsdError)
 
-    def stop(self) -> None:
-        """Stop NSD: SIGTERM its main process (from the PID file), wait for it and its children."""
-        pid = read_pid_file(self.pid_file)
-        if pid is None or not pid_runs(pid, "nsd"):
-            pid = self._process.pid if self._process is not None else None
-        if pid is not None and pid_runs(pid, "nsd"):
-            # NSD renames its processes ("nsd: main", "nsd: xfrd"): the tree is found by parentage
-            tree = {pid} | descendants(pid)
-            terminate_tree(pid, deadline=STOP_DEADLINE)
-            if wait_gone(tree, STOP_DEADLINE):
-                raise NsdError(f"NSD processes {sorted(tree)} did not exit")
-        if self._process is not None:
-            try:
-                self._process.wait(timeout=STOP_DEADLINE)  # reap our direct child
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=5)
-            self._process = None
+    def _after_stop(self, stopped: bool) -> None:
         self.pid_file.unlink(missing_ok=True)
-
-
 
 
 def _absolute(origin: str) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -14,10 +15,10 @@ import time
 import weakref
 from pathlib import Path
 
-from tests.peers.lifecycle import Peer
+from tests.peers.lifecycle import DaemonPeer
 from tests.support.certs import SERVER_NAME, make_self_signed_cert
 from tests.support.ports import HOST, free_tcp_ports, wait_for_tcp_port_closed
-from tests.support.procs import descendants, pid_runs, read_pid_file, terminate_tree, wait_gone
+from tests.support.procs import kill_quietly, pid_runs, read_pid_file, terminate_tree
 
 POSTFIX = "/usr/sbin/postfix"
 START_DEADLINE = 20.0
@@ -131,7 +132,7 @@ def _stop_and_remove(pid_file: Path, runtime_dir: Path | None) -> None:
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
-class PostfixServer(Peer):
+class PostfixServer(DaemonPeer):
     """A private Postfix (`postfix -c DIR`) under `tmpdir`, listening only on 127.0.0.1.
 
     Ports, chosen free at construction and kept across pause()/resume():
@@ -143,6 +144,9 @@ class PostfixServer(Peer):
 
     host = HOST
     servername = SERVER_NAME
+    executable = "master"  # `postfix start` daemonises; master's PID is in pid_file
+    error = PostfixError
+    stop_deadline = STOP_DEADLINE
 
     def __init__(self, tmpdir: Path | str) -> None:
         self.root = Path(tmpdir).resolve()
@@ -158,7 +162,6 @@ class PostfixServer(Peer):
         self.ca_file = self.cert_file  # self-signed: the certificate is its own CA
         self._configured = False
         self._started_once = False
-        self._master_pid: int | None = None
         if external:
             link = self.root / "runtime"
             if link.is_symlink():
@@ -271,30 +274,22 @@ class PostfixServer(Peer):
             return f"(no maillog at {self.log_file})"
         return f"maillog tail ({self.log_file}):\n" + "\n".join(text[-lines:])
 
-    def running(self) -> bool:
-        """Whether this instance's master process is alive."""
-        pid = read_pid_file(self.pid_file)
-        return pid is not None and pid_runs(pid, "master")
-
-    def start(self) -> None:
-        """Start Postfix and wait until all three ports greet with 220."""
+    def _prepare(self) -> None:
         if not self._finalizer.alive:
             raise PostfixError("this PostfixServer was closed; make a new one")
         if not self._configured:
             self.configure()
-        if self.running():
-            raise PostfixError(f"Postfix under {self.root} is already running")
         if self._started_once:
             # skip postfix-script's integrity checks (~1-2 s) when nothing changed since the last start
             (self.queue_dir / "quick-start").touch()
+
+    def _launch(self) -> None:
         self._postfix("start")
         self._started_once = True
-        self._master_pid = read_pid_file(self.pid_file)
-        try:
-            self._wait_greetings()
-        except BaseException:
-            self.stop()
-            raise
+
+    def _wait_ready(self) -> None:
+        """Wait until every listener greets with 220."""
+        self._wait_greetings()
 
     def _wait_greetings(self) -> None:
         end = time.monotonic() + START_DEADLINE
@@ -325,22 +320,17 @@ class PostfixServer(Peer):
                 )
             time.sleep(0.1)
 
-    def stop(self) -> None:
-        """Stop Postfix (if running), wait for every one of its processes and for the ports to close."""
-        pid = read_pid_file(self.pid_file) or self._master_pid
-        if pid is None or not pid_runs(pid, "master"):
-            self._master_pid = None
-            return
-        tree = {pid} | descendants(pid)  # smtpd etc. reparent once master exits
-        with contextlib.suppress(PostfixError):
-            self._postfix("stop")  # if it fails, the signals below still end every process
-        survivors = wait_gone(tree, STOP_DEADLINE)
-        if survivors:
-            for survivor in survivors:
-                terminate_tree(survivor, deadline=5.0)
-        for port in self.ports:
-            wait_for_tcp_port_closed(port, deadline=STOP_DEADLINE)
-        self._master_pid = None
+    def _request_stop(self, pid: int) -> None:
+        try:
+            self._postfix("stop")
+        except PostfixError:
+            kill_quietly(pid, signal.SIGTERM)  # master ends its children on SIGTERM too
+
+    def _after_stop(self, stopped: bool) -> None:
+        """Once Postfix ran: wait until its ports refuse connections."""
+        if stopped:
+            for port in self.ports:
+                wait_for_tcp_port_closed(port, deadline=STOP_DEADLINE)
 
     def pause(self) -> None:
         """Stop Postfix but keep its ports and configuration, so resume() brings it back as it was."""

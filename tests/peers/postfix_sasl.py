@@ -186,11 +186,12 @@ class PostfixSaslServer(PostfixServer):
             if pending:
                 time.sleep(0.1)
 
-    def stop(self) -> None:
-        """The base stop, then also wait for the two extra ports to close."""
-        super().stop()
-        for port in (self.tls12_port, self.open_relay_port):
-            wait_for_tcp_port_closed(port, deadline=STOP_DEADLINE)
+    def _after_stop(self, stopped: bool) -> None:
+        """The base clean-up, then also wait for the two extra ports to close."""
+        super()._after_stop(stopped)
+        if stopped:
+            for port in (self.tls12_port, self.open_relay_port):
+                wait_for_tcp_port_closed(port, deadline=STOP_DEADLINE)
 
     # -- inspection ------------------------------------------------------------------
 

@@ -11,9 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from tests.peers.lifecycle import Peer
+from tests.peers.lifecycle import DaemonPeer
 from tests.support.ports import HOST, free_udp_port
-from tests.support.procs import pid_runs, read_pid_file, terminate_tree
 
 SNMPTRAPD = "/usr/sbin/snmptrapd"
 START_DEADLINE = 10.0
@@ -47,7 +46,7 @@ class TrapReceiverError(RuntimeError):
     """snmptrapd could not be started or stopped; the message carries its log."""
 
 
-class TrapReceiver(Peer):
+class TrapReceiver(DaemonPeer):
     """`snmptrapd -f -C -c CONF -Lf LOG -On udp:127.0.0.1:PORT` with everything under `tmpdir`.
 
     By default (`accept_all=True`) the config says `disableAuthorization yes`, so every
@@ -57,6 +56,9 @@ class TrapReceiver(Peer):
     """
 
     host = HOST
+    executable = "snmptrapd"
+    error = TrapReceiverError
+    stop_deadline = STOP_DEADLINE
 
     def __init__(
         self,
@@ -73,9 +75,12 @@ class TrapReceiver(Peer):
         self.config_file = self.root / "snmptrapd.conf"
         self.log_file = self.root / "snmptrapd.log"
         self.output_file = self.root / "snmptrapd.out"
-        self.pid_file = self.root / "snmptrapd.pid"
         self.persistent_dir = self.root / "persist"
-        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid_file(self) -> Path:
+        """snmptrapd's PID (-p)."""
+        return self.root / "snmptrapd.pid"
 
     @property
     def address(self) -> str:
@@ -97,13 +102,12 @@ class TrapReceiver(Peer):
             lines.append(f"authUser log {u.user} {'priv' if u.priv_proto else 'auth'}")
         return "\n".join(lines) + "\n"
 
-    def start(self) -> None:
-        """Start snmptrapd and wait until it has bound its port."""
-        if self._process is not None and self._process.poll() is None:
-            raise TrapReceiverError(f"snmptrapd under {self.root} is already running")
+    def _prepare(self) -> None:
         self.persistent_dir.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(self._config())
         self.log_file.unlink(missing_ok=True)  # a fresh log per start: lines() shows this run only
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ, SNMP_PERSISTENT_DIR=str(self.persistent_dir))  # must be absolute
         argv = [
             SNMPTRAPD,
@@ -118,16 +122,10 @@ class TrapReceiver(Peer):
             f"udp:{HOST}:{self.port}",  # listen address only here, not in the config (double bind)
         ]  # fmt: skip
         with self.output_file.open("ab") as out:
-            self._process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def _wait_ready(self) -> None:
+        """Wait until snmptrapd has logged its start line and bound its port."""
         end = time.monotonic() + START_DEADLINE
         while True:
             assert self._process is not None
@@ -175,23 +173,6 @@ class TrapReceiver(Peer):
         with contextlib.suppress(OSError):
             parts.append(f"{self.output_file}:\n" + self.output_file.read_text(errors="replace")[-4000:])
         return "\n".join(parts)
-
-    def stop(self) -> None:
-        """Stop snmptrapd (by PID file, else our child's PID) and wait for it to exit."""
-        pid = read_pid_file(self.pid_file)
-        if pid is None or not pid_runs(pid, "snmptrapd"):
-            pid = self._process.pid if self._process is not None else None
-        if pid is not None and pid_runs(pid, "snmptrapd"):
-            terminate_tree(pid, deadline=STOP_DEADLINE)
-        if self._process is not None:
-            try:
-                self._process.wait(timeout=STOP_DEADLINE)  # reap our child
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=5)
-            self._process = None
-
-
 
 
 def _udp_port_bound(port: int) -> bool:

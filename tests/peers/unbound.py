@@ -6,10 +6,9 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from tests.peers.lifecycle import Peer, log_tails
+from tests.peers.lifecycle import DaemonPeer, log_tails
 from tests.peers.nsd import wait_for_soa
 from tests.support.ports import HOST, free_tcp_udp_port
-from tests.support.procs import pid_runs, terminate_tree, wait_gone
 
 UNBOUND = "/usr/sbin/unbound"
 UNBOUND_CHECKCONF = "/usr/sbin/unbound-checkconf"
@@ -20,7 +19,7 @@ class UnboundError(RuntimeError):
     """Unbound could not be configured, started or stopped; the message carries its log tail."""
 
 
-class UnboundResolver(Peer):
+class UnboundResolver(DaemonPeer):
     """Unbound validating ("validator iterator") on 127.0.0.1:`port` for `stub_zones` only.
 
     `stub_zones` maps a zone origin to the port of the server that is authoritative for it on
@@ -33,6 +32,9 @@ class UnboundResolver(Peer):
     """
 
     host = HOST
+    executable = "unbound"
+    error = UnboundError
+    stop_deadline = STOP_DEADLINE
 
     def __init__(self, tmpdir: Path | str, stub_zones: Mapping[str, int], trust_anchors: Iterable[str] = ()) -> None:
         if not stub_zones:
@@ -42,10 +44,13 @@ class UnboundResolver(Peer):
         self.trust_anchors = tuple(trust_anchors)
         self.port = free_tcp_udp_port()
         self.config_file = self.root / "unbound.conf"
-        self.pid_file = self.root / "unbound.pid"
         self.log_file = self.root / "unbound.log"
         self.output_file = self.root / "unbound.out"  # unbound's own stdout/stderr
-        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid_file(self) -> Path:
+        """Unbound's PID, written by Unbound itself."""
+        return self.root / "unbound.pid"
 
     def _config(self) -> str:
         lines = [
@@ -98,30 +103,21 @@ class UnboundResolver(Peer):
         """The last lines of Unbound's log and output, labelled, for error messages."""
         return log_tails((self.log_file, self.output_file), lines, "(no Unbound log)")
 
-    def running(self) -> bool:
-        """Whether this resolver's process is alive."""
-        return self._process is not None and pid_runs(self._process.pid, "unbound")
-
-    def start(self) -> None:
-        """Start Unbound and wait until it resolves every stub zone's SOA (checking disabled)."""
-        if self._process is not None and self._process.poll() is None:
-            raise UnboundError(f"Unbound under {self.root} is already running")
+    def _prepare(self) -> None:
         self.configure()
         self.pid_file.unlink(missing_ok=True)
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         with self.output_file.open("ab") as out:
-            self._process = subprocess.Popen(
+            return subprocess.Popen(
                 [UNBOUND, "-d", "-c", str(self.config_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
 
     def _wait_ready(self) -> None:
+        """Wait until Unbound resolves every stub zone's SOA (checking disabled)."""
         # CD (checking disabled): a bogus zone is ready too; the answer proves the stub is reachable.
         # Unbound caches it as unchecked and validates before a later query without CD may use it.
         assert self._process is not None
@@ -130,21 +126,7 @@ class UnboundResolver(Peer):
             checking_disabled=True,
         )
 
-    def stop(self) -> None:
-        """Stop Unbound: SIGTERM its process (it forks nothing; threads only), wait for it and reap it."""
-        if self._process is None:
-            return
-        pid = self._process.pid
-        if pid_runs(pid, "unbound"):
-            terminate_tree(pid, deadline=STOP_DEADLINE)
-            if wait_gone({pid}, STOP_DEADLINE):
-                raise UnboundError(f"Unbound process {pid} did not exit\n{self.log_tail()}")
-        try:
-            self._process.wait(timeout=STOP_DEADLINE)  # reap our direct child
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=5)
-        self._process = None
+    def _after_stop(self, stopped: bool) -> None:
         self.pid_file.unlink(missing_ok=True)
 
 
