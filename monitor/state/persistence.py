@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from monitor.model.results import SmtpResult, Status, result_from_dict
+from pydantic import TypeAdapter
+
+from monitor.model.results import SmtpResult, Status, result_from_json, result_to_json
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeState, ResultsStore, StoreEvent
 
@@ -258,8 +260,12 @@ def _row(state: ProbeState) -> tuple[Any, ...]:
     return (
         state.name, config_hash(state), state.status.value, state.consecutive_failures, state.runs,
         state.failures, json.dumps(causes), state.last_success, state.last_change, state.cert_warned_for,
-        json.dumps(state.last_result.as_dict()) if state.last_result is not None else None,
+        result_to_json(state.last_result) if state.last_result is not None else None,
     )
+
+
+# failures_by_cause as saved by _row: [[phase, reason, count], ...]
+_CAUSES: TypeAdapter[list[tuple[str, str, int]]] = TypeAdapter(list[tuple[str, str, int]])
 
 
 def restore_into(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> int:
@@ -274,8 +280,8 @@ def _saved_states(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> Itera
         if row is None or row["config_hash"] != config_hash(current):
             continue
         try:
-            result = result_from_dict(json.loads(row["last_result"])) if row["last_result"] else None
-            causes = {(p, r): int(c) for p, r, c in json.loads(row["failures_by_cause"])}
+            result = result_from_json(row["last_result"]) if row["last_result"] else None
+            causes = {(p, r): c for p, r, c in _CAUSES.validate_json(row["failures_by_cause"])}
             yield ProbeState(
                 name=name, kind=current.kind, config=current.config, alert_after=current.alert_after,
                 cert_warn_days=current.cert_warn_days, status=Status(row["status"]), last_result=result,

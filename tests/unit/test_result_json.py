@@ -129,7 +129,7 @@ MALFORMED = {
 }
 
 
-class TestMalformedSavedResults:
+class TestMalformedSavedStates:
     @pytest.mark.parametrize("case", MALFORMED)
     def test_is_refused(self, case: str) -> None:
         key, value = MALFORMED[case]
@@ -138,22 +138,43 @@ class TestMalformedSavedResults:
             result_from_dict(saved)
 
     def test_starts_the_probe_afresh(self, tmp_path: Path) -> None:
-        config = SmtpProbeConfig(name="relay", host="127.0.0.1", port=25, tls="none")
-        store = ResultsStore()
-        store.configure([(config, 1, 14)])
-        store.record("relay", smtp(0, ok=False, phase=Phase.CONNECT, reason=Reason.REFUSED, started_at=time.time()))
-        db = StateDB(tmp_path / "state.db")
-        db.open()
-        try:
-            db.save_states(store.snapshot().states.values())
-            rows = db.load_states()
-        finally:
-            db.close()
+        rows = saved_rows(tmp_path)
         saved = json.loads(rows["relay"]["last_result"])
         saved["timings"] = {"connect": "fast"}
         rows["relay"]["last_result"] = json.dumps(saved)
-        fresh = ResultsStore()
-        fresh.configure([(config, 1, 14)])
-        assert restore_into(fresh, rows) == 0
-        state = fresh.snapshot().states["relay"]
-        assert (state.status, state.last_result) == (Status.UNKNOWN, None)
+        assert_restored_afresh(rows)
+
+    def test_failure_counts_of_the_wrong_types_start_the_probe_afresh(self, tmp_path: Path) -> None:
+        rows = saved_rows(tmp_path)
+        assert json.loads(rows["relay"]["failures_by_cause"]) == [["connect", "refused", 1]]
+        rows["relay"]["failures_by_cause"] = json.dumps([[1, 2, "3"]])
+        assert_restored_afresh(rows)
+
+
+RELAY = SmtpProbeConfig(name="relay", host="127.0.0.1", port=25, tls="none")
+
+
+def store_of_relay() -> ResultsStore:
+    store = ResultsStore()
+    store.configure([(RELAY, 1, 14)])
+    return store
+
+
+def saved_rows(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """The state database's rows after one refused connection of the probe "relay"."""
+    store = store_of_relay()
+    store.record("relay", smtp(0, ok=False, phase=Phase.CONNECT, reason=Reason.REFUSED, started_at=time.time()))
+    db = StateDB(tmp_path / "state.db")
+    db.open()
+    try:
+        db.save_states(store.snapshot().states.values())
+        return db.load_states()
+    finally:
+        db.close()
+
+
+def assert_restored_afresh(rows: dict[str, dict[str, Any]]) -> None:
+    fresh = store_of_relay()
+    assert restore_into(fresh, rows) == 0
+    state = fresh.snapshot().states["relay"]
+    assert (state.status, state.last_result, state.runs) == (Status.UNKNOWN, None, 0)
