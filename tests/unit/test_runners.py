@@ -48,8 +48,6 @@ class TestRun:
             raise KeyError("x")
 
         monkeypatch.setitem(runners.RUNNERS, MxCheckConfig, crash)
-        # lint_imports (tests/unit/test_import_rules.py) configures logging in this process, disabling loggers
-        monkeypatch.setattr(runners.log, "disabled", False)
         with caplog.at_level(logging.ERROR):
             result = asyncio.run(runners.run(MxCheckConfig(name="m", domain="example.test"), env_for(dns)))
         assert isinstance(result, MxResult)
