@@ -228,6 +228,21 @@ class TestMailbox:
         # Dovecot batches mailbox-change notifications for about 0.5 s (NOTIFY_DELAY_MSECS)
         assert seen_after < 1.0, seen_after
 
+    def test_imap_login_needs_starttls_for_a_client_on_another_address(self, chain: MailChain) -> None:
+        # Dovecot counts a client whose address equals its own (127.0.0.1) as secured, so a
+        # plaintext LOGIN is refused only for another loopback source such as 127.0.0.2
+        with (
+            socket.create_connection((chain.host, chain.imap_port), timeout=5, source_address=("127.0.0.2", 0)) as raw,
+            raw.makefile("rb") as lines,
+        ):
+            greeting = lines.readline()
+            raw.sendall(b"a LOGIN probe secret\r\n")
+            while not (reply := lines.readline()).startswith(b"a "):  # an untagged [ALERT] comes first
+                assert reply.startswith(b"* "), reply
+        assert b"STARTTLS" in greeting
+        assert b"LOGINDISABLED" in greeting
+        assert reply.startswith(b"a NO [PRIVACYREQUIRED]"), reply
+
     def test_unrelated_mail_is_listed_and_stays_as_it_was_after_a_header_only_read(self, chain: MailChain) -> None:
         unrelated = message(chain, sender="friend@elsewhere.test")
         chain.deliver_to_mailbox(unrelated)
