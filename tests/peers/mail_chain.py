@@ -4,11 +4,13 @@
         --MX lookup of dest.test in the test DNS, port from a transport map-->
     MX Postfix (mx.dest.test): policyd-spf (SPF), OpenDKIM (DKIM verify) and OpenDMARC write
         Authentication-Results --LMTP over TCP--> Dovecot (mail.dest.test): Sieve files
-        `X-Test-Junk: yes` into the SPECIAL-USE \\Junk folder; IMAP/POP3 read it back.
+        `X-Test-Junk: yes` into the SPECIAL-USE \\Junk folder and drops `X-Test-Discard: yes`;
+        IMAP/POP3 read it back.
 
 Every daemon is a private instance on free loopback ports with its files under the
 session's directory (and, where an unprivileged daemon user must read them, a 0711
-directory under /tmp that is removed at the end).  Postfix's smtp client and policyd-spf
+directory under /tmp; the milters' files, which they refuse under /tmp, in a root-only
+directory under /run; both removed at the end).  Postfix's smtp client and policyd-spf
 read /etc/resolv.conf, which cannot name a port: each Postfix master runs in a private
 mount namespace (`unshare -m`) where a resolv.conf of ours is bind-mounted over the
 host's, naming the test NSD on a loopback address of its own (127.X.Y.53, port 53,
@@ -533,6 +535,14 @@ class MailChain:
         # ("/tmp can be read or written by other users"): its files and the DKIM key go to a
         # root-only directory under /run
         self.opendkim_dir = Path(tempfile.mkdtemp(prefix="peers-mailchain-", dir="/run"))
+        try:
+            self._make_parts()
+        except BaseException:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            shutil.rmtree(self.opendkim_dir, ignore_errors=True)
+            raise
+
+    def _make_parts(self) -> None:
         for name, target in (("runtime", self.runtime_dir), ("opendkim", self.opendkim_dir)):
             link = self.root / name
             if link.is_symlink():
