@@ -7,7 +7,6 @@ from a passwd-file, mail in Maildirs under a directory of the test's, owned by `
 
 from __future__ import annotations
 
-import contextlib
 import email.parser
 import email.policy
 import os
@@ -20,10 +19,8 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-from tests.peers.lifecycle import Peer, log_tails
-
-from .ports import HOST, free_tcp_ports, tcp_port_open, wait_for_tcp_port_closed
-from .procs import descendants, pid_runs, terminate_tree, wait_gone
+from tests.peers.lifecycle import DaemonPeer, log_tails
+from tests.support.ports import HOST, free_tcp_ports, tcp_port_open, wait_for_tcp_port_closed
 
 DOVECOT = "/usr/sbin/dovecot"
 START_DEADLINE = 15.0
@@ -78,7 +75,7 @@ class DovecotPorts:
         return (self.imap, self.imaps, self.pop3, self.pop3s, self.lmtp)
 
 
-class DovecotServer(Peer):
+class DovecotServer(DaemonPeer):
     """Dovecot under `root` (config, logs) and `runtime_dir` (base_dir, users, Maildirs, Sieve).
 
     `runtime_dir` must be traversable by Dovecot's unprivileged users (dovecot, dovenull,
@@ -91,6 +88,9 @@ class DovecotServer(Peer):
     """
 
     host = HOST
+    executable = "dovecot"
+    error = DovecotError
+    stop_deadline = STOP_DEADLINE
 
     def __init__(
         self,
@@ -122,7 +122,6 @@ class DovecotServer(Peer):
         self.mail_root = runtime_dir / "mail"
         self.users_file = runtime_dir / "users"
         self.sieve_dir = runtime_dir / "sieve"
-        self._process: subprocess.Popen[bytes] | None = None
 
     # -- configuration -------------------------------------------------------------
 
@@ -245,30 +244,22 @@ pop3_uidl_format = %08Xu%08Xv
         """The last lines of Dovecot's log and output, labelled, for error messages."""
         return log_tails((self.log_file, self.output_file), lines, "(no Dovecot log)")
 
-    def running(self) -> bool:
-        """Whether this instance's master process is alive."""
-        return self._process is not None and pid_runs(self._process.pid, "dovecot")
-
-    def start(self) -> None:
-        """Start the master in the foreground (`-F`) and wait until every listener accepts."""
-        if self.running():
-            raise DovecotError(f"Dovecot under {self.root} is already running")
+    def _prepare(self) -> None:
         if not self.config_file.exists():
-            self.configure()
+            self.configure()  # once: a restart keeps the mail
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        """The master in the foreground (`-F`); its stdio goes to a file (it keeps a pipe open for ever)."""
         with self.output_file.open("ab") as out:
-            self._process = subprocess.Popen(
+            return subprocess.Popen(
                 [DOVECOT, "-F", "-c", str(self.config_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
 
     def _wait_ready(self) -> None:
+        """Wait until every listener accepts."""
         assert self._process is not None
         end = time.monotonic() + START_DEADLINE
         pending = list(self.ports.all())
@@ -282,21 +273,10 @@ pop3_uidl_format = %08Xu%08Xv
                 raise DovecotError(f"Dovecot ports {pending} did not open in {START_DEADLINE:.0f} s\n{self.log_tail()}")
             time.sleep(0.02)
 
-    def stop(self) -> None:
-        """SIGTERM the master, wait for it and every child, and for the ports to close."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            tree = {process.pid} | descendants(process.pid)
-            terminate_tree(process.pid, deadline=STOP_DEADLINE)
-            if wait_gone(tree, STOP_DEADLINE):
-                raise DovecotError(f"Dovecot processes {sorted(tree)} did not exit")
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=STOP_DEADLINE)  # reap our direct child
-        self._process = None
-        for port in self.ports.all():
-            wait_for_tcp_port_closed(port, deadline=STOP_DEADLINE)
+    def _after_stop(self, stopped: bool) -> None:
+        if stopped:
+            for port in self.ports.all():
+                wait_for_tcp_port_closed(port, deadline=STOP_DEADLINE)
 
     def remove_runtime(self) -> None:
         """Delete the runtime directory (mail, users); only after stop()."""

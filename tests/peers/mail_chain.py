@@ -40,12 +40,12 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from .certs import SERVER_NAME, make_self_signed_cert
-from .dovecot import JUNK_FOLDER, DovecotServer, MailAccount, StoredMessage
-from .nsd import NsdServer
-from .opendkim import DkimKey, OpenDkimMilter, OpenDmarcMilter, make_dkim_key
-from .ports import HOST
-from .postfix import POSTFIX, PostfixError, PostfixServer
+from tests.peers.dovecot import JUNK_FOLDER, DovecotServer, MailAccount, StoredMessage
+from tests.peers.nsd import NsdServer
+from tests.peers.opendkim import DkimKey, OpenDkimMilter, OpenDmarcMilter, make_dkim_key
+from tests.peers.postfix import POSTFIX, PostfixError, PostfixServer
+from tests.support.certs import SERVER_NAME, make_self_signed_cert
+from tests.support.ports import HOST
 
 POSTQUEUE = "/usr/sbin/postqueue"
 SASLPASSWD2 = "/usr/sbin/saslpasswd2"

@@ -10,18 +10,15 @@ a file.  Both refuse a config file under a world-writable directory such as /tmp
 
 from __future__ import annotations
 
-import contextlib
 import re
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from tests.peers.lifecycle import Peer, log_tails
-
-from .ports import HOST, free_tcp_port, tcp_port_open, wait_for_tcp_port_closed
-from .procs import terminate_tree
+from tests.peers.lifecycle import DaemonPeer, log_tails
+from tests.support.ports import HOST, free_tcp_port, tcp_port_open, wait_for_tcp_port_closed
 
 OPENDKIM = "/usr/sbin/opendkim"
 OPENDKIM_GENKEY = "/usr/sbin/opendkim-genkey"
@@ -79,20 +76,20 @@ def make_dkim_key(directory: Path, domain: str, selector: str, bits: int = 2048)
     return DkimKey(domain=domain, selector=selector, private_key_file=private, txt_strings=strings)
 
 
-class _Milter(Peer):
+class _Milter(DaemonPeer):
     """A milter daemon in the foreground under `root`, listening on 127.0.0.1:`port`."""
 
     host = HOST
-    name = "milter"
-    executable = ""
+    name: ClassVar[str] = "milter"
+    error = OpenDkimError
+    stop_deadline = TERM_GRACE
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.port = free_tcp_port()
         self.config_file = root / f"{self.name}.conf"
-        self.pid_file = root / f"{self.name}.pid"
+        self.pid_file_path = root / f"{self.name}.pid"
         self.output_file = root / f"{self.name}.out"
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def socket_spec(self) -> str:
@@ -108,41 +105,31 @@ class _Milter(Peer):
     def log_tail(self, lines: int = 30) -> str:
         return log_tails((self.output_file,), lines, f"(no {self.name} output)")
 
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def start(self) -> None:
-        """Start in the foreground and wait until the milter port accepts."""
-        if self.running():
-            raise OpenDkimError(f"{self.name} under {self.root} is already running")
+    def _prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.configure()
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         with self.output_file.open("ab") as out:
-            self._process = subprocess.Popen(
-                self._command(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-            )
+            return subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+
+    def _wait_ready(self) -> None:
+        """Wait until the milter port accepts."""
+        assert self._process is not None
         end = time.monotonic() + START_DEADLINE
         while not tcp_port_open(self.port):
             if self._process.poll() is not None or time.monotonic() >= end:
-                self.stop()
                 raise OpenDkimError(f"{self.name} did not open port {self.port}\n{self.log_tail()}")
             time.sleep(0.02)
 
     def begin_stop(self) -> None:
-        """Send SIGTERM without waiting (stop several at once)."""
+        """Send SIGTERM without waiting (stop several at once); stop() then waits and kills."""
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
 
-    def stop(self) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            terminate_tree(process.pid, deadline=TERM_GRACE)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=STOP_DEADLINE)
-        self._process = None
-        wait_for_tcp_port_closed(self.port, deadline=STOP_DEADLINE)
+    def _after_stop(self, stopped: bool) -> None:
+        if stopped:
+            wait_for_tcp_port_closed(self.port, deadline=STOP_DEADLINE)
 
 
 class OpenDkimMilter(_Milter):
@@ -156,6 +143,7 @@ class OpenDkimMilter(_Milter):
     """
 
     name = "opendkim"
+    executable = "opendkim"
 
     def __init__(
         self,
@@ -193,7 +181,7 @@ class OpenDkimMilter(_Milter):
         lines = [
             f"Mode {self.mode}",
             f"Socket inet:{self.port}@{HOST}",
-            f"PidFile {self.pid_file}",
+            f"PidFile {self.pid_file_path}",
             "Syslog no",
             f"AuthservID {self.authserv_id}",
             "Canonicalization relaxed/simple",
@@ -228,6 +216,7 @@ class OpenDmarcMilter(_Milter):
     authserv-id (aligned SPF pass or aligned DKIM pass gives dmarc=pass).  Never rejects."""
 
     name = "opendmarc"
+    executable = "opendmarc"  # after unshare and sh exec it
 
     def __init__(self, root: Path, *, authserv_id: str, resolv_conf: Path) -> None:
         super().__init__(root)
@@ -243,7 +232,7 @@ class OpenDmarcMilter(_Milter):
         self.ignore_file.write_text("192.0.2.1\n")  # none of ours: mail from loopback is evaluated
         self.config_file.write_text(
             f"Socket inet:{self.port}@{HOST}\n"
-            f"PidFile {self.pid_file}\n"
+            f"PidFile {self.pid_file_path}\n"
             "Syslog false\n"
             f"AuthservID {self.authserv_id}\n"
             f"TrustedAuthservIDs {self.authserv_id}\n"
