@@ -578,7 +578,11 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         return hmac.compare_digest(digest, view[msg.auth_at : msg.auth_end])
 
     def _decrypt(self, user: UsmUser, msg: Message, ciphertext: bytes) -> bytes:
-        """RFC 3826 3.3.2 (AES-CFB128, IV = boots, time, salt) or RFC 3414 8.3.2 (DES-CBC, IV = salt ^ pre-IV)."""
+        """RFC 3826 3.3.2 (AES-CFB128, IV = boots, time, salt) or RFC 3414 8.3.2 (DES-CBC, IV = salt ^ pre-IV).
+
+        A cipher context per message, in both directions: chaining CFB by hand over one ECB context
+        per user saved ~3 µs of the ~27 µs an authPriv GET costs in-process (20,000 GETs of sysDescr.0,
+        December 2026), too little to keep hand-written cipher modes in the code that guards SNMPv3."""
         salt = msg.priv_params
         if len(salt) != 8:
             raise NotHandled("msgPrivacyParameters is not an 8-octet salt")
