@@ -18,6 +18,7 @@ from pysnmp.proto import errind, rfc1902
 from monitor.config.schema import SnmpNotify
 from monitor.exporters.snmp import mib_oids as mib
 from monitor.exporters.snmp.engine import new_snmp_engine
+from monitor.exporters.snmp.fast.ber import BerError, item
 from monitor.exporters.snmp.identity import AUTH_PROTOCOLS, PRIV_PROTOCOLS, generate_engine_id, parse_engine_id
 from monitor.exporters.snmp.mibview import admin_string, row_values
 from monitor.state.health import AgentHealth
@@ -55,50 +56,36 @@ _INFORM, _RESPONSE = 0xA6, 0xA2  # v2c PDU tags: what we ask with, what answers 
 # -- the notifier's sockets ------------------------------------------------------------
 
 
-def _item(data: bytes, pos: int, tag: int) -> tuple[int, int]:
-    """(value start, value end) of the BER item at pos, which must have `tag`; ValueError otherwise."""
-    if data[pos] != tag:
-        raise ValueError("unexpected tag")
-    size, start = data[pos + 1], pos + 2
-    if size & 0x80:
-        count = size & 0x7F
-        if not 1 <= count <= 4:
-            raise ValueError("indefinite or oversized length")
-        size, start = int.from_bytes(data[start : start + count], "big"), start + count
-    if start + size > len(data):
-        raise ValueError("truncated")
-    return start, start + size
-
-
 def _exchange(data: bytes) -> tuple[int, int, bool, bool] | None:
     """(version, msgID or request-id, asks for an answer, is an answer) of a message; None if unreadable.
 
     An SNMPv3 request is reportable and its Response or Report is not (RFC 3412 6.4): the flag is
     readable before authentication, the PDU type of an encrypted message is not."""
+    size = len(data)
     try:
-        start, _ = _item(data, 0, 0x30)
-        at, pos = _item(data, start, 0x02)
+        start, _ = item(data, 0, size, 0x30)
+        at, pos = item(data, start, size, 0x02)
         version = int.from_bytes(data[at:pos], "big", signed=True)
         if version in (0, 1):
-            _, pos = _item(data, pos, 0x04)  # community
+            _, pos = item(data, pos, size, 0x04)  # community
             pdu = data[pos]
             if pdu & 0xE0 != 0xA0:
                 return None
-            start, _ = _item(data, pos, pdu)
-            at, end = _item(data, start, 0x02)
+            start, _ = item(data, pos, size, pdu)
+            at, end = item(data, start, size, 0x02)
             request_id = int.from_bytes(data[at:end], "big", signed=True)
             return version, request_id, pdu == _INFORM, pdu == _RESPONSE
         if version == 3:
-            start, _ = _item(data, pos, 0x30)  # msgGlobalData
-            at, pos = _item(data, start, 0x02)
+            start, _ = item(data, pos, size, 0x30)  # msgGlobalData
+            at, pos = item(data, start, size, 0x02)
             msg_id = int.from_bytes(data[at:pos], "big", signed=True)
-            _, pos = _item(data, pos, 0x02)  # msgMaxSize
-            at, end = _item(data, pos, 0x04)
+            _, pos = item(data, pos, size, 0x02)  # msgMaxSize
+            at, end = item(data, pos, size, 0x04)
             if end - at != 1:
                 return None
             reportable = bool(data[at] & _REPORTABLE)
             return version, msg_id, reportable, not reportable
-    except (ValueError, IndexError):
+    except (BerError, IndexError):
         return None
     return None
 
