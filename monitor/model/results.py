@@ -340,4 +340,8 @@ def result_from_json(text: str | bytes) -> ProbeResult:
 
     json.loads then validate_python: validate_json is no faster here, as every dataclass's before-validator
     needs the Python dict anyway (0.147 s against 0.144 s CPU for 10,000 SMTP results)."""
-    return result_from_dict(json.loads(text))
+    try:
+        data = json.loads(text)
+    except RecursionError:  # a hand-made row nested thousands deep: refused like any other bad row
+        raise ValueError("saved result nested too deeply") from None
+    return result_from_dict(data)

@@ -144,6 +144,11 @@ class TestMalformedSavedStates:
         rows["relay"]["last_result"] = json.dumps(saved)
         assert_restored_afresh(rows)
 
+    def test_nested_thousands_deep_starts_the_probe_afresh(self, tmp_path: Path) -> None:
+        rows = saved_rows(tmp_path)
+        rows["relay"]["last_result"] = "[" * 100_000 + "]" * 100_000
+        assert_restored_afresh(rows)
+
     def test_failure_counts_of_the_wrong_types_start_the_probe_afresh(self, tmp_path: Path) -> None:
         rows = saved_rows(tmp_path)
         assert json.loads(rows["relay"]["failures_by_cause"]) == [["connect", "refused", 1]]
