@@ -494,8 +494,20 @@ async def run(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
     return replace(main, address_results=tuple(per_address), total=time.perf_counter() - t0)
 
 
+# The dialogue's parts a delivery probe reuses to send its message on the session (monitor.probes.delivery).
+Dialogue = _Dialogue
+Credentials = _Credentials
+
+
 async def _converse(d: _Dialogue, credentials: _Credentials | None) -> None:
     """The dialogue's steps in order; the first that fails raises."""
+    await open_session(d, credentials)
+    await d.quit()
+
+
+async def open_session(d: Dialogue, credentials: Credentials | None) -> None:
+    """Every step up to and including AUTH, leaving the session open: the handshake probe ends it with
+    QUIT, a delivery probe sends its message on it first."""
     config = d.config
     await d.resolve()
     await d.connect()
@@ -515,10 +527,9 @@ async def _converse(d: _Dialogue, credentials: _Credentials | None) -> None:
         await d.envelope(config.envelope)
     if credentials is not None:
         await d.authenticate(credentials)
-    await d.quit()
 
 
-def _session_open(failure: ProbeFailure) -> bool:
+def session_open(failure: ProbeFailure) -> bool:
     """Whether the server is still in the session after `failure`, so that the probe ends it politely."""
     if not isinstance(failure, SessionFailure):
         return False  # a broken connection, a failed handshake (no session left), DNS, a timeout
@@ -542,7 +553,7 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
         failure = classify(exc, timeout)
         if isinstance(failure, LookupFailure):
             failure = failure.as_dns()
-        if _session_open(failure):
+        if session_open(failure):
             await d.goodbye(deadline)
     finally:
         d.close()

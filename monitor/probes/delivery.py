@@ -1,0 +1,444 @@
+"""Delivery probe: submit a message with a unique token, wait for it in a mailbox, read what the
+receiving side made of it (hops, Authentication-Results verdicts, folder), delete it.
+
+Phases: the mailbox is opened first (phase fetch: a mailbox that cannot be read gets no message, so
+nothing is left behind); then the message is submitted (phase submit) through the SMTP probe's own
+dialogue (monitor.probes.smtp: bounded reads, TLS, AUTH with its credential scrubbing), to a
+submission server or to the recipient domain's exchanges in MX order; then the mailbox is watched
+until `deliver_within` after the 250 (phase deliver: not there by then is `late`, and the message
+stays pending under its token); found, its headers are read (fetch) and it is deleted (cleanup).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from email.policy import SMTP as SMTP_POLICY
+from email.policy import compat32
+
+import authres  # type: ignore[import-untyped]
+import dns.rdtypes.ANY.MX
+
+from monitor.config.schema import DeliveryProbeConfig, SmtpAuthConfig, SmtpProbeConfig
+from monitor.model.delivery import AuthVerdict, DeliveryPhase, DeliveryReason, DeliveryResult, Hop
+from monitor.model.failures import LookupFailure, ProbeFailure, ReplyFailure, classify
+from monitor.model.results import Phase, Reason, Reply
+from monitor.probes import ProbeEnv, resolve
+from monitor.probes.mailbox import TOKEN_HEADER, Found, Mailbox, open_mailbox
+from monitor.probes.smtp import Credentials, Dialogue, open_session, session_open
+
+PROBE_HEADER = "X-Smtp-Monitor-Probe"
+MAX_HOPS = 50  # Received headers read; a loop in the relays adds one per pass
+MAX_AUTH_HEADERS = 20  # Authentication-Results headers read
+MAX_HEADER_VALUE = 8 * 1024  # one header's value: longer ones are skipped, not parsed
+_QUEUE_ID = (re.compile(r"queued as ([A-Za-z0-9._-]{1,64})"), re.compile(r"\bid=([A-Za-z0-9._-]{1,64})"))
+_COMMENT = re.compile(r"\([^()]*\)")  # innermost comment; nested ones go in a few passes
+_CLAUSE = re.compile(r"\b(from|by|with|id|via|for)\s+(\S+)", re.IGNORECASE)
+
+
+# -- the message ------------------------------------------------------------------------------------------
+
+
+def new_token() -> str:
+    """128 random bits: no message of anyone else's can carry it by chance."""
+    return secrets.token_hex(16)
+
+
+def build_message(config: DeliveryProbeConfig, token: str, now: datetime | None = None) -> EmailMessage:
+    """The probe's RFC 5322 message.
+
+    Auto-Submitted: auto-generated (RFC 3834) keeps vacation responders and other auto-replies from
+    answering it. No Precedence: bulk: it is not standardised, and some filters take it as a sign of bulk
+    mail, which would move the probe toward the junk folder whose placement it measures."""
+    domain = config.mail_from.rpartition("@")[2] or "smtp-monitor.invalid"
+    message = EmailMessage()
+    message["From"] = config.mail_from
+    message["To"] = config.to
+    message["Subject"] = f"smtp-monitor delivery probe {config.name}"
+    message["Date"] = email.utils.format_datetime(now or datetime.now(UTC))
+    message["Message-ID"] = f"<smtp-monitor.{token}@{domain}>"
+    message["Auto-Submitted"] = "auto-generated"
+    message[PROBE_HEADER] = config.name
+    message[TOKEN_HEADER] = token
+    for name, value in config.extra_headers.items():
+        message[name] = value
+    message.set_content(
+        "This message tests mail delivery end to end.\n"
+        "smtp-monitor deletes it from the mailbox once it has read its headers.\n"
+    )
+    return message
+
+
+def wire_bytes(message: EmailMessage) -> bytes:
+    """The message as sent after DATA: CRLF lines, dot-stuffed (RFC 5321 4.5.2), ended by a lone dot."""
+    data = message.as_bytes(policy=SMTP_POLICY)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    stuffed = re.sub(rb"(?m)^\.", b"..", data)
+    return stuffed + b".\r\n"
+
+
+def queue_id(reply: Reply) -> str:
+    """The queue ID a server names in its 250 to DATA (Postfix "queued as X", Exim "id=X"), or ""."""
+    for pattern in _QUEUE_ID:
+        match = pattern.search(reply.text)
+        if match:
+            return match[1]
+    return ""
+
+
+# -- what the receiving side made of it ---------------------------------------------------------------------
+
+
+def _uncomment(text: str) -> str:
+    for _ in range(8):  # nesting deeper than this is not a Received header worth reading
+        text, count = _COMMENT.subn(" ", text)
+        if not count:
+            break
+    return text
+
+
+def _header_values(header: bytes, name: str, limit: int) -> list[str]:
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(header)
+    values = [re.sub(r"\s+", " ", str(value)).strip() for value in parsed.get_all(name, [])[:limit]]
+    return [value for value in values if len(value) <= MAX_HEADER_VALUE]
+
+
+def parse_received(value: str) -> tuple[str, str, str, str, datetime | None]:
+    """(from, by, with, id, time) of one Received header value (RFC 5321 4.4); "" or None where absent."""
+    clauses, _, date_text = value.rpartition(";")
+    if not _:
+        clauses, date_text = value, ""
+    found: dict[str, str] = {}
+    for keyword, word in _CLAUSE.findall(_uncomment(clauses)):
+        found.setdefault(keyword.lower(), word.strip("<>;"))
+    when: datetime | None = None
+    if date_text.strip():
+        try:
+            when = email.utils.parsedate_to_datetime(_uncomment(date_text).strip())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            when = None
+        if when is not None and when.tzinfo is None:
+            when = None  # "-0000": the local time of an unknown zone
+    return found.get("from", ""), found.get("by", ""), found.get("with", ""), found.get("id", ""), when
+
+
+def hops_of(header: bytes, submitted_at: float | None) -> tuple[Hop, ...]:
+    """The Received chain in travel order, each hop with its delay since the one before (the first: since
+    the submission's second; Received dates have whole seconds)."""
+    values = _header_values(header, "Received", MAX_HOPS)
+    hops: list[Hop] = []
+    previous: float | None = math.floor(submitted_at) if submitted_at is not None else None
+    for value in reversed(values):  # the newest header is on top
+        from_host, by_host, protocol, hop_id, when = parse_received(value)
+        stamp = when.timestamp() if when is not None else None
+        delay = stamp - previous if stamp is not None and previous is not None else None
+        hops.append(Hop(from_host, by_host, protocol, hop_id, when, delay))
+        previous = stamp
+    return tuple(hops)
+
+
+def verdicts_of(header: bytes, authserv_id: str | None) -> tuple[AuthVerdict, ...]:
+    """The receiving side's verdicts: the Authentication-Results of `authserv_id`, or else of the topmost
+    header's authserv-id (the receiving side's own, above anything the sender wrote); the first result
+    per method counts."""
+    verdicts: dict[str, AuthVerdict] = {}
+    chosen = authserv_id.lower() if authserv_id else None
+    for value in _header_values(header, "Authentication-Results", MAX_AUTH_HEADERS):
+        try:
+            parsed = authres.AuthenticationResultsHeader.parse_value(value)
+        except Exception:  # noqa: S112 -- authres raises its own errors on malformed text: skip that header
+            continue
+        server = str(parsed.authserv_id or "").lower()
+        if chosen is None:
+            chosen = server
+        if server != chosen:
+            continue
+        for result in parsed.results:
+            method = str(result.method or "").lower()
+            if method and method not in verdicts:
+                verdicts[method] = AuthVerdict(method, str(result.result or "").lower(), server)
+    return tuple(verdicts.values())
+
+
+# -- submission ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    reply: Reply
+    where: str  # host:port
+    wall: float
+    monotonic: float
+    timings: dict[str, float]
+
+
+def _smtp_config(config: DeliveryProbeConfig, host: str, servername: str | None) -> SmtpProbeConfig:
+    submit = config.submit
+    return SmtpProbeConfig(
+        name=config.name, host=host, port=submit.effective_port, tls=submit.tls, timeout=config.timeouts.submit,
+        ca_file=submit.ca_file, servername=servername, helo=submit.helo, verify=submit.verify,
+    )
+
+
+async def _send(d: Dialogue, config: DeliveryProbeConfig, data: bytes) -> Reply:
+    """MAIL, RCPT, DATA on an open session; the 250 to the message's end."""
+    d.enter(Phase.MAIL)
+    reply = await d.command(f"MAIL FROM:<{config.mail_from}>")
+    if reply.code // 100 != 2:
+        raise ReplyFailure(reply)
+    d.in_transaction = True
+    d.done()
+    d.enter(Phase.RCPT)
+    reply = await d.command(f"RCPT TO:<{config.to}>")
+    if reply.code // 100 != 2:
+        raise ReplyFailure(reply)
+    reply = await d.command("DATA")
+    if reply.code != 354:
+        raise ReplyFailure(reply)
+    d.proto.write(data)
+    reply = await d.proto.read_reply()
+    if reply.code // 100 != 2:
+        raise ReplyFailure(reply)
+    d.in_transaction = False
+    d.done()  # RCPT's timing holds DATA too: the message is a few hundred bytes
+    return reply
+
+
+async def _submit_once(
+    config: DeliveryProbeConfig, env: ProbeEnv, host: str, servername: str | None, data: bytes,
+    credentials: Credentials | None,
+) -> Submitted:
+    smtp_config = _smtp_config(config, host, servername)
+    timeout = config.timeouts.submit
+    deadline = asyncio.get_running_loop().time() + timeout
+    d = Dialogue(smtp_config, env)
+    where = f"{host}:{smtp_config.effective_port}"
+    try:
+        async with asyncio.timeout_at(deadline):
+            await open_session(d, credentials)
+            reply = await _send(d, config, data)
+            accepted_wall, accepted = time.time(), time.monotonic()
+            await d.quit()
+    except (ProbeFailure, OSError) as exc:
+        failure = classify(exc, timeout)
+        if isinstance(failure, LookupFailure):
+            failure = failure.as_dns()
+        if session_open(failure):
+            await d.goodbye(deadline)
+        message = f"{where} {d.phase.value}: {failure.message}"
+        failed_reply = failure.reply
+        if credentials is not None:
+            message = credentials.scrub(message)
+            if failed_reply is not None:
+                failed_reply = Reply(failed_reply.code, tuple(credentials.scrub(line) for line in failed_reply.lines))
+        raise ProbeFailure(failure.reason, message, reply=failed_reply) from None
+    finally:
+        d.close()
+    return Submitted(reply, where, accepted_wall, accepted, {f"submit_{k}": v for k, v in d.timings.items()})
+
+
+async def _exchanges(config: DeliveryProbeConfig, env: ProbeEnv) -> list[str]:
+    """The recipient domain's exchanges in preference order; the domain itself without MX (RFC 5321 5.1)."""
+    domain = config.recipient_domain
+    try:
+        answer = await resolve.query(env.resolver, domain, "MX")
+    except LookupFailure as exc:
+        if exc.reason is Reason.NO_ADDRESS:  # no MX records: the implicit MX
+            return [domain]
+        raise exc.as_dns() from None
+    pairs = sorted(
+        (int(rdata.preference), rdata.exchange.to_text(omit_final_dot=True))
+        for rdata in answer
+        if isinstance(rdata, dns.rdtypes.ANY.MX.MX)
+    )
+    if any(exchange in ("", ".") for _, exchange in pairs):
+        raise ProbeFailure(Reason.NULL_MX, f"{domain} has a null MX (RFC 7505): it accepts no mail")
+    return [exchange for _, exchange in pairs]
+
+
+def _worth_next_exchange(failure: ProbeFailure) -> bool:
+    """An MTA tries the next MX when one cannot take the message now; a 5xx refusal is final."""
+    if failure.reply is not None:
+        return failure.reply.code // 100 == 4
+    return failure.reason is not Reason.TLS_VERIFY  # a certificate failure is the same at every exchange
+
+
+async def submit(config: DeliveryProbeConfig, env: ProbeEnv, data: bytes) -> Submitted:
+    submit_config = config.submit
+    auth = submit_config.auth
+    credentials = Credentials.of(auth) if isinstance(auth, SmtpAuthConfig) else None
+    if submit_config.via == "submission":
+        assert submit_config.host is not None
+        return await _submit_once(config, env, submit_config.host, submit_config.servername, data, credentials)
+    failures: list[ProbeFailure] = []
+    for exchange in await _exchanges(config, env):
+        try:
+            return await _submit_once(config, env, exchange, submit_config.servername or exchange, data, None)
+        except ProbeFailure as failure:
+            failures.append(failure)
+            if not _worth_next_exchange(failure):
+                break
+    last = failures[-1]
+    message = "; ".join(f.message for f in failures)
+    raise ProbeFailure(last.reason, message, reply=last.reply)
+
+
+# -- the run ---------------------------------------------------------------------------------------------------
+
+
+class _Run:
+    """One run's progress: the phase it is in and what was learned so far."""
+
+    def __init__(self, config: DeliveryProbeConfig) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.t0 = time.perf_counter()
+        self.phase = DeliveryPhase.FETCH
+        self.phase_started = self.t0
+        self.timings: dict[str, float] = {}
+        self.token = ""
+        self.message_id = ""
+        self.submitted: Submitted | None = None
+        self.found: Found | None = None
+        self.deleted = False
+        self.idle = False
+
+    def enter(self, phase: DeliveryPhase) -> None:
+        self.phase = phase
+        self.phase_started = time.perf_counter()
+
+    def done(self, key: str) -> None:
+        self.timings[key] = time.perf_counter() - self.phase_started
+
+    def result(
+        self, failure: ProbeFailure | None, reason: DeliveryReason | None = None, error: str = "", note: str = ""
+    ) -> DeliveryResult:
+        submitted, found = self.submitted, self.found
+        latency = found.seen_monotonic - submitted.monotonic if (found and submitted) else None
+        late = latency is not None and latency > self.config.deliver_within
+        header = found.header if found is not None else b""
+        failed_reason: Reason | DeliveryReason | None = failure.reason if failure is not None else reason
+        return DeliveryResult(
+            name=self.config.name,
+            started_at=self.started_at,
+            ok=failed_reason is None,
+            phase=self.phase if failed_reason is not None else None,
+            reason=failed_reason,
+            error=failure.message if failure is not None else error,
+            reply=failure.reply if failure is not None else None,
+            token=self.token if submitted is not None else "",
+            message_id=self.message_id if submitted is not None else "",
+            submitted_to=submitted.where if submitted else "",
+            queue_id=queue_id(submitted.reply) if submitted else "",
+            submitted_at=submitted.wall if submitted else None,
+            arrived_at=found.seen_at if found else None,
+            latency=latency,
+            pending=submitted is not None and found is None,
+            late=late or reason is DeliveryReason.LATE,
+            hops=hops_of(header, submitted.wall if submitted else None) if found else (),
+            verdicts=verdicts_of(header, self.config.authserv_id) if found else (),
+            folder=found.folder if found else "",
+            folder_name=found.folder_name if found else "",
+            deleted=self.deleted,
+            cleanup_note=note,
+            idle=self.idle,
+            timings={**(submitted.timings if submitted else {}), **self.timings},
+            total=time.perf_counter() - self.t0,
+        )
+
+
+def _expectations(config: DeliveryProbeConfig, result: DeliveryResult) -> tuple[DeliveryReason, str] | None:
+    """What the found message's folder and verdicts fail of the configured expectations."""
+    if config.expect_folder is not None and result.folder and result.folder != config.expect_folder:
+        where = f"{result.folder} ({result.folder_name})"
+        return DeliveryReason.WRONG_FOLDER, f"landed in {where}, not {config.expect_folder}"
+    wrong = [
+        f"{method}={result.verdict(method) or 'missing'} (expected {expected})"
+        for method, expected in (("spf", config.expect_auth.spf), ("dkim", config.expect_auth.dkim),
+                                 ("dmarc", config.expect_auth.dmarc))
+        if expected is not None and result.verdict(method) != expected
+    ]
+    if wrong:
+        return DeliveryReason.AUTH_VERDICT, "Authentication-Results: " + ", ".join(wrong)
+    return None
+
+
+async def run(config: DeliveryProbeConfig, env: ProbeEnv) -> DeliveryResult:
+    """One delivery run; every outcome, good or bad, is a result value."""
+    progress = _Run(config)
+    mailbox = open_mailbox(config.mailbox, env, config.timeouts)
+    try:
+        return await _run(progress, mailbox, env)
+    finally:
+        await mailbox.close()
+
+
+async def _run(progress: _Run, mailbox: Mailbox, env: ProbeEnv) -> DeliveryResult:
+    config = progress.config
+    try:
+        progress.enter(DeliveryPhase.FETCH)
+        await mailbox.open()
+        progress.idle = mailbox.idle
+        progress.done("fetch_open")
+
+        progress.enter(DeliveryPhase.SUBMIT)
+        progress.token = new_token()
+        message = build_message(config, progress.token)
+        progress.message_id = str(message["Message-ID"])
+        progress.submitted = await submit(config, env, wire_bytes(message))
+        progress.done("submit")
+
+        progress.enter(DeliveryPhase.FETCH)
+        deadline = progress.submitted.monotonic + config.deliver_within
+        progress.found = await mailbox.wait_for(progress.token, deadline)
+        progress.done("wait")
+        if progress.found is None:
+            progress.enter(DeliveryPhase.DELIVER)
+            return progress.result(
+                None, DeliveryReason.LATE, f"not in the mailbox within {config.deliver_within:g}s of submission"
+            )
+
+        progress.enter(DeliveryPhase.CLEANUP)
+        left = await mailbox.delete(progress.found)
+        progress.deleted = not left
+        progress.done("cleanup")
+    except ProbeFailure as failure:
+        return progress.result(failure)
+    except ValueError as exc:  # a secret that cannot be read (file, environment) or encoded
+        return progress.result(ProbeFailure(Reason.INTERNAL, str(exc)))
+    result = progress.result(None, note=left)
+    expectation = _expectations(config, result)
+    if expectation is not None:
+        progress.enter(DeliveryPhase.DELIVER)
+        reason, error = expectation
+        result = replace(result, ok=False, phase=DeliveryPhase.DELIVER, reason=reason, error=error)
+    return result
+
+
+async def look_for(
+    config: DeliveryProbeConfig, env: ProbeEnv, tokens: Sequence[str]
+) -> dict[str, tuple[Found, bool]]:
+    """A later run's look for pending tokens: each one found (now, no waiting) with whether it was deleted.
+
+    ProbeFailure when the mailbox cannot be read."""
+    mailbox = open_mailbox(config.mailbox, env, config.timeouts)
+    found: dict[str, tuple[Found, bool]] = {}
+    try:
+        await mailbox.open()
+        for token in tokens:
+            message = await mailbox.wait_for(token, time.monotonic())
+            if message is not None:
+                found[token] = (message, not await mailbox.delete(message))
+    finally:
+        await mailbox.close()
+    return found

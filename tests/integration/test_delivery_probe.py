@@ -1,0 +1,263 @@
+"""The delivery probe against the real chain: MSA Postfix -> MX Postfix -> Dovecot (tests.peers.mail_chain)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from monitor.config.schema import DeliveryProbeConfig, DnsConfig
+from monitor.model.delivery import DeliveryPhase, DeliveryReason, DeliveryResult
+from monitor.model.results import Reason
+from monitor.probes import ProbeEnv, build_resolver
+from monitor.probes.delivery import look_for, run
+from tests.peers.mail_chain import MailChain
+
+
+@pytest.fixture
+def chain(mail_chain: MailChain) -> Iterator[MailChain]:
+    """The session chain, with the MX and Dovecot running again after each test."""
+    yield mail_chain
+    mail_chain.ensure_running()
+
+
+def env_for(chain: MailChain) -> ProbeEnv:
+    return ProbeEnv(resolver=build_resolver(DnsConfig(nameservers=[f"{chain.host}:{chain.dns_port}"])))
+
+
+def probe_config(chain: MailChain, **overrides: Any) -> DeliveryProbeConfig:
+    """Submission with STARTTLS and AUTH, IMAP with implicit TLS: every certificate verified by the chain's CA."""
+    document: dict[str, Any] = {
+        "name": "chain",
+        "submit": {
+            "host": chain.host,
+            "port": chain.msa_submission_port,
+            "tls": "starttls",
+            "auth": {"username": chain.submitter.address, "password": chain.submitter.password},
+            "ca_file": str(chain.ca_file),
+            "servername": chain.servername,
+        },
+        "from": chain.submitter.address,
+        "to": chain.mailbox.address,
+        "mailbox": {
+            "protocol": "imap",
+            "host": chain.host,
+            "port": chain.imaps_port,
+            "tls": "implicit",
+            "username": chain.mailbox.address,
+            "password": chain.mailbox.password,
+            "ca_file": str(chain.ca_file),
+            "servername": chain.servername,
+            "poll_interval": 0.5,
+        },
+        "deliver_within": 20,
+        "timeouts": {"submit": 10, "mailbox": 5, "cleanup": 5},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(document.get(key), dict):
+            document[key] = {**document[key], **value}
+        else:
+            document[key] = value
+    return DeliveryProbeConfig.model_validate(document)
+
+
+def deliver(chain: MailChain, config: DeliveryProbeConfig) -> DeliveryResult:
+    return asyncio.run(run(config, env_for(chain)))
+
+
+def unrelated_message(chain: MailChain) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "friend@elsewhere.test"
+    message["To"] = chain.mailbox.address
+    message["Subject"] = "not a probe"
+    message["Message-ID"] = f"<{uuid.uuid4().hex}@elsewhere.test>"
+    message.set_content("keep me\n")
+    return message
+
+
+def stored_ids(chain: MailChain) -> list[str]:
+    return [m.message_id for m in chain.inbox() + chain.junk()]
+
+
+class TestRoundTrip:
+    def test_submission_and_imap_idle_report_every_phase_three_hops_and_passing_verdicts(
+        self, chain: MailChain
+    ) -> None:
+        config = probe_config(chain, expect_auth={"spf": "pass", "dkim": "pass", "dmarc": "pass"},
+                              expect_folder="inbox")
+        result = deliver(chain, config)
+
+        assert result.ok, result
+        assert (result.phase, result.reason, result.pending, result.late) == (None, None, False, False)
+        assert result.idle
+        assert len(result.token) == 32
+        assert result.submitted_to == f"{chain.host}:{chain.msa_submission_port}"
+        assert result.queue_id.isalnum(), result.queue_id
+        assert result.latency is not None
+        assert 0 < result.latency < 10
+        assert result.submitted_at is not None
+        assert result.arrived_at is not None
+        assert result.arrived_at - result.submitted_at == pytest.approx(result.latency, abs=0.05)
+        assert {"fetch_open", "submit", "wait", "cleanup", "submit_auth"} <= result.timings.keys()
+        # MSA (authenticated submission), MX, Dovecot's LMTP: in travel order
+        assert [(h.by_host, h.protocol) for h in result.hops] == [
+            (chain.msa_host, "ESMTPSA"), (chain.mx_host, "ESMTPS"), (chain.mailbox_host, "LMTP"),
+        ]
+        assert result.hops[0].queue_id == result.queue_id  # the MSA's Received names the queue ID of the 250
+        assert result.hops[1].from_host == chain.msa_host
+        assert all(h.delay is not None and 0 <= h.delay < 10 for h in result.hops), result.hops
+        assert {(v.method, v.result, v.authserv_id) for v in result.verdicts} >= {
+            ("spf", "pass", chain.mx_host), ("dkim", "pass", chain.mx_host), ("dmarc", "pass", chain.mx_host),
+        }
+        assert (result.folder, result.folder_name) == ("inbox", "INBOX")
+        assert result.deleted
+        assert result.message_id not in stored_ids(chain)  # nothing left behind
+
+    def test_implicit_tls_submission_and_pop3_over_tls(self, chain: MailChain) -> None:
+        config = probe_config(
+            chain,
+            submit={"port": chain.msa_implicit_port, "tls": "implicit"},
+            mailbox={"protocol": "pop3", "port": chain.pop3s_port, "tls": "implicit"},
+        )
+        result = deliver(chain, config)
+
+        assert result.ok, result
+        assert not result.idle
+        assert len(result.hops) == 3
+        assert result.verdict("dkim") == "pass"
+        assert result.deleted
+        assert result.message_id not in stored_ids(chain)
+
+    def test_pop3_with_stls_and_imap_with_starttls(self, chain: MailChain) -> None:
+        for mailbox in ({"protocol": "pop3", "port": chain.pop3_port, "tls": "starttls"},
+                        {"protocol": "imap", "port": chain.imap_port, "tls": "starttls"}):
+            result = deliver(chain, probe_config(chain, mailbox=mailbox))
+            assert result.ok, (mailbox, result)
+            assert result.deleted
+
+
+class TestPlacementAndVerdicts:
+    def test_a_message_the_sieve_rule_files_into_junk_is_found_there_and_fails_expect_folder(
+        self, chain: MailChain
+    ) -> None:
+        config = probe_config(chain, extra_headers={chain.junk_header: chain.junk_value}, expect_folder="inbox")
+        result = deliver(chain, config)
+
+        assert (result.ok, result.phase, result.reason) == (False, DeliveryPhase.DELIVER, DeliveryReason.WRONG_FOLDER)
+        assert (result.folder, result.folder_name) == ("junk", chain.junk_folder)
+        assert result.deleted  # found in Junk, and removed from there
+        assert result.message_id not in stored_ids(chain)
+
+    def test_expect_auth_names_the_verdict_that_is_not_the_expected_one(self, chain: MailChain) -> None:
+        result = deliver(chain, probe_config(chain, expect_auth={"dkim": "fail", "spf": "pass"}))
+        assert (result.ok, result.phase, result.reason) == (False, DeliveryPhase.DELIVER, DeliveryReason.AUTH_VERDICT)
+        assert "dkim=pass (expected fail)" in result.error
+        assert "spf" not in result.error
+
+
+class TestFailures:
+    def test_wrong_mailbox_password_fails_fetch_auth_failed_before_anything_is_sent(self, chain: MailChain) -> None:
+        queued_before = len(chain.msa_queue())
+        result = deliver(chain, probe_config(chain, mailbox={"password": "not-the-password"}))
+        assert (result.ok, result.phase, result.reason) == (False, DeliveryPhase.FETCH, Reason.AUTH_FAILED)
+        assert "not-the-password" not in repr(result)
+        assert (result.token, result.pending) == ("", False)
+        assert len(chain.msa_queue()) == queued_before
+
+    def test_wrong_pop3_password_fails_fetch_auth_failed(self, chain: MailChain) -> None:
+        config = probe_config(chain, mailbox={"protocol": "pop3", "port": chain.pop3s_port,
+                                              "password": "not-the-password"})
+        result = deliver(chain, config)
+        assert (result.ok, result.phase, result.reason) == (False, DeliveryPhase.FETCH, Reason.AUTH_FAILED)
+        assert "not-the-password" not in repr(result)
+
+    def test_dovecot_down_fails_fetch_refused(self, chain: MailChain) -> None:
+        chain.stop_dovecot()
+        try:
+            imap = deliver(chain, probe_config(chain))
+            pop3 = deliver(chain, probe_config(chain, mailbox={"protocol": "pop3", "port": chain.pop3s_port}))
+        finally:
+            chain.start_dovecot()
+        for result in (imap, pop3):
+            assert (result.ok, result.phase, result.reason) == (False, DeliveryPhase.FETCH, Reason.REFUSED), result
+            assert not result.pending
+
+    def test_refused_submission_auth_fails_submit_auth_failed_without_the_password(self, chain: MailChain) -> None:
+        result = deliver(chain, probe_config(chain, submit={"auth": {"username": chain.submitter.address,
+                                                                    "password": "Wrong-Submit-Pa55"}}))
+        assert (result.ok, result.phase, result.reason) == (False, DeliveryPhase.SUBMIT, Reason.AUTH_FAILED)
+        assert result.reply is not None
+        assert result.reply.code == 535
+        assert "Wrong-Submit-Pa55" not in repr(result)
+        assert not result.pending
+
+    def test_via_mx_finds_the_exchange_through_dns_and_reports_mx_refused_when_it_is_down(
+        self, chain: MailChain
+    ) -> None:
+        via_mx = {"via": "mx", "host": None, "auth": None, "port": chain.mx_port}
+        chain.stop_mx()
+        try:
+            down = deliver(chain, probe_config(chain, submit=via_mx))
+        finally:
+            chain.start_mx()
+        assert (down.ok, down.phase, down.reason) == (False, DeliveryPhase.SUBMIT, Reason.REFUSED), down
+        assert f"{chain.mx_host}:{chain.mx_port}" in down.error
+
+        up = deliver(chain, probe_config(chain, submit=via_mx))
+        assert up.ok, up
+        assert up.submitted_to == f"{chain.mx_host}:{chain.mx_port}"
+        assert [h.by_host for h in up.hops] == [chain.mx_host, chain.mailbox_host]  # no MSA hop
+        assert up.verdict("dkim") == "none"  # nothing signed it: a verdict that is not pass
+
+
+class TestStoreAndForward:
+    def test_mx_outage_makes_the_run_late_and_a_later_look_finds_the_pending_message(self, chain: MailChain) -> None:
+        config = probe_config(chain, deliver_within=4)
+        env = env_for(chain)
+        chain.stop_mx()
+        try:
+            began = time.monotonic()
+            result = asyncio.run(run(config, env))
+            took = time.monotonic() - began
+        finally:
+            chain.start_mx()
+        assert (result.ok, result.phase, result.reason) == (False, DeliveryPhase.DELIVER, DeliveryReason.LATE)
+        assert (result.pending, result.late) == (True, True)
+        assert result.token
+        assert result.queue_id
+        assert took < 4 + 5  # the deadline plus the mailbox's last step, not the mail's eventual arrival
+
+        chain.wait_for_message(result.message_id, timeout=20)
+        found = asyncio.run(look_for(config, env, [result.token, "0" * 32]))
+        assert list(found) == [result.token]
+        message, deleted = found[result.token]
+        assert deleted
+        assert result.message_id not in stored_ids(chain)
+        assert message.seen_at - (result.submitted_at or 0) > 4  # arrived late: after the deadline
+
+
+class TestOtherMail:
+    def test_unrelated_mail_keeps_its_flags_and_place_through_every_kind_of_run(self, chain: MailChain) -> None:
+        unrelated = unrelated_message(chain)
+        chain.deliver_to_mailbox(unrelated)
+        junk_unrelated = unrelated_message(chain)
+        junk_unrelated[chain.junk_header] = chain.junk_value
+        chain.deliver_to_mailbox(junk_unrelated)
+        before = {m.message_id: (m.file_name, m.flags) for m in chain.inbox() + chain.junk()}
+        assert unrelated["Message-ID"] in before
+        assert junk_unrelated["Message-ID"] in before
+
+        results = [
+            deliver(chain, probe_config(chain)),
+            deliver(chain, probe_config(chain, extra_headers={chain.junk_header: chain.junk_value})),
+            deliver(chain, probe_config(chain, mailbox={"protocol": "pop3", "port": chain.pop3s_port})),
+        ]
+        assert all(r.ok and r.deleted for r in results), results
+
+        after = {m.message_id: (m.file_name, m.flags) for m in chain.inbox() + chain.junk()}
+        assert after == before
