@@ -12,16 +12,19 @@ from tests.support.certs import SERVER_IP, IssuedCert, Pki
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throw-away CA per module; its ca_file is what the probe trusts."""
     return Pki.create(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
 def good_cert(pki: Pki) -> IssuedCert:
+    """A valid leaf from pki for mail.test and 127.0.0.1."""
     return pki.issue()
 
 
 @pytest.fixture(scope="module")
 def expired_cert(pki: Pki) -> IssuedCert:
+    """A leaf from pki whose validity ended two days ago."""
     return pki.issue_expired()
 
 

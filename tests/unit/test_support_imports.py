@@ -5,36 +5,16 @@ tests.support.peers is the one door from tests.support to tests.peers (the daemo
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+
+from tests.support.imports import imported_modules, under
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_FILES = sorted((ROOT / "bench").glob("*.py"))
 SUPPORT_FILES = sorted((ROOT / "tests" / "support").glob("*.py"))
 PEER_DOOR = ROOT / "tests" / "support" / "peers.py"
-
-
-def imported_modules(path: Path, root: Path = ROOT) -> list[str]:
-    """Every module an `import` or `from ... import` in `path` (under `root`) names, relative ones made absolute."""
-    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
-    names: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join([*parent, base] if base else parent)
-            # `from tests import peers` imports the module tests.peers
-            names += [f"{base}.{alias.name}" if base in ("tests", "tests.support") else base for alias in node.names]
-    return names
-
-
-def under(module: str, package: str) -> bool:
-    return module == package or module.startswith(package + ".")
 
 
 def test_the_files_are_found() -> None:
@@ -44,13 +24,13 @@ def test_the_files_are_found() -> None:
 
 @pytest.mark.parametrize("path", BENCH_FILES, ids=lambda p: p.name)
 def test_bench_imports_tests_support_only(path: Path) -> None:
-    from_tests = [m for m in imported_modules(path) if under(m, "tests")]
+    from_tests = [m for m in imported_modules(path, ROOT) if under(m, "tests")]
     assert [m for m in from_tests if not under(m, "tests.support")] == []
 
 
 @pytest.mark.parametrize("path", [p for p in SUPPORT_FILES if p != PEER_DOOR], ids=lambda p: p.name)
 def test_support_imports_no_peer_and_no_fake(path: Path) -> None:
-    from_tests = [m for m in imported_modules(path) if under(m, "tests")]
+    from_tests = [m for m in imported_modules(path, ROOT) if under(m, "tests")]
     assert [m for m in from_tests if not under(m, "tests.support")] == []
 
 
