@@ -21,11 +21,6 @@ class ConfigError(Exception):
 # libyaml's parser when PyYAML has it: the pure-Python one needs ~10 s for 10,000 probes.
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-_STR_TAG = yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG
-_MAP_TAG = yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG
-_SEQ_TAG = yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG
-# Scalars whose values are immutable and built from the text alone, so equal texts may share one.
-_PLAIN_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float"))
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -96,64 +91,11 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
-class _Unusual(Exception):
-    """A node beyond plain mappings, sequences and scalars: PyYAML's constructor builds the document."""
-
-
-class _PlainBuilder:
-    """PyYAML's SafeConstructor for the shapes a config has, at a fraction of its per-node cost.
-
-    Anything else (other tags, merge keys, aliased collections, duplicate or complex keys) raises
-    _Unusual; nodes are never modified, so PyYAML's constructor can start over on them."""
-
-    def __init__(self, loader: _UniqueKeyLoader) -> None:
-        self._loader = loader
-        self._scalars: dict[tuple[str, str], Any] = {}
-        self._seen: set[int] = set()  # collection nodes: an alias makes one appear twice
-
-    def build(self, node: yaml.Node) -> Any:
-        if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node)
-        if id(node) in self._seen:
-            raise _Unusual
-        self._seen.add(id(node))
-        if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
-            data: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode):
-                    raise _Unusual  # a sequence or mapping key: unhashable, PyYAML words the error
-                key = self._scalar(key_node)
-                if key in data:
-                    raise _Unusual  # a duplicate: _refuse_duplicate_keys words it, with its mark
-                data[key] = self.build(value_node)
-            return data
-        if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
-            return [self.build(item) for item in node.value]
-        raise _Unusual
-
-    def _scalar(self, node: yaml.ScalarNode) -> Any:
-        tag = node.tag
-        if tag == _STR_TAG:
-            return node.value
-        if tag not in _PLAIN_SCALAR_TAGS:
-            raise _Unusual  # timestamps, binary, merge keys, `=`, explicit application tags
-        key = (tag, node.value)
-        if key not in self._scalars:
-            self._scalars[key] = self._loader.yaml_constructors[tag](self._loader, node)
-        return self._scalars[key]
-
-
 def load_yaml(text: str) -> Any:
     """The document as `yaml.load(text, Loader=yaml.SafeLoader)` gives it, duplicate keys refused."""
     loader = _UniqueKeyLoader(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        try:
-            return _PlainBuilder(loader).build(node)
-        except Exception:  # any surprise, even a bad `!!int x`: PyYAML's constructor gives the answer or the error
-            return loader.construct_document(node)
+        return loader.get_single_data()
     finally:
         loader.dispose()
 
