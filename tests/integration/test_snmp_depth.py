@@ -59,7 +59,7 @@ def self_signed_der(directory: Path) -> bytes:
 
 
 def with_dane(record: MxRecord, lookup: TlsaLookup) -> MxRecord:
-    """The record with its DANE facts as monitor.probes.mx._Check.dane sets them."""
+    """The record with its DANE facts as monitor.probes.mx.check_dane sets them."""
     return replace(record, dane=_dane_verdict(record, lookup)[0])
 
 
@@ -92,7 +92,7 @@ def depth_store(cert_dir: Path) -> tuple[ResultsStore, float]:
     mx2_probe = probe("mx2.example.org", "192.0.2.2", error="timed out")
     mx2 = MxRecord(20, "mx2.example.org", ("192.0.2.2",), probe=mx2_probe, address_probes=(mx2_probe,))
     mx2 = with_dane(mx2, TlsaLookup("_25._tcp.mx2.example.org", error="SERVFAIL"))
-    # MTA-STS facts as monitor.probes.mx._Check.mta_sts makes them: a testing policy not covering mx2.
+    # MTA-STS facts as monitor.probes.mx.check_mta_sts makes them: a testing policy not covering mx2.
     policy = MtaStsPolicyFacts(mode="testing", max_age=86400, mx_patterns=("mx1.example.org",), verified=True,
                                error="", error_kind="", http_status=200, uncovered=("mx2.example.org",),
                                cert_not_after=None)

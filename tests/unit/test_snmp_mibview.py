@@ -599,7 +599,7 @@ def mta_sts_facts(
     *, present: bool = True, txt_error: str = "", mode: str = "enforce", uncovered: tuple[str, ...] = (),
     policy_error: str = "",
 ) -> MtaStsFacts:
-    """MTA-STS facts as monitor.probes.mx._Check.mta_sts makes them."""
+    """MTA-STS facts as monitor.probes.mx.check_mta_sts makes them."""
     policy = None
     problem = ""
     if present and txt_error:
