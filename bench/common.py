@@ -30,7 +30,7 @@ from tests.support.ports import HOST, free_tcp_port  # noqa: E402
 from tests.support.procs import descendants, kill_quietly, wait_gone  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SNMP_AGENT_MODULE = REPO_ROOT / "monitor" / "snmp" / "agent.py"
+SNMP_AGENT_MODULE = REPO_ROOT / "monitor" / "exporters" / "snmp" / "agent.py"
 
 
 def log(message: str) -> None:
