@@ -262,9 +262,12 @@ def run_agent(
 
     `reader`, if given, reads config_path: it started before the agent's imports."""
     logs.setup(log_format, log_level)
-    # Starting builds hundreds of thousands of objects (YAML nodes, config models, store states)
-    # that the cyclic collector traced again and again for nothing: ~1.1 s of CPU with 10,000
-    # probes. Once started, the survivors are frozen out of its reach, so no collection traces them.
+    # Starting builds hundreds of thousands of objects (config models, store states) that the
+    # cyclic collector traced again and again for nothing. Once started, the survivors are frozen
+    # out of its reach, so no collection traces them. Without this, at 10,000 probes: 1.49 instead
+    # of 1.02 CPU-s to /-/ready, ready at best in 1.56 instead of 0.91 s and in 2.96 instead of
+    # 1.50 s (median) on a busy machine, past the 2 s target (2026-12-06, `python -m monitor run`
+    # with it switched off in a measuring copy of 177409f, 5 starts each).
     gc.disable()
     try:
         config = reader.config() if reader is not None else load_config(config_path)
