@@ -19,13 +19,13 @@ class ConfigReader:
 
     `run` starts it before importing the models and the agent (~0.4 CPU-s), and the YAML of
     10,000 probes takes ~0.5 CPU-s: a second core does one while this process does the other,
-    and the YAML's garbage stays in the child. Without it, at 10,000 probes: /-/ready at best
-    1.22 instead of 0.91 s, and agent RSS 20 MiB higher, at start and after an interval (205
-    instead of 184.5 MiB for both processes at ready; targets 2 s and 286 MiB; 2026-12-06,
-    `python -m monitor run` with the reader switched off in a measuring copy of 177409f, 5
-    starts each). Whatever goes wrong in the child (it died, or raised something other than a
-    ConfigError), config() loads the file here instead, so the result or error is always
-    load_config's."""
+    and the YAML's garbage stays in the child. Without it, at 10,000 probes, the agent's RSS is
+    20 MiB higher for good (agent and probe process: 204 instead of 184 MiB at /-/ready, 218
+    instead of 198 MiB an interval later; target 286 MiB) and /-/ready comes 0.1-0.3 s later at
+    best (11 starts each on a busy 2-core machine, 2026-12-06, `python -m monitor run` with the
+    reader switched off in a measuring copy of 177409f). Whatever goes wrong in the child (it
+    died, or raised something other than a ConfigError), config() loads the file here instead,
+    so the result or error is always load_config's."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = path

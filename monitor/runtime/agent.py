@@ -265,9 +265,9 @@ def run_agent(
     # Starting builds hundreds of thousands of objects (config models, store states) that the
     # cyclic collector traced again and again for nothing. Once started, the survivors are frozen
     # out of its reach, so no collection traces them. Without this, at 10,000 probes: 1.49 instead
-    # of 1.02 CPU-s to /-/ready, ready at best in 1.56 instead of 0.91 s and in 2.96 instead of
-    # 1.50 s (median) on a busy machine, past the 2 s target (2026-12-06, `python -m monitor run`
-    # with it switched off in a measuring copy of 177409f, 5 starts each).
+    # of 1.02 CPU-s to /-/ready, nearly half of starting; ready in 1.91 instead of 1.50 s (median
+    # of 11 starts on a busy 2-core machine; target 2 s), 2026-12-06, `python -m monitor run` with
+    # it switched off in a measuring copy of 177409f.
     gc.disable()
     try:
         config = reader.config() if reader is not None else load_config(config_path)
