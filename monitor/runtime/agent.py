@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
 import gc
 import logging
@@ -284,14 +283,3 @@ def _collect_from_now_on() -> None:
     gc.collect()  # cycles left by starting: frozen, they would never be freed
     gc.freeze()
     gc.enable()
-    _return_free_memory()
-
-
-def _return_free_memory() -> None:
-    """Hand the heap pages that starting freed (YAML, validation) back to the system (glibc only)."""
-    try:
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return  # not glibc: musl has no malloc_trim
-    trim(0)
