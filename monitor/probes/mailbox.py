@@ -562,7 +562,13 @@ class Pop3Mailbox:
                 pop.user(config.username)
                 pop.pass_(self.password)
             except poplib.error_proto as exc:
-                raise ProbeFailure(Reason.AUTH_FAILED, f"login refused: {_pop3_reply(exc, self.password)}") from None
+                text = _pop3_reply(exc, self.password)
+                if not text.startswith("-ERR") or text == "-ERR EOF":
+                    raise  # the connection broke, or the answer is not POP3: classified below
+                # the text may echo what was sent: keep its response code only (RFC 2449: [AUTH], [IN-USE])
+                code = re.match(r"-ERR (\[[A-Z/-]+\])", text)
+                refused = f"login refused: -ERR {code[1] if code else ''}".rstrip()
+                raise ProbeFailure(Reason.AUTH_FAILED, refused) from None
             result = job(pop)
             pop.quit()
             pop = None
