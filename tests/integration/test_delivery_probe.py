@@ -163,15 +163,16 @@ class TestPlacementAndVerdicts:
 class TestFailures:
     def test_wrong_mailbox_password_fails_fetch_auth_failed_before_anything_is_sent(self, chain: MailChain) -> None:
         queued_before = len(chain.msa_queue())
-        result = deliver(chain, probe_config(chain, mailbox={"password": "not-the-password"}))
+        result = deliver(chain, probe_config(chain, mailbox={"password": "not-the-password"}, timeouts={"mailbox": 20}))
         assert (result.ok, result.phase, result.reason) == (False, DeliveryPhase.FETCH, Reason.AUTH_FAILED)
         assert "not-the-password" not in repr(result)
         assert (result.token, result.pending) == ("", False)
         assert len(chain.msa_queue()) == queued_before
 
     def test_wrong_pop3_password_fails_fetch_auth_failed(self, chain: MailChain) -> None:
+        # Dovecot delays a refusal 2 s, doubled per failure from the same address (auth_policy penalty)
         config = probe_config(chain, mailbox={"protocol": "pop3", "port": chain.pop3s_port,
-                                              "password": "not-the-password"})
+                                              "password": "not-the-password"}, timeouts={"mailbox": 20})
         result = deliver(chain, config)
         assert (result.ok, result.phase, result.reason) == (False, DeliveryPhase.FETCH, Reason.AUTH_FAILED)
         assert "not-the-password" not in repr(result)
