@@ -1,4 +1,4 @@
-"""Command line: one-shot `probe` and `mx`, `check-config`, and the `run` agent."""
+"""Command line: one-shot `probe`, `mx` and `deliver`, `check-config`, and the `run` agent."""
 
 from __future__ import annotations
 
@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--timeout", type=_duration, default=10.0)
     m.add_argument("--json", action="store_true")
 
+    d = sub.add_parser("deliver", help="one delivery run: submit a message, wait for it in the mailbox, delete it")
+    d.add_argument("probe", type=Path, help="YAML file of one delivery probe (the keys of a delivery: entry)")
+    d.add_argument("--nameserver", action="append", default=[], metavar="HOST[:PORT]", help="for via: mx")
+    d.add_argument("--json", action="store_true")
+
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("-c", "--config", required=True, type=Path)
 
@@ -181,6 +186,26 @@ def _mx(args: argparse.Namespace) -> int:
     return report.mx_exit_code(result)
 
 
+def _deliver(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from monitor.config.document import read_document
+    from monitor.config.schema import DeliveryProbeConfig, format_validation_error
+    from monitor.probes import delivery
+
+    try:
+        spec = DeliveryProbeConfig.model_validate(read_document(args.probe))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(args.probe, exc)) from None
+    for secret in (spec.mailbox.password, *((spec.submit.auth.password,) if spec.submit.auth else ())):
+        secret.reveal()  # a missing file or variable is a usage error, not a failed run (ValueError)
+    result = asyncio.run(delivery.run(spec, _env(args.nameserver, spec.timeouts.submit)))
+    print(report.as_json(result) if args.json else report.delivery_line(result, spec.deliver_within))
+    return report.delivery_exit_code(result)
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from monitor.config.schema import load_config
 
@@ -206,7 +231,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"probe": _probe, "mx": _mx, "check-config": _check_config, "status": _status, "run": _run}
+    commands = {
+        "probe": _probe, "mx": _mx, "deliver": _deliver, "check-config": _check_config, "status": _status, "run": _run,
+    }
     try:
         return commands[args.command](args)
     except ConfigError as exc:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the results module loads pydantic, which `run` loads only after forking its config reader
+    from monitor.model.delivery import DeliveryResult
     from monitor.model.results import MxResult, SmtpResult
 
 # Monitoring-plugins convention (Nagios, Icinga, Naemon).
@@ -77,5 +78,31 @@ def mx_line(result: MxResult) -> str:
     return f"MX {_LABELS[code]} - {summary} | {_perfdata(result.timings, result.total)}"
 
 
-def as_json(result: SmtpResult | MxResult) -> str:
+def delivery_exit_code(result: DeliveryResult) -> int:
+    """OK; WARNING when the message is late (it may still arrive); CRITICAL for every other failure."""
+    if result.ok:
+        return EXIT_OK
+    return EXIT_WARNING if result.reason is not None and result.reason.value == "late" else EXIT_CRITICAL
+
+
+def delivery_line(result: DeliveryResult, deliver_within: float) -> str:
+    code = delivery_exit_code(result)
+    if result.ok:
+        where = f" in {result.folder}" if result.folder else ""
+        summary = f"{result.name}: delivered{where} in {result.latency or 0:.3f}s over {len(result.hops)} hops"
+        verdicts = " ".join(f"{v.method}={v.result}" for v in result.verdicts if v.method in ("spf", "dkim", "dmarc"))
+        if verdicts:
+            summary += f" ({verdicts})"
+    else:
+        reason = result.reason.value if result.reason else "?"
+        phase = result.phase.value if result.phase else "?"
+        summary = f"{result.name} failed in {phase}: {reason}: {result.error}"
+    perf = [f"latency={result.latency:.3f}s;{deliver_within:g}" if result.latency is not None else "latency=U"]
+    perf.append(f"hops={len(result.hops)}")
+    perf += [f"hop{i}_delay={hop.delay:.0f}s" for i, hop in enumerate(result.hops, 1) if hop.delay is not None]
+    perf.append(f"total={result.total:.6f}s")
+    return f"DELIVERY {_LABELS[code]} - {summary} | {' '.join(perf)}"
+
+
+def as_json(result: SmtpResult | MxResult | DeliveryResult) -> str:
     return json.dumps(result.as_dict(), indent=2, sort_keys=False)

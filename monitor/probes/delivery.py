@@ -379,6 +379,8 @@ async def run(config: DeliveryProbeConfig, env: ProbeEnv) -> DeliveryResult:
     mailbox = open_mailbox(config.mailbox, env, config.timeouts)
     try:
         return await _run(progress, mailbox, env)
+    except Exception as exc:  # a bug or a library's surprise: a classified result, never a crashed scheduler
+        return progress.result(ProbeFailure(Reason.INTERNAL, f"internal error: {type(exc).__name__}"))
     finally:
         await mailbox.close()
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from monitor.cli.main import main
 from monitor.config.schema import DeliveryProbeConfig, DnsConfig
 from monitor.model.delivery import DeliveryPhase, DeliveryReason, DeliveryResult
 from monitor.model.results import Reason
@@ -262,3 +266,40 @@ class TestOtherMail:
 
         after = {m.message_id: (m.file_name, m.flags) for m in chain.inbox() + chain.junk()}
         assert after == before
+
+
+class TestOneShot:
+    def write_probe(self, chain: MailChain, path: Path, **overrides: Any) -> Path:
+        document = probe_config(chain, **overrides).model_dump(mode="json", by_alias=True, exclude_none=True)
+        for part in ("mailbox", "submit"):  # secrets dump masked: the real ones again
+            section = document[part]
+            if part == "mailbox":
+                section["password"] = overrides.get("mailbox", {}).get("password", chain.mailbox.password)
+            else:
+                section["auth"]["password"] = chain.submitter.password
+        path.write_text(yaml.safe_dump(document))
+        return path
+
+    def test_deliver_prints_a_plugin_line_with_latency_and_hops_and_exits_ok(
+        self, chain: MailChain, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        probe = self.write_probe(chain, tmp_path / "probe.yaml")
+        code = main(["deliver", str(probe), "--nameserver", f"{chain.host}:{chain.dns_port}"])
+        line = capsys.readouterr().out.strip()
+        assert code == 0, line
+        assert line.startswith("DELIVERY OK - chain: delivered in inbox in "), line
+        assert "(dmarc=pass dkim=pass spf=pass)" in line
+        assert " | latency=" in line
+        assert ";20 hops=3 hop1_delay=" in line
+
+    def test_deliver_json_of_a_refused_mailbox_login_exits_critical(
+        self, chain: MailChain, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        probe = self.write_probe(chain, tmp_path / "probe.yaml", mailbox={"password": "not-the-password"},
+                                 timeouts={"mailbox": 20})
+        code = main(["deliver", str(probe), "--json"])
+        output = capsys.readouterr().out
+        document = json.loads(output)
+        assert code == 2
+        assert (document["ok"], document["phase"], document["reason"]) == (False, "fetch", "auth_failed")
+        assert "not-the-password" not in output

@@ -3,6 +3,7 @@ its configuration's validation."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from email import message_from_bytes
 from email.policy import default
@@ -11,8 +12,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from monitor.cli import report
 from monitor.config.schema import ConfigError, DeliveryProbeConfig, format_validation_error
-from monitor.model.results import Reply
+from monitor.model.delivery import DeliveryPhase, DeliveryReason, DeliveryResult
+from monitor.model.results import Reason, Reply
 from monitor.probes.delivery import build_message, hops_of, parse_received, queue_id, verdicts_of, wire_bytes
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -163,3 +166,26 @@ class TestConfig:
 
     def test_config_error_is_the_schema_one(self) -> None:
         assert issubclass(ConfigError, Exception)
+
+
+class TestPluginOutput:
+    def test_late_is_a_warning_every_other_failure_critical(self) -> None:
+        late = DeliveryResult(name="d", started_at=0.0, ok=False, phase=DeliveryPhase.DELIVER,
+                              reason=DeliveryReason.LATE, error="not in the mailbox within 60s", pending=True)
+        refused = replace(late, phase=DeliveryPhase.FETCH, reason=Reason.REFUSED, error="connection refused")
+        wrong_folder = replace(late, reason=DeliveryReason.WRONG_FOLDER)
+        assert [report.delivery_exit_code(r) for r in (late, refused, wrong_folder)] == [1, 2, 2]
+        assert report.delivery_line(late, 60).startswith(
+            "DELIVERY WARNING - d failed in deliver: late: not in the mailbox within 60s | latency=U hops=0"
+        )
+
+    def test_ok_line_has_latency_against_the_deadline_and_each_hop_delay(self) -> None:
+        hops = hops_of(ARRIVED, datetime(2026, 12, 6, 20, 59, 22, tzinfo=UTC).timestamp())
+        result = DeliveryResult(name="d", started_at=0.0, ok=True, latency=22.5, hops=hops, folder="inbox",
+                                verdicts=verdicts_of(ARRIVED, None), total=23.0)
+        line = report.delivery_line(result, 60)
+        assert report.delivery_exit_code(result) == 0
+        assert line == (
+            "DELIVERY OK - d: delivered in inbox in 22.500s over 3 hops (dmarc=pass dkim=pass spf=pass)"
+            " | latency=22.500s;60 hops=3 hop1_delay=1s hop2_delay=21s hop3_delay=0s total=23.000000s"
+        )
