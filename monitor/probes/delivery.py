@@ -190,8 +190,8 @@ def _smtp_config(config: DeliveryProbeConfig, host: str, servername: str | None)
     )
 
 
-async def _send(d: Dialogue, config: DeliveryProbeConfig, data: bytes) -> Reply:
-    """MAIL, RCPT, DATA on an open session; the 250 to the message's end."""
+async def _send(d: Dialogue, config: DeliveryProbeConfig, data: bytes, steps: list[str]) -> Reply:
+    """MAIL, RCPT, DATA on an open session; the 250 to the message's end. `steps` names DATA while it runs."""
     d.enter(Phase.MAIL)
     reply = await d.command(f"MAIL FROM:<{config.mail_from}>")
     if reply.code // 100 != 2:
@@ -202,6 +202,9 @@ async def _send(d: Dialogue, config: DeliveryProbeConfig, data: bytes) -> Reply:
     reply = await d.command(f"RCPT TO:<{config.to}>")
     if reply.code // 100 != 2:
         raise ReplyFailure(reply)
+    d.done()
+    steps.append("data")  # no Phase of its own: the SMTP probe never sends DATA
+    started = time.perf_counter()
     reply = await d.command("DATA")
     if reply.code != 354:
         raise ReplyFailure(reply)
@@ -210,7 +213,8 @@ async def _send(d: Dialogue, config: DeliveryProbeConfig, data: bytes) -> Reply:
     if reply.code // 100 != 2:
         raise ReplyFailure(reply)
     d.in_transaction = False
-    d.done()  # RCPT's timing holds DATA too: the message is a few hundred bytes
+    d.timings["data"] = time.perf_counter() - started
+    steps.pop()
     return reply
 
 
@@ -223,10 +227,11 @@ async def _submit_once(
     deadline = asyncio.get_running_loop().time() + timeout
     d = Dialogue(smtp_config, env)
     where = f"{host}:{smtp_config.effective_port}"
+    steps: list[str] = []
     try:
         async with asyncio.timeout_at(deadline):
             await open_session(d, credentials)
-            reply = await _send(d, config, data)
+            reply = await _send(d, config, data, steps)
             accepted_wall, accepted = time.time(), time.monotonic()
             await d.quit()
     except (ProbeFailure, OSError) as exc:
@@ -235,7 +240,7 @@ async def _submit_once(
             failure = failure.as_dns()
         if session_open(failure):
             await d.goodbye(deadline)
-        message = f"{where} {d.phase.value}: {failure.message}"
+        message = f"{where} {steps[-1] if steps else d.phase.value}: {failure.message}"
         failed_reply = failure.reply
         if credentials is not None:
             message = credentials.scrub(message)

@@ -19,7 +19,7 @@ from monitor.config.schema import DeliveryProbeConfig, DnsConfig
 from monitor.model.delivery import DeliveryPhase, DeliveryReason, DeliveryResult
 from monitor.model.results import Reason
 from monitor.probes import ProbeEnv, build_resolver
-from monitor.probes.delivery import look_for, run
+from monitor.probes.delivery import hops_of, look_for, run
 from tests.peers.mail_chain import MailChain
 
 
@@ -244,6 +244,10 @@ class TestStoreAndForward:
         assert deleted
         assert result.message_id not in stored_ids(chain)
         assert message.seen_at - (result.submitted_at or 0) > 4  # arrived late: after the deadline
+        hops = hops_of(message.header, result.submitted_at)
+        assert [h.by_host for h in hops] == [chain.msa_host, chain.mx_host, chain.mailbox_host]
+        assert hops[1].delay is not None
+        assert hops[1].delay >= 3  # the MSA held it while the MX was down
 
 
 class TestOtherMail:
