@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import poplib
 import re
 import socket
@@ -49,6 +50,9 @@ _IDLE_SLICE = 25.0  # seconds: IDLE is renewed (and the folders searched) at lea
 _LOGOUT_GRACE = 1.0
 _LITERAL = re.compile(rb"\{(\d+)\}\r\n")
 _T = TypeVar("_T")
+
+# aioimaplib logs every byte it receives at DEBUG, a server's echo of a password included: never below INFO.
+logging.getLogger("aioimaplib.aioimaplib").setLevel(logging.INFO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,12 @@ class _BoundedProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             self.broken.set_result(failure)
         if self.transport is not None:
             self.transport.abort()
+
+    def send(self, line: str, scrub: str | None = None) -> None:
+        # aioimaplib's own send() logs the line at DEBUG, its password scrubbing misses a quoted
+        # password with escapes: nothing the probe sends is logged
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"{line}\r\n".encode())
 
     def data_received(self, d: bytes) -> None:
         if self.broken.done():

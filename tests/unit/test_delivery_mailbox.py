@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -192,6 +193,22 @@ class TestImapMisbehaving:
             await mailbox.close()
         assert failure.reason is Reason.AUTH_FAILED
         assert failure.message == "login refused: NO [AUTHENTICATIONFAILED]"  # the fake echoes the password
+
+    def test_no_log_record_holds_the_password_even_at_debug(
+        self, pki: Pki, tls: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        @scenario
+        async def login_refused_with_an_echo() -> None:
+            async with FakeImapServer(tls, MailboxScript()) as server:
+                config = mailbox_config(pki, server.port, "imap", password='Wrong"Pa55\\')
+                mailbox = ImapMailbox(config, env(), DeliveryTimeouts(mailbox=STEP))
+                await failure_of(mailbox.open)
+                await mailbox.close()
+
+        with caplog.at_level(logging.DEBUG):
+            login_refused_with_an_echo()
+        logged = "\n".join(record.getMessage() for record in caplog.records)
+        assert "Pa55" not in logged
 
     @scenario
     async def test_a_certificate_for_another_name_is_tls_verify(self, pki: Pki) -> None:
