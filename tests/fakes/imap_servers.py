@@ -209,6 +209,8 @@ class FakeImapServer(_Server):
             return "OK expunged"
         if command == "IDLE":
             return await self._idle(writer, reader)
+        if command == "NOOP":
+            return "OK nothing"
         if command == "LOGOUT":
             writer.write(b"* BYE bye\r\n")
             return "OK logged out"
