@@ -17,7 +17,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -33,13 +33,13 @@ from monitor.model.delivery import AuthVerdict, DeliveryPhase, DeliveryReason, D
 from monitor.model.failures import LookupFailure, ProbeFailure, ReplyFailure, classify
 from monitor.model.results import Phase, Reason, Reply
 from monitor.probes import ProbeEnv, resolve
-from monitor.probes.mailbox import TOKEN_HEADER, Found, Mailbox, open_mailbox
+from monitor.probes.mailbox import PROBE_HEADER, TOKEN_HEADER, Found, Mailbox, open_mailbox
 from monitor.probes.smtp import Credentials, Dialogue, open_session, session_open
 
-PROBE_HEADER = "X-Smtp-Monitor-Probe"
 MAX_HOPS = 50  # Received headers read; a loop in the relays adds one per pass
 MAX_AUTH_HEADERS = 20  # Authentication-Results headers read
 MAX_HEADER_VALUE = 8 * 1024  # one header's value: longer ones are skipped, not parsed
+MAX_SWEEP = 100  # own messages looked at per sweep: a backlog goes over several runs
 _QUEUE_ID = (re.compile(r"queued as ([A-Za-z0-9._-]{1,64})"), re.compile(r"\bid=([A-Za-z0-9._-]{1,64})"))
 _COMMENT = re.compile(r"\([^()]*\)")  # innermost comment; nested ones go in a few passes
 _CLAUSE = re.compile(r"\b(from|by|with|id|via|for)\s+(\S+)", re.IGNORECASE)
@@ -449,3 +449,36 @@ async def look_for(
     finally:
         await mailbox.close()
     return found
+
+
+def _sent_at(header: bytes) -> float | None:
+    values = _header_values(header, "Date", 1)
+    if not values:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(values[0])
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
+
+
+async def sweep(config: DeliveryProbeConfig, env: ProbeEnv, keep: Collection[str] = ()) -> tuple[str, ...]:
+    """Delete this probe's own messages written more than lost_after ago (their Date header), except the
+    tokens in `keep`; the tokens removed. Messages of other probes and undated ones are never touched.
+
+    ProbeFailure when the mailbox cannot be read."""
+    mailbox = open_mailbox(config.mailbox, env, config.timeouts)
+    removed: list[str] = []
+    cutoff = time.time() - config.lost_after
+    try:
+        await mailbox.open()
+        for message in await mailbox.own_messages(config.name, MAX_SWEEP):
+            sent = _sent_at(message.header)
+            token = _header_values(message.header, TOKEN_HEADER, 1)
+            if sent is None or sent >= cutoff or not token or token[0] in keep:
+                continue
+            if not await mailbox.delete(message):
+                removed.append(token[0])
+    finally:
+        await mailbox.close()
+    return tuple(removed)

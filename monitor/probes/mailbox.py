@@ -35,6 +35,7 @@ from monitor.model.results import Reason
 from monitor.probes import ProbeEnv
 
 TOKEN_HEADER = "X-Smtp-Monitor-Token"  # noqa: S105 -- a header name, not a secret
+PROBE_HEADER = "X-Smtp-Monitor-Probe"
 INBOX, JUNK = "inbox", "junk"
 
 # One response line: a LIST or SEARCH line of a real server stays far below.
@@ -81,6 +82,9 @@ class Mailbox(Protocol):
     async def delete(self, found: Found) -> str:
         """Remove the message; "" when done, else why it was left (e.g. another message's state forbids it)."""
 
+    async def own_messages(self, probe: str, limit: int) -> list[Found]:
+        """Up to `limit` messages of probe `probe` (its X-Smtp-Monitor-Probe header), any token: for the sweep."""
+
     async def close(self) -> None:
         """Log out (bounded) and drop the connection."""
 
@@ -95,6 +99,12 @@ def carries_token(header: bytes, token: str) -> bool:
     """Whether a header block has `token` in its token header (POP3, and a check of what IMAP returned)."""
     parsed = BytesHeaderParser(policy=compat32).parsebytes(header)
     return any(str(value).strip() == token for value in parsed.get_all(TOKEN_HEADER, []))
+
+
+def of_probe(header: bytes, probe: str) -> bool:
+    """Whether a header block is a message of probe `probe` (IMAP's HEADER search matches substrings)."""
+    parsed = BytesHeaderParser(policy=compat32).parsebytes(header)
+    return any(str(value).strip() == probe for value in parsed.get_all(PROBE_HEADER, []))
 
 
 def _scrubbed(text: str, secret: str) -> str:
@@ -388,6 +398,18 @@ class ImapMailbox:
             if not idle.done():
                 idle.cancel()
 
+    async def own_messages(self, probe: str, limit: int) -> list[Found]:
+        proto = self._proto
+        found: list[Found] = []
+        for role, name in self.folders.items():
+            await self._select(name)
+            search = proto.search("HEADER", PROBE_HEADER, aioimaplib.quoted(probe), charset=None, by_uid=True)
+            for uid in _search_numbers(await self._command("UID SEARCH", search))[: limit - len(found)]:
+                header = await self._fetch_header(uid)
+                if of_probe(header, probe):
+                    found.append(Found(role, name, uid, header, time.time(), time.monotonic()))
+        return found
+
     async def delete(self, found: Found) -> str:
         proto = self._proto
         await self._select(found.folder_name)
@@ -617,6 +639,21 @@ class Pop3Mailbox:
                     pop.dele(number)
                 return Found(INBOX, "", "", header, time.time(), time.monotonic())
         return None
+
+    def _scan_probe(self, pop: poplib.POP3, probe: str, limit: int) -> list[Found]:
+        count, _size = pop.stat()
+        found: list[Found] = []
+        for number in range(count, max(count - MAX_POP3_SCAN, 0), -1):
+            _, lines, _ = pop.top(number, 0)
+            header = b"\r\n".join(lines) + b"\r\n"
+            if of_probe(header, probe):
+                found.append(Found(INBOX, "", "", header, time.time(), time.monotonic()))
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def own_messages(self, probe: str, limit: int) -> list[Found]:
+        return await self._in_worker("sweep", lambda pop: self._scan_probe(pop, probe, limit), self.step * 4)
 
     async def wait_for(self, token: str, deadline: float) -> Found | None:
         while True:

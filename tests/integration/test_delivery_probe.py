@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from monitor.config.schema import DeliveryProbeConfig, DnsConfig
 from monitor.model.delivery import DeliveryPhase, DeliveryReason, DeliveryResult
 from monitor.model.results import Reason
 from monitor.probes import ProbeEnv, build_resolver
-from monitor.probes.delivery import hops_of, look_for, run
+from monitor.probes.delivery import hops_of, look_for, run, sweep
 from tests.peers.mail_chain import MailChain
 
 
@@ -307,3 +309,46 @@ class TestOneShot:
         assert code == 2
         assert (document["ok"], document["phase"], document["reason"]) == (False, "fetch", "auth_failed")
         assert "not-the-password" not in output
+
+
+class TestSweep:
+    def probe_message(self, chain: MailChain, probe: str, token: str, age: float, junk: bool = False) -> EmailMessage:
+        message = unrelated_message(chain)
+        del message["Date"]
+        message["Date"] = email.utils.format_datetime(datetime.now(UTC) - timedelta(seconds=age))
+        message["X-Smtp-Monitor-Probe"] = probe
+        message["X-Smtp-Monitor-Token"] = token
+        if junk:
+            message[chain.junk_header] = chain.junk_value
+        return message
+
+    @pytest.mark.parametrize("protocol", ["imap", "pop3"])
+    def test_only_this_probes_messages_older_than_lost_after_go(self, chain: MailChain, protocol: str) -> None:
+        old, old_junk, fresh, pending = (uuid.uuid4().hex for _ in range(4))
+        messages = {
+            "old": self.probe_message(chain, "chain", old, 7200),
+            "old in junk": self.probe_message(chain, "chain", old_junk, 7200, junk=True),
+            "fresh": self.probe_message(chain, "chain", fresh, 60),
+            "old but pending": self.probe_message(chain, "chain", pending, 7200),
+            "another probe's": self.probe_message(chain, "chain-2", uuid.uuid4().hex, 7200),
+            "unrelated": unrelated_message(chain),
+        }
+        for message in messages.values():
+            chain.deliver_to_mailbox(message)
+        mailbox = {"protocol": "pop3", "port": chain.pop3s_port} if protocol == "pop3" else {}
+        config = probe_config(chain, mailbox=mailbox, lost_after=3600)
+
+        removed = asyncio.run(sweep(config, env_for(chain), keep={pending}))
+
+        stored = stored_ids(chain)
+        gone = {name for name, message in messages.items() if message["Message-ID"] not in stored}
+        if protocol == "imap":
+            assert set(removed) == {old, old_junk}
+            assert gone == {"old", "old in junk"}
+        else:  # POP3 sees the inbox only
+            assert set(removed) == {old}
+            assert gone == {"old"}
+        for message in messages.values():  # leave the mailbox as it was for the other tests
+            for stored_message in chain.inbox() + chain.junk():
+                if stored_message.message_id == message["Message-ID"] and "X-Smtp-Monitor-Probe" in message:
+                    asyncio.run(look_for(config, env_for(chain), [str(message["X-Smtp-Monitor-Token"])]))
