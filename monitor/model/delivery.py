@@ -6,8 +6,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import SerializerFunctionWrapHandler, model_serializer, model_validator
+
 from monitor.model.results import Reason, Reply
-from monitor.model.wire import IsoDatetime, to_wire
+from monitor.model.wire import IsoDatetime, as_object, ordered, to_wire
 
 
 class DeliveryPhase(enum.Enum):
@@ -86,3 +88,25 @@ class DeliveryResult:
     def as_dict(self) -> dict[str, Any]:
         """The JSON of `--json` (and, later, of the state database)."""
         return to_wire(self)
+
+    # As the other results: "kind" and "status" first, the total inside "timings".
+    @model_serializer(mode="wrap")
+    def _wire(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        wire: dict[str, Any] = fields_of(self)
+        wire["status"] = "ok" if wire.pop("ok") else "failed"
+        wire["timings"] = {**wire["timings"], "total": wire.pop("total")}
+        return {"kind": "delivery", **ordered(wire, ("status", "name", "started_at", "phase", "reason", "error"))}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwire(cls, data: Any) -> Any:
+        wire = as_object(data)
+        if wire is None:
+            return data
+        wire.pop("kind", None)
+        if "status" in wire:
+            wire["ok"] = wire.pop("status") == "ok"
+        timings = dict(wire.get("timings") or {})
+        wire["total"] = timings.pop("total", 0.0)
+        wire["timings"] = timings
+        return wire

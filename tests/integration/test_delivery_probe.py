@@ -307,7 +307,9 @@ class TestOneShot:
         output = capsys.readouterr().out
         document = json.loads(output)
         assert code == 2
-        assert (document["ok"], document["phase"], document["reason"]) == (False, "fetch", "auth_failed")
+        assert (document["kind"], document["status"], document["phase"], document["reason"]) == (
+            "delivery", "failed", "fetch", "auth_failed"
+        )
         assert "not-the-password" not in output
 
 

@@ -3,6 +3,7 @@ its configuration's validation."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -16,6 +17,7 @@ from monitor.cli import report
 from monitor.config.schema import ConfigError, DeliveryProbeConfig, format_validation_error
 from monitor.model.delivery import DeliveryPhase, DeliveryReason, DeliveryResult
 from monitor.model.results import Reason, Reply
+from monitor.model.wire import adapter
 from monitor.probes.delivery import build_message, hops_of, parse_received, queue_id, verdicts_of, wire_bytes
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -189,3 +191,22 @@ class TestPluginOutput:
             "DELIVERY OK - d: delivered in inbox in 22.500s over 3 hops (dmarc=pass dkim=pass spf=pass)"
             " | latency=22.500s;60 hops=3 hop1_delay=1s hop2_delay=21s hop3_delay=0s total=23.000000s"
         )
+
+
+class TestJson:
+    def test_a_result_reads_back_from_its_json_with_kind_and_status_first(self) -> None:
+        submitted = datetime(2026, 12, 6, 20, 59, 22, tzinfo=UTC).timestamp()
+        result = DeliveryResult(
+            name="d", started_at=submitted - 1, ok=False, phase=DeliveryPhase.DELIVER,
+            reason=DeliveryReason.WRONG_FOLDER, error="landed in junk", token=TOKEN, submitted_at=submitted,
+            latency=1.5, hops=hops_of(ARRIVED, submitted), verdicts=verdicts_of(ARRIVED, None), folder="junk",
+            timings={"submit": 0.1}, total=2.0,
+        )
+        wire = json.loads(json.dumps(result.as_dict()))
+        assert list(wire)[:4] == ["kind", "status", "name", "started_at"]
+        assert (wire["kind"], wire["status"], wire["reason"]) == ("delivery", "failed", "wrong_folder")
+        assert wire["timings"] == {"submit": 0.1, "total": 2.0}
+        assert wire["hops"][0]["time"] == "2026-12-06T20:59:23+00:00"
+        assert adapter(DeliveryResult).validate_python(wire) == result
+        refused = replace(result, reason=Reason.REFUSED, reply=Reply(554, ("5.7.1 no",)))
+        assert adapter(DeliveryResult).validate_python(json.loads(json.dumps(refused.as_dict()))) == refused
