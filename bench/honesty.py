@@ -310,8 +310,14 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
             shift("p50", "quiet", "loaded", f"{phase} p50 inflation under load")
             shift("p99", "quiet", "loaded", f"{phase} p99 inflation under load", judged=True)
             shift("p99", "quiet", "burn", f"{phase} p99 inflation by an equal CPU burn (no SNMP, no scrapes)")
-            shift("p99", "burn", "loaded", f"{phase} p99, loaded beyond the equal CPU burn", judged=True,
-                  why="; what SNMP and scrapes add beyond their CPU")
+            shift(
+                "p99",
+                "burn",
+                "loaded",
+                f"{phase} p99, loaded beyond the equal CPU burn",
+                judged=True,
+                why="; what SNMP and scrapes add beyond their CPU",
+            )
     finally:
         apart.close()
         agent.stop()

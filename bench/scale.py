@@ -102,8 +102,15 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
         text0 = agent.metrics(timeout=60)  # the first scrape formats every probe: timed on its own
         cold = time.monotonic() - cold_started
         results.add(
-            Row(section, "first /metrics scrape after start", cold, "s", target="< 1 s", ok=cold < 1.0,
-                note="every probe's lines formatted once")
+            Row(
+                section,
+                "first /metrics scrape after start",
+                cold,
+                "s",
+                target="< 1 s",
+                ok=cold < 1.0,
+                note="every probe's lines formatted once",
+            )
         )
         cpu, machine = CpuWindow(agent.pid), MachineWindow()
         cpu.start()
@@ -168,8 +175,15 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
         )
         rss, peak = rss_mib(agent.pid), peak_rss_mib(agent.pid)
         results.add(
-            Row(section, "agent RSS (peak)", rss, "MiB", target=RSS_TARGET, ok=peak < RSS_LIMIT_MIB,
-                note=f"peak {peak:.0f} MiB; {rss_split(agent.pid)}")
+            Row(
+                section,
+                "agent RSS (peak)",
+                rss,
+                "MiB",
+                target=RSS_TARGET,
+                ok=peak < RSS_LIMIT_MIB,
+                note=f"peak {peak:.0f} MiB; {rss_split(agent.pid)}",
+            )
         )
         if scrapes:
             times = [s for s, _ in scrapes]
@@ -195,8 +209,11 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
             walks = (
                 ("full SNMP walk (v2c, -Cr50)", 0.0, "; the first walk, cells encoded ahead by the warmer"),
                 ("full SNMP walk again", 0.0, "; right after the first"),
-                ("full SNMP walk one interval later", 0.0 if settings.quick else interval,
-                 "; every row ran since, its changed cells encoded by the warmer as results came"),
+                (
+                    "full SNMP walk one interval later",
+                    0.0 if settings.quick else interval,
+                    "; every row ran since, its changed cells encoded by the warmer as results came",
+                ),
             )
             for label, wait, why in walks:
                 time.sleep(wait)

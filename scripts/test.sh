@@ -30,6 +30,7 @@ else
     "$UV" pip list --python "$venv/bin/python" --format freeze | sed 's/^/latest: /'
 fi
 
+"$venv/bin/ruff" format --check .
 "$venv/bin/ruff" check .
 "$venv/bin/mypy"
 exec "$venv/bin/python" -m pytest "$@"

@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     checks = p.add_argument_group("checks beyond the handshake")
     checks.add_argument("--expect-banner", metavar="REGEX", help="the greeting must match")
-    checks.add_argument("--expect-extension", action="append", default=[], metavar="KEYWORD",
-                        help="EHLO must offer it (repeatable)")
+    checks.add_argument(
+        "--expect-extension", action="append", default=[], metavar="KEYWORD", help="EHLO must offer it (repeatable)"
+    )
     checks.add_argument("--tls-min-version", choices=["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"])
     checks.add_argument("--auth-user", help="test AUTH (over TLS) as this user")
     checks.add_argument("--auth-password-file", type=Path, help="file holding the AUTH password")
@@ -77,8 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     checks.add_argument("--rcpt-to", action="append", default=[], metavar="ADDRESS", help="envelope test recipient")
     checks.add_argument("--rcpt-expect", default="250", metavar="CODE", help="reply each RCPT must get: 250, 5xx, ...")
     checks.add_argument("--relay-test", metavar="ADDRESS", help="an outside recipient that must be refused")
-    checks.add_argument("--address-family", choices=["any", "ipv4", "ipv6", "both"], default="any",
-                        help="both: probe every A and AAAA address and report each")
+    checks.add_argument(
+        "--address-family",
+        choices=["any", "ipv4", "ipv6", "both"],
+        default="any",
+        help="both: probe every A and AAAA address and report each",
+    )
     checks.add_argument("--source-address", metavar="IP", help="connect from this local address")
 
     m = sub.add_parser("mx", help="check one domain's MX records once")
@@ -86,16 +91,34 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--nameserver", action="append", default=[], metavar="HOST[:PORT]")
     m.add_argument("--expect", action="append", default=[], metavar="HOST", help="an expected exchange")
     m.add_argument("--require-mx", action="store_true", help="fail on an implicit MX (no MX record)")
-    m.add_argument("--probe-hosts", action="store_const", const=True, default=False,
-                   help="also SMTP-probe every exchange (its first address)")
-    m.add_argument("--probe-all-addresses", dest="probe_hosts", action="store_const", const="all_addresses",
-                   help="SMTP-probe every exchange on every A and AAAA address")
+    m.add_argument(
+        "--probe-hosts",
+        action="store_const",
+        const=True,
+        default=False,
+        help="also SMTP-probe every exchange (its first address)",
+    )
+    m.add_argument(
+        "--probe-all-addresses",
+        dest="probe_hosts",
+        action="store_const",
+        const="all_addresses",
+        help="SMTP-probe every exchange on every A and AAAA address",
+    )
     m.add_argument("--dnssec", choices=["off", "report", "require"], default="report")
     m.add_argument("--reverse-dns", choices=["off", "report", "require"], default="off")
-    m.add_argument("--dane", choices=["off", "report", "verify"], default="off",
-                   help="match each exchange's STARTTLS certificate against its TLSA records (needs host probes)")
-    m.add_argument("--mta-sts", choices=["off", "report", "verify"], default="off",
-                   help="fetch the MTA-STS policy and check the exchanges against it")
+    m.add_argument(
+        "--dane",
+        choices=["off", "report", "verify"],
+        default="off",
+        help="match each exchange's STARTTLS certificate against its TLSA records (needs host probes)",
+    )
+    m.add_argument(
+        "--mta-sts",
+        choices=["off", "report", "verify"],
+        default="off",
+        help="fetch the MTA-STS policy and check the exchanges against it",
+    )
     m.add_argument("--mta-sts-port", type=int, default=443, help=argparse.SUPPRESS)
     m.add_argument("--mta-sts-ca-file", type=Path, help="CA bundle for the MTA-STS policy host")
     m.add_argument("--no-verify", action="store_true", help="host probes: do not verify certificates (PKIX)")
@@ -124,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-format", choices=["text", "json"], default="text")
     r.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     r.add_argument(
-        "--shard", type=_shard, metavar="INDEX/COUNT",
+        "--shard",
+        type=_shard,
+        metavar="INDEX/COUNT",
         help="run only this shard's probes (rendezvous hash of the name); auto/COUNT takes the pod ordinal",
     )
     return parser
@@ -146,10 +171,19 @@ def _probe(args: argparse.Namespace) -> int:
 
     host, port = split_host_port(args.target, None)
     settings: dict[str, Any] = {
-        "name": "cli", "host": host, "port": port, "tls": args.tls, "timeout": args.timeout,
-        "ca_file": args.ca_file, "servername": args.servername, "helo": args.helo, "verify": not args.no_verify,
-        "expect_banner": args.expect_banner, "expect_extensions": args.expect_extension,
-        "tls_min_version": args.tls_min_version, "address_family": args.address_family,
+        "name": "cli",
+        "host": host,
+        "port": port,
+        "tls": args.tls,
+        "timeout": args.timeout,
+        "ca_file": args.ca_file,
+        "servername": args.servername,
+        "helo": args.helo,
+        "verify": not args.no_verify,
+        "expect_banner": args.expect_banner,
+        "expect_extensions": args.expect_extension,
+        "tls_min_version": args.tls_min_version,
+        "address_family": args.address_family,
         "source_address": args.source_address,
     }
     if args.auth_user:
@@ -175,10 +209,23 @@ def _mx(args: argparse.Namespace) -> int:
     from monitor.probes import mx
 
     spec = MxCheckConfig(
-        name="cli", domain=args.domain, expect=args.expect, require_mx=args.require_mx,
-        probe_hosts=args.probe_hosts, tls=args.tls, port=args.port, ca_file=args.ca_file,
-        timeout=args.timeout, dnssec=args.dnssec, reverse_dns=args.reverse_dns, spf=args.spf, dmarc=args.dmarc,
-        dane=args.dane, mta_sts=args.mta_sts, mta_sts_port=args.mta_sts_port, mta_sts_ca_file=args.mta_sts_ca_file,
+        name="cli",
+        domain=args.domain,
+        expect=args.expect,
+        require_mx=args.require_mx,
+        probe_hosts=args.probe_hosts,
+        tls=args.tls,
+        port=args.port,
+        ca_file=args.ca_file,
+        timeout=args.timeout,
+        dnssec=args.dnssec,
+        reverse_dns=args.reverse_dns,
+        spf=args.spf,
+        dmarc=args.dmarc,
+        dane=args.dane,
+        mta_sts=args.mta_sts,
+        mta_sts_port=args.mta_sts_port,
+        mta_sts_ca_file=args.mta_sts_ca_file,
         verify=not args.no_verify,
     )
     result = asyncio.run(mx.run(spec, _env(args.nameserver, args.timeout)))
@@ -232,7 +279,12 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {
-        "probe": _probe, "mx": _mx, "deliver": _deliver, "check-config": _check_config, "status": _status, "run": _run,
+        "probe": _probe,
+        "mx": _mx,
+        "deliver": _deliver,
+        "check-config": _check_config,
+        "status": _status,
+        "run": _run,
     }
     try:
         return commands[args.command](args)

@@ -71,20 +71,36 @@ def print_status(config: Config, as_json: bool = False) -> int:
             phase = result.phase.value if result.phase else ""
             reason = result.reason.value if result.reason else ""
             error = "" if result.ok else result.error
-        table.append({
-            "name": probe.name, "kind": kind, "target": target, "status": row.get("status", "unknown"),
-            "failures": row.get("consecutive_failures", 0), "runs": row.get("runs", 0),
-            "last_success": row.get("last_success"), "last_change": row.get("last_change"),
-            "phase": phase, "reason": reason, "error": error,
-        })
+        table.append(
+            {
+                "name": probe.name,
+                "kind": kind,
+                "target": target,
+                "status": row.get("status", "unknown"),
+                "failures": row.get("consecutive_failures", 0),
+                "runs": row.get("runs", 0),
+                "last_success": row.get("last_success"),
+                "last_change": row.get("last_change"),
+                "phase": phase,
+                "reason": reason,
+                "error": error,
+            }
+        )
     if as_json:
         print(json.dumps(table, indent=2))
     else:
         header = ("NAME", "KIND", "TARGET", "STATUS", "FAILS", "LAST SUCCESS", "CHANGED", "LAST ERROR")
         lines = [header] + [
-            (r["name"], r["kind"], r["target"], r["status"], str(r["failures"]), _age(r["last_success"], now),
-             _age(r["last_change"], now),
-             f"{r['phase']}/{r['reason']}: {r['error']}"[:80] if r["error"] else "")
+            (
+                r["name"],
+                r["kind"],
+                r["target"],
+                r["status"],
+                str(r["failures"]),
+                _age(r["last_success"], now),
+                _age(r["last_change"], now),
+                f"{r['phase']}/{r['reason']}: {r['error']}"[:80] if r["error"] else "",
+            )
             for r in table
         ]
         widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]

@@ -79,9 +79,7 @@ def _refuse_duplicate_keys(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> 
             # ConfigError: SafeLoader's construct_mapping reports it as a YAML error.
             return
         if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         keys.add(key)
 
 

@@ -509,15 +509,31 @@ class MxCheckConfig(_Strict):
 
 
 DEFAULT_SUBMIT_PORTS = {"none": 587, "starttls": 587, "implicit": 465}
-DEFAULT_MAILBOX_PORTS = {("imap", "implicit"): 993, ("imap", "starttls"): 143, ("pop3", "implicit"): 995,
-                         ("pop3", "starttls"): 110}
+DEFAULT_MAILBOX_PORTS = {
+    ("imap", "implicit"): 993,
+    ("imap", "starttls"): 143,
+    ("pop3", "implicit"): 995,
+    ("pop3", "starttls"): 110,
+}
 # RFC 8601 result values; "policy" and the rest as registered by IANA
 AuthVerdictName = Literal["pass", "fail", "none", "neutral", "softfail", "temperror", "permerror", "policy"]
 # Headers the probe writes itself: extra_headers may not replace them.
-_PROBE_HEADERS = frozenset({
-    "from", "to", "subject", "date", "message-id", "auto-submitted", "precedence", "mime-version",
-    "content-type", "content-transfer-encoding", "x-smtp-monitor-probe", "x-smtp-monitor-token",
-})
+_PROBE_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "auto-submitted",
+        "precedence",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "x-smtp-monitor-probe",
+        "x-smtp-monitor-token",
+    }
+)
 _HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 ftext, within one folded line
 
 

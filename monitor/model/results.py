@@ -185,8 +185,21 @@ class SmtpResult:
         return wire
 
 
-_SMTP_FIRST = ("status", "host", "port", "tls_mode", "address", "started_at", "phase", "reason", "error",
-               "reply_code", "reply", "timings", "timing_source")
+_SMTP_FIRST = (
+    "status",
+    "host",
+    "port",
+    "tls_mode",
+    "address",
+    "started_at",
+    "phase",
+    "reason",
+    "error",
+    "reply_code",
+    "reply",
+    "timings",
+    "timing_source",
+)
 
 
 def _unwire_timings(wire: dict[str, Any]) -> None:
@@ -304,8 +317,20 @@ class MxResult:
 
 
 _MX_FACTS = ("mta_sts", "spf", "dmarc")
-_MX_FIRST = ("authenticated", *_MX_FACTS, "status", "domain", "started_at", "phase", "reason", "error", "implicit_mx",
-             "missing", "unexpected", "timings")
+_MX_FIRST = (
+    "authenticated",
+    *_MX_FACTS,
+    "status",
+    "domain",
+    "started_at",
+    "phase",
+    "reason",
+    "error",
+    "implicit_mx",
+    "missing",
+    "unexpected",
+    "timings",
+)
 
 
 ProbeResult = SmtpResult | MxResult

@@ -18,8 +18,7 @@ def build_resolver(dns_config: DnsConfig) -> dns.asyncresolver.Resolver:
     if dns_config.nameservers:
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = [
-            dns.nameserver.Do53Nameserver(host, port)
-            for host, port in dns_config.nameserver_addresses()
+            dns.nameserver.Do53Nameserver(host, port) for host, port in dns_config.nameserver_addresses()
         ]
     else:
         try:

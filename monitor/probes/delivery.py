@@ -185,8 +185,15 @@ class Submitted:
 def _smtp_config(config: DeliveryProbeConfig, host: str, servername: str | None) -> SmtpProbeConfig:
     submit = config.submit
     return SmtpProbeConfig(
-        name=config.name, host=host, port=submit.effective_port, tls=submit.tls, timeout=config.timeouts.submit,
-        ca_file=submit.ca_file, servername=servername, helo=submit.helo, verify=submit.verify,
+        name=config.name,
+        host=host,
+        port=submit.effective_port,
+        tls=submit.tls,
+        timeout=config.timeouts.submit,
+        ca_file=submit.ca_file,
+        servername=servername,
+        helo=submit.helo,
+        verify=submit.verify,
     )
 
 
@@ -219,7 +226,11 @@ async def _send(d: Dialogue, config: DeliveryProbeConfig, data: bytes, steps: li
 
 
 async def _submit_once(
-    config: DeliveryProbeConfig, env: ProbeEnv, host: str, servername: str | None, data: bytes,
+    config: DeliveryProbeConfig,
+    env: ProbeEnv,
+    host: str,
+    servername: str | None,
+    data: bytes,
     credentials: Credentials | None,
 ) -> Submitted:
     smtp_config = _smtp_config(config, host, servername)
@@ -369,8 +380,11 @@ def _expectations(config: DeliveryProbeConfig, result: DeliveryResult) -> tuple[
         return DeliveryReason.WRONG_FOLDER, f"landed in {where}, not {config.expect_folder}"
     wrong = [
         f"{method}={result.verdict(method) or 'missing'} (expected {expected})"
-        for method, expected in (("spf", config.expect_auth.spf), ("dkim", config.expect_auth.dkim),
-                                 ("dmarc", config.expect_auth.dmarc))
+        for method, expected in (
+            ("spf", config.expect_auth.spf),
+            ("dkim", config.expect_auth.dkim),
+            ("dmarc", config.expect_auth.dmarc),
+        )
         if expected is not None and result.verdict(method) != expected
     ]
     if wrong:
@@ -432,9 +446,7 @@ async def _run(progress: _Run, mailbox: Mailbox, env: ProbeEnv) -> DeliveryResul
     return result
 
 
-async def look_for(
-    config: DeliveryProbeConfig, env: ProbeEnv, tokens: Sequence[str]
-) -> dict[str, tuple[Found, bool]]:
+async def look_for(config: DeliveryProbeConfig, env: ProbeEnv, tokens: Sequence[str]) -> dict[str, tuple[Found, bool]]:
     """A later run's look for pending tokens: each one found (now, no waiting) with whether it was deleted.
 
     ProbeFailure when the mailbox cannot be read."""

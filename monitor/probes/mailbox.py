@@ -250,8 +250,11 @@ class ImapMailbox:
         try:
             async with asyncio.timeout(self.step):
                 await loop.create_connection(
-                    lambda: proto, config.host, config.effective_port,
-                    ssl=context if implicit else None, server_hostname=servername if implicit else None,
+                    lambda: proto,
+                    config.host,
+                    config.effective_port,
+                    ssl=context if implicit else None,
+                    server_hostname=servername if implicit else None,
                 )
         except TimeoutError:
             raise ProbeFailure(Reason.TIMEOUT, f"connect: no answer within {self.step:g}s") from None
@@ -294,7 +297,10 @@ class ImapMailbox:
             raise ProbeFailure(Reason.AUTH_UNAVAILABLE, "server refuses LOGIN (LOGINDISABLED)")
         self.password = self.config.password.reveal()
         command = aioimaplib.Command(
-            "LOGIN", proto.new_tag(), aioimaplib.quoted(self.config.username), aioimaplib.quoted(self.password),
+            "LOGIN",
+            proto.new_tag(),
+            aioimaplib.quoted(self.config.username),
+            aioimaplib.quoted(self.password),
             loop=proto.loop,
         )
         response = await self._bounded("LOGIN", proto.execute(command, scrub=self.password))
@@ -416,8 +422,9 @@ class ImapMailbox:
         store = proto.store(found.key, "+FLAGS.SILENT", r"(\Deleted)", by_uid=True)
         await self._bounded("UID STORE", _checked("UID STORE", store), self.cleanup_timeout)
         if "UIDPLUS" in proto.capabilities:
-            await self._bounded("UID EXPUNGE", _checked("UID EXPUNGE", proto.expunge(found.key, by_uid=True)),
-                                self.cleanup_timeout)
+            await self._bounded(
+                "UID EXPUNGE", _checked("UID EXPUNGE", proto.expunge(found.key, by_uid=True)), self.cleanup_timeout
+            )
             return ""
         # Without UIDPLUS only a plain EXPUNGE exists, and it removes every \Deleted message of the folder:
         # run it only when ours is the only one, else leave ours flagged for a later run.

@@ -227,9 +227,7 @@ class DnsResolver(AbstractResolver):
             if family in (socket.AF_INET, socket.AF_INET6) and af != family:
                 continue
             results.append(
-                ResolveResult(
-                    hostname=host, host=address, port=port, family=af, proto=0, flags=socket.AI_NUMERICHOST
-                )
+                ResolveResult(hostname=host, host=address, port=port, family=af, proto=0, flags=socket.AI_NUMERICHOST)
             )
         if not results:
             raise _ResolveFailed(Reason.NO_ADDRESS, f"{host}: no address of family {family!r}")
@@ -334,26 +332,47 @@ async def fetch_policy(
                 body = await _check_response(response)
     except _Rejected as exc:
         return StsPolicy(
-            domain, url, verified=True, error=str(exc), error_kind=exc.kind,
-            http_status=status, cert_not_after=_not_after(peer_der),
+            domain,
+            url,
+            verified=True,
+            error=str(exc),
+            error_kind=exc.kind,
+            http_status=status,
+            cert_not_after=_not_after(peer_der),
         )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         kind, message = _classify(exc)
         verified = kind not in (DNS, TLS, TLS_VERIFY) and peer_der is not None
         return StsPolicy(
-            domain, url, verified=verified, error=f"{url}: {message}", error_kind=kind,
-            http_status=status, cert_not_after=_not_after(peer_der),
+            domain,
+            url,
+            verified=verified,
+            error=f"{url}: {message}",
+            error_kind=kind,
+            http_status=status,
+            cert_not_after=_not_after(peer_der),
         )
     try:
         policy = parse_policy(body)
     except PolicyError as exc:
         return StsPolicy(
-            domain, url, verified=True, error=f"{url}: invalid policy: {exc}", error_kind=PARSE,
-            http_status=status, cert_not_after=_not_after(peer_der),
+            domain,
+            url,
+            verified=True,
+            error=f"{url}: invalid policy: {exc}",
+            error_kind=PARSE,
+            http_status=status,
+            cert_not_after=_not_after(peer_der),
         )
     return StsPolicy(
-        domain, url, mode=policy.mode, max_age=policy.max_age, mx_patterns=policy.mx_patterns,
-        verified=True, http_status=status, cert_not_after=_not_after(peer_der),
+        domain,
+        url,
+        mode=policy.mode,
+        max_age=policy.max_age,
+        mx_patterns=policy.mx_patterns,
+        verified=True,
+        http_status=status,
+        cert_not_after=_not_after(peer_der),
     )
 
 

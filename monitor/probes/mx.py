@@ -361,9 +361,7 @@ async def _probe(p: _Progress, record: MxRecord, address: str) -> SmtpResult:
     return replace(result, host=record.exchange)
 
 
-def _dane_verdict(
-    record: MxRecord, lookup: dane.TlsaLookup, *, alias: Alias | None = None
-) -> tuple[DaneFacts, str]:
+def _dane_verdict(record: MxRecord, lookup: dane.TlsaLookup, *, alias: Alias | None = None) -> tuple[DaneFacts, str]:
     """Facts for the report and the problem ("" when none) of one exchange's DANE state."""
     # RFC 7672 3.2.2: through a secure alias the certificate may name either the expanded or the original name
     names = (alias.target, record.exchange) if alias is not None and alias.secure else (record.exchange,)

@@ -29,12 +29,22 @@ def internal_failure(probe: AnyProbeConfig, started_at: float, error: str) -> Pr
     """The result of a probe that raised instead of returning: a bug, recorded as a failure."""
     if isinstance(probe, SmtpProbeConfig):
         return SmtpResult(
-            host=probe.host, port=probe.effective_port, tls_mode=probe.tls, started_at=started_at,
-            ok=False, phase=Phase.INTERNAL, reason=Reason.INTERNAL, error=error,
+            host=probe.host,
+            port=probe.effective_port,
+            tls_mode=probe.tls,
+            started_at=started_at,
+            ok=False,
+            phase=Phase.INTERNAL,
+            reason=Reason.INTERNAL,
+            error=error,
         )
     return MxResult(
-        domain=probe.domain, started_at=started_at, ok=False, phase=Phase.INTERNAL,
-        reason=Reason.INTERNAL, error=error,
+        domain=probe.domain,
+        started_at=started_at,
+        ok=False,
+        phase=Phase.INTERNAL,
+        reason=Reason.INTERNAL,
+        error=error,
     )
 
 
@@ -78,9 +88,13 @@ async def run_pinned(
     if why is not None:
         return Refused(why)
     resolved = time.perf_counter() - t0
-    pinned = spec.model_copy(update={
-        "host": addresses[0], "servername": spec.servername or spec.host, "timeout": max(timeout - resolved, 0.001),
-    })
+    pinned = spec.model_copy(
+        update={
+            "host": addresses[0],
+            "servername": spec.servername or spec.host,
+            "timeout": max(timeout - resolved, 0.001),
+        }
+    )
     result = await _smtp(pinned, env)
     timings = {**result.timings, Phase.RESOLVE.value: resolved}
     return replace(result, host=spec.host, started_at=started_at, timings=timings, total=result.total + resolved)
@@ -106,7 +120,14 @@ def _is_address(host: str) -> bool:
 
 def _unresolved(spec: SmtpProbeConfig, started_at: float, seconds: float, failure: ProbeFailure) -> SmtpResult:
     return SmtpResult(
-        host=spec.host, port=spec.effective_port, tls_mode=spec.tls, started_at=started_at, ok=False,
-        phase=Phase.RESOLVE, reason=failure.reason, error=failure.message, timings={Phase.RESOLVE.value: seconds},
+        host=spec.host,
+        port=spec.effective_port,
+        tls_mode=spec.tls,
+        started_at=started_at,
+        ok=False,
+        phase=Phase.RESOLVE,
+        reason=failure.reason,
+        error=failure.message,
+        timings={Phase.RESOLVE.value: seconds},
         total=seconds,
     )

@@ -483,10 +483,12 @@ async def run(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
     except LookupFailure:
         return await _run_one(config.model_copy(update={"address_family": "any"}), env)  # reports the DNS failure
     servername = config.servername or config.host
-    per_address = await asyncio.gather(*(
-        _run_one(config.model_copy(update={"host": a, "address_family": "any", "servername": servername}), env)
-        for a in addrs
-    ))
+    per_address = await asyncio.gather(
+        *(
+            _run_one(config.model_copy(update={"host": a, "address_family": "any", "servername": servername}), env)
+            for a in addrs
+        )
+    )
     per_address = [replace(r, host=config.host) for r in per_address]
     main = next((r for r in per_address if not r.ok), per_address[0])
     if not main.ok:

@@ -50,8 +50,12 @@ class Agent:
     """Owns every component; the only place that knows how they connect."""
 
     def __init__(
-        self, config_path: Path, config: Config, shard: Shard | None = None,
-        log_format: str = "text", log_level: str = "info",
+        self,
+        config_path: Path,
+        config: Config,
+        shard: Shard | None = None,
+        log_format: str = "text",
+        log_level: str = "info",
     ) -> None:
         self.config_path = config_path
         self.shard = shard or Shard(0, 1)
@@ -61,7 +65,8 @@ class Agent:
         now = time.time()
         self.health = AgentHealth(config_path=str(config_path), config_loaded_at=now, config_attempted_at=now)
         self.scheduler: ProbeScheduler | ProbeProcess = (
-            ProbeProcess(self.store, self.health, log_format, log_level) if config.agent.probe_process
+            ProbeProcess(self.store, self.health, log_format, log_level)
+            if config.agent.probe_process
             else self._scheduler_here(config)
         )
         self.http: MetricsServer | None = None
@@ -99,7 +104,10 @@ class Agent:
         self._started = True
         log.info(
             "started: %d SMTP probes, %d MX checks from %s (shard %s)",
-            len(self.config.smtp), len(self.config.mx), self.config_path, self.shard,
+            len(self.config.smtp),
+            len(self.config.mx),
+            self.config_path,
+            self.shard,
         )
 
     def _open_state(self) -> None:
@@ -136,9 +144,13 @@ class Agent:
         if address is not None:
             endpoint = self.config.prometheus.probe_endpoint
             self.http = MetricsServer(
-                address[0], address[1], build_agent_registry(self.health), self.store,
+                address[0],
+                address[1],
+                build_agent_registry(self.health),
+                self.store,
                 ready=lambda: self._started and not self._stopping.is_set(),
-                adhoc=AdhocProber(self.env, endpoint) if endpoint.enabled else None, health=self.health,
+                adhoc=AdhocProber(self.env, endpoint) if endpoint.enabled else None,
+                health=self.health,
                 limits=self.config.prometheus.http,
             )
             try:
@@ -155,7 +167,10 @@ class Agent:
         engine_state = None
         if snmp.listen:
             self.snmp = SnmpAgent(
-                snmp, self.config.agent.state_dir, self.store, self.health,
+                snmp,
+                self.config.agent.state_dir,
+                self.store,
+                self.health,
                 default_interval=self.config.defaults.interval,
             )
             try:
@@ -185,12 +200,15 @@ class Agent:
             log.error("reload refused, keeping the running config: %s", str(exc).replace("\n", "; "))
             return
         unreloadable = [
-            section for section in ("agent", "prometheus", "dns")
+            section
+            for section in ("agent", "prometheus", "dns")
             if getattr(config, section) != getattr(self.config, section)
         ]
         old_snmp, new_snmp = self.config.snmp, config.snmp
         if (new_snmp.enabled, new_snmp.notify, new_snmp.engine_id) != (
-            old_snmp.enabled, old_snmp.notify, old_snmp.engine_id
+            old_snmp.enabled,
+            old_snmp.notify,
+            old_snmp.engine_id,
         ):
             unreloadable.append("snmp (enabled, notify, engine_id)")
             config = config.model_copy(update={"snmp": old_snmp})
@@ -254,7 +272,10 @@ def _prepare_state_dir(path: Path) -> None:
 
 
 def run_agent(
-    config_path: Path, log_format: str = "text", log_level: str = "info", shard: Shard | None = None,
+    config_path: Path,
+    log_format: str = "text",
+    log_level: str = "info",
+    shard: Shard | None = None,
     reader: ConfigReader | None = None,
 ) -> int:
     """Entry point of `smtp-monitor run`; config errors propagate to the CLI (exit 2).

@@ -81,7 +81,9 @@ class ProbeProcess:
             # The child must not take the agent's terminal signals: the agent stops it in order.
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "monitor.runtime.probe_worker", str(child.fileno()), *self.log_args],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True,
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         finally:
             child.close()

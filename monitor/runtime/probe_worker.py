@@ -95,8 +95,18 @@ class Worker:
             await asyncio.sleep(HEALTH_EVERY)
             h = self.health
             lateness = LatenessHistogram(counts=list(h.lateness.counts), total=h.lateness.total, count=h.lateness.count)
-            self.send(("health", {"in_flight": h.in_flight, "skipped_runs": h.skipped_runs, "lateness": lateness,
-                                  "process": process_facts(self.process), "at": time.time()}))
+            self.send(
+                (
+                    "health",
+                    {
+                        "in_flight": h.in_flight,
+                        "skipped_runs": h.skipped_runs,
+                        "lateness": lateness,
+                        "process": process_facts(self.process),
+                        "at": time.time(),
+                    },
+                )
+            )
 
 
 async def _run_worker(fd: int) -> None:

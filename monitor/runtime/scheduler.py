@@ -77,8 +77,13 @@ class ProbeScheduler:
             self._intervals[name] = interval
             first = now + timedelta(seconds=spread_offset(name, interval))
             self._scheduler.add_job(
-                self._run, IntervalTrigger(seconds=interval, start_date=first), args=[name], id=name,
-                name=name, misfire_grace_time=max(int(interval), 1), next_run_time=first,
+                self._run,
+                IntervalTrigger(seconds=interval, start_date=first),
+                args=[name],
+                id=name,
+                name=name,
+                misfire_grace_time=max(int(interval), 1),
+                next_run_time=first,
             )
         if added or removed:
             log.info("probes: %d configured, %d added or changed, %d removed", len(wanted), len(added), len(removed))

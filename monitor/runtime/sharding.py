@@ -27,10 +27,12 @@ class Shard:
         """The config with only the probes this shard runs."""
         if self.count == 1:
             return config
-        return config.model_copy(update={
-            "smtp": [p for p in config.smtp if self.owns(p.name)],
-            "mx": [p for p in config.mx if self.owns(p.name)],
-        })
+        return config.model_copy(
+            update={
+                "smtp": [p for p in config.smtp if self.owns(p.name)],
+                "mx": [p for p in config.mx if self.owns(p.name)],
+            }
+        )
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
@@ -39,6 +41,7 @@ class Shard:
 def owner(name: str, count: int) -> int:
     """Rendezvous (highest random weight) hashing: going from N to N+1 shards moves only
     the probes the new shard wins, about 1/(N+1) of them; nothing moves between old shards."""
+
     def weight(shard: int) -> bytes:
         return hashlib.blake2b(f"{shard}\0{name}".encode(), digest_size=8).digest()
 

@@ -132,8 +132,9 @@ class StateDB:
             self._connect()
         except sqlite3.DatabaseError as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error("state database %s is unreadable (%s): moved to %s, starting with fresh state",
-                      self.path, exc, aside)
+            log.error(
+                "state database %s is unreadable (%s): moved to %s, starting with fresh state", self.path, exc, aside
+            )
             self.close()
             for suffix in ("", "-wal", "-shm"):
                 src = Path(str(self.path) + suffix)
@@ -224,10 +225,13 @@ class StateDB:
                 for state in states:
                     conn.execute(_UPSERT, _row(state))
                 return [
-                    int(conn.execute(
-                        "INSERT INTO outbox (receiver, event, created) VALUES (?, ?, ?)",
-                        (receiver, json.dumps(event), now),
-                    ).lastrowid or 0)
+                    int(
+                        conn.execute(
+                            "INSERT INTO outbox (receiver, event, created) VALUES (?, ?, ?)",
+                            (receiver, json.dumps(event), now),
+                        ).lastrowid
+                        or 0
+                    )
                     for receiver, event in entries
                 ]
         except _WriteFailed:
@@ -258,8 +262,16 @@ ON CONFLICT(name) DO UPDATE SET
 def _row(state: ProbeState) -> tuple[Any, ...]:
     causes = [[phase, reason, count] for (phase, reason), count in state.failures_by_cause.items()]
     return (
-        state.name, config_hash(state), state.status.value, state.consecutive_failures, state.runs,
-        state.failures, json.dumps(causes), state.last_success, state.last_change, state.cert_warned_for,
+        state.name,
+        config_hash(state),
+        state.status.value,
+        state.consecutive_failures,
+        state.runs,
+        state.failures,
+        json.dumps(causes),
+        state.last_success,
+        state.last_change,
+        state.cert_warned_for,
         result_to_json(state.last_result) if state.last_result is not None else None,
     )
 
@@ -283,11 +295,20 @@ def _saved_states(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> Itera
             result = result_from_json(row["last_result"]) if row["last_result"] else None
             causes = {(p, r): c for p, r, c in _CAUSES.validate_json(row["failures_by_cause"])}
             yield ProbeState(
-                name=name, kind=current.kind, config=current.config, alert_after=current.alert_after,
-                cert_warn_days=current.cert_warn_days, status=Status(row["status"]), last_result=result,
-                consecutive_failures=int(row["consecutive_failures"]), runs=int(row["runs"]),
-                failures=int(row["failures"]), failures_by_cause=causes, last_success=row["last_success"],
-                last_change=row["last_change"], cert_warned_for=row["cert_warned_for"],
+                name=name,
+                kind=current.kind,
+                config=current.config,
+                alert_after=current.alert_after,
+                cert_warn_days=current.cert_warn_days,
+                status=Status(row["status"]),
+                last_result=result,
+                consecutive_failures=int(row["consecutive_failures"]),
+                runs=int(row["runs"]),
+                failures=int(row["failures"]),
+                failures_by_cause=causes,
+                last_success=row["last_success"],
+                last_change=row["last_change"],
+                cert_warned_for=row["cert_warned_for"],
                 last_tls=result.tls if isinstance(result, SmtpResult) else None,
                 last_tls_at=result.started_at if isinstance(result, SmtpResult) and result.tls else None,
             )

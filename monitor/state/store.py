@@ -220,8 +220,14 @@ class ResultsStore:
         level = logging.INFO if event.kind == "recovered" else logging.WARNING
         what = "certificate expiring" if event.kind == "cert_expiring" else "status"
         log.log(
-            level, "%s %s %s: %s -> %s%s",
-            event.probe_kind, event.name, what, event.old.value, event.new.value, detail,
+            level,
+            "%s %s %s: %s -> %s%s",
+            event.probe_kind,
+            event.name,
+            what,
+            event.old.value,
+            event.new.value,
+            detail,
         )
         for subscriber in list(self._subscribers):
             try:

@@ -18,10 +18,7 @@ def password_only_runs(password: bytes) -> list[str]:
     runs = []
     for k in range(3):
         encoded = b64(b"\xff" * k + password + b"\xff" * 3)
-        pure = [
-            ch for i, ch in enumerate(encoded)
-            if (6 * i) // 8 >= k and (6 * i + 5) // 8 < k + len(password)
-        ]
+        pure = [ch for i, ch in enumerate(encoded) if (6 * i) // 8 >= k and (6 * i + 5) // 8 < k + len(password)]
         runs.append("".join(pure))
     return runs
 
@@ -44,7 +41,4 @@ def secret_forms(username: str, password: str) -> dict[str, str]:
 def leaks(text: str, forms: dict[str, str]) -> list[str]:
     """The forms found in `text`, as is or hex-encoded (net-snmp prints odd strings as Hex-STRING)."""
     squeezed = "".join(text.split()).lower()
-    return [
-        name for name, form in forms.items()
-        if form in text or form.encode().hex() in squeezed
-    ]
+    return [name for name, form in forms.items() if form in text or form.encode().hex() in squeezed]

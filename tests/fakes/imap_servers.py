@@ -164,7 +164,11 @@ class FakeImapServer(_Server):
                 return
 
     async def _answer(
-        self, command: str, words: list[str], selected: str, writer: asyncio.StreamWriter,
+        self,
+        command: str,
+        words: list[str],
+        selected: str,
+        writer: asyncio.StreamWriter,
         reader: asyncio.StreamReader,
     ) -> str:
         script = self.script

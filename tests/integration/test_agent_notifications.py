@@ -24,9 +24,18 @@ def agent_config(postfix: PostfixServer, receiver: TrapReceiver, kind: str) -> d
     return {
         "defaults": {"interval": "0.3s", "timeout": "2s", "alert_after": 2},
         "snmp": {
-            "enabled": True, "listen": [],
-            "notify": [{"host": "127.0.0.1", "port": receiver.port, "version": "2c", "community": "public",
-                        "type": kind, "timeout": "1s"}],
+            "enabled": True,
+            "listen": [],
+            "notify": [
+                {
+                    "host": "127.0.0.1",
+                    "port": receiver.port,
+                    "version": "2c",
+                    "community": "public",
+                    "type": kind,
+                    "timeout": "1s",
+                }
+            ],
         },
         "smtp": [{"name": "relay", "host": "127.0.0.1", "port": postfix.plain_port, "tls": "none"}],
     }
@@ -41,7 +50,9 @@ def wait_count(receiver: TrapReceiver, oid: str, expected: int, timeout: float =
 
 class TestNotificationsAcrossRestarts:
     def test_failure_and_recovery_each_notified_once_across_kill_9(
-        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+        self,
+        agent_factory: Callable[[dict[str, object]], AgentProcess],
+        postfix: PostfixServer,
         trap_receiver: TrapReceiver,
     ) -> None:
         agent = agent_factory(agent_config(postfix, trap_receiver, "inform"))
@@ -54,7 +65,8 @@ class TestNotificationsAcrossRestarts:
         receiver = f"127.0.0.1:{trap_receiver.port}"
         agent.wait_until(
             lambda: agent.value("smtp_monitor_notifications_total", receiver=receiver, outcome="acknowledged") == 2.0,
-            5, "failure inform not counted as acknowledged",
+            5,
+            "failure inform not counted as acknowledged",
         )
 
         assert agent.proc is not None
@@ -73,11 +85,14 @@ class TestNotificationsAcrossRestarts:
         # coldStart and the recovery since the restart; the ack is counted just after snmptrapd logs
         agent.wait_until(
             lambda: agent.value("smtp_monitor_notifications_total", receiver=receiver, outcome="acknowledged") == 2.0,
-            5, "informs not counted as acknowledged",
+            5,
+            "informs not counted as acknowledged",
         )
 
     def test_notification_undelivered_at_a_crash_is_sent_after_the_restart(
-        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+        self,
+        agent_factory: Callable[[dict[str, object]], AgentProcess],
+        postfix: PostfixServer,
         trap_receiver: TrapReceiver,
     ) -> None:
         agent = agent_factory(agent_config(postfix, trap_receiver, "inform"))

@@ -44,7 +44,8 @@ def probe_name(username: str, mechanism: str) -> str:
 def all_forms() -> dict[str, str]:
     return {
         f"{name} (user {username!r})": form
-        for username in USERNAMES for name, form in secret_forms(username, PASSWORD).items()
+        for username in USERNAMES
+        for name, form in secret_forms(username, PASSWORD).items()
     }
 
 
@@ -68,7 +69,12 @@ def state_bytes(state_dir: Path) -> bytes:
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "monitor", *args], capture_output=True, text=True, timeout=60, check=False, env=env,
+        [sys.executable, "-m", "monitor", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
     )
 
 
@@ -85,10 +91,22 @@ class TestEchoedCredentialsStayHidden:
             "snmp": {
                 "listen": [f"udp:127.0.0.1:{snmp_port}"],
                 "communities": [{"name": COMMUNITY}],
-                "users": [{"name": V3_USER, "auth": {"protocol": "sha256", "password": V3_AUTH},
-                           "priv": {"protocol": "aes128", "password": V3_PRIV}}],
-                "notify": [{"host": "127.0.0.1", "port": trap_receiver.port, "version": "2c",
-                            "community": "public", "type": "trap"}],
+                "users": [
+                    {
+                        "name": V3_USER,
+                        "auth": {"protocol": "sha256", "password": V3_AUTH},
+                        "priv": {"protocol": "aes128", "password": V3_PRIV},
+                    }
+                ],
+                "notify": [
+                    {
+                        "host": "127.0.0.1",
+                        "port": trap_receiver.port,
+                        "version": "2c",
+                        "community": "public",
+                        "type": "trap",
+                    }
+                ],
             },
         }
         tools = tool_env(tmp_path / "net-snmp")
@@ -97,36 +115,94 @@ class TestEchoedCredentialsStayHidden:
         workdir.mkdir()
         with ServerThread(server) as running:
             config["smtp"] = [
-                {"name": probe_name(username, mechanism), "host": "127.0.0.1", "port": running.port,
-                 "tls": "starttls", "ca_file": str(pki.ca_file), "servername": SERVER_NAME,
-                 "auth": {"username": username, "mechanism": mechanism, "password": {"file": str(tmp_path / "pw")}}}
-                for username in USERNAMES for mechanism in MECHANISMS
+                {
+                    "name": probe_name(username, mechanism),
+                    "host": "127.0.0.1",
+                    "port": running.port,
+                    "tls": "starttls",
+                    "ca_file": str(pki.ca_file),
+                    "servername": SERVER_NAME,
+                    "auth": {"username": username, "mechanism": mechanism, "password": {"file": str(tmp_path / "pw")}},
+                }
+                for username in USERNAMES
+                for mechanism in MECHANISMS
             ]
             agent = AgentProcess(workdir, config, ("--log-level", "debug"))
             agent.start()
             try:
-                wait_for(lambda: len(failure_traps(trap_receiver)) >= 6, 30, "not every probe's failure was notified:\n"
-                         + "\n".join(trap_receiver.notifications()) + "\n" + agent.logs()[-3000:])
+                wait_for(
+                    lambda: len(failure_traps(trap_receiver)) >= 6,
+                    30,
+                    "not every probe's failure was notified:\n"
+                    + "\n".join(trap_receiver.notifications())
+                    + "\n"
+                    + agent.logs()[-3000:],
+                )
                 # last results reach the database at its next flush (every 5 s)
-                wait_for(lambda: state_bytes(workdir / "state").count(b"5.7.8") >= 6, 20,
-                         "the failures never reached the state database")
+                wait_for(
+                    lambda: state_bytes(workdir / "state").count(b"5.7.8") >= 6,
+                    20,
+                    "the failures never reached the state database",
+                )
                 v2c = subprocess.run(
                     ["snmpwalk", "-v2c", "-c", COMMUNITY, "-On", "-t", "5", address, MIB_ROOT],
-                    capture_output=True, text=True, timeout=60, check=False, env=tools,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                    env=tools,
                 )
                 v2c_hex = subprocess.run(
                     ["snmpwalk", "-v2c", "-c", COMMUNITY, "-On", "-Ox", "-t", "5", address, MIB_ROOT],
-                    capture_output=True, text=True, timeout=60, check=False, env=tools,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                    env=tools,
                 )
                 v3 = subprocess.run(
-                    ["snmpwalk", "-v3", "-l", "authPriv", "-u", V3_USER, "-a", "SHA-256", "-A", V3_AUTH,
-                     "-x", "AES", "-X", V3_PRIV, "-On", "-t", "5", address, MIB_ROOT],
-                    capture_output=True, text=True, timeout=60, check=False, env=tools,
+                    [
+                        "snmpwalk",
+                        "-v3",
+                        "-l",
+                        "authPriv",
+                        "-u",
+                        V3_USER,
+                        "-a",
+                        "SHA-256",
+                        "-A",
+                        V3_AUTH,
+                        "-x",
+                        "AES",
+                        "-X",
+                        V3_PRIV,
+                        "-On",
+                        "-t",
+                        "5",
+                        address,
+                        MIB_ROOT,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                    env=tools,
                 )
                 one_shot = cli(
-                    "probe", f"127.0.0.1:{running.port}", "--tls", "starttls", "--ca-file", str(pki.ca_file),
-                    "--servername", SERVER_NAME, "--auth-user", "ab", "--auth-password-env", "SMTPMON_TEST_PW",
-                    "--json", env=dict(os.environ, SMTPMON_TEST_PW=PASSWORD),
+                    "probe",
+                    f"127.0.0.1:{running.port}",
+                    "--tls",
+                    "starttls",
+                    "--ca-file",
+                    str(pki.ca_file),
+                    "--servername",
+                    SERVER_NAME,
+                    "--auth-user",
+                    "ab",
+                    "--auth-password-env",
+                    "SMTPMON_TEST_PW",
+                    "--json",
+                    env=dict(os.environ, SMTPMON_TEST_PW=PASSWORD),
                 )
             finally:
                 agent.stop()
@@ -155,7 +231,8 @@ class TestEchoedCredentialsStayHidden:
         database = state_bytes(workdir / "state")
         assert b"5.7.8" in database
         leaked["state database"] = [
-            name for name, form in forms.items()
+            name
+            for name, form in forms.items()
             if form.encode() in database or form.encode().hex().encode() in database
         ]
         assert not any(leaked.values()), "\n".join(f"{where}: {names}" for where, names in leaked.items() if names)

@@ -18,7 +18,10 @@ class TestCheckConfig:
         path.write_text("smtp:\n  - {name: a, host: mail.example, port: 0}\n", encoding="utf-8")
         proc = subprocess.run(
             [sys.executable, "-m", "monitor", "check-config", "-c", str(path)],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
         )
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr

@@ -94,8 +94,9 @@ class TestRoundTrip:
     def test_submission_and_imap_idle_report_every_phase_three_hops_and_passing_verdicts(
         self, chain: MailChain
     ) -> None:
-        config = probe_config(chain, expect_auth={"spf": "pass", "dkim": "pass", "dmarc": "pass"},
-                              expect_folder="inbox")
+        config = probe_config(
+            chain, expect_auth={"spf": "pass", "dkim": "pass", "dmarc": "pass"}, expect_folder="inbox"
+        )
         result = deliver(chain, config)
 
         assert result.ok, result
@@ -112,13 +113,17 @@ class TestRoundTrip:
         assert {"fetch_open", "submit", "wait", "cleanup", "submit_auth"} <= result.timings.keys()
         # MSA (authenticated submission), MX, Dovecot's LMTP: in travel order
         assert [(h.by_host, h.protocol) for h in result.hops] == [
-            (chain.msa_host, "ESMTPSA"), (chain.mx_host, "ESMTPS"), (chain.mailbox_host, "LMTP"),
+            (chain.msa_host, "ESMTPSA"),
+            (chain.mx_host, "ESMTPS"),
+            (chain.mailbox_host, "LMTP"),
         ]
         assert result.hops[0].queue_id == result.queue_id  # the MSA's Received names the queue ID of the 250
         assert result.hops[1].from_host == chain.msa_host
         assert all(h.delay is not None and 0 <= h.delay < 10 for h in result.hops), result.hops
         assert {(v.method, v.result, v.authserv_id) for v in result.verdicts} >= {
-            ("spf", "pass", chain.mx_host), ("dkim", "pass", chain.mx_host), ("dmarc", "pass", chain.mx_host),
+            ("spf", "pass", chain.mx_host),
+            ("dkim", "pass", chain.mx_host),
+            ("dmarc", "pass", chain.mx_host),
         }
         assert (result.folder, result.folder_name) == ("inbox", "INBOX")
         assert result.deleted
@@ -140,8 +145,10 @@ class TestRoundTrip:
         assert result.message_id not in stored_ids(chain)
 
     def test_pop3_with_stls_and_imap_with_starttls(self, chain: MailChain) -> None:
-        for mailbox in ({"protocol": "pop3", "port": chain.pop3_port, "tls": "starttls"},
-                        {"protocol": "imap", "port": chain.imap_port, "tls": "starttls"}):
+        for mailbox in (
+            {"protocol": "pop3", "port": chain.pop3_port, "tls": "starttls"},
+            {"protocol": "imap", "port": chain.imap_port, "tls": "starttls"},
+        ):
             result = deliver(chain, probe_config(chain, mailbox=mailbox))
             assert result.ok, (mailbox, result)
             assert result.deleted
@@ -177,8 +184,11 @@ class TestFailures:
 
     def test_wrong_pop3_password_fails_fetch_auth_failed(self, chain: MailChain) -> None:
         # Dovecot delays a refusal 2 s, doubled per failure from the same address (auth_policy penalty)
-        config = probe_config(chain, mailbox={"protocol": "pop3", "port": chain.pop3s_port,
-                                              "password": "not-the-password"}, timeouts={"mailbox": 20})
+        config = probe_config(
+            chain,
+            mailbox={"protocol": "pop3", "port": chain.pop3s_port, "password": "not-the-password"},
+            timeouts={"mailbox": 20},
+        )
         result = deliver(chain, config)
         assert (result.ok, result.phase, result.reason) == (False, DeliveryPhase.FETCH, Reason.AUTH_FAILED)
         assert "not-the-password" not in repr(result)
@@ -195,8 +205,12 @@ class TestFailures:
             assert not result.pending
 
     def test_refused_submission_auth_fails_submit_auth_failed_without_the_password(self, chain: MailChain) -> None:
-        result = deliver(chain, probe_config(chain, submit={"auth": {"username": chain.submitter.address,
-                                                                    "password": "Wrong-Submit-Pa55"}}))
+        result = deliver(
+            chain,
+            probe_config(
+                chain, submit={"auth": {"username": chain.submitter.address, "password": "Wrong-Submit-Pa55"}}
+            ),
+        )
         assert (result.ok, result.phase, result.reason) == (False, DeliveryPhase.SUBMIT, Reason.AUTH_FAILED)
         assert result.reply is not None
         assert result.reply.code == 535
@@ -301,14 +315,18 @@ class TestOneShot:
     def test_deliver_json_of_a_refused_mailbox_login_exits_critical(
         self, chain: MailChain, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        probe = self.write_probe(chain, tmp_path / "probe.yaml", mailbox={"password": "not-the-password"},
-                                 timeouts={"mailbox": 20})
+        probe = self.write_probe(
+            chain, tmp_path / "probe.yaml", mailbox={"password": "not-the-password"}, timeouts={"mailbox": 20}
+        )
         code = main(["deliver", str(probe), "--json"])
         output = capsys.readouterr().out
         document = json.loads(output)
         assert code == 2
         assert (document["kind"], document["status"], document["phase"], document["reason"]) == (
-            "delivery", "failed", "fetch", "auth_failed"
+            "delivery",
+            "failed",
+            "fetch",
+            "auth_failed",
         )
         assert "not-the-password" not in output
 

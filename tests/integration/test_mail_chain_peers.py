@@ -118,9 +118,9 @@ class TestRoundTrip:
         received = values(raw, "Received")
         assert len(received) == 3, received
         assert re.search(r"^from mx\.dest\.test .* by mail\.dest\.test with LMTP", received[0]), received[0]
-        assert re.search(r"^from msa\.src\.test .* by mx\.dest\.test \(Postfix\) with ESMTPS ", received[1]), (
-            received[1]
-        )
+        assert re.search(r"^from msa\.src\.test .* by mx\.dest\.test \(Postfix\) with ESMTPS ", received[1]), received[
+            1
+        ]
         assert re.search(r" by msa\.src\.test \(Postfix\) with ESMTPSA ", received[2]), received[2]
 
         signatures = values(raw, "DKIM-Signature")
@@ -156,9 +156,7 @@ class TestRoundTrip:
         results = " | ".join(values(raw, "Authentication-Results"))
         assert re.search(r"mx\.dest\.test; dkim=none", results), results
         assert re.search(r"mx\.dest\.test; spf=fail .*smtp\.mailfrom=spoof\.test", results), results
-        assert re.search(r"mx\.dest\.test; dmarc=fail \(p=reject dis=none\) header\.from=spoof\.test", results), (
-            results
-        )
+        assert re.search(r"mx\.dest\.test; dmarc=fail \(p=reject dis=none\) header\.from=spoof\.test", results), results
         assert "dkim=pass" not in results
         assert "spf=pass" not in results
         assert len(values(raw, "Received")) == 2  # no MSA hop

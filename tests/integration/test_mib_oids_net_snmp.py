@@ -78,9 +78,7 @@ def test_snmptranslate_prints_the_tree_without_errors(base_mibs: Path, tool_env:
     assert "smtpAddressLatency(8)" in out.stdout
 
 
-@pytest.mark.parametrize(
-    ("name", "oid"), sorted(mib_oids.OID_BY_NAME.items()), ids=sorted(mib_oids.OID_BY_NAME)
-)
+@pytest.mark.parametrize(("name", "oid"), sorted(mib_oids.OID_BY_NAME.items()), ids=sorted(mib_oids.OID_BY_NAME))
 def test_oid_constant_equals_snmptranslate_numeric_oid(
     base_mibs: Path, tool_env: dict[str, str], name: str, oid: tuple[int, ...]
 ) -> None:
@@ -158,27 +156,16 @@ def test_notification_objects_match_mib_objects_clause(
     assert in_code == in_mib
 
 
-def test_instance_oids_encode_name_index_as_snmptranslate_does(
-    base_mibs: Path, tool_env: dict[str, str]
-) -> None:
+def test_instance_oids_encode_name_index_as_snmptranslate_does(base_mibs: Path, tool_env: dict[str, str]) -> None:
     cases = {
-        f'{MODULE}::smtpProbeStatus."mail-1"': mib_oids.smtp_probe_oid(
-            mib_oids.SmtpProbeColumn.STATUS, "mail-1"
-        ),
+        f'{MODULE}::smtpProbeStatus."mail-1"': mib_oids.smtp_probe_oid(mib_oids.SmtpProbeColumn.STATUS, "mail-1"),
         f'{MODULE}::mxCheckDomain."ex.org"': mib_oids.mx_check_oid(mib_oids.MxCheckColumn.DOMAIN, "ex.org"),
-        f'{MODULE}::mxExchangeName."ex.org".3': mib_oids.mx_exchange_oid(
-            mib_oids.MxExchangeColumn.NAME, "ex.org", 3
-        ),
-        f'{MODULE}::mxAddressPtr."ex.org".3.2': mib_oids.mx_address_oid(
-            mib_oids.MxAddressColumn.PTR, "ex.org", 3, 2
-        ),
-        f'{MODULE}::smtpAddressUp."mail-1".2': mib_oids.smtp_address_oid(
-            mib_oids.SmtpAddressColumn.UP, "mail-1", 2
-        ),
+        f'{MODULE}::mxExchangeName."ex.org".3': mib_oids.mx_exchange_oid(mib_oids.MxExchangeColumn.NAME, "ex.org", 3),
+        f'{MODULE}::mxAddressPtr."ex.org".3.2': mib_oids.mx_address_oid(mib_oids.MxAddressColumn.PTR, "ex.org", 3, 2),
+        f'{MODULE}::smtpAddressUp."mail-1".2': mib_oids.smtp_address_oid(mib_oids.SmtpAddressColumn.UP, "mail-1", 2),
         f"{MODULE}::smtpMonitorVersion.0": mib_oids.scalar_oid(mib_oids.Scalar.VERSION),
     }
     for text, oid in cases.items():
         out = snmptranslate(base_mibs, tool_env, "-On", text)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "." + _dotted(oid), text
-

@@ -83,8 +83,13 @@ class TestProbeAgainstPostfix:
 
     def test_starttls_verifies_certificate_given_the_ca_file(self, postfix: PostfixServer) -> None:
         code, result = probe_json(
-            f"127.0.0.1:{postfix.plain_port}", "--tls", "starttls",
-            "--ca-file", str(postfix.ca_file), "--servername", "mail.test",
+            f"127.0.0.1:{postfix.plain_port}",
+            "--tls",
+            "starttls",
+            "--ca-file",
+            str(postfix.ca_file),
+            "--servername",
+            "mail.test",
         )
         assert code == 0, result
         tls = result["tls"]
@@ -97,8 +102,13 @@ class TestProbeAgainstPostfix:
 
     def test_implicit_tls_handshakes_before_the_greeting(self, postfix: PostfixServer) -> None:
         code, result = probe_json(
-            f"127.0.0.1:{postfix.implicit_port}", "--tls", "implicit",
-            "--ca-file", str(postfix.ca_file), "--servername", "mail.test",
+            f"127.0.0.1:{postfix.implicit_port}",
+            "--tls",
+            "implicit",
+            "--ca-file",
+            str(postfix.ca_file),
+            "--servername",
+            "mail.test",
         )
         assert code == 0, result
         assert result["tls"]["verified"] is True
@@ -107,16 +117,25 @@ class TestProbeAgainstPostfix:
 
     def test_submission_port_with_starttls_required(self, postfix: PostfixServer) -> None:
         code, result = probe_json(
-            f"127.0.0.1:{postfix.submission_port}", "--tls", "starttls",
-            "--ca-file", str(postfix.ca_file), "--servername", "mail.test",
+            f"127.0.0.1:{postfix.submission_port}",
+            "--tls",
+            "starttls",
+            "--ca-file",
+            str(postfix.ca_file),
+            "--servername",
+            "mail.test",
         )
         assert code == 0, result
         assert result["tls"]["verified"] is True
 
     def test_plugin_line_carries_status_tls_version_and_perfdata(self, postfix: PostfixServer) -> None:
         proc = cli(
-            "probe", f"127.0.0.1:{postfix.plain_port}", "--ca-file", str(postfix.ca_file),
-            "--servername", "mail.test",
+            "probe",
+            f"127.0.0.1:{postfix.plain_port}",
+            "--ca-file",
+            str(postfix.ca_file),
+            "--servername",
+            "mail.test",
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert proc.stdout.startswith(f"SMTP OK - 127.0.0.1:{postfix.plain_port} STARTTLS TLSv1")
@@ -126,7 +145,11 @@ class TestProbeAgainstPostfix:
 
     def test_wrong_servername_fails_verification_but_still_reports_expiry(self, postfix: PostfixServer) -> None:
         code, result = probe_json(
-            f"127.0.0.1:{postfix.plain_port}", "--ca-file", str(postfix.ca_file), "--servername", "other.test",
+            f"127.0.0.1:{postfix.plain_port}",
+            "--ca-file",
+            str(postfix.ca_file),
+            "--servername",
+            "other.test",
         )
         assert code == 2
         assert (result["phase"], result["reason"]) == ("tls", "tls_verify")
@@ -285,11 +308,18 @@ class TestMxDepthAgainstNsd:
         assert "no SPF record" in result["spf"]["problem"]
 
     def test_every_address_of_every_exchange_is_probed_and_reported(
-        self, dns_server: NsdServer, postfix: PostfixServer,
+        self,
+        dns_server: NsdServer,
+        postfix: PostfixServer,
     ) -> None:
         code, result = self.mx(
-            dns_server, zone.GOOD_DOMAIN, "--probe-all-addresses", "--port", str(postfix.plain_port),
-            "--tls", "none",
+            dns_server,
+            zone.GOOD_DOMAIN,
+            "--probe-all-addresses",
+            "--port",
+            str(postfix.plain_port),
+            "--tls",
+            "none",
         )
         assert code == 0, result
         mx2 = result["mx"][1]
@@ -301,12 +331,19 @@ class TestMxDepthAgainstNsd:
 
 class TestEveryAddressOfAHost:
     def test_both_families_probe_each_address_and_name_the_failing_one(
-        self, dns_server: NsdServer, postfix: PostfixServer,
+        self,
+        dns_server: NsdServer,
+        postfix: PostfixServer,
     ) -> None:
         # mx2.good.test has 127.0.0.1 and ::1; Postfix listens on 127.0.0.1 only
         code, result = probe_json(
-            f"{zone.GOOD_MX2.rstrip('.')}:{postfix.plain_port}", "--tls", "none", "--address-family", "both",
-            "--nameserver", f"{dns_server.host}:{dns_server.port}",
+            f"{zone.GOOD_MX2.rstrip('.')}:{postfix.plain_port}",
+            "--tls",
+            "none",
+            "--address-family",
+            "both",
+            "--nameserver",
+            f"{dns_server.host}:{dns_server.port}",
         )
         assert code == 2
         by_address = {r["address"]: r for r in result["addresses"]}

@@ -35,10 +35,12 @@ class TestShards:
             for agent in agents:
                 agent.wait_until(
                     lambda a=agent: sum(1 for (n, _) in a.samples() if n == "smtp_probe_runs_total") > 0,
-                    10, "no runs",
+                    10,
+                    "no runs",
                 )
-                owned.append({dict(labels)["probe"] for (name, labels) in agent.samples()
-                              if name == "smtp_probe_status"})
+                owned.append(
+                    {dict(labels)["probe"] for (name, labels) in agent.samples() if name == "smtp_probe_status"}
+                )
         finally:
             for agent in agents:
                 agent.stop()
@@ -50,7 +52,10 @@ class TestShards:
 
 class TestSecretsStayHidden:
     def test_auth_password_and_community_never_appear_in_any_output(
-        self, tmp_path: Path, postfix_sasl: PostfixSaslServer, base_mibs: Path,
+        self,
+        tmp_path: Path,
+        postfix_sasl: PostfixSaslServer,
+        base_mibs: Path,
     ) -> None:
         wrong_password = "Wr0ng-Secret-Passphrase-4711"
         community = "c0mmunity-Secret-9876"
@@ -59,38 +64,74 @@ class TestSecretsStayHidden:
         config: dict[str, object] = {
             "defaults": {"interval": "0.5s", "alert_after": 1},
             "snmp": {"listen": [f"udp:127.0.0.1:{snmp_port}"], "communities": [{"name": community}]},
-            "smtp": [{
-                "name": "auth", "host": "127.0.0.1", "port": postfix_sasl.submission_port, "tls": "starttls",
-                "ca_file": str(postfix_sasl.ca_file), "servername": "mail.test",
-                "auth": {"username": postfix_sasl.username, "password": {"file": str(tmp_path / "pw")}},
-            }],
+            "smtp": [
+                {
+                    "name": "auth",
+                    "host": "127.0.0.1",
+                    "port": postfix_sasl.submission_port,
+                    "tls": "starttls",
+                    "ca_file": str(postfix_sasl.ca_file),
+                    "servername": "mail.test",
+                    "auth": {"username": postfix_sasl.username, "password": {"file": str(tmp_path / "pw")}},
+                }
+            ],
         }
         agent = start(tmp_path / "agent", config, "--log-level", "debug")
         try:
             agent.wait_until(
-                lambda: agent.value("smtp_probe_failures_total", probe="auth", phase="auth", reason="auth_failed")
-                is not None, 15, "the AUTH test never failed",
+                lambda: (
+                    agent.value("smtp_probe_failures_total", probe="auth", phase="auth", reason="auth_failed")
+                    is not None
+                ),
+                15,
+                "the AUTH test never failed",
             )
             _, metrics = agent.get("/metrics")
             walk = subprocess.run(
-                ["snmpwalk", "-v2c", "-c", community, "-On", "-Ox", "-M", f"+{base_mibs}", "-m", "",
-                 f"127.0.0.1:{snmp_port}", "1.3.6.1"],
-                capture_output=True, text=True, timeout=60, check=False,
+                [
+                    "snmpwalk",
+                    "-v2c",
+                    "-c",
+                    community,
+                    "-On",
+                    "-Ox",
+                    "-M",
+                    f"+{base_mibs}",
+                    "-m",
+                    "",
+                    f"127.0.0.1:{snmp_port}",
+                    "1.3.6.1",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
             )
             assert walk.returncode == 0, walk.stderr
             walk_text = subprocess.run(
                 ["snmpwalk", "-v2c", "-c", community, "-On", f"127.0.0.1:{snmp_port}", "1.3.6.1"],
-                capture_output=True, text=True, timeout=60, check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
             ).stdout
         finally:
             agent.stop()
         status = subprocess.run(
             [sys.executable, "-m", "monitor", "status", "-c", str(agent.config_file), "--json"],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         assert "auth_failed" in status.stdout
-        outputs = {"log": agent.logs(), "metrics": metrics, "snmp": walk_text, "snmp hex": walk.stdout,
-                   "status": status.stdout + status.stderr}
+        outputs = {
+            "log": agent.logs(),
+            "metrics": metrics,
+            "snmp": walk_text,
+            "snmp hex": walk.stdout,
+            "status": status.stdout + status.stderr,
+        }
         for secret in (wrong_password, community):
             for where, text in outputs.items():
                 assert secret not in text, f"{secret!r} leaked into {where}"

@@ -24,10 +24,18 @@ SENDER = "monitor@smtp-monitor.invalid"
 
 def probe(server: PostfixServer, port: int, *, tls: str = "starttls", **checks: Any) -> SmtpResult:
     """One probe of server's `port`, the certificate verified as mail.test, with the given checks."""
-    config = SmtpProbeConfig.model_validate({
-        "name": "postfix", "host": server.host, "port": port, "tls": tls, "timeout": 10,
-        "ca_file": server.ca_file, "servername": server.servername, **checks,
-    })
+    config = SmtpProbeConfig.model_validate(
+        {
+            "name": "postfix",
+            "host": server.host,
+            "port": port,
+            "tls": tls,
+            "timeout": 10,
+            "ca_file": server.ca_file,
+            "servername": server.servername,
+            **checks,
+        }
+    )
     return asyncio.run(smtp.run(config, ProbeEnv(resolver=build_resolver(DnsConfig()))))
 
 
@@ -109,9 +117,7 @@ class TestAuth:
         result = probe(postfix_sasl, postfix_sasl.implicit_port, tls="implicit", auth=auth(postfix_sasl))
         assert result.ok, result.error
 
-    def test_bare_username_authenticates_in_the_default_realm_mail_test(
-        self, postfix_sasl: PostfixSaslServer
-    ) -> None:
+    def test_bare_username_authenticates_in_the_default_realm_mail_test(self, postfix_sasl: PostfixSaslServer) -> None:
         # the sasldb holds monitor@mail.test; Cyrus puts a realm-less name in myhostname's realm
         result = probe(postfix_sasl, postfix_sasl.plain_port, auth=auth(postfix_sasl, username="monitor"))
         assert result.ok, result.error
@@ -166,9 +172,7 @@ class TestEnvelope:
 
 
 class TestRelayTest:
-    def test_outside_recipient_refused_to_unauthenticated_client_passes(
-        self, postfix_sasl: PostfixSaslServer
-    ) -> None:
+    def test_outside_recipient_refused_to_unauthenticated_client_passes(self, postfix_sasl: PostfixSaslServer) -> None:
         result = probe(postfix_sasl, postfix_sasl.plain_port, relay_test={"rcpt_to": OUTSIDE})
         assert result.ok, result.error
         assert {"mail", "rcpt"} <= set(result.timings)
@@ -192,9 +196,7 @@ class TestRelayTest:
         self, postfix_sasl: PostfixSaslServer
     ) -> None:
         # after AUTH, Postfix relays for anyone (permit_sasl_authenticated): the probe must not log in first
-        result = probe(
-            postfix_sasl, postfix_sasl.plain_port, relay_test={"rcpt_to": OUTSIDE}, auth=auth(postfix_sasl)
-        )
+        result = probe(postfix_sasl, postfix_sasl.plain_port, relay_test={"rcpt_to": OUTSIDE}, auth=auth(postfix_sasl))
         assert result.ok, result.error
         assert {"rcpt", "auth"} <= set(result.timings)
 

@@ -40,8 +40,14 @@ LOOPBACK_ONLY = "loop-only-b0b"  # allowed from loopback
 AUTH_PASS = "auth-pass-8d1e"
 PRIV_PASS = "priv-pass-4c2a"
 USER = "nms"  # SHA + AES (authPriv)
-NET_SNMP_AUTH = {"md5": "MD5", "sha": "SHA", "sha224": "SHA-224", "sha256": "SHA-256", "sha384": "SHA-384",
-                 "sha512": "SHA-512"}
+NET_SNMP_AUTH = {
+    "md5": "MD5",
+    "sha": "SHA",
+    "sha224": "SHA-224",
+    "sha256": "SHA-256",
+    "sha384": "SHA-384",
+    "sha512": "SHA-512",
+}
 NET_SNMP_PRIV = {"des": "DES", "aes128": "AES", "aes192": "AES-192", "aes256": "AES-256"}
 QUICK = ("-t", "0.5", "-r", "0")  # for requests that must get no answer
 PATIENT = ("-t", "3", "-r", "2")  # for requests that must be answered, on a busy machine
@@ -65,8 +71,6 @@ def parse_numeric(output: str) -> list[Oid]:
 
 
 # -- a served agent ---------------------------------------------------------------------------
-
-
 
 
 @dataclass
@@ -101,25 +105,40 @@ def free_udp6_port() -> int:
 def users_config() -> list[dict[str, Any]]:
     """USER, an auth-only user, and one authPriv user per auth and per privacy protocol."""
     users: list[dict[str, Any]] = [
-        {"name": USER, "auth": {"protocol": "sha", "password": AUTH_PASS},
-         "priv": {"protocol": "aes128", "password": PRIV_PASS}},
+        {
+            "name": USER,
+            "auth": {"protocol": "sha", "password": AUTH_PASS},
+            "priv": {"protocol": "aes128", "password": PRIV_PASS},
+        },
         {"name": "auth-only", "auth": {"protocol": "sha256", "password": AUTH_PASS}},
     ]
     for auth in NET_SNMP_AUTH:
-        users.append({"name": f"a-{auth}", "auth": {"protocol": auth, "password": AUTH_PASS},
-                      "priv": {"protocol": "aes128", "password": PRIV_PASS}})
+        users.append(
+            {
+                "name": f"a-{auth}",
+                "auth": {"protocol": auth, "password": AUTH_PASS},
+                "priv": {"protocol": "aes128", "password": PRIV_PASS},
+            }
+        )
     for priv in NET_SNMP_PRIV:
-        users.append({"name": f"p-{priv}", "auth": {"protocol": "sha256", "password": AUTH_PASS},
-                      "priv": {"protocol": priv, "password": PRIV_PASS}})
+        users.append(
+            {
+                "name": f"p-{priv}",
+                "auth": {"protocol": "sha256", "password": AUTH_PASS},
+                "priv": {"protocol": priv, "password": PRIV_PASS},
+            }
+        )
     return users
 
 
 def snmp_config(*listen: str, communities: list[dict[str, Any]] | None = None, **extra: Any) -> SnmpConfig:
-    return SnmpConfig.model_validate({
-        "listen": list(listen),
-        "communities": communities if communities is not None else [{"name": COMMUNITY}],
-        **extra,
-    })
+    return SnmpConfig.model_validate(
+        {
+            "listen": list(listen),
+            "communities": communities if communities is not None else [{"name": COMMUNITY}],
+            **extra,
+        }
+    )
 
 
 def filled_store() -> ResultsStore:
@@ -135,20 +154,61 @@ def filled_store() -> ResultsStore:
     ]
     store.configure([(config, 1, 14) for config in probes])
     now = datetime.now(UTC)
-    cert = CertInfo("CN=mail.example.org", "CN=Test CA", ("DNS:mail.example.org",), now - timedelta(days=5),
-                    now + timedelta(days=40), "0a", "cd" * 32)
+    cert = CertInfo(
+        "CN=mail.example.org",
+        "CN=Test CA",
+        ("DNS:mail.example.org",),
+        now - timedelta(days=5),
+        now + timedelta(days=40),
+        "0a",
+        "cd" * 32,
+    )
     tls = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", True, cert=cert)
-    store.record("mail-a", SmtpResult("mail.example.org", 25, "starttls", time.time(), True, address="192.0.2.1",
-                                      timings={"connect": 0.002, "tls": 0.02}, total=0.05, tls=tls))
-    store.record("b", SmtpResult("192.0.2.9", 465, "implicit", time.time(), False, phase=Phase.CONNECT,
-                                 reason=Reason.REFUSED, error="connection refused", address="192.0.2.9"))
+    store.record(
+        "mail-a",
+        SmtpResult(
+            "mail.example.org",
+            25,
+            "starttls",
+            time.time(),
+            True,
+            address="192.0.2.1",
+            timings={"connect": 0.002, "tls": 0.02},
+            total=0.05,
+            tls=tls,
+        ),
+    )
+    store.record(
+        "b",
+        SmtpResult(
+            "192.0.2.9",
+            465,
+            "implicit",
+            time.time(),
+            False,
+            phase=Phase.CONNECT,
+            reason=Reason.REFUSED,
+            error="connection refused",
+            address="192.0.2.9",
+        ),
+    )
     for i in range(0, 30, 2):
         store.record(f"p{i:02d}", SmtpResult(f"mx{i}.example.net", 25, "none", time.time(), True, total=0.01))
-    records = (MxRecord(20, "mx2.example.org", ("192.0.2.2", "2001:db8::2")),
-               MxRecord(10, "mx1.example.org", ("192.0.2.1",)))
+    records = (
+        MxRecord(20, "mx2.example.org", ("192.0.2.2", "2001:db8::2")),
+        MxRecord(10, "mx1.example.org", ("192.0.2.1",)),
+    )
     store.record("example.org", MxResult("example.org", time.time(), True, records=records, total=0.004))
-    store.record("implicit", MxResult("implicit.example", time.time(), True, implicit_mx=True,
-                                      records=(MxRecord(0, "implicit.example", ("192.0.2.3",)),)))
+    store.record(
+        "implicit",
+        MxResult(
+            "implicit.example",
+            time.time(),
+            True,
+            implicit_mx=True,
+            records=(MxRecord(0, "implicit.example", ("192.0.2.3",)),),
+        ),
+    )
     return store
 
 
@@ -157,7 +217,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One agent for the read and access tests: udp 127.0.0.1 and udp6 ::1, three communities, v3 users."""
     port, port6 = free_udp_port(), free_udp6_port()
     config = snmp_config(
-        f"udp:127.0.0.1:{port}", f"udp6:[::1]:{port6}",
+        f"udp:127.0.0.1:{port}",
+        f"udp6:[::1]:{port6}",
         communities=[
             {"name": COMMUNITY},
             {"name": LAN_ONLY, "allow": ["192.0.2.0/24"]},
@@ -193,11 +254,35 @@ class NetSnmp:
         return self.run(tool, "-v2c", "-c", community, *PATIENT, address, *args)
 
     def v3(
-        self, tool: str, address: str, *args: str, user: str = USER, auth: str = "SHA",
-        auth_pass: str = AUTH_PASS, priv: str = "AES", priv_pass: str = PRIV_PASS,
+        self,
+        tool: str,
+        address: str,
+        *args: str,
+        user: str = USER,
+        auth: str = "SHA",
+        auth_pass: str = AUTH_PASS,
+        priv: str = "AES",
+        priv_pass: str = PRIV_PASS,
     ) -> subprocess.CompletedProcess[str]:
-        return self.run(tool, "-v3", "-l", "authPriv", "-u", user, "-a", auth, "-A", auth_pass, "-x", priv,
-                        "-X", priv_pass, *PATIENT, address, *args)
+        return self.run(
+            tool,
+            "-v3",
+            "-l",
+            "authPriv",
+            "-u",
+            user,
+            "-a",
+            auth,
+            "-A",
+            auth_pass,
+            "-x",
+            priv,
+            "-X",
+            priv_pass,
+            *PATIENT,
+            address,
+            *args,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -298,16 +383,23 @@ class TestReads:
         assert result.stdout.count(END_OF_VIEW) == 1  # our MIB is the last subtree: the walk ends there
 
     def test_v1_walk_skips_counter64_columns_and_ends(self, served: Served, net_snmp: NetSnmp) -> None:
-        result = net_snmp.run("snmpwalk", "-v1", "-c", COMMUNITY, *PATIENT, "-On", served.address,
-                              dotted(mib_oids.MIB_ROOT))
+        result = net_snmp.run(
+            "snmpwalk", "-v1", "-c", COMMUNITY, *PATIENT, "-On", served.address, dotted(mib_oids.MIB_ROOT)
+        )
         assert result.returncode == 0, result.stderr
         oids = parse_numeric(result.stdout)
-        counter64 = {(*mib_oids.SMTP_PROBE_ENTRY, int(mib_oids.SmtpProbeColumn.RUNS)),
-                     (*mib_oids.SMTP_PROBE_ENTRY, int(mib_oids.SmtpProbeColumn.FAILURES)),
-                     (*mib_oids.MX_CHECK_ENTRY, int(mib_oids.MxCheckColumn.RUNS)),
-                     (*mib_oids.MX_CHECK_ENTRY, int(mib_oids.MxCheckColumn.FAILURES))}
-        expected = [oid for oid in served_oids(served) if oid[: len(mib_oids.MIB_ROOT)] == mib_oids.MIB_ROOT
-                    and oid[: len(mib_oids.SMTP_PROBE_ENTRY) + 1] not in counter64]
+        counter64 = {
+            (*mib_oids.SMTP_PROBE_ENTRY, int(mib_oids.SmtpProbeColumn.RUNS)),
+            (*mib_oids.SMTP_PROBE_ENTRY, int(mib_oids.SmtpProbeColumn.FAILURES)),
+            (*mib_oids.MX_CHECK_ENTRY, int(mib_oids.MxCheckColumn.RUNS)),
+            (*mib_oids.MX_CHECK_ENTRY, int(mib_oids.MxCheckColumn.FAILURES)),
+        }
+        expected = [
+            oid
+            for oid in served_oids(served)
+            if oid[: len(mib_oids.MIB_ROOT)] == mib_oids.MIB_ROOT
+            and oid[: len(mib_oids.SMTP_PROBE_ENTRY) + 1] not in counter64
+        ]
         assert oids == expected
         assert "Counter64" not in result.stdout
 
@@ -332,8 +424,9 @@ class TestReads:
 
     @pytest.mark.parametrize("priv", list(NET_SNMP_PRIV))
     def test_v3_every_privacy_protocol(self, served: Served, net_snmp: NetSnmp, priv: str) -> None:
-        result = net_snmp.v3("snmpget", served.address, SYS_DESCR, user=f"p-{priv}", auth="SHA-256",
-                             priv=NET_SNMP_PRIV[priv])
+        result = net_snmp.v3(
+            "snmpget", served.address, SYS_DESCR, user=f"p-{priv}", auth="SHA-256", priv=NET_SNMP_PRIV[priv]
+        )
         assert result.returncode == 0, result.stderr
         assert "smtp-monitor" in result.stdout
 
@@ -384,8 +477,9 @@ class TestReads:
         ]
 
     def test_missing_instances_and_unknown_objects(self, served: Served, net_snmp: NetSnmp) -> None:
-        result = net_snmp.v2c("snmpget", served.address, "SNMPv2-MIB::sysDescr", 'smtpProbeName."nope"',
-                              ".1.3.6.1.2.1.2.1.0")
+        result = net_snmp.v2c(
+            "snmpget", served.address, "SNMPv2-MIB::sysDescr", 'smtpProbeName."nope"', ".1.3.6.1.2.1.2.1.0"
+        )
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         assert lines[0].endswith("No Such Instance currently exists at this OID")
@@ -394,8 +488,17 @@ class TestReads:
 
     @pytest.mark.parametrize(("version", "reason"), [("2c", "notWritable"), ("1", "noSuchName")])
     def test_set_is_refused(self, served: Served, net_snmp: NetSnmp, version: str, reason: str) -> None:
-        result = net_snmp.run("snmpset", f"-v{version}", "-c", COMMUNITY, *PATIENT, served.address,
-                              "SNMPv2-MIB::sysName.0", "s", "changed")
+        result = net_snmp.run(
+            "snmpset",
+            f"-v{version}",
+            "-c",
+            COMMUNITY,
+            *PATIENT,
+            served.address,
+            "SNMPv2-MIB::sysName.0",
+            "s",
+            "changed",
+        )
         assert result.returncode != 0
         assert reason in result.stderr
         check = net_snmp.v2c("snmpget", served.address, "SNMPv2-MIB::sysName.0")
@@ -531,9 +634,7 @@ class TestAccessControl:
         assert "Timeout" in result.stdout + result.stderr
         assert served.health.snmp_auth_failures == before + 1
 
-    def test_community_from_a_network_it_does_not_allow_gets_no_answer(
-        self, served: Served, net_snmp: NetSnmp
-    ) -> None:
+    def test_community_from_a_network_it_does_not_allow_gets_no_answer(self, served: Served, net_snmp: NetSnmp) -> None:
         before = served.health.snmp_auth_failures
         result = net_snmp.run("snmpget", "-v2c", "-c", LAN_ONLY, *QUICK, served.address, SYS_DESCR)
         assert result.returncode != 0
@@ -557,14 +658,44 @@ class TestAccessControl:
         assert eventually(lambda: served.health.snmp_auth_failures > before)
 
     def test_unknown_v3_user_gets_no_data(self, served: Served, net_snmp: NetSnmp) -> None:
-        result = net_snmp.run("snmpget", "-v3", "-l", "authPriv", "-u", "intruder", "-a", "SHA", "-A", AUTH_PASS,
-                              "-x", "AES", "-X", PRIV_PASS, *QUICK, served.address, SYS_DESCR)
+        result = net_snmp.run(
+            "snmpget",
+            "-v3",
+            "-l",
+            "authPriv",
+            "-u",
+            "intruder",
+            "-a",
+            "SHA",
+            "-A",
+            AUTH_PASS,
+            "-x",
+            "AES",
+            "-X",
+            PRIV_PASS,
+            *QUICK,
+            served.address,
+            SYS_DESCR,
+        )
         assert result.returncode != 0
         assert "smtp-monitor" not in result.stdout
 
     def test_priv_user_without_privacy_gets_no_data(self, served: Served, net_snmp: NetSnmp) -> None:
-        result = net_snmp.run("snmpget", "-v3", "-l", "authNoPriv", "-u", USER, "-a", "SHA", "-A", AUTH_PASS,
-                              *QUICK, served.address, SYS_DESCR)
+        result = net_snmp.run(
+            "snmpget",
+            "-v3",
+            "-l",
+            "authNoPriv",
+            "-u",
+            USER,
+            "-a",
+            "SHA",
+            "-A",
+            AUTH_PASS,
+            *QUICK,
+            served.address,
+            SYS_DESCR,
+        )
         assert result.returncode != 0
         assert "smtp-monitor" not in result.stdout
 
@@ -597,8 +728,9 @@ class TestRobustness:
         try:
             # The fast path walks in a fraction of a second: let the garbage flow before the walk starts.
             assert eventually(lambda: served.health.snmp_dropped >= dropped + 60, timeout=30)
-            walk = net_snmp.popen("snmpbulkwalk", "-v2c", "-c", COMMUNITY, *PATIENT, "-Cr3", "-On", served.address,
-                                  ".1.3.6.1")
+            walk = net_snmp.popen(
+                "snmpbulkwalk", "-v2c", "-c", COMMUNITY, *PATIENT, "-Cr3", "-On", served.address, ".1.3.6.1"
+            )
             stdout, stderr = walk.communicate(timeout=120)
         finally:
             stop.set()
@@ -629,16 +761,19 @@ class TestRobustness:
 
     def test_stop_releases_every_port(self, tmp_path: Path) -> None:
         port, port6 = free_udp_port(), free_udp6_port()
-        agent = SnmpAgent(snmp_config(f"udp:127.0.0.1:{port}", f"udp6:[::1]:{port6}"), tmp_path,
-                          ResultsStore(), AgentHealth())
+        agent = SnmpAgent(
+            snmp_config(f"udp:127.0.0.1:{port}", f"udp6:[::1]:{port6}"), tmp_path, ResultsStore(), AgentHealth()
+        )
 
         async def start_and_stop() -> None:
             await agent.start()
             await agent.stop()
 
         asyncio.run(start_and_stop())
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4, socket.socket(socket.AF_INET6,
-                                                                                   socket.SOCK_DGRAM) as v6:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4,
+            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as v6,
+        ):
             v4.bind(("127.0.0.1", port))
             v6.bind(("::1", port6))
 
@@ -666,8 +801,7 @@ class TestEngineState:
         agent = SnmpAgent(config, tmp_path, ResultsStore(), AgentHealth())
         with AgentThread(agent):
             right = net_snmp.v3("snmpget", f"127.0.0.1:{port}", "-e", f"0x{engine_id}", SYS_DESCR)
-            wrong = net_snmp.v3("snmpget", f"127.0.0.1:{port}", "-e", "0x80007ed905ffffffffffffffff", *QUICK,
-                                SYS_DESCR)
+            wrong = net_snmp.v3("snmpget", f"127.0.0.1:{port}", "-e", "0x80007ed905ffffffffffffffff", *QUICK, SYS_DESCR)
         assert right.returncode == 0, right.stderr
         assert "smtp-monitor" in right.stdout
         assert wrong.returncode != 0

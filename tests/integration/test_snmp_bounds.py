@@ -41,8 +41,11 @@ SYS_DESCR: Oid = (1, 3, 6, 1, 2, 1, 1, 1, 0)
 LAST_ERROR_COLUMN: Oid = (*mib_oids.SMTP_PROBE_ENTRY, int(SmtpProbeColumn.LAST_ERROR))
 PROBES = 40
 AUTH_PASS, PRIV_PASS = "auth-pass-b0d5", "priv-pass-b0d5"
-USER = {"name": "nms", "auth": {"protocol": "sha", "password": AUTH_PASS},
-        "priv": {"protocol": "aes128", "password": PRIV_PASS}}
+USER = {
+    "name": "nms",
+    "auth": {"protocol": "sha", "password": AUTH_PASS},
+    "priv": {"protocol": "aes128", "password": PRIV_PASS},
+}
 
 
 def long_rows_store() -> ResultsStore:
@@ -51,8 +54,20 @@ def long_rows_store() -> ResultsStore:
     names = [f"{n:03d}" + "z" * 97 for n in range(PROBES)]
     store.configure([(SmtpProbeConfig(name=name, host="mail.example.org"), 1, 14) for name in names])
     for name in names:
-        store.record(name, SmtpResult("mail.example.org", 25, "starttls", 0.0, ok=False, phase=Phase.CONNECT,
-                                      reason=Reason.REFUSED, error="e" * 400, total=0.01))
+        store.record(
+            name,
+            SmtpResult(
+                "mail.example.org",
+                25,
+                "starttls",
+                0.0,
+                ok=False,
+                phase=Phase.CONNECT,
+                reason=Reason.REFUSED,
+                error="e" * 400,
+                total=0.01,
+            ),
+        )
     return store
 
 
@@ -144,8 +159,11 @@ def v3_getnext_with_max_size(port: int, max_size: int, oids: Sequence[Oid]) -> t
         (size,) = engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineMaxMessageSize")
         size.syntax = size.syntax.clone(max_size)  # what its requests carry as msgMaxSize
         user = hlapi.UsmUserData(
-            "nms", AUTH_PASS, PRIV_PASS,
-            authProtocol=hlapi.usmHMACSHAAuthProtocol, privProtocol=hlapi.usmAesCfb128Protocol,
+            "nms",
+            AUTH_PASS,
+            PRIV_PASS,
+            authProtocol=hlapi.usmHMACSHAAuthProtocol,
+            privProtocol=hlapi.usmAesCfb128Protocol,
         )
         target = await hlapi.UdpTransportTarget.create(("127.0.0.1", port), timeout=2, retries=1)
         objects = [hlapi.ObjectType(hlapi.ObjectIdentity(oid)) for oid in oids]

@@ -39,8 +39,6 @@ PATIENT = ("-t", "3", "-r", "2")  # requests that must be answered, on a busy ma
 NEVER = "0-1-1,0:0:0.0"  # how net-snmp prints the MIB's DateAndTime 'never'
 
 
-
-
 # -- the store: results carrying every outcome the MIB now shows --------------------------------
 
 
@@ -48,13 +46,23 @@ def probe(exchange: str, address: str, error: str = "", tls: TlsInfo | None = No
     """An exchange's SMTP probe of one address, as monitor.probes.mx._probe returns it: ok without error."""
     if not error:
         return SmtpResult(exchange, 25, "starttls", time.time(), True, address=address, tls=tls)
-    return SmtpResult(exchange, 25, "starttls", time.time(), False, phase=Phase.CONNECT, reason=Reason.REFUSED,
-                      error=error, address=address)
+    return SmtpResult(
+        exchange,
+        25,
+        "starttls",
+        time.time(),
+        False,
+        phase=Phase.CONNECT,
+        reason=Reason.REFUSED,
+        error=error,
+        address=address,
+    )
 
 
 def self_signed_der(directory: Path) -> bytes:
-    cert_pem, _ = make_self_signed_cert(directory, common_name="mx1.example.org", dns_names=("mx1.example.org",),
-                                        ip_addresses=())
+    cert_pem, _ = make_self_signed_cert(
+        directory, common_name="mx1.example.org", dns_names=("mx1.example.org",), ip_addresses=()
+    )
     return x509.load_pem_x509_certificate(cert_pem.read_bytes()).public_bytes(serialization.Encoding.DER)
 
 
@@ -72,8 +80,17 @@ def depth_store(cert_dir: Path) -> tuple[ResultsStore, float]:
     configs: list[SmtpProbeConfig | MxCheckConfig] = [
         SmtpProbeConfig(name="mail-a", host="mail.example.org"),
         SmtpProbeConfig(name="plain", host="192.0.2.50", tls="none"),
-        MxCheckConfig(name="example.org", domain="example.org", probe_hosts="all_addresses", dnssec="report",
-                      dane="report", mta_sts="report", reverse_dns="report", spf=True, dmarc=True),
+        MxCheckConfig(
+            name="example.org",
+            domain="example.org",
+            probe_hosts="all_addresses",
+            dnssec="report",
+            dane="report",
+            mta_sts="report",
+            reverse_dns="report",
+            spf=True,
+            dmarc=True,
+        ),
         MxCheckConfig(name="plain.example", domain="plain.example"),
     ]
     store.configure([(config, 1, 14) for config in configs])
@@ -81,35 +98,91 @@ def depth_store(cert_dir: Path) -> tuple[ResultsStore, float]:
     # mx1: DANE-EE record matching its certificate; one address up, one down; PTR confirmed for one.
     der = self_signed_der(cert_dir)
     chain = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", False, chain_der=(der,))
-    mx1_probes = (probe("mx1.example.org", "192.0.2.1", tls=chain),
-                  probe("mx1.example.org", "2001:db8::1", error="connection refused"))
-    mx1 = MxRecord(10, "mx1.example.org", ("192.0.2.1", "2001:db8::1"), probe=mx1_probes[0],
-                   address_probes=mx1_probes,
-                   reverse=(ReverseDns("192.0.2.1", ("mx1.example.org",), True),
-                            ReverseDns("2001:db8::1", ("dyn.isp.example", "pool.isp.example"), False)))
+    mx1_probes = (
+        probe("mx1.example.org", "192.0.2.1", tls=chain),
+        probe("mx1.example.org", "2001:db8::1", error="connection refused"),
+    )
+    mx1 = MxRecord(
+        10,
+        "mx1.example.org",
+        ("192.0.2.1", "2001:db8::1"),
+        probe=mx1_probes[0],
+        address_probes=mx1_probes,
+        reverse=(
+            ReverseDns("192.0.2.1", ("mx1.example.org",), True),
+            ReverseDns("2001:db8::1", ("dyn.isp.example", "pool.isp.example"), False),
+        ),
+    )
     mx1 = with_dane(mx1, TlsaLookup("_25._tcp.mx1.example.org", (Tlsa(3, 0, 0, der),)))
     # mx2: the TLSA lookup failed; down; reverse DNS did not get to it.
     mx2_probe = probe("mx2.example.org", "192.0.2.2", error="timed out")
     mx2 = MxRecord(20, "mx2.example.org", ("192.0.2.2",), probe=mx2_probe, address_probes=(mx2_probe,))
     mx2 = with_dane(mx2, TlsaLookup("_25._tcp.mx2.example.org", error="SERVFAIL"))
     # MTA-STS facts as monitor.probes.mx.check_mta_sts makes them: a testing policy not covering mx2.
-    policy = MtaStsPolicyFacts(mode="testing", max_age=86400, mx_patterns=("mx1.example.org",), verified=True,
-                               error="", error_kind="", http_status=200, uncovered=("mx2.example.org",),
-                               cert_not_after=None)
+    policy = MtaStsPolicyFacts(
+        mode="testing",
+        max_age=86400,
+        mx_patterns=("mx1.example.org",),
+        verified=True,
+        error="",
+        error_kind="",
+        http_status=200,
+        uncovered=("mx2.example.org",),
+        cert_not_after=None,
+    )
     mta_sts = MtaStsFacts(txt_id="20261122", txt_error="", txt_error_kind="", present=True, policy=policy, valid=True)
-    store.record("example.org", MxResult("example.org", time.time(), True, records=(mx1, mx2), authenticated=True,
-                                         mta_sts=mta_sts, spf=check_spf(["v=spf1 mx -all"]), dmarc=check_dmarc([])))
-    store.record("plain.example", MxResult("plain.example", time.time(), True,
-                                           records=(MxRecord(10, "mx.plain.example", ("192.0.2.9",)),)))
+    store.record(
+        "example.org",
+        MxResult(
+            "example.org",
+            time.time(),
+            True,
+            records=(mx1, mx2),
+            authenticated=True,
+            mta_sts=mta_sts,
+            spf=check_spf(["v=spf1 mx -all"]),
+            dmarc=check_dmarc([]),
+        ),
+    )
+    store.record(
+        "plain.example",
+        MxResult("plain.example", time.time(), True, records=(MxRecord(10, "mx.plain.example", ("192.0.2.9",)),)),
+    )
 
     now = datetime.now(UTC)
-    cert = CertInfo("CN=mail.example.org", "CN=Test CA", ("DNS:mail.example.org",), now - timedelta(days=5),
-                    now + timedelta(days=40), "0a", "cd" * 32)
-    handshake = SmtpResult("mail.example.org", 25, "starttls", time.time() - 600, True, address="192.0.2.10",
-                           tls=TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", True, cert=cert))
+    cert = CertInfo(
+        "CN=mail.example.org",
+        "CN=Test CA",
+        ("DNS:mail.example.org",),
+        now - timedelta(days=5),
+        now + timedelta(days=40),
+        "0a",
+        "cd" * 32,
+    )
+    handshake = SmtpResult(
+        "mail.example.org",
+        25,
+        "starttls",
+        time.time() - 600,
+        True,
+        address="192.0.2.10",
+        tls=TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", True, cert=cert),
+    )
     store.record("mail-a", handshake)
-    store.record("mail-a", SmtpResult("mail.example.org", 25, "starttls", time.time(), False, phase=Phase.CONNECT,
-                                      reason=Reason.REFUSED, error="connection refused", address="192.0.2.10"))
+    store.record(
+        "mail-a",
+        SmtpResult(
+            "mail.example.org",
+            25,
+            "starttls",
+            time.time(),
+            False,
+            phase=Phase.CONNECT,
+            reason=Reason.REFUSED,
+            error="connection refused",
+            address="192.0.2.10",
+        ),
+    )
     store.record("plain", SmtpResult("192.0.2.50", 25, "none", time.time(), True, address="192.0.2.50"))
     return store, handshake.started_at
 
@@ -125,8 +198,19 @@ class Served:
     base_mibs: Path
 
     def run(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-        command = [tool, "-v2c", "-c", COMMUNITY, *PATIENT, "-M", f"+{MIB_DIR}:{self.base_mibs}", "-m", MODULE,
-                   self.address, *args]
+        command = [
+            tool,
+            "-v2c",
+            "-c",
+            COMMUNITY,
+            *PATIENT,
+            "-M",
+            f"+{MIB_DIR}:{self.base_mibs}",
+            "-m",
+            MODULE,
+            self.address,
+            *args,
+        ]
         return subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=120, check=False)
 
     def get(self, *names: str) -> dict[str, str]:
@@ -169,12 +253,24 @@ def served(tmp_path_factory: pytest.TempPathFactory, base_mibs: Path) -> Iterato
 class TestMxAddressTable:
     def test_snmptable_shows_each_address_with_probe_and_reverse_dns_labels(self, served: Served) -> None:
         header, rows = served.table("mxAddressTable")
-        assert header == ["index", "mxAddressValue", "mxAddressUp", "mxAddressLastError", "mxAddressPtrName",
-                          "mxAddressPtr"]
+        assert header == [
+            "index",
+            "mxAddressValue",
+            "mxAddressUp",
+            "mxAddressLastError",
+            "mxAddressPtrName",
+            "mxAddressPtr",
+        ]
         assert rows == [
             ['"example.org".1.1', "192.0.2.1", "up", "", "mx1.example.org", "confirmed"],
-            ['"example.org".1.2', "2001:db8::1", "down", "connection refused", "dyn.isp.example,pool.isp.example",
-             "notConfirmed"],
+            [
+                '"example.org".1.2',
+                "2001:db8::1",
+                "down",
+                "connection refused",
+                "dyn.isp.example,pool.isp.example",
+                "notConfirmed",
+            ],
             ['"example.org".2.1', "192.0.2.2", "down", "timed out", "", "notChecked"],
             ['"plain.example".1.1', "192.0.2.9", "notProbed", "", "", "notChecked"],
         ]
@@ -198,7 +294,7 @@ class TestMxCheckColumns:
         assert values == {
             'mxCheckDnssec."plain.example"': "INTEGER: notChecked(1)",
             'mxCheckMtaSts."plain.example"': "INTEGER: notChecked(1)",
-            'mxCheckMtaStsMode."plain.example"': 'STRING: ',
+            'mxCheckMtaStsMode."plain.example"': "STRING: ",
             'mxCheckSpf."plain.example"': "INTEGER: notChecked(1)",
             'mxCheckDmarc."plain.example"': "INTEGER: notChecked(1)",
         }
@@ -218,8 +314,12 @@ class TestMxExchangeColumns:
 
 class TestSmtpProbeTlsSeen:
     def test_time_of_the_handshake_outlives_a_later_failure(self, served: Served) -> None:
-        values = served.get('smtpProbeTlsSeen."mail-a"', 'smtpProbeTlsVersion."mail-a"', 'smtpProbeStatus."mail-a"',
-                            'smtpProbeTlsSeen."plain"')
+        values = served.get(
+            'smtpProbeTlsSeen."mail-a"',
+            'smtpProbeTlsVersion."mail-a"',
+            'smtpProbeStatus."mail-a"',
+            'smtpProbeTlsSeen."plain"',
+        )
         seen = datetime.fromtimestamp(served.handshake_started, UTC)
         tenths = seen.microsecond // 100_000
         assert values['smtpProbeTlsSeen."mail-a"'] == (

@@ -38,8 +38,10 @@ def ber(tag: int, body: bytes) -> bytes:
 
 def discovery(msg_id: int = 4242) -> bytes:
     """SNMPv3 engine ID discovery (RFC 3414 4): reportable, noAuthNoPriv, no engine ID, an empty GET."""
-    header = ber(0x30, ber(0x02, msg_id.to_bytes(2, "big")) + ber(0x02, b"\x00\xff\xe3") + ber(0x04, b"\x04")
-                 + ber(0x02, b"\x03"))
+    header = ber(
+        0x30,
+        ber(0x02, msg_id.to_bytes(2, "big")) + ber(0x02, b"\x00\xff\xe3") + ber(0x04, b"\x04") + ber(0x02, b"\x03"),
+    )
     usm = ber(0x30, ber(0x04, b"") + ber(0x02, b"\x00") + ber(0x02, b"\x00") + ber(0x04, b"") * 3)
     pdu = ber(0xA0, ber(0x02, msg_id.to_bytes(2, "big")) + ber(0x02, b"\x00") * 2 + ber(0x30, b""))
     return ber(0x30, ber(0x02, b"\x03") + header + ber(0x04, usm) + ber(0x30, ber(0x04, b"") * 2 + pdu))
@@ -62,9 +64,9 @@ def reported_engine(port: int) -> tuple[bytes, int]:
         sock.settimeout(5)
         sock.sendto(discovery(), ("127.0.0.1", port))
         report = sock.recv(65535)
-    (_, start, end), = _items(report, 0, len(report))
+    ((_, start, end),) = _items(report, 0, len(report))
     _, _, params = list(_items(report, start, end))[:3]
-    (_, inner, inner_end), = _items(report, params[1], params[2])
+    ((_, inner, inner_end),) = _items(report, params[1], params[2])
     engine_id, boots, *_ = _items(report, inner, inner_end)
     return report[engine_id[1] : engine_id[2]], int.from_bytes(report[boots[1] : boots[2]], "big", signed=True)
 
@@ -91,8 +93,12 @@ class TestBootsNeverGoBack:
         assert [engine_id.hex() for engine_id, _ in seen] == [ENGINE_ID] * 2
         assert seen[1][1] == seen[0][1] + 1
         state.unlink()  # lost: a new volume, a restore from an old backup without it, a mistake
-        with caplog.at_level(logging.WARNING, logger="smtp_monitor.snmp"), served(tmp_path, engine_id=ENGINE_ID) as (
-            agent, port,
+        with (
+            caplog.at_level(logging.WARNING, logger="smtp_monitor.snmp"),
+            served(tmp_path, engine_id=ENGINE_ID) as (
+                agent,
+                port,
+            ),
         ):
             engine_id, boots = reported_engine(port)
         assert engine_id.hex() == ENGINE_ID
@@ -127,13 +133,17 @@ class TestStateFileModes:
         port = free_udp_port()
         previous = os.umask(0o022)  # as when run by hand; the agent subprocess inherits it
         try:
-            agent = agent_factory({"snmp": {"enabled": True, "listen": [f"udp:127.0.0.1:{port}"],
-                                            "communities": [{"name": "c"}]}})
+            agent = agent_factory(
+                {"snmp": {"enabled": True, "listen": [f"udp:127.0.0.1:{port}"], "communities": [{"name": "c"}]}}
+            )
         finally:
             os.umask(previous)
         state_dir = agent.workdir / "state"
-        agent.wait_until(lambda: (state_dir / "state.db").exists() and (state_dir / "snmp-engine.json").exists(),
-                         10, "no state files")
+        agent.wait_until(
+            lambda: (state_dir / "state.db").exists() and (state_dir / "snmp-engine.json").exists(),
+            10,
+            "no state files",
+        )
         modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in state_dir.iterdir()}
         assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
         assert {"state.db", "snmp-engine.json"} <= set(modes)
@@ -145,9 +155,12 @@ class TestNonAsciiCommunity:
     def test_a_utf8_community_reads_on_both_paths(self, tmp_path: Path, path: str) -> None:
         communities = ["café", "пароль-ü"]
         port = free_udp_port()
-        config = SnmpConfig.model_validate({
-            "listen": [f"udp:127.0.0.1:{port}"], "communities": [{"name": name} for name in communities],
-        })
+        config = SnmpConfig.model_validate(
+            {
+                "listen": [f"udp:127.0.0.1:{port}"],
+                "communities": [{"name": name} for name in communities],
+            }
+        )
         agent = SnmpAgent(config, tmp_path, ResultsStore(), AgentHealth())
         if path == "pysnmp":
             agent.fast_path = None

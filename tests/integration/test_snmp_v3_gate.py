@@ -38,8 +38,13 @@ def snmp_section(port: int, engine_id: bytes) -> dict[str, object]:
         "listen": [f"udp:127.0.0.1:{port}"],
         "engine_id": engine_id.hex(),
         "communities": [{"name": COMMUNITY}],
-        "users": [{"name": USER.decode(), "auth": {"protocol": "sha", "password": "auth-pass-8d1e"},
-                   "priv": {"protocol": "aes128", "password": "priv-pass-4c2a"}}],
+        "users": [
+            {
+                "name": USER.decode(),
+                "auth": {"protocol": "sha", "password": "auth-pass-8d1e"},
+                "priv": {"protocol": "aes128", "password": "priv-pass-4c2a"},
+            }
+        ],
     }
 
 
@@ -148,14 +153,18 @@ def spoofed_report(engine_id: bytes) -> bytes:
 
 
 def unknown_user_get(engine_id: bytes) -> bytes:
-    return v3_message(engine_id=engine_id, user=b"intruder", flags=AUTH | REPORTABLE, data=scoped_pdu(engine_id),
-                      boots=1, auth=bytes(12))
+    return v3_message(
+        engine_id=engine_id,
+        user=b"intruder",
+        flags=AUTH | REPORTABLE,
+        data=scoped_pdu(engine_id),
+        boots=1,
+        auth=bytes(12),
+    )
 
 
 class TestNoReportLoop:
-    def test_a_spoofed_report_between_two_agents_gets_no_answer_at_all(
-        self, agents: Callable[[bytes], Agent]
-    ) -> None:
+    def test_a_spoofed_report_between_two_agents_gets_no_answer_at_all(self, agents: Callable[[bytes], Agent]) -> None:
         a, b = agents(ENGINE_A), agents(ENGINE_B)
         relay = relayed(a, b, spoofed_report(a.engine_id))
         assert (len(relay.a_to_b), len(relay.b_to_a)) == (0, 0)
@@ -180,14 +189,27 @@ class TestNoReportLoop:
         datagrams = {
             "report to an unknown user": spoofed_report(engine),
             "report from another engine": spoofed_report(ENGINE_B),
-            "response": v3_message(engine_id=engine, user=b"intruder", flags=REPORTABLE, boots=1,
-                                   data=scoped_pdu(engine, snmp_flood.RESPONSE)),
-            "trap": v3_message(engine_id=engine, user=USER, flags=REPORTABLE, boots=1,
-                               data=scoped_pdu(engine, snmp_flood.TRAP)),
+            "response": v3_message(
+                engine_id=engine,
+                user=b"intruder",
+                flags=REPORTABLE,
+                boots=1,
+                data=scoped_pdu(engine, snmp_flood.RESPONSE),
+            ),
+            "trap": v3_message(
+                engine_id=engine, user=USER, flags=REPORTABLE, boots=1, data=scoped_pdu(engine, snmp_flood.TRAP)
+            ),
             # PDU type unknown before decryption, and the digest is wrong: refused as wrongDigests
             # like any request, but the Report is not reportable, so a compliant peer stops there
-            "encrypted report": v3_message(engine_id=engine, user=USER, flags=AUTH | PRIV | REPORTABLE, boots=1,
-                                           auth=bytes(12), priv=bytes(8), data=ber(0x04, bytes(32))),
+            "encrypted report": v3_message(
+                engine_id=engine,
+                user=USER,
+                flags=AUTH | PRIV | REPORTABLE,
+                boots=1,
+                auth=bytes(12),
+                priv=bytes(8),
+                data=ber(0x04, bytes(32)),
+            ),
         }
         answer = snmp_flood.ask(agent.port, datagrams[message], timeout=1.0)
         if message == "encrypted report":
@@ -265,9 +287,18 @@ def test_v2c_gets_are_answered_through_a_flood_of_bad_v3_messages(
     bad = snmp_flood.bad_messages(snmp_flood.discover_engine_id(agent.port), USER)
     datagrams.write_text("\n".join(datagram.hex() for datagram in bad))
     flood = subprocess.Popen(
-        [sys.executable, "-m", "tests.peers.snmp_flood", str(agent.port), str(FLOOD_RATE), str(FLOOD_SECONDS),
-         str(datagrams)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.peers.snmp_flood",
+            str(agent.port),
+            str(FLOOD_RATE),
+            str(FLOOD_SECONDS),
+            str(datagrams),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(0.5)  # the flood is on

@@ -52,7 +52,8 @@ class AgentProcess:
         self.log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "monitor", "run", "-c", str(self.config_file), *self.args],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self.wait_until(lambda: self.get("/-/ready")[0] == 200, 15, "agent never became ready")
 

@@ -133,8 +133,6 @@ class HttpsServer(Peer):
             self._thread = None
 
 
-
-
 def silent_listener() -> socket.socket:
     """A listening TCP socket on 127.0.0.1 that never accepts: connections open, TLS never starts."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

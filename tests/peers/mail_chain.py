@@ -335,27 +335,30 @@ class MxPostfix(_ChainPostfix):
     def _settings(self) -> dict[str, str]:
         settings = super()._settings()
         mailboxes = ", ".join(f"{address}=ok" for address in self.recipients)
-        settings.update({
-            "myhostname": MX_HOST,
-            "mydomain": RECIPIENT_DOMAIN,
-            "smtpd_banner": "$myhostname ESMTP Postfix (chain MX)",
-            "mynetworks": "192.0.2.1/32",  # nobody is trusted: every client gets the checks
-            "transport_maps": "",
-            "virtual_mailbox_domains": RECIPIENT_DOMAIN,
-            "virtual_mailbox_maps": f"inline:{{ {mailboxes} }}",
-            "virtual_transport": f"lmtp:inet:{HOST}:{self.lmtp_port}",
-            "smtpd_relay_restrictions": "reject_unauth_destination",
-            "smtpd_recipient_restrictions": "reject_unlisted_recipient, check_policy_service unix:private/policyd-spf",
-            "policyd-spf_time_limit": "3600",
-            "smtpd_milters": self.milter,
-            "milter_default_action": "tempfail",  # an unverified message waits rather than passes
-        })
+        settings.update(
+            {
+                "myhostname": MX_HOST,
+                "mydomain": RECIPIENT_DOMAIN,
+                "smtpd_banner": "$myhostname ESMTP Postfix (chain MX)",
+                "mynetworks": "192.0.2.1/32",  # nobody is trusted: every client gets the checks
+                "transport_maps": "",
+                "virtual_mailbox_domains": RECIPIENT_DOMAIN,
+                "virtual_mailbox_maps": f"inline:{{ {mailboxes} }}",
+                "virtual_transport": f"lmtp:inet:{HOST}:{self.lmtp_port}",
+                "smtpd_relay_restrictions": "reject_unauth_destination",
+                "smtpd_recipient_restrictions": (
+                    "reject_unlisted_recipient, check_policy_service unix:private/policyd-spf"
+                ),
+                "policyd-spf_time_limit": "3600",
+                "smtpd_milters": self.milter,
+                "milter_default_action": "tempfail",  # an unverified message waits rather than passes
+            }
+        )
         return settings
 
     def _master_cf(self) -> str:
         return super()._master_cf() + (
-            "policyd-spf unix - n n - 0 spawn\n"
-            f"  user=policyd-spf argv={POLICYD_SPF} {self.policy_config}\n"
+            f"policyd-spf unix - n n - 0 spawn\n  user=policyd-spf argv={POLICYD_SPF} {self.policy_config}\n"
         )
 
     def _extra_files(self) -> None:
@@ -403,25 +406,27 @@ class MsaPostfix(_ChainPostfix):
 
     def _settings(self) -> dict[str, str]:
         settings = super()._settings()
-        settings.update({
-            "myhostname": MSA_HOST,
-            "mydomain": SENDER_DOMAIN,
-            "myorigin": SENDER_DOMAIN,
-            "smtpd_banner": "$myhostname ESMTP Postfix (chain MSA)",
-            "mynetworks": "192.0.2.1/32",  # relaying needs AUTH, also from loopback
-            # the real MX lookup of dest.test in the test DNS, on the MX's test port
-            "transport_maps": f"inline:{{ {RECIPIENT_DOMAIN}=smtp:{RECIPIENT_DOMAIN}:{self.mx_port} }}",
-            "smtpd_relay_restrictions": "permit_sasl_authenticated, reject_unauth_destination",
-            "smtp_tls_security_level": "may",
-            "smtpd_sasl_auth_enable": "yes",
-            "smtpd_sasl_type": "cyrus",
-            "smtpd_sasl_path": "smtpd",
-            "cyrus_sasl_config_path": str(self.sasl_config_dir),
-            "smtpd_sasl_security_options": "noanonymous",
-            "smtpd_tls_auth_only": "yes",
-            "smtpd_milters": self.milter,
-            "milter_default_action": "tempfail",  # unsigned mail is never relayed by mistake
-        })
+        settings.update(
+            {
+                "myhostname": MSA_HOST,
+                "mydomain": SENDER_DOMAIN,
+                "myorigin": SENDER_DOMAIN,
+                "smtpd_banner": "$myhostname ESMTP Postfix (chain MSA)",
+                "mynetworks": "192.0.2.1/32",  # relaying needs AUTH, also from loopback
+                # the real MX lookup of dest.test in the test DNS, on the MX's test port
+                "transport_maps": f"inline:{{ {RECIPIENT_DOMAIN}=smtp:{RECIPIENT_DOMAIN}:{self.mx_port} }}",
+                "smtpd_relay_restrictions": "permit_sasl_authenticated, reject_unauth_destination",
+                "smtp_tls_security_level": "may",
+                "smtpd_sasl_auth_enable": "yes",
+                "smtpd_sasl_type": "cyrus",
+                "smtpd_sasl_path": "smtpd",
+                "cyrus_sasl_config_path": str(self.sasl_config_dir),
+                "smtpd_sasl_security_options": "noanonymous",
+                "smtpd_tls_auth_only": "yes",
+                "smtpd_milters": self.milter,
+                "milter_default_action": "tempfail",  # unsigned mail is never relayed by mistake
+            }
+        )
         return settings
 
     def _extra_files(self) -> None:
@@ -573,15 +578,22 @@ class MailChain:
         )
         self.dmarc = OpenDmarcMilter(self.opendkim_dir / "dmarc", authserv_id=MX_HOST, resolv_conf=self.resolv_conf)
         self.mx = MxPostfix(
-            self.root / "postfix-mx", cert_file=self.cert_file, key_file=self.key_file,
-            resolv_conf=self.resolv_conf, recipients=(self.mailbox.address, self.other_mailbox.address),
+            self.root / "postfix-mx",
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            resolv_conf=self.resolv_conf,
+            recipients=(self.mailbox.address, self.other_mailbox.address),
             lmtp_port=self.dovecot.ports.lmtp,
             # DMARC after DKIM: OpenDMARC reads the SPF and DKIM Authentication-Results
             milter=f"{self.verifier.socket_spec}, {self.dmarc.socket_spec}",
         )
         self.msa = MsaPostfix(
-            self.root / "postfix-msa", cert_file=self.cert_file, key_file=self.key_file,
-            resolv_conf=self.resolv_conf, account=self.submitter, mx_port=self.mx.plain_port,
+            self.root / "postfix-msa",
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            resolv_conf=self.resolv_conf,
+            account=self.submitter,
+            mx_port=self.mx.plain_port,
             milter=self.signer.socket_spec,
         )
         self.startup_seconds = 0.0  # start() to every listener ready
@@ -646,7 +658,11 @@ class MailChain:
             )
             make_self_signed_cert(self.cert_file.parent)
             starts: list[Callable[[], None]] = [
-                self.dovecot.start, self.verifier.start, self.dmarc.start, self.mx.start, self.msa.start,
+                self.dovecot.start,
+                self.verifier.start,
+                self.dmarc.start,
+                self.mx.start,
+                self.msa.start,
             ]
             jobs = [pool.submit(start) for start in starts]
             key_error = key_job.exception()
@@ -735,5 +751,3 @@ class MailChain:
                     f"{self.msa.log_tail(15)}\n{self.mx.log_tail(15)}\n{self.dovecot.log_tail(15)}"
                 )
             time.sleep(0.02)
-
-

@@ -92,9 +92,7 @@ class NsdServer(DaemonPeer):
             path = self._zone_file(origin)
             path.write_text(text)
             # a broken zone makes NSD start without it: fail here with the parser's words
-            check = subprocess.run(
-                [NSD_CHECKZONE, origin, str(path)], capture_output=True, text=True, check=False
-            )
+            check = subprocess.run([NSD_CHECKZONE, origin, str(path)], capture_output=True, text=True, check=False)
             if check.returncode != 0:
                 raise NsdError(f"zone {origin} is invalid:\n{check.stdout}{check.stderr}")
         self.config_file.write_text(self._config())

@@ -50,7 +50,7 @@ class DkimKey:
 
     def zone_line(self) -> str:
         """The TXT record as one zone-file line."""
-        return f'{self.record_name} IN TXT {" ".join(f"{chr(34)}{s}{chr(34)}" for s in self.txt_strings)}'
+        return f"{self.record_name} IN TXT {' '.join(f'{chr(34)}{s}{chr(34)}' for s in self.txt_strings)}"
 
 
 def make_dkim_key(directory: Path, domain: str, selector: str, bits: int = 2048) -> DkimKey:

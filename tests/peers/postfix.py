@@ -347,4 +347,3 @@ class PostfixServer(DaemonPeer):
         """
         self.stop()
         self._finalizer()
-

@@ -91,25 +91,27 @@ class PostfixSaslServer(PostfixServer):
 
     def _main_cf(self) -> str:
         settings = _main_cf_settings(super()._main_cf())
-        settings.update({
-            "smtpd_banner": "$myhostname ESMTP Postfix (sasl test instance)",
-            # 127.0.0.1 (the probe) is outside mynetworks: relaying needs AUTH
-            "mynetworks": "127.0.0.2/32",
-            "smtpd_relay_restrictions": "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination",
-            # one local domain with one mailbox; unknown users refused at RCPT, mail discarded
-            "virtual_mailbox_domains": LOCAL_DOMAIN,
-            "virtual_mailbox_maps": f"inline:{{ {self.known_recipient}=ok }}",
-            "virtual_transport": "discard:",
-            "smtpd_reject_unlisted_recipient": "yes",
-            "relay_transport": "error",
-            # Cyrus SASL with the instance's own sasldb; AUTH only inside TLS
-            "smtpd_sasl_auth_enable": "yes",
-            "smtpd_sasl_type": "cyrus",
-            "smtpd_sasl_path": "smtpd",  # Cyrus reads smtpd.conf from cyrus_sasl_config_path
-            "cyrus_sasl_config_path": str(self.sasl_config_dir),  # upstream Postfix honours it
-            "smtpd_sasl_security_options": "noanonymous",
-            "smtpd_tls_auth_only": "yes",
-        })
+        settings.update(
+            {
+                "smtpd_banner": "$myhostname ESMTP Postfix (sasl test instance)",
+                # 127.0.0.1 (the probe) is outside mynetworks: relaying needs AUTH
+                "mynetworks": "127.0.0.2/32",
+                "smtpd_relay_restrictions": "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination",
+                # one local domain with one mailbox; unknown users refused at RCPT, mail discarded
+                "virtual_mailbox_domains": LOCAL_DOMAIN,
+                "virtual_mailbox_maps": f"inline:{{ {self.known_recipient}=ok }}",
+                "virtual_transport": "discard:",
+                "smtpd_reject_unlisted_recipient": "yes",
+                "relay_transport": "error",
+                # Cyrus SASL with the instance's own sasldb; AUTH only inside TLS
+                "smtpd_sasl_auth_enable": "yes",
+                "smtpd_sasl_type": "cyrus",
+                "smtpd_sasl_path": "smtpd",  # Cyrus reads smtpd.conf from cyrus_sasl_config_path
+                "cyrus_sasl_config_path": str(self.sasl_config_dir),  # upstream Postfix honours it
+                "smtpd_sasl_security_options": "noanonymous",
+                "smtpd_tls_auth_only": "yes",
+            }
+        )
         return "".join(f"{key} = {value}\n" for key, value in settings.items())
 
     def _master_cf(self) -> str:

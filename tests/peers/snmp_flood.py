@@ -58,7 +58,11 @@ def v3_message(
     header = ber(0x30, integer(msg_id) + integer(65507) + ber(0x04, bytes((flags,))) + integer(3))
     usm = ber(
         0x30,
-        ber(0x04, engine_id) + integer(boots) + integer(engine_time) + ber(0x04, user) + ber(0x04, auth)
+        ber(0x04, engine_id)
+        + integer(boots)
+        + integer(engine_time)
+        + ber(0x04, user)
+        + ber(0x04, auth)
         + ber(0x04, priv),
     )
     return ber(0x30, integer(3) + header + ber(0x04, usm) + data)
@@ -129,14 +133,28 @@ def bad_messages(engine_id: bytes, known_user: bytes) -> list[bytes]:
     secret = os.urandom(32)
     return [
         discovery(),
-        v3_message(engine_id=engine_id, user=b"intruder", flags=AUTH | REPORTABLE, data=get, boots=1,
-                   auth=secret[:12]),
-        v3_message(engine_id=engine_id, user=known_user, flags=AUTH | PRIV | REPORTABLE, data=ber(0x04, secret),
-                   boots=1, auth=secret[:12], priv=secret[:8]),
-        v3_message(engine_id=engine_id, user=b"intruder", flags=REPORTABLE,
-                   data=scoped_pdu(engine_id, REPORT, 0, bytes((*USM_STATS, 3, 0)))),
-        v3_message(engine_id=b"\x80\x00\x1f\x88\x04other", user=b"", flags=REPORTABLE,
-                   data=scoped_pdu(b"", REPORT, 0, bytes((*USM_STATS, 4, 0)))),
+        v3_message(engine_id=engine_id, user=b"intruder", flags=AUTH | REPORTABLE, data=get, boots=1, auth=secret[:12]),
+        v3_message(
+            engine_id=engine_id,
+            user=known_user,
+            flags=AUTH | PRIV | REPORTABLE,
+            data=ber(0x04, secret),
+            boots=1,
+            auth=secret[:12],
+            priv=secret[:8],
+        ),
+        v3_message(
+            engine_id=engine_id,
+            user=b"intruder",
+            flags=REPORTABLE,
+            data=scoped_pdu(engine_id, REPORT, 0, bytes((*USM_STATS, 3, 0))),
+        ),
+        v3_message(
+            engine_id=b"\x80\x00\x1f\x88\x04other",
+            user=b"",
+            flags=REPORTABLE,
+            data=scoped_pdu(b"", REPORT, 0, bytes((*USM_STATS, 4, 0))),
+        ),
     ]
 
 

@@ -130,15 +130,12 @@ class TrapReceiver(DaemonPeer):
         while True:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise TrapReceiverError(
-                    f"snmptrapd exited with {self._process.returncode}\n{self._log_dump()}"
-                )
+                raise TrapReceiverError(f"snmptrapd exited with {self._process.returncode}\n{self._log_dump()}")
             if any(READY_LINE in line for line in self.lines()) and _udp_port_bound(self.port):
                 return
             if time.monotonic() >= end:
                 raise TrapReceiverError(
-                    f"snmptrapd did not come up on {self.address} within {START_DEADLINE:.0f} s\n"
-                    f"{self._log_dump()}"
+                    f"snmptrapd did not come up on {self.address} within {START_DEADLINE:.0f} s\n{self._log_dump()}"
                 )
             time.sleep(0.05)
 
@@ -163,8 +160,7 @@ class TrapReceiver(DaemonPeer):
                     return line
             if time.monotonic() >= end:
                 raise TimeoutError(
-                    f"no snmptrapd log line matched {regex.pattern!r} within {timeout:.1f} s\n"
-                    f"{self._log_dump()}"
+                    f"no snmptrapd log line matched {regex.pattern!r} within {timeout:.1f} s\n{self._log_dump()}"
                 )
             time.sleep(0.05)
 

@@ -122,7 +122,12 @@ class UnboundResolver(DaemonPeer):
         # Unbound caches it as unchecked and validates before a later query without CD may use it.
         assert self._process is not None
         wait_for_soa(
-            self._process, self.port, self.stub_zones, what="Unbound", log_tail=self.log_tail, error=UnboundError,
+            self._process,
+            self.port,
+            self.stub_zones,
+            what="Unbound",
+            log_tail=self.log_tail,
+            error=UnboundError,
             checking_disabled=True,
         )
 

@@ -21,27 +21,96 @@ MX = MxCheckConfig(name="adhoc", domain="example.com")
 def tls(expired: bool = False) -> TlsInfo:
     not_after = datetime(2020 if expired else 2035, 1, 1, tzinfo=UTC)
     cert = CertInfo(
-        subject="CN=mail.example", issuer="CN=Test CA", sans=("DNS:mail.example",),
-        not_before=datetime(2019, 1, 1, tzinfo=UTC), not_after=not_after, serial="1f", sha256="ab" * 32,
+        subject="CN=mail.example",
+        issuer="CN=Test CA",
+        sans=("DNS:mail.example",),
+        not_before=datetime(2019, 1, 1, tzinfo=UTC),
+        not_after=not_after,
+        serial="1f",
+        sha256="ab" * 32,
     )
     return TlsInfo(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", verified=not expired, cert=cert)
 
 
 RESULTS: list[tuple[ProbeConfig, ProbeResult]] = [
-    (SMTP, SmtpResult(host="mail.example", port=25, tls_mode="starttls", started_at=NOW - 1, ok=True,
-                      timings={"resolve": 0.001, "connect": 0.002, "tls": 0.02}, total=0.05, tls=tls())),
-    (SMTP, SmtpResult(host="mail.example", port=25, tls_mode="starttls", started_at=NOW - 1, ok=False,
-                      phase=Phase.RCPT, reason=Reason.REPLY, error="550 no", reply=Reply(550, ("no",)),
-                      timings={"resolve": 0.001}, total=0.01)),
-    (SMTP, SmtpResult(host="mail.example", port=25, tls_mode="starttls", started_at=NOW - 1, ok=False,
-                      phase=Phase.TLS, reason=Reason.TLS_VERIFY, error="certificate verification failed",
-                      tls=tls(expired=True), total=0.02)),
-    (SMTP, SmtpResult(host="mail.example", port=25, tls_mode="starttls", started_at=NOW - 1, ok=False,
-                      error="internal error: KeyError: 'x'")),  # neither phase nor reason
-    (MX, MxResult(domain="example.com", started_at=NOW - 1, ok=True,
-                  records=(MxRecord(10, "mx1.example.com", ("192.0.2.1",)),), timings={"mx": 0.004}, total=0.01)),
-    (MX, MxResult(domain="example.com", started_at=NOW - 1, ok=False, phase=Phase.MX, reason=Reason.NXDOMAIN,
-                  error="example.com: no such domain (NXDOMAIN)", total=0.01)),
+    (
+        SMTP,
+        SmtpResult(
+            host="mail.example",
+            port=25,
+            tls_mode="starttls",
+            started_at=NOW - 1,
+            ok=True,
+            timings={"resolve": 0.001, "connect": 0.002, "tls": 0.02},
+            total=0.05,
+            tls=tls(),
+        ),
+    ),
+    (
+        SMTP,
+        SmtpResult(
+            host="mail.example",
+            port=25,
+            tls_mode="starttls",
+            started_at=NOW - 1,
+            ok=False,
+            phase=Phase.RCPT,
+            reason=Reason.REPLY,
+            error="550 no",
+            reply=Reply(550, ("no",)),
+            timings={"resolve": 0.001},
+            total=0.01,
+        ),
+    ),
+    (
+        SMTP,
+        SmtpResult(
+            host="mail.example",
+            port=25,
+            tls_mode="starttls",
+            started_at=NOW - 1,
+            ok=False,
+            phase=Phase.TLS,
+            reason=Reason.TLS_VERIFY,
+            error="certificate verification failed",
+            tls=tls(expired=True),
+            total=0.02,
+        ),
+    ),
+    (
+        SMTP,
+        SmtpResult(
+            host="mail.example",
+            port=25,
+            tls_mode="starttls",
+            started_at=NOW - 1,
+            ok=False,
+            error="internal error: KeyError: 'x'",
+        ),
+    ),  # neither phase nor reason
+    (
+        MX,
+        MxResult(
+            domain="example.com",
+            started_at=NOW - 1,
+            ok=True,
+            records=(MxRecord(10, "mx1.example.com", ("192.0.2.1",)),),
+            timings={"mx": 0.004},
+            total=0.01,
+        ),
+    ),
+    (
+        MX,
+        MxResult(
+            domain="example.com",
+            started_at=NOW - 1,
+            ok=False,
+            phase=Phase.MX,
+            reason=Reason.NXDOMAIN,
+            error="example.com: no such domain (NXDOMAIN)",
+            total=0.01,
+        ),
+    ),
 ]
 
 

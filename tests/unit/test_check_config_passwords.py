@@ -73,8 +73,12 @@ class TestSnmpV3PassphraseStillChecked:
         ],
     )
     def test_a_short_v3_passphrase_from_env_is_refused(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        snmp: str, key: str,
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        snmp: str,
+        key: str,
     ) -> None:
         monkeypatch.setenv("SMTPMON_TEST_V3", "tiny7ch")
         text = smtp_auth_probe(f"'{SHORT}'") + f"snmp:\n  {snmp}\n"
@@ -87,9 +91,7 @@ class TestSnmpV3PassphraseStillChecked:
         assert "smtp[0]" not in output
         assert "tiny7ch" not in output
 
-    def test_a_short_inline_v3_passphrase_is_refused(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-    ) -> None:
+    def test_a_short_inline_v3_passphrase_is_refused(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         text = smtp_auth_probe(f"'{SHORT}'") + "snmp:\n  users: [{name: ops, auth: {password: tiny7ch}}]\n"
         code, output = check_config(write(tmp_path, text), capsys)
         assert code == 2, output

@@ -40,7 +40,6 @@ def usage_exit(argv: list[str]) -> int:
     return code
 
 
-
 def modules_loaded_by(imports: str, prefixes: tuple[str, ...]) -> list[str]:
     """The modules under `prefixes` that a fresh interpreter holds after `import sys, <imports>`."""
     code = f"import sys, {imports}; print(sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
@@ -48,6 +47,7 @@ def modules_loaded_by(imports: str, prefixes: tuple[str, ...]) -> list[str]:
     assert proc.returncode == 0, proc.stderr
     loaded: list[str] = ast.literal_eval(proc.stdout)
     return loaded
+
 
 class TestCheckConfig:
     def test_good_config_exits_0_with_a_summary(self, capsys: pytest.CaptureFixture[str]) -> None:

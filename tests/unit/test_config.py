@@ -146,14 +146,19 @@ class TestUnknownAndMistypedKeys:
         assert config_error(path) == f"{path}: smtp[0].host: bad host name 'bad host'"
 
     def test_one_line_per_problem_when_several_keys_are_wrong(self, tmp_path: Path) -> None:
-        path = write(tmp_path, """\
+        path = write(
+            tmp_path,
+            """\
             defaults: {interval: 5q, alert_after: 0}
             smtp:
               - {name: a, host: mail.example, port: 0}
-            """)
+            """,
+        )
         lines = config_error(path).splitlines()
         assert [line.split(": ")[1] for line in lines] == [
-            "defaults.interval", "defaults.alert_after", "smtp[0].port",
+            "defaults.interval",
+            "defaults.alert_after",
+            "smtp[0].port",
         ]
 
     def test_union_field_error_is_one_line_without_pydantic_internals(self, tmp_path: Path) -> None:
@@ -230,20 +235,26 @@ class TestAddresses:
 
 class TestProbeNames:
     def test_duplicate_name_across_smtp_and_mx(self, tmp_path: Path) -> None:
-        path = write(tmp_path, """\
+        path = write(
+            tmp_path,
+            """\
             smtp:
               - {name: primary, host: mail.example}
             mx:
               - {name: primary, domain: example.com}
-            """)
+            """,
+        )
         assert config_error(path) == f"{path}: mx[0].name: duplicate probe name 'primary' (also smtp[0])"
 
     def test_duplicate_name_within_smtp(self, tmp_path: Path) -> None:
-        path = write(tmp_path, """\
+        path = write(
+            tmp_path,
+            """\
             smtp:
               - {name: a, host: mail.example}
               - {name: a, host: mx.example}
-            """)
+            """,
+        )
         assert_names(config_error(path), path, "smtp[1].name", "duplicate probe name 'a'", "smtp[0]")
 
     def test_name_with_spaces_is_refused(self, tmp_path: Path) -> None:
@@ -254,27 +265,49 @@ class TestProbeNames:
 class TestDurations:
     @pytest.mark.parametrize(
         ("text", "seconds"),
-        [("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25), ("1d", 86400.0),
-         (45, 45.0), (2.5, 2.5), ("10", 10.0), (" 1.5 s ", 1.5)],
+        [
+            ("30s", 30.0),
+            ("5m", 300.0),
+            ("1h", 3600.0),
+            ("250ms", 0.25),
+            ("1d", 86400.0),
+            (45, 45.0),
+            (2.5, 2.5),
+            ("10", 10.0),
+            (" 1.5 s ", 1.5),
+        ],
     )
     def test_good_durations(self, text: str | float, seconds: float) -> None:
         assert parse_duration(text) == pytest.approx(seconds)
 
-    @pytest.mark.parametrize(("text", "problem"), [("5q", "bad duration '5q'"), (-1, "greater than zero"),
-                                                    (0, "greater than zero"), ("-1s", "bad duration"),
-                                                    ("0ms", "greater than zero"), (True, "a duration is")])
+    @pytest.mark.parametrize(
+        ("text", "problem"),
+        [
+            ("5q", "bad duration '5q'"),
+            (-1, "greater than zero"),
+            (0, "greater than zero"),
+            ("-1s", "bad duration"),
+            ("0ms", "greater than zero"),
+            (True, "a duration is"),
+        ],
+    )
     def test_bad_duration_in_a_file(self, tmp_path: Path, text: str | int, problem: str) -> None:
         value = repr(text) if isinstance(text, str) else str(text).lower()
         path = write(tmp_path, f"smtp:\n  - {{name: a, host: mail.example, timeout: {value}}}\n")
         assert_names(config_error(path), path, "smtp[0].timeout", problem)
 
     def test_durations_in_a_file_become_seconds(self, tmp_path: Path) -> None:
-        config = load_config(write(tmp_path, """\
+        config = load_config(
+            write(
+                tmp_path,
+                """\
             defaults: {interval: 5m, timeout: 250ms}
             dns: {timeout: 2}
             smtp:
               - {name: a, host: mail.example, interval: 1h}
-            """))
+            """,
+            )
+        )
         assert (config.defaults.interval, config.defaults.timeout) == (300.0, 0.25)
         assert config.dns.timeout == 2.0
         assert config.smtp[0].interval == 3600.0
@@ -289,21 +322,27 @@ class TestSnmpCredentials:
 
     def test_short_v3_password_from_env(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("SMTPMON_TEST_SHORT", "tiny7ch")
-        path = write(tmp_path, """\
+        path = write(
+            tmp_path,
+            """\
             snmp:
               users:
                 - {name: ops, auth: {password: {env: SMTPMON_TEST_SHORT}}}
-            """)
+            """,
+        )
         message = config_error(path)
         assert_names(message, path, "snmp.users[0].auth.password", "at least 8 characters")
         assert "tiny7ch" not in message
 
     def test_v3_notify_without_user(self, tmp_path: Path) -> None:
-        path = write(tmp_path, """\
+        path = write(
+            tmp_path,
+            """\
             snmp:
               notify:
                 - {host: 127.0.0.1, version: 3, auth: {password: longenough}}
-            """)
+            """,
+        )
         assert config_error(path) == f"{path}: snmp.notify[0]: an SNMPv3 receiver needs user and auth"
 
     def test_v2c_notify_without_community(self, tmp_path: Path) -> None:
@@ -336,7 +375,10 @@ class TestSnmpCredentials:
         secret_file = tmp_path / "community.secret"
         secret_file.write_text("from-a-file\n", encoding="utf-8")
         monkeypatch.setenv("SMTPMON_TEST_AUTH", "from-the-environment")
-        config = load_config(write(tmp_path, f"""\
+        config = load_config(
+            write(
+                tmp_path,
+                f"""\
             snmp:
               communities:
                 - name: {{file: '{secret_file}'}}
@@ -345,7 +387,9 @@ class TestSnmpCredentials:
                 - name: ops
                   auth: {{protocol: sha512, password: {{env: SMTPMON_TEST_AUTH}}}}
                   priv: {{protocol: aes256, password: inline-privacy}}
-            """))
+            """,
+            )
+        )
         communities = config.snmp.communities
         assert communities[0].name.reveal() == "from-a-file"  # trailing newline stripped
         assert communities[1].name.reveal() == "inline-community"
@@ -357,7 +401,9 @@ class TestSnmpCredentials:
 
 class TestSecretsStayHidden:
     def secret_config(self, tmp_path: Path, extra: str = "") -> Path:
-        return write(tmp_path, f"""\
+        return write(
+            tmp_path,
+            f"""\
             snmp:
               communities:
                 - name: {PASSWORD}
@@ -368,7 +414,8 @@ class TestSecretsStayHidden:
               notify:
                 - {{host: 127.0.0.1, version: 3, user: ops, auth: {{password: {PASSWORD}}}}}
                 - {{host: 127.0.0.1, community: {PASSWORD}}}
-            {extra}""")
+            {extra}""",
+        )
 
     def test_repr_and_str_of_config_hide_inline_secrets(self, tmp_path: Path) -> None:
         config = load_config(self.secret_config(tmp_path))
@@ -384,12 +431,15 @@ class TestSecretsStayHidden:
         assert PASSWORD not in message
 
     def test_error_about_the_secret_entry_itself_does_not_show_it(self, tmp_path: Path) -> None:
-        path = write(tmp_path, f"""\
+        path = write(
+            tmp_path,
+            f"""\
             snmp:
               users:
                 - name: ops
                   auth: {{protocol: rot13, password: {PASSWORD}}}
-            """)
+            """,
+        )
         message = config_error(path)
         assert_names(message, path, "snmp.users[0].auth.protocol", "Input should be")
         assert PASSWORD not in message
@@ -424,11 +474,60 @@ class TestExample:
 # Plain scalars of every implicit YAML 1.1 type (SafeLoader's resolvers), their quoted twins, and
 # texts that only look like one; all are valid inside flow collections.
 PLAIN_SCALARS = [
-    "a", "name", "smtp-1", "127.0.0.1", "mail.example.com", "a b", "yes", "No", "ON", "off", "y", "n",
-    "true", "False", "~", "null", "Null", "NULL", "0", "-1", "+12", "012", "0o12", "0x1F", "0b101", "1_000",
-    "190:20:30", "-1:30", "1.5", "-1.5e+3", "1e3", "6.8523015e+5", ".5", "1.", "1_0.5", "190:20:30.15", ".inf",
-    "-.Inf", "+.INF", ".nan", ".NaN", "2001-12-14", "2001-12-14t21:59:43.10-05:00", "2001-12-14 21:59:43.10 -5",
-    "2002-12-14", "<<", "=", "'yes'", '"012"', "'~'", "''", '""', '"a\\tb"', "'<<'",
+    "a",
+    "name",
+    "smtp-1",
+    "127.0.0.1",
+    "mail.example.com",
+    "a b",
+    "yes",
+    "No",
+    "ON",
+    "off",
+    "y",
+    "n",
+    "true",
+    "False",
+    "~",
+    "null",
+    "Null",
+    "NULL",
+    "0",
+    "-1",
+    "+12",
+    "012",
+    "0o12",
+    "0x1F",
+    "0b101",
+    "1_000",
+    "190:20:30",
+    "-1:30",
+    "1.5",
+    "-1.5e+3",
+    "1e3",
+    "6.8523015e+5",
+    ".5",
+    "1.",
+    "1_0.5",
+    "190:20:30.15",
+    ".inf",
+    "-.Inf",
+    "+.INF",
+    ".nan",
+    ".NaN",
+    "2001-12-14",
+    "2001-12-14t21:59:43.10-05:00",
+    "2001-12-14 21:59:43.10 -5",
+    "2002-12-14",
+    "<<",
+    "=",
+    "'yes'",
+    '"012"',
+    "'~'",
+    "''",
+    '""',
+    '"a\\tb"',
+    "'<<'",
 ]
 # Mostly none: most generated documents are then valid, and still a tenth of their nodes is tagged.
 SCALAR_TAGS = ["" for _ in range(60)] + ["!!str", "!!int", "!!float", "!!bool", "!!null", "!!timestamp", "!x", "!"]
@@ -444,8 +543,11 @@ leaves = st.one_of(
 documents = st.recursive(
     leaves,
     lambda children: st.one_of(
-        st.tuples(st.just("map"), st.lists(st.tuples(st.sampled_from(KEYS), children), max_size=5),
-                  st.sampled_from(COLLECTION_PROPS)),
+        st.tuples(
+            st.just("map"),
+            st.lists(st.tuples(st.sampled_from(KEYS), children), max_size=5),
+            st.sampled_from(COLLECTION_PROPS),
+        ),
         st.tuples(st.just("seq"), st.lists(children, max_size=5), st.sampled_from(COLLECTION_PROPS)),
     ),
     max_leaves=25,
@@ -632,13 +734,13 @@ class TestYamlLoader:
         assert (info.value.problem_mark.line, info.value.problem_mark.column) == (3, 2)
 
 
-
 def _raise_a_bug() -> None:
     raise RuntimeError("a bug in the child")
 
 
 def _die() -> None:
     os._exit(1)
+
 
 class TestConfigReader:
     """load_config's result or error, whether the forked child read the file or could not."""

@@ -61,8 +61,11 @@ def make_chain(
     leaf = intermediate.issue_cert(
         *(identities or (EXCHANGE,)), key_type=key_type, not_before=not_before, not_after=not_after
     )
-    return Chain(root=der(root.cert_pem.bytes()), intermediate=der(intermediate.cert_pem.bytes()),
-                 leaf=der(leaf.cert_chain_pems[0].bytes()))
+    return Chain(
+        root=der(root.cert_pem.bytes()),
+        intermediate=der(intermediate.cert_pem.bytes()),
+        leaf=der(leaf.cert_chain_pems[0].bytes()),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +136,9 @@ class TestDaneTa:
         assert verify([Tlsa(2, 1, 1, sha256(spki(chain.root)))], chain.presented, names=[EXCHANGE]).matched
 
     def test_2_0_1_of_the_intermediate_matches_without_the_root_presented(self, chain: Chain) -> None:
-        outcome = verify([Tlsa(2, 0, 1, sha256(chain.intermediate))], [chain.leaf, chain.intermediate],
-                         names=[EXCHANGE])
+        outcome = verify(
+            [Tlsa(2, 0, 1, sha256(chain.intermediate))], [chain.leaf, chain.intermediate], names=[EXCHANGE]
+        )
         assert outcome.matched, outcome.detail
 
     def test_a_chain_sent_out_of_order_still_builds_a_path(self, chain: Chain) -> None:
@@ -203,7 +207,6 @@ class TestDaneTa:
             leaf = der(cert_file.read_bytes())
             assert verify([Tlsa(2, 0, 1, sha256(leaf))], [leaf], names=[EXCHANGE]).matched is expected
 
-
     def test_a_hostile_chain_of_mutually_issuing_certificates_ends_quickly(self) -> None:
         # nine CA certificates with one name and one key all "issue" each other and the leaf;
         # the trust anchor is presented but issued nothing: every path must be ruled out
@@ -213,8 +216,12 @@ class TestDaneTa:
 
         def cert(subject: x509.Name, ca: bool) -> bytes:
             builder = (
-                x509.CertificateBuilder().subject_name(subject).issuer_name(name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(start)
+                x509.CertificateBuilder()
+                .subject_name(subject)
+                .issuer_name(name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(start)
                 .not_valid_after(start + timedelta(days=30))
                 .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
             )
@@ -252,8 +259,12 @@ class TestUsability:
 
     def test_mixed_records_count_only_usable_ones_and_report_the_matching_one(self, chain: Chain) -> None:
         good = Tlsa(3, 1, 1, sha256(spki(chain.leaf)))
-        records = [Tlsa(1, 1, 1, sha256(spki(chain.leaf))), Tlsa(0, 0, 1, sha256(chain.root)),
-                   Tlsa(3, 1, 1, bytes(32)), good]
+        records = [
+            Tlsa(1, 1, 1, sha256(spki(chain.leaf))),
+            Tlsa(0, 0, 1, sha256(chain.root)),
+            Tlsa(3, 1, 1, bytes(32)),
+            good,
+        ]
         outcome = verify(records, chain.presented)
         assert outcome.matched
         assert outcome.usable == 2

@@ -38,11 +38,20 @@ def env() -> ProbeEnv:
 
 
 def mailbox_config(pki: Pki, port: int, protocol: str, **overrides: Any) -> DeliveryMailboxConfig:
-    return DeliveryMailboxConfig.model_validate({
-        "protocol": protocol, "host": "127.0.0.1", "port": port, "tls": "implicit",
-        "username": "probe@dest.test", "password": "mailbox-secret", "ca_file": str(pki.ca_file),
-        "servername": SERVER_NAME, "poll_interval": 0.1, **overrides,
-    })
+    return DeliveryMailboxConfig.model_validate(
+        {
+            "protocol": protocol,
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": "implicit",
+            "username": "probe@dest.test",
+            "password": "mailbox-secret",
+            "ca_file": str(pki.ca_file),
+            "servername": SERVER_NAME,
+            "poll_interval": 0.1,
+            **overrides,
+        }
+    )
 
 
 def scenario(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -96,11 +105,17 @@ class TestImapFound:
 
     @scenario
     async def test_idle_reports_an_arrival_without_polling(self, pki: Pki, tls: Any) -> None:
-        script = MailboxScript(junk_folder=None, folders={"INBOX": {}}, deleted={"INBOX": set()},
-                               idle_push_after=0.3, arriving=(7, header()))
+        script = MailboxScript(
+            junk_folder=None,
+            folders={"INBOX": {}},
+            deleted={"INBOX": set()},
+            idle_push_after=0.3,
+            arriving=(7, header()),
+        )
         async with FakeImapServer(tls, script) as server:
-            mailbox = ImapMailbox(mailbox_config(pki, server.port, "imap", poll_interval=30),
-                                  env(), DeliveryTimeouts(mailbox=STEP))
+            mailbox = ImapMailbox(
+                mailbox_config(pki, server.port, "imap", poll_interval=30), env(), DeliveryTimeouts(mailbox=STEP)
+            )
             await mailbox.open()
             try:
                 began = time.monotonic()
@@ -115,12 +130,12 @@ class TestImapFound:
         assert server.seen.commands.count("DONE") == 1
 
     @scenario
-    async def test_without_uidplus_expunge_waits_when_other_mail_is_flagged_deleted(
-        self, pki: Pki, tls: Any
-    ) -> None:
-        script = MailboxScript(capabilities="IMAP4rev1 SPECIAL-USE",
-                               folders={"INBOX": {1: header("e" * 32), 2: header()}, "Junk": {}},
-                               deleted={"INBOX": {1}, "Junk": set()})
+    async def test_without_uidplus_expunge_waits_when_other_mail_is_flagged_deleted(self, pki: Pki, tls: Any) -> None:
+        script = MailboxScript(
+            capabilities="IMAP4rev1 SPECIAL-USE",
+            folders={"INBOX": {1: header("e" * 32), 2: header()}, "Junk": {}},
+            deleted={"INBOX": {1}, "Junk": set()},
+        )
         async with FakeImapServer(tls, script) as server:
             mailbox = ImapMailbox(mailbox_config(pki, server.port, "imap"), env(), DeliveryTimeouts(mailbox=STEP))
             await mailbox.open()

@@ -147,10 +147,24 @@ class TestConfig:
         [
             ({"submit": {"via": "mx", "host": "x.example"}}, "submit", "drop host"),
             ({"submit": {"via": "submission"}}, "submit", "needs host"),
-            ({"submit": {"host": "m.example", "tls": "none", "auth": {"username": "u", "password": "p"}}},
-             "submit", "over TLS only"),
-            ({"mailbox": {"host": "h.example", "username": "u", "password": "p", "protocol": "pop3",
-                          "folders": {"junk": "Spam"}}}, "mailbox", "IMAP only"),
+            (
+                {"submit": {"host": "m.example", "tls": "none", "auth": {"username": "u", "password": "p"}}},
+                "submit",
+                "over TLS only",
+            ),
+            (
+                {
+                    "mailbox": {
+                        "host": "h.example",
+                        "username": "u",
+                        "password": "p",
+                        "protocol": "pop3",
+                        "folders": {"junk": "Spam"},
+                    }
+                },
+                "mailbox",
+                "IMAP only",
+            ),
             ({"mailbox": {"host": "h.example", "username": "u", "password": "p", "tls": "none"}}, "mailbox.tls", ""),
             ({"deliver_within": "2h"}, "(top level)", "lost_after must be longer"),
             ({"expect_auth": {"dkim": "passed"}}, "expect_auth.dkim", ""),
@@ -172,8 +186,15 @@ class TestConfig:
 
 class TestPluginOutput:
     def test_late_is_a_warning_every_other_failure_critical(self) -> None:
-        late = DeliveryResult(name="d", started_at=0.0, ok=False, phase=DeliveryPhase.DELIVER,
-                              reason=DeliveryReason.LATE, error="not in the mailbox within 60s", pending=True)
+        late = DeliveryResult(
+            name="d",
+            started_at=0.0,
+            ok=False,
+            phase=DeliveryPhase.DELIVER,
+            reason=DeliveryReason.LATE,
+            error="not in the mailbox within 60s",
+            pending=True,
+        )
         refused = replace(late, phase=DeliveryPhase.FETCH, reason=Reason.REFUSED, error="connection refused")
         wrong_folder = replace(late, reason=DeliveryReason.WRONG_FOLDER)
         assert [report.delivery_exit_code(r) for r in (late, refused, wrong_folder)] == [1, 2, 2]
@@ -183,8 +204,16 @@ class TestPluginOutput:
 
     def test_ok_line_has_latency_against_the_deadline_and_each_hop_delay(self) -> None:
         hops = hops_of(ARRIVED, datetime(2026, 12, 6, 20, 59, 22, tzinfo=UTC).timestamp())
-        result = DeliveryResult(name="d", started_at=0.0, ok=True, latency=22.5, hops=hops, folder="inbox",
-                                verdicts=verdicts_of(ARRIVED, None), total=23.0)
+        result = DeliveryResult(
+            name="d",
+            started_at=0.0,
+            ok=True,
+            latency=22.5,
+            hops=hops,
+            folder="inbox",
+            verdicts=verdicts_of(ARRIVED, None),
+            total=23.0,
+        )
         line = report.delivery_line(result, 60)
         assert report.delivery_exit_code(result) == 0
         assert line == (
@@ -197,10 +226,20 @@ class TestJson:
     def test_a_result_reads_back_from_its_json_with_kind_and_status_first(self) -> None:
         submitted = datetime(2026, 12, 6, 20, 59, 22, tzinfo=UTC).timestamp()
         result = DeliveryResult(
-            name="d", started_at=submitted - 1, ok=False, phase=DeliveryPhase.DELIVER,
-            reason=DeliveryReason.WRONG_FOLDER, error="landed in junk", token=TOKEN, submitted_at=submitted,
-            latency=1.5, hops=hops_of(ARRIVED, submitted), verdicts=verdicts_of(ARRIVED, None), folder="junk",
-            timings={"submit": 0.1}, total=2.0,
+            name="d",
+            started_at=submitted - 1,
+            ok=False,
+            phase=DeliveryPhase.DELIVER,
+            reason=DeliveryReason.WRONG_FOLDER,
+            error="landed in junk",
+            token=TOKEN,
+            submitted_at=submitted,
+            latency=1.5,
+            hops=hops_of(ARRIVED, submitted),
+            verdicts=verdicts_of(ARRIVED, None),
+            folder="junk",
+            timings={"submit": 0.1},
+            total=2.0,
         )
         wire = json.loads(json.dumps(result.as_dict()))
         assert list(wire)[:4] == ["kind", "status", "name", "started_at"]

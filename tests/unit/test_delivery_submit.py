@@ -36,12 +36,16 @@ class QueueingHandler(RecordingHandler):
 
 
 def probe(submit_section: dict[str, Any]) -> DeliveryProbeConfig:
-    return DeliveryProbeConfig.model_validate({
-        "name": "submit-test", "submit": {"tls": "none", **submit_section},
-        "from": "probe@src.example", "to": "probe@dest.example",
-        "mailbox": {"host": "imap.dest.example", "username": "probe", "password": "x"},
-        "timeouts": {"submit": 5},
-    })
+    return DeliveryProbeConfig.model_validate(
+        {
+            "name": "submit-test",
+            "submit": {"tls": "none", **submit_section},
+            "from": "probe@src.example",
+            "to": "probe@dest.example",
+            "mailbox": {"host": "imap.dest.example", "username": "probe", "password": "x"},
+            "timeouts": {"submit": 5},
+        }
+    )
 
 
 def env(dns_port: int | None = None) -> ProbeEnv:

@@ -19,18 +19,24 @@ from monitor.model.results import Phase, Reason, Reply
 
 
 class TestClassify:
-    @pytest.mark.parametrize(("exc", "reason", "message"), [
-        (TimeoutError(), Reason.TIMEOUT, "no answer within 2.5s"),
-        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), Reason.REFUSED, "connection refused"),
-        (ConnectionResetError(errno.ECONNRESET, "Connection reset"), Reason.RESET, "connection reset by server"),
-        (OSError(errno.ENETUNREACH, "Network is unreachable"), Reason.UNREACHABLE, "Network is unreachable"),
-        (OSError(errno.EHOSTUNREACH, "No route to host"), Reason.UNREACHABLE, "No route to host"),
-        (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"), Reason.UNREACHABLE,
-         "Cannot assign requested address"),
-        (OSError(errno.ENETDOWN, "Network is down"), Reason.UNREACHABLE, "Network is down"),
-        (OSError(errno.EPIPE, "Broken pipe"), Reason.RESET, "Broken pipe"),
-        (OSError("no matching local address"), Reason.RESET, "no matching local address"),
-    ])
+    @pytest.mark.parametrize(
+        ("exc", "reason", "message"),
+        [
+            (TimeoutError(), Reason.TIMEOUT, "no answer within 2.5s"),
+            (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), Reason.REFUSED, "connection refused"),
+            (ConnectionResetError(errno.ECONNRESET, "Connection reset"), Reason.RESET, "connection reset by server"),
+            (OSError(errno.ENETUNREACH, "Network is unreachable"), Reason.UNREACHABLE, "Network is unreachable"),
+            (OSError(errno.EHOSTUNREACH, "No route to host"), Reason.UNREACHABLE, "No route to host"),
+            (
+                OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"),
+                Reason.UNREACHABLE,
+                "Cannot assign requested address",
+            ),
+            (OSError(errno.ENETDOWN, "Network is down"), Reason.UNREACHABLE, "Network is down"),
+            (OSError(errno.EPIPE, "Broken pipe"), Reason.RESET, "Broken pipe"),
+            (OSError("no matching local address"), Reason.RESET, "no matching local address"),
+        ],
+    )
     def test_what_a_step_raises_becomes_a_reason_and_a_message(
         self, exc: OSError, reason: Reason, message: str
     ) -> None:
@@ -53,7 +59,8 @@ class TestClassify:
         exc = ssl.SSLCertVerificationError(1, "certificate verify failed")
         exc.reason = "CERTIFICATE_VERIFY_FAILED"
         assert (classify(exc, 1.0).reason, classify(exc, 1.0).message) == (
-            Reason.TLS, "TLS error: CERTIFICATE_VERIFY_FAILED"
+            Reason.TLS,
+            "TLS error: CERTIFICATE_VERIFY_FAILED",
         )
 
     def test_a_classified_failure_is_kept_as_it_is(self) -> None:
@@ -75,13 +82,16 @@ class TestKinds:
         assert failure.bare == "not an SMTP reply"
         assert not isinstance(failure, SessionFailure)
 
-    @pytest.mark.parametrize(("reason", "seen"), [
-        (Reason.TIMEOUT, Reason.TIMEOUT),
-        (Reason.DNS, Reason.DNS),
-        (Reason.NXDOMAIN, Reason.DNS),
-        (Reason.NO_ADDRESS, Reason.DNS),
-        (Reason.SERVFAIL, Reason.DNS),
-    ])
+    @pytest.mark.parametrize(
+        ("reason", "seen"),
+        [
+            (Reason.TIMEOUT, Reason.TIMEOUT),
+            (Reason.DNS, Reason.DNS),
+            (Reason.NXDOMAIN, Reason.DNS),
+            (Reason.NO_ADDRESS, Reason.DNS),
+            (Reason.SERVFAIL, Reason.DNS),
+        ],
+    )
     def test_the_lookup_of_a_probes_own_target_is_a_timeout_or_dns(self, reason: Reason, seen: Reason) -> None:
         failure = LookupFailure(reason, "mx.example.test: no such domain (NXDOMAIN)", authenticated=True)
         dns_view = failure.as_dns()

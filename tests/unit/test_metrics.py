@@ -32,42 +32,84 @@ MX = MxCheckConfig(name="domain-mx", domain="example.com", probe_hosts=True)
 
 def tls(verified: bool) -> TlsInfo:
     cert = CertInfo(
-        subject="CN=mail.example", issuer="CN=Test CA", sans=("DNS:mail.example",),
-        not_before=datetime(2024, 1, 1, tzinfo=UTC), not_after=NOT_AFTER, serial="1f", sha256="ab" * 32,
+        subject="CN=mail.example",
+        issuer="CN=Test CA",
+        sans=("DNS:mail.example",),
+        not_before=datetime(2024, 1, 1, tzinfo=UTC),
+        not_after=NOT_AFTER,
+        serial="1f",
+        sha256="ab" * 32,
     )
-    return TlsInfo(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", verified=verified,
-                   verify_error="" if verified else "self-signed certificate", cert=cert,
-                   chain_not_after=CHAIN_NOT_AFTER)
+    return TlsInfo(
+        version="TLSv1.3",
+        cipher="TLS_AES_256_GCM_SHA384",
+        verified=verified,
+        verify_error="" if verified else "self-signed certificate",
+        cert=cert,
+        chain_not_after=CHAIN_NOT_AFTER,
+    )
 
 
 def smtp_ok(verified: bool = True) -> SmtpResult:
     return SmtpResult(
-        host="mail.example", port=587, tls_mode="starttls", started_at=time.time(), ok=True,
-        timings={"resolve": 0.001, "connect": 0.002, "banner": 0.01, "ehlo": 0.003, "starttls": 0.004,
-                 "tls": 0.02, "ehlo_tls": 0.003, "quit": 0.001},
-        total=0.05, banner="220 mail.example ESMTP", extensions={"STARTTLS": "", "SIZE": "10240000"},
+        host="mail.example",
+        port=587,
+        tls_mode="starttls",
+        started_at=time.time(),
+        ok=True,
+        timings={
+            "resolve": 0.001,
+            "connect": 0.002,
+            "banner": 0.01,
+            "ehlo": 0.003,
+            "starttls": 0.004,
+            "tls": 0.02,
+            "ehlo_tls": 0.003,
+            "quit": 0.001,
+        },
+        total=0.05,
+        banner="220 mail.example ESMTP",
+        extensions={"STARTTLS": "", "SIZE": "10240000"},
         tls=tls(verified),
     )
 
 
 def smtp_failed(phase: Phase, reason: Reason, code: int = 0) -> SmtpResult:
     return SmtpResult(
-        host="mail.example", port=587, tls_mode="starttls", started_at=time.time(), ok=False, phase=phase,
-        reason=reason, error="no", reply=Reply(code, ("go away",)) if code else None,
-        timings={"resolve": 0.001}, total=0.003,
+        host="mail.example",
+        port=587,
+        tls_mode="starttls",
+        started_at=time.time(),
+        ok=False,
+        phase=phase,
+        reason=reason,
+        error="no",
+        reply=Reply(code, ("go away",)) if code else None,
+        timings={"resolve": 0.001},
+        total=0.003,
     )
 
 
 def mx_result(ok: bool, up: tuple[bool, ...] = (True, False)) -> MxResult:
     records = tuple(
-        MxRecord(preference=10 * (i + 1), exchange=f"mx{i + 1}.example.com", addresses=("192.0.2.1", "2001:db8::1"),
-                 probe=smtp_failed(Phase.CONNECT, Reason.REFUSED) if not is_up else smtp_ok())
+        MxRecord(
+            preference=10 * (i + 1),
+            exchange=f"mx{i + 1}.example.com",
+            addresses=("192.0.2.1", "2001:db8::1"),
+            probe=smtp_failed(Phase.CONNECT, Reason.REFUSED) if not is_up else smtp_ok(),
+        )
         for i, is_up in enumerate(up)
     )
     return MxResult(
-        domain="example.com", started_at=time.time(), ok=ok, phase=None if ok else Phase.HOSTS,
-        reason=None if ok else Reason.HOSTS_DOWN, error="" if ok else "all down", records=records,
-        timings={"mx": 0.004, "address": 0.002, "hosts": 0.05}, total=0.06,
+        domain="example.com",
+        started_at=time.time(),
+        ok=ok,
+        phase=None if ok else Phase.HOSTS,
+        reason=None if ok else Reason.HOSTS_DOWN,
+        error="" if ok else "all down",
+        records=records,
+        timings={"mx": 0.004, "address": 0.002, "hosts": 0.05},
+        total=0.06,
     )
 
 
@@ -214,13 +256,25 @@ class TestMxCheckMetrics:
         down = replace(smtp_failed(Phase.CONNECT, Reason.REFUSED), address="2001:db8::1")
         up = replace(smtp_ok(), address="192.0.2.1")
         record = MxRecord(
-            10, "mx1.example.com", ("192.0.2.1", "2001:db8::1"), probe=up, address_probes=(up, down),
+            10,
+            "mx1.example.com",
+            ("192.0.2.1", "2001:db8::1"),
+            probe=up,
+            address_probes=(up, down),
             reverse=(ReverseDns("192.0.2.1", ("mx1.example.com",), True), ReverseDns("2001:db8::1", (), False)),
         )
-        store.record("domain-mx", MxResult(
-            domain="example.com", started_at=0.0, ok=True, records=(record,), authenticated=False,
-            spf=PolicyRecord("spf", "v=spf1 -all", ""), dmarc=PolicyRecord("dmarc", "", "no DMARC record"),
-        ))
+        store.record(
+            "domain-mx",
+            MxResult(
+                domain="example.com",
+                started_at=0.0,
+                ok=True,
+                records=(record,),
+                authenticated=False,
+                spf=PolicyRecord("spf", "v=spf1 -all", ""),
+                dmarc=PolicyRecord("dmarc", "", "no DMARC record"),
+            ),
+        )
         reg = registry_for(store)
         at = {"check": "domain-mx", "exchange": "mx1.example.com"}
         assert reg.get_sample_value("mx_check_exchange_up", at) == 1.0
@@ -234,16 +288,34 @@ class TestMxCheckMetrics:
     def test_dane_and_mta_sts_verdicts(self) -> None:
         store = ResultsStore()
         store.configure([(MX, 1, 14)])
-        record = MxRecord(10, "mx1.example.com", ("192.0.2.1",), probe=smtp_ok(),
-                          dane=DaneFacts("_25._tcp.mx1.example.com", ("3 1 1 " + "00" * 32,), matched=False, usable=1))
-        policy = MtaStsPolicyFacts(
-            mode="enforce", max_age=86400, mx_patterns=("*.example.com",), verified=True, error="", error_kind="",
-            http_status=200, uncovered=(), cert_not_after=datetime.fromisoformat("2031-01-01T00:00:00+00:00"),
+        record = MxRecord(
+            10,
+            "mx1.example.com",
+            ("192.0.2.1",),
+            probe=smtp_ok(),
+            dane=DaneFacts("_25._tcp.mx1.example.com", ("3 1 1 " + "00" * 32,), matched=False, usable=1),
         )
-        store.record("domain-mx", MxResult(
-            domain="example.com", started_at=0.0, ok=False, records=(record,),
-            mta_sts=MtaStsFacts("20261122", "", "", present=True, policy=policy, valid=True),
-        ))
+        policy = MtaStsPolicyFacts(
+            mode="enforce",
+            max_age=86400,
+            mx_patterns=("*.example.com",),
+            verified=True,
+            error="",
+            error_kind="",
+            http_status=200,
+            uncovered=(),
+            cert_not_after=datetime.fromisoformat("2031-01-01T00:00:00+00:00"),
+        )
+        store.record(
+            "domain-mx",
+            MxResult(
+                domain="example.com",
+                started_at=0.0,
+                ok=False,
+                records=(record,),
+                mta_sts=MtaStsFacts("20261122", "", "", present=True, policy=policy, valid=True),
+            ),
+        )
         reg = registry_for(store)
         check = {"check": "domain-mx"}
         assert reg.get_sample_value("mx_check_dane_matched", {**check, "exchange": "mx1.example.com"}) == 0.0
@@ -307,7 +379,8 @@ def parsed(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
     return {
         (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
     }
 
 

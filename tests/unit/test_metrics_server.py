@@ -29,11 +29,19 @@ def _store() -> ResultsStore:
 
 
 async def _serving(
-    store: ResultsStore, body: Callable[[MetricsServer], Awaitable[None]], limits: HttpLimits | None = None,
+    store: ResultsStore,
+    body: Callable[[MetricsServer], Awaitable[None]],
+    limits: HttpLimits | None = None,
 ) -> None:
     health = AgentHealth()
     server = MetricsServer(
-        "127.0.0.1", 0, build_agent_registry(health), store, ready=lambda: True, health=health, limits=limits,
+        "127.0.0.1",
+        0,
+        build_agent_registry(health),
+        store,
+        ready=lambda: True,
+        health=health,
+        limits=limits,
     )
     await server.start()
     try:
@@ -166,7 +174,8 @@ MALFORMED = b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"
 
 
 async def _connect(
-    server: MetricsServer, data: bytes = HALF_REQUEST,
+    server: MetricsServer,
+    data: bytes = HALF_REQUEST,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(data)
@@ -261,7 +270,8 @@ class TestConnectionBounds:
         asyncio.run(_serving(_store(), body, _limits(max_connections=4, header_timeout=30)))
 
     def test_a_connection_running_a_request_is_not_displaced_and_a_stalled_reader_is_cut_at_the_send_timeout(
-        self, monkeypatch: pytest.MonkeyPatch,
+        self,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         block = b"# " + b"x" * (256 * 1024 - 3) + b"\n"
         monkeypatch.setattr(MetricsServer, "_render", lambda self, states: [block] * 128)  # 32 MiB
@@ -309,7 +319,9 @@ class TestConnectionBounds:
         asyncio.run(_serving(_store(), body))
 
     def test_malformed_requests_log_one_line_without_traceback_per_interval(
-        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         for log_filter in http._server_log.filters:
             monkeypatch.setattr(log_filter, "throttle", Throttle(60.0))  # as after a start: a line is due
@@ -330,7 +342,9 @@ class TestConnectionBounds:
         assert "Invalid header token" in lines[0].getMessage()
 
     def test_failed_accepts_are_logged_once_per_interval_and_out_of_descriptors_displaces_a_waiting_one(
-        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         monkeypatch.setattr(http, "ACCEPT_RETRY", 0.001)
         failures = {"left": 0}

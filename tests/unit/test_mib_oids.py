@@ -96,14 +96,21 @@ class TestRevisionsAndConformance:
         assert {name for name, _ in groups} == object_groups
         members = [word.strip() for _, objects in groups for word in objects.split(",")]
         not_accessible = {
-            "smtpProbeIndexName", "mxCheckIndexName", "mxExchangeOrder", "mxAddressOrder", "smtpAddressOrder",
+            "smtpProbeIndexName",
+            "mxCheckIndexName",
+            "mxExchangeOrder",
+            "mxAddressOrder",
+            "smtpAddressOrder",
         }
         tables = (
-            mib_oids.SMTP_PROBE_ENTRY, mib_oids.MX_CHECK_ENTRY, mib_oids.MX_EXCHANGE_ENTRY,
-            mib_oids.MX_ADDRESS_ENTRY, mib_oids.SMTP_ADDRESS_ENTRY, mib_oids.SCALARS,
+            mib_oids.SMTP_PROBE_ENTRY,
+            mib_oids.MX_CHECK_ENTRY,
+            mib_oids.MX_EXCHANGE_ENTRY,
+            mib_oids.MX_ADDRESS_ENTRY,
+            mib_oids.SMTP_ADDRESS_ENTRY,
+            mib_oids.SCALARS,
         )
         readable = [
-            name for name, oid in mib_oids.OID_BY_NAME.items()
-            if oid[:-1] in tables and name not in not_accessible
+            name for name, oid in mib_oids.OID_BY_NAME.items() if oid[:-1] in tables and name not in not_accessible
         ]
         assert sorted(members) == sorted(readable)

@@ -68,9 +68,22 @@ class TestParsePolicy:
             ("<html><body>not found</body></html>", "not key: value"),
         ],
         ids=[
-            "missing-version", "wrong-version", "bad-mode", "mode-case", "missing-mode", "missing-max-age",
-            "max-age-too-big", "max-age-negative", "max-age-unit", "max-age-11-digits", "testing-without-mx",
-            "line-without-colon", "mx-underscore", "mx-bare-star", "mx-inner-star", "html",
+            "missing-version",
+            "wrong-version",
+            "bad-mode",
+            "mode-case",
+            "missing-mode",
+            "missing-max-age",
+            "max-age-too-big",
+            "max-age-negative",
+            "max-age-unit",
+            "max-age-11-digits",
+            "testing-without-mx",
+            "line-without-colon",
+            "mx-underscore",
+            "mx-bare-star",
+            "mx-inner-star",
+            "html",
         ],
     )
     def test_invalid_policies_raise_policy_error_saying_why(self, text: str, message: str) -> None:
@@ -161,8 +174,14 @@ class TestCheckExchanges:
         assert check_exchanges(policy, exchanges) == ["mx9.good.test", "mail.other.test"]
 
     def test_works_on_a_fetched_policy_too(self) -> None:
-        fetched = StsPolicy("good.test", "https://mta-sts.good.test/.well-known/mta-sts.txt",
-                            mode="testing", max_age=60, mx_patterns=("*.good.test",), verified=True)
+        fetched = StsPolicy(
+            "good.test",
+            "https://mta-sts.good.test/.well-known/mta-sts.txt",
+            mode="testing",
+            max_age=60,
+            mx_patterns=("*.good.test",),
+            verified=True,
+        )
         assert check_exchanges(fetched, ["mx1.good.test", "mx2.good.test"]) == []
 
     def test_a_policy_without_patterns_covers_nothing(self) -> None:

@@ -23,20 +23,36 @@ MX = MxCheckConfig(name="dom", domain="good.test")
 
 def failed_smtp() -> SmtpResult:
     return SmtpResult(
-        host="127.0.0.1", port=2525, tls_mode="starttls", started_at=time.time(), ok=False, phase=Phase.BANNER,
-        reason=Reason.REPLY, error="421 4.3.2 busy", reply=Reply(421, ("4.3.2 busy",)), timings={"connect": 0.001},
+        host="127.0.0.1",
+        port=2525,
+        tls_mode="starttls",
+        started_at=time.time(),
+        ok=False,
+        phase=Phase.BANNER,
+        reason=Reason.REPLY,
+        error="421 4.3.2 busy",
+        reply=Reply(421, ("4.3.2 busy",)),
+        timings={"connect": 0.001},
         total=0.002,
     )
 
 
 def ok_smtp() -> SmtpResult:
     now = datetime.now(UTC)
-    cert = CertInfo("CN=mail.test", "CN=ca", ("DNS:mail.test",), now - timedelta(days=1), now + timedelta(days=90),
-                    "1f", "ab" * 32)
+    cert = CertInfo(
+        "CN=mail.test", "CN=ca", ("DNS:mail.test",), now - timedelta(days=1), now + timedelta(days=90), "1f", "ab" * 32
+    )
     return SmtpResult(
-        host="127.0.0.1", port=2525, tls_mode="starttls", started_at=time.time(), ok=True,
-        timings={"connect": 0.001, "tls": 0.01}, total=0.02, banner="220 mail.test ESMTP",
-        extensions={"SIZE": "1000"}, tls=TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", True, cert=cert),
+        host="127.0.0.1",
+        port=2525,
+        tls_mode="starttls",
+        started_at=time.time(),
+        ok=True,
+        timings={"connect": 0.001, "tls": 0.01},
+        total=0.02,
+        banner="220 mail.test ESMTP",
+        extensions={"SIZE": "1000"},
+        tls=TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", True, cert=cert),
     )
 
 
@@ -84,8 +100,13 @@ class TestStateDatabase:
     def test_tls_facts_and_mx_records_round_trip(self, tmp_path: Path) -> None:
         store = store_with(SMTP, MX)
         store.record("relay", ok_smtp())
-        mx = MxResult(domain="good.test", started_at=time.time(), ok=True,
-                      records=(MxRecord(10, "mx1.good.test", ("127.0.0.1",), probe=ok_smtp()),), total=0.01)
+        mx = MxResult(
+            domain="good.test",
+            started_at=time.time(),
+            ok=True,
+            records=(MxRecord(10, "mx1.good.test", ("127.0.0.1",), probe=ok_smtp()),),
+            total=0.01,
+        )
         store.record("dom", mx)
         db = saved_and_reopened(tmp_path, store)
         fresh = store_with(SMTP, MX)
@@ -96,17 +117,39 @@ class TestStateDatabase:
 
     def test_dane_mta_sts_spf_and_dmarc_facts_round_trip(self, tmp_path: Path) -> None:
         store = store_with(MX)
-        dane = DaneFacts("_25._tcp.mx1.good.test", ("3 1 1 " + "ab" * 32,), authenticated=True, usable=1,
-                         matched=True, matched_record="3 1 1 " + "ab" * 32, detail="matches the leaf (DANE-EE)",
-                         reference_names=("mx1.good.test",))
-        policy = MtaStsPolicyFacts("testing", 86400, ("mx1.good.test",), True, "", "", 200, ("mx2.good.test",),
-                                   datetime(2031, 1, 1, tzinfo=UTC))
+        dane = DaneFacts(
+            "_25._tcp.mx1.good.test",
+            ("3 1 1 " + "ab" * 32,),
+            authenticated=True,
+            usable=1,
+            matched=True,
+            matched_record="3 1 1 " + "ab" * 32,
+            detail="matches the leaf (DANE-EE)",
+            reference_names=("mx1.good.test",),
+        )
+        policy = MtaStsPolicyFacts(
+            "testing",
+            86400,
+            ("mx1.good.test",),
+            True,
+            "",
+            "",
+            200,
+            ("mx2.good.test",),
+            datetime(2031, 1, 1, tzinfo=UTC),
+        )
         mx = MxResult(
-            domain="good.test", started_at=time.time(), ok=True, total=0.01,
-            records=(MxRecord(10, "mx1.good.test", ("127.0.0.1",), probe=ok_smtp(), dane=dane),
-                     MxRecord(20, "mx2.good.test", ("127.0.0.2",))),
+            domain="good.test",
+            started_at=time.time(),
+            ok=True,
+            total=0.01,
+            records=(
+                MxRecord(10, "mx1.good.test", ("127.0.0.1",), probe=ok_smtp(), dane=dane),
+                MxRecord(20, "mx2.good.test", ("127.0.0.2",)),
+            ),
             mta_sts=MtaStsFacts("20261122", "", "", present=True, policy=policy, valid=True),
-            spf=PolicyRecord("spf", "v=spf1 mx -all", ""), dmarc=PolicyRecord("dmarc", "", "no DMARC record"),
+            spf=PolicyRecord("spf", "v=spf1 mx -all", ""),
+            dmarc=PolicyRecord("dmarc", "", "no DMARC record"),
         )
         store.record("dom", mx)
         db = saved_and_reopened(tmp_path, store)
@@ -117,8 +160,15 @@ class TestStateDatabase:
     def test_saved_facts_that_are_no_object_start_the_check_afresh(self, tmp_path: Path) -> None:
         store = store_with(MX)
         dane = DaneFacts("_25._tcp.mx1.good.test")
-        store.record("dom", MxResult(domain="good.test", started_at=time.time(), ok=True,
-                                     records=(MxRecord(10, "mx1.good.test", ("127.0.0.1",), dane=dane),)))
+        store.record(
+            "dom",
+            MxResult(
+                domain="good.test",
+                started_at=time.time(),
+                ok=True,
+                records=(MxRecord(10, "mx1.good.test", ("127.0.0.1",), dane=dane),),
+            ),
+        )
         db = saved_and_reopened(tmp_path, store)
         rows = db.load_states()
         saved = json.loads(rows["dom"]["last_result"])

@@ -8,12 +8,15 @@ from monitor.probes.policy_records import check_dmarc, check_spf
 
 
 class TestSpf:
-    @pytest.mark.parametrize("record", [
-        "v=spf1 -all",
-        "v=spf1 mx a:mail.example.org/24 ip4:192.0.2.0/24 ip6:2001:db8::/32 include:_spf.example.org ~all",
-        "v=spf1 redirect=_spf.example.org",
-        "v=spf1 exists:%{i}.spf.example.org ?all",
-    ])
+    @pytest.mark.parametrize(
+        "record",
+        [
+            "v=spf1 -all",
+            "v=spf1 mx a:mail.example.org/24 ip4:192.0.2.0/24 ip6:2001:db8::/32 include:_spf.example.org ~all",
+            "v=spf1 redirect=_spf.example.org",
+            "v=spf1 exists:%{i}.spf.example.org ?all",
+        ],
+    )
     def test_valid_records_have_no_problem(self, record: str) -> None:
         assert check_spf(["google-site-verification=x", record]).problem == ""
 
@@ -23,11 +26,14 @@ class TestSpf:
     def test_two_records_are_a_permerror(self) -> None:
         assert "permerror" in check_spf(["v=spf1 -all", "v=spf1 mx -all"]).problem
 
-    @pytest.mark.parametrize(("record", "named"), [
-        ("v=spf1 ip4:300.0.0.1 -all", "300.0.0.1"),
-        ("v=spf1 ip4:2001:db8::1 -all", "wrong address family"),
-        ("v=spf1 mx bogus -all", "bogus"),
-    ])
+    @pytest.mark.parametrize(
+        ("record", "named"),
+        [
+            ("v=spf1 ip4:300.0.0.1 -all", "300.0.0.1"),
+            ("v=spf1 ip4:2001:db8::1 -all", "wrong address family"),
+            ("v=spf1 mx bogus -all", "bogus"),
+        ],
+    )
     def test_malformed_terms_are_named(self, record: str, named: str) -> None:
         assert named in check_spf([record]).problem
 
@@ -40,14 +46,17 @@ class TestDmarc:
         verdict = check_dmarc(["v=DMARC1; p=quarantine; pct=50; rua=mailto:a@example.org,mailto:b@example.org"])
         assert verdict.problem == ""
 
-    @pytest.mark.parametrize(("record", "named"), [
-        ("v=DMARC1", "p="),
-        ("v=DMARC1; p=maybe", "p="),
-        ("v=DMARC1; p=none; sp=never", "sp="),
-        ("v=DMARC1; p=none; pct=150", "pct="),
-        ("v=DMARC1; p=none; rua=https://example.org/", "mailto"),
-        ("v=DMARC1; p=none; garbage", "malformed"),
-    ])
+    @pytest.mark.parametrize(
+        ("record", "named"),
+        [
+            ("v=DMARC1", "p="),
+            ("v=DMARC1; p=maybe", "p="),
+            ("v=DMARC1; p=none; sp=never", "sp="),
+            ("v=DMARC1; p=none; pct=150", "pct="),
+            ("v=DMARC1; p=none; rua=https://example.org/", "mailto"),
+            ("v=DMARC1; p=none; garbage", "malformed"),
+        ],
+    )
     def test_malformed_records_are_named(self, record: str, named: str) -> None:
         assert named in check_dmarc([record]).problem
 

@@ -67,25 +67,29 @@ def _query(target: str, **more: str) -> dict[str, str]:
 
 
 class TestTargetPolicy:
-    @pytest.mark.parametrize(("host", "port", "allowed"), [
-        ("192.0.2.7", 25, True),
-        ("192.0.2.7", 2525, False),  # port not listed
-        ("198.51.100.1", 25, False),  # address outside the networks
-        ("127.0.0.1", 25, False),
-        ("::ffff:127.0.0.1", 25, False),  # an IPv4-mapped IPv6 address is its IPv4 address
-        ("::ffff:192.0.2.9", 25, True),
-        ("2001:db8::25", 587, True),
-        ("mail.example.org", 25, True),  # exact name
-        ("MAIL.Example.org.", 25, True),  # case and the final dot do not matter
-        ("mx1.relay.example.net", 465, True),  # below .relay.example.net
-        ("relay.example.net", 25, False),  # `.relay.example.net` is the names below it, not itself
-        ("evilrelay.example.net", 25, False),
-        ("other.example.org", 25, False),
-        ("localhost", 25, False),
-    ])
+    @pytest.mark.parametrize(
+        ("host", "port", "allowed"),
+        [
+            ("192.0.2.7", 25, True),
+            ("192.0.2.7", 2525, False),  # port not listed
+            ("198.51.100.1", 25, False),  # address outside the networks
+            ("127.0.0.1", 25, False),
+            ("::ffff:127.0.0.1", 25, False),  # an IPv4-mapped IPv6 address is its IPv4 address
+            ("::ffff:192.0.2.9", 25, True),
+            ("2001:db8::25", 587, True),
+            ("mail.example.org", 25, True),  # exact name
+            ("MAIL.Example.org.", 25, True),  # case and the final dot do not matter
+            ("mx1.relay.example.net", 465, True),  # below .relay.example.net
+            ("relay.example.net", 25, False),  # `.relay.example.net` is the names below it, not itself
+            ("evilrelay.example.net", 25, False),
+            ("other.example.org", 25, False),
+            ("localhost", 25, False),
+        ],
+    )
     def test_targets(self, host: str, port: int, allowed: bool) -> None:
         policy = _policy(
-            networks=["192.0.2.0/24", "2001:db8::/32"], hosts=["mail.example.org", ".relay.example.net"],
+            networks=["192.0.2.0/24", "2001:db8::/32"],
+            hosts=["mail.example.org", ".relay.example.net"],
             ports=[25, 465, 587],
         )
         assert (policy.refusal(SmtpProbeConfig(name="adhoc", host=host, port=port)) is None) is allowed
@@ -108,13 +112,16 @@ class TestConfig:
     def test_off_by_default(self) -> None:
         assert not parse_config({}).prometheus.probe_endpoint.enabled
 
-    @pytest.mark.parametrize(("allow", "key", "problem"), [
-        ({"hosts": ["127.0.0.1"]}, "allow.hosts[0]", "is an address: list it under networks"),
-        ({"hosts": ["bad_name!"]}, "allow.hosts[0]", "bad host name"),
-        ({"networks": ["10.0.0.1/8"]}, "allow.networks[0]", "not a valid"),
-        ({"hosts": ["a.test"], "ports": [0]}, "allow.ports[0]", "greater than or equal to 1"),
-        ({"hosts": ["a.test"], "ports": []}, "allow.ports", "at least 1 item"),
-    ])
+    @pytest.mark.parametrize(
+        ("allow", "key", "problem"),
+        [
+            ({"hosts": ["127.0.0.1"]}, "allow.hosts[0]", "is an address: list it under networks"),
+            ({"hosts": ["bad_name!"]}, "allow.hosts[0]", "bad host name"),
+            ({"networks": ["10.0.0.1/8"]}, "allow.networks[0]", "not a valid"),
+            ({"hosts": ["a.test"], "ports": [0]}, "allow.ports[0]", "greater than or equal to 1"),
+            ({"hosts": ["a.test"], "ports": []}, "allow.ports", "at least 1 item"),
+        ],
+    )
     def test_bad_allow_entries_name_the_key(self, allow: dict[str, Any], key: str, problem: str) -> None:
         with pytest.raises(ConfigError) as caught:
             parse_config({"prometheus": {"probe_endpoint": {"enabled": True, "allow": allow}}}, "agent.yaml")
@@ -183,7 +190,10 @@ class TestAdhocProber:
         assert len(dns.seen(NAME, "A")) == 1
 
     def test_an_adhoc_failure_logs_no_status_change(
-        self, dns: ScriptedDnsServer, refused_port: int, caplog: pytest.LogCaptureFixture,
+        self,
+        dns: ScriptedDnsServer,
+        refused_port: int,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         prober = _prober(dns, allow={"networks": ["127.0.0.0/8"], "ports": [refused_port]})
         with caplog.at_level(logging.DEBUG):
@@ -195,7 +205,9 @@ class TestAdhocProber:
     def test_the_rate_limit_counts_probes_that_pass_the_allow_list(self, dns: ScriptedDnsServer) -> None:
         async def body(server: ScriptedSmtpServer) -> None:
             prober = _prober(
-                dns, allow={"networks": ["127.0.0.0/8"], "ports": [server.port]}, rate_limit={"rate": 0.01, "burst": 2},
+                dns,
+                allow={"networks": ["127.0.0.0/8"], "ports": [server.port]},
+                rate_limit={"rate": 0.01, "burst": 2},
             )
             for _ in range(5):  # refused ones spend nothing
                 with pytest.raises(ProbeRefused):
@@ -224,8 +236,13 @@ class TestProbeHandler:
         async def main() -> None:
             health = AgentHealth()
             server = MetricsServer(
-                "127.0.0.1", 0, build_agent_registry(health), ResultsStore(announce=False), ready=lambda: True,
-                adhoc=prober, health=health,
+                "127.0.0.1",
+                0,
+                build_agent_registry(health),
+                ResultsStore(announce=False),
+                ready=lambda: True,
+                adhoc=prober,
+                health=health,
             )
             await server.start()
             try:
@@ -238,7 +255,9 @@ class TestProbeHandler:
 
     def test_refusals_are_403_429_with_a_short_reason(self, dns: ScriptedDnsServer, refused_port: int) -> None:
         prober = _prober(
-            dns, allow={"networks": ["127.0.0.0/8"], "ports": [refused_port]}, rate_limit={"rate": 0.01, "burst": 1},
+            dns,
+            allow={"networks": ["127.0.0.0/8"], "ports": [refused_port]},
+            rate_limit={"rate": 0.01, "burst": 1},
         )
 
         async def body(session: aiohttp.ClientSession, url: str) -> None:

@@ -10,32 +10,71 @@ from datetime import UTC, datetime, timedelta
 from monitor.cli import report
 from monitor.model.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, SmtpResult, TlsInfo
 
-TIMINGS = {"resolve": 0.0001, "connect": 0.001, "banner": 0.01, "ehlo": 0.002, "starttls": 0.003,
-           "tls": 0.03, "ehlo_tls": 0.002, "quit": 0.0005}
-PERFDATA = ("resolve=0.000100s connect=0.001000s banner=0.010000s ehlo=0.002000s starttls=0.003000s "
-            "tls=0.030000s ehlo_tls=0.002000s quit=0.000500s total=0.052000s")
+TIMINGS = {
+    "resolve": 0.0001,
+    "connect": 0.001,
+    "banner": 0.01,
+    "ehlo": 0.002,
+    "starttls": 0.003,
+    "tls": 0.03,
+    "ehlo_tls": 0.002,
+    "quit": 0.0005,
+}
+PERFDATA = (
+    "resolve=0.000100s connect=0.001000s banner=0.010000s ehlo=0.002000s starttls=0.003000s "
+    "tls=0.030000s ehlo_tls=0.002000s quit=0.000500s total=0.052000s"
+)
 
 
 def tls(expires_in: timedelta, verified: bool = True, chain_expires_in: timedelta | None = None) -> TlsInfo:
     now = datetime.now(UTC)
     cert = CertInfo(
-        subject="CN=mail.example", issuer="CN=Test CA", sans=("DNS:mail.example",),
-        not_before=now - timedelta(days=60), not_after=now + expires_in, serial="1f", sha256="ab" * 32,
+        subject="CN=mail.example",
+        issuer="CN=Test CA",
+        sans=("DNS:mail.example",),
+        not_before=now - timedelta(days=60),
+        not_after=now + expires_in,
+        serial="1f",
+        sha256="ab" * 32,
     )
     chain = now + chain_expires_in if chain_expires_in is not None else None
-    return TlsInfo(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", verified=verified,
-                   verify_error="" if verified else "verification disabled", cert=cert, chain_not_after=chain)
+    return TlsInfo(
+        version="TLSv1.3",
+        cipher="TLS_AES_256_GCM_SHA384",
+        verified=verified,
+        verify_error="" if verified else "verification disabled",
+        cert=cert,
+        chain_not_after=chain,
+    )
 
 
 def smtp_ok(tls_info: TlsInfo | None, mode: str = "starttls", port: int = 25) -> SmtpResult:
-    return SmtpResult(host="mail.example", port=port, tls_mode=mode, started_at=0.0, ok=True,
-                      timings=dict(TIMINGS), total=0.052, tls=tls_info)
+    return SmtpResult(
+        host="mail.example",
+        port=port,
+        tls_mode=mode,
+        started_at=0.0,
+        ok=True,
+        timings=dict(TIMINGS),
+        total=0.052,
+        tls=tls_info,
+    )
 
 
 def smtp_failed(phase: Phase, reason: Reason, error: str, reply: Reply | None = None) -> SmtpResult:
-    return SmtpResult(host="mail.example", port=25, tls_mode="starttls", started_at=0.0, ok=False,
-                      phase=phase, reason=reason, error=error, reply=reply,
-                      timings={"resolve": 0.0001}, total=0.0012)
+    return SmtpResult(
+        host="mail.example",
+        port=25,
+        tls_mode="starttls",
+        started_at=0.0,
+        ok=False,
+        phase=phase,
+        reason=reason,
+        error=error,
+        reply=reply,
+        timings={"resolve": 0.0001},
+        total=0.0012,
+    )
 
 
 class TestSmtpOkLine:
@@ -67,8 +106,10 @@ class TestCertificateWarning:
         assert result.tls.cert is not None
         expiry = f"{result.tls.cert.not_after:%Y-%m-%d}"
         line = report.smtp_line(result, 14)
-        assert line == (f"SMTP WARNING - mail.example:25 STARTTLS TLSv1.3 certificate expires in 3 days ({expiry}) "
-                         f"0.052s | {PERFDATA}")
+        assert line == (
+            f"SMTP WARNING - mail.example:25 STARTTLS TLSv1.3 certificate expires in 3 days ({expiry}) "
+            f"0.052s | {PERFDATA}"
+        )
         assert report.smtp_exit_code(result, 14) == report.EXIT_WARNING == 1
 
     def test_warn_days_zero_turns_the_warning_off(self) -> None:
@@ -101,8 +142,10 @@ class TestSmtpCriticalLine:
     def test_line_names_phase_reason_and_error(self) -> None:
         result = smtp_failed(Phase.CONNECT, Reason.REFUSED, "connection refused")
         line = report.smtp_line(result, 14)
-        assert line == ("SMTP CRITICAL - mail.example:25 failed in connect: refused: connection refused "
-                        "| resolve=0.000100s total=0.001200s")
+        assert line == (
+            "SMTP CRITICAL - mail.example:25 failed in connect: refused: connection refused "
+            "| resolve=0.000100s total=0.001200s"
+        )
         assert report.smtp_exit_code(result, 14) == report.EXIT_CRITICAL == 2
 
     def test_reply_failure(self) -> None:
@@ -123,9 +166,12 @@ class TestSmtpCriticalLine:
 class TestMxLine:
     def test_ok_line_lists_exchanges_by_preference(self) -> None:
         result = MxResult(
-            domain="example.com", started_at=0.0, ok=True,
+            domain="example.com",
+            started_at=0.0,
+            ok=True,
             records=(MxRecord(10, "mx1.example.com", ("192.0.2.1",)), MxRecord(20, "mx2.example.com", ())),
-            timings={"mx": 0.004, "address": 0.002}, total=0.0071,
+            timings={"mx": 0.004, "address": 0.002},
+            total=0.0071,
         )
         assert report.mx_line(result) == (
             "MX OK - example.com 2 MX (10 mx1.example.com, 20 mx2.example.com) 0.007s "
@@ -134,13 +180,27 @@ class TestMxLine:
         assert report.mx_exit_code(result) == report.EXIT_OK
 
     def test_implicit_mx_is_said(self) -> None:
-        result = MxResult(domain="example.com", started_at=0.0, ok=True, implicit_mx=True,
-                          records=(MxRecord(0, "example.com", ("192.0.2.1",)),), total=0.002)
+        result = MxResult(
+            domain="example.com",
+            started_at=0.0,
+            ok=True,
+            implicit_mx=True,
+            records=(MxRecord(0, "example.com", ("192.0.2.1",)),),
+            total=0.002,
+        )
         assert report.mx_line(result).startswith("MX OK - example.com implicit MX (no MX record) (0 example.com) ")
 
     def test_failed_line_names_reason_and_error(self) -> None:
-        result = MxResult(domain="nope.example", started_at=0.0, ok=False, phase=Phase.MX, reason=Reason.NXDOMAIN,
-                          error="nope.example: no such domain (NXDOMAIN)", timings={}, total=0.003)
+        result = MxResult(
+            domain="nope.example",
+            started_at=0.0,
+            ok=False,
+            phase=Phase.MX,
+            reason=Reason.NXDOMAIN,
+            error="nope.example: no such domain (NXDOMAIN)",
+            timings={},
+            total=0.003,
+        )
         assert report.mx_line(result) == (
             "MX CRITICAL - nope.example nxdomain: nope.example: no such domain (NXDOMAIN) | total=0.003000s"
         )
@@ -157,7 +217,8 @@ class TestJson:
         assert data["tls"]["version"] == "TLSv1.3"
 
     def test_mx_json(self) -> None:
-        result = MxResult(domain="example.com", started_at=0.0, ok=False, phase=Phase.MX, reason=Reason.NO_MX,
-                          error="no MX")
+        result = MxResult(
+            domain="example.com", started_at=0.0, ok=False, phase=Phase.MX, reason=Reason.NO_MX, error="no MX"
+        )
         data = json.loads(report.as_json(result))
         assert (data["kind"], data["status"], data["phase"], data["reason"]) == ("mx", "failed", "mx", "no_mx")

@@ -38,8 +38,15 @@ from monitor.state.store import ResultsStore
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "result_json"
 
-CERT = CertInfo("CN=mx.t\u00ebst", "CN=ca", ("DNS:a", "DNS:b"), datetime(2000, 1, 1, tzinfo=UTC),
-                datetime(3000, 1, 1, 12, 30, 5, 123456, tzinfo=timezone(timedelta(hours=2))), "4b", "ce")
+CERT = CertInfo(
+    "CN=mx.t\u00ebst",
+    "CN=ca",
+    ("DNS:a", "DNS:b"),
+    datetime(2000, 1, 1, tzinfo=UTC),
+    datetime(3000, 1, 1, 12, 30, 5, 123456, tzinfo=timezone(timedelta(hours=2))),
+    "4b",
+    "ce",
+)
 NAIVE_CERT = CertInfo("CN=x", "CN=y", (), datetime(2001, 2, 3), datetime(2002, 2, 3), "1", "2")
 
 
@@ -50,10 +57,18 @@ def smtp(i: int, **fields: Any) -> SmtpResult:
 def smtp_result() -> SmtpResult:
     """Every field set: a failed reply, TLS with a certificate, per-address results."""
     return smtp(
-        1, ok=False, phase=Phase.RCPT, reason=Reason.REPLY, error="550 n\u00f6",
-        reply=Reply(550, ("5.1.1 user unknown",)), address="::1",
-        timings={"connect": 0.0, "banner": 1e-07, "ehlo": 0.25}, total=3.5, banner="220 x",
-        helo_fallback=True, extensions={"SIZE": "1", "AUTH": "PLAIN"},
+        1,
+        ok=False,
+        phase=Phase.RCPT,
+        reason=Reason.REPLY,
+        error="550 n\u00f6",
+        reply=Reply(550, ("5.1.1 user unknown",)),
+        address="::1",
+        timings={"connect": 0.0, "banner": 1e-07, "ehlo": 0.25},
+        total=3.5,
+        banner="220 x",
+        helo_fallback=True,
+        extensions={"SIZE": "1", "AUTH": "PLAIN"},
         tls=TlsInfo("TLSv1.3", "X", True, "", CERT, datetime(2030, 1, 1, tzinfo=UTC), chain_der=(b"\x82\x00",)),
         timing_source={"connect": "kernel"},
         address_results=(
@@ -65,26 +80,47 @@ def smtp_result() -> SmtpResult:
 
 def mx_result() -> MxResult:
     """Every field set: records with probes, reverse DNS and DANE (and one without), every fact."""
-    dane = DaneFacts("_25._tcp.mx1", ("3 1 1 ab",), True, "", 1, True, "3 1 1 ab", "ok", "alias.test", True,
-                     ("mx1", "alias.test"))
+    dane = DaneFacts(
+        "_25._tcp.mx1", ("3 1 1 ab",), True, "", 1, True, "3 1 1 ab", "ok", "alias.test", True, ("mx1", "alias.test")
+    )
     policy = MtaStsPolicyFacts("enforce", None, ("*.x",), True, "", "", 200, ("mx2",), datetime(2031, 1, 1, tzinfo=UTC))
     return MxResult(
-        "e.test", 1.7e9 + 0.1, False, Phase.POLICY, Reason.POLICY_RECORD, "SPF: x",
+        "e.test",
+        1.7e9 + 0.1,
+        False,
+        Phase.POLICY,
+        Reason.POLICY_RECORD,
+        "SPF: x",
         records=(
-            MxRecord(10, "mx1", ("1.2.3.4", "::1"), "", smtp_result(), (smtp(0), smtp(2)),
-                     (ReverseDns("1.2.3.4", ("a.", "b."), True), ReverseDns("::1", (), False, "nx")), dane),
+            MxRecord(
+                10,
+                "mx1",
+                ("1.2.3.4", "::1"),
+                "",
+                smtp_result(),
+                (smtp(0), smtp(2)),
+                (ReverseDns("1.2.3.4", ("a.", "b."), True), ReverseDns("::1", (), False, "nx")),
+                dane,
+            ),
             MxRecord(20, "mx2", (), "no address"),
         ),
-        implicit_mx=True, missing=("m",), unexpected=("u", "v"), timings={"mx": 0.5}, total=1.25,
-        authenticated=None, mta_sts=MtaStsFacts("id", "", "", True, policy, False),
-        spf=PolicyRecord("spf", "v=spf1", ""), dmarc=PolicyRecord("dmarc", "", "none"),
+        implicit_mx=True,
+        missing=("m",),
+        unexpected=("u", "v"),
+        timings={"mx": 0.5},
+        total=1.25,
+        authenticated=None,
+        mta_sts=MtaStsFacts("id", "", "", True, policy, False),
+        spf=PolicyRecord("spf", "v=spf1", ""),
+        dmarc=PolicyRecord("dmarc", "", "none"),
     )
 
 
 def mx_without_facts() -> MxResult:
     """No check of DANE, SPF or DMARC ran: their keys are absent; an MTA-STS record without a policy."""
-    return MxResult("f.test", 1.7e9, True, authenticated=True,
-                    mta_sts=MtaStsFacts("", "absent", "absent", False, None, True))
+    return MxResult(
+        "f.test", 1.7e9, True, authenticated=True, mta_sts=MtaStsFacts("", "absent", "absent", False, None, True)
+    )
 
 
 CASES = {"smtp": smtp_result, "mx": mx_result, "mx_without_facts": mx_without_facts}

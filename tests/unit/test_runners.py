@@ -42,7 +42,10 @@ class TestRun:
         assert (result.phase, result.reason) == (Phase.MX, Reason.NXDOMAIN)
 
     def test_a_probe_that_raises_is_an_internal_failure_logged_once(
-        self, monkeypatch: pytest.MonkeyPatch, dns: ScriptedDnsServer, caplog: pytest.LogCaptureFixture,
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        dns: ScriptedDnsServer,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         async def crash(config: MxCheckConfig, env: ProbeEnv) -> ProbeResult:
             raise KeyError("x")
@@ -74,7 +77,9 @@ class TestRun:
 
 class TestRunPinned:
     def test_the_refusal_sees_every_address_and_a_refused_target_is_not_probed(
-        self, dns: ScriptedDnsServer, refused_port: int,
+        self,
+        dns: ScriptedDnsServer,
+        refused_port: int,
     ) -> None:
         dns.records(NAME, "A", "127.0.0.1", "192.0.2.9")
         judged: list[tuple[str, list[str]]] = []
@@ -89,7 +94,9 @@ class TestRunPinned:
         assert judged == [(NAME, ["127.0.0.1", "192.0.2.9"])]
 
     def test_an_allowed_name_is_probed_at_the_address_judged_and_reported_by_its_name(
-        self, dns: ScriptedDnsServer, refused_port: int,
+        self,
+        dns: ScriptedDnsServer,
+        refused_port: int,
     ) -> None:
         dns.records(NAME, "A", "127.0.0.1")
         spec = SmtpProbeConfig(name="adhoc", host=NAME, port=refused_port, tls="none")

@@ -87,7 +87,10 @@ class TestStateDatabaseOfF466e3e:
     def test_every_saved_state_is_restored(self, restored: ResultsStore) -> None:
         states = restored.snapshot().states
         assert {name: state.runs for name, state in states.items()} == {
-            "example": 1, "plain": 1, "broken": 1, "nopolicy": 1,
+            "example": 1,
+            "plain": 1,
+            "broken": 1,
+            "nopolicy": 1,
         }
 
     def test_each_saved_result_serialises_again_byte_for_byte(
@@ -139,12 +142,17 @@ class TestStateDatabaseOfF466e3e:
 
     def test_metrics_are_what_f466e3e_exposed(self, restored: ResultsStore) -> None:
         states = restored.snapshot().states
-        got = {name: [[family, list(labels), value] for family, labels, value in mx_samples(state)]
-               for name, state in states.items()}
+        got = {
+            name: [[family, list(labels), value] for family, labels, value in mx_samples(state)]
+            for name, state in states.items()
+        }
         assert got == EXPECTED["metrics"]
 
     def test_mib_rows_are_what_f466e3e_exposed(self, restored: ResultsStore) -> None:
         view = MibView(restored, AgentHealth(), default_interval=60.0, sys_name="fixture")
-        got = [[".".join(map(str, oid)), *asn1(value)] for oid, value in view.current().items()
-               if any(oid[: len(table)] == table for table in MX_TABLES)]
+        got = [
+            [".".join(map(str, oid)), *asn1(value)]
+            for oid, value in view.current().items()
+            if any(oid[: len(table)] == table for table in MX_TABLES)
+        ]
         assert got == EXPECTED["mib"]

@@ -38,15 +38,26 @@ def smtp_probe(name: str, port: int) -> dict[str, Any]:
 
 
 def make_config(
-    probes: list[dict[str, Any]], *, interval: str = "200ms", timeout: str = "5s",
-    max_concurrency: int = 500, alert_after: int = 1,
+    probes: list[dict[str, Any]],
+    *,
+    interval: str = "200ms",
+    timeout: str = "5s",
+    max_concurrency: int = 500,
+    alert_after: int = 1,
 ) -> Config:
-    return parse_config({
-        "defaults": {"interval": interval, "timeout": timeout, "max_concurrency": max_concurrency,
-                     "alert_after": alert_after, "helo": "monitor.test"},
-        "dns": {"nameservers": [f"{HOST}:9"]},  # probes use IP literals; never ask the system resolver
-        "smtp": probes,
-    })
+    return parse_config(
+        {
+            "defaults": {
+                "interval": interval,
+                "timeout": timeout,
+                "max_concurrency": max_concurrency,
+                "alert_after": alert_after,
+                "helo": "monitor.test",
+            },
+            "dns": {"nameservers": [f"{HOST}:9"]},  # probes use IP literals; never ask the system resolver
+            "smtp": probes,
+        }
+    )
 
 
 class StoredScheduler(ProbeScheduler):
@@ -55,8 +66,9 @@ class StoredScheduler(ProbeScheduler):
 
     def __init__(self, config: Config) -> None:
         self.store = ResultsStore()
-        super().__init__(self.store.record, AgentHealth(), ProbeEnv.from_config(config),
-                         config.defaults.max_concurrency)
+        super().__init__(
+            self.store.record, AgentHealth(), ProbeEnv.from_config(config), config.defaults.max_concurrency
+        )
 
     def apply(self, config: Config) -> None:
         self.store.configure(probe_entries(config))
@@ -138,8 +150,9 @@ class TestSpreadOffset:
             "from monitor.runtime.scheduler import spread_offset; print(repr(spread_offset('mx1.example.com', 60.0)))"
         )
         env = {**os.environ, "PYTHONHASHSEED": "12345"}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                             check=True, timeout=60).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, timeout=60
+        ).stdout
         assert float(out) == spread_offset("mx1.example.com", 60.0)
 
     @pytest.mark.parametrize("interval", [0.2, 1.0, 60.0, 3600.0])
@@ -159,13 +172,20 @@ class TestSpreadOffset:
 
 class TestProbeEntries:
     def test_per_probe_thresholds_override_defaults(self) -> None:
-        config = parse_config({
-            "defaults": {"alert_after": 3, "cert_warn_days": 20},
-            "smtp": [{"name": "a", "host": HOST}, {"name": "b", "host": HOST, "alert_after": 1, "cert_warn_days": 0}],
-            "mx": [{"name": "m", "domain": "example.com", "alert_after": 5}],
-        })
+        config = parse_config(
+            {
+                "defaults": {"alert_after": 3, "cert_warn_days": 20},
+                "smtp": [
+                    {"name": "a", "host": HOST},
+                    {"name": "b", "host": HOST, "alert_after": 1, "cert_warn_days": 0},
+                ],
+                "mx": [{"name": "m", "domain": "example.com", "alert_after": 5}],
+            }
+        )
         assert [(p.name, after, warn) for p, after, warn in probe_entries(config)] == [
-            ("a", 3, 20), ("b", 1, 0), ("m", 5, 20),
+            ("a", 3, 20),
+            ("b", 1, 0),
+            ("m", 5, 20),
         ]
 
 
@@ -279,8 +299,9 @@ class TestRunOnce:
 
             async def gated(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
                 await gate.wait()
-                return SmtpResult(host=config.host, port=config.effective_port, tls_mode=config.tls,
-                                  started_at=time.time(), ok=True)
+                return SmtpResult(
+                    host=config.host, port=config.effective_port, tls_mode=config.tls, started_at=time.time(), ok=True
+                )
 
             monkeypatch.setitem(RUNNERS, SmtpProbeConfig, gated)
             scheduler = new_scheduler(make_config([]))

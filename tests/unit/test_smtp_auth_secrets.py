@@ -56,8 +56,14 @@ def run_scenario(coro: Coroutine[Any, Any, T]) -> T:
 
 async def probe(port: int, pki: Pki, username: str, mechanism: str | None) -> SmtpResult:
     config = SmtpProbeConfig(
-        name="auth", host=SERVER_IP, port=port, tls="starttls", timeout=5, helo="probe.test",
-        ca_file=pki.ca_file, servername=SERVER_NAME,
+        name="auth",
+        host=SERVER_IP,
+        port=port,
+        tls="starttls",
+        timeout=5,
+        helo="probe.test",
+        ca_file=pki.ca_file,
+        servername=SERVER_NAME,
         auth={"username": username, "password": PASSWORD, "mechanism": mechanism},
     )
     return await smtp.run(config, ProbeEnv(resolver=build_resolver(DnsConfig())))
@@ -190,8 +196,14 @@ class TestUndecodableCredentials:
         async def scenario() -> SmtpResult:
             async with server:
                 config = SmtpProbeConfig(
-                    name="auth", host=SERVER_IP, port=server.port, tls="starttls", timeout=5, helo="probe.test",
-                    ca_file=pki.ca_file, servername=SERVER_NAME,
+                    name="auth",
+                    host=SERVER_IP,
+                    port=server.port,
+                    tls="starttls",
+                    timeout=5,
+                    helo="probe.test",
+                    ca_file=pki.ca_file,
+                    servername=SERVER_NAME,
                     auth={"username": "ab", "password": {"env": "SMTPMON_TEST_RAW_PASSWORD"}, "mechanism": "PLAIN"},
                 )
                 return await smtp.run(config, ProbeEnv(resolver=build_resolver(DnsConfig())))
@@ -206,7 +218,11 @@ class TestUndecodableCredentials:
 
     def test_a_password_that_is_no_unicode_text_fails_without_naming_its_characters(self, pki: Pki) -> None:
         config = SmtpProbeConfig(
-            name="auth", host=SERVER_IP, port=25, tls="starttls", ca_file=pki.ca_file,
+            name="auth",
+            host=SERVER_IP,
+            port=25,
+            tls="starttls",
+            ca_file=pki.ca_file,
             auth={"username": "ab", "password": "lone-\ud800-surrogate"},
         )
         with pytest.raises(ValueError, match="not valid UTF-8") as info:

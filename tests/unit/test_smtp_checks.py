@@ -48,20 +48,29 @@ def authenticator(server: SMTP, session: Any, envelope: Any, mechanism: str, dat
 
 
 async def with_server(
-    tmp_path: Path, handler: PolicyHandler, body: Callable[[int, Path], Awaitable[SmtpResult]],
-    *, server_auth: bool = False, tls_max: ssl.TLSVersion | None = None,
+    tmp_path: Path,
+    handler: PolicyHandler,
+    body: Callable[[int, Path], Awaitable[SmtpResult]],
+    *,
+    server_auth: bool = False,
+    tls_max: ssl.TLSVersion | None = None,
 ) -> SmtpResult:
     pki = Pki.create(tmp_path)
     ctx = pki.issue().server_context(maximum_version=tls_max)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(
-            handler, hostname=LOCAL_DOMAIN, tls_context=ctx, require_starttls=False,
-            authenticator=authenticator, auth_require_tls=True,
+            handler,
+            hostname=LOCAL_DOMAIN,
+            tls_context=ctx,
+            require_starttls=False,
+            authenticator=authenticator,
+            auth_require_tls=True,
             auth_exclude_mechanism=[] if server_auth else ["LOGIN", "PLAIN"],
             loop=loop,
         ),
-        "127.0.0.1", 0,
+        "127.0.0.1",
+        0,
     )
     port = server.sockets[0].getsockname()[1]
     try:
@@ -71,13 +80,27 @@ async def with_server(
         await asyncio.wait_for(server.wait_closed(), 5)
 
 
-def probe(tmp_path: Path, handler: PolicyHandler, *, server_auth: bool = False,
-          tls_max: ssl.TLSVersion | None = None, **settings: Any) -> SmtpResult:
+def probe(
+    tmp_path: Path,
+    handler: PolicyHandler,
+    *,
+    server_auth: bool = False,
+    tls_max: ssl.TLSVersion | None = None,
+    **settings: Any,
+) -> SmtpResult:
     async def body(port: int, ca_file: Path) -> SmtpResult:
-        config = SmtpProbeConfig.model_validate({
-            "name": "t", "host": "127.0.0.1", "port": port, "tls": "starttls", "timeout": 5,
-            "ca_file": ca_file, "servername": "mail.test", **settings,
-        })
+        config = SmtpProbeConfig.model_validate(
+            {
+                "name": "t",
+                "host": "127.0.0.1",
+                "port": port,
+                "tls": "starttls",
+                "timeout": 5,
+                "ca_file": ca_file,
+                "servername": "mail.test",
+                **settings,
+            }
+        )
         return await smtp.run(config, ProbeEnv(resolver=build_resolver(DnsConfig())))
 
     return asyncio.run(with_server(tmp_path, handler, body, server_auth=server_auth, tls_max=tls_max))
@@ -138,14 +161,17 @@ class TestEnvelope:
 
     def test_unknown_user_expected_550_passes(self, tmp_path: Path) -> None:
         result = probe(
-            tmp_path, PolicyHandler(),
+            tmp_path,
+            PolicyHandler(),
             envelope={"mail_from": "monitor@mail.test", "rcpt_to": ["nobody@mail.test"], "expect": "5xx"},
         )
         assert result.ok, result.error
 
     def test_rejected_recipient_where_250_expected_fails_with_the_reply(self, tmp_path: Path) -> None:
         result = probe(
-            tmp_path, PolicyHandler(), envelope={"mail_from": "monitor@mail.test", "rcpt_to": ["nobody@mail.test"]},
+            tmp_path,
+            PolicyHandler(),
+            envelope={"mail_from": "monitor@mail.test", "rcpt_to": ["nobody@mail.test"]},
         )
         assert (result.phase, result.reason) == (Phase.RCPT, Reason.UNEXPECTED_REPLY)
         assert result.reply_code == 550
@@ -159,7 +185,9 @@ class TestAuth:
 
     def test_login_mechanism_when_configured(self, tmp_path: Path) -> None:
         result = probe(
-            tmp_path, PolicyHandler(), server_auth=True,
+            tmp_path,
+            PolicyHandler(),
+            server_auth=True,
             auth={"username": USER, "password": PASSWORD, "mechanism": "LOGIN"},
         )
         assert result.ok, result.error

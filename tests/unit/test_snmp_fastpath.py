@@ -68,26 +68,73 @@ def filled_store(extra_probes: int = 2) -> ResultsStore:
     ]
     store.configure([(config, 1, 14) for config in probes])
     now = datetime.now(UTC)
-    cert = CertInfo("CN=mail.example.org", "CN=Test CA", ("DNS:mail.example.org",), now - timedelta(days=5),
-                    now + timedelta(days=40), "0a", "cd" * 32)
+    cert = CertInfo(
+        "CN=mail.example.org",
+        "CN=Test CA",
+        ("DNS:mail.example.org",),
+        now - timedelta(days=5),
+        now + timedelta(days=40),
+        "0a",
+        "cd" * 32,
+    )
     tls = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", True, cert=cert)
-    store.record("mail-a", SmtpResult("mail.example.org", 25, "starttls", time.time(), True, address="192.0.2.1",
-                                      timings={"connect": 0.002, "tls": 0.02}, total=0.05, tls=tls))
-    store.record("b", SmtpResult("192.0.2.9", 465, "implicit", time.time(), False, phase=Phase.CONNECT,
-                                 reason=Reason.REFUSED, error="connection refused " * 20, address="192.0.2.9"))
+    store.record(
+        "mail-a",
+        SmtpResult(
+            "mail.example.org",
+            25,
+            "starttls",
+            time.time(),
+            True,
+            address="192.0.2.1",
+            timings={"connect": 0.002, "tls": 0.02},
+            total=0.05,
+            tls=tls,
+        ),
+    )
+    store.record(
+        "b",
+        SmtpResult(
+            "192.0.2.9",
+            465,
+            "implicit",
+            time.time(),
+            False,
+            phase=Phase.CONNECT,
+            reason=Reason.REFUSED,
+            error="connection refused " * 20,
+            address="192.0.2.9",
+        ),
+    )
     for i in range(0, extra_probes, 2):
         store.record(f"p{i}", SmtpResult(f"mx{i}.example.net", 25, "none", time.time(), True, total=0.01))
     probe = SmtpResult("mx1.example.org", 25, "starttls", time.time(), True, address="192.0.2.1")
     records = (
-        MxRecord(20, "mx2.example.org", ("192.0.2.2", "2001:db8::2"),
-                 reverse=(ReverseDns("192.0.2.2", ("mx2.example.org.",), True),)),
+        MxRecord(
+            20,
+            "mx2.example.org",
+            ("192.0.2.2", "2001:db8::2"),
+            reverse=(ReverseDns("192.0.2.2", ("mx2.example.org.",), True),),
+        ),
         MxRecord(10, "mx1.example.org", ("192.0.2.1",), probe=probe),
     )
     store.record("example.org", MxResult("example.org", time.time(), True, records=records, total=0.004))
-    store.record("implicit", MxResult("implicit.example", time.time(), True, implicit_mx=True,
-                                      records=(MxRecord(0, "implicit.example", ("192.0.2.3",)),)))
-    store.record(LONG_NAME, MxResult("long.example", time.time(), True,
-                                     records=(MxRecord(5, "mx.long.example", ("192.0.2.5", "192.0.2.6")),)))
+    store.record(
+        "implicit",
+        MxResult(
+            "implicit.example",
+            time.time(),
+            True,
+            implicit_mx=True,
+            records=(MxRecord(0, "implicit.example", ("192.0.2.3",)),),
+        ),
+    )
+    store.record(
+        LONG_NAME,
+        MxResult(
+            "long.example", time.time(), True, records=(MxRecord(5, "mx.long.example", ("192.0.2.5", "192.0.2.6")),)
+        ),
+    )
     return store
 
 
@@ -117,7 +164,13 @@ def fast_path_for(store: ResultsStore | Any, health: AgentHealth | None = None, 
 
 
 def request(
-    version: int, pdu: int, oids: Sequence[Oid], *, request_id: int = 1, first: int = 0, second: int = 0,
+    version: int,
+    pdu: int,
+    oids: Sequence[Oid],
+    *,
+    request_id: int = 1,
+    first: int = 0,
+    second: int = 0,
     community: str = COMMUNITY,
 ) -> bytes:
     """A request encoded by pysnmp's API (first/second: error-status/index, or non-repeaters/max-repetitions)."""
@@ -152,14 +205,24 @@ def ber(tag: int, body: bytes, long_form: bool = False) -> bytes:
 
 
 def integer(value: int, long_form: bool = False) -> bytes:
-    return ber(0x02, value.to_bytes((value if value >= 0 else ~value).bit_length() // 8 + 1, "big", signed=True),
-               long_form)
+    return ber(
+        0x02, value.to_bytes((value if value >= 0 else ~value).bit_length() // 8 + 1, "big", signed=True), long_form
+    )
 
 
 def raw_request(
-    version: int, pdu: int, oids: Sequence[Oid], *, request_id: int = 1, first: int = 0, second: int = 0,
-    long_form: bool = False, long_integers: bool = False, community: bytes = COMMUNITY.encode(),
-    value: bytes = b"\x05\x00", bodies: Sequence[bytes] = (),
+    version: int,
+    pdu: int,
+    oids: Sequence[Oid],
+    *,
+    request_id: int = 1,
+    first: int = 0,
+    second: int = 0,
+    long_form: bool = False,
+    long_integers: bool = False,
+    community: bytes = COMMUNITY.encode(),
+    value: bytes = b"\x05\x00",
+    bodies: Sequence[bytes] = (),
 ) -> bytes:
     """A request by hand: any INTEGER values, OID octets or values; long_form gives every
     SEQUENCE, OCTET STRING and OID a 3-octet length (as net-snmp does for sequences), and
@@ -176,8 +239,7 @@ def raw_request(
 NET_SNMP = {
     "snmpget -v2c sysDescr.0 sysUpTime.0": "303702010104067075626c6963a02a0204758c59b0020100020100301c300c06082b06"
     "0102010101000500300c06082b060102010103000500",
-    "snmpget -v1 sysName.0": "302902010004067075626c6963a01c02047e594ece020100020100300e300c06082b06010201010500"
-    "0500",
+    "snmpget -v1 sysName.0": "302902010004067075626c6963a01c02047e594ece020100020100300e300c06082b060102010105000500",
     "snmpgetnext -v2c enterprises.32473": "302902010104067075626c6963a11c0204040a0f8f020100020100300e300c06082b06"
     "01040181fd590500",
     "snmpgetnext -v1 smtpProbeRuns": "302d02010004067075626c6963a120020440db36a702010002010030123010060c2b06010401"
@@ -202,12 +264,19 @@ def decoded(response: bytes) -> tuple[Any, ...]:
     binds = []
     for name, value in mod.apiPDU.get_varbinds(pdu):
         oid = tuple(name)
-        encoded = b"" if oid == SYS_UPTIME and value.tagSet == rfc1902.TimeTicks.tagSet else bytes(
-            ber_encoder.encode(value))
+        encoded = (
+            b"" if oid == SYS_UPTIME and value.tagSet == rfc1902.TimeTicks.tagSet else bytes(ber_encoder.encode(value))
+        )
         binds.append((oid, value.tagSet, encoded))
-    return (version, bytes(mod.apiMessage.get_community(message)), pdu.tagSet,
-            int(mod.apiPDU.get_request_id(pdu)), int(mod.apiPDU.get_error_status(pdu)),
-            int(mod.apiPDU.get_error_index(pdu, muteErrors=True)), binds)
+    return (
+        version,
+        bytes(mod.apiMessage.get_community(message)),
+        pdu.tagSet,
+        int(mod.apiPDU.get_request_id(pdu)),
+        int(mod.apiPDU.get_error_status(pdu)),
+        int(mod.apiPDU.get_error_index(pdu, muteErrors=True)),
+        binds,
+    )
 
 
 def varbinds(response: bytes) -> list[tuple[Oid, Any, bytes]]:
@@ -231,8 +300,9 @@ class PysnmpAgent:
 
     def __init__(self, store: ResultsStore, health: AgentHealth, state_dir: Path) -> None:
         self.port = free_udp_port()
-        config = SnmpConfig.model_validate({"listen": [f"udp:127.0.0.1:{self.port}"],
-                                            "communities": [{"name": COMMUNITY}]})
+        config = SnmpConfig.model_validate(
+            {"listen": [f"udp:127.0.0.1:{self.port}"], "communities": [{"name": COMMUNITY}]}
+        )
         agent = SnmpAgent(config, state_dir, store, health)
         agent.fast_path = None  # everything through pysnmp
         self.thread = AgentThread(agent)
@@ -289,12 +359,28 @@ def boundary_oids(served: Sequence[Oid]) -> list[Oid]:
     out: set[Oid] = set()
     for oid in served:
         out.update({oid, oid[:-1], oid[:-2], (*oid, 0), (*oid[:-1], oid[-1] + 1), (*oid[:-1], max(oid[-1] - 1, 0))})
-    out.update({
-        (0, 0), (1, 3), (1, 3, 6, 1), SYSTEM, (*SYSTEM, 0), (*SYSTEM, 9), (*SYSTEM, 3), (*SYSTEM, 3, 0, 0),
-        (1, 3, 6, 1, 2, 1, 2, 1, 0), (1, 3, 6, 1, 6, 3, 10, 2, 1, 1, 0), mib_oids.MIB_ROOT,
-        (*mib_oids.MIB_ROOT, 99), (*mib_oids.MIB_ROOT[:-1], mib_oids.MIB_ROOT[-1] + 1), (2, 999), (2, 2**32 - 81),
-        (*SMTP_ENTRY, int(SmtpProbeColumn.NAME), 2**32 - 1), (*SMTP_ENTRY, 99), mib_oids.SCALARS,
-    })
+    out.update(
+        {
+            (0, 0),
+            (1, 3),
+            (1, 3, 6, 1),
+            SYSTEM,
+            (*SYSTEM, 0),
+            (*SYSTEM, 9),
+            (*SYSTEM, 3),
+            (*SYSTEM, 3, 0, 0),
+            (1, 3, 6, 1, 2, 1, 2, 1, 0),
+            (1, 3, 6, 1, 6, 3, 10, 2, 1, 1, 0),
+            mib_oids.MIB_ROOT,
+            (*mib_oids.MIB_ROOT, 99),
+            (*mib_oids.MIB_ROOT[:-1], mib_oids.MIB_ROOT[-1] + 1),
+            (2, 999),
+            (2, 2**32 - 81),
+            (*SMTP_ENTRY, int(SmtpProbeColumn.NAME), 2**32 - 1),
+            (*SMTP_ENTRY, 99),
+            mib_oids.SCALARS,
+        }
+    )
     return sorted(out)
 
 
@@ -330,8 +416,7 @@ class TestDecode:
         decoded_request = decode_request(bytes.fromhex(NET_SNMP[label]))
         assert decoded_request.community == b"public"
         assert decoded_request.version == (V1 if " -v1 " in label else V2C)
-        assert decoded_request.pdu == {"snmpget": GET, "snmpgetnext": GETNEXT, "snmpbulkget": GETBULK}[
-            label.split()[0]]
+        assert decoded_request.pdu == {"snmpget": GET, "snmpgetnext": GETNEXT, "snmpbulkget": GETBULK}[label.split()[0]]
         assert decoded_request.names[0][:4] == (1, 3, 6, 1)
 
     def test_long_form_lengths_are_read(self) -> None:
@@ -343,8 +428,16 @@ class TestDecode:
 
     @pytest.mark.parametrize(
         "oid",
-        [(1, 3, 6, 1), (0, 0), (0, 39), (1, 39, 5), (2, 0), (2, 40), (2, 2**32 - 81),
-         (1, 3, 2**32 - 1, 128, 16383, 16384)],
+        [
+            (1, 3, 6, 1),
+            (0, 0),
+            (0, 39),
+            (1, 39, 5),
+            (2, 0),
+            (2, 40),
+            (2, 2**32 - 81),
+            (1, 3, 2**32 - 1, 128, 16383, 16384),
+        ],
     )
     def test_oid_codec_matches_pyasn1(self, oid: Oid) -> None:
         body = oid_body(oid)
@@ -407,8 +500,7 @@ class TestFallback:
             pytest.param(raw_request(3, GET, [SYS_DESCR]), id="v3"),
             pytest.param(raw_request(V2C, GET, [SYS_DESCR] * (MAX_VARBINDS + 1)), id="65-varbinds"),
             pytest.param(b"\x31" + valid_get()[1:], id="not-a-sequence"),
-            pytest.param(raw_request(V2C, GET, [], bodies=[b"\x2b\x80\x06\x01\x02\x01\x01\x01\x00"]),
-                         id="padded-oid"),
+            pytest.param(raw_request(V2C, GET, [], bodies=[b"\x2b\x80\x06\x01\x02\x01\x01\x01\x00"]), id="padded-oid"),
             pytest.param(raw_request(V2C, GET, [], bodies=[b""]), id="empty-oid"),
             pytest.param(raw_request(V2C, GET, [SYS_DESCR], long_integers=True), id="long-form-integers"),
             pytest.param(b"", id="empty"),
@@ -461,8 +553,11 @@ class TestValueEncoding:
             (rfc1902.Counter32, [0, 2**32 - 1], [2**32]),
             (rfc1902.TimeTicks, [0, 4242, 2**32 - 1], [2**32]),
             (rfc1902.Counter64, [0, 1, 2**32, 2**63, 2**64 - 1], [-1, 2**64]),
-            (rfc1902.OctetString, [b"", b"x", b"\x00\xff", b"a" * 127, b"a" * 128, b"b" * 255, b"c" * 65535],
-             [b"d" * 65536]),
+            (
+                rfc1902.OctetString,
+                [b"", b"x", b"\x00\xff", b"a" * 127, b"a" * 128, b"b" * 255, b"c" * 65535],
+                [b"d" * 65536],
+            ),
             (rfc1902.IpAddress, [b"\xc0\x00\x02\x01"], [b"\x01\x02\x03", b"12345"]),
         ],
     )
@@ -507,8 +602,14 @@ class TestSameAsPysnmp:
         missing = mib_oids.smtp_probe_oid(SmtpProbeColumn.NAME, "nope")
         unknown = (1, 3, 6, 1, 2, 1, 2, 1, 0)
         for combo in (
-            [SYS_DESCR, runs], [runs, SYS_DESCR], [missing, runs], [runs, missing], [missing, SYS_DESCR, unknown],
-            [SYS_DESCR, missing, runs, unknown], [unknown, runs, missing, runs], [runs, runs],
+            [SYS_DESCR, runs],
+            [runs, SYS_DESCR],
+            [missing, runs],
+            [runs, missing],
+            [missing, SYS_DESCR, unknown],
+            [SYS_DESCR, missing, runs, unknown],
+            [unknown, runs, missing, runs],
+            [runs, runs],
         ):
             response = pair.check(request(version, GET, combo, request_id=7), combo)
             if version == V1:
@@ -570,8 +671,10 @@ class TestSameAsPysnmp:
         assert fast is not None
         assert decoded(fast) == decoded(pair.fast.respond(clamped))  # type: ignore[arg-type]
         # pysnmp's decoder refuses the negative value (INTEGER (0..max-bindings)) and says nothing.
-        assert pair.slow.ask(raw_request(V2C, GETBULK, oids, first=non_repeaters, second=max_repetitions),
-                             timeout=0.3) is None
+        assert (
+            pair.slow.ask(raw_request(V2C, GETBULK, oids, first=non_repeaters, second=max_repetitions), timeout=0.3)
+            is None
+        )
 
     @pytest.mark.parametrize("version", [V1, V2C])
     @pytest.mark.parametrize("request_id", [0, 1, -1, 127, 128, 2**31 - 1, -(2**31), 0x1234])
@@ -604,9 +707,14 @@ class TestSameAsPysnmp:
         version = data.draw(st.sampled_from([V1, V2C]))
         pdu = data.draw(st.sampled_from([GET, GETNEXT, GETBULK] if version == V2C else [GET, GETNEXT]))
         extra = data.draw(st.lists(st.sampled_from(pair.served), max_size=3))
-        datagram = request(version, pdu, [oid, *extra], request_id=data.draw(st.integers(-(2**31), 2**31 - 1)),
-                           first=data.draw(st.integers(0, 2)) if pdu == GETBULK else 0,
-                           second=data.draw(st.integers(1, 20)) if pdu == GETBULK else 0)
+        datagram = request(
+            version,
+            pdu,
+            [oid, *extra],
+            request_id=data.draw(st.integers(-(2**31), 2**31 - 1)),
+            first=data.draw(st.integers(0, 2)) if pdu == GETBULK else 0,
+            second=data.draw(st.integers(1, 20)) if pdu == GETBULK else 0,
+        )
         pair.check(datagram, (version, pdu, oid, extra))
 
     @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -616,8 +724,11 @@ class TestSameAsPysnmp:
         version = data.draw(st.sampled_from([V1, V2C]))
         pdu = data.draw(st.sampled_from([GET, GETNEXT, GETBULK] if version == V2C else [GET, GETNEXT]))
         oids = data.draw(st.lists(st.sampled_from(pair.served[:20] + pair.served[-5:]), min_size=1, max_size=3))
-        datagram = bytearray(request(version, pdu, oids, request_id=4242, first=1 if pdu == GETBULK else 0,
-                                     second=3 if pdu == GETBULK else 0))
+        datagram = bytearray(
+            request(
+                version, pdu, oids, request_id=4242, first=1 if pdu == GETBULK else 0, second=3 if pdu == GETBULK else 0
+            )
+        )
         for _ in range(data.draw(st.integers(1, 3))):
             position = data.draw(st.integers(0, len(datagram) - 1))
             # mostly octets replaced in place (framing kept: new OIDs, IDs, counts), sometimes reframed
@@ -693,15 +804,28 @@ class TestResponses:
         encoded = count_encodings(monkeypatch)
         store = filled_store(2)
         fast = fast_path_for(store)
-        oids = [mib_oids.smtp_probe_oid(column, name)
-                for name in ("p0", "p1") for column in (SmtpProbeColumn.STATUS, SmtpProbeColumn.HOST,
-                                                        SmtpProbeColumn.RUNS)]
+        oids = [
+            mib_oids.smtp_probe_oid(column, name)
+            for name in ("p0", "p1")
+            for column in (SmtpProbeColumn.STATUS, SmtpProbeColumn.HOST, SmtpProbeColumn.RUNS)
+        ]
         datagram = request(V2C, GET, oids)
         before = fast.respond(datagram)
         assert before is not None
         assert len(encoded) == 6
-        store.record("p1", SmtpResult("mx1.example.net", 25, "none", time.time(), False, phase=Phase.CONNECT,
-                                      reason=Reason.REFUSED, error="refused"))
+        store.record(
+            "p1",
+            SmtpResult(
+                "mx1.example.net",
+                25,
+                "none",
+                time.time(),
+                False,
+                phase=Phase.CONNECT,
+                reason=Reason.REFUSED,
+                error="refused",
+            ),
+        )
         encoded.clear()
         after = fast.respond(datagram)
         assert after is not None
@@ -726,19 +850,36 @@ class TestResponses:
 
         walk(fast)
         before = rows()
-        store.record("p1", SmtpResult("mx1.example.net", 25, "none", time.time(), False, phase=Phase.CONNECT,
-                                      reason=Reason.REFUSED, error="refused"))
+        store.record(
+            "p1",
+            SmtpResult(
+                "mx1.example.net",
+                25,
+                "none",
+                time.time(),
+                False,
+                phase=Phase.CONNECT,
+                reason=Reason.REFUSED,
+                error="refused",
+            ),
+        )
         store.record("p2", SmtpResult("mx2.example.net", 25, "none", time.time(), True, total=0.01))
         after = rows()
         replaced = [i for i, (old, new) in enumerate(zip(before, after, strict=True)) if old is not new]
         assert len(replaced) == 2
         encoded.clear()
         responses = walk(fast)
-        columns = sorted({node.position for node in fast._current().nodes  # type: ignore[union-attr]
-                          if node.key[: len(SMTP_ENTRY)] == SMTP_ENTRY})
+        columns = sorted(
+            {
+                node.position
+                for node in fast._current().nodes  # type: ignore[union-attr]
+                if node.key[: len(SMTP_ENTRY)] == SMTP_ENTRY
+            }
+        )
         # column by column, as the walk goes: each replaced row's cells that differ from before
-        expected = [after[i][position] for position in columns for i in replaced
-                    if after[i][position] != before[i][position]]
+        expected = [
+            after[i][position] for position in columns for i in replaced if after[i][position] != before[i][position]
+        ]
         assert 0 < len(expected) < len(columns)  # a run changes some cells of its row, not all
         assert encoded == expected
         assert responses == walk(fast_path_for(store))
@@ -793,8 +934,7 @@ class TestResponses:
         tighter = fast_path_for(store, max_message_size=len(part) - 1).respond(bulk)
         assert tighter is not None
         assert varbinds(tighter) == varbinds(part)[:-1]  # the budget is exact
-        nothing_fits = fast_path_for(store, max_message_size=40).respond(
-            request(V2C, GETBULK, errors, first=3))
+        nothing_fits = fast_path_for(store, max_message_size=40).respond(request(V2C, GETBULK, errors, first=3))
         assert nothing_fits is not None
         assert decoded(nothing_fits)[4:6] == (1, 0)
 
@@ -1006,8 +1146,19 @@ class TestWarming:
         store = filled_store(4)
         fast = fast_path_for(store)
         list(walk_requests(fast, SMTP_ENTRY, 7, read_ahead=False))
-        store.record("p1", SmtpResult("mx1.example.net", 25, "none", time.time(), False, phase=Phase.CONNECT,
-                                      reason=Reason.REFUSED, error="refused"))
+        store.record(
+            "p1",
+            SmtpResult(
+                "mx1.example.net",
+                25,
+                "none",
+                time.time(),
+                False,
+                phase=Phase.CONNECT,
+                reason=Reason.REFUSED,
+                error="refused",
+            ),
+        )
         store.record("p2", SmtpResult("mx2.example.net", 25, "none", time.time(), True, total=0.02))
         encoded.clear()
         for _ in fast.warming():
@@ -1016,8 +1167,9 @@ class TestWarming:
         encoded.clear()
         walked = [response for _, response in walk_requests(fast, SMTP_ENTRY, 7, read_ahead=False)]
         assert encoded == []
-        assert walked == [response for _, response in walk_requests(fast_path_for(store), SMTP_ENTRY, 7,
-                                                                    read_ahead=False)]
+        assert walked == [
+            response for _, response in walk_requests(fast_path_for(store), SMTP_ENTRY, 7, read_ahead=False)
+        ]
 
     def test_warming_an_unchanged_table_again_scans_nothing(self, monkeypatch: pytest.MonkeyPatch) -> None:
         store = filled_store(4)

@@ -71,24 +71,43 @@ def store_with(*configs: ProbeConfig, alert_after: int = 1) -> ResultsStore:
 
 def ok_smtp(tls: TlsInfo | None = None, total: float = 0.0505, timings: dict[str, float] | None = None) -> SmtpResult:
     return SmtpResult(
-        host="mail.example", port=25, tls_mode="starttls", started_at=time.time(), ok=True,
-        address="192.0.2.7", total=total, timings=timings or {}, tls=tls,
+        host="mail.example",
+        port=25,
+        tls_mode="starttls",
+        started_at=time.time(),
+        ok=True,
+        address="192.0.2.7",
+        total=total,
+        timings=timings or {},
+        tls=tls,
     )
 
 
 def failed_smtp(phase: Phase = Phase.CONNECT, reason: Reason = Reason.REFUSED, error: str = "refused") -> SmtpResult:
     return SmtpResult(
-        host="mail.example", port=25, tls_mode="starttls", started_at=time.time(), ok=False,
-        phase=phase, reason=reason, error=error, address="192.0.2.7", total=0.002,
+        host="mail.example",
+        port=25,
+        tls_mode="starttls",
+        started_at=time.time(),
+        ok=False,
+        phase=phase,
+        reason=reason,
+        error=error,
+        address="192.0.2.7",
+        total=0.002,
     )
 
 
 def tls_info(days_left: float = 30.0, verified: bool = True) -> TlsInfo:
     now = datetime.now(UTC)
     cert = CertInfo(
-        subject="CN=mail.example", issuer="CN=Test CA", sans=("DNS:mail.example",),
-        not_before=now - timedelta(days=10), not_after=now + timedelta(days=days_left, hours=1),
-        serial="1f", sha256="ab" * 32,
+        subject="CN=mail.example",
+        issuer="CN=Test CA",
+        sans=("DNS:mail.example",),
+        not_before=now - timedelta(days=10),
+        not_after=now + timedelta(days=days_left, hours=1),
+        serial="1f",
+        sha256="ab" * 32,
     )
     return TlsInfo(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", verified=verified, cert=cert)
 
@@ -396,9 +415,7 @@ class TestDateAndTime:
 
     def test_aware_datetimes_are_converted_to_utc_and_naive_ones_taken_as_utc(self) -> None:
         cet = timezone(timedelta(hours=1))
-        assert date_and_time(datetime(2026, 1, 1, 0, 30, tzinfo=cet)) == date_and_time(
-            datetime(2025, 12, 31, 23, 30)
-        )
+        assert date_and_time(datetime(2026, 1, 1, 0, 30, tzinfo=cet)) == date_and_time(datetime(2025, 12, 31, 23, 30))
 
     @pytest.mark.parametrize("value", [None, 0.0], ids=["none", "zero"])
     def test_never_is_the_mibs_eight_octet_value(self, value: float | None) -> None:
@@ -463,13 +480,21 @@ class TestSmtpProbeValues:
         cells = {
             column: int(smtp_cell(view, column, "a"))
             for column in (
-                SmtpProbeColumn.LATENCY, SmtpProbeColumn.CONNECT_LATENCY, SmtpProbeColumn.BANNER_LATENCY,
-                SmtpProbeColumn.EHLO_LATENCY, SmtpProbeColumn.TLS_LATENCY, SmtpProbeColumn.INTERVAL,
+                SmtpProbeColumn.LATENCY,
+                SmtpProbeColumn.CONNECT_LATENCY,
+                SmtpProbeColumn.BANNER_LATENCY,
+                SmtpProbeColumn.EHLO_LATENCY,
+                SmtpProbeColumn.TLS_LATENCY,
+                SmtpProbeColumn.INTERVAL,
             )
         }
         assert cells == {
-            SmtpProbeColumn.LATENCY: 50, SmtpProbeColumn.CONNECT_LATENCY: 1, SmtpProbeColumn.BANNER_LATENCY: 250,
-            SmtpProbeColumn.EHLO_LATENCY: 3, SmtpProbeColumn.TLS_LATENCY: 40, SmtpProbeColumn.INTERVAL: 91,
+            SmtpProbeColumn.LATENCY: 50,
+            SmtpProbeColumn.CONNECT_LATENCY: 1,
+            SmtpProbeColumn.BANNER_LATENCY: 250,
+            SmtpProbeColumn.EHLO_LATENCY: 3,
+            SmtpProbeColumn.TLS_LATENCY: 40,
+            SmtpProbeColumn.INTERVAL: 91,
         }
         assert int(smtp_cell(view, SmtpProbeColumn.INTERVAL, "b")) == 60  # the agent's default
 
@@ -567,10 +592,20 @@ class TestMxValues:
 def probe_of(address: str, ok: bool = True, error: str = "") -> SmtpResult:
     """An exchange's SMTP probe of one address, as monitor.probes.mx._probe returns it."""
     if ok:
-        return SmtpResult(host="mx.example", port=25, tls_mode="starttls", started_at=time.time(), ok=True,
-                          address=address)
-    return SmtpResult(host="mx.example", port=25, tls_mode="starttls", started_at=time.time(), ok=False,
-                      phase=Phase.CONNECT, reason=Reason.REFUSED, error=error, address=address)
+        return SmtpResult(
+            host="mx.example", port=25, tls_mode="starttls", started_at=time.time(), ok=True, address=address
+        )
+    return SmtpResult(
+        host="mx.example",
+        port=25,
+        tls_mode="starttls",
+        started_at=time.time(),
+        ok=False,
+        phase=Phase.CONNECT,
+        reason=Reason.REFUSED,
+        error=error,
+        address=address,
+    )
 
 
 def record_mx(name: str, *records: MxRecord, **fields: Any) -> ResultsStore:
@@ -591,12 +626,17 @@ def exchange_cell(store: ResultsStore, column: MxExchangeColumn, order: int = 1,
 def address_cells(store: ResultsStore, column: MxAddressColumn, name: str = "m") -> dict[Oid, Asn1Value]:
     """(exchange order, address order) -> value of one mxAddressTable column, from a walk."""
     prefix = (*mib_oids.MX_ADDRESS_ENTRY, int(column), *mib_oids.name_index(name))
-    return {oid[len(prefix) :]: value for oid, value in view_of(store).current().items()
-            if oid[: len(prefix)] == prefix}
+    return {
+        oid[len(prefix) :]: value for oid, value in view_of(store).current().items() if oid[: len(prefix)] == prefix
+    }
 
 
 def mta_sts_facts(
-    *, present: bool = True, txt_error: str = "", mode: str = "enforce", uncovered: tuple[str, ...] = (),
+    *,
+    present: bool = True,
+    txt_error: str = "",
+    mode: str = "enforce",
+    uncovered: tuple[str, ...] = (),
     policy_error: str = "",
 ) -> MtaStsFacts:
     """MTA-STS facts as monitor.probes.mx.check_mta_sts makes them."""
@@ -606,27 +646,36 @@ def mta_sts_facts(
         problem = f"TXT record: {txt_error}"
     elif present:
         policy = MtaStsPolicyFacts(
-            mode="" if policy_error else mode, max_age=0 if policy_error else 86400,
-            mx_patterns=() if policy_error else ("*.example.com",), verified=not policy_error,
-            error=policy_error, error_kind="http" if policy_error else "",
-            http_status=404 if policy_error else 200, uncovered=uncovered, cert_not_after=None,
+            mode="" if policy_error else mode,
+            max_age=0 if policy_error else 86400,
+            mx_patterns=() if policy_error else ("*.example.com",),
+            verified=not policy_error,
+            error=policy_error,
+            error_kind="http" if policy_error else "",
+            http_status=404 if policy_error else 200,
+            uncovered=uncovered,
+            cert_not_after=None,
         )
         if policy_error:
             problem = f"policy: {policy_error}"
         elif uncovered and mode == "enforce":
             problem = "exchanges not covered by the enforced policy: " + ", ".join(uncovered)
     return MtaStsFacts(
-        txt_id="" if txt_error or not present else "20261122", txt_error=txt_error,
+        txt_id="" if txt_error or not present else "20261122",
+        txt_error=txt_error,
         txt_error_kind="absent" if not present else ("malformed" if txt_error else ""),
-        present=present, policy=policy, valid=not problem,
+        present=present,
+        policy=policy,
+        valid=not problem,
     )
 
 
 @pytest.fixture(scope="module")
 def cert_der(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A self-signed certificate in DER, the chain an exchange's STARTTLS presents."""
-    cert_pem, _ = make_self_signed_cert(tmp_path_factory.mktemp("dane-cert"), common_name="mx.example",
-                                        dns_names=("mx.example",), ip_addresses=())
+    cert_pem, _ = make_self_signed_cert(
+        tmp_path_factory.mktemp("dane-cert"), common_name="mx.example", dns_names=("mx.example",), ip_addresses=()
+    )
     return x509.load_pem_x509_certificate(cert_pem.read_bytes()).public_bytes(serialization.Encoding.DER)
 
 
@@ -708,8 +757,12 @@ class TestMxCheckMtaSts:
             pytest.param(None, "not_checked", b"", id="mta-sts-off"),
             pytest.param(mta_sts_facts(present=False), "absent", b"", id="no-txt-record"),
             pytest.param(mta_sts_facts(), "valid", b"enforce", id="enforced-and-covering"),
-            pytest.param(mta_sts_facts(mode="testing", uncovered=("mx.example",)), "valid", b"testing",
-                         id="testing-with-uncovered"),
+            pytest.param(
+                mta_sts_facts(mode="testing", uncovered=("mx.example",)),
+                "valid",
+                b"testing",
+                id="testing-with-uncovered",
+            ),
             pytest.param(mta_sts_facts(uncovered=("mx.example",)), "invalid", b"enforce", id="enforced-uncovered"),
             pytest.param(mta_sts_facts(txt_error="does not start with v=STSv1"), "invalid", b"", id="bad-txt"),
             pytest.param(mta_sts_facts(policy_error="HTTP 404"), "invalid", b"", id="policy-not-fetched"),
@@ -729,7 +782,9 @@ class TestMxCheckSpfAndDmarc:
             pytest.param({"spf": check_spf(["v=spf1 mx -all"])}, "valid", "not_checked", id="spf-only"),
             pytest.param(
                 {"spf": check_spf(["v=spf1 -all", "v=spf1 mx -all"]), "dmarc": check_dmarc(["v=DMARC1; p=reject"])},
-                "invalid", "valid", id="two-spf-records",
+                "invalid",
+                "valid",
+                id="two-spf-records",
             ),
             pytest.param({"spf": check_spf([]), "dmarc": check_dmarc([])}, "invalid", "invalid", id="both-missing"),
         ],
@@ -800,7 +855,9 @@ class TestMxAddressTable:
         )
         values = address_cells(record_mx("m", *records), MxAddressColumn.VALUE)
         assert {index: bytes(value) for index, value in values.items()} == {
-            (1, 1): b"192.0.2.1", (1, 2): b"2001:db8::1", (2, 1): b"192.0.2.3",
+            (1, 1): b"192.0.2.1",
+            (1, 2): b"2001:db8::1",
+            (2, 1): b"192.0.2.3",
         }
         assert list(values) == sorted(values)
 
@@ -856,7 +913,9 @@ class TestMxAddressTable:
         ptr = {index: int(v) for index, v in address_cells(store, MxAddressColumn.PTR).items()}
         values = mib_oids.PTR_VALUES
         assert ptr == {
-            (1, 1): values["confirmed"], (1, 2): values["not_confirmed"], (1, 3): values["not_confirmed"],
+            (1, 1): values["confirmed"],
+            (1, 2): values["not_confirmed"],
+            (1, 3): values["not_confirmed"],
             (1, 4): values["not_checked"],  # reverse DNS ended before this address
         }
 
@@ -884,14 +943,27 @@ class TestMxAddressTable:
 
     def test_a_result_of_another_probe_leaves_the_rows_as_they_were(self) -> None:
         store = store_with(mx("m"), smtp("a"))
-        store.record("m", MxResult("example.com", time.time(), True,
-                                   records=(MxRecord(10, "a.example", ("192.0.2.1",), probe=probe_of("192.0.2.1")),)))
+        store.record(
+            "m",
+            MxResult(
+                "example.com",
+                time.time(),
+                True,
+                records=(MxRecord(10, "a.example", ("192.0.2.1",), probe=probe_of("192.0.2.1")),),
+            ),
+        )
         view = view_of(store)
-        before = [(oid, bytes(v) if isinstance(v, rfc1902.OctetString) else int(v)) for oid, v in view.current().items()
-                  if oid[: len(mib_oids.MX_ADDRESS_ENTRY)] == mib_oids.MX_ADDRESS_ENTRY]
+        before = [
+            (oid, bytes(v) if isinstance(v, rfc1902.OctetString) else int(v))
+            for oid, v in view.current().items()
+            if oid[: len(mib_oids.MX_ADDRESS_ENTRY)] == mib_oids.MX_ADDRESS_ENTRY
+        ]
         store.record("a", failed_smtp())
-        after = [(oid, bytes(v) if isinstance(v, rfc1902.OctetString) else int(v)) for oid, v in view.current().items()
-                 if oid[: len(mib_oids.MX_ADDRESS_ENTRY)] == mib_oids.MX_ADDRESS_ENTRY]
+        after = [
+            (oid, bytes(v) if isinstance(v, rfc1902.OctetString) else int(v))
+            for oid, v in view.current().items()
+            if oid[: len(mib_oids.MX_ADDRESS_ENTRY)] == mib_oids.MX_ADDRESS_ENTRY
+        ]
         assert after == before
         assert len(after) == len(MX_ADDRESS_TYPES)
 
@@ -948,8 +1020,9 @@ class TestSmtpAddressTable:
         store = store_with(smtp("long-name"), smtp("a"), mx("m"))
         for name in ("long-name", "a"):
             store.record(name, both_families(ok_smtp(), replace(ok_smtp(), address="2001:db8::7")))
-        store.record("m", MxResult("example.com", time.time(), True,
-                                   records=(MxRecord(5, "a.example", ("192.0.2.1",)),)))
+        store.record(
+            "m", MxResult("example.com", time.time(), True, records=(MxRecord(5, "a.example", ("192.0.2.1",)),))
+        )
         table = view_of(store).current()
         rows = column_rows(table, mib_oids.SMTP_ADDRESS_ENTRY, int(SmtpAddressColumn.UP))
         assert rows == [

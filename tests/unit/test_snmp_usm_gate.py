@@ -158,8 +158,9 @@ class TestReports:
         assert usm.stats.value(refusal) == 3
 
     def test_discovery_echoes_the_message_and_request_ids(self, usm: UsmFastPath) -> None:
-        probe = v3_request(NMS, GET, [], engine_time=0, boots=0, engine_id=b"", user="", flags=REPORTABLE,
-                           msg_id=4321, request_id=8765)
+        probe = v3_request(
+            NMS, GET, [], engine_time=0, boots=0, engine_id=b"", user="", flags=REPORTABLE, msg_id=4321, request_id=8765
+        )
         report = reported(usm.screen(probe))
         assert (report.msg_id, report.request_id, report.user) == (4321, 8765, b"")
 

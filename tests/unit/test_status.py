@@ -25,8 +25,10 @@ def config_with_saved_states(tmp_path: Path) -> Config:
     """A refused SMTP probe and a passing MX check, saved by the agent's StateDB in tmp_path."""
     store = ResultsStore()
     store.configure([(RELAY, 1, 14), (DOMAIN, 1, 14)])
-    store.record("relay", SmtpResult("127.0.0.1", 2525, "none", time.time(), False, Phase.CONNECT, Reason.REFUSED,
-                                     "connection refused"))
+    store.record(
+        "relay",
+        SmtpResult("127.0.0.1", 2525, "none", time.time(), False, Phase.CONNECT, Reason.REFUSED, "connection refused"),
+    )
     store.record("dom", MxResult("good.test", time.time(), True))
     db = StateDB(tmp_path / STATE_FILE)
     db.open()
@@ -47,7 +49,10 @@ def test_failed_probe_shows_its_phase_reason_and_error(tmp_path: Path, capsys: p
     assert code == EXIT_CRITICAL
     relay, dom = table["relay"], table["dom"]
     assert (relay["status"], relay["phase"], relay["reason"], relay["error"]) == (
-        "failed", "connect", "refused", "connection refused",
+        "failed",
+        "connect",
+        "refused",
+        "connection refused",
     )
     assert (dom["status"], dom["phase"], dom["reason"], dom["error"]) == ("ok", "", "", "")
 

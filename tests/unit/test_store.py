@@ -22,25 +22,37 @@ def mx_config(name: str = "m", domain: str = "example.com") -> MxCheckConfig:
 
 
 def ok(tls: TlsInfo | None = None) -> SmtpResult:
-    return SmtpResult(host="mail.example", port=25, tls_mode="starttls", started_at=time.time(), ok=True,
-                      total=0.05, tls=tls)
+    return SmtpResult(
+        host="mail.example", port=25, tls_mode="starttls", started_at=time.time(), ok=True, total=0.05, tls=tls
+    )
 
 
 def failed(phase: Phase = Phase.CONNECT, reason: Reason = Reason.REFUSED) -> SmtpResult:
-    return SmtpResult(host="mail.example", port=25, tls_mode="starttls", started_at=time.time(), ok=False,
-                      phase=phase, reason=reason, error=f"{reason.value} in {phase.value}")
+    return SmtpResult(
+        host="mail.example",
+        port=25,
+        tls_mode="starttls",
+        started_at=time.time(),
+        ok=False,
+        phase=phase,
+        reason=reason,
+        error=f"{reason.value} in {phase.value}",
+    )
 
 
 def tls_expiring_in(days: float, fingerprint: str = "aa" * 32, chain_days: float | None = None) -> TlsInfo:
     now = datetime.now(UTC)
     cert = CertInfo(
-        subject="CN=mail.example", issuer="CN=Test CA", sans=("DNS:mail.example",),
-        not_before=now - timedelta(days=30), not_after=now + timedelta(days=days),
-        serial="1f", sha256=fingerprint,
+        subject="CN=mail.example",
+        issuer="CN=Test CA",
+        sans=("DNS:mail.example",),
+        not_before=now - timedelta(days=30),
+        not_after=now + timedelta(days=days),
+        serial="1f",
+        sha256=fingerprint,
     )
     chain = now + timedelta(days=chain_days) if chain_days is not None else None
-    return TlsInfo(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", verified=True, cert=cert,
-                   chain_not_after=chain)
+    return TlsInfo(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", verified=True, cert=cert, chain_not_after=chain)
 
 
 def store_with(
@@ -113,8 +125,14 @@ class TestStatusTransitions:
 
     def test_mx_checks_follow_the_same_rules(self) -> None:
         store, events = store_with(mx_config(), alert_after=1)
-        result = MxResult(domain="example.com", started_at=time.time(), ok=False, phase=Phase.MX,
-                          reason=Reason.NXDOMAIN, error="nxdomain")
+        result = MxResult(
+            domain="example.com",
+            started_at=time.time(),
+            ok=False,
+            phase=Phase.MX,
+            reason=Reason.NXDOMAIN,
+            error="nxdomain",
+        )
         store.record("m", result)
         assert [(e.kind, e.probe_kind) for e in events] == [("failed", "mx")]
         assert store.snapshot().states["m"].failures_by_cause == {("mx", "nxdomain"): 1}
@@ -205,18 +223,21 @@ class TestConfigure:
         assert (sorted(added), removed) == (["a", "m"], [])
         snap = store.snapshot()
         assert {n: (s.kind, s.status) for n, s in snap.states.items()} == {
-            "a": ("smtp", Status.UNKNOWN), "m": ("mx", Status.UNKNOWN),
+            "a": ("smtp", Status.UNKNOWN),
+            "m": ("mx", Status.UNKNOWN),
         }
 
     def test_unchanged_probes_keep_state_changed_reset_removed_dropped(self) -> None:
         store, _ = store_with(smtp_config("keep"), smtp_config("change"), smtp_config("drop"), alert_after=1)
         for name in ("keep", "change", "drop"):
             store.record(name, failed())
-        added, removed = store.configure([
-            (smtp_config("keep"), 5, 7),
-            (smtp_config("change", port=587), 1, 14),
-            (mx_config("new"), 1, 14),
-        ])
+        added, removed = store.configure(
+            [
+                (smtp_config("keep"), 5, 7),
+                (smtp_config("change", port=587), 1, 14),
+                (mx_config("new"), 1, 14),
+            ]
+        )
         assert (sorted(added), removed) == (["change", "new"], ["drop"])
         states = store.snapshot().states
         assert set(states) == {"keep", "change", "new"}

@@ -303,7 +303,8 @@ class HttpListener:
             log.warning(
                 "HTTP: cannot accept a connection: %s (%d failed accepts since the last such line); "
                 "connections without a request running are closed to make room",
-                exc.strerror or exc, count,
+                exc.strerror or exc,
+                count,
             )
         # abort() closes the descriptor in the next turn of the loop; the next accept comes after it.
         await asyncio.sleep(0 if freed else ACCEPT_RETRY)
@@ -361,7 +362,9 @@ class HttpListener:
 
     @web.middleware
     async def track_requests(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         """Counts requests per connection: one running is not displaced, one started ends the header deadline.
         After a response aiohttp's keep-alive timer (`idle_timeout`) bounds the wait for the next request."""
@@ -505,8 +508,13 @@ class AdhocProber:
                 return MxCheckConfig(name="adhoc", domain=target, timeout=timeout)
             host, port = split_host_port(target, None)
             return SmtpProbeConfig(
-                name="adhoc", host=host, port=port, tls=query.get("tls", "starttls"), timeout=timeout,  # type: ignore[arg-type]
-                servername=query.get("servername") or None, verify=query.get("verify", "true") != "false",
+                name="adhoc",
+                host=host,
+                port=port,
+                tls=query.get("tls", "starttls"),  # type: ignore[arg-type]  # pydantic validates the literal
+                timeout=timeout,
+                servername=query.get("servername") or None,
+                verify=query.get("verify", "true") != "false",
             )
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
@@ -518,8 +526,14 @@ class MetricsServer:
     thread so that a large scrape does not hold up probe timing."""
 
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, store: ResultsStore,
-        ready: Callable[[], bool], adhoc: AdhocProber | None = None, health: AgentHealth | None = None,
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        store: ResultsStore,
+        ready: Callable[[], bool],
+        adhoc: AdhocProber | None = None,
+        health: AgentHealth | None = None,
         limits: HttpLimits | None = None,
     ) -> None:
         self.host, self.port = host, port
@@ -549,8 +563,12 @@ class MetricsServer:
         if self.adhoc is not None:
             app.router.add_get("/probe", self._probe)
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, logger=_server_log,
-            keepalive_timeout=self.limits.idle_timeout, shutdown_timeout=SHUTDOWN_GRACE,
+            app,
+            access_log=None,
+            handle_signals=False,
+            logger=_server_log,
+            keepalive_timeout=self.limits.idle_timeout,
+            shutdown_timeout=SHUTDOWN_GRACE,
         )
         await self._runner.setup()
         assert self._runner.server is not None
@@ -643,8 +661,9 @@ class MetricsServer:
         except ProbeRefused as exc:
             return web.Response(status=403, text=f"refused: {exc}\n")
         except ProbeRateLimited:
-            return web.Response(status=429, text="too many ad-hoc probes, try again later\n",
-                                headers={"Retry-After": "1"})
+            return web.Response(
+                status=429, text="too many ad-hoc probes, try again later\n", headers={"Retry-After": "1"}
+            )
         except AdhocBusy:
             return web.Response(status=503, text="too many ad-hoc probes in flight\n")
         except ValueError as exc:

@@ -49,22 +49,29 @@ SMTP_FAMILIES = _families(
     ("smtp_probe_success", "gauge", "1 if the last SMTP probe succeeded, else 0", ("probe", "host", "port", "tls")),
     ("smtp_probe_status", "gauge", "Alerting status of the probe (1 for the current one)", ("probe", "status")),
     ("smtp_probe_duration_seconds", "gauge", "Duration of the last SMTP probe", P),
-    ("smtp_probe_phase_duration_seconds", "gauge", "Duration of each phase of the last SMTP probe",
-     ("probe", "phase")),
+    ("smtp_probe_phase_duration_seconds", "gauge", "Duration of each phase of the last SMTP probe", ("probe", "phase")),
     ("smtp_probe_reply_code", "gauge", "SMTP reply code that failed the last probe (0 if none)", P),
     ("smtp_probe_consecutive_failures", "gauge", "Failures since the last success", P),
     ("smtp_probe_runs", "counter", "SMTP probe runs", P),
     ("smtp_probe_failures", "counter", "Failed SMTP probe runs by phase and reason", ("probe", "phase", "reason")),
     ("smtp_probe_last_success_timestamp_seconds", "gauge", "When the probe last succeeded", P),
     ("smtp_probe_last_change_timestamp_seconds", "gauge", "When the probe's status last changed", P),
-    ("smtp_tls_cert_not_after_timestamp_seconds", "gauge",
-     "Expiry of the server's certificate, also when it did not verify", P),
+    (
+        "smtp_tls_cert_not_after_timestamp_seconds",
+        "gauge",
+        "Expiry of the server's certificate, also when it did not verify",
+        P,
+    ),
     ("smtp_tls_chain_not_after_timestamp_seconds", "gauge", "Earliest expiry in the presented certificate chain", P),
     ("smtp_tls", "info", "Negotiated TLS version and cipher", ("probe", "version", "cipher")),
     ("smtp_tls_verified", "gauge", "1 if the certificate chain and host name verified", P),
     ("smtp_ehlo_extension", "info", "Extensions the server advertised in its last EHLO", ("probe", "extension")),
-    ("smtp_probe_address_success", "gauge", "1 if the probe succeeded on this address (address_family: both)",
-     ("probe", "address")),
+    (
+        "smtp_probe_address_success",
+        "gauge",
+        "1 if the probe succeeded on this address (address_family: both)",
+        ("probe", "address"),
+    ),
 )
 MX_FAMILIES = _families(
     ("mx_check_success", "gauge", "1 if the last MX check succeeded, else 0", ("check", "domain")),
@@ -73,27 +80,47 @@ MX_FAMILIES = _families(
     ("mx_check_duration_seconds", "gauge", "Duration of the last MX check", C),
     ("mx_check_phase_duration_seconds", "gauge", "Duration of each phase of the last MX check", ("check", "phase")),
     ("mx_check_implicit_mx", "gauge", "1 if the domain has no MX and its address serves as exchange", C),
-    ("mx_check_exchange_up", "gauge", "1 if the exchange answered SMTP (only when hosts are probed)",
-     ("check", "exchange")),
+    (
+        "mx_check_exchange_up",
+        "gauge",
+        "1 if the exchange answered SMTP (only when hosts are probed)",
+        ("check", "exchange"),
+    ),
     ("mx_check_exchange_preference", "gauge", "MX preference of each exchange", ("check", "exchange")),
     ("mx_check_exchange_addresses", "gauge", "A and AAAA addresses of each exchange", ("check", "exchange")),
     ("mx_check_runs", "counter", "MX check runs", C),
     ("mx_check_failures", "counter", "Failed MX checks by phase and reason", ("check", "phase", "reason")),
     ("mx_check_last_success_timestamp_seconds", "gauge", "When the check last succeeded", C),
     ("mx_check_last_change_timestamp_seconds", "gauge", "When the check's status last changed", C),
-    ("mx_check_address_up", "gauge", "1 if the exchange answered SMTP on this address (probe_hosts: all_addresses)",
-     ("check", "exchange", "address")),
-    ("mx_check_reverse_dns_confirmed", "gauge", "1 if the address has a PTR name that resolves back to it",
-     ("check", "exchange", "address")),
+    (
+        "mx_check_address_up",
+        "gauge",
+        "1 if the exchange answered SMTP on this address (probe_hosts: all_addresses)",
+        ("check", "exchange", "address"),
+    ),
+    (
+        "mx_check_reverse_dns_confirmed",
+        "gauge",
+        "1 if the address has a PTR name that resolves back to it",
+        ("check", "exchange", "address"),
+    ),
     ("mx_check_dnssec_authenticated", "gauge", "1 if the resolver marked the MX answer authentic (AD)", C),
     ("mx_check_spf_valid", "gauge", "1 if the domain has exactly one well-formed SPF record", C),
     ("mx_check_dmarc_valid", "gauge", "1 if the domain has exactly one well-formed DMARC record", C),
-    ("mx_check_dane_matched", "gauge", "1 if the exchange's certificate matches a usable TLSA record",
-     ("check", "exchange")),
+    (
+        "mx_check_dane_matched",
+        "gauge",
+        "1 if the exchange's certificate matches a usable TLSA record",
+        ("check", "exchange"),
+    ),
     ("mx_check_mta_sts_valid", "gauge", "1 if the MTA-STS record and policy are valid and cover every exchange", C),
     ("mx_check_mta_sts", "info", "Mode of the domain's MTA-STS policy", ("check", "mode")),
-    ("mx_check_mta_sts_cert_not_after_timestamp_seconds", "gauge",
-     "Expiry of the MTA-STS policy host's certificate", C),
+    (
+        "mx_check_mta_sts_cert_not_after_timestamp_seconds",
+        "gauge",
+        "Expiry of the MTA-STS policy host's certificate",
+        C,
+    ),
 )
 PROBE_FAMILIES = {**SMTP_FAMILIES, **MX_FAMILIES}
 
@@ -127,8 +154,7 @@ def smtp_samples(state: ProbeState) -> list[Sample]:
         out += [("smtp_probe_phase_duration_seconds", (name, ph), sec) for ph, sec in result.timings.items()]
         out.append(("smtp_probe_reply_code", (name,), result.reply_code))
         out += [("smtp_ehlo_extension", (name, ext), 1.0) for ext in result.extensions]
-        out += [("smtp_probe_address_success", (name, r.address), 1.0 if r.ok else 0.0)
-                for r in result.address_results]
+        out += [("smtp_probe_address_success", (name, r.address), 1.0 if r.ok else 0.0) for r in result.address_results]
     tls = state.last_tls  # the latest handshake: expiry stays visible while the server is down
     if tls is not None:
         out.append(("smtp_tls", (name, tls.version, tls.cipher), 1.0))
@@ -162,8 +188,9 @@ def mx_samples(state: ProbeState) -> list[Sample]:
         if record.up is not None:
             out.append(("mx_check_exchange_up", at, 1.0 if record.up else 0.0))
         out += [("mx_check_address_up", (*at, p.address), 1.0 if p.ok else 0.0) for p in record.address_probes]
-        out += [("mx_check_reverse_dns_confirmed", (*at, r.address), 1.0 if r.confirmed else 0.0)
-                for r in record.reverse]
+        out += [
+            ("mx_check_reverse_dns_confirmed", (*at, r.address), 1.0 if r.confirmed else 0.0) for r in record.reverse
+        ]
         if record.dane is not None and record.dane.matched is not None:
             out.append(("mx_check_dane_matched", at, 1.0 if record.dane.matched else 0.0))
     sts = result.mta_sts
@@ -311,8 +338,7 @@ _FAMILY_SLOTS = {
 
 # 'name{label="%s",...} %s\n' per family: one %-format per line instead of joining label pairs.
 _LINE_TEMPLATES = {
-    name: family.sample_name.replace("%", "%%")
-    + "{" + ",".join(f'{label}="%s"' for label in family.labels) + "} %s\n"
+    name: family.sample_name.replace("%", "%%") + "{" + ",".join(f'{label}="%s"' for label in family.labels) + "} %s\n"
     for name, family in PROBE_FAMILIES.items()
 }
 
@@ -355,11 +381,13 @@ def agent_metric_families(h: AgentHealth) -> Iterator[Metric]:
     yield build
     yield GaugeMetricFamily("smtp_monitor_start_time_seconds", "When the agent started", value=h.started_at)
     yield GaugeMetricFamily(
-        "smtp_monitor_config_last_reload_successful", "1 if the last config load or reload succeeded",
+        "smtp_monitor_config_last_reload_successful",
+        "1 if the last config load or reload succeeded",
         value=1.0 if h.config_load_success else 0.0,
     )
     yield GaugeMetricFamily(
-        "smtp_monitor_config_last_reload_success_timestamp_seconds", "When the config was last loaded successfully",
+        "smtp_monitor_config_last_reload_success_timestamp_seconds",
+        "When the config was last loaded successfully",
         value=h.config_loaded_at,
     )
     reloads = CounterMetricFamily("smtp_monitor_config_reloads", "Config reloads by outcome", labels=["outcome"])
@@ -368,27 +396,33 @@ def agent_metric_families(h: AgentHealth) -> Iterator[Metric]:
     yield reloads
     yield GaugeMetricFamily("smtp_monitor_probes_in_flight", "Probes running now", value=h.in_flight)
     yield CounterMetricFamily(
-        "smtp_monitor_scheduler_skipped_runs", "Runs skipped because the previous run was still going",
+        "smtp_monitor_scheduler_skipped_runs",
+        "Runs skipped because the previous run was still going",
         value=h.skipped_runs,
     )
     lateness = HistogramMetricFamily(
-        "smtp_monitor_scheduler_lateness_seconds", "How late probe runs start after their scheduled time",
+        "smtp_monitor_scheduler_lateness_seconds",
+        "How late probe runs start after their scheduled time",
     )
     lateness.add_metric([], h.lateness.cumulative(), sum_value=h.lateness.total)
     yield lateness
     snmp = CounterMetricFamily(
-        "smtp_monitor_snmp_requests", "SNMP requests answered by PDU type", labels=["type"],
+        "smtp_monitor_snmp_requests",
+        "SNMP requests answered by PDU type",
+        labels=["type"],
     )
     # dict() copies in one step: the event loop may add a key while this thread reads.
     for pdu, count in sorted(dict(h.snmp_requests).items()):
         snmp.add_metric([pdu], count)
     yield snmp
     yield CounterMetricFamily(
-        "smtp_monitor_snmp_auth_failures", "SNMP requests refused: unknown community or bad credentials",
+        "smtp_monitor_snmp_auth_failures",
+        "SNMP requests refused: unknown community or bad credentials",
         value=h.snmp_auth_failures,
     )
     yield CounterMetricFamily(
-        "smtp_monitor_snmp_dropped_packets", "Malformed or unsupported SNMP datagrams dropped",
+        "smtp_monitor_snmp_dropped_packets",
+        "Malformed or unsupported SNMP datagrams dropped",
         value=h.snmp_dropped,
     )
     dropped = CounterMetricFamily(
@@ -400,13 +434,17 @@ def agent_metric_families(h: AgentHealth) -> Iterator[Metric]:
         dropped.add_metric([reason], count)
     yield dropped
     reports = CounterMetricFamily(
-        "smtp_monitor_snmp_reports", "SNMPv3 Reports sent, by the usmStats counter they carry", labels=["counter"],
+        "smtp_monitor_snmp_reports",
+        "SNMPv3 Reports sent, by the usmStats counter they carry",
+        labels=["counter"],
     )
     for counter, count in sorted(dict(h.snmp_reports).items()):
         reports.add_metric([counter], count)
     yield reports
     yield CounterMetricFamily(
-        "smtp_monitor_state_write_errors", "Failed writes to the state database", value=h.state_write_errors,
+        "smtp_monitor_state_write_errors",
+        "Failed writes to the state database",
+        value=h.state_write_errors,
     )
     facts = dict(h.probe_process)
     if facts:
@@ -419,7 +457,8 @@ def agent_metric_families(h: AgentHealth) -> Iterator[Metric]:
                 yield GaugeMetricFamily(name, doc, value=facts[key])
         if "cpu_seconds" in facts:
             yield CounterMetricFamily(
-                "smtp_monitor_probe_process_cpu_seconds", "CPU time of the probe process",
+                "smtp_monitor_probe_process_cpu_seconds",
+                "CPU time of the probe process",
                 value=facts["cpu_seconds"],
             )
     yield GaugeMetricFamily("smtp_monitor_tasks", "asyncio tasks in the agent process", value=h.agent_tasks)
@@ -450,7 +489,11 @@ def single_result_state(probe: ProbeConfig, result: ProbeResult, now: float) -> 
     )
     tls = result.tls if isinstance(result, SmtpResult) else None
     return ProbeState(
-        probe.name, kind_of(probe), probe, alert_after=1, cert_warn_days=0,
+        probe.name,
+        kind_of(probe),
+        probe,
+        alert_after=1,
+        cert_warn_days=0,
         status=Status.OK if result.ok else Status.FAILED,
         last_result=result,
         consecutive_failures=0 if result.ok else 1,

@@ -69,9 +69,14 @@ PDU_NAMES = {0: "get", 1: "getnext", 3: "set", 5: "getbulk"}
 _V1_REQUESTS = frozenset({0, 1, 3})
 _V2C_REQUESTS = frozenset({0, 1, 3, 5})
 # SNMPv3 refusals that mean wrong or missing credentials (not discovery or time sync).
-_AUTH_REFUSALS = frozenset({
-    Refusal.WRONG_DIGEST, Refusal.UNKNOWN_USER_NAME, Refusal.DECRYPTION_ERROR, Refusal.UNSUPPORTED_SEC_LEVEL,
-})
+_AUTH_REFUSALS = frozenset(
+    {
+        Refusal.WRONG_DIGEST,
+        Refusal.UNKNOWN_USER_NAME,
+        Refusal.DECRYPTION_ERROR,
+        Refusal.UNSUPPORTED_SEC_LEVEL,
+    }
+)
 _DROPPED_REFUSALS = {Refusal.MALFORMED: "malformed", Refusal.NOT_A_REQUEST: "not a request"}
 # pysnmp's share of the event loop: it spends ~1 ms a message (the fast paths ~0.05 ms), so what
 # still reaches it (authentic SETs, other contexts, odd requests; replays of captured ones) gets at
@@ -316,8 +321,10 @@ class _ViewInstrumentation:
     def read_next_variables(self, *var_binds: Any, **context: Any) -> list[tuple[Any, Any]]:
         table = self._view.current()
         check = context.get("acFun")
-        return [self._next(table, tuple(name), check, {**context, "idx": idx}, name)
-                for idx, (name, _) in enumerate(var_binds)]
+        return [
+            self._next(table, tuple(name), check, {**context, "idx": idx}, name)
+            for idx, (name, _) in enumerate(var_binds)
+        ]
 
     @staticmethod
     def _next(
@@ -373,8 +380,18 @@ class _BoundedResponder(cmdrsp.CommandResponderBase):  # type: ignore[misc]  # p
         self._budgets: dict[Any, int] = {}  # varbind octets a response may carry, by stateReference
 
     def process_pdu(
-        self, engine: Any, mp_model: int, security_model: Any, security_name: Any, security_level: Any,
-        context_engine_id: Any, context_name: Any, pdu_version: Any, pdu: Any, max_scoped: int, state_reference: Any,
+        self,
+        engine: Any,
+        mp_model: int,
+        security_model: Any,
+        security_name: Any,
+        security_level: Any,
+        context_engine_id: Any,
+        context_name: Any,
+        pdu_version: Any,
+        pdu: Any,
+        max_scoped: int,
+        state_reference: Any,
     ) -> None:
         if mp_model in (0, 1):
             request = engine.observer.get_execution_context("rfc3412.receiveMessage:request")["wholeMsg"]
@@ -492,7 +509,9 @@ class SnmpAgent:
         # Plain v1/v2c reads skip pysnmp (several times faster); it answers everything else.
         # None before start() serves everything through pysnmp (the tests compare the two).
         self.fast_path: FastPath | None = FastPath(
-            self.view, subtrees=READ_SUBTREES, max_repeated=_BulkResponder.max_varbinds,
+            self.view,
+            subtrees=READ_SUBTREES,
+            max_repeated=_BulkResponder.max_varbinds,
             max_message_size=MAX_RESPONSE_OCTETS,
         )
         # SNMPv3 reads of configured users through the same FastPath; made at start() (engine ID, boots, time).
@@ -544,7 +563,9 @@ class SnmpAgent:
             self._warmer = loop.create_task(self._keep_warm(self.fast_path), name="snmp-warmer")
         log.info(
             "SNMP agent listening on %s (engine ID %s, boots %d)",
-            ", ".join(self._config.listen), self.engine_state.engine_id.hex(), self.engine_state.boots,
+            ", ".join(self._config.listen),
+            self.engine_state.engine_id.hex(),
+            self.engine_state.boots,
         )
 
     async def stop(self) -> None:

@@ -57,8 +57,10 @@ class _BytecodeMibSource(DirMibSource):  # type: ignore[misc]  # pysnmp is untyp
 def new_snmp_engine(**kwargs: Any) -> Any:
     """SnmpEngine(**kwargs), its MIB modules read from their bytecode caches (_BytecodeMibSource)."""
     builder = MibBuilder()
-    builder.set_mib_sources(*[
-        _BytecodeMibSource(source.full_path()) if type(source) is DirMibSource else source
-        for source in builder.get_mib_sources()
-    ])
+    builder.set_mib_sources(
+        *[
+            _BytecodeMibSource(source.full_path()) if type(source) is DirMibSource else source
+            for source in builder.get_mib_sources()
+        ]
+    )
     return SnmpEngine(msgAndPduDsp=MsgAndPduDispatcher(MibInstrumController(builder)), **kwargs)

@@ -304,7 +304,12 @@ VERDICT_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "valid": 2, "inval
 MTA_STS_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "absent": 2, "valid": 3, "invalid": 4}
 # mxExchangeDane, from MxRecord.dane: lookup_error, records and matched.
 DANE_VALUES: Final[Mapping[str, int]] = {
-    "not_checked": 1, "no_records": 2, "matched": 3, "mismatched": 4, "error": 5, "unusable": 6,
+    "not_checked": 1,
+    "no_records": 2,
+    "matched": 3,
+    "mismatched": 4,
+    "error": 5,
+    "unusable": 6,
 }
 # mxExchangeMtaSts, from MxResult.mta_sts.policy.uncovered of a fetched policy.
 MTA_STS_COVERAGE_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "covered": 2, "not_covered": 3}

@@ -75,8 +75,16 @@ def date_and_time(value: float | datetime | None) -> bytes:
         return mib_oids.DATE_AND_TIME_NEVER
     return struct.pack(
         ">HBBBBBBcBB",
-        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second,
-        moment.microsecond // 100_000, b"+", 0, 0,
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+        moment.microsecond // 100_000,
+        b"+",
+        0,
+        0,
     )
 
 
@@ -193,7 +201,11 @@ def _dane(record: MxRecord) -> int:
 # The pysnmp type of every readable column, as in the MIB's SYNTAX (enumerations and TruthValue
 # are INTEGER, InetPortNumber is Unsigned32, DateAndTime and SnmpAdminString are OCTET STRING).
 _S, _I, _U, _G, _C = (
-    rfc1902.OctetString, rfc1902.Integer32, rfc1902.Unsigned32, rfc1902.Gauge32, rfc1902.Counter64,
+    rfc1902.OctetString,
+    rfc1902.Integer32,
+    rfc1902.Unsigned32,
+    rfc1902.Gauge32,
+    rfc1902.Counter64,
 )
 SMTP_PROBE_TYPES: dict[SmtpProbeColumn, type] = {
     SmtpProbeColumn.NAME: _S,
@@ -821,8 +833,11 @@ class MibView:
         index = old.index if old is not None else mib_oids.name_index(name)
         result = state.last_result if isinstance(state.last_result, MxResult) else None
         return _CachedRow.of(
-            state, index, mx_check_row(state),
-            tuple(mx_exchange_rows(index, result)), tuple(mx_address_rows(index, result)),
+            state,
+            index,
+            mx_check_row(state),
+            tuple(mx_exchange_rows(index, result)),
+            tuple(mx_address_rows(index, result)),
         )
 
     def _system_nodes(self) -> list[tuple[Oid, MibNode]]:
@@ -855,9 +870,7 @@ class MibView:
             Scalar.CONFIG_LOAD_TIME: ScalarNode(
                 lambda: rfc1902.OctetString(date_and_time(health.config_attempted_at or health.config_loaded_at))
             ),
-            Scalar.CONFIG_LOAD_SUCCESS: ScalarNode(
-                lambda: rfc1902.Integer32(_truth(health.config_load_success))
-            ),
+            Scalar.CONFIG_LOAD_SUCCESS: ScalarNode(lambda: rfc1902.Integer32(_truth(health.config_load_success))),
         }
         return [(mib_oids.scalar_oid(scalar), reader) for scalar, reader in readers.items()]
 

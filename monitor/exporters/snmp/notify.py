@@ -177,8 +177,16 @@ class Notification:
 _VALUE_TYPES: Final[dict[str, Any]] = {
     cls.__name__: cls
     for cls in (
-        rfc1902.Integer32, rfc1902.Integer, rfc1902.OctetString, rfc1902.ObjectIdentifier, rfc1902.IpAddress,
-        rfc1902.Counter32, rfc1902.Gauge32, rfc1902.Unsigned32, rfc1902.TimeTicks, rfc1902.Counter64,
+        rfc1902.Integer32,
+        rfc1902.Integer,
+        rfc1902.OctetString,
+        rfc1902.ObjectIdentifier,
+        rfc1902.IpAddress,
+        rfc1902.Counter32,
+        rfc1902.Gauge32,
+        rfc1902.Unsigned32,
+        rfc1902.TimeTicks,
+        rfc1902.Counter64,
     )
 }
 
@@ -204,8 +212,10 @@ def from_payload(payload: dict[str, Any]) -> Notification:
     varbinds: list[VarBind] = []
     for oid, kind, data in payload["varbinds"]:
         cls = _VALUE_TYPES[kind]
-        value = cls(bytes.fromhex(data)) if issubclass(cls, rfc1902.OctetString) else cls(
-            tuple(data) if issubclass(cls, rfc1902.ObjectIdentifier) else data
+        value = (
+            cls(bytes.fromhex(data))
+            if issubclass(cls, rfc1902.OctetString)
+            else cls(tuple(data) if issubclass(cls, rfc1902.ObjectIdentifier) else data)
         )
         varbinds.append((tuple(oid), value))
     return Notification(payload["label"], payload["probe"], tuple(varbinds))
@@ -248,8 +258,11 @@ def build_notification(event: StoreEvent, started_at: float) -> Notification | N
     ]
     columns = mib.NOTIFICATION_OBJECTS[which]
     for column, value in zip(columns, row_values(event.state, columns), strict=True):
-        oid = (mib.smtp_probe_oid(column, event.name) if isinstance(column, mib.SmtpProbeColumn)
-               else mib.mx_check_oid(column, event.name))
+        oid = (
+            mib.smtp_probe_oid(column, event.name)
+            if isinstance(column, mib.SmtpProbeColumn)
+            else mib.mx_check_oid(column, event.name)
+        )
         varbinds.append((oid, value))
     return Notification(mib.mib_label(which.name), event.name, tuple(varbinds))
 

@@ -200,9 +200,7 @@ class BindingsCache:
 
     def put(self, key: bytes, bindings: _Bindings) -> None:
         names = bindings[0]
-        cost = (
-            2 * len(key) + _COST_PER_ARC * sum(map(len, names)) + _COST_PER_OID * len(names) + _COST_PER_ENTRY
-        )
+        cost = 2 * len(key) + _COST_PER_ARC * sum(map(len, names)) + _COST_PER_OID * len(names) + _COST_PER_ENTRY
         if cost > self.max_entry or key in self._entries:
             return
         if self.octets + cost > self.max_octets:
@@ -668,7 +666,8 @@ class FastPath(Guarded[bytes]):
                     if end is None:
                         previous = last[i]
                         end = ends[i] = (
-                            _end_after(previous) if previous is not None
+                            _end_after(previous)
+                            if previous is not None
                             else _name_varbind(bodies[n + i], _END_OF_MIB_VIEW)
                         )
                     varbind = end
@@ -682,9 +681,7 @@ class FastPath(Guarded[bytes]):
             m -= 1
         return _message(request, 0, 0, out, used)
 
-    def _walk(
-        self, compiled: _Compiled, request: Request, out: list[bytes], used: int, budget: int, m: int
-    ) -> bytes:
+    def _walk(self, compiled: _Compiled, request: Request, out: list[bytes], used: int, budget: int, m: int) -> bytes:
         """GETBULK with one repeated binding (a bulk walk): rows of a column in a tight loop."""
         start = request.names[-1]
         prepared = self._prepared.pop(start, None) if not out else None  # non-repeaters: never prepared
@@ -704,8 +701,17 @@ class FastPath(Guarded[bytes]):
         return _message(request, 0, 0, part.varbinds, part.used)
 
     def _walk_part(
-        self, compiled: _Compiled, k: int, j: int, m: int, budget: int, out: list[bytes], used: int,
-        start_body: bytes, *, columns_only: bool,
+        self,
+        compiled: _Compiled,
+        k: int,
+        j: int,
+        m: int,
+        budget: int,
+        out: list[bytes],
+        used: int,
+        start_body: bytes,
+        *,
+        columns_only: bool,
     ) -> _WalkPart:
         """Up to m instances from position (k, j) appended to `out`, and where a walk would go on.
 
@@ -891,9 +897,18 @@ class FastPath(Guarded[bytes]):
                     table_code = tables[key[:-1]] = self._table_code(key[:-1], rows.indexes)
                 counter64 = getattr(node.syntax, "tagSet", None) == rfc1902.Counter64.tagSet
                 nodes.append(
-                    _CompiledColumn(key, oid_body(key), rows.indexes, rows.cells, node.position,
-                                self._encoder(node.syntax), counter64, visible,
-                                table_code.index_bodies, table_code.column(node.position))
+                    _CompiledColumn(
+                        key,
+                        oid_body(key),
+                        rows.indexes,
+                        rows.cells,
+                        node.position,
+                        self._encoder(node.syntax),
+                        counter64,
+                        visible,
+                        table_code.index_bodies,
+                        table_code.column(node.position),
+                    )
                 )
         return _Compiled(table, keys, nodes)
 
