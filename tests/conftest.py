@@ -6,6 +6,7 @@ Groups below: the tier marker, SMTP peers, DNS peers, SNMP peers, the agent as a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,6 +56,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def peers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One session directory holding every peer's files (configs, logs, queues)."""
     return tmp_path_factory.mktemp("peers")
+
+
+# -- every test ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """After each test, the root logger's handlers and level as they were before it."""
+    # An in-process `run` (monitor.runtime.logs.setup) replaces the root handlers with one writing
+    # to the sys.stderr of that moment (pytest's capture, closed after the test): every later log
+    # record then printed a "Logging error" traceback, slow enough under asyncio's per-write
+    # warnings of a lost connection to push a flood test past its hang guard.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 # -- SMTP peers -----------------------------------------------------------------------------------
