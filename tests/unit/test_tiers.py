@@ -15,7 +15,7 @@ UNIT_FILES = sorted((ROOT / "tests" / "unit").glob("*.py"))
 # Helpers under tests/peers that run in the test's own process and need no Debian file.
 IN_PROCESS_PEERS = frozenset({"tests.peers.snmp_agent_thread", "tests.peers.zone", "tests.peers.signed_zones"})
 # Fixtures of tests/conftest.py that start nothing: the directory the peers share, the Postfix resumer.
-NOT_PEERS = frozenset({"peers_dir", "_resume_paused_postfix"})
+NOT_PEERS = frozenset({"peers_dir", "_resume_paused_postfix", "_root_logger_restored"})
 
 
 def fixtures_defined_in(path: Path) -> set[str]:
