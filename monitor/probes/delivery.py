@@ -142,6 +142,11 @@ def hops_of(header: bytes, submitted_at: float | None) -> tuple[Hop, ...]:
         from_host, by_host, protocol, hop_id, when = parse_received(value)
         stamp = when.timestamp() if when is not None else None
         delay = stamp - previous if stamp is not None and previous is not None else None
+        if not hops and delay is not None and -1.0 <= delay < 0.0:
+            # The first server stamps its Received before its 250 (submitted_at), both in whole
+            # seconds: a second that ticked in between is resolution, not delay. Less than -1 s is
+            # a clock apart from ours, and shows as such.
+            delay = 0.0
         hops.append(Hop(from_host, by_host, protocol, hop_id, when, delay))
         previous = stamp
     return tuple(hops)

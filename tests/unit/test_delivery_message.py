@@ -105,6 +105,12 @@ class TestArrivedHeaders:
         ]
         assert [h.delay for h in hops] == [1.0, 21.0, 0.0]  # the MSA held it 21 s: the MX was down
 
+    def test_the_first_hop_stamped_in_the_second_before_the_250_has_no_delay(self) -> None:
+        # The MSA stamps 20:59:23 before its 250, which came at 20:59:24.05: resolution, not -1 s.
+        assert hops_of(ARRIVED, datetime(2026, 12, 6, 20, 59, 24, 50000, tzinfo=UTC).timestamp())[0].delay == 0.0
+        # Five seconds apart is a clock that differs from ours, and shows as it is.
+        assert hops_of(ARRIVED, datetime(2026, 12, 6, 20, 59, 28, 50000, tzinfo=UTC).timestamp())[0].delay == -5.0
+
     def test_a_received_header_without_a_date_or_with_garbage_still_gives_a_hop(self) -> None:
         assert parse_received("from a by b with SMTP") == ("a", "b", "SMTP", "", None)
         assert parse_received("by b (comment (nested) with X) id 7; not a date")[:4] == ("", "b", "", "7")
