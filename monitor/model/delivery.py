@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from monitor.model.results import Reason, Reply
-from monitor.model.wire import IsoDatetime, as_object, ordered, to_wire
+from monitor.model.wire import IsoDatetime, as_object, ordered, status_and_total_in, status_and_total_out, to_wire
 
 
 class DeliveryPhase(enum.Enum):
@@ -93,8 +93,7 @@ class DeliveryResult:
     @model_serializer(mode="wrap")
     def _wire(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
         wire: dict[str, Any] = fields_of(self)
-        wire["status"] = "ok" if wire.pop("ok") else "failed"
-        wire["timings"] = {**wire["timings"], "total": wire.pop("total")}
+        status_and_total_out(wire)
         return {"kind": "delivery", **ordered(wire, ("status", "name", "started_at", "phase", "reason", "error"))}
 
     @model_validator(mode="before")
@@ -103,10 +102,5 @@ class DeliveryResult:
         wire = as_object(data)
         if wire is None:
             return data
-        wire.pop("kind", None)
-        if "status" in wire:
-            wire["ok"] = wire.pop("status") == "ok"
-        timings = dict(wire.get("timings") or {})
-        wire["total"] = timings.pop("total", 0.0)
-        wire["timings"] = timings
+        status_and_total_in(wire)
         return wire

@@ -10,7 +10,15 @@ from typing import Annotated, Any
 from pydantic import Discriminator, Field, SerializerFunctionWrapHandler, Tag, model_serializer, model_validator
 
 from monitor.model.facts import DaneFacts, MtaStsFacts, PolicyRecord
-from monitor.model.wire import IsoDatetime, adapter, as_object, ordered, to_wire
+from monitor.model.wire import (
+    IsoDatetime,
+    adapter,
+    as_object,
+    ordered,
+    status_and_total_in,
+    status_and_total_out,
+    to_wire,
+)
 
 
 class Status(enum.Enum):
@@ -160,11 +168,10 @@ class SmtpResult:
     @model_serializer(mode="wrap")
     def _wire(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
         wire: dict[str, Any] = fields_of(self)
-        wire["status"] = "ok" if wire.pop("ok") else "failed"
+        status_and_total_out(wire)
         del wire["reply"]
         wire["reply_code"] = self.reply.code if self.reply else None
         wire["reply"] = str(self.reply) if self.reply else None
-        wire["timings"] = {**wire["timings"], "total": wire.pop("total")}
         wire["addresses"] = wire.pop("address_results")
         return {"kind": "smtp", **ordered(wire, _SMTP_FIRST)}
 
@@ -174,13 +181,10 @@ class SmtpResult:
         wire = as_object(data)
         if wire is None:
             return data
-        wire.pop("kind", None)
-        if "status" in wire:
-            wire["ok"] = wire.pop("status") == "ok"
+        status_and_total_in(wire)
         code, text = wire.pop("reply_code", None), wire.pop("reply", None)
         # the lines were saved joined behind the code: they come back as one line
         wire["reply"] = {"code": code, "lines": [str(text or "")[4:]]} if code else None
-        _unwire_timings(wire)
         wire["address_results"] = wire.pop("addresses", ())
         return wire
 
@@ -200,12 +204,6 @@ _SMTP_FIRST = (
     "timings",
     "timing_source",
 )
-
-
-def _unwire_timings(wire: dict[str, Any]) -> None:
-    timings = dict(wire.get("timings") or {})
-    wire["total"] = timings.pop("total", 0.0)
-    wire["timings"] = timings
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,8 +292,7 @@ class MxResult:
         for fact in _MX_FACTS:
             if wire[fact] is None:
                 del wire[fact]
-        wire["status"] = "ok" if wire.pop("ok") else "failed"
-        wire["timings"] = {**wire["timings"], "total": wire.pop("total")}
+        status_and_total_out(wire)
         wire["mx"] = wire.pop("records")
         return {"kind": "mx", **ordered(wire, _MX_FIRST)}
 
@@ -305,10 +302,7 @@ class MxResult:
         wire = as_object(data)
         if wire is None:
             return data
-        wire.pop("kind", None)
-        if "status" in wire:
-            wire["ok"] = wire.pop("status") == "ok"
-        _unwire_timings(wire)
+        status_and_total_in(wire)
         wire["records"] = wire.pop("mx", ())
         for kind in ("spf", "dmarc"):  # a policy record is saved without its kind: the key says it
             if isinstance(wire.get(kind), dict):

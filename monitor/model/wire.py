@@ -55,3 +55,20 @@ def ordered(wire: dict[str, Any], first: tuple[str, ...]) -> dict[str, Any]:
 def as_object(data: object) -> dict[str, Any] | None:
     """A saved object to reshape before validation; None for anything else (left to pydantic to refuse)."""
     return dict(data) if isinstance(data, dict) else None
+
+
+# Every result kind is written the same way: "status" for ok, the total inside "timings".
+def status_and_total_out(wire: dict[str, Any]) -> None:
+    """A result's fields as written: `ok` as "status", `total` inside "timings"."""
+    wire["status"] = "ok" if wire.pop("ok") else "failed"
+    wire["timings"] = {**wire["timings"], "total": wire.pop("total")}
+
+
+def status_and_total_in(wire: dict[str, Any]) -> None:
+    """The reverse of status_and_total_out, on a saved result (its "kind" dropped)."""
+    wire.pop("kind", None)
+    if "status" in wire:
+        wire["ok"] = wire.pop("status") == "ok"
+    timings = dict(wire.get("timings") or {})
+    wire["total"] = timings.pop("total", 0.0)
+    wire["timings"] = timings
