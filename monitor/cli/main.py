@@ -167,7 +167,8 @@ def _probe(args: argparse.Namespace) -> int:
     import asyncio
 
     from monitor.config.schema import SmtpProbeConfig, split_host_port
-    from monitor.probes import smtp
+    from monitor.model.results import SmtpResult
+    from monitor.probes import runners
 
     host, port = split_host_port(args.target, None)
     settings: dict[str, Any] = {
@@ -197,7 +198,8 @@ def _probe(args: argparse.Namespace) -> int:
     problems = _secret_problems(spec)
     if problems:
         raise ValueError(problems)
-    result = asyncio.run(smtp.run(spec, _env(args.nameserver, args.timeout)))
+    result = asyncio.run(runners.run(spec, _env(args.nameserver, args.timeout)))
+    assert isinstance(result, SmtpResult)
     print(report.as_json(result) if args.json else report.smtp_line(result, args.cert_warn_days))
     return report.smtp_exit_code(result, args.cert_warn_days)
 
@@ -206,7 +208,8 @@ def _mx(args: argparse.Namespace) -> int:
     import asyncio
 
     from monitor.config.schema import MxCheckConfig
-    from monitor.probes import mx
+    from monitor.model.results import MxResult
+    from monitor.probes import runners
 
     spec = MxCheckConfig(
         name="cli",
@@ -228,7 +231,8 @@ def _mx(args: argparse.Namespace) -> int:
         mta_sts_ca_file=args.mta_sts_ca_file,
         verify=not args.no_verify,
     )
-    result = asyncio.run(mx.run(spec, _env(args.nameserver, args.timeout)))
+    result = asyncio.run(runners.run(spec, _env(args.nameserver, args.timeout)))
+    assert isinstance(result, MxResult)
     print(report.as_json(result) if args.json else report.mx_line(result))
     return report.mx_exit_code(result)
 
