@@ -11,7 +11,7 @@ from typing import Any
 
 from monitor.cli.report import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN
 from monitor.config.schema import Config, MxCheckConfig, SmtpProbeConfig
-from monitor.model.results import ProbeResult, result_from_json
+from monitor.model.probe_result import ProbeResult, result_from_json
 from monitor.state.persistence import STATE_FILE
 
 log = logging.getLogger("smtp_monitor.status")

@@ -683,14 +683,17 @@ class Config(_Strict):
     snmp: SnmpConfig = SnmpConfig()
     smtp: list[SmtpProbeConfig] = []
     mx: list[MxCheckConfig] = []
+    delivery: list[DeliveryProbeConfig] = []
 
     def duplicate_names(self) -> list[str]:
-        """Probe names are unique across smtp and mx: they index metrics and MIB rows."""
+        """Probe names are unique across smtp, mx and delivery: they index metrics and MIB rows."""
         seen: dict[str, str] = {}
         problems = []
-        named: list[tuple[str, SmtpProbeConfig | MxCheckConfig]] = [
-            (f"smtp[{i}]", e) for i, e in enumerate(self.smtp)
-        ] + [(f"mx[{i}]", e) for i, e in enumerate(self.mx)]
+        named: list[tuple[str, SmtpProbeConfig | MxCheckConfig | DeliveryProbeConfig]] = [
+            *((f"smtp[{i}]", e) for i, e in enumerate(self.smtp)),
+            *((f"mx[{i}]", e) for i, e in enumerate(self.mx)),
+            *((f"delivery[{i}]", e) for i, e in enumerate(self.delivery)),
+        ]
         for where, entry in named:
             if entry.name in seen:
                 problems.append(f"{where}.name: duplicate probe name {entry.name!r} (also {seen[entry.name]})")

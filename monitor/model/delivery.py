@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from pydantic import SerializerFunctionWrapHandler, model_serializer, model_validator
 
@@ -19,6 +20,7 @@ class DeliveryPhase(enum.Enum):
     DELIVER = "deliver"  # the relays and the delivery agent: arrival in time, folder, verdicts
     FETCH = "fetch"  # the mailbox session: connect, TLS, login, search, read the headers
     CLEANUP = "cleanup"  # deleting the probe's own message
+    INTERNAL = "internal"  # a bug: the probe raised instead of returning a result
 
 
 class DeliveryReason(enum.Enum):
@@ -52,6 +54,27 @@ class AuthVerdict:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingMessage:
+    """A message submitted by an earlier run and not yet seen in the mailbox."""
+
+    token: str
+    submitted_at: float  # epoch seconds of the 250 that accepted it
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierMessage:
+    """What a run learned of a message an earlier run left pending: it arrived (late) or it is lost."""
+
+    token: str
+    submitted_at: float
+    outcome: Literal["late", "lost"]
+    arrived_at: float | None = None  # late only: epoch seconds the mailbox showed it
+    latency: float | None = None  # late only: seconds from the 250 to the mailbox, across runs and restarts
+    hops: tuple[Hop, ...] = ()  # late only: where it waited
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryResult:
     """Outcome of one delivery run."""
 
@@ -78,6 +101,7 @@ class DeliveryResult:
     deleted: bool = False  # the probe's message was removed from the mailbox
     cleanup_note: str = ""  # why a found message was left in place (not a failure: a later sweep removes it)
     idle: bool = False  # arrival was waited for with IMAP IDLE (else by polling)
+    earlier: tuple[EarlierMessage, ...] = ()  # earlier runs' pending messages this run found or gave up
     timings: dict[str, float] = field(default_factory=dict)  # phase value -> seconds
     total: float = 0.0
 
@@ -104,3 +128,57 @@ class DeliveryResult:
             return data
         status_and_total_in(wire)
         return wire
+
+
+# Delivery latency histogram bounds, seconds: from IDLE-fast local delivery to a queue retried for an hour.
+LATENCY_BUCKETS: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0)
+MAX_PENDING = 50  # pending messages kept per probe: beyond, the oldest is counted lost (a mail loop's bound)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryLedger:
+    """What a delivery probe carries from run to run: its pending messages, late and lost counts and the
+    latency histogram. The store keeps it (and saves it across restarts); the scheduler keeps the
+    pending part to hand to the next run. Both advance it with `after`."""
+
+    pending: tuple[PendingMessage, ...] = ()
+    late: int = 0  # messages that arrived after their run's deadline (found by a later run)
+    lost: int = 0  # messages given up after lost_after
+    # Cumulative per bucket of LATENCY_BUCKETS, then +Inf (the Prometheus histogram's shape).
+    latency_buckets: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS) + 1)
+    latency_sum: float = 0.0
+    latency_count: int = 0
+    last_latency: float | None = None  # seconds, of the latest message that arrived (in time or late)
+
+    def after(self, result: DeliveryResult) -> DeliveryLedger:
+        """The ledger once `result` is taken: its own message pending or arrived, earlier ones resolved."""
+        resolved = {earlier.token for earlier in result.earlier}
+        pending = [p for p in self.pending if p.token not in resolved]
+        if result.pending and result.token and result.submitted_at is not None:
+            pending.append(PendingMessage(result.token, result.submitted_at))
+        overflow = max(len(pending) - MAX_PENDING, 0)
+        latencies = [result.latency] if result.latency is not None and not result.pending else []
+        latencies += [e.latency for e in result.earlier if e.outcome == "late" and e.latency is not None]
+        return replace(
+            self._observed(latencies),
+            pending=tuple(pending[overflow:]),
+            late=self.late + sum(1 for e in result.earlier if e.outcome == "late"),
+            lost=self.lost + overflow + sum(1 for e in result.earlier if e.outcome == "lost"),
+        )
+
+    def _observed(self, latencies: Iterable[float]) -> DeliveryLedger:
+        buckets, total, count, last = list(self.latency_buckets), self.latency_sum, self.latency_count, None
+        for latency in latencies:
+            for i, bound in enumerate((*LATENCY_BUCKETS, float("inf"))):
+                if latency <= bound:
+                    buckets[i] += 1
+            total += latency
+            count += 1
+            last = latency
+        if last is None:
+            return self
+        return replace(self, latency_buckets=tuple(buckets), latency_sum=total, latency_count=count, last_latency=last)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The saved form (the state database)."""
+        return to_wire(self)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from pydantic import Discriminator, Field, SerializerFunctionWrapHandler, Tag, model_serializer, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from monitor.model.facts import DaneFacts, MtaStsFacts, PolicyRecord
 from monitor.model.wire import (
     IsoDatetime,
-    adapter,
     as_object,
     ordered,
     status_and_total_in,
@@ -325,42 +323,3 @@ _MX_FIRST = (
     "unexpected",
     "timings",
 )
-
-
-ProbeResult = SmtpResult | MxResult
-
-
-def _kind(value: Any) -> str:
-    # as earlier releases read saved results: anything but "smtp" is an MX check's
-    if isinstance(value, dict):
-        return "smtp" if value.get("kind") == "smtp" else "mx"
-    return "smtp" if isinstance(value, SmtpResult) else "mx"
-
-
-_ProbeResultWire = Annotated[Annotated[SmtpResult, Tag("smtp")] | Annotated[MxResult, Tag("mx")], Discriminator(_kind)]
-
-
-def result_from_dict(d: dict[str, Any]) -> ProbeResult:
-    """The inverse of as_dict(), for results saved across a restart (pydantic.ValidationError, a ValueError, if
-    `d` is no saved result)."""
-    result: ProbeResult = adapter(_ProbeResultWire).validate_python(d)
-    return result
-
-
-def result_to_json(result: ProbeResult) -> str:
-    """The saved text of a result (the state database): json.dumps of as_dict(), as earlier releases saved it.
-
-    Not pydantic's dump_json: it writes floats its own way (1.2e-05 as 0.000012)."""
-    return json.dumps(result.as_dict())
-
-
-def result_from_json(text: str | bytes) -> ProbeResult:
-    """A saved result back (ValueError if the text is no saved result).
-
-    json.loads then validate_python: validate_json is no faster here, as every dataclass's before-validator
-    needs the Python dict anyway (0.147 s against 0.144 s CPU for 10,000 SMTP results)."""
-    try:
-        data = json.loads(text)
-    except RecursionError:  # a hand-made row nested thousands deep: refused like any other bad row
-        raise ValueError("saved result nested too deeply") from None
-    return result_from_dict(data)

@@ -29,7 +29,15 @@ import authres  # type: ignore[import-untyped]
 import dns.rdtypes.ANY.MX
 
 from monitor.config.schema import DeliveryProbeConfig, SmtpAuthConfig, SmtpProbeConfig
-from monitor.model.delivery import AuthVerdict, DeliveryPhase, DeliveryReason, DeliveryResult, Hop
+from monitor.model.delivery import (
+    AuthVerdict,
+    DeliveryPhase,
+    DeliveryReason,
+    DeliveryResult,
+    EarlierMessage,
+    Hop,
+    PendingMessage,
+)
 from monitor.model.failures import LookupFailure, ProbeFailure, ReplyFailure, classify
 from monitor.model.results import Phase, Reason, Reply
 from monitor.probes import ProbeEnv, resolve
@@ -333,6 +341,7 @@ class _Run:
         self.found: Found | None = None
         self.deleted = False
         self.idle = False
+        self.earlier: tuple[EarlierMessage, ...] = ()
 
     def enter(self, phase: DeliveryPhase) -> None:
         self.phase = phase
@@ -373,6 +382,7 @@ class _Run:
             deleted=self.deleted,
             cleanup_note=note,
             idle=self.idle,
+            earlier=self.earlier,
             timings={**(submitted.timings if submitted else {}), **self.timings},
             total=time.perf_counter() - self.t0,
         )
@@ -397,25 +407,77 @@ def _expectations(config: DeliveryProbeConfig, result: DeliveryResult) -> tuple[
     return None
 
 
-async def run(config: DeliveryProbeConfig, env: ProbeEnv) -> DeliveryResult:
-    """One delivery run; every outcome, good or bad, is a result value."""
+async def run(config: DeliveryProbeConfig, env: ProbeEnv, pending: Sequence[PendingMessage] = ()) -> DeliveryResult:
+    """One delivery run; every outcome, good or bad, is a result value.
+
+    `pending`: earlier runs' messages not yet seen. This run looks for them first: found, each is late
+    (with its real latency) and deleted; pending for longer than lost_after, lost. Then it sweeps this
+    probe's own messages older than lost_after (left by a run the agent never finished), submits its own
+    and waits for it."""
     progress = _Run(config)
     mailbox = open_mailbox(config.mailbox, env, config.timeouts)
     try:
-        return await _run(progress, mailbox, env)
+        return await _run(progress, mailbox, env, pending)
     except Exception as exc:  # a bug or a library's surprise: a classified result, never a crashed scheduler
         return progress.result(ProbeFailure(Reason.INTERNAL, f"internal error: {type(exc).__name__}"))
     finally:
         await mailbox.close()
 
 
-async def _run(progress: _Run, mailbox: Mailbox, env: ProbeEnv) -> DeliveryResult:
+async def _earlier(
+    config: DeliveryProbeConfig, mailbox: Mailbox, pending: Sequence[PendingMessage]
+) -> tuple[EarlierMessage, ...]:
+    """What became of earlier runs' pending messages: arrived since (late), or waited for too long (lost)."""
+    outcomes: list[EarlierMessage] = []
+    for message in pending:
+        found = await mailbox.wait_for(message.token, time.monotonic())
+        if found is not None:
+            left = await mailbox.delete(found)
+            outcomes.append(
+                EarlierMessage(
+                    token=message.token,
+                    submitted_at=message.submitted_at,
+                    outcome="late",
+                    arrived_at=found.seen_at,
+                    # Wall clock, both ends: the 250 may be from before a restart of the agent.
+                    latency=max(found.seen_at - message.submitted_at, 0.0),
+                    hops=hops_of(found.header, message.submitted_at),
+                    deleted=not left,
+                )
+            )
+        elif time.time() - message.submitted_at > config.lost_after:
+            outcomes.append(EarlierMessage(message.token, message.submitted_at, "lost"))
+    return tuple(outcomes)
+
+
+async def _sweep_open(config: DeliveryProbeConfig, mailbox: Mailbox, keep: Collection[str]) -> tuple[str, ...]:
+    removed: list[str] = []
+    cutoff = time.time() - config.lost_after
+    for message in await mailbox.own_messages(config.name, MAX_SWEEP):
+        sent = _sent_at(message.header)
+        token = _header_values(message.header, TOKEN_HEADER, 1)
+        if sent is None or sent >= cutoff or not token or token[0] in keep:
+            continue
+        if not await mailbox.delete(message):
+            removed.append(token[0])
+    return tuple(removed)
+
+
+async def _run(progress: _Run, mailbox: Mailbox, env: ProbeEnv, pending: Sequence[PendingMessage]) -> DeliveryResult:
     config = progress.config
     try:
         progress.enter(DeliveryPhase.FETCH)
         await mailbox.open()
         progress.idle = mailbox.idle
         progress.done("fetch_open")
+        if pending:
+            progress.enter(DeliveryPhase.FETCH)
+            progress.earlier = await _earlier(config, mailbox, pending)
+            progress.done("fetch_earlier")
+        resolved = {e.token for e in progress.earlier}
+        progress.enter(DeliveryPhase.FETCH)
+        await _sweep_open(config, mailbox, keep={p.token for p in pending if p.token not in resolved})
+        progress.done("fetch_sweep")
 
         progress.enter(DeliveryPhase.SUBMIT)
         progress.token = new_token()
@@ -485,17 +547,8 @@ async def sweep(config: DeliveryProbeConfig, env: ProbeEnv, keep: Collection[str
 
     ProbeFailure when the mailbox cannot be read."""
     mailbox = open_mailbox(config.mailbox, env, config.timeouts)
-    removed: list[str] = []
-    cutoff = time.time() - config.lost_after
     try:
         await mailbox.open()
-        for message in await mailbox.own_messages(config.name, MAX_SWEEP):
-            sent = _sent_at(message.header)
-            token = _header_values(message.header, TOKEN_HEADER, 1)
-            if sent is None or sent >= cutoff or not token or token[0] in keep:
-                continue
-            if not await mailbox.delete(message):
-                removed.append(token[0])
+        return await _sweep_open(config, mailbox, keep)
     finally:
         await mailbox.close()
-    return tuple(removed)

@@ -9,24 +9,51 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
+from monitor.config.schema import DeliveryProbeConfig, MxCheckConfig, SmtpProbeConfig
+from monitor.model.delivery import DeliveryPhase, DeliveryResult, PendingMessage
 from monitor.model.failures import LookupFailure, ProbeFailure, classify
-from monitor.model.results import MxResult, Phase, ProbeResult, Reason, SmtpResult
-from monitor.probes import ProbeEnv, mx, resolve, smtp
+from monitor.model.probe_result import ProbeResult
+from monitor.model.results import MxResult, Phase, Reason, SmtpResult
+from monitor.probes import ProbeEnv, delivery, mx, resolve, smtp
 
 log = logging.getLogger("smtp_monitor.probes")
 
-AnyProbeConfig = SmtpProbeConfig | MxCheckConfig
-ProbeRunner = Callable[[Any, ProbeEnv], Awaitable[ProbeResult]]
-RUNNERS: dict[type, ProbeRunner] = {SmtpProbeConfig: smtp.run, MxCheckConfig: mx.run}
+AnyProbeConfig = SmtpProbeConfig | MxCheckConfig | DeliveryProbeConfig
+# A runner takes its probe's config, the shared environment and, for delivery probes, the messages
+# earlier runs left pending (the others ignore them).
+ProbeRunner = Callable[[Any, ProbeEnv, Sequence[PendingMessage]], Awaitable[ProbeResult]]
+
+
+async def _smtp_run(config: SmtpProbeConfig, env: ProbeEnv, _pending: Sequence[PendingMessage]) -> ProbeResult:
+    return await smtp.run(config, env)
+
+
+async def _mx_run(config: MxCheckConfig, env: ProbeEnv, _pending: Sequence[PendingMessage]) -> ProbeResult:
+    return await mx.run(config, env)
+
+
+RUNNERS: dict[type, ProbeRunner] = {
+    SmtpProbeConfig: _smtp_run,
+    MxCheckConfig: _mx_run,
+    DeliveryProbeConfig: delivery.run,
+}
 
 
 def internal_failure(probe: AnyProbeConfig, started_at: float, error: str) -> ProbeResult:
     """The result of a probe that raised instead of returning: a bug, recorded as a failure."""
+    if isinstance(probe, DeliveryProbeConfig):
+        return DeliveryResult(
+            name=probe.name,
+            started_at=started_at,
+            ok=False,
+            phase=DeliveryPhase.INTERNAL,
+            reason=Reason.INTERNAL,
+            error=error,
+        )
     if isinstance(probe, SmtpProbeConfig):
         return SmtpResult(
             host=probe.host,
@@ -48,11 +75,13 @@ def internal_failure(probe: AnyProbeConfig, started_at: float, error: str) -> Pr
     )
 
 
-async def run(probe: AnyProbeConfig, env: ProbeEnv) -> ProbeResult:
-    """Run the probe `probe` configures; every outcome, a bug included, is a result."""
+async def run(probe: AnyProbeConfig, env: ProbeEnv, pending: Sequence[PendingMessage] = ()) -> ProbeResult:
+    """Run the probe `probe` configures; every outcome, a bug included, is a result.
+
+    `pending`: a delivery probe's messages from earlier runs, not yet seen (DeliveryLedger.pending)."""
     started_at = time.time()
     try:
-        return await RUNNERS[type(probe)](probe, env)
+        return await RUNNERS[type(probe)](probe, env, pending)
     except asyncio.CancelledError:
         raise
     except Exception as exc:

@@ -98,14 +98,16 @@ class Agent:
         _prepare_state_dir(self.config.agent.state_dir)
         self._apply(self.config)
         self._open_state()
+        self.scheduler.seed_pending(self.store.pending())  # delivery messages awaited before a restart
         await self._start_exporters()
         self._wire_events()
         self.scheduler.start()
         self._started = True
         log.info(
-            "started: %d SMTP probes, %d MX checks from %s (shard %s)",
+            "started: %d SMTP probes, %d MX checks, %d delivery probes from %s (shard %s)",
             len(self.config.smtp),
             len(self.config.mx),
+            len(self.config.delivery),
             self.config_path,
             self.shard,
         )

@@ -3,8 +3,10 @@
 never delay the timings probes measure.
 
 The agent starts `python -m monitor.runtime.probe_worker FD` with one end of a socket pair. Frames are a
-4-byte length and a pickle (both ends are this project's code). Agent -> probes: ("config", Config),
-("stop", grace). Probes -> agent: ("results", [(name, result), ...]), ("health", dict), ("stopped", None).
+4-byte length and a pickle (both ends are this project's code). Agent -> probes: ("config", Config, pending),
+("stop", grace); pending maps delivery probes to the messages they wait for, taken from the store
+for a new probe process only (a running one knows better: the store may not have its latest results).
+Probes -> agent: ("results", [(name, result), ...]), ("health", dict), ("stopped", None).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import socket
 import struct
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from monitor.config.schema import Config, SnmpConfig
+from monitor.model.delivery import PendingMessage
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore
 
@@ -69,7 +73,11 @@ class ProbeProcess:
     def apply(self, config: Config) -> None:
         """The probe process follows the config when told (the agent configures its store itself)."""
         self._config = probes_only(config)
-        self._send(("config", self._config))
+        self._send(("config", self._config, {}))
+
+    def seed_pending(self, pending: Mapping[str, tuple[PendingMessage, ...]]) -> None:
+        """Nothing to do: every new probe process is seeded from the store (the agent's ProbeScheduler
+        interface)."""
 
     def start(self) -> None:
         self._spawn()
@@ -95,7 +103,7 @@ class ProbeProcess:
         reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
         self._writer = writer
         assert self._config is not None
-        self._send(("config", self._config))
+        self._send(("config", self._config, self.store.pending()))
         try:
             while True:
                 message = await read_frame(reader)

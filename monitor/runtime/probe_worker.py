@@ -12,12 +12,14 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client.process_collector import ProcessCollector
 
 from monitor.config.schema import Config
-from monitor.model.results import ProbeResult
+from monitor.model.delivery import PendingMessage
+from monitor.model.probe_result import ProbeResult
 from monitor.probes import ProbeEnv
 from monitor.runtime import logs
 from monitor.runtime.probe_process import frame, read_frame
@@ -80,12 +82,13 @@ class Worker:
             batch, self._results = self._results, []
             self.send(("results", batch))
 
-    def apply(self, config: Config) -> None:
+    def apply(self, config: Config, pending: Mapping[str, tuple[PendingMessage, ...]]) -> None:
         if self.scheduler is None:
             env = ProbeEnv.from_config(config)
             # No store here: results go to the agent's, and a second copy of 10,000 results costs ~10 MB.
             self.scheduler = ProbeScheduler(self.add_result, self.health, env, config.defaults.max_concurrency)
             self.scheduler.apply(config)
+            self.scheduler.seed_pending(pending)
             self.scheduler.start()
         else:
             self.scheduler.apply(config)
@@ -119,7 +122,7 @@ async def _run_worker(fd: int) -> None:
         while True:
             message = await read_frame(reader)
             if message[0] == "config":
-                worker.apply(message[1])
+                worker.apply(message[1], message[2])
             elif message[0] == "stop":
                 grace = float(message[1])
                 break

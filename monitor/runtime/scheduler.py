@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, EVENT_JOB_SUBMITTED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from monitor.config.schema import Config
-from monitor.model.results import ProbeResult
+from monitor.config.schema import Config, DeliveryProbeConfig
+from monitor.model.delivery import DeliveryLedger, DeliveryResult, PendingMessage
+from monitor.model.probe_result import ProbeResult
 from monitor.probes import ProbeEnv, runners
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeConfig
@@ -39,6 +40,9 @@ class ProbeScheduler:
         self.health = health
         self.env = env
         self._limit = asyncio.Semaphore(max_concurrency)
+        # Delivery probes' messages not yet seen, handed to their next run. The store keeps the same
+        # (and saves it); this copy is what the probe process has, seeded from the store at start.
+        self._pending: dict[str, tuple[PendingMessage, ...]] = {}
         self._probes: dict[str, ProbeConfig] = {}
         self._intervals: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -63,6 +67,7 @@ class ProbeScheduler:
         self.env.defaults = config.defaults
         wanted: dict[str, ProbeConfig] = {p.name: p for p in config.smtp}
         wanted.update({p.name: p for p in config.mx})
+        wanted.update({p.name: p for p in config.delivery})
         added = {name for name, probe in wanted.items() if self._probes.get(name) != probe}  # new or changed
         removed = [name for name in self._probes if name not in wanted]
         for name in removed:
@@ -94,6 +99,13 @@ class ProbeScheduler:
             self._scheduler.remove_job(name)
         self._probes.pop(name, None)
         self._intervals.pop(name, None)
+        self._pending.pop(name, None)  # a changed probe starts afresh, as its state in the store does
+
+    def seed_pending(self, pending: Mapping[str, tuple[PendingMessage, ...]]) -> None:
+        """The pending messages the store restored (before start, or when a probe process restarts)."""
+        for name, messages in pending.items():
+            if name in self._probes and messages:
+                self._pending[name] = messages
 
     async def stop(self, grace: float) -> None:
         """Stop scheduling; let probes in flight finish within `grace`, then cancel them."""
@@ -123,16 +135,27 @@ class ProbeScheduler:
         probe = self._probes.get(name)
         if probe is None:
             return None
-        async with self._limit:
-            self.health.in_flight += 1
-            try:
-                result = await runners.run(probe, self.env)
-            finally:
-                self.health.in_flight -= 1
+        if isinstance(probe, DeliveryProbeConfig):
+            # A delivery run mostly waits for mail (up to deliver_within): it takes no slot of the
+            # handshake probes, whose concurrency limit is about sockets and CPU.
+            result = await self._run_counted(probe, self._pending.get(name, ()))
+        else:
+            async with self._limit:
+                result = await self._run_counted(probe, ())
         # A reload may have changed this probe while it ran: its result belongs to the old config.
         if self._probes.get(name) == probe:
+            if isinstance(result, DeliveryResult):
+                pending = DeliveryLedger(pending=self._pending.get(name, ())).after(result).pending
+                self._pending[name] = pending
             self.sink(name, result)
         return result
+
+    async def _run_counted(self, probe: ProbeConfig, pending: tuple[PendingMessage, ...]) -> ProbeResult:
+        self.health.in_flight += 1
+        try:
+            return await runners.run(probe, self.env, pending)
+        finally:
+            self.health.in_flight -= 1
 
     def _on_event(self, event: JobEvent) -> None:
         if event.code == EVENT_JOB_SUBMITTED:

@@ -13,13 +13,16 @@ import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import TypeAdapter
 
-from monitor.model.results import SmtpResult, Status, result_from_json, result_to_json
+from monitor.model.delivery import DeliveryLedger
+from monitor.model.probe_result import result_from_json, result_to_json
+from monitor.model.results import SmtpResult, Status
+from monitor.model.wire import adapter
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeState, ResultsStore, StoreEvent
 
@@ -30,7 +33,7 @@ STATE_FILE = "state.db"  # inside agent.state_dir
 # error texts and receiver names, the SNMP engine state the boots counter replay protection rests on.
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIR_MODE = 0o700
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: probe_state.delivery (a delivery probe's pending messages and counts)
 FLUSH_INTERVAL = 5.0  # seconds between batched saves of counters and last results
 
 _SCHEMA = """
@@ -46,7 +49,8 @@ CREATE TABLE IF NOT EXISTS probe_state (
     last_success REAL,
     last_change REAL,
     cert_warned_for TEXT NOT NULL,
-    last_result TEXT
+    last_result TEXT,
+    delivery TEXT
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -162,6 +166,13 @@ class StateDB:
         row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
             conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif row[0] == "1":
+            # An earlier release's file: its states are kept, delivery probes (new in 2) have none yet.
+            conn.execute("BEGIN IMMEDIATE")  # both or neither: a kill -9 between would leave a column twice added
+            conn.execute("ALTER TABLE probe_state ADD COLUMN delivery TEXT")
+            conn.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+            log.info("state database %s: schema 1 updated to %d", self.path, SCHEMA_VERSION)
         elif row[0] != str(SCHEMA_VERSION):
             raise sqlite3.DatabaseError(f"schema version {row[0]}, expected {SCHEMA_VERSION}")
 
@@ -249,13 +260,14 @@ class StateDB:
 
 _UPSERT = """
 INSERT INTO probe_state (name, config_hash, status, consecutive_failures, runs, failures, failures_by_cause,
-                         last_success, last_change, cert_warned_for, last_result)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                         last_success, last_change, cert_warned_for, last_result, delivery)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(name) DO UPDATE SET
     config_hash=excluded.config_hash, status=excluded.status,
     consecutive_failures=excluded.consecutive_failures, runs=excluded.runs, failures=excluded.failures,
     failures_by_cause=excluded.failures_by_cause, last_success=excluded.last_success,
-    last_change=excluded.last_change, cert_warned_for=excluded.cert_warned_for, last_result=excluded.last_result
+    last_change=excluded.last_change, cert_warned_for=excluded.cert_warned_for, last_result=excluded.last_result,
+    delivery=excluded.delivery
 """
 
 
@@ -273,11 +285,23 @@ def _row(state: ProbeState) -> tuple[Any, ...]:
         state.last_change,
         state.cert_warned_for,
         result_to_json(state.last_result) if state.last_result is not None else None,
+        json.dumps(state.delivery.as_dict()) if state.delivery is not None else None,
     )
 
 
 # failures_by_cause as saved by _row: [[phase, reason, count], ...]
 _CAUSES: TypeAdapter[list[tuple[str, str, int]]] = TypeAdapter(list[tuple[str, str, int]])
+
+
+def _ledger(saved: str | None, kind: str) -> DeliveryLedger | None:
+    if kind != "delivery":
+        return None
+    if not saved:
+        return DeliveryLedger()
+    ledger: DeliveryLedger = adapter(DeliveryLedger).validate_json(saved)
+    if len(ledger.latency_buckets) != len(DeliveryLedger().latency_buckets):  # saved with other buckets
+        ledger = replace(ledger, latency_buckets=DeliveryLedger().latency_buckets, latency_sum=0.0, latency_count=0)
+    return ledger
 
 
 def restore_into(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> int:
@@ -311,6 +335,7 @@ def _saved_states(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> Itera
                 cert_warned_for=row["cert_warned_for"],
                 last_tls=result.tls if isinstance(result, SmtpResult) else None,
                 last_tls_at=result.started_at if isinstance(result, SmtpResult) and result.tls else None,
+                delivery=_ledger(row.get("delivery"), current.kind),
             )
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("saved state of %s is unusable (%s): starting it afresh", name, exc)

@@ -7,7 +7,8 @@ from collections.abc import Hashable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from monitor.model.results import MxRecord, MxResult, ProbeResult, SmtpResult, TlsInfo
+from monitor.model.probe_result import ProbeResult
+from monitor.model.results import MxRecord, MxResult, SmtpResult, TlsInfo
 
 T = TypeVar("T")
 

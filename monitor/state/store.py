@@ -10,19 +10,25 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal
 
-from monitor.config.schema import Config, MxCheckConfig, SmtpProbeConfig
-from monitor.model.results import MxResult, ProbeResult, SmtpResult, Status, TlsInfo
+from monitor.config.schema import Config, DeliveryProbeConfig, MxCheckConfig, SmtpProbeConfig
+from monitor.model.delivery import DeliveryLedger, DeliveryResult, EarlierMessage, PendingMessage
+from monitor.model.probe_result import ProbeKind, ProbeResult
+from monitor.model.results import SmtpResult, Status, TlsInfo
 from monitor.state.shared_facts import SharedFacts
 
 log = logging.getLogger("smtp_monitor.store")
 
-ProbeConfig = SmtpProbeConfig | MxCheckConfig
-ProbeKind = Literal["smtp", "mx"]
-EventKind = Literal["failed", "recovered", "cert_expiring"]
+ProbeConfig = SmtpProbeConfig | MxCheckConfig | DeliveryProbeConfig
+# failed/recovered: status changes; cert_expiring: once per certificate; delivery_late/delivery_lost: a
+# delivery probe's earlier message arrived after its deadline or was given up; pending_changed: a
+# delivery probe's pending messages changed (saved at once, announced to nobody).
+EventKind = Literal["failed", "recovered", "cert_expiring", "delivery_late", "delivery_lost", "pending_changed"]
 
 
 def kind_of(config: ProbeConfig) -> ProbeKind:
-    return "smtp" if isinstance(config, SmtpProbeConfig) else "mx"
+    if isinstance(config, SmtpProbeConfig):
+        return "smtp"
+    return "delivery" if isinstance(config, DeliveryProbeConfig) else "mx"
 
 
 def probe_entries(config: Config) -> list[tuple[ProbeConfig, int, int]]:
@@ -34,6 +40,8 @@ def probe_entries(config: Config) -> list[tuple[ProbeConfig, int, int]]:
         out.append((s, s.alert_after or d.alert_after, warn_days))
     for m in config.mx:
         out.append((m, m.alert_after or d.alert_after, d.cert_warn_days))
+    for delivery in config.delivery:
+        out.append((delivery, delivery.alert_after or d.alert_after, d.cert_warn_days))
     return out
 
 
@@ -59,11 +67,14 @@ class ProbeState:
     # The latest completed TLS handshake: certificate facts stay known while the server is down.
     last_tls: TlsInfo | None = None
     last_tls_at: float | None = None
+    # Delivery probes only: pending messages, late and lost counts, latency histogram.
+    delivery: DeliveryLedger | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StoreEvent:
-    """A status change (failed/recovered) or a certificate coming close to expiry."""
+    """A status change (failed/recovered), a certificate coming close to expiry, or what became of a
+    delivery probe's earlier message (`earlier` names it)."""
 
     kind: EventKind
     name: str
@@ -72,6 +83,7 @@ class StoreEvent:
     new: Status
     state: ProbeState
     at: float
+    earlier: EarlierMessage | None = None  # delivery_late, delivery_lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +125,9 @@ class ResultsStore:
             if old is not None and old.config == cfg:
                 states[name] = replace(old, alert_after=alert_after, cert_warn_days=warn)
             else:
-                states[name] = ProbeState(name, kind_of(cfg), cfg, alert_after, warn)
+                kind = kind_of(cfg)
+                ledger = DeliveryLedger() if kind == "delivery" else None
+                states[name] = ProbeState(name, kind, cfg, alert_after, warn, delivery=ledger)
                 added.append(name)
         removed = [name for name in self._states if name not in wanted]
         self._states = states
@@ -164,6 +178,9 @@ class ResultsStore:
             last_success = old.last_success
         changed = status is not old.status
         tls_seen = isinstance(result, SmtpResult) and result.tls is not None
+        ledger = old.delivery
+        if isinstance(result, DeliveryResult):
+            ledger = (ledger or DeliveryLedger()).after(result)
         new = replace(
             old,
             last_tls=result.tls if isinstance(result, SmtpResult) and tls_seen else old.last_tls,
@@ -176,12 +193,15 @@ class ResultsStore:
             failures_by_cause=causes,
             last_success=last_success,
             last_change=now if changed else old.last_change,
+            delivery=ledger,
         )
         events: list[StoreEvent] = []
         if changed and status is Status.FAILED:
             events.append(StoreEvent("failed", name, old.kind, old.status, status, new, now))
         elif changed and status is Status.OK and old.status is Status.FAILED:
             events.append(StoreEvent("recovered", name, old.kind, old.status, status, new, now))
+        if isinstance(result, DeliveryResult):
+            events += self._delivery_events(old, new, result, now)
         new, cert_event = self._cert_check(new, now)
         if cert_event:
             events.append(cert_event)
@@ -190,6 +210,27 @@ class ResultsStore:
         if self._announce:
             for event in events:
                 self._publish(event)
+        return events
+
+    @staticmethod
+    def _delivery_events(old: ProbeState, new: ProbeState, result: DeliveryResult, now: float) -> list[StoreEvent]:
+        events = [
+            StoreEvent(
+                "delivery_late" if e.outcome == "late" else "delivery_lost",
+                new.name,
+                new.kind,
+                old.status,
+                new.status,
+                new,
+                now,
+                earlier=e,
+            )
+            for e in result.earlier
+        ]
+        old_pending = old.delivery.pending if old.delivery is not None else ()
+        if not events and new.delivery is not None and new.delivery.pending != old_pending:
+            # Nothing to announce, but a pending message must survive a kill -9 of the agent.
+            events.append(StoreEvent("pending_changed", new.name, new.kind, old.status, new.status, new, now))
         return events
 
     def _cert_check(self, state: ProbeState, now: float) -> tuple[ProbeState, StoreEvent | None]:
@@ -211,6 +252,25 @@ class ResultsStore:
         self._snapshot = None
 
     def _publish(self, event: StoreEvent) -> None:
+        if event.kind.startswith("delivery_") or event.kind == "pending_changed":
+            self._publish_delivery(event)
+        else:
+            self._publish_status(event)
+
+    def _publish_delivery(self, event: StoreEvent) -> None:
+        earlier = event.earlier
+        if earlier is not None and earlier.outcome == "late":
+            log.warning(
+                "delivery %s: message %s arrived late, %.1fs after submission",
+                event.name,
+                earlier.token,
+                earlier.latency or 0.0,
+            )
+        elif earlier is not None:
+            log.warning("delivery %s: message %s is lost (not arrived after lost_after)", event.name, earlier.token)
+        self._tell(event)
+
+    def _publish_status(self, event: StoreEvent) -> None:
         result = event.state.last_result
         detail = ""
         if result is not None and not result.ok:
@@ -229,6 +289,9 @@ class ResultsStore:
             event.new.value,
             detail,
         )
+        self._tell(event)
+
+    def _tell(self, event: StoreEvent) -> None:
         for subscriber in list(self._subscribers):
             try:
                 subscriber(event)
@@ -249,10 +312,14 @@ class ResultsStore:
             snap = self._snapshot = Snapshot(version, time.time(), MappingProxyType(dict(self._states)))
         return snap
 
+    def pending(self) -> dict[str, tuple[PendingMessage, ...]]:
+        """Each delivery probe's messages not yet seen (what its next run looks for)."""
+        return {
+            name: state.delivery.pending
+            for name, state in self._states.items()
+            if state.delivery is not None and state.delivery.pending
+        }
+
     @property
     def version(self) -> int:
         return self._version
-
-
-def result_kind(result: ProbeResult) -> ProbeKind:
-    return "mx" if isinstance(result, MxResult) else "smtp"

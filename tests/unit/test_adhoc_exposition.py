@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
 from monitor.exporters.prometheus.metrics import StoreCollector, single_result_registry
-from monitor.model.results import CertInfo, MxRecord, MxResult, Phase, ProbeResult, Reason, Reply, SmtpResult, TlsInfo
+from monitor.model.probe_result import ProbeResult
+from monitor.model.results import CertInfo, MxRecord, MxResult, Phase, Reason, Reply, SmtpResult, TlsInfo
 from monitor.state.store import ProbeConfig, ResultsStore
 
 NOW = 1_780_000_000.0

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import serialization
 
 from monitor.config.schema import DnsConfig, MxCheckConfig
 from monitor.model.facts import DaneFacts
-from monitor.model.results import MxResult, Phase, Reason, result_from_dict
+from monitor.model.probe_result import result_from_dict
+from monitor.model.results import MxResult, Phase, Reason
 from monitor.probes import ProbeEnv, build_resolver, mx
 from monitor.probes.dane import Tlsa
 from tests.fakes import smtp_servers

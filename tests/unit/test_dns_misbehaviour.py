@@ -15,7 +15,8 @@ import pytest
 from monitor.cli import main as cli
 from monitor.config.schema import DnsConfig, MxCheckConfig
 from monitor.model.facts import PolicyRecord
-from monitor.model.results import MxResult, Phase, Reason, ReverseDns, result_from_dict
+from monitor.model.probe_result import result_from_dict
+from monitor.model.results import MxResult, Phase, Reason, ReverseDns
 from monitor.probes import ProbeEnv, build_resolver, mx
 from tests.fakes.dns_server import (
     Cname,

@@ -20,6 +20,7 @@ import pytest
 from monitor.cli import report
 from monitor.config.schema import SmtpProbeConfig
 from monitor.model.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
+from monitor.model.probe_result import result_from_dict
 from monitor.model.results import (
     CertInfo,
     MxRecord,
@@ -31,7 +32,6 @@ from monitor.model.results import (
     SmtpResult,
     Status,
     TlsInfo,
-    result_from_dict,
 )
 from monitor.state.persistence import StateDB, restore_into
 from monitor.state.store import ResultsStore

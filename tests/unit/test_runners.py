@@ -8,8 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from monitor.config.schema import DnsConfig, MxCheckConfig, SmtpProbeConfig
-from monitor.model.results import MxResult, Phase, ProbeResult, Reason, SmtpResult
+from monitor.config.schema import DeliveryProbeConfig, DnsConfig, MxCheckConfig, SmtpProbeConfig
+from monitor.model.delivery import DeliveryPhase, DeliveryResult
+from monitor.model.probe_result import ProbeResult
+from monitor.model.results import MxResult, Phase, Reason, SmtpResult
 from monitor.probes import ProbeEnv, build_resolver, runners
 from tests.fakes.dns_server import ScriptedDnsServer, Silence
 
@@ -28,7 +30,23 @@ def env_for(dns: ScriptedDnsServer, timeout: float = 2.0) -> ProbeEnv:
 
 class TestRun:
     def test_every_probe_kind_has_its_runner(self) -> None:
-        assert set(runners.RUNNERS) == {SmtpProbeConfig, MxCheckConfig}
+        assert set(runners.RUNNERS) == {SmtpProbeConfig, MxCheckConfig, DeliveryProbeConfig}
+
+    def test_a_delivery_config_runs_the_delivery_probe(self, dns: ScriptedDnsServer, refused_port: int) -> None:
+        spec = DeliveryProbeConfig.model_validate(
+            {
+                "name": "d",
+                "submit": {"host": "127.0.0.1", "port": refused_port, "tls": "none"},
+                "from": "probe@example.test",
+                "to": "probe@example.test",
+                "mailbox": {"host": "127.0.0.1", "port": refused_port, "username": "u", "password": "p"},
+                "timeouts": {"mailbox": 2},
+            }
+        )
+        result = asyncio.run(runners.run(spec, env_for(dns)))
+        assert isinstance(result, DeliveryResult)
+        # The mailbox is opened first: nothing is sent that could not be read back.
+        assert (result.phase, result.reason, result.token) == (DeliveryPhase.FETCH, Reason.REFUSED, "")
 
     def test_an_smtp_config_runs_the_smtp_probe(self, dns: ScriptedDnsServer, refused_port: int) -> None:
         spec = SmtpProbeConfig(name="s", host="127.0.0.1", port=refused_port, tls="none", timeout=2.0)
@@ -47,7 +65,7 @@ class TestRun:
         dns: ScriptedDnsServer,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        async def crash(config: MxCheckConfig, env: ProbeEnv) -> ProbeResult:
+        async def crash(config: MxCheckConfig, env: ProbeEnv, pending: object) -> ProbeResult:
             raise KeyError("x")
 
         monkeypatch.setitem(runners.RUNNERS, MxCheckConfig, crash)
@@ -59,7 +77,7 @@ class TestRun:
         assert [r.getMessage() for r in caplog.records] == ["probe m raised instead of returning a result"]
 
     def test_cancellation_is_not_a_result(self, monkeypatch: pytest.MonkeyPatch, dns: ScriptedDnsServer) -> None:
-        async def hang(config: MxCheckConfig, env: ProbeEnv) -> ProbeResult:
+        async def hang(config: MxCheckConfig, env: ProbeEnv, pending: object) -> ProbeResult:
             await asyncio.sleep(60)
             raise AssertionError("not reached")
 

@@ -257,7 +257,7 @@ class TestScheduledRuns:
 
 class TestRunOnce:
     def test_runner_that_raises_is_an_internal_failure(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        async def crash(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
+        async def crash(config: SmtpProbeConfig, env: ProbeEnv, pending: object) -> SmtpResult:
             raise RuntimeError("boom")
 
         monkeypatch.setitem(RUNNERS, SmtpProbeConfig, crash)
@@ -297,7 +297,7 @@ class TestRunOnce:
         async def scenario() -> None:
             gate = asyncio.Event()
 
-            async def gated(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
+            async def gated(config: SmtpProbeConfig, env: ProbeEnv, pending: object) -> SmtpResult:
                 await gate.wait()
                 return SmtpResult(
                     host=config.host, port=config.effective_port, tls_mode=config.tls, started_at=time.time(), ok=True

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 import pytest
 
 from monitor.config.schema import DnsConfig, SmtpProbeConfig, TlsMode
-from monitor.model.results import Phase, Reason, SmtpResult, result_from_dict
+from monitor.model.probe_result import result_from_dict
+from monitor.model.results import Phase, Reason, SmtpResult
 from monitor.probes import ProbeEnv, build_resolver, kernel_times, smtp
 from tests.fakes import smtp_servers as fakes
 from tests.fakes.smtp_servers import AiosmtpdServer, ScriptedSmtpServer

@@ -38,7 +38,7 @@ from monitor.config.schema import (
     split_host_port,
 )
 from monitor.exporters.prometheus.metrics import ProbeExposition, single_result_registry
-from monitor.model.results import ProbeResult
+from monitor.model.probe_result import ProbeResult
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeState, ResultsStore
 

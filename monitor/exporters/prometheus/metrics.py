@@ -18,7 +18,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
-from monitor.model.results import MxResult, ProbeResult, SmtpResult, Status
+from monitor.model.probe_result import ProbeResult
+from monitor.model.results import MxResult, SmtpResult, Status
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeConfig, ProbeState, ResultsStore, kind_of
 
