@@ -244,7 +244,8 @@ def _deliver(args: argparse.Namespace) -> int:
 
     from monitor.config.document import read_document
     from monitor.config.schema import DeliveryProbeConfig, format_validation_error
-    from monitor.probes import delivery
+    from monitor.model.delivery import DeliveryResult
+    from monitor.probes import runners
 
     try:
         spec = DeliveryProbeConfig.model_validate(read_document(args.probe))
@@ -252,7 +253,8 @@ def _deliver(args: argparse.Namespace) -> int:
         raise ConfigError(format_validation_error(args.probe, exc)) from None
     for secret in (spec.mailbox.password, *((spec.submit.auth.password,) if spec.submit.auth else ())):
         secret.reveal()  # a missing file or variable is a usage error, not a failed run (ValueError)
-    result = asyncio.run(delivery.run(spec, _env(args.nameserver, spec.timeouts.submit)))
+    result = asyncio.run(runners.run(spec, _env(args.nameserver, spec.timeouts.submit)))
+    assert isinstance(result, DeliveryResult)
     print(report.as_json(result) if args.json else report.delivery_line(result, spec.deliver_within))
     return report.delivery_exit_code(result)
 

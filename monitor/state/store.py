@@ -201,7 +201,7 @@ class ResultsStore:
         elif changed and status is Status.OK and old.status is Status.FAILED:
             events.append(StoreEvent("recovered", name, old.kind, old.status, status, new, now))
         if isinstance(result, DeliveryResult):
-            events += self._delivery_events(old, new, result, now)
+            events += self._delivery_events(old, new, result, now, saved=bool(events))
         new, cert_event = self._cert_check(new, now)
         if cert_event:
             events.append(cert_event)
@@ -213,7 +213,11 @@ class ResultsStore:
         return events
 
     @staticmethod
-    def _delivery_events(old: ProbeState, new: ProbeState, result: DeliveryResult, now: float) -> list[StoreEvent]:
+    def _delivery_events(
+        old: ProbeState, new: ProbeState, result: DeliveryResult, now: float, saved: bool
+    ) -> list[StoreEvent]:
+        """Late and lost earlier messages; else, unless a status change saves the state anyway, a change of
+        the pending messages."""
         events = [
             StoreEvent(
                 "delivery_late" if e.outcome == "late" else "delivery_lost",
@@ -228,7 +232,7 @@ class ResultsStore:
             for e in result.earlier
         ]
         old_pending = old.delivery.pending if old.delivery is not None else ()
-        if not events and new.delivery is not None and new.delivery.pending != old_pending:
+        if not events and not saved and new.delivery is not None and new.delivery.pending != old_pending:
             # Nothing to announce, but a pending message must survive a kill -9 of the agent.
             events.append(StoreEvent("pending_changed", new.name, new.kind, old.status, new.status, new, now))
         return events

@@ -17,7 +17,8 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
+from monitor.config.schema import DeliveryProbeConfig, MxCheckConfig, SmtpProbeConfig
+from monitor.model.delivery import LATENCY_BUCKETS, DeliveryLedger, DeliveryResult, Hop
 from monitor.model.probe_result import ProbeResult
 from monitor.model.results import MxResult, SmtpResult, Status
 from monitor.state.health import AgentHealth
@@ -32,13 +33,21 @@ class Family:
     """One metric family: its name (without _total/_info), type, help text and label names."""
 
     name: str
-    kind: str  # gauge, counter, info
+    kind: str  # gauge, counter, info, histogram
     doc: str
     labels: Labels
 
     @property
     def sample_name(self) -> str:
         return self.name + {"counter": "_total", "info": "_info"}.get(self.kind, "")
+
+    @property
+    def series(self) -> tuple[tuple[str, Labels], ...]:
+        """A histogram's series (name, label names) in exposition order; samples name these, not the family."""
+        if self.kind != "histogram":
+            return ((self.name, self.labels),)
+        bucket = (f"{self.name}_bucket", (*self.labels, "le"))
+        return (bucket, (f"{self.name}_sum", self.labels), (f"{self.name}_count", self.labels))
 
 
 def _families(*specs: tuple[str, str, str, Labels]) -> dict[str, Family]:
@@ -123,7 +132,58 @@ MX_FAMILIES = _families(
         C,
     ),
 )
-PROBE_FAMILIES = {**SMTP_FAMILIES, **MX_FAMILIES}
+DELIVERY_FAMILIES = _families(
+    (
+        "delivery_probe_success",
+        "gauge",
+        "1 if the last delivery run succeeded, else 0",
+        ("probe", "via", "domain", "protocol"),
+    ),
+    ("delivery_probe_status", "gauge", "Alerting status of the probe (1 for the current one)", ("probe", "status")),
+    ("delivery_probe_duration_seconds", "gauge", "Duration of the last delivery run", P),
+    (
+        "delivery_probe_phase_duration_seconds",
+        "gauge",
+        "Duration of each phase of the last delivery run",
+        ("probe", "phase"),
+    ),
+    ("delivery_probe_consecutive_failures", "gauge", "Failures since the last success", P),
+    ("delivery_probe_runs", "counter", "Delivery probe runs", P),
+    ("delivery_probe_failures", "counter", "Failed delivery runs by phase and reason", ("probe", "phase", "reason")),
+    ("delivery_probe_last_success_timestamp_seconds", "gauge", "When the probe last succeeded", P),
+    ("delivery_probe_last_change_timestamp_seconds", "gauge", "When the probe's status last changed", P),
+    (
+        "delivery_probe_latency_seconds",
+        "histogram",
+        "Seconds from the submission's 250 to the mailbox showing the message, late arrivals included",
+        P,
+    ),
+    ("delivery_probe_last_latency_seconds", "gauge", "Latency of the message that arrived last", P),
+    (
+        "delivery_probe_hop_delay_seconds",
+        "gauge",
+        "Seconds each Received hop added, of the message that arrived last in the last run",
+        ("probe", "hop", "by"),
+    ),
+    ("delivery_probe_pending_messages", "gauge", "Messages submitted and not yet seen in the mailbox", P),
+    ("delivery_probe_late_messages", "counter", "Messages that arrived after deliver_within", P),
+    ("delivery_probe_lost_messages", "counter", "Messages not arrived after lost_after", P),
+    (
+        "delivery_probe_auth",
+        "info",
+        "Authentication-Results verdicts on the last run's message (empty: no verdict)",
+        ("probe", "spf", "dkim", "dmarc"),
+    ),
+    ("delivery_probe_folder", "info", "Folder the last run's message landed in", ("probe", "folder")),
+)
+PROBE_FAMILIES = {**SMTP_FAMILIES, **MX_FAMILIES, **DELIVERY_FAMILIES}
+# The series of histogram families (name -> family name, label names): samples name a series of theirs.
+_HISTOGRAM_SERIES = {
+    series: (family.name, labels)
+    for family in PROBE_FAMILIES.values()
+    if family.kind == "histogram"
+    for series, labels in family.series
+}
 
 
 def _common(prefix: str, state: ProbeState) -> list[Sample]:
@@ -211,8 +271,74 @@ def mx_samples(state: ProbeState) -> list[Sample]:
     return out
 
 
+# Hop series per probe: a mail loop adds a Received header per pass (the probe reads up to 50).
+MAX_HOP_SERIES = 20
+MAX_SERVER_LABEL = 253  # a label value a server wrote (a hop's host, a verdict): a DNS name fits whole
+# `le` as prometheus_client writes it (repr of the float; +Inf), for both exposition paths.
+_LATENCY_LE = (*(repr(float(bound)) for bound in LATENCY_BUCKETS), "+Inf")
+
+
+def server_label(text: str, limit: int = MAX_SERVER_LABEL) -> str:
+    """A label value taken from a server's header: at most `limit` characters, each printable (a
+    surrogate from undecodable bytes, a control character becomes "?"), so neither a long nor a
+    broken header reaches the exposition as such."""
+    text = text[:limit]
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _arrival_hops(result: DeliveryResult) -> tuple[Hop, ...]:
+    """The hops of the message whose latency the run recorded last: an earlier run's late message
+    (where it waited) before the run's own; as DeliveryLedger takes latencies, so that the hop
+    delays and delivery_probe_last_latency_seconds describe one message."""
+    for earlier in reversed(result.earlier):
+        if earlier.outcome == "late" and earlier.latency is not None:
+            return earlier.hops
+    return result.hops if result.latency is not None and not result.pending else ()
+
+
+def delivery_samples(state: ProbeState) -> list[Sample]:
+    """Every sample of one delivery probe's state: the last run, and the ledger kept across runs."""
+    cfg = state.config
+    assert isinstance(cfg, DeliveryProbeConfig)
+    name = state.name
+    result = state.last_result
+    assert result is None or isinstance(result, DeliveryResult)
+    success_labels = (name, cfg.submit.via, cfg.recipient_domain, cfg.mailbox.protocol)
+    out: list[Sample] = [("delivery_probe_success", success_labels, 1.0 if result and result.ok else 0.0)]
+    out += _common("delivery_probe", state)
+    out.append(("delivery_probe_consecutive_failures", (name,), state.consecutive_failures))
+    ledger = state.delivery or DeliveryLedger()
+    out.append(("delivery_probe_pending_messages", (name,), len(ledger.pending)))
+    out.append(("delivery_probe_late_messages", (name,), ledger.late))
+    out.append(("delivery_probe_lost_messages", (name,), ledger.lost))
+    buckets = zip(_LATENCY_LE, ledger.latency_buckets, strict=True)
+    out += [("delivery_probe_latency_seconds_bucket", (name, le), count) for le, count in buckets]
+    out.append(("delivery_probe_latency_seconds_sum", (name,), ledger.latency_sum))
+    out.append(("delivery_probe_latency_seconds_count", (name,), ledger.latency_count))
+    if ledger.last_latency is not None:
+        out.append(("delivery_probe_last_latency_seconds", (name,), ledger.last_latency))
+    if result is None:
+        return out
+    out.append(("delivery_probe_duration_seconds", (name,), result.total))
+    out += [("delivery_probe_phase_duration_seconds", (name, ph), sec) for ph, sec in result.timings.items()]
+    for number, hop in enumerate(_arrival_hops(result)[:MAX_HOP_SERIES], 1):
+        if hop.delay is not None:
+            out.append(("delivery_probe_hop_delay_seconds", (name, str(number), server_label(hop.by_host)), hop.delay))
+    if result.arrived_at is not None:  # the run read its own message's headers
+        verdicts = tuple(server_label(result.verdict(method) or "") for method in ("spf", "dkim", "dmarc"))
+        out.append(("delivery_probe_auth", (name, *verdicts), 1.0))
+        if result.folder:
+            out.append(("delivery_probe_folder", (name, result.folder), 1.0))
+    return out
+
+
+_SAMPLES_OF_KIND = {"smtp": smtp_samples, "mx": mx_samples, "delivery": delivery_samples}
+
+
 def state_samples(state: ProbeState) -> list[Sample]:
-    return smtp_samples(state) if state.kind == "smtp" else mx_samples(state)
+    return _SAMPLES_OF_KIND[state.kind](state)
 
 
 def _metric_family(family: Family) -> Metric:
@@ -221,6 +347,8 @@ def _metric_family(family: Family) -> Metric:
         return CounterMetricFamily(family.name, family.doc, labels=labels)
     if family.kind == "info":
         return InfoMetricFamily(family.name, family.doc, labels=labels)
+    if family.kind == "histogram":
+        return HistogramMetricFamily(family.name, family.doc, labels=labels)
     return GaugeMetricFamily(family.name, family.doc, labels=labels)
 
 
@@ -241,6 +369,11 @@ def probe_metric_families(states: Iterable[ProbeState]) -> list[Metric]:
     families = {name: _metric_family(f) for name, f in PROBE_FAMILIES.items()}
     for state in states:
         for family, labels, value in state_samples(state):
+            histogram = _HISTOGRAM_SERIES.get(family)
+            if histogram is not None:  # one of its series, with its own sample name and label names
+                owner, names = histogram
+                families[owner].add_sample(family, dict(zip(names, labels, strict=True)), value)
+                continue
             metric = families[family]
             if isinstance(metric, InfoMetricFamily):
                 metric.add_metric(list(labels), {})
@@ -327,11 +460,20 @@ def _format_state(state: ProbeState) -> tuple[bytes, ...]:
         if "\\" in joined or '"' in joined or "\n" in joined:
             labels = tuple(map(_escape_label, labels))
         lines.setdefault(family_name, []).append(_LINE_TEMPLATES[family_name] % (*labels, number))
+    for family_name, series in _MERGED_SERIES.items():  # a histogram's series make one family's text
+        merged = [line for name in series for line in lines.pop(name, ())]
+        if merged:
+            lines[family_name] = merged
     return tuple("".join(lines[name]).encode() if name in lines else b"" for name in _FAMILY_ORDER[state.kind])
 
 
 # A probe's cached lines follow its kind's families; each goes to its family's place in PROBE_FAMILIES.
-_FAMILY_ORDER = {"smtp": tuple(SMTP_FAMILIES), "mx": tuple(MX_FAMILIES)}
+_FAMILY_ORDER = {"smtp": tuple(SMTP_FAMILIES), "mx": tuple(MX_FAMILIES), "delivery": tuple(DELIVERY_FAMILIES)}
+_MERGED_SERIES = {
+    family.name: tuple(series for series, _ in family.series)
+    for family in PROBE_FAMILIES.values()
+    if family.kind == "histogram"
+}
 _FAMILY_SLOTS = {
     kind: tuple(list(PROBE_FAMILIES).index(name) for name in names) for kind, names in _FAMILY_ORDER.items()
 }
@@ -341,6 +483,10 @@ _FAMILY_SLOTS = {
 _LINE_TEMPLATES = {
     name: family.sample_name.replace("%", "%%") + "{" + ",".join(f'{label}="%s"' for label in family.labels) + "} %s\n"
     for name, family in PROBE_FAMILIES.items()
+    if family.kind != "histogram"
+} | {
+    series: series.replace("%", "%%") + "{" + ",".join(f'{label}="%s"' for label in labels) + "} %s\n"
+    for series, (_, labels) in _HISTOGRAM_SERIES.items()
 }
 
 
@@ -489,6 +635,7 @@ def single_result_state(probe: ProbeConfig, result: ProbeResult, now: float) -> 
         result.reason.value if result.reason else "internal",
     )
     tls = result.tls if isinstance(result, SmtpResult) else None
+    ledger = DeliveryLedger().after(result) if isinstance(result, DeliveryResult) else None
     return ProbeState(
         probe.name,
         kind_of(probe),
@@ -505,6 +652,7 @@ def single_result_state(probe: ProbeConfig, result: ProbeResult, now: float) -> 
         last_change=now,  # from unknown to ok or failed
         last_tls=tls,
         last_tls_at=result.started_at if tls is not None else None,
+        delivery=ledger,
     )
 
 
