@@ -76,6 +76,8 @@ def test_snmptranslate_prints_the_tree_without_errors(base_mibs: Path, tool_env:
     assert "mxExchangeUp(5)" in out.stdout
     assert "mxAddressPtr(6)" in out.stdout
     assert "smtpAddressLatency(8)" in out.stdout
+    assert "deliveryEventSubmitted(29)" in out.stdout
+    assert "deliveryHopTime(8)" in out.stdout
 
 
 @pytest.mark.parametrize(("name", "oid"), sorted(mib_oids.OID_BY_NAME.items()), ids=sorted(mib_oids.OID_BY_NAME))
@@ -121,6 +123,11 @@ def test_oid_by_name_lists_every_node_the_mib_defines(base_mibs: Path, tool_env:
         pytest.param("smtpAddressUp", mib_oids.SMTP_ADDRESS_UP_VALUES, id="smtpAddressUp"),
         pytest.param("smtpAddressFailedPhase", mib_oids.PHASE_VALUES, id="smtpAddressFailedPhase"),
         pytest.param("smtpAddressFailedReason", mib_oids.REASON_VALUES, id="smtpAddressFailedReason"),
+        pytest.param("deliveryStatus", mib_oids.STATUS_VALUES, id="deliveryStatus"),
+        pytest.param("deliveryFailedPhase", mib_oids.PHASE_VALUES, id="deliveryFailedPhase"),
+        pytest.param("deliveryFailedReason", mib_oids.REASON_VALUES, id="deliveryFailedReason"),
+        pytest.param("deliveryFolder", mib_oids.DELIVERY_FOLDER_VALUES, id="deliveryFolder"),
+        pytest.param("deliveryHopsSource", mib_oids.HOPS_SOURCE_VALUES, id="deliveryHopsSource"),
     ],
 )
 def test_enum_map_equals_mib_labels_in_camel_case(
@@ -131,10 +138,9 @@ def test_enum_map_equals_mib_labels_in_camel_case(
 
 
 def test_truth_values_match_snmpv2_tc(base_mibs: Path, tool_env: dict[str, str]) -> None:
-    assert mib_enum_values(base_mibs, tool_env, "smtpProbeCertVerified") == {
-        "true": mib_oids.TRUTH_VALUES[True],
-        "false": mib_oids.TRUTH_VALUES[False],
-    }
+    truth = {"true": mib_oids.TRUTH_VALUES[True], "false": mib_oids.TRUTH_VALUES[False]}
+    for obj in ("smtpProbeCertVerified", "deliveryLatencyKnown", "deliveryHopDelayKnown"):
+        assert mib_enum_values(base_mibs, tool_env, obj) == truth, obj
 
 
 @pytest.mark.parametrize("notification", list(mib_oids.Notification), ids=lambda n: n.name.lower())
@@ -151,6 +157,7 @@ def test_notification_objects_match_mib_objects_clause(
     entry = {
         mib_oids.SmtpProbeColumn: mib_oids.SMTP_PROBE_ENTRY,
         mib_oids.MxCheckColumn: mib_oids.MX_CHECK_ENTRY,
+        mib_oids.DeliveryColumn: mib_oids.DELIVERY_ENTRY,
     }
     in_code = [by_oid[(*entry[type(col)], int(col))] for col in mib_oids.NOTIFICATION_OBJECTS[notification]]
     assert in_code == in_mib
@@ -164,6 +171,10 @@ def test_instance_oids_encode_name_index_as_snmptranslate_does(base_mibs: Path, 
         f'{MODULE}::mxAddressPtr."ex.org".3.2': mib_oids.mx_address_oid(mib_oids.MxAddressColumn.PTR, "ex.org", 3, 2),
         f'{MODULE}::smtpAddressUp."mail-1".2': mib_oids.smtp_address_oid(mib_oids.SmtpAddressColumn.UP, "mail-1", 2),
         f"{MODULE}::smtpMonitorVersion.0": mib_oids.scalar_oid(mib_oids.Scalar.VERSION),
+        f'{MODULE}::deliveryLateCount."deliv-1"': mib_oids.delivery_oid(mib_oids.DeliveryColumn.LATE_COUNT, "deliv-1"),
+        f'{MODULE}::deliveryHopDelay."deliv-1".4': mib_oids.delivery_hop_oid(
+            mib_oids.DeliveryHopColumn.DELAY, "deliv-1", 4
+        ),
     }
     for text, oid in cases.items():
         out = snmptranslate(base_mibs, tool_env, "-On", text)

@@ -13,6 +13,7 @@ import pytest
 
 from monitor.config.schema import TlsMode
 from monitor.exporters.snmp import mib_oids
+from monitor.model.delivery import DeliveryPhase, DeliveryReason
 from monitor.model.results import Phase, Reason, Status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +37,8 @@ def test_every_python_status_phase_reason_and_tls_mode_has_a_mib_value() -> None
     assert {s.value for s in Status} <= mib_oids.STATUS_VALUES.keys()
     assert {p.value for p in Phase} <= mib_oids.PHASE_VALUES.keys()
     assert {r.value for r in Reason} <= mib_oids.REASON_VALUES.keys()
+    assert {p.value for p in DeliveryPhase} <= mib_oids.PHASE_VALUES.keys()
+    assert {r.value for r in DeliveryReason} <= mib_oids.REASON_VALUES.keys()
     assert set(typing.get_args(TlsMode)) <= mib_oids.TLS_MODE_VALUES.keys()
     # A run that did not fail has no Python phase or reason: the MIB says none(1).
     assert mib_oids.PHASE_VALUES["none"] == 1
@@ -56,6 +59,8 @@ def test_name_index_accepts_1_to_100_octets_within_the_oid_length_limit() -> Non
         mib_oids.mx_address_oid(mib_oids.MxAddressColumn.PTR, "n", 1, 65536)
     with pytest.raises(ValueError, match="address position 0 must be 1 to 65535"):
         mib_oids.smtp_address_oid(mib_oids.SmtpAddressColumn.UP, "n", 0)
+    with pytest.raises(ValueError, match="hop number 0 must be 1 to 65535"):
+        mib_oids.delivery_hop_oid(mib_oids.DeliveryHopColumn.BY, "n", 0)
 
 
 def test_notification_oid_is_under_the_zero_arc() -> None:
@@ -91,8 +96,8 @@ class TestRevisionsAndConformance:
     def test_every_readable_object_is_in_exactly_one_object_group(self) -> None:
         # net-snmp's -Td does not print a group's OBJECTS: read them from the text.
         groups = re.findall(r"(\w+) OBJECT-GROUP\s+OBJECTS\s*\{([^}]*)\}", MIB_FILE.read_text())
-        notifications = mib_oids.Group.SMTP_MONITOR_NOTIFICATION_GROUP
-        object_groups = {mib_oids.mib_label(g.name) for g in mib_oids.Group if g is not notifications}
+        notification_groups = {g for g in mib_oids.Group if g.name.endswith("NOTIFICATION_GROUP")}
+        object_groups = {mib_oids.mib_label(g.name) for g in mib_oids.Group if g not in notification_groups}
         assert {name for name, _ in groups} == object_groups
         members = [word.strip() for _, objects in groups for word in objects.split(",")]
         not_accessible = {
@@ -101,6 +106,8 @@ class TestRevisionsAndConformance:
             "mxExchangeOrder",
             "mxAddressOrder",
             "smtpAddressOrder",
+            "deliveryIndexName",
+            "deliveryHopNumber",
         }
         tables = (
             mib_oids.SMTP_PROBE_ENTRY,
@@ -108,6 +115,8 @@ class TestRevisionsAndConformance:
             mib_oids.MX_EXCHANGE_ENTRY,
             mib_oids.MX_ADDRESS_ENTRY,
             mib_oids.SMTP_ADDRESS_ENTRY,
+            mib_oids.DELIVERY_ENTRY,
+            mib_oids.DELIVERY_HOP_ENTRY,
             mib_oids.SCALARS,
         )
         readable = [

@@ -32,6 +32,10 @@ MX_ADDRESS_TABLE: Final[Oid] = (*OBJECTS, 5)
 MX_ADDRESS_ENTRY: Final[Oid] = (*MX_ADDRESS_TABLE, 1)
 SMTP_ADDRESS_TABLE: Final[Oid] = (*OBJECTS, 6)
 SMTP_ADDRESS_ENTRY: Final[Oid] = (*SMTP_ADDRESS_TABLE, 1)
+DELIVERY_TABLE: Final[Oid] = (*OBJECTS, 7)
+DELIVERY_ENTRY: Final[Oid] = (*DELIVERY_TABLE, 1)
+DELIVERY_HOP_TABLE: Final[Oid] = (*OBJECTS, 8)
+DELIVERY_HOP_ENTRY: Final[Oid] = (*DELIVERY_HOP_TABLE, 1)
 
 COMPLIANCES: Final[Oid] = (*CONFORMANCE, 1)  # smtpMonitorCompliances
 GROUPS: Final[Oid] = (*CONFORMANCE, 2)  # smtpMonitorGroups
@@ -48,6 +52,8 @@ class Scalar(enum.IntEnum):
     VERSION = 5
     CONFIG_LOAD_TIME = 6
     CONFIG_LOAD_SUCCESS = 7
+    DELIVERY_COUNT = 8
+    DELIVERIES_FAILED = 9
 
 
 class SmtpProbeColumn(enum.IntEnum):
@@ -145,6 +151,59 @@ class SmtpAddressColumn(enum.IntEnum):
     LATENCY = 8
 
 
+class DeliveryColumn(enum.IntEnum):
+    """Columns of deliveryEntry; MIB name is delivery + CamelCase of the member."""
+
+    INDEX_NAME = 1  # not-accessible index
+    NAME = 2
+    RECIPIENT = 3
+    STATUS = 4
+    LAST_ERROR = 5
+    FAILED_PHASE = 6
+    FAILED_REASON = 7
+    REPLY_CODE = 8
+    LATENCY = 9
+    LATENCY_KNOWN = 10  # so that "no message arrived yet" is not a latency of 0
+    PENDING = 11
+    LATE_COUNT = 12
+    LOST_COUNT = 13
+    CONSECUTIVE_FAILURES = 14
+    RUNS = 15
+    FAILURES = 16
+    LAST_SUCCESS = 17
+    LAST_CHANGE = 18
+    QUEUE_ID = 19
+    SUBMITTED_TO = 20
+    SPF = 21
+    DKIM = 22
+    DMARC = 23
+    FOLDER = 24
+    FOLDER_NAME = 25
+    HOPS = 26
+    HOPS_SOURCE = 27
+    EVENT_LATENCY = 28  # accessible-for-notify: deliveryLate's message
+    EVENT_SUBMITTED = 29  # accessible-for-notify: deliveryLate's or deliveryLost's message
+
+
+# Columns carried by notifications only (accessible-for-notify): never served by GET.
+DELIVERY_EVENT_COLUMNS: Final[frozenset[DeliveryColumn]] = frozenset(
+    {DeliveryColumn.EVENT_LATENCY, DeliveryColumn.EVENT_SUBMITTED}
+)
+
+
+class DeliveryHopColumn(enum.IntEnum):
+    """Columns of deliveryHopEntry (index: probe name, hop number); deliveryHop + CamelCase."""
+
+    NUMBER = 1  # not-accessible index
+    BY = 2
+    FROM = 3
+    PROTOCOL = 4
+    DELAY = 5
+    DELAY_KNOWN = 6
+    QUEUE_ID = 7
+    TIME = 8
+
+
 class Notification(enum.IntEnum):
     """Notifications under smtpMonitorNotificationPrefix; MIB name is lowerCamelCase of the member."""
 
@@ -153,6 +212,10 @@ class Notification(enum.IntEnum):
     MX_CHECK_FAILED = 3
     MX_CHECK_RECOVERED = 4
     SMTP_CERT_EXPIRING = 5
+    DELIVERY_PROBE_FAILED = 6
+    DELIVERY_PROBE_RECOVERED = 7
+    DELIVERY_LATE = 8
+    DELIVERY_LOST = 9
 
 
 class Group(enum.IntEnum):
@@ -168,10 +231,14 @@ class Group(enum.IntEnum):
     MX_EXCHANGE_POLICY_GROUP = 8
     MX_ADDRESS_GROUP = 9
     SMTP_ADDRESS_GROUP = 10
+    DELIVERY_GROUP = 11
+    DELIVERY_HOP_GROUP = 12
+    DELIVERY_NOTIFICATION_GROUP = 13
 
 
 # Objects each notification carries, in the order of its OBJECTS clause (columns of one row).
-NOTIFICATION_OBJECTS: Final[Mapping[Notification, tuple[SmtpProbeColumn | MxCheckColumn, ...]]] = {
+NotificationColumn = SmtpProbeColumn | MxCheckColumn | DeliveryColumn
+NOTIFICATION_OBJECTS: Final[Mapping[Notification, tuple[NotificationColumn, ...]]] = {
     Notification.SMTP_PROBE_FAILED: (
         SmtpProbeColumn.NAME,
         SmtpProbeColumn.HOST,
@@ -227,6 +294,40 @@ NOTIFICATION_OBJECTS: Final[Mapping[Notification, tuple[SmtpProbeColumn | MxChec
         SmtpProbeColumn.CERT_DAYS_LEFT,
         SmtpProbeColumn.CERT_SUBJECT,
     ),
+    Notification.DELIVERY_PROBE_FAILED: (
+        DeliveryColumn.NAME,
+        DeliveryColumn.RECIPIENT,
+        DeliveryColumn.STATUS,
+        DeliveryColumn.FAILED_PHASE,
+        DeliveryColumn.FAILED_REASON,
+        DeliveryColumn.LAST_ERROR,
+        DeliveryColumn.REPLY_CODE,
+        DeliveryColumn.PENDING,
+        DeliveryColumn.CONSECUTIVE_FAILURES,
+    ),
+    Notification.DELIVERY_PROBE_RECOVERED: (
+        DeliveryColumn.NAME,
+        DeliveryColumn.RECIPIENT,
+        DeliveryColumn.STATUS,
+        DeliveryColumn.FAILED_PHASE,
+        DeliveryColumn.FAILED_REASON,
+        DeliveryColumn.LAST_ERROR,
+        DeliveryColumn.LATENCY,
+        DeliveryColumn.LATENCY_KNOWN,
+    ),
+    Notification.DELIVERY_LATE: (
+        DeliveryColumn.NAME,
+        DeliveryColumn.EVENT_LATENCY,
+        DeliveryColumn.EVENT_SUBMITTED,
+        DeliveryColumn.LATE_COUNT,
+        DeliveryColumn.PENDING,
+    ),
+    Notification.DELIVERY_LOST: (
+        DeliveryColumn.NAME,
+        DeliveryColumn.LOST_COUNT,
+        DeliveryColumn.EVENT_SUBMITTED,
+        DeliveryColumn.PENDING,
+    ),
 }
 
 # Enumerations: Python-side snake_case value -> MIB integer. The MIB label of each is the
@@ -256,6 +357,10 @@ PHASE_VALUES: Final[Mapping[str, int]] = {
     "mta_sts": 18,
     "reverse": 19,
     "policy": 20,
+    "submit": 21,  # the delivery probe's phases (monitor.model.delivery.DeliveryPhase)
+    "deliver": 22,
+    "fetch": 23,
+    "cleanup": 24,
 }
 
 REASON_VALUES: Final[Mapping[str, int]] = {
@@ -290,6 +395,10 @@ REASON_VALUES: Final[Mapping[str, int]] = {
     "dnssec": 29,
     "reverse_dns": 30,
     "policy_record": 31,
+    "late": 32,  # the delivery probe's own reasons (monitor.model.delivery.DeliveryReason)
+    "lost": 33,
+    "wrong_folder": 34,
+    "auth_verdict": 35,
 }
 
 MX_EXCHANGE_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}
@@ -316,13 +425,19 @@ MTA_STS_COVERAGE_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "covered"
 # mxAddressPtr, from the ReverseDns of the address in MxRecord.reverse.
 PTR_VALUES: Final[Mapping[str, int]] = {"not_checked": 1, "confirmed": 2, "not_confirmed": 3}
 
+# deliveryFolder, from DeliveryResult.folder: "inbox", "junk" or "" (not arrived, or POP3).
+DELIVERY_FOLDER_VALUES: Final[Mapping[str, int]] = {"unknown": 1, "inbox": 2, "junk": 3}
+# deliveryHopsSource: whose hops deliveryHopTable shows.
+HOPS_SOURCE_VALUES: Final[Mapping[str, int]] = {"none": 1, "this_run": 2, "late_message": 3}
+
 TRUTH_VALUES: Final[Mapping[bool, int]] = {True: 1, False: 2}  # SNMPv2-TC TruthValue
 
 # DateAndTime for an event that has not happened: year 0, January 1, 00:00:00.0 (see the MIB).
 DATE_AND_TIME_NEVER: Final[bytes] = bytes.fromhex("0000010100000000")
 
-NAME_INDEX_MAX: Final[int] = 100  # SIZE(1..100) of smtpProbeIndexName and mxCheckIndexName
-ORDER_MAX: Final[int] = 65535  # mxExchangeOrder, mxAddressOrder, smtpAddressOrder: Unsigned32 (1..65535)
+NAME_INDEX_MAX: Final[int] = 100  # SIZE(1..100) of smtpProbeIndexName, mxCheckIndexName, deliveryIndexName
+# mxExchangeOrder, mxAddressOrder, smtpAddressOrder, deliveryHopNumber: Unsigned32 (1..65535)
+ORDER_MAX: Final[int] = 65535
 
 
 def name_index(name: str) -> Oid:
@@ -363,6 +478,27 @@ def smtp_address_oid(column: SmtpAddressColumn, name: str, order: int) -> Oid:
     if not 1 <= order <= ORDER_MAX:
         raise ValueError(f"address position {order} must be 1 to {ORDER_MAX}")
     return (*SMTP_ADDRESS_ENTRY, int(column), *name_index(name), order)
+
+
+def delivery_oid(column: DeliveryColumn, name: str) -> Oid:
+    """The instance OID of a column of the deliveryTable row of the probe named `name`."""
+    return (*DELIVERY_ENTRY, int(column), *name_index(name))
+
+
+def delivery_hop_oid(column: DeliveryHopColumn, name: str, hop: int) -> Oid:
+    """The instance OID of a column of a deliveryHopTable row: probe name, 1-based hop number."""
+    if not 1 <= hop <= ORDER_MAX:
+        raise ValueError(f"hop number {hop} must be 1 to {ORDER_MAX}")
+    return (*DELIVERY_HOP_ENTRY, int(column), *name_index(name), hop)
+
+
+def notification_object_oid(column: NotificationColumn, name: str) -> Oid:
+    """The instance OID of an object a notification carries: its column in the row of `name`."""
+    if isinstance(column, SmtpProbeColumn):
+        return smtp_probe_oid(column, name)
+    if isinstance(column, MxCheckColumn):
+        return mx_check_oid(column, name)
+    return delivery_oid(column, name)
 
 
 def scalar_oid(scalar: Scalar) -> Oid:
@@ -408,6 +544,10 @@ OID_BY_NAME: Final[Mapping[str, Oid]] = {
     "mxAddressEntry": MX_ADDRESS_ENTRY,
     "smtpAddressTable": SMTP_ADDRESS_TABLE,
     "smtpAddressEntry": SMTP_ADDRESS_ENTRY,
+    "deliveryTable": DELIVERY_TABLE,
+    "deliveryEntry": DELIVERY_ENTRY,
+    "deliveryHopTable": DELIVERY_HOP_TABLE,
+    "deliveryHopEntry": DELIVERY_HOP_ENTRY,
     "smtpMonitorCompliances": COMPLIANCES,
     "smtpMonitorGroups": GROUPS,
     "smtpMonitorCompliance": COMPLIANCE,
@@ -417,6 +557,8 @@ OID_BY_NAME: Final[Mapping[str, Oid]] = {
     **_named("mxExchange", MxExchangeColumn, MX_EXCHANGE_ENTRY),
     **_named("mxAddress", MxAddressColumn, MX_ADDRESS_ENTRY),
     **_named("smtpAddress", SmtpAddressColumn, SMTP_ADDRESS_ENTRY),
+    **_named("delivery", DeliveryColumn, DELIVERY_ENTRY),
+    **_named("deliveryHop", DeliveryHopColumn, DELIVERY_HOP_ENTRY),
     **_named("", Notification, NOTIFICATION_PREFIX),
     **_named("", Group, GROUPS),
 }
