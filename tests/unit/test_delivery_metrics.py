@@ -187,6 +187,16 @@ class TestRunsAndStatus:
         assert reg.get_sample_value("delivery_probe_success", labels) == 0.0
         assert reg.get_sample_value("delivery_probe_status", {**PROBE, "status": "failed"}) == 1.0
         assert reg.get_sample_value("delivery_probe_consecutive_failures", PROBE) == 1.0
+        failure = {**PROBE, "phase": "fetch", "reason": "auth_failed"}
+        assert reg.get_sample_value("delivery_probe_last_failure_info", failure) == 1.0
+
+    def test_the_last_failure_follows_the_last_run(self) -> None:
+        store = delivery_store(refused_login(), late_run())
+        assert series_named(rendered(store), "delivery_probe_last_failure_info") == {
+            frozenset({("probe", "loop"), ("phase", "deliver"), ("reason", "late")}): 1.0
+        }
+        store.record("loop", on_time())
+        assert series_named(rendered(store), "delivery_probe_last_failure_info") == {}
 
     def test_via_mx_and_pop3_are_labelled_as_configured(self) -> None:
         pop3 = delivery_config(

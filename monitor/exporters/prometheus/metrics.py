@@ -150,6 +150,12 @@ DELIVERY_FAMILIES = _families(
     ("delivery_probe_consecutive_failures", "gauge", "Failures since the last success", P),
     ("delivery_probe_runs", "counter", "Delivery probe runs", P),
     ("delivery_probe_failures", "counter", "Failed delivery runs by phase and reason", ("probe", "phase", "reason")),
+    (
+        "delivery_probe_last_failure",
+        "info",
+        "Phase and reason that failed the last run (absent when it succeeded)",
+        ("probe", "phase", "reason"),
+    ),
     ("delivery_probe_last_success_timestamp_seconds", "gauge", "When the probe last succeeded", P),
     ("delivery_probe_last_change_timestamp_seconds", "gauge", "When the probe's status last changed", P),
     (
@@ -322,6 +328,12 @@ def delivery_samples(state: ProbeState) -> list[Sample]:
     if result is None:
         return out
     out.append(("delivery_probe_duration_seconds", (name,), result.total))
+    if not result.ok:  # what an alert names: the counters by cause do not say which came last
+        cause = (
+            result.phase.value if result.phase else "internal",
+            result.reason.value if result.reason else "internal",
+        )
+        out.append(("delivery_probe_last_failure", (name, *cause), 1.0))
     out += [("delivery_probe_phase_duration_seconds", (name, ph), sec) for ph, sec in result.timings.items()]
     for number, hop in enumerate(_arrival_hops(result)[:MAX_HOP_SERIES], 1):
         if hop.delay is not None:
