@@ -665,6 +665,17 @@ PROMETHEUS = DEPLOY / "prometheus"
 EXPECTED_ALERTS = {
     "SMTPProbeDown": 'smtp_probe_status{status="failed"} == 1',
     "MXCheckFailed": 'mx_check_status{status="failed"} == 1',
+    "DeliveryProbeFailing": (
+        "delivery_probe_last_failure_info * on (job, instance, probe) group_left () "
+        '(delivery_probe_status{status="failed"} == 1)'
+    ),
+    "DeliveryLate": "increase(delivery_probe_late_messages_total[15m]) > 0",
+    "DeliveryLost": "increase(delivery_probe_lost_messages_total[1h]) > 0",
+    "DeliveryPendingBacklog": "delivery_probe_pending_messages > 2",
+    "DeliveryLatencyHigh": (
+        "histogram_quantile(0.95, sum by (job, instance, probe, le) "
+        "(rate(delivery_probe_latency_seconds_bucket[15m]))) > 30"
+    ),
     "SMTPCertExpiring14d": "smtp_tls_cert_not_after_timestamp_seconds - time() < 14 * 86400",
     "SMTPCertExpiring3d": "smtp_tls_cert_not_after_timestamp_seconds - time() < 3 * 86400",
     "SMTPTLSUnverified": "smtp_tls_verified == 0",
