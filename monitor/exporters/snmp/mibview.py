@@ -6,6 +6,7 @@ import math
 import socket
 import struct
 import time
+import unicodedata
 import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
@@ -15,9 +16,11 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from pysnmp.proto import rfc1902
 
-from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
+from monitor.config.schema import DeliveryProbeConfig, MxCheckConfig, SmtpProbeConfig
 from monitor.exporters.snmp import mib_oids
 from monitor.exporters.snmp.mib_oids import (
+    DeliveryColumn,
+    DeliveryHopColumn,
     MxAddressColumn,
     MxCheckColumn,
     MxExchangeColumn,
@@ -26,6 +29,7 @@ from monitor.exporters.snmp.mib_oids import (
     SmtpAddressColumn,
     SmtpProbeColumn,
 )
+from monitor.model.delivery import DeliveryLedger, DeliveryResult, Hop
 from monitor.model.facts import MtaStsPolicyFacts, PolicyRecord
 from monitor.model.results import MxRecord, MxResult, SmtpResult, Status, TlsInfo
 from monitor.state.health import AgentHealth
@@ -47,8 +51,10 @@ ADMIN_STRING_MAX = 255  # SnmpAdminString and DisplayString: SIZE (0..255)
 UINT32_MAX = 2**32 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 COUNTER64_MAX = 2**64 - 1
+COUNTER32_MODULO = 2**32  # a Counter32 wraps (RFC 2578 7.1.6)
 EXCHANGES_MAX = mib_oids.ORDER_MAX  # mxExchangeOrder is Unsigned32 (1..65535)
 ADDRESSES_MAX = mib_oids.ORDER_MAX  # mxAddressOrder is Unsigned32 (1..65535)
+HOPS_MAX = mib_oids.ORDER_MAX  # deliveryHopNumber is Unsigned32 (1..65535)
 
 # A sub-identifier larger than any legal one: prefix + (BEYOND,) sorts after the whole subtree.
 BEYOND = 2**32
@@ -107,10 +113,21 @@ def address_list(addresses: Sequence[str], limit: int = ADMIN_STRING_MAX) -> byt
     return out
 
 
-def _ms(seconds: float | None) -> int:
-    if not seconds or seconds < 0:
+def server_text(text: str, limit: int = ADMIN_STRING_MAX) -> bytes:
+    """Text another server wrote (a header's host names, a reply, a folder name) as an SnmpAdminString:
+    control characters become spaces, so a value cannot end a line of snmptrapd's log or a manager's
+    table, and it is cut as admin_string cuts."""
+    if text.isprintable():
+        return admin_string(text, limit)
+    shown = "".join(" " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char for char in text)
+    return admin_string(shown, limit)
+
+
+def ms(seconds: float | None) -> int:
+    """Unsigned32 milliseconds; 0 for none, negative or not a number."""
+    if not seconds or not seconds > 0:
         return 0
-    return min(round(seconds * 1000), UINT32_MAX)
+    return UINT32_MAX if seconds * 1000 >= UINT32_MAX else round(seconds * 1000)
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -121,13 +138,18 @@ def _truth(flag: bool) -> int:
     return mib_oids.TRUTH_VALUES[flag]
 
 
-def _phase(result: SmtpResult | MxResult | None) -> int:
+def _signed_ms(seconds: float) -> int:
+    """Integer32 milliseconds: a hop's delay is negative when its host's clock is behind."""
+    return _clamp(round(seconds * 1000), INT32_MIN, INT32_MAX)
+
+
+def _phase(result: SmtpResult | MxResult | DeliveryResult | None) -> int:
     if result is None or result.phase is None:
         return mib_oids.PHASE_VALUES["none"]
     return mib_oids.PHASE_VALUES.get(result.phase.value, mib_oids.PHASE_VALUES["internal"])
 
 
-def _reason(result: SmtpResult | MxResult | None) -> int:
+def _reason(result: SmtpResult | MxResult | DeliveryResult | None) -> int:
     if result is None or result.reason is None:
         return mib_oids.REASON_VALUES["none"]
     # A reason newer than the MIB must still be a legal enumeration value.
@@ -282,6 +304,46 @@ MX_ADDRESS_TYPES: dict[MxAddressColumn, type] = {
     MxAddressColumn.PTR_NAME: _S,
     MxAddressColumn.PTR: _I,
 }
+# Every deliveryEntry column but the index; the accessible-for-notify ones only go into notifications.
+DELIVERY_TYPES: dict[DeliveryColumn, type] = {
+    DeliveryColumn.NAME: _S,
+    DeliveryColumn.RECIPIENT: _S,
+    DeliveryColumn.STATUS: _I,
+    DeliveryColumn.LAST_ERROR: _S,
+    DeliveryColumn.FAILED_PHASE: _I,
+    DeliveryColumn.FAILED_REASON: _I,
+    DeliveryColumn.REPLY_CODE: _U,
+    DeliveryColumn.LATENCY: _U,
+    DeliveryColumn.LATENCY_KNOWN: _I,
+    DeliveryColumn.PENDING: _G,
+    DeliveryColumn.LATE_COUNT: rfc1902.Counter32,
+    DeliveryColumn.LOST_COUNT: rfc1902.Counter32,
+    DeliveryColumn.CONSECUTIVE_FAILURES: _G,
+    DeliveryColumn.RUNS: _C,
+    DeliveryColumn.FAILURES: _C,
+    DeliveryColumn.LAST_SUCCESS: _S,
+    DeliveryColumn.LAST_CHANGE: _S,
+    DeliveryColumn.QUEUE_ID: _S,
+    DeliveryColumn.SUBMITTED_TO: _S,
+    DeliveryColumn.SPF: _S,
+    DeliveryColumn.DKIM: _S,
+    DeliveryColumn.DMARC: _S,
+    DeliveryColumn.FOLDER: _I,
+    DeliveryColumn.FOLDER_NAME: _S,
+    DeliveryColumn.HOPS: _G,
+    DeliveryColumn.HOPS_SOURCE: _I,
+    DeliveryColumn.EVENT_LATENCY: _U,
+    DeliveryColumn.EVENT_SUBMITTED: _S,
+}
+DELIVERY_HOP_TYPES: dict[DeliveryHopColumn, type] = {
+    DeliveryHopColumn.BY: _S,
+    DeliveryHopColumn.FROM: _S,
+    DeliveryHopColumn.PROTOCOL: _S,
+    DeliveryHopColumn.DELAY: _I,
+    DeliveryHopColumn.DELAY_KNOWN: _I,
+    DeliveryHopColumn.QUEUE_ID: _S,
+    DeliveryHopColumn.TIME: _S,
+}
 
 # Row tuples hold the readable columns in these orders (ascending column number).
 _SMTP_COLUMNS = tuple(sorted(SMTP_PROBE_TYPES))
@@ -289,6 +351,9 @@ _MX_COLUMNS = tuple(sorted(MX_CHECK_TYPES))
 _EXCHANGE_COLUMNS = tuple(sorted(MX_EXCHANGE_TYPES))
 _ADDRESS_COLUMNS = tuple(sorted(MX_ADDRESS_TYPES))
 _SMTP_ADDRESS_COLUMNS = tuple(sorted(SMTP_ADDRESS_TYPES))
+# The served delivery columns: a row's cells stop before the accessible-for-notify ones.
+_DELIVERY_COLUMNS = tuple(sorted(c for c in DELIVERY_TYPES if c not in mib_oids.DELIVERY_EVENT_COLUMNS))
+_DELIVERY_HOP_COLUMNS = tuple(sorted(DELIVERY_HOP_TYPES))
 
 
 # -- rows ---------------------------------------------------------------------------------------
@@ -340,11 +405,11 @@ def smtp_probe_row(state: ProbeState, default_interval: float) -> tuple[Raw, ...
         _phase(result),
         _reason(result),
         _clamp(result.reply_code, 0, 999) if result else 0,
-        _ms(result.total) if result else 0,
-        _ms(timings.get("connect")),
-        _ms(timings.get("banner")),
-        _ms(timings.get("ehlo")),
-        _ms(timings.get("tls")),
+        ms(result.total) if result else 0,
+        ms(timings.get("connect")),
+        ms(timings.get("banner")),
+        ms(timings.get("ehlo")),
+        ms(timings.get("tls")),
         _clamp(state.consecutive_failures, 0, UINT32_MAX),
         _clamp(state.runs, 0, COUNTER64_MAX),
         _clamp(state.failures, 0, COUNTER64_MAX),
@@ -369,7 +434,7 @@ def smtp_address_rows(name_index: Oid, result: SmtpResult | None) -> list[tuple[
             _phase(probe),
             _reason(probe),
             _clamp(probe.reply_code, 0, 999),
-            _ms(probe.total),
+            ms(probe.total),
         )
         rows.append(((*name_index, order), cells))
     return rows
@@ -389,7 +454,7 @@ def mx_check_row(state: ProbeState) -> tuple[Raw, ...]:
         _phase(result),
         _reason(result),
         len(mx_exchanges(result)),
-        _ms(result.total) if result else 0,
+        ms(result.total) if result else 0,
         _clamp(state.consecutive_failures, 0, UINT32_MAX),
         _clamp(state.runs, 0, COUNTER64_MAX),
         _clamp(state.failures, 0, COUNTER64_MAX),
@@ -459,6 +524,79 @@ def mx_address_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid,
                 mib_oids.PTR_VALUES[ptr],
             )
             rows.append(((*name_index, order, position), cells))
+    return rows
+
+
+def shown_hops(result: DeliveryResult | None) -> tuple[str, tuple[Hop, ...]]:
+    """(deliveryHopsSource, hops) of a delivery row: the latest run's own message if it arrived, else the
+    most recently submitted late message that run found (where mail was held), else none."""
+    if result is None:
+        return "none", ()
+    if result.arrived_at is not None or result.hops:
+        return "this_run", result.hops
+    late = [earlier for earlier in result.earlier if earlier.outcome == "late"]
+    if late:
+        return "late_message", max(late, key=lambda earlier: earlier.submitted_at).hops
+    return "none", ()
+
+
+def delivery_row(state: ProbeState) -> tuple[Raw, ...]:
+    """The cells of one deliveryTable row, in _DELIVERY_COLUMNS order."""
+    config = state.config
+    assert isinstance(config, DeliveryProbeConfig)
+    result = state.last_result if isinstance(state.last_result, DeliveryResult) else None
+    ledger = state.delivery or DeliveryLedger()
+    source, hops = shown_hops(result)
+    folder = result.folder if result is not None and result.folder in mib_oids.DELIVERY_FOLDER_VALUES else "unknown"
+    reply = result.reply if result is not None and not result.ok else None
+
+    def verdict(method: str) -> bytes:
+        return server_text(result.verdict(method) or "") if result is not None else b""
+
+    return (
+        admin_string(state.name),
+        admin_string(config.to),
+        _status(state.status),
+        server_text(result.error) if result and not result.ok else b"",
+        _phase(result),
+        _reason(result),
+        _clamp(reply.code, 0, 999) if reply is not None else 0,
+        ms(ledger.last_latency),
+        _truth(ledger.last_latency is not None),
+        _clamp(len(ledger.pending), 0, UINT32_MAX),
+        ledger.late % COUNTER32_MODULO,
+        ledger.lost % COUNTER32_MODULO,
+        _clamp(state.consecutive_failures, 0, UINT32_MAX),
+        _clamp(state.runs, 0, COUNTER64_MAX),
+        _clamp(state.failures, 0, COUNTER64_MAX),
+        date_and_time(state.last_success),
+        date_and_time(state.last_change),
+        server_text(result.queue_id) if result else b"",
+        server_text(result.submitted_to) if result else b"",
+        verdict("spf"),
+        verdict("dkim"),
+        verdict("dmarc"),
+        mib_oids.DELIVERY_FOLDER_VALUES[folder],
+        server_text(result.folder_name) if result else b"",
+        min(len(hops), HOPS_MAX),
+        mib_oids.HOPS_SOURCE_VALUES[source],
+    )
+
+
+def delivery_hop_rows(name_index: Oid, result: DeliveryResult | None) -> list[tuple[Oid, tuple[Raw, ...]]]:
+    """(index, cells) of the deliveryHopTable rows of one probe, in index order."""
+    rows = []
+    for number, hop in enumerate(shown_hops(result)[1][:HOPS_MAX], start=1):
+        cells: tuple[Raw, ...] = (
+            server_text(hop.by_host),
+            server_text(hop.from_host),
+            server_text(hop.protocol),
+            _signed_ms(hop.delay) if hop.delay is not None and math.isfinite(hop.delay) else 0,
+            _truth(hop.delay is not None and math.isfinite(hop.delay)),
+            server_text(hop.queue_id),
+            date_and_time(hop.time),
+        )
+        rows.append(((*name_index, number), cells))
     return rows
 
 
@@ -628,6 +766,7 @@ class _CachedRow:
     cells: tuple[Raw, ...]
     exchanges: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()
     addresses: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # mxAddressTable or smtpAddressTable rows
+    hops: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # deliveryHopTable rows
 
     @classmethod
     def of(
@@ -637,8 +776,9 @@ class _CachedRow:
         cells: tuple[Raw, ...],
         exchanges: tuple[tuple[Oid, tuple[Raw, ...]], ...] = (),
         addresses: tuple[tuple[Oid, tuple[Raw, ...]], ...] = (),
+        hops: tuple[tuple[Oid, tuple[Raw, ...]], ...] = (),
     ) -> _CachedRow:
-        return cls(weakref.ref(state), RowInputs.of(state), index, cells, exchanges, addresses)
+        return cls(weakref.ref(state), RowInputs.of(state), index, cells, exchanges, addresses, hops)
 
     @property
     def failed(self) -> bool:
@@ -727,6 +867,8 @@ class MibView:
         self._table: MibTable | None = None
         self._smtp = _RowTable("smtp", self._smtp_row)
         self._mx = _RowTable("mx", self._mx_row)
+        self._delivery = _RowTable("delivery", self._delivery_row)
+        self._hops = ColumnRows([], [])
         self._exchanges = ColumnRows([], [])
         self._addresses = ColumnRows([], [])
         self._smtp_addresses = ColumnRows([], [])
@@ -763,21 +905,27 @@ class MibView:
 
     def _build(self, snapshot: Snapshot) -> MibTable:
         # One pass finding the states the store replaced since the last build: usually few.
-        smtp_rows, mx_rows = self._smtp.rows, self._mx.rows
+        smtp_rows, mx_rows, delivery_rows = self._smtp.rows, self._mx.rows, self._delivery.rows
         smtp_changed: list[tuple[str, ProbeState]] = []
         mx_changed: list[tuple[str, ProbeState]] = []
-        smtp_count = 0
+        delivery_changed: list[tuple[str, ProbeState]] = []
+        smtp_count = delivery_count = 0
         for name, state in snapshot.states.items():
             if state.kind == "smtp":
                 smtp_count += 1
                 old = smtp_rows.get(name)
                 if old is None or not old.made_of(state):
                     smtp_changed.append((name, state))
+            elif state.kind == "delivery":
+                delivery_count += 1
+                old = delivery_rows.get(name)
+                if old is None or not old.made_of(state):
+                    delivery_changed.append((name, state))
             else:
                 old = mx_rows.get(name)
                 if old is None or not old.made_of(state):
                     mx_changed.append((name, state))
-        mx_count = len(snapshot.states) - smtp_count
+        mx_count = len(snapshot.states) - smtp_count - delivery_count
         if self._smtp.apply(smtp_changed, smtp_count, snapshot):
             rows = self._smtp.rows
             flat = [address for name in self._smtp.order for address in rows[name].addresses]
@@ -788,9 +936,15 @@ class MibView:
             self._exchanges = ColumnRows([index for index, _ in flat], [cells for _, cells in flat])
             flat = [address for name in self._mx.order for address in rows[name].addresses]
             self._addresses = ColumnRows([index for index, _ in flat], [cells for _, cells in flat])
+        if self._delivery.apply(delivery_changed, delivery_count, snapshot):
+            rows = self._delivery.rows
+            flat = [hop for name in self._delivery.order for hop in rows[name].hops]
+            self._hops = ColumnRows([index for index, _ in flat], [cells for _, cells in flat])
 
         nodes: list[tuple[Oid, MibNode]] = self._system_nodes()
-        nodes += self._scalar_nodes(smtp_count, self._smtp.failed, mx_count, self._mx.failed)
+        nodes += self._scalar_nodes(
+            smtp_count, self._smtp.failed, mx_count, self._mx.failed, delivery_count, self._delivery.failed
+        )
         smtp_table = ColumnRows(self._smtp.indexes, self._smtp.cells)
         mx_table = ColumnRows(self._mx.indexes, self._mx.cells)
         for position, column in enumerate(_SMTP_COLUMNS):
@@ -817,6 +971,15 @@ class MibView:
                     ColumnNode(self._smtp_addresses, position, syntax),
                 )
             )
+        delivery_table = ColumnRows(self._delivery.indexes, self._delivery.cells)
+        for position, delivery_column in enumerate(_DELIVERY_COLUMNS):
+            syntax = DELIVERY_TYPES[delivery_column]
+            nodes.append(
+                ((*mib_oids.DELIVERY_ENTRY, int(delivery_column)), ColumnNode(delivery_table, position, syntax))
+            )
+        for position, hop_column in enumerate(_DELIVERY_HOP_COLUMNS):
+            syntax = DELIVERY_HOP_TYPES[hop_column]
+            nodes.append(((*mib_oids.DELIVERY_HOP_ENTRY, int(hop_column)), ColumnNode(self._hops, position, syntax)))
         return MibTable(snapshot.version, nodes)
 
     def _smtp_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
@@ -840,6 +1003,13 @@ class MibView:
             tuple(mx_address_rows(index, result)),
         )
 
+    def _delivery_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
+        # Always made afresh: the ledger (pending, late, lost) is not in RowInputs, and delivery
+        # probes are few (hundreds at most, each run minutes apart).
+        index = old.index if old is not None else mib_oids.name_index(name)
+        result = state.last_result if isinstance(state.last_result, DeliveryResult) else None
+        return _CachedRow.of(state, index, delivery_row(state), hops=tuple(delivery_hop_rows(index, result)))
+
     def _system_nodes(self) -> list[tuple[Oid, MibNode]]:
         descr = admin_string(f"smtp-monitor {self._health.version}: SMTP and MX monitoring agent")
         return [
@@ -853,7 +1023,7 @@ class MibView:
         ]
 
     def _scalar_nodes(
-        self, probes: int, probes_failed: int, checks: int, checks_failed: int
+        self, probes: int, probes_failed: int, checks: int, checks_failed: int, deliveries: int, deliveries_failed: int
     ) -> list[tuple[Oid, MibNode]]:
         health = self._health
 
@@ -871,15 +1041,21 @@ class MibView:
                 lambda: rfc1902.OctetString(date_and_time(health.config_attempted_at or health.config_loaded_at))
             ),
             Scalar.CONFIG_LOAD_SUCCESS: ScalarNode(lambda: rfc1902.Integer32(_truth(health.config_load_success))),
+            Scalar.DELIVERY_COUNT: gauge(deliveries),
+            Scalar.DELIVERIES_FAILED: gauge(deliveries_failed),
         }
         return [(mib_oids.scalar_oid(scalar), reader) for scalar, reader in readers.items()]
 
 
-def row_values(state: ProbeState, columns: Sequence[SmtpProbeColumn | MxCheckColumn]) -> list[Asn1Value]:
+def row_values(state: ProbeState, columns: Sequence[mib_oids.NotificationColumn]) -> list[Asn1Value]:
     """The values the agent serves for these columns of a probe's row: notifications carry the
-    same values an NMS reads from the table."""
+    same values an NMS reads from the table. (The accessible-for-notify columns of deliveryTable
+    are no row's: monitor.exporters.snmp.notify fills them from the event.)"""
     if state.kind == "smtp":
         cells = smtp_probe_row(state, 0.0)
         return [SMTP_PROBE_TYPES[c](cells[_SMTP_COLUMNS.index(c)]) for c in columns]  # type: ignore[index]
+    if state.kind == "delivery":
+        cells = delivery_row(state)
+        return [DELIVERY_TYPES[c](cells[_DELIVERY_COLUMNS.index(c)]) for c in columns]  # type: ignore[index]
     cells = mx_check_row(state)
     return [MX_CHECK_TYPES[c](cells[_MX_COLUMNS.index(c)]) for c in columns]  # type: ignore[index]

@@ -20,7 +20,7 @@ from monitor.exporters.snmp import mib_oids as mib
 from monitor.exporters.snmp.engine import new_snmp_engine
 from monitor.exporters.snmp.fast.ber import BerError, item
 from monitor.exporters.snmp.identity import AUTH_PROTOCOLS, PRIV_PROTOCOLS, generate_engine_id, parse_engine_id
-from monitor.exporters.snmp.mibview import admin_string, row_values
+from monitor.exporters.snmp.mibview import DELIVERY_TYPES, admin_string, date_and_time, ms, row_values
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore, StoreEvent
 
@@ -244,7 +244,20 @@ _WHICH: Final[dict[tuple[str, str], mib.Notification]] = {
     ("mx", "failed"): mib.Notification.MX_CHECK_FAILED,
     ("mx", "recovered"): mib.Notification.MX_CHECK_RECOVERED,
     ("smtp", "cert_expiring"): mib.Notification.SMTP_CERT_EXPIRING,
+    ("delivery", "failed"): mib.Notification.DELIVERY_PROBE_FAILED,
+    ("delivery", "recovered"): mib.Notification.DELIVERY_PROBE_RECOVERED,
+    ("delivery", "delivery_late"): mib.Notification.DELIVERY_LATE,
+    ("delivery", "delivery_lost"): mib.Notification.DELIVERY_LOST,
+    # ("delivery", "pending_changed") is for the state database only: no notification.
 }
+
+
+def _event_value(column: mib.DeliveryColumn, event: StoreEvent) -> Any:
+    """An accessible-for-notify object of deliveryLate or deliveryLost: the message the event is about."""
+    earlier = event.earlier
+    if column is mib.DeliveryColumn.EVENT_LATENCY:
+        return DELIVERY_TYPES[column](ms(earlier.latency if earlier is not None else None))
+    return DELIVERY_TYPES[column](date_and_time(earlier.submitted_at if earlier is not None else None))
 
 
 def build_notification(event: StoreEvent, started_at: float) -> Notification | None:
@@ -257,13 +270,11 @@ def build_notification(event: StoreEvent, started_at: float) -> Notification | N
         (SNMP_TRAP_OID, rfc1902.ObjectIdentifier(mib.notification_oid(which))),
     ]
     columns = mib.NOTIFICATION_OBJECTS[which]
-    for column, value in zip(columns, row_values(event.state, columns), strict=True):
-        oid = (
-            mib.smtp_probe_oid(column, event.name)
-            if isinstance(column, mib.SmtpProbeColumn)
-            else mib.mx_check_oid(column, event.name)
-        )
-        varbinds.append((oid, value))
+    in_row = [column for column in columns if column not in mib.DELIVERY_EVENT_COLUMNS]
+    from_row = dict(zip(in_row, row_values(event.state, in_row), strict=True))
+    for column in columns:
+        value = from_row[column] if column in from_row else _event_value(column, event)  # type: ignore[arg-type]
+        varbinds.append((mib.notification_object_oid(column, event.name), value))
     return Notification(mib.mib_label(which.name), event.name, tuple(varbinds))
 
 
