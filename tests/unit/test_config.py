@@ -22,6 +22,7 @@ from monitor.config.schema import (
     ConfigError,
     DnsConfig,
     load_config,
+    parse_config,
     parse_duration,
     parse_snmp_listen,
     split_host_port,
@@ -460,6 +461,27 @@ class TestExample:
         assert config.prometheus.address() == ("127.0.0.1", 9465)
         assert config.snmp.listen_addresses() == [("udp", "127.0.0.1", 1161)]
         assert config.duplicate_names() == []
+
+    def test_delivery_example_and_the_readmes_delivery_block_validate(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        # The secrets they name, read at load time, made to exist here.
+        monkeypatch.setenv("PROBE_MAILBOX_PASSWORD", PASSWORD)
+        (tmp_path / "probe-submit.pass").write_text(PASSWORD)
+
+        def parsed(text: str) -> Config:
+            return parse_config(load_yaml(text.replace("/etc/smtp-monitor", str(tmp_path))))
+
+        example = parsed((ROOT / "examples" / "delivery.yaml").read_text())
+        assert [(p.name, p.submit.via, p.mailbox.protocol) for p in example.delivery] == [
+            ("example-roundtrip", "submission", "imap"),
+            ("example-via-mx", "mx", "pop3"),
+        ]
+        assert example.delivery[1].lost_after == 3600.0  # the default
+        readme = (ROOT / "README.md").read_text()
+        block = readme.split("# in the agent's config (examples/delivery.yaml", 1)[1].split("```", 1)[0]
+        from_readme = parsed("\n".join(block.splitlines()[1:]))
+        assert from_readme.delivery == example.delivery[:1]
 
     def test_defaults_when_sections_are_absent(self) -> None:
         config = Config()
