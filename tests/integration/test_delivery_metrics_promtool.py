@@ -1,15 +1,22 @@
 """promtool's verdict on an exposition with delivery probes (a histogram, info series, server-written hop
 hosts) next to SMTP and MX probes: `promtool check metrics` finds nothing to complain about, through the
-collector and the cached renderer alike. Sample by sample: tests/unit/test_delivery_metrics.py."""
+collector and the cached renderer alike, and from a live agent whose delivery probe ran through the real
+chain (tests.peers.mail_chain), where every delivery series the rules and the dashboard read exists.
+Sample by sample: tests/unit/test_delivery_metrics.py."""
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.exporters.prometheus.metrics import ProbeExposition, build_registry
 from monitor.state.health import AgentHealth
+from tests.integration.test_deploy import dashboard, dashboard_expressions, promql_metric_names, rules_metric_names
+from tests.peers.agent import AgentProcess
+from tests.peers.mail_chain import MailChain
 from tests.unit.test_delivery_metrics import mixed_store
 
 PROMTOOL = "/usr/bin/promtool"
@@ -33,3 +40,63 @@ class TestDeliveryExposition:
         assert b'delivery_probe_latency_seconds_bucket{probe="loop",le="+Inf"} 2.0' in exposition
         assert b"delivery_probe_auth_info{" in exposition
         assert promtool_check(exposition) == (0, b"", b"")
+
+
+def delivery_probe(chain: MailChain) -> dict[str, object]:
+    """The chain's submission (STARTTLS, AUTH) to its IMAP mailbox, every few seconds."""
+    return {
+        "name": "chain",
+        "interval": "3s",
+        "submit": {
+            "host": chain.host,
+            "port": chain.msa_submission_port,
+            "tls": "starttls",
+            "auth": {"username": chain.submitter.address, "password": chain.submitter.password},
+            "ca_file": str(chain.ca_file),
+            "servername": chain.servername,
+        },
+        "from": chain.submitter.address,
+        "to": chain.mailbox.address,
+        "mailbox": {
+            "host": chain.host,
+            "port": chain.imaps_port,
+            "tls": "implicit",
+            "username": chain.mailbox.address,
+            "password": chain.mailbox.password,
+            "ca_file": str(chain.ca_file),
+            "servername": chain.servername,
+            "poll_interval": 0.5,
+        },
+        "deliver_within": "20s",
+        "timeouts": {"submit": 10, "mailbox": 5, "cleanup": 5},
+    }
+
+
+class TestLiveAgent:
+    def test_a_delivery_run_through_the_chain_gives_every_series_the_rules_and_dashboard_read(
+        self, mail_chain: MailChain, agent_factory: Callable[[dict[str, object]], AgentProcess]
+    ) -> None:
+        agent = agent_factory({"delivery": [delivery_probe(mail_chain)]})
+        probe = {"probe": "chain"}
+        agent.wait_until(
+            lambda: (agent.value("delivery_probe_runs_total", **probe) or 0) >= 1, 60, "no delivery run finished"
+        )
+        status, exposition = agent.get("/metrics")
+        assert status == 200
+        assert promtool_check(exposition.encode()) == (0, b"", b"")
+        sampled = {
+            (s.name, s.labels.get("probe")) for f in text_string_to_metric_families(exposition) for s in f.samples
+        }
+        used = rules_metric_names() | {n for e in dashboard_expressions(dashboard()) for n in promql_metric_names(e)}
+        # A run that succeeded leaves no series of failures; every other family the rules and panels read has one.
+        failure_only = {"delivery_probe_failures_total", "delivery_probe_last_failure_info"}
+        wanted = {name for name in used if name.startswith("delivery_probe_")} - failure_only
+        assert agent.value("delivery_probe_status", probe="chain", status="ok") == 1.0, agent.logs()[-3000:]
+        assert {(name, "chain") for name in wanted} <= sampled
+        assert agent.value("delivery_probe_folder_info", probe="chain", folder="inbox") == 1.0
+        latency = agent.value("delivery_probe_last_latency_seconds", **probe)
+        assert latency is not None
+        assert 0 < latency < 20
+        assert (agent.value("delivery_probe_latency_seconds_count", **probe) or 0) >= 1
+        for secret in (mail_chain.mailbox.password, mail_chain.submitter.password):
+            assert secret not in exposition
