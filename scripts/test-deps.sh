@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite runs for real: Postfix, NSD, Unbound, net-snmp tools,
 # snmptrapd/snmpd, smitools, the base MIBs (erlang-snmp), promtool, openssl, python3-venv,
-# and the delivery chain's Dovecot, OpenDKIM, OpenDMARC and policyd-spf.
+# the delivery chain's Dovecot, OpenDKIM, OpenDMARC and policyd-spf, and headless Chromium.
 # Idempotent and quick when everything is present; never leaves a system Postfix on port 25,
 # a system Unbound on port 53, nor a system Dovecot, OpenDKIM or OpenDMARC running.
 set -euo pipefail
@@ -36,6 +36,10 @@ PACKAGES=(
     postfix-policyd-spf-python  # SPF check at the MX (a policy service spawned by Postfix)
     opendmarc                   # DMARC verdict at the MX (milter after OpenDKIM)
     dbconfig-no-thanks          # satisfies opendmarc's "dbconfig-mysql | ..." without a MySQL client
+    # The status page in a real browser (tests/integration/test_status_page_browser.py): headless,
+    # driven by selenium through Debian's chromedriver; no browser is downloaded at run time
+    chromium
+    chromium-driver
 )
 
 if [[ $(id -u) -eq 0 ]]; then
