@@ -7,14 +7,33 @@ import logging
 import sqlite3
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from monitor.cli.report import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN
-from monitor.config.schema import Config, MxCheckConfig, SmtpProbeConfig
+from monitor.config.schema import Config, DeliveryProbeConfig, MxCheckConfig, SmtpProbeConfig
+from monitor.model.delivery import DeliveryLedger, DeliveryResult
 from monitor.model.probe_result import ProbeResult, result_from_json
+from monitor.model.wire import adapter
 from monitor.state.persistence import STATE_FILE
 
 log = logging.getLogger("smtp_monitor.status")
+
+AUTH_METHODS = ("spf", "dkim", "dmarc")
+MAX_SERVER_TEXT = 80  # a verdict or queue ID as a server wrote it, in a terminal cell
+
+
+@dataclass(frozen=True, slots=True)
+class SavedProbe:
+    """One probe's row of the state database, as `status` shows it."""
+
+    status: str = "unknown"
+    consecutive_failures: int = 0
+    runs: int = 0
+    last_success: float | None = None
+    last_change: float | None = None
+    last_result: ProbeResult | None = None
+    delivery: DeliveryLedger | None = None  # delivery probes: pending messages, late and lost counts
 
 
 def _age(epoch: float | None, now: float) -> str:
@@ -27,15 +46,37 @@ def _age(epoch: float | None, now: float) -> str:
     return f"{seconds}s ago"
 
 
-def read_rows(config: Config) -> dict[str, dict[str, Any]]:
+def _printable(text: str, limit: int = MAX_SERVER_TEXT) -> str:
+    """Server-written text for a terminal: bounded, and no control character (an escape sequence) passes."""
+    text = text[:limit]
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
+_SELECT = (
+    "SELECT name, status, consecutive_failures, runs, last_success, last_change, last_result, delivery FROM probe_state"
+)
+_SELECT_SCHEMA_1 = _SELECT.replace(" delivery FROM", " NULL FROM")
+
+
+def read_rows(config: Config) -> dict[str, SavedProbe]:
     path = config.agent.state_dir / STATE_FILE
     # Read-only URI: looking must never create or lock the agent's database.
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2) as conn:
-        cursor = conn.execute(
-            "SELECT name, status, consecutive_failures, runs, last_success, last_change, last_result FROM probe_state"
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(probe_state)")}
+        # A schema 1 file (an agent older than delivery probes, not yet restarted) has no delivery column.
+        rows = conn.execute(_SELECT if "delivery" in columns else _SELECT_SCHEMA_1).fetchall()
+    return {
+        name: SavedProbe(
+            status=str(status),
+            consecutive_failures=int(failures),
+            runs=int(runs),
+            last_success=last_success,
+            last_change=last_change,
+            last_result=saved_result(name, result),
+            delivery=saved_ledger(name, ledger),
         )
-        names = [c[0] for c in cursor.description]
-        return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+        for name, status, failures, runs, last_success, last_change, result, ledger in rows
+    }
 
 
 def saved_result(name: str, text: str | None) -> ProbeResult | None:
@@ -49,61 +90,157 @@ def saved_result(name: str, text: str | None) -> ProbeResult | None:
         return None
 
 
+def saved_ledger(name: str, text: str | None) -> DeliveryLedger | None:
+    """A delivery probe's saved ledger; None for other kinds, and for one the agent would not restore."""
+    if not text:
+        return None
+    try:
+        ledger: DeliveryLedger = adapter(DeliveryLedger).validate_json(text)
+    except ValueError as exc:
+        log.warning("saved delivery ledger of %s is unusable (%s)", name, exc)
+        return None
+    return ledger
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFacts:
+    """What `status` shows of a delivery probe beyond the other kinds' columns."""
+
+    last_latency: float | None  # of the latest message that arrived, in time or late
+    pending: int
+    late: int
+    lost: int
+    folder: str  # of the last run's message: inbox, junk; "" when it did not arrive (or POP3)
+    verdicts: dict[str, str]  # spf, dkim, dmarc as the receiving side wrote them, for those it gave
+    queue_id: str  # of the last submission
+
+
+def delivery_facts(ledger: DeliveryLedger | None, result: ProbeResult | None) -> DeliveryFacts:
+    ledger = ledger or DeliveryLedger()
+    arrived = isinstance(result, DeliveryResult) and result.arrived_at is not None
+    verdicts: dict[str, str] = {}
+    if isinstance(result, DeliveryResult) and arrived:
+        verdicts = {m: _printable(v) for m in AUTH_METHODS if (v := result.verdict(m)) is not None}
+    return DeliveryFacts(
+        last_latency=ledger.last_latency,
+        pending=len(ledger.pending),
+        late=ledger.late,
+        lost=ledger.lost,
+        folder=result.folder if isinstance(result, DeliveryResult) and arrived else "",
+        verdicts=verdicts,
+        queue_id=_printable(result.queue_id) if isinstance(result, DeliveryResult) else "",
+    )
+
+
+def _target(probe: SmtpProbeConfig | MxCheckConfig | DeliveryProbeConfig) -> tuple[str, str]:
+    """(kind, target) of a probe for the table."""
+    if isinstance(probe, SmtpProbeConfig):
+        return "smtp", f"{probe.host}:{probe.effective_port}"
+    if isinstance(probe, MxCheckConfig):
+        return "mx", probe.domain
+    submit = probe.submit
+    sent = f"{submit.host}:{submit.effective_port}" if submit.via == "submission" else f"mx:{probe.recipient_domain}"
+    mailbox = probe.mailbox
+    return "delivery", f"{sent} -> {mailbox.protocol} {mailbox.host}:{mailbox.effective_port}"
+
+
 def print_status(config: Config, as_json: bool = False) -> int:
-    """One line per configured probe; exit 2 when any is failed, 3 without a state database."""
+    """One line per configured probe, then delivery probes' facts; exit 2 when any is failed, 3 without a
+    state database."""
     try:
         rows = read_rows(config)
     except sqlite3.Error as exc:
         print(f"smtp-monitor: cannot read {config.agent.state_dir / STATE_FILE}: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
     now = time.time()
-    table = []
-    probes: list[SmtpProbeConfig | MxCheckConfig] = [*config.smtp, *config.mx]
+    table: list[dict[str, Any]] = []
+    facts: dict[str, DeliveryFacts] = {}
+    probes: list[SmtpProbeConfig | MxCheckConfig | DeliveryProbeConfig] = [*config.smtp, *config.mx, *config.delivery]
     for probe in probes:
-        row = rows.get(probe.name, {})
-        result = saved_result(probe.name, row.get("last_result"))
-        if isinstance(probe, SmtpProbeConfig):
-            kind, target = "smtp", f"{probe.host}:{probe.effective_port}"
-        else:
-            kind, target = "mx", probe.domain
+        row = rows.get(probe.name, SavedProbe())
+        result = row.last_result
+        kind, target = _target(probe)
         phase = reason = error = ""
         if result is not None:
             phase = result.phase.value if result.phase else ""
             reason = result.reason.value if result.reason else ""
             error = "" if result.ok else result.error
-        table.append(
-            {
-                "name": probe.name,
-                "kind": kind,
-                "target": target,
-                "status": row.get("status", "unknown"),
-                "failures": row.get("consecutive_failures", 0),
-                "runs": row.get("runs", 0),
-                "last_success": row.get("last_success"),
-                "last_change": row.get("last_change"),
-                "phase": phase,
-                "reason": reason,
-                "error": error,
-            }
-        )
+        entry: dict[str, Any] = {
+            "name": probe.name,
+            "kind": kind,
+            "target": target,
+            "status": row.status,
+            "failures": row.consecutive_failures,
+            "runs": row.runs,
+            "last_success": row.last_success,
+            "last_change": row.last_change,
+            "phase": phase,
+            "reason": reason,
+            "error": error,
+            "delivery": None,
+        }
+        if isinstance(probe, DeliveryProbeConfig):
+            facts[probe.name] = delivery_facts(row.delivery, result)
+            entry["delivery"] = _facts_json(facts[probe.name])
+        table.append(entry)
     if as_json:
         print(json.dumps(table, indent=2))
     else:
         header = ("NAME", "KIND", "TARGET", "STATUS", "FAILS", "LAST SUCCESS", "CHANGED", "LAST ERROR")
-        lines = [header] + [
-            (
-                r["name"],
-                r["kind"],
-                r["target"],
-                r["status"],
-                str(r["failures"]),
-                _age(r["last_success"], now),
-                _age(r["last_change"], now),
-                f"{r['phase']}/{r['reason']}: {r['error']}"[:80] if r["error"] else "",
+        _print_columns(
+            [header]
+            + [
+                (
+                    r["name"],
+                    r["kind"],
+                    r["target"],
+                    r["status"],
+                    str(r["failures"]),
+                    _age(r["last_success"], now),
+                    _age(r["last_change"], now),
+                    _printable(f"{r['phase']}/{r['reason']}: {r['error']}") if r["error"] else "",
+                )
+                for r in table
+            ]
+        )
+        if facts:
+            print()
+            _print_columns(
+                [("DELIVERY", "LAST LATENCY", "PENDING", "LATE", "LOST", "FOLDER", "QUEUE ID", "AUTH")]
+                + [_facts_cells(name, f) for name, f in facts.items()]
             )
-            for r in table
-        ]
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-        for line in lines:
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1])
     return EXIT_CRITICAL if any(r["status"] == "failed" for r in table) else EXIT_OK
+
+
+def _facts_json(facts: DeliveryFacts) -> dict[str, Any]:
+    return {
+        "last_latency": facts.last_latency,
+        "pending": facts.pending,
+        "late": facts.late,
+        "lost": facts.lost,
+        "folder": facts.folder,
+        "verdicts": facts.verdicts,
+        "queue_id": facts.queue_id,
+    }
+
+
+def _facts_cells(name: str, facts: DeliveryFacts) -> tuple[str, ...]:
+    latency = f"{facts.last_latency:.3f}s" if facts.last_latency is not None else "-"
+    auth = " ".join(f"{method}={result}" for method, result in facts.verdicts.items())
+    return (
+        name,
+        latency,
+        str(facts.pending),
+        str(facts.late),
+        str(facts.lost),
+        facts.folder or "-",
+        facts.queue_id or "-",
+        auth or "-",
+    )
+
+
+def _print_columns(lines: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell; the last one (free text) is not padded."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1])
