@@ -20,6 +20,7 @@ from monitor.exporters.snmp.mibview import (
     MibView,
     date_and_time,
     delivery_row,
+    row_values,
 )
 from monitor.exporters.snmp.notify import SNMP_TRAP_OID, SYS_UP_TIME, build_notification, from_payload, to_payload
 from monitor.model.delivery import (
@@ -32,7 +33,7 @@ from monitor.model.delivery import (
     Hop,
     PendingMessage,
 )
-from monitor.model.results import Reason, Reply
+from monitor.model.results import Phase, Reason, Reply, SmtpResult
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeConfig, ResultsStore, StoreEvent
 
@@ -615,3 +616,33 @@ def label_of(event: StoreEvent) -> str:
     notification = build_notification(event, T0)
     assert notification is not None
     return notification.label
+
+
+class TestOtherKindsNotifications:
+    def test_smtp_and_mx_notifications_carry_their_row_values_also_in_columns_numbered_like_event_objects(
+        self,
+    ) -> None:
+        # smtpProbeAddress is column 28 and smtpProbeTlsSeen 29, the numbers of deliveryEventLatency and
+        # deliveryEventSubmitted: they are still read from the SMTP probe's row.
+        store = ResultsStore()
+        store.configure([(SmtpProbeConfig(name="s", host="mail.example"), 1, 14)])
+        events = events_of(store)
+        store.record(
+            "s",
+            SmtpResult(
+                "mail.example", 25, "starttls", T0, False, phase=Phase.CONNECT, reason=Reason.REFUSED,
+                error="refused", address="192.0.2.7", total=0.012,
+            ),
+        )  # fmt: skip
+        (failed,) = events
+        notification = build_notification(failed, T0 - 100)
+        assert notification is not None
+        columns = mib.NOTIFICATION_OBJECTS[mib.Notification.SMTP_PROBE_FAILED]
+        assert mib.SmtpProbeColumn.ADDRESS in columns
+        expected = row_values(failed.state, columns)
+        got = [value for _, value in notification.varbinds[2:]]
+        assert [(type(v), bytes(v) if isinstance(v, rfc1902.OctetString) else int(v)) for v in got] == [
+            (type(v), bytes(v) if isinstance(v, rfc1902.OctetString) else int(v)) for v in expected
+        ]
+        address = notification.varbinds[2 + columns.index(mib.SmtpProbeColumn.ADDRESS)]
+        assert address == (mib.smtp_probe_oid(mib.SmtpProbeColumn.ADDRESS, "s"), rfc1902.OctetString(b"192.0.2.7"))

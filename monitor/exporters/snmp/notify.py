@@ -270,10 +270,12 @@ def build_notification(event: StoreEvent, started_at: float) -> Notification | N
         (SNMP_TRAP_OID, rfc1902.ObjectIdentifier(mib.notification_oid(which))),
     ]
     columns = mib.NOTIFICATION_OBJECTS[which]
-    in_row = [column for column in columns if column not in mib.DELIVERY_EVENT_COLUMNS]
-    from_row = dict(zip(in_row, row_values(event.state, in_row), strict=True))
-    for column in columns:
-        value = from_row[column] if column in from_row else _event_value(column, event)  # type: ignore[arg-type]
+    # By type, not by number: the columns are IntEnums, and smtpProbeAddress (28) == deliveryEventLatency (28).
+    from_event = [isinstance(c, mib.DeliveryColumn) and c in mib.DELIVERY_EVENT_COLUMNS for c in columns]
+    in_row = [column for column, event_only in zip(columns, from_event, strict=True) if not event_only]
+    row = iter(row_values(event.state, in_row))
+    for column, event_only in zip(columns, from_event, strict=True):
+        value = _event_value(column, event) if event_only else next(row)  # type: ignore[arg-type]
         varbinds.append((mib.notification_object_oid(column, event.name), value))
     return Notification(mib.mib_label(which.name), event.name, tuple(varbinds))
 
