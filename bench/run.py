@@ -25,7 +25,7 @@ from bench.common import (
 )
 from bench.peers import Peers, install
 
-SECTIONS = ("smtp", "mx", "scale", "honesty", "snmp", "soak")
+SECTIONS = ("smtp", "mx", "scale", "delivery", "honesty", "snmp", "soak")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 Section = Callable[[Settings, Peers, Results], None]
@@ -41,6 +41,10 @@ def _section(name: str) -> Section:
         from bench import scale
 
         return scale.run
+    if name == "delivery":
+        from bench import delivery
+
+        return delivery.run
     if name == "honesty":
         from bench import honesty
 
