@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from monitor.model.results import Reason, Reply
+from monitor.model.transcript import Transcript
 from monitor.model.wire import IsoDatetime, as_object, ordered, status_and_total_in, status_and_total_out, to_wire
 
 
@@ -102,6 +103,7 @@ class DeliveryResult:
     cleanup_note: str = ""  # why a found message was left in place (not a failure: a later sweep removes it)
     idle: bool = False  # arrival was waited for with IMAP IDLE (else by polling)
     earlier: tuple[EarlierMessage, ...] = ()  # earlier runs' pending messages this run found or gave up
+    transcript: Transcript | None = None  # the submission's SMTP dialogue and the mailbox commands, redacted
     timings: dict[str, float] = field(default_factory=dict)  # phase value -> seconds
     total: float = 0.0
 

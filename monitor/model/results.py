@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from monitor.model.facts import DaneFacts, MtaStsFacts, PolicyRecord
+from monitor.model.transcript import Transcript
 from monitor.model.wire import (
     IsoDatetime,
     as_object,
@@ -152,6 +153,7 @@ class SmtpResult:
     # connect/banner -> "kernel" (kernel timestamps, free of our own scheduling delay) or "wall"; other
     # phases are always wall clock; empty in results saved before it existed.
     timing_source: dict[str, str] = field(default_factory=dict)
+    transcript: Transcript | None = None  # the dialogue, bounded and redacted; None when not recorded
 
     @property
     def reply_code(self) -> int:
@@ -171,6 +173,8 @@ class SmtpResult:
         wire["reply_code"] = self.reply.code if self.reply else None
         wire["reply"] = str(self.reply) if self.reply else None
         wire["addresses"] = wire.pop("address_results")
+        if wire["transcript"] is None:  # not recorded: the JSON of results from before transcripts existed
+            del wire["transcript"]
         return {"kind": "smtp", **ordered(wire, _SMTP_FIRST)}
 
     @model_validator(mode="before")

@@ -56,6 +56,7 @@ class ProbeState:
     cert_warn_days: int
     status: Status = Status.UNKNOWN
     last_result: ProbeResult | None = None
+    last_failure: ProbeResult | None = None  # the latest failed result (with its transcript), kept past recoveries
     consecutive_failures: int = 0
     runs: int = 0
     failures: int = 0
@@ -187,6 +188,7 @@ class ResultsStore:
             last_tls_at=result.started_at if tls_seen else old.last_tls_at,
             status=status,
             last_result=result,
+            last_failure=old.last_failure if result.ok else result,
             consecutive_failures=consecutive,
             runs=old.runs + 1,
             failures=failures,

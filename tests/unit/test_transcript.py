@@ -1,0 +1,91 @@
+"""monitor/model/transcript.py: bounded, redacted dialogue records."""
+
+from __future__ import annotations
+
+import base64
+
+from monitor.model.transcript import (
+    CUT_MARK,
+    MAX_BYTES,
+    MAX_LINE,
+    MAX_LINES,
+    REDACTED,
+    Direction,
+    TranscriptRecorder,
+)
+
+PASSWORD = "Quokka-Secret-93"
+
+
+class TestRecorder:
+    def test_lines_keep_their_order_direction_and_a_rising_time(self) -> None:
+        recorder = TranscriptRecorder()
+        recorder.note("connected to 127.0.0.1:25")
+        recorder.received("220 mail.test ESMTP")
+        recorder.sent("EHLO monitor.test")
+        recorder.tls("TLSv1.3 TLS_AES_256_GCM_SHA384 subject CN=mail.test")
+        lines = recorder.transcript().lines
+        assert [(line.direction, line.text) for line in lines] == [
+            (Direction.NOTE, "connected to 127.0.0.1:25"),
+            (Direction.RECEIVED, "220 mail.test ESMTP"),
+            (Direction.SENT, "EHLO monitor.test"),
+            (Direction.TLS, "TLSv1.3 TLS_AES_256_GCM_SHA384 subject CN=mail.test"),
+        ]
+        assert [line.at for line in lines] == sorted(line.at for line in lines)
+
+    def test_secrets_are_replaced_in_plain_text_and_base64_and_auth_lines_keep_their_verb(self) -> None:
+        recorder = TranscriptRecorder([PASSWORD])
+        encoded = base64.b64encode(f"\0probe\0{PASSWORD}".encode()).decode()
+        recorder.sent(f"AUTH PLAIN {encoded}", secret=True)
+        recorder.received(f"535 5.7.8 bad password {PASSWORD}")
+        recorder.received(f"334 {base64.b64encode(PASSWORD.encode()).decode()}")
+        recorder.sent("AUTH LOGIN", secret=True)
+        recorder.received("334 VXNlcm5hbWU6", secret=True)
+        texts = [line.text for line in recorder.transcript().lines]
+        assert texts == [
+            f"AUTH PLAIN {REDACTED}",
+            f"535 5.7.8 bad password {REDACTED}",
+            f"334 {REDACTED}",
+            "AUTH LOGIN",
+            f"334 {REDACTED}",
+        ]
+        as_text = recorder.transcript().as_text()
+        assert PASSWORD not in as_text
+        assert base64.b64encode(PASSWORD.encode()).decode() not in as_text
+
+    def test_a_secret_learned_later_is_redacted_from_then_on(self) -> None:
+        recorder = TranscriptRecorder()
+        recorder.add_secret(PASSWORD)
+        recorder.sent(f"PASS {PASSWORD}")
+        assert recorder.transcript().lines[0].text == f"PASS {REDACTED}"
+
+    def test_control_characters_are_shown_escaped(self) -> None:
+        recorder = TranscriptRecorder()
+        recorder.received("220 \x1b[31mred\x07")
+        assert recorder.transcript().lines[0].text == "220 \\x1b[31mred\\x07"
+
+    def test_a_long_line_is_cut_with_a_mark(self) -> None:
+        recorder = TranscriptRecorder()
+        recorder.received("250-" + "x" * 5000)
+        text = recorder.transcript().lines[0].text
+        assert len(text) == MAX_LINE
+        assert text.endswith(CUT_MARK)
+
+    def test_lines_beyond_the_bound_are_dropped_and_the_transcript_says_so(self) -> None:
+        recorder = TranscriptRecorder()
+        for i in range(MAX_LINES + 10):
+            recorder.received(f"250-line {i}")
+        transcript = recorder.transcript()
+        assert len(transcript.lines) == MAX_LINES
+        assert transcript.cut
+        assert (
+            transcript.as_text().splitlines()[-1].endswith(f"transcript cut at {MAX_LINES} lines / {MAX_BYTES} bytes")
+        )
+
+    def test_bytes_are_bounded_too(self) -> None:
+        recorder = TranscriptRecorder()
+        for _ in range(MAX_LINES):
+            recorder.received("y" * MAX_LINE)
+        transcript = recorder.transcript()
+        assert sum(len(line.text.encode()) for line in transcript.lines) <= MAX_BYTES
+        assert transcript.cut
