@@ -13,15 +13,17 @@ LOGFILE=${1:-/var/log/smtp-monitor/traps.log}
 
 line=$(awk -v now="$(date -u +%Y-%m-%dT%H:%M:%SZ)" '
 BEGIN {
-    split("smtpProbeFailed smtpProbeRecovered mxCheckFailed mxCheckRecovered smtpCertExpiring", notif, " ")
+    split("smtpProbeFailed smtpProbeRecovered mxCheckFailed mxCheckRecovered smtpCertExpiring deliveryProbeFailed deliveryProbeRecovered deliveryLate deliveryLost", notif, " ")
     split("ok failed unknown", status, " ")
-    split("none resolve connect tls banner ehlo starttls ehlo_tls quit mx address hosts internal auth mail rcpt dane mta_sts", phase, " ")
-    split("none timeout refused unreachable reset dns reply protocol tls tls_verify nxdomain no_mx null_mx no_address servfail unexpected_mx hosts_down internal unexpected_banner missing_extension auth_failed open_relay dane_mismatch mta_sts_mismatch no_starttls auth_unavailable tls_version unexpected_reply", reason, " ")
-    # column number -> key, for smtpProbeEntry (.2.2.1) and mxCheckEntry (.2.3.1)
+    split("none resolve connect tls banner ehlo starttls ehlo_tls quit mx address hosts internal auth mail rcpt dane mta_sts reverse policy submit deliver fetch cleanup", phase, " ")
+    split("none timeout refused unreachable reset dns reply protocol tls tls_verify nxdomain no_mx null_mx no_address servfail unexpected_mx hosts_down internal unexpected_banner missing_extension auth_failed open_relay dane_mismatch mta_sts_mismatch no_starttls auth_unavailable tls_version unexpected_reply dnssec reverse_dns policy_record late lost wrong_folder auth_verdict", reason, " ")
+    # column number -> key, for smtpProbeEntry (.2.2.1), mxCheckEntry (.2.3.1) and deliveryEntry (.2.7.1)
     split("2=probe 3=host 4=port 7=status 8=error 9=phase 10=reason 11=reply 17=consecutive 25=cert_days_left", s, " ")
     for (i in s) { split(s[i], kv, "="); smtp[kv[1]] = kv[2] }
     split("2=check 3=domain 4=status 5=error 6=phase 7=reason 10=consecutive", m, " ")
     for (i in m) { split(m[i], kv, "="); mx[kv[1]] = kv[2] }
+    split("2=probe 3=to 4=status 5=error 6=phase 7=reason 8=reply 9=latency_ms 11=pending 12=late 13=lost 14=consecutive 28=message_latency_ms", d, " ")
+    for (i in d) { split(d[i], kv, "="); delivery[kv[1]] = kv[2] }
     name = "unknown"; order = ""
 }
 NR == 1 { next }                                   # host name (often just the address)
@@ -50,6 +52,8 @@ NR == 2 {                                          # "UDP: [192.0.2.10]:50000->[
         split(substr(oid, 26), arc, "."); if (arc[1] in smtp) key = smtp[arc[1]]
     } else if (index(oid, ".1.3.6.1.4.1.32473.2.3.1.") == 1) {
         split(substr(oid, 26), arc, "."); if (arc[1] in mx) key = mx[arc[1]]
+    } else if (index(oid, ".1.3.6.1.4.1.32473.2.7.1.") == 1) {
+        split(substr(oid, 26), arc, "."); if (arc[1] in delivery) key = delivery[arc[1]]
     }
     if (key == "") next
     if (value ~ /^".*"$/) {

@@ -1028,6 +1028,56 @@ class TestSnmpExamples:
         ), line
         assert len(trapd.handler_lines()) == 1
 
+    def test_the_handlers_names_are_the_mibs(self) -> None:
+        # The awk program decodes numbers to names itself: a notification, phase or reason added to the MIB
+        # must be added there too, in the MIB's order.
+        lists = {
+            match[2]: match[1].split()
+            for match in re.finditer(r'split\("([^"=]*)", (notif|phase|reason), " "\)', HANDLER.read_text())
+        }
+        assert lists["notif"] == [mib_oids.mib_label(n.name) for n in sorted(mib_oids.Notification)]
+        assert lists["phase"] == sorted(mib_oids.PHASE_VALUES, key=mib_oids.PHASE_VALUES.__getitem__)
+        assert lists["reason"] == sorted(mib_oids.REASON_VALUES, key=mib_oids.REASON_VALUES.__getitem__)
+        handled = re.findall(r"^traphandle (\S+) ", (SNMP / "snmptrapd.conf").read_text(), re.MULTILINE)
+        assert handled == [
+            ".".join(map(str, ("", *mib_oids.notification_oid(n)))) for n in sorted(mib_oids.Notification)
+        ]
+
+    def test_a_delivery_late_notification_is_one_line_with_the_messages_latency(self, tmp_path: Path) -> None:
+        name = "roundtrip"
+        column = {c: ".".join(map(str, mib_oids.delivery_oid(c, name))) for c in mib_oids.DeliveryColumn}
+        with TrapDaemon(tmp_path) as trapd:
+            sent = run(
+                [
+                    tool("snmptrap"),
+                    "-v2c",
+                    "-c",
+                    "public",
+                    "-m",
+                    "",
+                    f"udp:{HOST}:{trapd.port}",
+                    "",
+                    ".".join(map(str, mib_oids.notification_oid(mib_oids.Notification.DELIVERY_LATE))),
+                    column[mib_oids.DeliveryColumn.NAME],
+                    "s",
+                    name,
+                    column[mib_oids.DeliveryColumn.EVENT_LATENCY],
+                    "u",
+                    "95250",
+                    column[mib_oids.DeliveryColumn.LATE_COUNT],
+                    "c",
+                    "3",
+                    column[mib_oids.DeliveryColumn.PENDING],
+                    "u",
+                    "1",
+                ]
+            )
+            assert sent.returncode == 0, sent.stderr
+            line = trapd.wait_for_line(r"deliveryLate")
+        assert re.fullmatch(
+            r"\S+ deliveryLate from 127\.0\.0\.1 probe=roundtrip message_latency_ms=95250 late=3 pending=1", line
+        ), line
+
     def test_snmptrapd_example_logs_a_real_agent_notification(self, tmp_path: Path) -> None:
         with TrapDaemon(tmp_path / "trapd") as trapd:
             agent = Agent(
