@@ -13,6 +13,7 @@ PACKAGES=(
     snmp          # snmpget/snmpwalk/snmptable/snmptrap/snmptranslate
     snmptrapd     # notification receiver
     snmpd         # reference agent for side-by-side checks
+    prometheus-snmp-exporter  # its generator builds snmp.yml from the MIB (deploy/snmp_exporter), and the exporter scrapes the agent
     smitools      # smilint
     erlang-snmp   # the only Debian package with the IETF base MIB texts (SNMPv2-SMI, ...)
     prometheus    # promtool, to check the metrics exposition
