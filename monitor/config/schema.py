@@ -154,6 +154,22 @@ class AgentConfig(_Strict):
     probe_process: bool = True
 
 
+class HistoryConfig(_Strict):
+    """Every result, compacted, kept per probe in the state database (monitor.state.history)."""
+
+    enabled: bool = True
+    # Raw results per probe: the newest raw_max_per_probe, none older than raw_max_age.
+    raw_max_per_probe: int = Field(default=1440, ge=10, le=1_000_000)
+    raw_max_age: Duration = 7 * 86400.0
+    hourly_max_age: Duration = 8 * 86400.0  # hourly rollups: runs, failures, latency percentiles
+    daily_max_age: Duration = 400 * 86400.0
+    changes_max_per_probe: int = Field(default=200, ge=1, le=1_000_000)  # status changes (ok <-> failed)
+    changes_max_age: Duration = 400 * 86400.0
+    flush_interval: Duration = 5.0  # seconds between batched writes (sooner at batch_rows queued results)
+    batch_rows: int = Field(default=1000, ge=1, le=1_000_000)
+    retention_interval: Duration = 600.0  # seconds between passes of the age limits
+
+
 class DnsConfig(_Strict):
     nameservers: list[str] = []
     timeout: Duration = 5.0
@@ -245,6 +261,31 @@ class PrometheusConfig(_Strict):
     listen: str | None = "127.0.0.1:9465"
     http: HttpLimits = HttpLimits()
     probe_endpoint: ProbeEndpointConfig = ProbeEndpointConfig()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            _, port = split_host_port(value, None)
+            if port is None:
+                raise ValueError(f"listen address {value!r} needs a port")
+        return value
+
+    def address(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, port = split_host_port(self.listen, None)
+        assert port is not None
+        return host, port
+
+
+class StatusPageConfig(_Strict):
+    """The read-only status page (HTML and /api JSON): on the Prometheus HTTP server at `/` unless
+    `listen` gives it an address of its own (e.g. one only a reverse proxy with authentication reaches)."""
+
+    enabled: bool = True
+    listen: str | None = None
+    per_page: int = Field(default=100, ge=10, le=1000)  # overview rows per page: 10,000 probes stay usable
 
     @field_validator("listen")
     @classmethod
@@ -680,7 +721,9 @@ class Config(_Strict):
     defaults: Defaults = Defaults()
     dns: DnsConfig = DnsConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
+    status_page: StatusPageConfig = StatusPageConfig()
     snmp: SnmpConfig = SnmpConfig()
+    history: HistoryConfig = HistoryConfig()
     smtp: list[SmtpProbeConfig] = []
     mx: list[MxCheckConfig] = []
     delivery: list[DeliveryProbeConfig] = []

@@ -18,6 +18,7 @@ from monitor.config.reader import ConfigReader
 from monitor.config.schema import Config, ConfigError, load_config
 from monitor.exporters.prometheus.http import AdhocProber, HttpBindError, MetricsServer
 from monitor.exporters.prometheus.metrics import build_agent_registry
+from monitor.exporters.web.pages import StatusPage, StatusPageBindError, StatusPageServer
 from monitor.runtime import logs
 from monitor.runtime.probe_process import ProbeProcess
 from monitor.runtime.sharding import Shard
@@ -70,6 +71,7 @@ class Agent:
             else self._scheduler_here(config)
         )
         self.http: MetricsServer | None = None
+        self.status_page: StatusPageServer | None = None  # the status page on an address of its own
         self.snmp: Any = None
         self.notifier: Any = None
         self.state_db: StateDB | None = None
@@ -143,6 +145,7 @@ class Agent:
 
     async def _start_exporters(self) -> None:
         address = self.config.prometheus.address()
+        page = self._page()
         if address is not None:
             endpoint = self.config.prometheus.probe_endpoint
             self.http = MetricsServer(
@@ -154,11 +157,13 @@ class Agent:
                 adhoc=AdhocProber(self.env, endpoint) if endpoint.enabled else None,
                 health=self.health,
                 limits=self.config.prometheus.http,
+                pages=page.mount if page is not None and self.config.status_page.listen is None else None,
             )
             try:
                 await self.http.start()
             except HttpBindError as exc:
                 raise StartupError(str(exc)) from None
+        await self._start_status_page(page, address)
         snmp = self.config.snmp
         if not snmp.enabled:
             return
@@ -191,6 +196,35 @@ class Agent:
             await self.notifier.start()
             await self.notifier.cold_start()
 
+    def _page(self) -> StatusPage | None:
+        if not self.config.status_page.enabled:
+            return None
+        return StatusPage(
+            self.store,
+            getattr(self, "history", None),  # the agent's History, when it keeps one
+            per_page=self.config.status_page.per_page,
+            config_path=str(self.config_path),
+        )
+
+    async def _start_status_page(self, page: StatusPage | None, metrics: tuple[str, int] | None) -> None:
+        """On its own address if `status_page.listen` sets one, else on the Prometheus server's `/`."""
+        own = self.config.status_page.address()
+        if page is None:
+            return
+        if own is None:
+            if metrics is None or self.http is None:
+                log.warning("status page: no address (prometheus.listen and status_page.listen are unset)")
+            else:
+                log.info("status page on http://%s/", _host_port(metrics[0], self.http.port))
+            return
+        self.status_page = StatusPageServer(page, *own)
+        try:
+            await self.status_page.start()
+        except StatusPageBindError as exc:
+            self.status_page = None
+            raise StartupError(str(exc)) from None
+        log.info("status page on http://%s/", _host_port(own[0], self.status_page.port))
+
     async def reload(self) -> None:
         """SIGHUP: apply a new config; a bad one is refused and the old one keeps running."""
         self.health.config_attempted_at = time.time()
@@ -203,7 +237,7 @@ class Agent:
             return
         unreloadable = [
             section
-            for section in ("agent", "prometheus", "dns")
+            for section in ("agent", "prometheus", "status_page", "dns")
             if getattr(config, section) != getattr(self.config, section)
         ]
         old_snmp, new_snmp = self.config.snmp, config.snmp
@@ -219,7 +253,7 @@ class Agent:
         if unreloadable:
             log.warning("reload: changes to %s take effect only after a restart", ", ".join(unreloadable))
         self.config = config.model_copy(
-            update={section: getattr(self.config, section) for section in ("agent", "prometheus", "dns")}
+            update={section: getattr(self.config, section) for section in ("agent", "prometheus", "status_page", "dns")}
         )
         self._apply(self.config)
         self.health.config_load_success = True
@@ -236,6 +270,8 @@ class Agent:
             await self.notifier.stop(1.0)
         if self.http is not None:
             await self.http.stop()
+        if self.status_page is not None:
+            await self.status_page.stop()
         if self.persister is not None:
             await self.persister.stop()
         if self.state_db is not None:
@@ -262,6 +298,11 @@ class Agent:
             await self._stopping.wait()
         finally:
             await self.stop()
+
+
+def _host_port(host: str, port: int) -> str:
+    host = host or "0.0.0.0"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _prepare_state_dir(path: Path) -> None:

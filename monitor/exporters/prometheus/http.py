@@ -535,8 +535,10 @@ class MetricsServer:
         adhoc: AdhocProber | None = None,
         health: AgentHealth | None = None,
         limits: HttpLimits | None = None,
+        pages: Callable[[web.Application], None] | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.pages = pages  # mounts the status page (`/` and below) on this server; None: the plain index
         self.limits = limits or HttpLimits()
         self.listener: HttpListener | None = None
         self.health = health
@@ -559,7 +561,10 @@ class MetricsServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/-/healthy", self._healthy)
         app.router.add_get("/-/ready", self._ready)
-        app.router.add_get("/", self._index)
+        if self.pages is not None:
+            self.pages(app)
+        else:
+            app.router.add_get("/", self._index)
         if self.adhoc is not None:
             app.router.add_get("/probe", self._probe)
         self._runner = web.AppRunner(
