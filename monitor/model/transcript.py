@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import base64
 import enum
+import struct
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import core_schema
 
 MAX_LINES = 64  # an SMTP handshake with STARTTLS is about 12; a delivery run about 30
 MAX_BYTES = 16 * 1024  # all the text kept, after cutting long lines
 MAX_LINE = 512  # characters of one line (RFC 5321 allows 512 octets per command line)
 CUT_MARK = " [...]"  # ends a line that was cut
 REDACTED = "<redacted>"
+_MIN_RUN = 4  # base64 characters of a password run: shorter ones match ordinary text by chance
 
 
 class Direction(enum.Enum):
@@ -29,6 +36,11 @@ class Direction(enum.Enum):
     NOTE = "--"
 
 
+_DIRECTIONS = tuple(Direction)
+_DIRECTION_CODE = {direction: index for index, direction in enumerate(_DIRECTIONS)}
+_BY_VALUE = {direction.value: direction for direction in _DIRECTIONS}
+
+
 @dataclass(frozen=True, slots=True)
 class TranscriptLine:
     at: float  # seconds since the dialogue started
@@ -36,47 +48,151 @@ class TranscriptLine:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
 class Transcript:
-    """The recorded lines, oldest first; `cut` when lines beyond MAX_LINES or MAX_BYTES were dropped."""
+    """The recorded lines, oldest first; `cut` when lines beyond MAX_LINES or MAX_BYTES were dropped.
 
-    lines: tuple[TranscriptLine, ...] = ()
-    cut: bool = False
+    Held compactly: the agent keeps two per probe (the last and the last failed run's), 10,000 probes
+    of 30 lines each. As TranscriptLine objects that is 2.7 KB a transcript (27 MB at 10,000 probes);
+    as the texts (interned: run after run a server says the same lines, so they are held once) and
+    the offsets and directions packed in bytes it is about 0.6 KB. `lines` builds the line objects
+    on each read (pages, the CLI), which is rare."""
+
+    __slots__ = ("_at", "_directions", "_texts", "cut")
+
+    def __init__(self, lines: Iterable[TranscriptLine] = (), cut: bool = False) -> None:
+        lines = tuple(lines)
+        self._texts: tuple[str, ...] = tuple(sys.intern(line.text) for line in lines)
+        self._at = struct.pack(f"<{len(lines)}f", *(line.at for line in lines))
+        self._directions = bytes(_DIRECTION_CODE[line.direction] for line in lines)
+        self.cut = cut
+
+    @classmethod
+    def _packed(cls, texts: tuple[str, ...], at: bytes, directions: bytes, cut: bool) -> Transcript:
+        transcript = cls.__new__(cls)
+        transcript._texts = tuple(sys.intern(text) for text in texts)
+        transcript._at, transcript._directions, transcript.cut = at, directions, cut
+        return transcript
+
+    @property
+    def lines(self) -> tuple[TranscriptLine, ...]:
+        return tuple(self._iter())
+
+    def _iter(self) -> Iterator[TranscriptLine]:
+        offsets = struct.unpack(f"<{len(self._texts)}f", self._at)
+        for at, code, text in zip(offsets, self._directions, self._texts, strict=True):
+            yield TranscriptLine(round(at, 6), _DIRECTIONS[code], text)
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Transcript):
+            return NotImplemented
+        return (self._texts, self._at, self._directions, self.cut) == (
+            other._texts,
+            other._at,
+            other._directions,
+            other.cut,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._texts, self._at, self._directions, self.cut))
+
+    def __repr__(self) -> str:
+        return f"Transcript(lines={self.lines!r}, cut={self.cut!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # From the probe process to the agent: three objects instead of one per line, interned on arrival.
+        return (Transcript._packed, (self._texts, self._at, self._directions, self.cut))
 
     def as_text(self) -> str:
         """One line per entry, swaks style: time offset, who, text."""
-        out = [f"{line.at:8.3f} {line.direction.value:>3} {line.text}" for line in self.lines]
+        out = [f"{line.at:8.3f} {line.direction.value:>3} {line.text}" for line in self._iter()]
         if self.cut:
             out.append(f"{'':8} {'--':>3} transcript cut at {MAX_LINES} lines / {MAX_BYTES} bytes")
         return "\n".join(out)
 
+    # -- JSON (--json, the state database): {"lines": [[at, "S", text], ...], "cut": false} --------------
+    def as_wire(self) -> dict[str, Any]:
+        return {"lines": [[line.at, line.direction.value, line.text] for line in self._iter()], "cut": self.cut}
 
-def _secret_forms(secret: str) -> set[str]:
-    """The secret as text and in the encodings a dialogue carries it (AUTH PLAIN/LOGIN are base64)."""
-    forms = {secret}
-    raw = secret.encode()
-    forms.add(base64.b64encode(raw).decode())
+    @classmethod
+    def from_wire(cls, data: Any) -> Transcript:
+        if isinstance(data, Transcript):
+            return data
+        if not isinstance(data, dict) or not isinstance(data.get("lines", []), list):
+            raise ValueError("a transcript is {'lines': [[at, direction, text], ...], 'cut': bool}")
+        lines = []
+        for entry in data.get("lines", [])[:MAX_LINES]:
+            if not (isinstance(entry, list | tuple) and len(entry) == 3):
+                raise ValueError("a transcript line is [at, direction, text]")
+            at, direction, text = entry
+            if not isinstance(at, int | float) or direction not in _BY_VALUE or not isinstance(text, str):
+                raise ValueError("a transcript line is [seconds, one of C S TLS --, text]")
+            lines.append(TranscriptLine(float(at), _BY_VALUE[direction], text[:MAX_LINE]))
+        return cls(lines, bool(data.get("cut", False)))
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            cls.from_wire, serialization=core_schema.plain_serializer_function_ser_schema(cls.as_wire)
+        )
+
+
+def _password_only_runs(raw: bytes) -> Iterator[str]:
+    """The base64 characters that encode bytes of `raw` only, at each of the three alignments `raw` can
+    have inside a longer base64 text (the AUTH PLAIN token puts the password behind "\\0user\\0")."""
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + raw + bytes(3)).decode()
+        first = -(-8 * offset // 6)  # ceil: the first character after the secret's first bit
+        end = 8 * (offset + len(raw)) // 6
+        yield encoded[first:end]
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The secret as text and in the encodings a dialogue carries it: base64 (AUTH PLAIN and LOGIN), with
+    and without padding, its base64 characters inside a longer token (AUTH PLAIN), and each of these in
+    hex (a server that dumps what it got)."""
+    raw = secret.encode("utf-8", "surrogateescape")
+    encoded = base64.b64encode(raw).decode()
+    forms = {secret, encoded, encoded.rstrip("=")}
+    forms.update(run for run in _password_only_runs(raw) if len(run) >= _MIN_RUN)
+    hexed = [form.encode("utf-8", "surrogateescape").hex() for form in forms]
+    forms.update(hexed)
+    forms.update(form.upper() for form in hexed)
     return {form for form in forms if len(form) >= 3}  # a one-letter "secret" would blank out every line
 
 
 class TranscriptRecorder:
     """Collects lines while a probe runs; `transcript()` gives the bounded, redacted result.
 
-    Secrets are given up front (passwords, communities) and replaced in every line, in plain text and in
-    base64; a line the caller marks `secret` (an AUTH exchange) keeps only its command word."""
+    Secrets are given up front (passwords) or as soon as they are read (add_secret), and replaced in
+    every line, recorded before or after, in plain text, base64 and hex; a line the caller marks
+    `secret` (an AUTH exchange) keeps only its command word or reply code."""
+
+    __slots__ = ("_bytes", "_cut", "_lines", "_secrets", "_t0")
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._t0 = time.perf_counter()
         self._lines: list[TranscriptLine] = []
         self._bytes = 0
         self._cut = False
-        self._secrets = sorted({form for secret in secrets if secret for form in _secret_forms(secret)}, key=len)
-        self._secrets.reverse()  # longest first: a secret containing another is replaced whole
+        self._secrets: list[str] = []
+        for secret in secrets:
+            self.add_secret(secret)
 
     def add_secret(self, secret: str) -> None:
-        """A secret learned after the recorder started (a password read from a file)."""
-        if secret:
-            self._secrets = sorted({*self._secrets, *_secret_forms(secret)}, key=len, reverse=True)
+        """A secret learned after the recorder started (a password read from a file): lines recorded
+        before are redacted too."""
+        if not secret:
+            return
+        new = secret_forms(secret) - set(self._secrets)
+        if not new:
+            return
+        # longest first: a secret containing another is replaced whole
+        self._secrets = sorted({*self._secrets, *new}, key=len, reverse=True)
+        self._lines = [TranscriptLine(line.at, line.direction, self._redact(line.text)) for line in self._lines]
+        self._bytes = sum(len(line.text.encode()) for line in self._lines)
 
     def sent(self, text: str, secret: bool = False) -> None:
         self._add(Direction.SENT, _command_only(text) if secret else text)
@@ -96,10 +212,14 @@ class TranscriptRecorder:
         if len(self._lines) >= MAX_LINES:
             self._cut = True
             return
-        text = self._redact(_printable(text))
+        if self._secrets:
+            text = self._redact(text)  # before escaping: a secret with control characters matches as sent
+        text = _printable(text)
+        if self._secrets:
+            text = self._redact(text)
         if len(text) > MAX_LINE:
             text = text[: MAX_LINE - len(CUT_MARK)] + CUT_MARK
-        size = len(text.encode())
+        size = len(text) if text.isascii() else len(text.encode())
         if self._bytes + size > MAX_BYTES:
             self._cut = True
             return
@@ -113,15 +233,21 @@ class TranscriptRecorder:
         return text
 
     def transcript(self) -> Transcript:
-        return Transcript(tuple(self._lines), self._cut)
+        return Transcript(self._lines, self._cut)
 
 
 def _command_only(text: str) -> str:
-    """An AUTH line without its credentials: "AUTH PLAIN <redacted>", "334 <redacted>"."""
+    """An AUTH line without its credentials: "AUTH PLAIN <redacted>", "334 <redacted>"; a mailbox login
+    keeps its tag and command ("a1 LOGIN <redacted>", "PASS <redacted>")."""
     words = text.split(" ", 2)
-    if words and words[0].upper() == "AUTH" and len(words) > 1:
+    verb = words[0].upper()
+    if verb == "AUTH" and len(words) > 1:
         return f"{words[0]} {words[1]} {REDACTED}" if len(words) > 2 else f"{words[0]} {words[1]}"
-    if words and words[0].isdigit():
+    if verb in ("PASS", "USER", "LOGIN"):
+        return f"{words[0]} {REDACTED}"
+    if len(words) > 1 and words[1].upper() in ("LOGIN", "AUTHENTICATE"):  # an IMAP tag first
+        return f"{words[0]} {words[1]} {REDACTED}"
+    if words[0][:3].isdigit():
         return f"{words[0]} {REDACTED}"
     return REDACTED
 

@@ -23,9 +23,10 @@ from monitor.model.failures import (
     classify,
 )
 from monitor.model.results import Phase, Reason, Reply, SmtpResult, TlsInfo
+from monitor.model.transcript import TranscriptRecorder
 from monitor.probes import ProbeEnv, kernel_times, resolve
 from monitor.probes.smtp_wire import MAX_BUFFER, SmtpClientProtocol, parse_extensions
-from monitor.probes.tls import tls_facts, unverified_context
+from monitor.probes.tls import tls_facts, tls_summary, unverified_context
 
 # EHLO refusals after which HELO is worth a try (RFC 5321 4.1.4); a 421 is not one.
 _HELO_FALLBACK_CODES = {500, 501, 502, 504, 550}
@@ -162,9 +163,11 @@ def _default_helo() -> str:
 class _Dialogue:
     """One probe's state: phase timings, what was learned, and the connection."""
 
-    def __init__(self, config: SmtpProbeConfig, env: ProbeEnv) -> None:
+    def __init__(self, config: SmtpProbeConfig, env: ProbeEnv, recorder: TranscriptRecorder | None = None) -> None:
         self.config = config
         self.env = env
+        # The dialogue as it happens; a delivery probe passes its own, shared with the mailbox side.
+        self.recorder = recorder if recorder is not None else TranscriptRecorder()
         self.phase = Phase.RESOLVE
         self.phase_started = time.perf_counter()
         self.timings: dict[str, float] = {}
@@ -176,6 +179,7 @@ class _Dialogue:
         self.tls: TlsInfo | None = None
         self.in_transaction = False  # MAIL FROM accepted and not yet RSET
         self.proto = SmtpClientProtocol()
+        self.proto.recorder = self.recorder
         # Connected but not yet handed to the protocol: greet() reads the greeting's first bytes off it itself.
         self.sock: socket.socket | None = None
         self.established: float | None = None  # epoch seconds the TCP handshake completed
@@ -196,9 +200,11 @@ class _Dialogue:
             self.timings[phase.value] = seconds
             self.timing_source[phase.value] = KERNEL
 
-    async def command(self, line: str) -> Reply:
+    async def command(self, line: str, secret: bool = False) -> Reply:
+        """Send one command line and read its reply; `secret`: an AUTH line, recorded without its credentials."""
+        self.recorder.sent(line, secret)
         self.proto.write(line.encode("ascii") + b"\r\n")
-        return await self.proto.read_reply()
+        return await self.proto.read_reply(secret)
 
     async def expect(self, line: str | None, ok_codes: range) -> Reply:
         reply = await (self.command(line) if line else self.proto.read_reply())
@@ -217,12 +223,15 @@ class _Dialogue:
             if not addrs:
                 raise LookupFailure(Reason.NO_ADDRESS, f"{self.config.host}: no {family} address")
         self.address = addrs[0]
+        if addrs != [self.config.host]:
+            self.recorder.note(f"resolved {self.config.host}: {', '.join(addrs)}")
         self.done()
 
     async def connect(self) -> None:
         """Connect, timing the handshake by the kernel's RTT sample: the wall clock would also count the
         time this process waited for a CPU before it saw the connection complete."""
         self.enter(Phase.CONNECT)
+        self.recorder.note(f"trying {self.address} port {self.effective_port}")
         loop = asyncio.get_running_loop()
         family, kind, proto, _, address = socket.getaddrinfo(
             self.address, self.effective_port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
@@ -239,6 +248,7 @@ class _Dialogue:
             sock.close()
             raise
         self.done()
+        self.recorder.note("connected")
         rtt = kernel_times.handshake_rtt(sock)
         if rtt is not None:
             rtt = min(rtt, self.timings[Phase.CONNECT.value])  # sanity: never more than the wall clock
@@ -316,6 +326,7 @@ class _Dialogue:
             sslobj, verified, "" if verified else "verification disabled", keep_chain=self.config.keep_chain
         )
         self.done()
+        self.recorder.tls(tls_summary(self.tls))
         minimum = self.config.tls_min_version
         if minimum is not None and _TLS_ORDER.get(self.tls.version, 0) < _TLS_ORDER[minimum]:
             raise SessionFailure(Reason.TLS_VERSION, f"negotiated {self.tls.version}, below the minimum {minimum}")
@@ -417,13 +428,13 @@ class _Dialogue:
         try:
             if mechanism == "PLAIN":
                 token = _b64(_utf8(f"\0{username}\0{password}"))
-                reply = await self.command(f"AUTH PLAIN {token}")
+                reply = await self.command(f"AUTH PLAIN {token}", secret=True)
             else:
-                reply = await self.command("AUTH LOGIN")
+                reply = await self.command("AUTH LOGIN", secret=True)
                 for value in (username, password):
                     if reply.code != 334:
                         break
-                    reply = await self.command(_b64(_utf8(value)))
+                    reply = await self.command(_b64(_utf8(value)), secret=True)
         except WireFailure as exc:
             # A malformed reply is quoted in the message: keep the message, never the server's text.
             raise WireFailure(exc.reason, credentials.scrub(exc.bare)) from None
@@ -547,6 +558,8 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
     deadline = loop.time() + timeout
     d = _Dialogue(config, env)
     credentials = _Credentials.of(config.auth) if config.auth is not None else None
+    if credentials is not None:
+        d.recorder.add_secret(credentials.password)
     failure: ProbeFailure | None = None
     try:
         async with asyncio.timeout_at(deadline):
@@ -564,6 +577,10 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
     reply = failure.reply if failure is not None else None
     if reason is Reason.TLS_VERIFY:
         d.tls = await _look_at_certificate(d, deadline, error)
+        if d.tls is not None:
+            d.recorder.tls(f"second look, unverified: {tls_summary(d.tls)}")
+    if failure is not None:
+        d.recorder.note(failure_note(d.phase.value, failure))
     result = SmtpResult(
         host=config.host,
         port=config.effective_port,
@@ -582,8 +599,14 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
         extensions=d.extensions,
         tls=d.tls,
         timing_source=d.timing_source,
+        transcript=d.recorder.transcript(),
     )
     return credentials.scrub_result(result) if credentials is not None else result
+
+
+def failure_note(phase: str, failure: ProbeFailure) -> str:
+    """The transcript's last line of a failed run: where and why."""
+    return f"failed in {phase}: {failure.reason.value}: {failure.message}"
 
 
 async def _look_at_certificate(failed: _Dialogue, deadline: float, verify_error: str) -> TlsInfo | None:

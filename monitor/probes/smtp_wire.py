@@ -10,6 +10,7 @@ from typing import Protocol
 
 from monitor.model.failures import WireFailure
 from monitor.model.results import Reason, Reply
+from monitor.model.transcript import TranscriptRecorder
 
 # RFC 5321 limits a reply line to 512 octets; real servers stay far below 1 KiB.
 # Anything longer is not SMTP (or a tarpit feeding an endless line): stop reading.
@@ -47,6 +48,7 @@ class SmtpClientProtocol(asyncio.Protocol):
         self.tls: ssl.SSLObject | None = None
         self._incoming = self._outgoing = ssl.MemoryBIO()
         self._handshake: asyncio.Future[None] | None = None  # set while the TLS handshake runs
+        self.recorder: TranscriptRecorder | None = None  # every line received goes to it
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,6 +98,11 @@ class SmtpClientProtocol(asyncio.Protocol):
         """Drop unread bytes. After STARTTLS, anything sent before the handshake
         is plaintext that an attacker may have injected (CVE-2011-0411 class)."""
         self._buffer.clear()
+
+    def _record_unfinished(self) -> None:
+        """The start of a line that never ended (an endless line, a close mid-reply): the recorder cuts it."""
+        if self.recorder is not None and self._buffer:
+            self.recorder.received(bytes(self._buffer[:MAX_LINE]).decode("utf-8", "replace"))
 
     # -- TLS ---------------------------------------------------------------
     async def start_tls(self, context: ssl.SSLContext, server_hostname: str) -> ssl.SSLObject:
@@ -174,12 +181,16 @@ class SmtpClientProtocol(asyncio.Protocol):
         self.tls.write(line)
         self._flush()
 
-    async def read_reply(self) -> Reply:
-        """One complete (possibly multi-line) reply, or WireFailure."""
+    async def read_reply(self, secret: bool = False) -> Reply:
+        """One complete (possibly multi-line) reply, or WireFailure; each line is recorded as it comes,
+        garbage too (`secret`: an answer to AUTH, recorded without its text)."""
         lines: list[str] = []
         code: int | None = None
+        recorder = self.recorder
         while True:
             line = await self._read_line()
+            if recorder is not None:
+                recorder.received(line, secret)
             if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in "- "):
                 raise WireFailure(Reason.PROTOCOL, "not an SMTP reply", _printable(line))
             line_code = int(line[:3])
@@ -202,8 +213,10 @@ class SmtpClientProtocol(asyncio.Protocol):
                     self.transport.resume_reading()
                 return raw.rstrip(b"\r").decode("utf-8", "replace")
             if len(self._buffer) > MAX_LINE:
+                self._record_unfinished()
                 raise WireFailure(Reason.PROTOCOL, f"reply line longer than {MAX_LINE} bytes")
             if self._closed is not None:
+                self._record_unfinished()
                 if isinstance(self._closed, ssl.SSLError):
                     raise self._closed
                 raise WireFailure(Reason.RESET, _closed_text(self._closed, bool(self._buffer)))

@@ -69,6 +69,16 @@ def tls_facts(ssl_object: Any, verified: bool, verify_error: str = "", keep_chai
     )
 
 
+def tls_summary(tls: TlsInfo) -> str:
+    """The handshake in one transcript line: version, cipher, the certificate's subject, verification."""
+    subject = tls.cert.subject if tls.cert is not None else "(no certificate)"
+    if tls.verified:
+        outcome = "verified"
+    else:
+        outcome = f"not verified: {tls.verify_error}" if tls.verify_error else "not verified"
+    return f"{tls.version} {tls.cipher}, subject {subject}, {outcome}"
+
+
 def _chain_der(ssl_object: Any) -> list[bytes]:
     # get_unverified_chain() is public from Python 3.13; 3.11/3.12 expose it on _sslobj.
     getter = getattr(ssl_object, "get_unverified_chain", None)

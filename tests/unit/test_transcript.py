@@ -11,6 +11,7 @@ from monitor.model.transcript import (
     MAX_LINES,
     REDACTED,
     Direction,
+    Transcript,
     TranscriptRecorder,
 )
 
@@ -89,3 +90,60 @@ class TestRecorder:
         transcript = recorder.transcript()
         assert sum(len(line.text.encode()) for line in transcript.lines) <= MAX_BYTES
         assert transcript.cut
+
+
+class TestSecretsAndForm:
+    def test_a_secret_learned_later_is_redacted_from_lines_recorded_before(self) -> None:
+        recorder = TranscriptRecorder()
+        recorder.received(f"250-X-ECHO {PASSWORD}")
+        recorder.add_secret(PASSWORD)
+        assert recorder.transcript().lines[0].text == f"250-X-ECHO {REDACTED}"
+
+    def test_every_encoding_of_a_secret_is_redacted(self) -> None:
+        from tests.fakes.auth_secrets import leaks, secret_forms
+
+        recorder = TranscriptRecorder([PASSWORD])
+        forms = secret_forms("abc", PASSWORD)
+        for name, form in forms.items():
+            recorder.received(f"535 {name}: {form} and hex {form.encode().hex()}")
+        recorder.received(f"535 hex {PASSWORD.encode().hex().upper()}")
+        text = recorder.transcript().as_text()
+        assert leaks(text, forms) == [], text
+        assert PASSWORD.encode().hex().upper() not in text
+
+    def test_mailbox_logins_keep_their_command_only(self) -> None:
+        recorder = TranscriptRecorder()
+        recorder.sent(f'A1 LOGIN "probe" "{PASSWORD}"', secret=True)
+        recorder.sent(f"PASS {PASSWORD}", secret=True)
+        assert [line.text for line in recorder.transcript().lines] == [f"A1 LOGIN {REDACTED}", f"PASS {REDACTED}"]
+
+    def test_pickled_and_saved_forms_give_the_same_transcript(self) -> None:
+        import pickle
+
+        from pydantic import TypeAdapter
+
+        recorder = TranscriptRecorder()
+        recorder.note("trying 127.0.0.1 port 25")
+        recorder.received("220 mail.test")
+        for _ in range(MAX_LINES):
+            recorder.sent("NOOP")
+        transcript = recorder.transcript()
+        assert transcript.cut
+        assert pickle.loads(pickle.dumps(transcript)) == transcript  # noqa: S301 -- our own bytes
+        adapter = TypeAdapter(Transcript)
+        wire = adapter.dump_python(transcript, mode="json")
+        assert wire["lines"][1][1:] == ["S", "220 mail.test"]
+        assert adapter.validate_python(wire) == transcript
+        assert adapter.validate_json(adapter.dump_json(transcript)) == transcript
+
+    def test_a_hand_made_saved_transcript_is_refused_or_bounded(self) -> None:
+        import pytest
+        from pydantic import TypeAdapter, ValidationError
+
+        adapter = TypeAdapter(Transcript)
+        for bad in ({"lines": [[0, "X", "a"]]}, {"lines": [["0", "S", "a"]]}, {"lines": "abc"}, [1, 2]):
+            with pytest.raises(ValidationError):
+                adapter.validate_python(bad)
+        huge = adapter.validate_python({"lines": [[0.0, "S", "y" * 100_000]] * 1000, "cut": False})
+        assert len(huge.lines) == MAX_LINES
+        assert all(len(line.text) <= MAX_LINE for line in huge.lines)
