@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from pydantic import TypeAdapter
 
 from monitor.model.delivery import DeliveryLedger
-from monitor.model.probe_result import result_from_json, result_to_json
+from monitor.model.probe_result import ProbeResult, result_from_json, result_to_json
 from monitor.model.results import SmtpResult, Status
 from monitor.model.wire import adapter
 from monitor.state.health import AgentHealth
@@ -33,7 +33,9 @@ STATE_FILE = "state.db"  # inside agent.state_dir
 # error texts and receiver names, the SNMP engine state the boots counter replay protection rests on.
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIR_MODE = 0o700
-SCHEMA_VERSION = 2  # 2: probe_state.delivery (a delivery probe's pending messages and counts)
+# 2: probe_state.delivery (a delivery probe's pending messages and counts)
+# 3: probe_state.last_failure (the latest failed result, with its transcript, kept past recoveries)
+SCHEMA_VERSION = 3
 FLUSH_INTERVAL = 5.0  # seconds between batched saves of counters and last results
 
 _SCHEMA = """
@@ -50,7 +52,8 @@ CREATE TABLE IF NOT EXISTS probe_state (
     last_change REAL,
     cert_warned_for TEXT NOT NULL,
     last_result TEXT,
-    delivery TEXT
+    delivery TEXT,
+    last_failure TEXT
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -166,13 +169,14 @@ class StateDB:
         row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
             conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif row[0] == "1":
-            # An earlier release's file: its states are kept, delivery probes (new in 2) have none yet.
-            conn.execute("BEGIN IMMEDIATE")  # both or neither: a kill -9 between would leave a column twice added
-            conn.execute("ALTER TABLE probe_state ADD COLUMN delivery TEXT")
+        elif row[0] in _MIGRATIONS:
+            # An earlier release's file: its states are kept; what later schemas add starts empty.
+            conn.execute("BEGIN IMMEDIATE")  # all or nothing: a kill -9 between would leave a column twice added
+            for statement in _MIGRATIONS[row[0]]:
+                conn.execute(statement)
             conn.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
-            log.info("state database %s: schema 1 updated to %d", self.path, SCHEMA_VERSION)
+            log.info("state database %s: schema %s updated to %d", self.path, row[0], SCHEMA_VERSION)
         elif row[0] != str(SCHEMA_VERSION):
             raise sqlite3.DatabaseError(f"schema version {row[0]}, expected {SCHEMA_VERSION}")
 
@@ -258,16 +262,21 @@ class StateDB:
         return [OutboxEntry(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
 
+_ADD_DELIVERY = "ALTER TABLE probe_state ADD COLUMN delivery TEXT"  # schema 2
+_ADD_LAST_FAILURE = "ALTER TABLE probe_state ADD COLUMN last_failure TEXT"  # schema 3
+# An earlier schema's file -> the statements that bring it to SCHEMA_VERSION.
+_MIGRATIONS = {"1": (_ADD_DELIVERY, _ADD_LAST_FAILURE), "2": (_ADD_LAST_FAILURE,)}
+
 _UPSERT = """
 INSERT INTO probe_state (name, config_hash, status, consecutive_failures, runs, failures, failures_by_cause,
-                         last_success, last_change, cert_warned_for, last_result, delivery)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                         last_success, last_change, cert_warned_for, last_result, delivery, last_failure)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(name) DO UPDATE SET
     config_hash=excluded.config_hash, status=excluded.status,
     consecutive_failures=excluded.consecutive_failures, runs=excluded.runs, failures=excluded.failures,
     failures_by_cause=excluded.failures_by_cause, last_success=excluded.last_success,
     last_change=excluded.last_change, cert_warned_for=excluded.cert_warned_for, last_result=excluded.last_result,
-    delivery=excluded.delivery
+    delivery=excluded.delivery, last_failure=excluded.last_failure
 """
 
 
@@ -286,7 +295,19 @@ def _row(state: ProbeState) -> tuple[Any, ...]:
         state.cert_warned_for,
         result_to_json(state.last_result) if state.last_result is not None else None,
         json.dumps(state.delivery.as_dict()) if state.delivery is not None else None,
+        _last_failure_json(state),
     )
+
+
+def _last_failure_json(state: ProbeState) -> str | None:
+    """The saved last failure; "=" when it is the last result (a failing probe), saved once instead of twice."""
+    failure = state.last_failure
+    if failure is None:
+        return None
+    return _SAME_AS_LAST if failure is state.last_result else result_to_json(failure)
+
+
+_SAME_AS_LAST = "="
 
 
 # failures_by_cause as saved by _row: [[phase, reason, count], ...]
@@ -317,6 +338,8 @@ def _saved_states(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> Itera
             continue
         try:
             result = result_from_json(row["last_result"]) if row["last_result"] else None
+            saved_failure = row.get("last_failure")
+            last_failure = result if saved_failure == _SAME_AS_LAST else _saved_failure(saved_failure)
             causes = {(p, r): c for p, r, c in _CAUSES.validate_json(row["failures_by_cause"])}
             yield ProbeState(
                 name=name,
@@ -326,6 +349,7 @@ def _saved_states(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> Itera
                 cert_warn_days=current.cert_warn_days,
                 status=Status(row["status"]),
                 last_result=result,
+                last_failure=last_failure,
                 consecutive_failures=int(row["consecutive_failures"]),
                 runs=int(row["runs"]),
                 failures=int(row["failures"]),
@@ -339,6 +363,18 @@ def _saved_states(store: ResultsStore, rows: dict[str, dict[str, Any]]) -> Itera
             )
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("saved state of %s is unusable (%s): starting it afresh", name, exc)
+
+
+def _saved_failure(saved: str | None) -> ProbeResult | None:
+    """The saved last failure; an unreadable one is dropped alone (the state's counters stay)."""
+    if not saved:
+        return None
+    try:
+        failure = result_from_json(saved)
+    except ValueError as exc:
+        log.warning("a saved last failure is unusable (%s): dropped", exc)
+        return None
+    return None if failure.ok else failure
 
 
 class StatePersister:
