@@ -100,6 +100,7 @@ class Snapshot:
 
 
 Subscriber = Callable[[StoreEvent], None]
+ResultHook = Callable[[str, ProbeResult], None]  # (probe name, result) of every recorded result
 
 
 class ResultsStore:
@@ -111,6 +112,7 @@ class ResultsStore:
         self._version = 0
         self._snapshot: Snapshot | None = None
         self._subscribers: list[Subscriber] = []
+        self._result_hooks: list[ResultHook] = []
         self._facts = SharedFacts()  # equal facts of many results held once
 
     # -- configuration ---------------------------------------------------------
@@ -209,6 +211,11 @@ class ResultsStore:
             events.append(cert_event)
         self._states[name] = new
         self._bump()
+        for hook in self._result_hooks:
+            try:
+                hook(name, result)
+            except Exception:
+                log.exception("result hook failed for %s", name)
         if self._announce:
             for event in events:
                 self._publish(event)
@@ -307,6 +314,10 @@ class ResultsStore:
     # -- reads -----------------------------------------------------------------
     def subscribe(self, callback: Subscriber) -> None:
         self._subscribers.append(callback)
+
+    def on_result(self, callback: ResultHook) -> None:
+        """Call `callback` with every recorded result (history); it must be quick: it runs in record()."""
+        self._result_hooks.append(callback)
 
     def snapshot(self) -> Snapshot:
         """The states at this moment; cheap when nothing changed since the last call."""
