@@ -49,6 +49,7 @@ class Phase(enum.Enum):
     MTA_STS = "mta_sts"  # the MTA-STS policy and its MX patterns
     REVERSE = "reverse"  # PTR and forward confirmation of exchange addresses
     POLICY = "policy"  # SPF and DMARC records
+    DNSBL = "dnsbl"  # DNS blocklist lookups of the exchanges' addresses
     INTERNAL = "internal"
 
 
@@ -77,6 +78,7 @@ class Reason(enum.Enum):
     MTA_STS_MISMATCH = "mta_sts_mismatch"
     REVERSE_DNS = "reverse_dns"  # an exchange address without forward-confirmed PTR
     POLICY_RECORD = "policy_record"  # SPF or DMARC record missing or malformed
+    LISTED = "listed"  # an exchange address is listed on a configured DNS blocklist
     NXDOMAIN = "nxdomain"
     NO_MX = "no_mx"
     NULL_MX = "null_mx"

@@ -20,6 +20,9 @@ NOTIFICATIONS: Final[Oid] = (*MIB_ROOT, 1)  # smtpMonitorNotifications
 NOTIFICATION_PREFIX: Final[Oid] = (*NOTIFICATIONS, 0)  # smtpMonitorNotificationPrefix
 OBJECTS: Final[Oid] = (*MIB_ROOT, 2)  # smtpMonitorObjects
 CONFORMANCE: Final[Oid] = (*MIB_ROOT, 3)  # smtpMonitorConformance
+REGISTRATIONS: Final[Oid] = (*MIB_ROOT, 4)  # smtpMonitorRegistrations
+# smtpMonitorAgentOID: the agent's sysObjectID.0, by which an NMS (LibreNMS) recognises it.
+AGENT_OID: Final[Oid] = (*REGISTRATIONS, 1)
 
 SCALARS: Final[Oid] = (*OBJECTS, 1)  # smtpMonitorScalars
 SMTP_PROBE_TABLE: Final[Oid] = (*OBJECTS, 2)
@@ -54,6 +57,7 @@ class Scalar(enum.IntEnum):
     CONFIG_LOAD_SUCCESS = 7
     DELIVERY_COUNT = 8
     DELIVERIES_FAILED = 9
+    CONFIG_LOAD_UNIX_TIME = 10  # SmtpMonitorUnixTime: Unix seconds, 0 for never
 
 
 class SmtpProbeColumn(enum.IntEnum):
@@ -88,6 +92,11 @@ class SmtpProbeColumn(enum.IntEnum):
     CERT_SUBJECT = 27
     ADDRESS = 28
     TLS_SEEN = 29  # when the TLS and certificate columns were taken
+    # The DateAndTime columns 20, 21, 24 and 29 again as SmtpMonitorUnixTime (0: never), for NMSs that read numbers.
+    LAST_SUCCESS_UNIX_TIME = 30
+    LAST_CHANGE_UNIX_TIME = 31
+    CERT_EXPIRY_UNIX_TIME = 32
+    TLS_SEEN_UNIX_TIME = 33
 
 
 class MxCheckColumn(enum.IntEnum):
@@ -113,6 +122,8 @@ class MxCheckColumn(enum.IntEnum):
     MTA_STS_MODE = 18
     SPF = 19
     DMARC = 20
+    LAST_SUCCESS_UNIX_TIME = 21  # columns 13 and 14 as SmtpMonitorUnixTime (0: never)
+    LAST_CHANGE_UNIX_TIME = 22
 
 
 class MxExchangeColumn(enum.IntEnum):
@@ -183,6 +194,8 @@ class DeliveryColumn(enum.IntEnum):
     HOPS_SOURCE = 27
     EVENT_LATENCY = 28  # accessible-for-notify: deliveryLate's message
     EVENT_SUBMITTED = 29  # accessible-for-notify: deliveryLate's or deliveryLost's message
+    LAST_SUCCESS_UNIX_TIME = 30  # columns 17 and 18 as SmtpMonitorUnixTime (0: never)
+    LAST_CHANGE_UNIX_TIME = 31
 
 
 # Columns carried by notifications only (accessible-for-notify): never served by GET.
@@ -202,6 +215,7 @@ class DeliveryHopColumn(enum.IntEnum):
     DELAY_KNOWN = 6
     QUEUE_ID = 7
     TIME = 8
+    UNIX_TIME = 9  # TIME as SmtpMonitorUnixTime (0: no readable time)
 
 
 class Notification(enum.IntEnum):
@@ -234,6 +248,7 @@ class Group(enum.IntEnum):
     DELIVERY_GROUP = 11
     DELIVERY_HOP_GROUP = 12
     DELIVERY_NOTIFICATION_GROUP = 13
+    SMTP_MONITOR_UNIX_TIME_GROUP = 14
 
 
 # Objects each notification carries, in the order of its OBJECTS clause (columns of one row).
@@ -361,6 +376,7 @@ PHASE_VALUES: Final[Mapping[str, int]] = {
     "deliver": 22,
     "fetch": 23,
     "cleanup": 24,
+    "dnsbl": 25,  # an MX check's DNS blocklist lookups
 }
 
 REASON_VALUES: Final[Mapping[str, int]] = {
@@ -399,6 +415,7 @@ REASON_VALUES: Final[Mapping[str, int]] = {
     "lost": 33,
     "wrong_folder": 34,
     "auth_verdict": 35,
+    "listed": 36,  # an MX check's address on a DNS blocklist
 }
 
 MX_EXCHANGE_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}
@@ -533,6 +550,8 @@ OID_BY_NAME: Final[Mapping[str, Oid]] = {
     "smtpMonitorNotificationPrefix": NOTIFICATION_PREFIX,
     "smtpMonitorObjects": OBJECTS,
     "smtpMonitorConformance": CONFORMANCE,
+    "smtpMonitorRegistrations": REGISTRATIONS,
+    "smtpMonitorAgentOID": AGENT_OID,
     "smtpMonitorScalars": SCALARS,
     "smtpProbeTable": SMTP_PROBE_TABLE,
     "smtpProbeEntry": SMTP_PROBE_ENTRY,
