@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cert-warn-days", type=int, default=14, help="WARNING when the certificate expires sooner")
     p.add_argument("--nameserver", action="append", default=[], metavar="HOST[:PORT]")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--transcript", action="store_true", help="print the dialogue after the status line (swaks style)")
     checks = p.add_argument_group("checks beyond the handshake")
     checks.add_argument("--expect-banner", metavar="REGEX", help="the greeting must match")
     checks.add_argument(
@@ -129,11 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ca-file", type=Path)
     m.add_argument("--timeout", type=_duration, default=10.0)
     m.add_argument("--json", action="store_true")
+    m.add_argument("--transcript", action="store_true", help="print each probed exchange's SMTP dialogue")
 
     d = sub.add_parser("deliver", help="one delivery run: submit a message, wait for it in the mailbox, delete it")
     d.add_argument("probe", type=Path, help="YAML file of one delivery probe (the keys of a delivery: entry)")
     d.add_argument("--nameserver", action="append", default=[], metavar="HOST[:PORT]", help="for via: mx")
     d.add_argument("--json", action="store_true")
+    d.add_argument("--transcript", action="store_true", help="print the submission's dialogue and the mailbox commands")
 
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("-c", "--config", required=True, type=Path)
@@ -201,6 +204,8 @@ def _probe(args: argparse.Namespace) -> int:
     result = asyncio.run(runners.run(spec, _env(args.nameserver, args.timeout)))
     assert isinstance(result, SmtpResult)
     print(report.as_json(result) if args.json else report.smtp_line(result, args.cert_warn_days))
+    if args.transcript and not args.json:  # --json carries it already
+        print(report.transcript_text(result))
     return report.smtp_exit_code(result, args.cert_warn_days)
 
 
@@ -234,6 +239,8 @@ def _mx(args: argparse.Namespace) -> int:
     result = asyncio.run(runners.run(spec, _env(args.nameserver, args.timeout)))
     assert isinstance(result, MxResult)
     print(report.as_json(result) if args.json else report.mx_line(result))
+    if args.transcript and not args.json:
+        print(report.transcript_text(result))
     return report.mx_exit_code(result)
 
 
@@ -256,6 +263,8 @@ def _deliver(args: argparse.Namespace) -> int:
     result = asyncio.run(runners.run(spec, _env(args.nameserver, spec.timeouts.submit)))
     assert isinstance(result, DeliveryResult)
     print(report.as_json(result) if args.json else report.delivery_line(result, spec.deliver_within))
+    if args.transcript and not args.json:
+        print(report.transcript_text(result))
     return report.delivery_exit_code(result)
 
 
