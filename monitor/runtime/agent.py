@@ -23,6 +23,7 @@ from monitor.runtime import logs
 from monitor.runtime.probe_process import ProbeProcess
 from monitor.runtime.sharding import Shard
 from monitor.state.health import AgentHealth
+from monitor.state.history import History
 from monitor.state.persistence import (
     STATE_FILE,
     DurableNotifications,
@@ -76,6 +77,7 @@ class Agent:
         self.notifier: Any = None
         self.state_db: StateDB | None = None
         self.persister: StatePersister | None = None
+        self.history: History | None = None
         self._stopping = asyncio.Event()
         self._started = False
 
@@ -95,11 +97,14 @@ class Agent:
         """The store follows the config at once; the probes (here or in the probe process) follow."""
         self.store.configure(probe_entries(config))
         self.scheduler.apply(config)
+        if self.history is not None:
+            self.history.config = config.history  # retention and batching follow a reload; `enabled` a restart
 
     async def start(self) -> None:
         _prepare_state_dir(self.config.agent.state_dir)
         self._apply(self.config)
         self._open_state()
+        self._open_history()
         self.scheduler.seed_pending(self.store.pending())  # delivery messages awaited before a restart
         await self._start_exporters()
         self._wire_events()
@@ -128,6 +133,22 @@ class Agent:
         self.state_db = db
         self.persister = StatePersister(db, self.store)
         self.persister.start()
+
+    def _open_history(self) -> None:
+        """History in the state database (tables of its own, a writer thread); without it the agent still runs."""
+        if not self.config.history.enabled:
+            return
+        history = History(self.config.agent.state_dir / STATE_FILE, self.config.history, self.health)
+        try:
+            history.open()
+        except (sqlite3.Error, OSError) as exc:
+            log.error("history in %s unusable (%s): running without history", history.path, exc)
+            history.close()
+            return
+        self.store.on_result(history.on_result)
+        self.store.subscribe(history.on_event)
+        history.start()
+        self.history = history
 
     def _wire_events(self) -> None:
         """Status changes go to disk before any notification about them leaves."""
@@ -274,6 +295,8 @@ class Agent:
             await self.status_page.stop()
         if self.persister is not None:
             await self.persister.stop()
+        if self.history is not None:
+            await asyncio.to_thread(self.history.stop)  # writes what is queued
         if self.state_db is not None:
             self.state_db.close()
         log.info("stopped")
