@@ -194,7 +194,7 @@ class TestGetNext:
 
     def test_last_column_of_a_table_continues_with_the_next_table(self) -> None:
         view = view_of(store_with(smtp("a"), mx("m")))
-        found = view.next(mib_oids.smtp_probe_oid(SmtpProbeColumn.TLS_SEEN, "a"))
+        found = view.next(mib_oids.smtp_probe_oid(max(SmtpProbeColumn), "a"))
         assert found is not None
         assert found[0] == mib_oids.mx_check_oid(MxCheckColumn.NAME, "m")
 
@@ -276,7 +276,8 @@ class TestGet:
     def test_system_group(self) -> None:
         view = MibView(store_with(), AgentHealth(version="9.8.7"), sys_name="host-1", sys_location="rack 4")
         assert b"9.8.7" in bytes(read(view, SYS_DESCR))
-        assert tuple(read(view, SYS_OBJECT_ID)) == mib_oids.MIB_ROOT
+        # smtpMonitorAgentOID: the agent's own registration under its enterprise, not the MIB module's OID.
+        assert tuple(read(view, SYS_OBJECT_ID)) == mib_oids.AGENT_OID == (*mib_oids.ENTERPRISE_OID, 4, 1)
         assert isinstance(view.get(SYS_UPTIME), rfc1902.TimeTicks)
         assert view.get((1, 3, 6, 1, 2, 1, 1, 5, 0)) == b"host-1"
         assert view.get((1, 3, 6, 1, 2, 1, 1, 6, 0)) == b"rack 4"

@@ -94,6 +94,18 @@ def date_and_time(value: float | datetime | None) -> bytes:
     )
 
 
+def unix_time(value: float | datetime | None) -> int:
+    """SmtpMonitorUnixTime: whole Unix seconds, 0 for never (None or not after 1970), a real time at least 1
+    and at most 2**32 - 1, so that an NMS reading numbers sees never as 0, not as year 0's -6.2e10."""
+    if value is None:
+        return 0
+    if isinstance(value, datetime):  # a naive one is UTC, as date_and_time reads it
+        value = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if not value > 0:  # 0, negative or NaN: never
+        return 0
+    return UINT32_MAX if value >= UINT32_MAX else max(1, math.floor(value))
+
+
 def admin_string(text: str, limit: int = ADMIN_STRING_MAX) -> bytes:
     """UTF-8 text cut to the MIB's SIZE at a character boundary (a cut character would be invalid)."""
     octets = text.encode("utf-8", "replace")
@@ -258,6 +270,10 @@ SMTP_PROBE_TYPES: dict[SmtpProbeColumn, type] = {
     SmtpProbeColumn.CERT_SUBJECT: _S,
     SmtpProbeColumn.ADDRESS: _S,
     SmtpProbeColumn.TLS_SEEN: _S,
+    SmtpProbeColumn.LAST_SUCCESS_UNIX_TIME: _U,
+    SmtpProbeColumn.LAST_CHANGE_UNIX_TIME: _U,
+    SmtpProbeColumn.CERT_EXPIRY_UNIX_TIME: _U,
+    SmtpProbeColumn.TLS_SEEN_UNIX_TIME: _U,
 }
 MX_CHECK_TYPES: dict[MxCheckColumn, type] = {
     MxCheckColumn.NAME: _S,
@@ -279,6 +295,8 @@ MX_CHECK_TYPES: dict[MxCheckColumn, type] = {
     MxCheckColumn.MTA_STS_MODE: _S,
     MxCheckColumn.SPF: _I,
     MxCheckColumn.DMARC: _I,
+    MxCheckColumn.LAST_SUCCESS_UNIX_TIME: _U,
+    MxCheckColumn.LAST_CHANGE_UNIX_TIME: _U,
 }
 MX_EXCHANGE_TYPES: dict[MxExchangeColumn, type] = {
     MxExchangeColumn.NAME: _S,
@@ -334,6 +352,8 @@ DELIVERY_TYPES: dict[DeliveryColumn, type] = {
     DeliveryColumn.HOPS_SOURCE: _I,
     DeliveryColumn.EVENT_LATENCY: _U,
     DeliveryColumn.EVENT_SUBMITTED: _S,
+    DeliveryColumn.LAST_SUCCESS_UNIX_TIME: _U,
+    DeliveryColumn.LAST_CHANGE_UNIX_TIME: _U,
 }
 DELIVERY_HOP_TYPES: dict[DeliveryHopColumn, type] = {
     DeliveryHopColumn.BY: _S,
@@ -343,6 +363,7 @@ DELIVERY_HOP_TYPES: dict[DeliveryHopColumn, type] = {
     DeliveryHopColumn.DELAY_KNOWN: _I,
     DeliveryHopColumn.QUEUE_ID: _S,
     DeliveryHopColumn.TIME: _S,
+    DeliveryHopColumn.UNIX_TIME: _U,
 }
 
 # Row tuples hold the readable columns in these orders (ascending column number).
@@ -383,6 +404,13 @@ def _tls_cells(tls: TlsInfo, started_at: float) -> tuple[Raw, ...]:
 _NO_TLS: tuple[Raw, ...] = (b"", b"", mib_oids.DATE_AND_TIME_NEVER, 0, _truth(False), b"")
 
 
+def _cert_expiry(tls: TlsInfo | None) -> datetime | None:
+    """The earliest expiry in the chain of a handshake (what smtpProbeCertExpiry shows); None without a certificate."""
+    if tls is None or tls.cert is None:
+        return None
+    return tls.chain_not_after or tls.cert.not_after
+
+
 def smtp_probe_row(state: ProbeState, default_interval: float) -> tuple[Raw, ...]:
     """The cells of one smtpProbeTable row, in _SMTP_COLUMNS order.
 
@@ -418,6 +446,10 @@ def smtp_probe_row(state: ProbeState, default_interval: float) -> tuple[Raw, ...
         *tls,
         admin_string(result.address) if result else b"",
         date_and_time(state.last_tls_at if state.last_tls is not None else None),
+        unix_time(state.last_success),
+        unix_time(state.last_change),
+        unix_time(_cert_expiry(state.last_tls)),
+        unix_time(state.last_tls_at if state.last_tls is not None else None),
     )
 
 
@@ -466,6 +498,8 @@ def mx_check_row(state: ProbeState) -> tuple[Raw, ...]:
         admin_string(policy.mode) if policy is not None else b"",
         _verdict(result.spf if result else None),
         _verdict(result.dmarc if result else None),
+        unix_time(state.last_success),
+        unix_time(state.last_change),
     )
 
 
@@ -580,6 +614,8 @@ def delivery_row(state: ProbeState) -> tuple[Raw, ...]:
         server_text(result.folder_name) if result else b"",
         min(len(hops), HOPS_MAX),
         mib_oids.HOPS_SOURCE_VALUES[source],
+        unix_time(state.last_success),
+        unix_time(state.last_change),
     )
 
 
@@ -595,6 +631,7 @@ def delivery_hop_rows(name_index: Oid, result: DeliveryResult | None) -> list[tu
             _truth(hop.delay is not None and math.isfinite(hop.delay)),
             server_text(hop.queue_id),
             date_and_time(hop.time),
+            unix_time(hop.time),
         )
         rows.append(((*name_index, number), cells))
     return rows
@@ -1014,7 +1051,7 @@ class MibView:
         descr = admin_string(f"smtp-monitor {self._health.version}: SMTP and MX monitoring agent")
         return [
             (SYS_DESCR, ScalarNode(lambda: rfc1902.OctetString(descr))),
-            (SYS_OBJECT_ID, ScalarNode(lambda: rfc1902.ObjectIdentifier(mib_oids.MIB_ROOT))),
+            (SYS_OBJECT_ID, ScalarNode(lambda: rfc1902.ObjectIdentifier(mib_oids.AGENT_OID))),
             (SYS_UPTIME, ScalarNode(lambda: rfc1902.TimeTicks(self.uptime_ticks()))),
             (SYS_CONTACT, ScalarNode(lambda: rfc1902.OctetString(self._sys_contact))),
             (SYS_NAME, ScalarNode(lambda: rfc1902.OctetString(self._sys_name))),
@@ -1043,6 +1080,9 @@ class MibView:
             Scalar.CONFIG_LOAD_SUCCESS: ScalarNode(lambda: rfc1902.Integer32(_truth(health.config_load_success))),
             Scalar.DELIVERY_COUNT: gauge(deliveries),
             Scalar.DELIVERIES_FAILED: gauge(deliveries_failed),
+            Scalar.CONFIG_LOAD_UNIX_TIME: ScalarNode(
+                lambda: rfc1902.Unsigned32(unix_time(health.config_attempted_at or health.config_loaded_at))
+            ),
         }
         return [(mib_oids.scalar_oid(scalar), reader) for scalar, reader in readers.items()]
 
