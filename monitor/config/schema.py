@@ -148,10 +148,23 @@ class Defaults(_Strict):
     helo: Hostname | None = None
 
 
+def _check_location(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("location must be printable text (no control characters)")
+    return value
+
+
+# Where the agent probes from (a site, region or network): a label value and sysLocation.0.
+Location = Annotated[str, Field(max_length=100), AfterValidator(_check_location)]
+
+
 class AgentConfig(_Strict):
     state_dir: Path = Path("/var/lib/smtp-monitor")
     # Probes run in a process of their own, so SNMP and scrapes never delay what they measure.
     probe_process: bool = True
+    # The vantage point: the `location` label of every probe series and the default sysLocation.0.
+    # Empty: no label (Prometheus treats an empty label as none), sysLocation.0 empty.
+    location: Location = ""
 
 
 class HistoryConfig(_Strict):
@@ -374,6 +387,10 @@ class SnmpConfig(_Strict):
     users: list[SnmpUser] = []
     notify: list[SnmpNotify] = []
     engine_id: str | None = None  # hex; generated and kept in state_dir when absent
+    location: Location | None = None  # sysLocation.0; None: agent.location
+    # snmpTrapAddress.0 (RFC 3584) in every notification: the IPv4 address receivers know the agent by.
+    # None: the source address of the notifier's socket toward each receiver (0.0.0.0 toward an IPv6 one).
+    trap_address: ipaddress.IPv4Address | None = None
 
     @field_validator("listen")
     @classmethod
