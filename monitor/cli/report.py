@@ -105,31 +105,10 @@ def delivery_line(result: DeliveryResult, deliver_within: float) -> str:
 
 
 def transcript_text(result: SmtpResult | MxResult | DeliveryResult) -> str:
-    """The recorded dialogue(s) of a result, swaks style, for `--transcript`: one per connection, each
-    under a heading when there are several (every address, every exchange)."""
-    from monitor.model.results import MxResult, SmtpResult
+    """The recorded dialogue(s) of a result, swaks style, for `--transcript`."""
+    from monitor.model.dialogues import dialogues_text
 
-    sections: list[tuple[str, str]] = []  # heading, text
-    if isinstance(result, SmtpResult):
-        for each in result.address_results or (result,):
-            sections.append((f"{each.address or each.host} port {each.port}", _dialogue(each)))
-    elif isinstance(result, MxResult):
-        for record in result.records:
-            for probe in record.address_probes or ((record.probe,) if record.probe is not None else ()):
-                sections.append((f"MX {record.preference} {record.exchange} {probe.address}", _dialogue(probe)))
-        if not sections:
-            return "=== no SMTP dialogue: no exchange was probed (see --probe-hosts)"
-    else:
-        sections.append((result.name, _dialogue(result)))
-    if len(sections) == 1:
-        return sections[0][1]
-    return "\n".join(f"=== {heading}\n{text}" for heading, text in sections)
-
-
-def _dialogue(result: SmtpResult | DeliveryResult) -> str:
-    if result.transcript is None:
-        return "=== no transcript recorded"
-    return result.transcript.as_text() or "=== nothing was said"
+    return dialogues_text(result)
 
 
 def as_json(result: SmtpResult | MxResult | DeliveryResult) -> str:

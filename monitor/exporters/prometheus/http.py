@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import ipaddress
 import logging
@@ -22,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
+import yaml
 from aiohttp import web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
@@ -38,6 +40,7 @@ from monitor.config.schema import (
     split_host_port,
 )
 from monitor.exporters.prometheus.metrics import ProbeExposition, single_result_registry
+from monitor.model.dialogues import dialogues_text
 from monitor.model.probe_result import ProbeResult
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeState, ResultsStore
@@ -475,6 +478,11 @@ class AdhocProber:
         self._in_flight = 0
 
     async def probe(self, query: Mapping[str, str]) -> CollectorRegistry:
+        spec, result = await self.run(query)
+        return single_result_registry(spec, result)
+
+    async def run(self, query: Mapping[str, str]) -> tuple[SmtpProbeConfig | MxCheckConfig, ProbeResult]:
+        """The probe a request asks for, within the allow-list, rate limit and bound in flight."""
         spec = self._spec(query)
         refusal = self.policy.refusal(spec)
         if refusal is not None:
@@ -496,7 +504,7 @@ class AdhocProber:
                 result = await self._runners.run(spec, self.env)
         finally:
             self._in_flight -= 1
-        return single_result_registry(spec, result)
+        return spec, result
 
     def _spec(self, query: Mapping[str, str]) -> SmtpProbeConfig | MxCheckConfig:
         target = query.get("target", "")
@@ -661,8 +669,9 @@ class MetricsServer:
         # A browser marks the requests a web page makes to another site: such a page may not run probes.
         if request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):
             return web.Response(status=403, text="refused: a cross-site request\n")
+        debug = request.query.get("debug", "false").lower() == "true"
         try:
-            registry = await self.adhoc.probe(request.query)
+            spec, result = await self.adhoc.run(request.query)
         except ProbeRefused as exc:
             return web.Response(status=403, text=f"refused: {exc}\n")
         except ProbeRateLimited:
@@ -673,6 +682,9 @@ class MetricsServer:
             return web.Response(status=503, text="too many ad-hoc probes in flight\n")
         except ValueError as exc:
             return web.Response(status=400, text=f"{exc}\n")
+        registry = single_result_registry(spec, result)
+        if debug:
+            return web.Response(text=debug_page(spec, result, registry), content_type="text/plain")
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
 
@@ -686,6 +698,23 @@ class MetricsServer:
 
     async def _index(self, _: web.Request) -> web.Response:
         return web.Response(text="smtp-monitor: see /metrics\n")
+
+
+def debug_page(spec: SmtpProbeConfig | MxCheckConfig, result: ProbeResult, registry: CollectorRegistry) -> str:
+    """What /probe?debug=true answers, as blackbox_exporter's debug output: the probe's dialogue, the
+    metrics it produced and its configuration (secrets masked). The dialogue is bounded and redacted by
+    the probe, and served as text/plain: a hostile banner stays text."""
+    outcome = "succeeded" if result.ok else f"failed in {_value(result.phase)}: {_value(result.reason)}: {result.error}"
+    config = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
+    return (
+        f"Transcript of the probe ({outcome}):\n{dialogues_text(result)}\n\n"
+        f"Metrics that would have been returned:\n{generate_latest(registry).decode()}\n"
+        f"Probe configuration:\n{config}"
+    )
+
+
+def _value(member: enum.Enum | None) -> str:
+    return str(member.value) if member is not None else "?"
 
 
 async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
