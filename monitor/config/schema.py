@@ -527,6 +527,30 @@ class SmtpProbeConfig(_Strict):
         return self.port or DEFAULT_SMTP_PORTS[self.tls]
 
 
+# Spamhaus's return codes for a query it refuses (RFC 5782 gives none): 127.255.255.252 a typo in the
+# zone name, .254 a query through a public or open resolver, .255 too many queries; .253 is in the same
+# error block. Never a listing, whichever zone answers them.
+DNSBL_ERROR_CODES = ("127.255.255.252", "127.255.255.253", "127.255.255.254", "127.255.255.255")
+
+
+class DnsblZoneConfig(_Strict):
+    """One DNS blocklist (RFC 5782) an MX check looks its exchanges' addresses up in; a plain string is
+    the zone name with the defaults. No zone is on by default: the big lists need a key or refuse
+    queries through public resolvers (which is what error_codes tell apart from a listing)."""
+
+    zone: Hostname
+    # A answers meaning "query refused / over quota / public resolver": the check's error, never a listing
+    # (127.0.0.1 always is one, RFC 5782 5)
+    error_codes: list[ipaddress.IPv4Address] = Field(
+        default=[ipaddress.IPv4Address(code) for code in DNSBL_ERROR_CODES], max_length=32
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _zone_name(cls, value: Any) -> Any:
+        return {"zone": value} if isinstance(value, str) else value
+
+
 class MxCheckConfig(_Strict):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@-]+$")
     domain: Hostname
@@ -549,6 +573,11 @@ class MxCheckConfig(_Strict):
     reverse_dns: Literal["off", "report", "require"] = "off"
     spf: bool = False
     dmarc: bool = False
+    # with spf/dmarc: SPF evaluated recursively (lookup limits, loops), DMARC policy and report destinations
+    policy_depth: bool = True
+    tls_rpt: bool = False  # the _smtp._tls TXT record (RFC 8460)
+    dnsbl: list[DnsblZoneConfig] = Field(default=[], max_length=20)  # every exchange address in each zone
+    dnsbl_timeout: Duration = Field(default=3.0, gt=0, le=60)  # per DNSBL query
 
     @field_validator("probe_hosts", mode="before")
     @classmethod

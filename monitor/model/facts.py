@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -113,6 +114,83 @@ class PolicyRecord:
             return data
         wire.pop("valid", None)  # derived from the problem
         return wire
+
+
+class FindingLevel(enum.Enum):
+    """How bad a policy finding is: an error fails the MX check (reason policy_record), a warning does not."""
+
+    OK = "ok"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+# The named verdicts of the policy-depth checks, per record: the label values of
+# mx_check_policy_finding and the rows of mxPolicyFindingTable come from these names only.
+POLICY_FINDINGS: dict[str, tuple[str, ...]] = {
+    # RFC 7208: the record evaluated recursively, as a receiver would for any sender address
+    "spf": ("dns_lookups", "void_lookups", "include_loop", "include_missing", "multiple_records", "ptr", "lookup"),
+    # RFC 7489: the policy, and the report destinations (7.1 authorisation, MX of their domains)
+    "dmarc": ("policy", "subdomain_policy", "pct", "report_authorization", "report_mx", "lookup"),
+    # RFC 8460: the _smtp._tls TXT record
+    "tlsrpt": ("record", "lookup"),
+}
+MAX_FINDING_DETAIL = 300
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFinding:
+    """One named verdict on a domain's SPF, DMARC or TLS-RPT record, with its level and why."""
+
+    record: str  # spf, dmarc or tlsrpt
+    finding: str  # one of POLICY_FINDINGS[record]
+    level: FindingLevel
+    detail: str = ""  # at most MAX_FINDING_DETAIL characters
+
+
+class DnsblOutcome(enum.Enum):
+    """What one DNSBL zone said about one address (RFC 5782)."""
+
+    NOT_LISTED = "not_listed"  # NXDOMAIN (or no A record)
+    LISTED = "listed"  # an A record in 127.0.0.0/8 that is neither 127.0.0.1 nor an error code of the zone
+    REFUSED = "refused"  # 127.0.0.1 or the zone's error codes: query refused, over quota, public resolver
+    UNEXPECTED = "unexpected"  # an A record outside 127.0.0.0/8 (RFC 5782 2.1): a wildcard or hijacked answer
+    ERROR = "error"  # the lookup failed: timeout, SERVFAIL, malformed answer
+
+
+MAX_DNSBL_CODES = 8  # A records kept per answer
+MAX_DNSBL_TEXT = 255  # characters of a listing's TXT reason, or of an error
+
+
+@dataclass(frozen=True, slots=True)
+class DnsblAnswer:
+    """One address against one zone: the outcome, the return codes and the zone's TXT reason."""
+
+    address: str
+    zone: str
+    outcome: DnsblOutcome
+    codes: tuple[str, ...] = ()  # the A records (at most MAX_DNSBL_CODES), e.g. 127.0.0.2
+    reason: str = ""  # the TXT record of a listing (bounded); "" when none was published
+    error: str = ""  # why the outcome is refused, unexpected or error
+
+
+@dataclass(frozen=True, slots=True)
+class DnsblFacts:
+    """The DNSBL lookups of one run: every address against every configured zone."""
+
+    zones: tuple[str, ...]  # in configured order: a zone's number is its position + 1
+    addresses: tuple[str, ...]  # the distinct addresses looked up, in order of first appearance
+    answers: tuple[DnsblAnswer, ...]  # address-major, zone-minor
+    queries: int = 0  # DNS queries sent (A and TXT)
+
+    @property
+    def listed(self) -> tuple[DnsblAnswer, ...]:
+        return tuple(a for a in self.answers if a.outcome is DnsblOutcome.LISTED)
+
+    @property
+    def failed(self) -> tuple[DnsblAnswer, ...]:
+        """Answers that are no verdict: refused, unexpected or failed lookups (a warning, not a listing)."""
+        verdicts = (DnsblOutcome.LISTED, DnsblOutcome.NOT_LISTED)
+        return tuple(a for a in self.answers if a.outcome not in verdicts)
 
 
 _POLICY_KEYS = tuple(f.name for f in fields(MtaStsPolicyFacts))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from monitor.model.facts import DaneFacts, MtaStsFacts, PolicyRecord
+from monitor.model.facts import DaneFacts, DnsblFacts, MtaStsFacts, PolicyFinding, PolicyRecord
 from monitor.model.transcript import Transcript
 from monitor.model.wire import (
     IsoDatetime,
@@ -283,6 +283,9 @@ class MxResult:
     mta_sts: MtaStsFacts | None = None
     spf: PolicyRecord | None = None
     dmarc: PolicyRecord | None = None
+    # the SPF/DMARC/TLS-RPT depth verdicts (monitor.probes.policy_records); () when none ran
+    policy_findings: tuple[PolicyFinding, ...] = ()
+    dnsbl: DnsblFacts | None = None  # None when no DNSBL zone is configured (or the run ended before)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON of `--json` and of the state database."""
@@ -296,6 +299,8 @@ class MxResult:
         for fact in _MX_FACTS:
             if wire[fact] is None:
                 del wire[fact]
+        if not wire["policy_findings"]:  # the JSON of checks without policy depth, as before it existed
+            del wire["policy_findings"]
         status_and_total_out(wire)
         wire["mx"] = wire.pop("records")
         return {"kind": "mx", **ordered(wire, _MX_FIRST)}
@@ -314,7 +319,7 @@ class MxResult:
         return wire
 
 
-_MX_FACTS = ("mta_sts", "spf", "dmarc")
+_MX_FACTS = ("mta_sts", "spf", "dmarc", "dnsbl")
 _MX_FIRST = (
     "authenticated",
     *_MX_FACTS,

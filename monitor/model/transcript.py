@@ -192,7 +192,7 @@ class TranscriptRecorder:
         # longest first: a secret containing another is replaced whole
         self._secrets = sorted({*self._secrets, *new}, key=len, reverse=True)
         self._lines = [TranscriptLine(line.at, line.direction, self._redact(line.text)) for line in self._lines]
-        self._bytes = sum(len(line.text.encode()) for line in self._lines)
+        self._bytes = sum(_size(line.text) for line in self._lines)
 
     def sent(self, text: str, secret: bool = False) -> None:
         self._add(Direction.SENT, _command_only(text) if secret else text)
@@ -206,12 +206,33 @@ class TranscriptRecorder:
     def note(self, text: str) -> None:
         self._add(Direction.NOTE, text)
 
+    def conclude(self, text: str) -> None:
+        """The run's last word (why it failed): a note kept even past the bounds, in place of the last
+        lines, so that a long dialogue cut short still ends with its outcome."""
+        text = self._clean(text)
+        size = _size(text)
+        while self._lines and (len(self._lines) >= MAX_LINES or self._bytes + size > MAX_BYTES):
+            self._bytes -= _size(self._lines.pop().text)
+            self._cut = True
+        self._bytes += size
+        self._lines.append(TranscriptLine(round(time.perf_counter() - self._t0, 6), Direction.NOTE, text))
+
     def _add(self, direction: Direction, text: str) -> None:
         if self._cut:
             return
         if len(self._lines) >= MAX_LINES:
             self._cut = True
             return
+        text = self._clean(text)
+        size = _size(text)
+        if self._bytes + size > MAX_BYTES:
+            self._cut = True
+            return
+        self._bytes += size
+        self._lines.append(TranscriptLine(round(time.perf_counter() - self._t0, 6), direction, text))
+
+    def _clean(self, text: str) -> str:
+        """Redacted, printable, at most MAX_LINE characters."""
         if self._secrets:
             text = self._redact(text)  # before escaping: a secret with control characters matches as sent
         text = _printable(text)
@@ -219,12 +240,7 @@ class TranscriptRecorder:
             text = self._redact(text)
         if len(text) > MAX_LINE:
             text = text[: MAX_LINE - len(CUT_MARK)] + CUT_MARK
-        size = len(text) if text.isascii() else len(text.encode())
-        if self._bytes + size > MAX_BYTES:
-            self._cut = True
-            return
-        self._bytes += size
-        self._lines.append(TranscriptLine(round(time.perf_counter() - self._t0, 6), direction, text))
+        return text
 
     def _redact(self, text: str) -> str:
         for form in self._secrets:
@@ -234,6 +250,10 @@ class TranscriptRecorder:
 
     def transcript(self) -> Transcript:
         return Transcript(self._lines, self._cut)
+
+
+def _size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _command_only(text: str) -> str:

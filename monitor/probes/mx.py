@@ -14,12 +14,21 @@ import dns.rdtypes.ANY.MX
 import dns.reversename
 
 from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
-from monitor.model.facts import DaneFacts, MtaStsFacts, MtaStsPolicyFacts, PolicyRecord
+from monitor.model.facts import (
+    DaneFacts,
+    DnsblFacts,
+    FindingLevel,
+    MtaStsFacts,
+    MtaStsPolicyFacts,
+    PolicyFinding,
+    PolicyRecord,
+)
 from monitor.model.failures import LookupFailure, ProbeFailure, classify
 from monitor.model.results import MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult
 from monitor.probes import ProbeEnv, dane, mta_sts, resolve, smtp
 from monitor.probes.dane import TlsaLookup
-from monitor.probes.policy_records import check_dmarc, check_spf
+from monitor.probes.dnsbl import check as dnsbl_check
+from monitor.probes.policy_records import check_dmarc, check_spf, dmarc_depth, spf_depth, tls_rpt
 
 _MAX_PTR_NAMES = 10
 
@@ -51,6 +60,8 @@ class _Progress:
         self.mta_sts_facts: MtaStsFacts | None = None
         self.spf: PolicyRecord | None = None
         self.dmarc: PolicyRecord | None = None
+        self.findings: list[PolicyFinding] = []  # policy depth and TLS-RPT
+        self.dnsbl: DnsblFacts | None = None
         self.phase = Phase.MX
         # exchanges (normalised) that are CNAMEs: only those need TLSA at another name
         self.aliases: dict[str, Alias] = {}
@@ -226,7 +237,10 @@ async def _forward(p: _Progress, name: str, address: str) -> str:
 
 
 async def policy_records(p: _Progress) -> None:
-    """SPF and DMARC: presence and syntax."""
+    """SPF and DMARC: presence and syntax, then their depth (policy_depth); the TLS-RPT record (tls_rpt).
+
+    An error-level finding fails the check as a malformed record does; a warning (p=none, an unauthorised
+    report destination, no TLS-RPT record) is reported but does not."""
     p.phase = Phase.POLICY
     started = time.perf_counter()
     checks: list[tuple[str, str, Callable[[list[str]], PolicyRecord]]] = []
@@ -250,9 +264,46 @@ async def policy_records(p: _Progress) -> None:
             p.dmarc = verdict
         if verdict.problem:
             problems.append(f"{kind.upper()}: {verdict.problem}")
+    await _policy_depth(p)
     p.timed(Phase.POLICY, started)
+    problems += [f"{f.record.upper()} {f.finding}: {f.detail}" for f in p.findings if f.level is FindingLevel.ERROR]
     if problems:
         raise ProbeFailure(failed or Reason.POLICY_RECORD, "; ".join(problems), phase=Phase.POLICY)
+
+
+async def _policy_depth(p: _Progress) -> None:
+    """The findings of the depth checks of the well-formed records, and of the TLS-RPT record."""
+    resolver, domain = p.env.resolver, p.config.domain
+    jobs: list[Awaitable[tuple[PolicyFinding, ...]]] = []
+    if p.config.policy_depth and p.spf is not None and p.spf.valid:
+        jobs.append(spf_depth(resolver, domain, p.spf.record))
+    if p.config.policy_depth and p.dmarc is not None and p.dmarc.valid:
+        jobs.append(dmarc_depth(resolver, domain, p.dmarc.record))
+    if p.config.tls_rpt:
+        jobs.append(_one(tls_rpt(resolver, domain)))
+    for found in await asyncio.gather(*jobs):
+        p.findings += found
+
+
+async def _one(finding: Awaitable[PolicyFinding]) -> tuple[PolicyFinding, ...]:
+    return (await finding,)
+
+
+async def check_dnsbl(p: _Progress) -> None:
+    """Every exchange address in every configured DNSBL zone: a listing fails the check; a refused query,
+    an answer outside 127.0.0.0/8 or a failed lookup is kept as a warning (no verdict, not a listing)."""
+    p.phase = Phase.DNSBL
+    started = time.perf_counter()
+    addresses = [address for record in p.records for address in record.addresses]
+    p.dnsbl = await dnsbl_check(p.env.resolver, addresses, p.config.dnsbl, query_timeout=p.config.dnsbl_timeout)
+    p.timed(Phase.DNSBL, started)
+    listed = p.dnsbl.listed
+    if listed:
+        detail = "; ".join(
+            f"{a.address} in {a.zone} ({', '.join(a.codes)}{': ' + a.reason if a.reason else ''})" for a in listed[:5]
+        )
+        more = f" and {len(listed) - 5} more" if len(listed) > 5 else ""
+        raise ProbeFailure(Reason.LISTED, f"listed on a DNSBL: {detail}{more}", phase=Phase.DNSBL)
 
 
 async def _txt(p: _Progress, name: str) -> list[str] | LookupFailure:
@@ -428,7 +479,8 @@ _OPTIONAL_CHECKS: tuple[tuple[Callable[[MxCheckConfig], bool], Callable[[_Progre
     (lambda c: c.dane != "off", check_dane),
     (lambda c: c.mta_sts != "off", check_mta_sts),
     (lambda c: c.reverse_dns != "off", reverse_dns),
-    (lambda c: bool(c.spf or c.dmarc), policy_records),
+    (lambda c: bool(c.spf or c.dmarc or c.tls_rpt), policy_records),
+    (lambda c: bool(c.dnsbl), check_dnsbl),
 )
 
 
@@ -467,4 +519,6 @@ async def run(config: MxCheckConfig, env: ProbeEnv) -> MxResult:
         mta_sts=check.mta_sts_facts,
         spf=check.spf,
         dmarc=check.dmarc,
+        policy_findings=tuple(check.findings),
+        dnsbl=check.dnsbl,
     )

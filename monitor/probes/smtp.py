@@ -580,7 +580,7 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
         if d.tls is not None:
             d.recorder.tls(f"second look, unverified: {tls_summary(d.tls)}")
     if failure is not None:
-        d.recorder.note(failure_note(d.phase.value, failure))
+        d.recorder.conclude(failure_note(d.phase.value, failure))
     result = SmtpResult(
         host=config.host,
         port=config.effective_port,

@@ -147,3 +147,23 @@ class TestSecretsAndForm:
         huge = adapter.validate_python({"lines": [[0.0, "S", "y" * 100_000]] * 1000, "cut": False})
         assert len(huge.lines) == MAX_LINES
         assert all(len(line.text) <= MAX_LINE for line in huge.lines)
+
+
+def test_the_concluding_note_is_kept_past_the_bounds_in_place_of_the_last_lines() -> None:
+    recorder = TranscriptRecorder()
+    for i in range(MAX_LINES + 5):
+        recorder.received(f"250-line {i}")
+    recorder.conclude("failed in fetch: timeout: no answer")
+    transcript = recorder.transcript()
+    assert transcript.cut
+    assert len(transcript.lines) == MAX_LINES
+    assert transcript.lines[-1].text == "failed in fetch: timeout: no answer"
+    assert transcript.lines[-2].text == f"250-line {MAX_LINES - 2}"
+
+    full = TranscriptRecorder()
+    for _ in range(MAX_LINES):
+        full.received("y" * MAX_LINE)
+    full.conclude("z" * 2000)
+    lines = full.transcript().lines
+    assert lines[-1].text.startswith("zzz")
+    assert sum(len(line.text.encode()) for line in lines) <= MAX_BYTES
