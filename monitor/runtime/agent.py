@@ -178,6 +178,7 @@ class Agent:
                 adhoc=AdhocProber(self.env, endpoint) if endpoint.enabled else None,
                 health=self.health,
                 limits=self.config.prometheus.http,
+                location=self.config.agent.location,
                 pages=page.mount if page is not None and self.config.status_page.listen is None else None,
             )
             try:
@@ -200,6 +201,7 @@ class Agent:
                 self.store,
                 self.health,
                 default_interval=self.config.defaults.interval,
+                location=self.config.agent.location,
             )
             try:
                 await self.snmp.start()
@@ -212,7 +214,11 @@ class Agent:
                 engine_state = next_engine_state(self.config.agent.state_dir / ENGINE_STATE_FILE, configured)
             # One engine ID and boots counter for agent and notifications: v3 trap receivers know it.
             self.notifier = Notifier(
-                snmp.notify, self.health, engine_id=engine_state.engine_id, engine_boots=engine_state.boots
+                snmp.notify,
+                self.health,
+                engine_id=engine_state.engine_id,
+                engine_boots=engine_state.boots,
+                trap_address=snmp.trap_address,
             )
             await self.notifier.start()
             await self.notifier.cold_start()
@@ -262,12 +268,13 @@ class Agent:
             if getattr(config, section) != getattr(self.config, section)
         ]
         old_snmp, new_snmp = self.config.snmp, config.snmp
-        if (new_snmp.enabled, new_snmp.notify, new_snmp.engine_id) != (
+        if (new_snmp.enabled, new_snmp.notify, new_snmp.engine_id, new_snmp.trap_address) != (
             old_snmp.enabled,
             old_snmp.notify,
             old_snmp.engine_id,
+            old_snmp.trap_address,
         ):
-            unreloadable.append("snmp (enabled, notify, engine_id)")
+            unreloadable.append("snmp (enabled, notify, engine_id, trap_address)")
             config = config.model_copy(update={"snmp": old_snmp})
         elif self.snmp is not None and new_snmp != old_snmp:
             await self.snmp.reconfigure(new_snmp)  # communities, users, listen addresses

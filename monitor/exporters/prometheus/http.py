@@ -544,13 +544,14 @@ class MetricsServer:
         health: AgentHealth | None = None,
         limits: HttpLimits | None = None,
         pages: Callable[[web.Application], None] | None = None,
+        location: str = "",
     ) -> None:
         self.host, self.port = host, port
         self.pages = pages  # mounts the status page (`/` and below) on this server; None: the plain index
         self.limits = limits or HttpLimits()
         self.listener: HttpListener | None = None
         self.health = health
-        self.exposition = ProbeExposition()
+        self.exposition = ProbeExposition(location)  # agent.location: a label on every probe series
         self._render_lock = asyncio.Lock()
         self.registry = registry
         self.store = store

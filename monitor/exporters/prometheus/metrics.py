@@ -55,6 +55,8 @@ def _families(*specs: tuple[str, str, str, Labels]) -> dict[str, Family]:
 
 
 P, C = ("probe",), ("check",)
+# agent.location's label on every probe series (the last label): where the agent probes from.
+LOCATION_LABEL = "location"
 SMTP_FAMILIES = _families(
     ("smtp_probe_success", "gauge", "1 if the last SMTP probe succeeded, else 0", ("probe", "host", "port", "tls")),
     ("smtp_probe_status", "gauge", "Alerting status of the probe (1 for the current one)", ("probe", "status")),
@@ -353,8 +355,8 @@ def state_samples(state: ProbeState) -> list[Sample]:
     return _SAMPLES_OF_KIND[state.kind](state)
 
 
-def _metric_family(family: Family) -> Metric:
-    labels = list(family.labels)
+def _metric_family(family: Family, extra: Labels = ()) -> Metric:
+    labels = [*family.labels, *extra]
     if family.kind == "counter":
         return CounterMetricFamily(family.name, family.doc, labels=labels)
     if family.kind == "info":
@@ -367,24 +369,29 @@ def _metric_family(family: Family) -> Metric:
 class StoreCollector(Collector):
     """Reads the results store and agent health; writes nothing."""
 
-    def __init__(self, store: ResultsStore, health: AgentHealth | None) -> None:
+    def __init__(self, store: ResultsStore, health: AgentHealth | None, *, location: str = "") -> None:
         self.store = store
         self.health = health  # None: probe metrics only (the /probe endpoint)
+        self.location = location  # agent.location: the `location` label of every probe series ("" none)
 
     def collect(self) -> Iterator[Metric]:
-        yield from probe_metric_families(self.store.snapshot().states.values())
+        yield from probe_metric_families(self.store.snapshot().states.values(), location=self.location)
         if self.health is not None:
             yield from agent_metric_families(self.health)
 
 
-def probe_metric_families(states: Iterable[ProbeState]) -> list[Metric]:
-    families = {name: _metric_family(f) for name, f in PROBE_FAMILIES.items()}
+def probe_metric_families(states: Iterable[ProbeState], *, location: str = "") -> list[Metric]:
+    """The probe families of `states`; with a `location`, every series carries it as its last label."""
+    extra: Labels = (LOCATION_LABEL,) if location else ()
+    families = {name: _metric_family(f, extra) for name, f in PROBE_FAMILIES.items()}
     for state in states:
         for family, labels, value in state_samples(state):
+            if location:
+                labels = (*labels, location)
             histogram = _HISTOGRAM_SERIES.get(family)
             if histogram is not None:  # one of its series, with its own sample name and label names
                 owner, names = histogram
-                families[owner].add_sample(family, dict(zip(names, labels, strict=True)), value)
+                families[owner].add_sample(family, dict(zip((*names, *extra), labels, strict=True)), value)
                 continue
             metric = families[family]
             if isinstance(metric, InfoMetricFamily):
@@ -406,9 +413,11 @@ class ProbeExposition:
     two scrapes the store replaces every state that ran, and the previous ones (with their results)
     must not live on here until the next scrape."""
 
-    def __init__(self) -> None:
+    def __init__(self, location: str = "") -> None:
         self._cache: dict[str, tuple[weakref.ref[ProbeState], tuple[bytes, ...]]] = {}
         self.formatted = 0  # states formatted so far, by render or warm
+        # agent.location, fixed for the process (a change needs a restart): in the line templates once.
+        self._templates = _line_templates(location)
 
     def warm(self, states: Iterator[ProbeState], deadline: float) -> bool:
         """Format the states from `states` whose lines are not cached, until `perf_counter()`
@@ -418,7 +427,7 @@ class ProbeExposition:
         for state in states:
             hit = cache.get(state.name)
             if hit is None or hit[0]() is not state:
-                cache[state.name] = (weakref.ref(state), _format_state(state))
+                cache[state.name] = (weakref.ref(state), _format_state(state, self._templates))
                 self.formatted += 1
                 if time.perf_counter() >= deadline:
                     return False
@@ -446,7 +455,7 @@ class ProbeExposition:
         for state in states:
             hit = self._cache.get(state.name)
             if hit is None or hit[0]() is not state:
-                hit = (weakref.ref(state), _format_state(state))
+                hit = (weakref.ref(state), _format_state(state, self._templates))
                 self.formatted += 1
             cache[state.name] = hit
             for slot, text in zip(_FAMILY_SLOTS[state.kind], hit[1], strict=True):
@@ -461,7 +470,7 @@ class ProbeExposition:
         return out
 
 
-def _format_state(state: ProbeState) -> tuple[bytes, ...]:
+def _format_state(state: ProbeState, templates: dict[str, str]) -> tuple[bytes, ...]:
     """The state's lines, one bytes object per family of its kind, in _FAMILY_ORDER (b"" for none)."""
     lines: dict[str, list[str]] = {}
     for family_name, labels, value in state_samples(state):
@@ -471,7 +480,7 @@ def _format_state(state: ProbeState) -> tuple[bytes, ...]:
         joined = "".join(labels)  # one test for the whole line: label values rarely need escaping
         if "\\" in joined or '"' in joined or "\n" in joined:
             labels = tuple(map(_escape_label, labels))
-        lines.setdefault(family_name, []).append(_LINE_TEMPLATES[family_name] % (*labels, number))
+        lines.setdefault(family_name, []).append(templates[family_name] % (*labels, number))
     for family_name, series in _MERGED_SERIES.items():  # a histogram's series make one family's text
         merged = [line for name in series for line in lines.pop(name, ())]
         if merged:
@@ -491,15 +500,22 @@ _FAMILY_SLOTS = {
 }
 
 
-# 'name{label="%s",...} %s\n' per family: one %-format per line instead of joining label pairs.
-_LINE_TEMPLATES = {
-    name: family.sample_name.replace("%", "%%") + "{" + ",".join(f'{label}="%s"' for label in family.labels) + "} %s\n"
-    for name, family in PROBE_FAMILIES.items()
-    if family.kind != "histogram"
-} | {
-    series: series.replace("%", "%%") + "{" + ",".join(f'{label}="%s"' for label in labels) + "} %s\n"
-    for series, (_, labels) in _HISTOGRAM_SERIES.items()
-}
+def _line_templates(location: str) -> dict[str, str]:
+    """'name{label="%s",...} %s\\n' per family and histogram series: one %-format per line instead of
+    joining label pairs. A `location` is written into every template as the last label, costing
+    nothing per line; without one the series have no location label (Prometheus reads an empty
+    label as none)."""
+    fixed = f',{LOCATION_LABEL}="{_escape_label(location).replace("%", "%%")}"' if location else ""
+
+    def template(name: str, labels: Labels) -> str:
+        return name.replace("%", "%%") + "{" + ",".join(f'{label}="%s"' for label in labels) + fixed + "} %s\n"
+
+    return {
+        name: template(family.sample_name, family.labels)
+        for name, family in PROBE_FAMILIES.items()
+        if family.kind != "histogram"
+    } | {series: template(series, labels) for series, (_, labels) in _HISTOGRAM_SERIES.items()}
+
 
 
 _SPECIAL_NUMBERS = {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}
@@ -675,10 +691,10 @@ def single_result_registry(probe: ProbeConfig, result: ProbeResult) -> Collector
     return registry
 
 
-def build_registry(store: ResultsStore, health: AgentHealth) -> CollectorRegistry:
+def build_registry(store: ResultsStore, health: AgentHealth, *, location: str = "") -> CollectorRegistry:
     """A registry of our collector plus the process's own CPU, memory and descriptor metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store, health))
+    registry.register(StoreCollector(store, health, location=location))
     ProcessCollector(registry=registry)
     return registry
 

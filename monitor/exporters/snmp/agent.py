@@ -500,11 +500,19 @@ class SnmpAgent:
         health: AgentHealth,
         *,
         default_interval: float = 60.0,
+        location: str = "",
     ) -> None:
         self._config = config
         self._state_path = Path(state_dir) / ENGINE_STATE_FILE
         self._health = health
-        self.view = MibView(store, health, default_interval=default_interval, max_staleness=VIEW_MAX_STALENESS)
+        self._location = location  # agent.location: sysLocation.0 unless snmp.location says otherwise
+        self.view = MibView(
+            store,
+            health,
+            default_interval=default_interval,
+            max_staleness=VIEW_MAX_STALENESS,
+            sys_location=config.location if config.location is not None else location,
+        )
         self._gate = _Gate(health)
         # Plain v1/v2c reads skip pysnmp (several times faster); it answers everything else.
         # None before start() serves everything through pysnmp (the tests compare the two).
@@ -609,6 +617,7 @@ class SnmpAgent:
         """Apply new communities, users and listen addresses without restarting the engine.
 
         A changed engine_id needs a restart (keys are localized to the engine ID)."""
+        self.view.set_sys_location(config.location if config.location is not None else self._location)
         if not self.running:
             self._config = config
             return

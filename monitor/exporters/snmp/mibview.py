@@ -911,6 +911,14 @@ class MibView:
         self._smtp_addresses = ColumnRows([], [])
         self.last_build_seconds = 0.0
 
+    def set_sys_location(self, text: str) -> None:
+        """sysLocation.0 from now on (a reload). The fast path encodes the system group once per table,
+        so a new value drops the table: the next request builds one."""
+        location = admin_string(text)
+        if location != self._sys_location:
+            self._sys_location = location
+            self._table = None
+
     def restart_uptime(self) -> None:
         """sysUpTime counts from now (the agent's (re)start)."""
         self._started = self._clock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import time
@@ -33,6 +34,11 @@ SYS_UP_TIME: Final[Oid] = (1, 3, 6, 1, 2, 1, 1, 3, 0)
 SNMP_TRAP_OID: Final[Oid] = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)
 SNMP_TRAP_ENTERPRISE: Final[Oid] = (1, 3, 6, 1, 6, 3, 1, 1, 4, 3, 0)
 COLD_START: Final[Oid] = (1, 3, 6, 1, 6, 3, 1, 1, 5, 1)
+# SNMP-COMMUNITY-MIB::snmpTrapAddress.0 (RFC 3584 3.1): the agent's address, appended to every notification,
+# by which a receiver (Zabbix) matches a trap to its host even through a proxy or NAT; pysnmp makes it
+# the agent-addr of an SNMPv1 trap (RFC 3584 3.2).
+SNMP_TRAP_ADDRESS: Final[Oid] = (1, 3, 6, 1, 6, 3, 18, 1, 3, 0)
+UNKNOWN_TRAP_ADDRESS: Final = ipaddress.IPv4Address("0.0.0.0")  # toward an IPv6 receiver, unless configured
 
 QUEUE_SIZE: Final = 256  # per receiver; events are rare, a backlog this long means the receiver is gone
 INFORM_GIVE_UP: Final = 120.0  # seconds an inform is retried at most, whatever timeout/retries say
@@ -307,6 +313,8 @@ class _Receiver:
         self.ready = False  # target registered (host resolved)
         self.current: tuple[Notification, int | None] | None = None
         self.screen = _Screen()
+        # snmpTrapAddress.0 toward this receiver: configured, else the source address of its socket.
+        self.trap_address = UNKNOWN_TRAP_ADDRESS
         # Informs: attempt k waits timeout * 2**k, all within give_up (and at least one attempt).
         windows: list[float] = []
         for attempt in range(cfg.retries + 1 if cfg.type == "inform" else 1):
@@ -341,8 +349,10 @@ class Notifier:
         queue_size: int = QUEUE_SIZE,
         inform_give_up: float = INFORM_GIVE_UP,
         engine_boots: int | None = None,
+        trap_address: ipaddress.IPv4Address | None = None,
     ) -> None:
         self.health = health
+        self.trap_address = trap_address  # snmp.trap_address; None: each receiver's socket's source address
         self.engine_id = parse_engine_id(engine_id) if engine_id is not None else generate_engine_id()
         self._receivers: list[_Receiver] = []
         seen: dict[str, int] = {}
@@ -542,6 +552,10 @@ class Notifier:
         engine = rcv.engine
         if snmp_config.get_transport(engine, domain) is None:
             sock = source_socket(family, address)
+            if self.trap_address is not None:
+                rcv.trap_address = self.trap_address
+            elif not v6:
+                rcv.trap_address = ipaddress.IPv4Address(sock.getsockname()[0])
             transport = _ScreenedUdp6() if v6 else _ScreenedUdp()
             transport.screen = rcv.screen
             try:
@@ -627,9 +641,9 @@ class Notifier:
             elif not future.done():
                 future.set_result(answer)
 
-        handle = rcv.originator.send_varbinds(
-            rcv.engine, f"n{attempt}", None, _CONTEXT_NAME, notification.varbinds, done, None
-        )
+        # Per receiver, at sending: one notification (and the outbox copy) serves receivers on other routes.
+        varbinds = (*notification.varbinds, (SNMP_TRAP_ADDRESS, rfc1902.IpAddress(str(rcv.trap_address))))
+        handle = rcv.originator.send_varbinds(rcv.engine, f"n{attempt}", None, _CONTEXT_NAME, varbinds, done, None)
         if handle is None:
             return "refused by the notify view (VACM)"
         return failed[0] if failed else ""
