@@ -12,6 +12,7 @@ stays pending under its token); found, its headers are read (fetch) and it is de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import math
 import re
@@ -40,9 +41,10 @@ from monitor.model.delivery import (
 )
 from monitor.model.failures import LookupFailure, ProbeFailure, ReplyFailure, classify
 from monitor.model.results import Phase, Reason, Reply
+from monitor.model.transcript import TranscriptRecorder
 from monitor.probes import ProbeEnv, resolve
 from monitor.probes.mailbox import PROBE_HEADER, TOKEN_HEADER, Found, Mailbox, open_mailbox
-from monitor.probes.smtp import Credentials, Dialogue, open_session, session_open
+from monitor.probes.smtp import Credentials, Dialogue, failure_note, open_session, session_open
 
 MAX_HOPS = 50  # Received headers read; a loop in the relays adds one per pass
 MAX_AUTH_HEADERS = 20  # Authentication-Results headers read
@@ -228,6 +230,7 @@ async def _send(d: Dialogue, config: DeliveryProbeConfig, data: bytes, steps: li
     reply = await d.command("DATA")
     if reply.code != 354:
         raise ReplyFailure(reply)
+    d.recorder.note(f"(the message: {len(data)} bytes, ended by a lone dot)")
     d.proto.write(data)
     reply = await d.proto.read_reply()
     if reply.code // 100 != 2:
@@ -245,11 +248,12 @@ async def _submit_once(
     servername: str | None,
     data: bytes,
     credentials: Credentials | None,
+    recorder: TranscriptRecorder | None = None,
 ) -> Submitted:
     smtp_config = _smtp_config(config, host, servername)
     timeout = config.timeouts.submit
     deadline = asyncio.get_running_loop().time() + timeout
-    d = Dialogue(smtp_config, env)
+    d = Dialogue(smtp_config, env, recorder)
     where = f"{host}:{smtp_config.effective_port}"
     steps: list[str] = []
     try:
@@ -302,18 +306,27 @@ def _worth_next_exchange(failure: ProbeFailure) -> bool:
     return failure.reason is not Reason.TLS_VERIFY  # a certificate failure is the same at every exchange
 
 
-async def submit(config: DeliveryProbeConfig, env: ProbeEnv, data: bytes) -> Submitted:
+async def submit(
+    config: DeliveryProbeConfig, env: ProbeEnv, data: bytes, recorder: TranscriptRecorder | None = None
+) -> Submitted:
+    """Hand the message over; `recorder` gets every SMTP dialogue of it (one per exchange tried)."""
     submit_config = config.submit
     auth = submit_config.auth
     credentials = Credentials.of(auth) if isinstance(auth, SmtpAuthConfig) else None
+    if credentials is not None and recorder is not None:
+        recorder.add_secret(credentials.password)
     if submit_config.via == "submission":
         assert submit_config.host is not None
-        return await _submit_once(config, env, submit_config.host, submit_config.servername, data, credentials)
+        return await _submit_once(
+            config, env, submit_config.host, submit_config.servername, data, credentials, recorder
+        )
     failures: list[ProbeFailure] = []
     for exchange in await _exchanges(config, env):
         try:
-            return await _submit_once(config, env, exchange, submit_config.servername or exchange, data, None)
+            return await _submit_once(config, env, exchange, submit_config.servername or exchange, data, None, recorder)
         except ProbeFailure as failure:
+            if recorder is not None:
+                recorder.note(f"not taken: {failure.reason.value}: {failure.message}")
             failures.append(failure)
             if not _worth_next_exchange(failure):
                 break
@@ -342,6 +355,8 @@ class _Run:
         self.deleted = False
         self.idle = False
         self.earlier: tuple[EarlierMessage, ...] = ()
+        # the submission's SMTP dialogue and the mailbox's commands, in the order they happened
+        self.recorder = TranscriptRecorder()
 
     def enter(self, phase: DeliveryPhase) -> None:
         self.phase = phase
@@ -358,6 +373,12 @@ class _Run:
         late = latency is not None and latency > self.config.deliver_within
         header = found.header if found is not None else b""
         failed_reason: Reason | DeliveryReason | None = failure.reason if failure is not None else reason
+        if failed_reason is not None:
+            self.recorder.conclude(
+                failure_note(self.phase.value, failure)
+                if failure is not None
+                else f"failed in {self.phase.value}: {failed_reason.value}: {error}"
+            )
         return DeliveryResult(
             name=self.config.name,
             started_at=self.started_at,
@@ -383,6 +404,7 @@ class _Run:
             cleanup_note=note,
             idle=self.idle,
             earlier=self.earlier,
+            transcript=self.recorder.transcript(),
             timings={**(submitted.timings if submitted else {}), **self.timings},
             total=time.perf_counter() - self.t0,
         )
@@ -415,7 +437,11 @@ async def run(config: DeliveryProbeConfig, env: ProbeEnv, pending: Sequence[Pend
     probe's own messages older than lost_after (left by a run the agent never finished), submits its own
     and waits for it."""
     progress = _Run(config)
-    mailbox = open_mailbox(config.mailbox, env, config.timeouts)
+    for secret in (config.mailbox.password, *((config.submit.auth.password,) if config.submit.auth else ())):
+        # every configured secret, before any line is recorded; one that cannot be read fails the run later
+        with contextlib.suppress(ValueError):
+            progress.recorder.add_secret(secret.reveal())
+    mailbox = open_mailbox(config.mailbox, env, config.timeouts, progress.recorder)
     try:
         return await _run(progress, mailbox, env, pending)
     except Exception as exc:  # a bug or a library's surprise: a classified result, never a crashed scheduler
@@ -483,7 +509,7 @@ async def _run(progress: _Run, mailbox: Mailbox, env: ProbeEnv, pending: Sequenc
         progress.token = new_token()
         message = build_message(config, progress.token)
         progress.message_id = str(message["Message-ID"])
-        progress.submitted = await submit(config, env, wire_bytes(message))
+        progress.submitted = await submit(config, env, wire_bytes(message), progress.recorder)
         progress.done("submit")
 
         progress.enter(DeliveryPhase.FETCH)
@@ -509,7 +535,11 @@ async def _run(progress: _Run, mailbox: Mailbox, env: ProbeEnv, pending: Sequenc
     if expectation is not None:
         progress.enter(DeliveryPhase.DELIVER)
         reason, error = expectation
-        result = replace(result, ok=False, phase=DeliveryPhase.DELIVER, reason=reason, error=error)
+        progress.recorder.conclude(f"failed in {DeliveryPhase.DELIVER.value}: {reason.value}: {error}")
+        transcript = progress.recorder.transcript()
+        result = replace(
+            result, ok=False, phase=DeliveryPhase.DELIVER, reason=reason, error=error, transcript=transcript
+        )
     return result
 
 

@@ -32,7 +32,9 @@ import aioimaplib  # type: ignore[import-untyped]
 from monitor.config.schema import DeliveryMailboxConfig, DeliveryTimeouts
 from monitor.model.failures import ProbeFailure, classify
 from monitor.model.results import Reason
+from monitor.model.transcript import TranscriptRecorder
 from monitor.probes import ProbeEnv
+from monitor.probes.tls import tls_facts, tls_summary
 
 TOKEN_HEADER = "X-Smtp-Monitor-Token"  # noqa: S105 -- a header name, not a secret
 PROBE_HEADER = "X-Smtp-Monitor-Probe"
@@ -89,10 +91,20 @@ class Mailbox(Protocol):
         """Log out (bounded) and drop the connection."""
 
 
-def open_mailbox(config: DeliveryMailboxConfig, env: ProbeEnv, timeouts: DeliveryTimeouts) -> Mailbox:
+def open_mailbox(
+    config: DeliveryMailboxConfig,
+    env: ProbeEnv,
+    timeouts: DeliveryTimeouts,
+    recorder: TranscriptRecorder | None = None,
+) -> Mailbox:
+    """The mailbox of `config`; `recorder` gets one line per command and its tagged answer."""
     if config.protocol == "imap":
-        return ImapMailbox(config, env, timeouts)
-    return Pop3Mailbox(config, env, timeouts)
+        return ImapMailbox(config, env, timeouts, recorder)
+    return Pop3Mailbox(config, env, timeouts, recorder)
+
+
+def _tls_line(ssl_object: Any, verified: bool) -> str:
+    return tls_summary(tls_facts(ssl_object, verified, "" if verified else "verification disabled"))
 
 
 def carries_token(header: bytes, token: str) -> bool:
@@ -125,11 +137,12 @@ class _BoundedProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     aioimaplib keeps an unfinished line and a literal in memory whatever their size, and a greeting it
     cannot read only fails a background task; here they end the session with a classified failure."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, recorder: TranscriptRecorder | None = None) -> None:
         super().__init__(loop, self._connection_lost_cb)
         self.broken: asyncio.Future[ProbeFailure] = loop.create_future()
         self.received = 0
         self.closing = False  # we are ending the session: a close is no failure
+        self.recorder = recorder  # each command sent, the greeting, tagged answers and continuations
 
     def fail(self, failure: ProbeFailure) -> None:
         if not self.broken.done():
@@ -141,6 +154,10 @@ class _BoundedProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         # aioimaplib's own send() logs the line at DEBUG, its password scrubbing misses a quoted
         # password with escapes: nothing the probe sends is logged
         if self.transport is not None and not self.transport.is_closing():
+            if self.recorder is not None:
+                words = line.split(" ", 2)
+                login = len(words) > 1 and words[1].upper() in ("LOGIN", "AUTHENTICATE")
+                self.recorder.sent(line, secret=login)
             self.transport.write(f"{line}\r\n".encode())
 
     def data_received(self, d: bytes) -> None:
@@ -167,6 +184,12 @@ class _BoundedProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         if self.state == aioimaplib.CONNECTED and line and not line.startswith((b"* OK", b"* PREAUTH")):
             self.fail(ProbeFailure(Reason.PROTOCOL, f"not an IMAP greeting: {_printable(line)!r}"))
             return None
+        if self.recorder is not None and (
+            self.state == aioimaplib.CONNECTED
+            or line.startswith(b"+")
+            or aioimaplib.tagged_status_response_re.match(line)
+        ):
+            self.recorder.received(line.decode("utf-8", "replace"))  # untagged data lines are left out
         return super()._handle_line(line, current_cmd)
 
     async def welcome(self, command: bytes) -> None:
@@ -187,11 +210,18 @@ class _BoundedProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
 class ImapMailbox:
     """The probe's mailbox over IMAP: INBOX and the junk folder (SPECIAL-USE \\Junk or configured)."""
 
-    def __init__(self, config: DeliveryMailboxConfig, env: ProbeEnv, timeouts: DeliveryTimeouts) -> None:
+    def __init__(
+        self,
+        config: DeliveryMailboxConfig,
+        env: ProbeEnv,
+        timeouts: DeliveryTimeouts,
+        recorder: TranscriptRecorder | None = None,
+    ) -> None:
         self.config = config
         self.env = env
         self.step = timeouts.mailbox
         self.cleanup_timeout = timeouts.cleanup
+        self.recorder = recorder
         self.proto: _BoundedProtocol | None = None
         self.password = ""
         self.idle = False
@@ -243,13 +273,15 @@ class ImapMailbox:
     async def open(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
-        self.proto = proto = _BoundedProtocol(loop)
+        self.proto = proto = _BoundedProtocol(loop, self.recorder)
         context = self.env.tls.get(config.ca_file, config.verify)
         servername = config.servername or config.host
         implicit = config.tls == "implicit"
+        if self.recorder is not None:
+            self.recorder.note(f"IMAP: trying {config.host} port {config.effective_port}")
         try:
             async with asyncio.timeout(self.step):
-                await loop.create_connection(
+                transport, _ = await loop.create_connection(
                     lambda: proto,
                     config.host,
                     config.effective_port,
@@ -262,6 +294,10 @@ class ImapMailbox:
             raise ProbeFailure(Reason.TLS_VERIFY, f"certificate verification failed: {exc.verify_message}") from None
         except OSError as exc:
             raise classify(exc, self.step) from None
+        if self.recorder is not None:
+            self.recorder.note("connected")
+            if implicit:
+                self.recorder.tls(_tls_line(transport.get_extra_info("ssl_object"), config.verify))
         await self._bounded("greeting", proto.wait("AUTH|NONAUTH"))
         if not implicit:
             await self._starttls(context, servername)
@@ -289,6 +325,8 @@ class ImapMailbox:
         except OSError as exc:
             raise classify(exc, self.step) from None
         proto.transport = transport
+        if self.recorder is not None and transport is not None:
+            self.recorder.tls(_tls_line(transport.get_extra_info("ssl_object"), self.config.verify))
         await self._bounded("CAPABILITY", proto.capability())  # what was offered before TLS no longer counts
 
     async def _login(self) -> None:
@@ -525,12 +563,59 @@ def _bounded_long_answer(pop: Any) -> tuple[bytes, list[bytes], int]:
     return resp, lines, octets
 
 
+_POP3_SECRET_COMMANDS = ("USER", "PASS", "APOP", "AUTH")
+
+
+def _record_command(recorder: TranscriptRecorder | None, line: str) -> None:
+    if recorder is not None:
+        recorder.sent(line, secret=line.split(" ", 1)[0].upper() in _POP3_SECRET_COMMANDS)
+
+
+def _recorded_answer(recorder: TranscriptRecorder | None, read: Callable[[], bytes]) -> bytes:
+    """The status line `read` gives (+OK, or poplib's error_proto for -ERR), recorded either way."""
+    try:
+        answer = read()
+    except poplib.error_proto as exc:
+        if recorder is not None and exc.args and isinstance(exc.args[0], bytes):
+            recorder.received(exc.args[0].decode("utf-8", "replace"))
+        raise
+    if recorder is not None:
+        recorder.received(answer.decode("utf-8", "replace"))
+    return answer
+
+
 class _Pop3(poplib.POP3):
+    """poplib's POP3 with a bounded long answer; each command and status line goes to `recorder`."""
+
+    def __init__(self, recorder: TranscriptRecorder | None, host: str, port: int, timeout: float) -> None:
+        self.recorder = recorder  # before connecting: the greeting is read in poplib's __init__
+        super().__init__(host, port, timeout=timeout)
+
+    def _putcmd(self, line: str) -> None:
+        _record_command(self.recorder, line)
+        super()._putcmd(line)  # type: ignore[misc]  # private in poplib, not in typeshed
+
+    def _getresp(self) -> bytes:
+        return _recorded_answer(self.recorder, super()._getresp)  # type: ignore[misc]  # as _putcmd
+
     def _getlongresp(self) -> tuple[bytes, list[bytes], int]:
         return _bounded_long_answer(self)
 
 
 class _Pop3Ssl(poplib.POP3_SSL):
+    def __init__(
+        self, recorder: TranscriptRecorder | None, host: str, port: int, timeout: float, context: ssl.SSLContext
+    ) -> None:
+        self.recorder = recorder
+        super().__init__(host, port, timeout=timeout, context=context)
+
+    def _putcmd(self, line: str) -> None:
+        _record_command(self.recorder, line)
+        super()._putcmd(line)  # type: ignore[misc]  # private in poplib, not in typeshed
+
+    def _getresp(self) -> bytes:
+        return _recorded_answer(self.recorder, super()._getresp)  # type: ignore[misc]  # as _putcmd
+
     def _getlongresp(self) -> tuple[bytes, list[bytes], int]:
         return _bounded_long_answer(self)
 
@@ -555,9 +640,11 @@ class _Pop3Session:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        if self._pop is not None:
+        # The worker may be closing the session right now: poplib's close() sets sock to None.
+        sock = self._pop.sock if self._pop is not None else None
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self._pop.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 class Pop3Mailbox:
@@ -565,11 +652,18 @@ class Pop3Mailbox:
 
     idle = False
 
-    def __init__(self, config: DeliveryMailboxConfig, env: ProbeEnv, timeouts: DeliveryTimeouts) -> None:
+    def __init__(
+        self,
+        config: DeliveryMailboxConfig,
+        env: ProbeEnv,
+        timeouts: DeliveryTimeouts,
+        recorder: TranscriptRecorder | None = None,
+    ) -> None:
         self.config = config
         self.env = env
         self.step = timeouts.mailbox
         self.cleanup_timeout = timeouts.cleanup
+        self.recorder = recorder
         self.password = ""
 
     async def _in_worker(self, what: str, job: Callable[[poplib.POP3], _T], limit: float) -> _T:
@@ -590,18 +684,25 @@ class Pop3Mailbox:
         servername = config.servername or config.host
         step = self.step
         pop: poplib.POP3 | None = None
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.note(f"POP3: trying {config.host} port {config.effective_port}")
         try:
             if config.tls == "implicit":
                 # POP3_SSL takes no server name: wrap_socket gets it through a context that knows it
                 named = cast(ssl.SSLContext, _NamedContext(context, servername))
-                pop = _Pop3Ssl(config.host, config.effective_port, timeout=step, context=named)
+                pop = _Pop3Ssl(recorder, config.host, config.effective_port, timeout=step, context=named)
+                if recorder is not None:
+                    recorder.tls(_tls_line(pop.sock, config.verify))
             else:
-                pop = _Pop3(config.host, config.effective_port, timeout=step)
+                pop = _Pop3(recorder, config.host, config.effective_port, timeout=step)
             session.attach(pop)
             if config.tls == "starttls":
                 if "STLS" not in pop.capa():
                     raise ProbeFailure(Reason.NO_STARTTLS, "server does not offer STLS")
                 pop.stls(context=cast(ssl.SSLContext, _NamedContext(context, servername)))
+                if recorder is not None:
+                    recorder.tls(_tls_line(pop.sock, config.verify))
             try:
                 pop.user(config.username)
                 pop.pass_(self.password)
