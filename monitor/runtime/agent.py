@@ -228,7 +228,7 @@ class Agent:
             return None
         return StatusPage(
             self.store,
-            getattr(self, "history", None),  # the agent's History, when it keeps one
+            self.history,  # None with history off: the page says so
             per_page=self.config.status_page.per_page,
             config_path=str(self.config_path),
         )
