@@ -132,7 +132,7 @@ POLICY_FINDINGS: dict[str, tuple[str, ...]] = {
     # RFC 7489: the policy, and the report destinations (7.1 authorisation, MX of their domains)
     "dmarc": ("policy", "subdomain_policy", "pct", "report_authorization", "report_mx", "lookup"),
     # RFC 8460: the _smtp._tls TXT record
-    "tlsrpt": ("record", "lookup"),
+    "tls_rpt": ("record", "lookup"),
 }
 MAX_FINDING_DETAIL = 300
 
@@ -141,7 +141,7 @@ MAX_FINDING_DETAIL = 300
 class PolicyFinding:
     """One named verdict on a domain's SPF, DMARC or TLS-RPT record, with its level and why."""
 
-    record: str  # spf, dmarc or tlsrpt
+    record: str  # spf, dmarc or tls_rpt
     finding: str  # one of POLICY_FINDINGS[record]
     level: FindingLevel
     detail: str = ""  # at most MAX_FINDING_DETAIL characters

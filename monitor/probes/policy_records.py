@@ -352,12 +352,12 @@ def check_tls_rpt(txt_records: list[str]) -> PolicyFinding:
     """The `_smtp._tls.<domain>` TXT strings to a verdict on the TLS-RPT record (RFC 8460 3)."""
     found = [t for t in txt_records if t.startswith("v=TLSRPTv1")]
     if not found:
-        return _finding("tlsrpt", "record", FindingLevel.WARNING, "no TLS-RPT record (v=TLSRPTv1)")
+        return _finding("tls_rpt", "record", FindingLevel.WARNING, "no TLS-RPT record (v=TLSRPTv1)")
     if len(found) > 1:
-        return _finding("tlsrpt", "record", FindingLevel.ERROR, f"{len(found)} TLS-RPT records: senders use none")
+        return _finding("tls_rpt", "record", FindingLevel.ERROR, f"{len(found)} TLS-RPT records: senders use none")
     record = found[0]
     problem = _tls_rpt_problem(record)
-    return _finding("tlsrpt", "record", FindingLevel.ERROR if problem else FindingLevel.OK, problem or record)
+    return _finding("tls_rpt", "record", FindingLevel.ERROR if problem else FindingLevel.OK, problem or record)
 
 
 def _tls_rpt_problem(record: str) -> str:
@@ -383,5 +383,5 @@ def _tls_rpt_problem(record: str) -> str:
 async def tls_rpt(resolver: dns.asyncresolver.Resolver, domain: str) -> PolicyFinding:
     txt = await txt_records(resolver, f"_smtp._tls.{domain}")
     if txt.failure:
-        return _finding("tlsrpt", "lookup", FindingLevel.WARNING, txt.failure)
+        return _finding("tls_rpt", "lookup", FindingLevel.WARNING, txt.failure)
     return check_tls_rpt(list(txt.texts))

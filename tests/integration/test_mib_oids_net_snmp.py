@@ -128,6 +128,9 @@ def test_oid_by_name_lists_every_node_the_mib_defines(base_mibs: Path, tool_env:
         pytest.param("deliveryFailedReason", mib_oids.REASON_VALUES, id="deliveryFailedReason"),
         pytest.param("deliveryFolder", mib_oids.DELIVERY_FOLDER_VALUES, id="deliveryFolder"),
         pytest.param("deliveryHopsSource", mib_oids.HOPS_SOURCE_VALUES, id="deliveryHopsSource"),
+        pytest.param("mxDnsblStatus", mib_oids.DNSBL_STATUS_VALUES, id="mxDnsblStatus"),
+        pytest.param("mxPolicyFindingRecord", mib_oids.POLICY_RECORD_VALUES, id="mxPolicyFindingRecord"),
+        pytest.param("mxPolicyFindingLevel", mib_oids.FINDING_LEVEL_VALUES, id="mxPolicyFindingLevel"),
     ],
 )
 def test_enum_map_equals_mib_labels_in_camel_case(
@@ -171,6 +174,10 @@ def test_instance_oids_encode_name_index_as_snmptranslate_does(base_mibs: Path, 
         f'{MODULE}::mxAddressPtr."ex.org".3.2': mib_oids.mx_address_oid(mib_oids.MxAddressColumn.PTR, "ex.org", 3, 2),
         f'{MODULE}::smtpAddressUp."mail-1".2': mib_oids.smtp_address_oid(mib_oids.SmtpAddressColumn.UP, "mail-1", 2),
         f"{MODULE}::smtpMonitorVersion.0": mib_oids.scalar_oid(mib_oids.Scalar.VERSION),
+        f'{MODULE}::mxDnsblStatus."ex.org".2.3': mib_oids.mx_dnsbl_oid(mib_oids.MxDnsblColumn.STATUS, "ex.org", 2, 3),
+        f'{MODULE}::mxPolicyFindingLevel."ex.org".7': mib_oids.mx_policy_finding_oid(
+            mib_oids.MxPolicyFindingColumn.LEVEL, "ex.org", 7
+        ),
         f'{MODULE}::deliveryLateCount."deliv-1"': mib_oids.delivery_oid(mib_oids.DeliveryColumn.LATE_COUNT, "deliv-1"),
         f'{MODULE}::deliveryHopDelay."deliv-1".4': mib_oids.delivery_hop_oid(
             mib_oids.DeliveryHopColumn.DELAY, "deliv-1", 4

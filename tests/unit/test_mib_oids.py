@@ -108,6 +108,9 @@ class TestRevisionsAndConformance:
             "smtpAddressOrder",
             "deliveryIndexName",
             "deliveryHopNumber",
+            "mxDnsblAddressNumber",
+            "mxDnsblZoneNumber",
+            "mxPolicyFindingNumber",
         }
         tables = (
             mib_oids.SMTP_PROBE_ENTRY,
@@ -117,6 +120,8 @@ class TestRevisionsAndConformance:
             mib_oids.SMTP_ADDRESS_ENTRY,
             mib_oids.DELIVERY_ENTRY,
             mib_oids.DELIVERY_HOP_ENTRY,
+            mib_oids.MX_DNSBL_ENTRY,
+            mib_oids.MX_POLICY_FINDING_ENTRY,
             mib_oids.SCALARS,
         )
         readable = [

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitor.config.schema import DeliveryProbeConfig, MxCheckConfig, SmtpProbeConfig
 from monitor.model.delivery import LATENCY_BUCKETS, DeliveryLedger, DeliveryResult, Hop
+from monitor.model.facts import DnsblOutcome
 from monitor.model.probe_result import ProbeResult
 from monitor.model.results import MxResult, SmtpResult, Status
 from monitor.state.health import AgentHealth
@@ -132,6 +133,25 @@ MX_FAMILIES = _families(
         "gauge",
         "Expiry of the MTA-STS policy host's certificate",
         C,
+    ),
+    (
+        "mx_check_dnsbl_listed",
+        "gauge",
+        "1 if the DNSBL zone lists the exchange address, 0 if not; absent when the lookup gave no verdict",
+        ("check", "address", "zone"),
+    ),
+    (
+        "mx_check_dnsbl_error",
+        "gauge",
+        "1 for a DNSBL lookup without verdict: refused (127.0.0.1 or an error code), unexpected (not 127/8), dns",
+        ("check", "address", "zone", "error"),
+    ),
+    ("mx_check_dnsbl_queries", "gauge", "DNS queries of the last run's DNSBL lookups", C),
+    (
+        "mx_check_policy_finding",
+        "gauge",
+        "1 for each named verdict on the SPF, DMARC and TLS-RPT records, labelled with its level",
+        ("check", "record", "finding", "level"),
     ),
 )
 DELIVERY_FAMILIES = _families(
@@ -276,7 +296,21 @@ def mx_samples(state: ProbeState) -> list[Sample]:
         out.append(("mx_check_spf_valid", (name,), 1.0 if result.spf.valid else 0.0))
     if result.dmarc is not None:
         out.append(("mx_check_dmarc_valid", (name,), 1.0 if result.dmarc.valid else 0.0))
+    findings = result.policy_findings
+    out += [("mx_check_policy_finding", (name, f.record, f.finding, f.level.value), 1.0) for f in findings]
+    if result.dnsbl is not None:
+        out.append(("mx_check_dnsbl_queries", (name,), result.dnsbl.queries))
+        for answer in result.dnsbl.answers:
+            looked_up = (name, answer.address, answer.zone)
+            if answer.outcome in (DnsblOutcome.LISTED, DnsblOutcome.NOT_LISTED):
+                listed = 1.0 if answer.outcome is DnsblOutcome.LISTED else 0.0
+                out.append(("mx_check_dnsbl_listed", looked_up, listed))
+            else:
+                out.append(("mx_check_dnsbl_error", (*looked_up, _DNSBL_ERRORS[answer.outcome]), 1.0))
     return out
+
+
+_DNSBL_ERRORS = {DnsblOutcome.REFUSED: "refused", DnsblOutcome.UNEXPECTED: "unexpected", DnsblOutcome.ERROR: "dns"}
 
 
 # Hop series per probe: a mail loop adds a Received header per pass (the probe reads up to 50).

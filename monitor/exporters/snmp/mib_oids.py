@@ -39,6 +39,10 @@ DELIVERY_TABLE: Final[Oid] = (*OBJECTS, 7)
 DELIVERY_ENTRY: Final[Oid] = (*DELIVERY_TABLE, 1)
 DELIVERY_HOP_TABLE: Final[Oid] = (*OBJECTS, 8)
 DELIVERY_HOP_ENTRY: Final[Oid] = (*DELIVERY_HOP_TABLE, 1)
+MX_DNSBL_TABLE: Final[Oid] = (*OBJECTS, 9)
+MX_DNSBL_ENTRY: Final[Oid] = (*MX_DNSBL_TABLE, 1)
+MX_POLICY_FINDING_TABLE: Final[Oid] = (*OBJECTS, 10)
+MX_POLICY_FINDING_ENTRY: Final[Oid] = (*MX_POLICY_FINDING_TABLE, 1)
 
 COMPLIANCES: Final[Oid] = (*CONFORMANCE, 1)  # smtpMonitorCompliances
 GROUPS: Final[Oid] = (*CONFORMANCE, 2)  # smtpMonitorGroups
@@ -149,6 +153,28 @@ class MxAddressColumn(enum.IntEnum):
     PTR = 6
 
 
+class MxDnsblColumn(enum.IntEnum):
+    """Columns of mxDnsblEntry (index: check name, address number, zone number); mxDnsbl + CamelCase."""
+
+    ADDRESS_NUMBER = 1  # not-accessible index
+    ZONE_NUMBER = 2  # not-accessible index
+    ADDRESS = 3
+    ZONE = 4
+    STATUS = 5
+    CODE = 6
+    REASON = 7
+
+
+class MxPolicyFindingColumn(enum.IntEnum):
+    """Columns of mxPolicyFindingEntry (index: check name, finding number); mxPolicyFinding + CamelCase."""
+
+    NUMBER = 1  # not-accessible index
+    RECORD = 2
+    NAME = 3
+    LEVEL = 4
+    DETAIL = 5
+
+
 class SmtpAddressColumn(enum.IntEnum):
     """Columns of smtpAddressEntry (index: probe name, address order); smtpAddress + CamelCase."""
 
@@ -248,6 +274,8 @@ class Group(enum.IntEnum):
     DELIVERY_GROUP = 11
     DELIVERY_HOP_GROUP = 12
     DELIVERY_NOTIFICATION_GROUP = 13
+    MX_DNSBL_GROUP = 17
+    MX_POLICY_FINDING_GROUP = 18
     SMTP_MONITOR_UNIX_TIME_GROUP = 14
 
 
@@ -419,6 +447,17 @@ REASON_VALUES: Final[Mapping[str, int]] = {
 }
 
 MX_EXCHANGE_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}
+# mxDnsblStatus, from DnsblAnswer.outcome (monitor.model.facts.DnsblOutcome)
+DNSBL_STATUS_VALUES: Final[Mapping[str, int]] = {
+    "not_listed": 1,
+    "listed": 2,
+    "refused": 3,
+    "unexpected": 4,
+    "error": 5,
+}
+# mxPolicyFindingRecord and mxPolicyFindingLevel, from PolicyFinding.record and .level
+POLICY_RECORD_VALUES: Final[Mapping[str, int]] = {"spf": 1, "dmarc": 2, "tls_rpt": 3}
+FINDING_LEVEL_VALUES: Final[Mapping[str, int]] = {"ok": 1, "warning": 2, "error": 3}
 MX_ADDRESS_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}
 SMTP_ADDRESS_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2}
 
@@ -488,6 +527,21 @@ def mx_address_oid(column: MxAddressColumn, name: str, order: int, address_order
         if not 1 <= position <= ORDER_MAX:
             raise ValueError(f"{what} position {position} must be 1 to {ORDER_MAX}")
     return (*MX_ADDRESS_ENTRY, int(column), *name_index(name), order, address_order)
+
+
+def mx_dnsbl_oid(column: MxDnsblColumn, name: str, address: int, zone: int) -> Oid:
+    """The instance OID of a column of an mxDnsblTable row: check name, address and zone numbers."""
+    for what, position in (("address", address), ("zone", zone)):
+        if not 1 <= position <= ORDER_MAX:
+            raise ValueError(f"{what} number {position} must be 1 to {ORDER_MAX}")
+    return (*MX_DNSBL_ENTRY, int(column), *name_index(name), address, zone)
+
+
+def mx_policy_finding_oid(column: MxPolicyFindingColumn, name: str, number: int) -> Oid:
+    """The instance OID of a column of an mxPolicyFindingTable row: check name, finding number."""
+    if not 1 <= number <= ORDER_MAX:
+        raise ValueError(f"finding number {number} must be 1 to {ORDER_MAX}")
+    return (*MX_POLICY_FINDING_ENTRY, int(column), *name_index(name), number)
 
 
 def smtp_address_oid(column: SmtpAddressColumn, name: str, order: int) -> Oid:
@@ -567,6 +621,10 @@ OID_BY_NAME: Final[Mapping[str, Oid]] = {
     "deliveryEntry": DELIVERY_ENTRY,
     "deliveryHopTable": DELIVERY_HOP_TABLE,
     "deliveryHopEntry": DELIVERY_HOP_ENTRY,
+    "mxDnsblTable": MX_DNSBL_TABLE,
+    "mxDnsblEntry": MX_DNSBL_ENTRY,
+    "mxPolicyFindingTable": MX_POLICY_FINDING_TABLE,
+    "mxPolicyFindingEntry": MX_POLICY_FINDING_ENTRY,
     "smtpMonitorCompliances": COMPLIANCES,
     "smtpMonitorGroups": GROUPS,
     "smtpMonitorCompliance": COMPLIANCE,
@@ -578,6 +636,8 @@ OID_BY_NAME: Final[Mapping[str, Oid]] = {
     **_named("smtpAddress", SmtpAddressColumn, SMTP_ADDRESS_ENTRY),
     **_named("delivery", DeliveryColumn, DELIVERY_ENTRY),
     **_named("deliveryHop", DeliveryHopColumn, DELIVERY_HOP_ENTRY),
+    **_named("mxDnsbl", MxDnsblColumn, MX_DNSBL_ENTRY),
+    **_named("mxPolicyFinding", MxPolicyFindingColumn, MX_POLICY_FINDING_ENTRY),
     **_named("", Notification, NOTIFICATION_PREFIX),
     **_named("", Group, GROUPS),
 }

@@ -23,7 +23,9 @@ from monitor.exporters.snmp.mib_oids import (
     DeliveryHopColumn,
     MxAddressColumn,
     MxCheckColumn,
+    MxDnsblColumn,
     MxExchangeColumn,
+    MxPolicyFindingColumn,
     Oid,
     Scalar,
     SmtpAddressColumn,
@@ -322,6 +324,19 @@ MX_ADDRESS_TYPES: dict[MxAddressColumn, type] = {
     MxAddressColumn.PTR_NAME: _S,
     MxAddressColumn.PTR: _I,
 }
+MX_DNSBL_TYPES: dict[MxDnsblColumn, type] = {
+    MxDnsblColumn.ADDRESS: _S,
+    MxDnsblColumn.ZONE: _S,
+    MxDnsblColumn.STATUS: _I,
+    MxDnsblColumn.CODE: _S,
+    MxDnsblColumn.REASON: _S,
+}
+MX_POLICY_FINDING_TYPES: dict[MxPolicyFindingColumn, type] = {
+    MxPolicyFindingColumn.RECORD: _I,
+    MxPolicyFindingColumn.NAME: _S,
+    MxPolicyFindingColumn.LEVEL: _I,
+    MxPolicyFindingColumn.DETAIL: _S,
+}
 # Every deliveryEntry column but the index; the accessible-for-notify ones only go into notifications.
 DELIVERY_TYPES: dict[DeliveryColumn, type] = {
     DeliveryColumn.NAME: _S,
@@ -372,6 +387,8 @@ _MX_COLUMNS = tuple(sorted(MX_CHECK_TYPES))
 _EXCHANGE_COLUMNS = tuple(sorted(MX_EXCHANGE_TYPES))
 _ADDRESS_COLUMNS = tuple(sorted(MX_ADDRESS_TYPES))
 _SMTP_ADDRESS_COLUMNS = tuple(sorted(SMTP_ADDRESS_TYPES))
+_DNSBL_COLUMNS = tuple(sorted(MX_DNSBL_TYPES))
+_FINDING_COLUMNS = tuple(sorted(MX_POLICY_FINDING_TYPES))
 # The served delivery columns: a row's cells stop before the accessible-for-notify ones.
 _DELIVERY_COLUMNS = tuple(sorted(c for c in DELIVERY_TYPES if c not in mib_oids.DELIVERY_EVENT_COLUMNS))
 _DELIVERY_HOP_COLUMNS = tuple(sorted(DELIVERY_HOP_TYPES))
@@ -559,6 +576,46 @@ def mx_address_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid,
             )
             rows.append(((*name_index, order, position), cells))
     return rows
+
+
+def mx_dnsbl_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid, tuple[Raw, ...]]]:
+    """(index, cells) of the mxDnsblTable rows of one check, in index order (address, then zone number)."""
+    facts = result.dnsbl if result is not None else None
+    if facts is None:
+        return []
+    address_number = {address: n for n, address in enumerate(facts.addresses[:ADDRESSES_MAX], start=1)}
+    zone_number = {zone: n for n, zone in enumerate(facts.zones[: mib_oids.ORDER_MAX], start=1)}
+    rows = []
+    for answer in facts.answers:
+        address, zone = address_number.get(answer.address), zone_number.get(answer.zone)
+        if address is None or zone is None:
+            continue
+        cells: tuple[Raw, ...] = (
+            admin_string(answer.address),
+            admin_string(answer.zone),
+            mib_oids.DNSBL_STATUS_VALUES[answer.outcome.value],
+            address_list(answer.codes),
+            server_text(answer.reason or answer.error),
+        )
+        rows.append(((*name_index, address, zone), cells))
+    return sorted(rows)
+
+
+def mx_policy_finding_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid, tuple[Raw, ...]]]:
+    """(index, cells) of the mxPolicyFindingTable rows of one check, in the run's order."""
+    findings = result.policy_findings[: mib_oids.ORDER_MAX] if result is not None else ()
+    return [
+        (
+            (*name_index, number),
+            (
+                mib_oids.POLICY_RECORD_VALUES[finding.record],
+                admin_string(finding.finding),
+                mib_oids.FINDING_LEVEL_VALUES[finding.level.value],
+                server_text(finding.detail),
+            ),
+        )
+        for number, finding in enumerate(findings, start=1)
+    ]
 
 
 def shown_hops(result: DeliveryResult | None) -> tuple[str, tuple[Hop, ...]]:
@@ -804,6 +861,8 @@ class _CachedRow:
     exchanges: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()
     addresses: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # mxAddressTable or smtpAddressTable rows
     hops: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # deliveryHopTable rows
+    dnsbl: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # mxDnsblTable rows
+    findings: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # mxPolicyFindingTable rows
 
     @classmethod
     def of(
@@ -814,8 +873,10 @@ class _CachedRow:
         exchanges: tuple[tuple[Oid, tuple[Raw, ...]], ...] = (),
         addresses: tuple[tuple[Oid, tuple[Raw, ...]], ...] = (),
         hops: tuple[tuple[Oid, tuple[Raw, ...]], ...] = (),
+        dnsbl: tuple[tuple[Oid, tuple[Raw, ...]], ...] = (),
+        findings: tuple[tuple[Oid, tuple[Raw, ...]], ...] = (),
     ) -> _CachedRow:
-        return cls(weakref.ref(state), RowInputs.of(state), index, cells, exchanges, addresses, hops)
+        return cls(weakref.ref(state), RowInputs.of(state), index, cells, exchanges, addresses, hops, dnsbl, findings)
 
     @property
     def failed(self) -> bool:
@@ -909,6 +970,8 @@ class MibView:
         self._exchanges = ColumnRows([], [])
         self._addresses = ColumnRows([], [])
         self._smtp_addresses = ColumnRows([], [])
+        self._dnsbl = ColumnRows([], [])
+        self._findings = ColumnRows([], [])
         self.last_build_seconds = 0.0
 
     def set_sys_location(self, text: str) -> None:
@@ -981,6 +1044,10 @@ class MibView:
             self._exchanges = ColumnRows([index for index, _ in flat], [cells for _, cells in flat])
             flat = [address for name in self._mx.order for address in rows[name].addresses]
             self._addresses = ColumnRows([index for index, _ in flat], [cells for _, cells in flat])
+            flat = [answer for name in self._mx.order for answer in rows[name].dnsbl]
+            self._dnsbl = ColumnRows([index for index, _ in flat], [cells for _, cells in flat])
+            flat = [finding for name in self._mx.order for finding in rows[name].findings]
+            self._findings = ColumnRows([index for index, _ in flat], [cells for _, cells in flat])
         if self._delivery.apply(delivery_changed, delivery_count, snapshot):
             rows = self._delivery.rows
             flat = [hop for name in self._delivery.order for hop in rows[name].hops]
@@ -1025,6 +1092,13 @@ class MibView:
         for position, hop_column in enumerate(_DELIVERY_HOP_COLUMNS):
             syntax = DELIVERY_HOP_TYPES[hop_column]
             nodes.append(((*mib_oids.DELIVERY_HOP_ENTRY, int(hop_column)), ColumnNode(self._hops, position, syntax)))
+        for position, dnsbl_column in enumerate(_DNSBL_COLUMNS):
+            syntax = MX_DNSBL_TYPES[dnsbl_column]
+            nodes.append(((*mib_oids.MX_DNSBL_ENTRY, int(dnsbl_column)), ColumnNode(self._dnsbl, position, syntax)))
+        for position, finding_column in enumerate(_FINDING_COLUMNS):
+            syntax = MX_POLICY_FINDING_TYPES[finding_column]
+            node = ColumnNode(self._findings, position, syntax)
+            nodes.append(((*mib_oids.MX_POLICY_FINDING_ENTRY, int(finding_column)), node))
         return MibTable(snapshot.version, nodes)
 
     def _smtp_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
@@ -1037,7 +1111,9 @@ class MibView:
 
     def _mx_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
         if old is not None and old.inputs == RowInputs.of(state):
-            return _CachedRow.of(state, old.index, old.cells, old.exchanges, old.addresses)
+            return _CachedRow.of(
+                state, old.index, old.cells, old.exchanges, old.addresses, dnsbl=old.dnsbl, findings=old.findings
+            )
         index = old.index if old is not None else mib_oids.name_index(name)
         result = state.last_result if isinstance(state.last_result, MxResult) else None
         return _CachedRow.of(
@@ -1046,6 +1122,8 @@ class MibView:
             mx_check_row(state),
             tuple(mx_exchange_rows(index, result)),
             tuple(mx_address_rows(index, result)),
+            dnsbl=tuple(mx_dnsbl_rows(index, result)),
+            findings=tuple(mx_policy_finding_rows(index, result)),
         )
 
     def _delivery_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
