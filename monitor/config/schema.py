@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -478,6 +479,25 @@ class RelayTestConfig(_Strict):
     rcpt_to: Mailbox
 
 
+class SpoofTestConfig(_Strict):
+    """An MX check's spoof test (monitor.probes.spoof): to every address of every exchange, a message
+    forged in the protected domain (MAIL FROM and From:), as an outsider would send it. Only for
+    domains and recipients you own: an exchange that accepts it delivers it to `recipient`."""
+
+    recipient: Mailbox = Field(min_length=3)  # a mailbox of yours the exchanges accept mail for
+    mail_from: Mailbox | None = None  # default: spoof-test@<domain>; must be in the protected domain
+    # a delivery probe whose mailbox receives `recipient`'s mail: an accepted forgery is looked for
+    # there (folder, Authentication-Results) and deleted
+    mailbox: str | None = Field(default=None, min_length=1, max_length=100)
+    wait: Duration = 30.0  # how long an accepted forgery is looked for in that mailbox
+    # the named delivery probe, resolved when the whole config is validated (Config)
+    _delivery: DeliveryProbeConfig | None = PrivateAttr(default=None)
+
+    @property
+    def delivery(self) -> DeliveryProbeConfig | None:
+        return self._delivery
+
+
 class SmtpProbeConfig(_Strict):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@-]+$")
     host: Hostname
@@ -571,6 +591,7 @@ class MxCheckConfig(_Strict):
     mta_sts_port: Port = 443  # where the policy host listens; only tests move it
     mta_sts_ca_file: Path | None = None  # CA bundle for the policy host (default: system CAs)
     reverse_dns: Literal["off", "report", "require"] = "off"
+    spoof_test: SpoofTestConfig | None = None  # off unless configured: it sends a forged message
     spf: bool = False
     dmarc: bool = False
     # with spf/dmarc: SPF evaluated recursively (lookup limits, loops), DMARC policy and report destinations
@@ -593,6 +614,24 @@ class MxCheckConfig(_Strict):
         if self.dane != "off" and (not self.probe_hosts or self.tls != "starttls"):
             raise ValueError("dane needs probe_hosts (true or all_addresses) and tls: starttls")
         return self
+
+    @model_validator(mode="after")
+    def _spoof_sender_in_domain(self) -> MxCheckConfig:
+        spoof = self.spoof_test
+        if spoof is not None and spoof.mail_from is not None:
+            sender_domain = spoof.mail_from.rpartition("@")[2].lower().rstrip(".")
+            domain = self.domain.lower().rstrip(".")
+            if sender_domain != domain and not sender_domain.endswith(f".{domain}"):
+                raise ValueError(f"spoof_test.mail_from must be an address in {self.domain}: it forges that domain")
+        return self
+
+    @property
+    def spoof_sender(self) -> str:
+        """The forged MAIL FROM and From: of the spoof test."""
+        spoof = self.spoof_test
+        if spoof is not None and spoof.mail_from is not None:
+            return spoof.mail_from
+        return "spoof-test@" + self.domain.rstrip(".")
 
 
 DEFAULT_SUBMIT_PORTS = {"none": 587, "starttls": 587, "implicit": 465}
@@ -773,6 +812,20 @@ class Config(_Strict):
     smtp: list[SmtpProbeConfig] = []
     mx: list[MxCheckConfig] = []
     delivery: list[DeliveryProbeConfig] = []
+
+    @model_validator(mode="after")
+    def _spoof_mailboxes(self) -> Config:
+        """Each spoof test's `mailbox` names a delivery probe: its config travels with the MX check's."""
+        deliveries = {probe.name: probe for probe in self.delivery}
+        for i, check in enumerate(self.mx):
+            spoof = check.spoof_test
+            if spoof is None or spoof.mailbox is None:
+                continue
+            found = deliveries.get(spoof.mailbox)
+            if found is None:
+                raise ValueError(f"mx[{i}].spoof_test.mailbox: no delivery probe named {spoof.mailbox!r}")
+            spoof._delivery = found
+        return self
 
     def duplicate_names(self) -> list[str]:
         """Probe names are unique across smtp, mx and delivery: they index metrics and MIB rows."""

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from monitor.model.facts import DaneFacts, DnsblFacts, MtaStsFacts, PolicyFinding, PolicyRecord
+from monitor.model.spoof import SpoofAttempt
 from monitor.model.transcript import Transcript
 from monitor.model.wire import (
     IsoDatetime,
@@ -49,6 +50,7 @@ class Phase(enum.Enum):
     MTA_STS = "mta_sts"  # the MTA-STS policy and its MX patterns
     REVERSE = "reverse"  # PTR and forward confirmation of exchange addresses
     POLICY = "policy"  # SPF and DMARC records
+    SPOOF = "spoof"  # the spoof test: a message forged in the protected domain sent to each exchange
     DNSBL = "dnsbl"  # DNS blocklist lookups of the exchanges' addresses
     INTERNAL = "internal"
 
@@ -78,6 +80,7 @@ class Reason(enum.Enum):
     MTA_STS_MISMATCH = "mta_sts_mismatch"
     REVERSE_DNS = "reverse_dns"  # an exchange address without forward-confirmed PTR
     POLICY_RECORD = "policy_record"  # SPF or DMARC record missing or malformed
+    SPOOFABLE = "spoofable"  # an exchange accepted a message forged in the protected domain
     LISTED = "listed"  # an exchange address is listed on a configured DNS blocklist
     NXDOMAIN = "nxdomain"
     NO_MX = "no_mx"
@@ -232,6 +235,7 @@ class MxRecord:
     address_probes: tuple[SmtpResult, ...] = ()  # every address, with probe_hosts: all_addresses
     reverse: tuple[ReverseDns, ...] = ()
     dane: DaneFacts | None = None  # None when DANE was not checked
+    spoof: tuple[SpoofAttempt, ...] = ()  # the spoof test, one attempt per address; () when not run
 
     @property
     def up(self) -> bool | None:
@@ -246,6 +250,8 @@ class MxRecord:
         wire["up"] = self.up
         if wire["dane"] is None:
             del wire["dane"]
+        if not wire["spoof"]:  # the JSON of checks without a spoof test, as before it existed
+            del wire["spoof"]
         return ordered(wire, ("preference", "exchange", "addresses", "error", "up"))
 
     @model_validator(mode="before")

@@ -69,22 +69,40 @@ def build_message(config: DeliveryProbeConfig, token: str, now: datetime | None 
     Auto-Submitted: auto-generated (RFC 3834) keeps vacation responders and other auto-replies from
     answering it. No Precedence: bulk: it is not standardised, and some filters take it as a sign of bulk
     mail, which would move the probe toward the junk folder whose placement it measures."""
-    domain = config.mail_from.rpartition("@")[2] or "smtp-monitor.invalid"
+    message = probe_message(
+        sender=config.mail_from,
+        to=config.to,
+        subject=f"smtp-monitor delivery probe {config.name}",
+        probe=config.name,
+        token=token,
+        body=(
+            "This message tests mail delivery end to end.\n"
+            "smtp-monitor deletes it from the mailbox once it has read its headers.\n"
+        ),
+        now=now,
+    )
+    for name, value in config.extra_headers.items():
+        message[name] = value
+    return message
+
+
+def probe_message(
+    *, sender: str, to: str, subject: str, probe: str, token: str, body: str, now: datetime | None = None
+) -> EmailMessage:
+    """A probe's message with the hygiene headers every probe message carries (delivery and spoof tests):
+    Auto-Submitted, a Message-ID of its own token, and the probe and token headers its mailbox side
+    searches by."""
+    domain = sender.rpartition("@")[2] or "smtp-monitor.invalid"
     message = EmailMessage()
-    message["From"] = config.mail_from
-    message["To"] = config.to
-    message["Subject"] = f"smtp-monitor delivery probe {config.name}"
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
     message["Date"] = email.utils.format_datetime(now or datetime.now(UTC))
     message["Message-ID"] = f"<smtp-monitor.{token}@{domain}>"
     message["Auto-Submitted"] = "auto-generated"
-    message[PROBE_HEADER] = config.name
+    message[PROBE_HEADER] = probe
     message[TOKEN_HEADER] = token
-    for name, value in config.extra_headers.items():
-        message[name] = value
-    message.set_content(
-        "This message tests mail delivery end to end.\n"
-        "smtp-monitor deletes it from the mailbox once it has read its headers.\n"
-    )
+    message.set_content(body)
     return message
 
 

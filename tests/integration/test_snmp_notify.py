@@ -214,6 +214,7 @@ class TestV2cTrap:
             _dotted((*mib.SMTP_PROBE_ENTRY, int(column), *row))
             for column in mib.NOTIFICATION_OBJECTS[mib.Notification.SMTP_PROBE_FAILED]
         ]
+        expected.append(_dotted((1, 3, 6, 1, 6, 3, 18, 1, 3, 0)))  # snmpTrapAddress.0 (RFC 3584), after the objects
         assert oids == expected
 
 
