@@ -15,8 +15,8 @@ line=$(awk -v now="$(date -u +%Y-%m-%dT%H:%M:%SZ)" '
 BEGIN {
     split("smtpProbeFailed smtpProbeRecovered mxCheckFailed mxCheckRecovered smtpCertExpiring deliveryProbeFailed deliveryProbeRecovered deliveryLate deliveryLost", notif, " ")
     split("ok failed unknown", status, " ")
-    split("none resolve connect tls banner ehlo starttls ehlo_tls quit mx address hosts internal auth mail rcpt dane mta_sts reverse policy submit deliver fetch cleanup dnsbl", phase, " ")
-    split("none timeout refused unreachable reset dns reply protocol tls tls_verify nxdomain no_mx null_mx no_address servfail unexpected_mx hosts_down internal unexpected_banner missing_extension auth_failed open_relay dane_mismatch mta_sts_mismatch no_starttls auth_unavailable tls_version unexpected_reply dnssec reverse_dns policy_record late lost wrong_folder auth_verdict listed", reason, " ")
+    split("none resolve connect tls banner ehlo starttls ehlo_tls quit mx address hosts internal auth mail rcpt dane mta_sts reverse policy submit deliver fetch cleanup dnsbl spoof", phase, " ")
+    split("none timeout refused unreachable reset dns reply protocol tls tls_verify nxdomain no_mx null_mx no_address servfail unexpected_mx hosts_down internal unexpected_banner missing_extension auth_failed open_relay dane_mismatch mta_sts_mismatch no_starttls auth_unavailable tls_version unexpected_reply dnssec reverse_dns policy_record late lost wrong_folder auth_verdict listed spoofable", reason, " ")
     # column number -> key, for smtpProbeEntry (.2.2.1), mxCheckEntry (.2.3.1) and deliveryEntry (.2.7.1)
     split("2=probe 3=host 4=port 7=status 8=error 9=phase 10=reason 11=reply 17=consecutive 25=cert_days_left", s, " ")
     for (i in s) { split(s[i], kv, "="); smtp[kv[1]] = kv[2] }

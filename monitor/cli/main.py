@@ -123,8 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mta-sts-port", type=int, default=443, help=argparse.SUPPRESS)
     m.add_argument("--mta-sts-ca-file", type=Path, help="CA bundle for the MTA-STS policy host")
     m.add_argument("--no-verify", action="store_true", help="host probes: do not verify certificates (PKIX)")
-    m.add_argument("--spf", action="store_true", help="check the SPF record's presence and syntax")
-    m.add_argument("--dmarc", action="store_true", help="check the DMARC record's presence and syntax")
+    m.add_argument("--spf", action="store_true", help="check the SPF record: presence, syntax, lookup limits, loops")
+    m.add_argument(
+        "--dmarc", action="store_true", help="check the DMARC record: presence, syntax, policy, report destinations"
+    )
+    m.add_argument(
+        "--no-policy-depth", action="store_true", help="--spf/--dmarc: presence and syntax only, no recursion"
+    )
+    m.add_argument("--tls-rpt", action="store_true", help="check the TLS-RPT record (_smtp._tls, RFC 8460)")
+    m.add_argument(
+        "--dnsbl",
+        action="append",
+        default=[],
+        metavar="ZONE",
+        help="look every exchange address up in this DNS blocklist zone (repeatable)",
+    )
     m.add_argument("--tls", choices=["none", "starttls", "implicit"], default="starttls")
     m.add_argument("--port", type=int, default=25)
     m.add_argument("--ca-file", type=Path)
@@ -230,6 +243,9 @@ def _mx(args: argparse.Namespace) -> int:
         reverse_dns=args.reverse_dns,
         spf=args.spf,
         dmarc=args.dmarc,
+        policy_depth=not args.no_policy_depth,
+        tls_rpt=args.tls_rpt,
+        dnsbl=args.dnsbl,
         dane=args.dane,
         mta_sts=args.mta_sts,
         mta_sts_port=args.mta_sts_port,

@@ -62,8 +62,30 @@ def smtp_line(result: SmtpResult, warn_days: int) -> str:
     return f"SMTP {_LABELS[code]} - {summary} | {_perfdata(result.timings, result.total)}"
 
 
+def mx_warnings(result: MxResult) -> list[str]:
+    """What a passing check still reports: warning-level policy findings, DNSBL lookups without verdict."""
+    warned = [f for f in result.policy_findings if f.level.value == "warning"]
+    found = [f"{f.record.upper()} {f.finding}: {f.detail}" for f in warned]
+    if result.dnsbl is not None:
+        found += [f"DNSBL {a.zone} {a.address}: {a.outcome.value}: {a.error}" for a in result.dnsbl.failed]
+    return found
+
+
 def mx_exit_code(result: MxResult) -> int:
-    return EXIT_OK if result.ok else EXIT_CRITICAL
+    """OK; WARNING for a passing check with warnings (p=none, a refused DNSBL query); CRITICAL when failed."""
+    if not result.ok:
+        return EXIT_CRITICAL
+    return EXIT_WARNING if mx_warnings(result) else EXIT_OK
+
+
+def _mx_perfdata(result: MxResult) -> str:
+    perf = _perfdata(result.timings, result.total)
+    if result.policy_findings:
+        levels = [f.level.value for f in result.policy_findings]
+        perf += f" policy_warnings={levels.count('warning')} policy_errors={levels.count('error')}"
+    if result.dnsbl is not None:
+        perf += f" dnsbl_listed={len(result.dnsbl.listed)} dnsbl_queries={result.dnsbl.queries}"
+    return perf
 
 
 def mx_line(result: MxResult) -> str:
@@ -72,10 +94,13 @@ def mx_line(result: MxResult) -> str:
     if result.ok:
         kind = "implicit MX (no MX record)" if result.implicit_mx else f"{len(result.records)} MX"
         summary = f"{result.domain} {kind} ({exchanges}) {result.total:.3f}s"
+        warnings = mx_warnings(result)
+        if warnings:
+            summary += "; " + "; ".join(warnings[:5]) + (f" and {len(warnings) - 5} more" if len(warnings) > 5 else "")
     else:
         reason = result.reason.value if result.reason else "?"
         summary = f"{result.domain} {reason}: {result.error}"
-    return f"MX {_LABELS[code]} - {summary} | {_perfdata(result.timings, result.total)}"
+    return f"MX {_LABELS[code]} - {summary} | {_mx_perfdata(result)}"
 
 
 def delivery_exit_code(result: DeliveryResult) -> int:

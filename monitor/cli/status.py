@@ -13,7 +13,9 @@ from typing import Any
 from monitor.cli.report import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN
 from monitor.config.schema import Config, DeliveryProbeConfig, MxCheckConfig, SmtpProbeConfig
 from monitor.model.delivery import DeliveryLedger, DeliveryResult
+from monitor.model.facts import DnsblOutcome, FindingLevel
 from monitor.model.probe_result import ProbeResult, result_from_json
+from monitor.model.results import MxResult
 from monitor.model.wire import adapter
 from monitor.state.persistence import STATE_FILE
 
@@ -132,6 +134,39 @@ def delivery_facts(ledger: DeliveryLedger | None, result: ProbeResult | None) ->
     )
 
 
+@dataclass(frozen=True, slots=True)
+class MxFacts:
+    """What `status` shows of an MX check's DNSBL lookups and policy findings (the last run's)."""
+
+    dnsbl_lookups: int  # address x zone answers
+    listed: tuple[str, ...]  # "address in zone (codes): reason"
+    no_verdict: tuple[str, ...]  # refused, unexpected and failed lookups
+    policy: tuple[tuple[str, str], ...]  # (level, "RECORD finding: detail") of findings that are not ok
+
+
+def mx_facts(result: ProbeResult | None) -> MxFacts | None:
+    """None for a check whose last run had neither DNSBL lookups nor policy findings."""
+    if not isinstance(result, MxResult) or (result.dnsbl is None and not result.policy_findings):
+        return None
+    answers = result.dnsbl.answers if result.dnsbl is not None else ()
+    listed = tuple(
+        _printable(f"{a.address} in {a.zone} ({','.join(a.codes)})" + (f": {a.reason}" if a.reason else ""))
+        for a in answers
+        if a.outcome is DnsblOutcome.LISTED
+    )
+    no_verdict = tuple(
+        _printable(f"{a.address} in {a.zone}: {a.outcome.value}: {a.error}")
+        for a in answers
+        if a.outcome not in (DnsblOutcome.LISTED, DnsblOutcome.NOT_LISTED)
+    )
+    policy = tuple(
+        (f.level.value, _printable(f"{f.record.upper()} {f.finding}: {f.detail}"))
+        for f in result.policy_findings
+        if f.level is not FindingLevel.OK
+    )
+    return MxFacts(len(answers), listed, no_verdict, policy)
+
+
 def _target(probe: SmtpProbeConfig | MxCheckConfig | DeliveryProbeConfig) -> tuple[str, str]:
     """(kind, target) of a probe for the table."""
     if isinstance(probe, SmtpProbeConfig):
@@ -155,6 +190,7 @@ def print_status(config: Config, as_json: bool = False) -> int:
     now = time.time()
     table: list[dict[str, Any]] = []
     facts: dict[str, DeliveryFacts] = {}
+    checks: dict[str, MxFacts] = {}
     probes: list[SmtpProbeConfig | MxCheckConfig | DeliveryProbeConfig] = [*config.smtp, *config.mx, *config.delivery]
     for probe in probes:
         row = rows.get(probe.name, SavedProbe())
@@ -178,10 +214,15 @@ def print_status(config: Config, as_json: bool = False) -> int:
             "reason": reason,
             "error": error,
             "delivery": None,
+            "mx": None,
         }
         if isinstance(probe, DeliveryProbeConfig):
             facts[probe.name] = delivery_facts(row.delivery, result)
             entry["delivery"] = _facts_json(facts[probe.name])
+        found = mx_facts(result) if isinstance(probe, MxCheckConfig) else None
+        if found is not None:
+            checks[probe.name] = found
+            entry["mx"] = _mx_json(found)
         table.append(entry)
     if as_json:
         print(json.dumps(table, indent=2))
@@ -209,7 +250,30 @@ def print_status(config: Config, as_json: bool = False) -> int:
                 [("DELIVERY", "LAST LATENCY", "PENDING", "LATE", "LOST", "FOLDER", "QUEUE ID", "AUTH")]
                 + [_facts_cells(name, f) for name, f in facts.items()]
             )
+        if checks:
+            print()
+            _print_columns(
+                [("MX CHECK", "DNSBL", "POLICY", "FINDINGS")] + [_mx_cells(name, f) for name, f in checks.items()]
+            )
     return EXIT_CRITICAL if any(r["status"] == "failed" for r in table) else EXIT_OK
+
+
+def _mx_json(facts: MxFacts) -> dict[str, Any]:
+    return {
+        "dnsbl_lookups": facts.dnsbl_lookups,
+        "dnsbl_listed": list(facts.listed),
+        "dnsbl_no_verdict": list(facts.no_verdict),
+        "policy": [{"level": level, "finding": text} for level, text in facts.policy],
+    }
+
+
+def _mx_cells(name: str, facts: MxFacts) -> tuple[str, ...]:
+    dnsbl = f"{len(facts.listed)} listed, {len(facts.no_verdict)} no verdict of {facts.dnsbl_lookups}"
+    levels = [level for level, _ in facts.policy]
+    policy = f"{levels.count('error')} errors, {levels.count('warning')} warnings"
+    details = [*(f"listed {text}" for text in facts.listed), *facts.no_verdict, *(text for _, text in facts.policy)]
+    shown = "; ".join(details[:4]) + (f" and {len(details) - 4} more" if len(details) > 4 else "")
+    return (name, dnsbl if facts.dnsbl_lookups else "-", policy, _printable(shown, 4 * MAX_SERVER_TEXT) or "-")
 
 
 def _facts_json(facts: DeliveryFacts) -> dict[str, Any]:

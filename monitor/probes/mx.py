@@ -25,7 +25,7 @@ from monitor.model.facts import (
 )
 from monitor.model.failures import LookupFailure, ProbeFailure, classify
 from monitor.model.results import MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult
-from monitor.probes import ProbeEnv, dane, mta_sts, resolve, smtp
+from monitor.probes import ProbeEnv, dane, mta_sts, resolve, smtp, spoof
 from monitor.probes.dane import TlsaLookup
 from monitor.probes.dnsbl import check as dnsbl_check
 from monitor.probes.policy_records import check_dmarc, check_spf, dmarc_depth, spf_depth, tls_rpt
@@ -65,6 +65,8 @@ class _Progress:
         self.phase = Phase.MX
         # exchanges (normalised) that are CNAMEs: only those need TLSA at another name
         self.aliases: dict[str, Alias] = {}
+        # the whole check's deadline (time.monotonic()): the spoof test watches its mailbox until shortly before
+        self.deadline = time.monotonic() + (config.timeout or env.defaults.timeout)
 
     def timed(self, phase: Phase, started: float) -> None:
         self.timings[phase.value] = time.perf_counter() - started
@@ -396,6 +398,24 @@ async def check_mta_sts(p: _Progress) -> None:
         raise ProbeFailure(Reason.MTA_STS_MISMATCH, f"MTA-STS: {problem}", phase=Phase.MTA_STS)
 
 
+async def spoof_test(p: _Progress) -> None:
+    """A message forged in the domain to every address of every exchange: each must refuse it."""
+    p.phase = Phase.SPOOF
+    started = time.perf_counter()
+    found = await spoof.run(p.config, p.env, p.records, p.deadline)
+    for i, attempts in enumerate(found):
+        p.records[i] = replace(p.records[i], spoof=attempts)
+    p.timed(Phase.SPOOF, started)
+    accepted = [a for r in p.records for a in r.spoof if a.spoofable]
+    if accepted:
+        detail = "; ".join(f"{a.exchange} ({a.address}): {a.reply}" for a in accepted)
+        raise ProbeFailure(
+            Reason.SPOOFABLE,
+            f"accepted a message forged from {p.config.spoof_sender}: {detail}",
+            phase=Phase.SPOOF,
+        )
+
+
 async def _probe(p: _Progress, record: MxRecord, address: str) -> SmtpResult:
     spec = SmtpProbeConfig(
         name=f"{p.config.name}:{record.exchange}",
@@ -481,6 +501,7 @@ _OPTIONAL_CHECKS: tuple[tuple[Callable[[MxCheckConfig], bool], Callable[[_Progre
     (lambda c: c.reverse_dns != "off", reverse_dns),
     (lambda c: bool(c.spf or c.dmarc or c.tls_rpt), policy_records),
     (lambda c: bool(c.dnsbl), check_dnsbl),
+    (lambda c: c.spoof_test is not None, spoof_test),
 )
 
 

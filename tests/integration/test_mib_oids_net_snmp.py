@@ -120,6 +120,7 @@ def test_oid_by_name_lists_every_node_the_mib_defines(base_mibs: Path, tool_env:
         pytest.param("mxExchangeMtaSts", mib_oids.MTA_STS_COVERAGE_VALUES, id="mxExchangeMtaSts"),
         pytest.param("mxAddressUp", mib_oids.MX_ADDRESS_UP_VALUES, id="mxAddressUp"),
         pytest.param("mxAddressPtr", mib_oids.PTR_VALUES, id="mxAddressPtr"),
+        pytest.param("mxAddressSpoof", mib_oids.SPOOF_VALUES, id="mxAddressSpoof"),
         pytest.param("smtpAddressUp", mib_oids.SMTP_ADDRESS_UP_VALUES, id="smtpAddressUp"),
         pytest.param("smtpAddressFailedPhase", mib_oids.PHASE_VALUES, id="smtpAddressFailedPhase"),
         pytest.param("smtpAddressFailedReason", mib_oids.REASON_VALUES, id="smtpAddressFailedReason"),

@@ -379,7 +379,7 @@ class TestReads:
         oids = parse_numeric(result.stdout)
         assert oids == served_oids(served)
         # The last column of mxAddressTable, second address of the second exchange.
-        assert oids[-1] == mib_oids.mx_address_oid(mib_oids.MxAddressColumn.PTR, "example.org", 2, 2)
+        assert oids[-1] == mib_oids.mx_address_oid(mib_oids.MxAddressColumn.SPOOF_REPLY, "example.org", 2, 2)
         assert result.stdout.count(END_OF_VIEW) == 1  # our MIB is the last subtree: the walk ends there
 
     def test_v1_walk_skips_counter64_columns_and_ends(self, served: Served, net_snmp: NetSnmp) -> None:

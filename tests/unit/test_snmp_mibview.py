@@ -241,7 +241,7 @@ class TestGetNext:
     def test_end_of_mib_view_after_the_last_instance(self, start: Oid | None) -> None:
         store = record_mx("m", MxRecord(5, "a.example", ("192.0.2.1",)))
         table = view_of(store).current()
-        last = mib_oids.mx_address_oid(MxAddressColumn.PTR, "m", 1, 1)
+        last = mib_oids.mx_address_oid(MxAddressColumn.SPOOF_REPLY, "m", 1, 1)
         assert walk(table)[-1] == last
         assert table.next(start or last) is None
 

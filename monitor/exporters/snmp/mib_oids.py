@@ -151,6 +151,8 @@ class MxAddressColumn(enum.IntEnum):
     LAST_ERROR = 4
     PTR_NAME = 5
     PTR = 6
+    SPOOF = 7  # the spoof test's outcome at this address
+    SPOOF_REPLY = 8
 
 
 class MxDnsblColumn(enum.IntEnum):
@@ -277,6 +279,7 @@ class Group(enum.IntEnum):
     MX_DNSBL_GROUP = 17
     MX_POLICY_FINDING_GROUP = 18
     SMTP_MONITOR_UNIX_TIME_GROUP = 14
+    MX_ADDRESS_SPOOF_GROUP = 16
 
 
 # Objects each notification carries, in the order of its OBJECTS clause (columns of one row).
@@ -405,6 +408,7 @@ PHASE_VALUES: Final[Mapping[str, int]] = {
     "fetch": 23,
     "cleanup": 24,
     "dnsbl": 25,  # an MX check's DNS blocklist lookups
+    "spoof": 26,  # an MX check's spoof test
 }
 
 REASON_VALUES: Final[Mapping[str, int]] = {
@@ -444,6 +448,7 @@ REASON_VALUES: Final[Mapping[str, int]] = {
     "wrong_folder": 34,
     "auth_verdict": 35,
     "listed": 36,  # an MX check's address on a DNS blocklist
+    "spoofable": 37,  # an exchange accepted a message forged in the protected domain
 }
 
 MX_EXCHANGE_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}
@@ -459,6 +464,8 @@ DNSBL_STATUS_VALUES: Final[Mapping[str, int]] = {
 POLICY_RECORD_VALUES: Final[Mapping[str, int]] = {"spf": 1, "dmarc": 2, "tls_rpt": 3}
 FINDING_LEVEL_VALUES: Final[Mapping[str, int]] = {"ok": 1, "warning": 2, "error": 3}
 MX_ADDRESS_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "not_probed": 3}
+# mxAddressSpoof, from SpoofAttempt.outcome (monitor.model.spoof.SpoofOutcome); not_tested: no attempt
+SPOOF_VALUES: Final[Mapping[str, int]] = {"not_tested": 1, "refused": 2, "spoofable": 3, "inconclusive": 4, "error": 5}
 SMTP_ADDRESS_UP_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2}
 
 # SmtpMonitorDnssec (mxCheckDnssec), from MxResult.authenticated None / True / False.

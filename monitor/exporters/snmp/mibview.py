@@ -34,6 +34,7 @@ from monitor.exporters.snmp.mib_oids import (
 from monitor.model.delivery import DeliveryLedger, DeliveryResult, Hop
 from monitor.model.facts import MtaStsPolicyFacts, PolicyRecord
 from monitor.model.results import MxRecord, MxResult, SmtpResult, Status, TlsInfo
+from monitor.model.spoof import SpoofAttempt
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeState, Snapshot
 
@@ -323,6 +324,8 @@ MX_ADDRESS_TYPES: dict[MxAddressColumn, type] = {
     MxAddressColumn.LAST_ERROR: _S,
     MxAddressColumn.PTR_NAME: _S,
     MxAddressColumn.PTR: _I,
+    MxAddressColumn.SPOOF: _I,
+    MxAddressColumn.SPOOF_REPLY: _S,
 }
 MX_DNSBL_TYPES: dict[MxDnsblColumn, type] = {
     MxDnsblColumn.ADDRESS: _S,
@@ -557,11 +560,19 @@ def _address_probe(record: MxRecord, position: int, address: str) -> SmtpResult 
     return record.probe if position == 1 else None
 
 
+def _spoof_cells(attempt: SpoofAttempt | None) -> tuple[Raw, Raw]:
+    """mxAddressSpoof and mxAddressSpoofReply: the deciding reply, else why there is no verdict."""
+    if attempt is None:
+        return mib_oids.SPOOF_VALUES["not_tested"], b""
+    return mib_oids.SPOOF_VALUES[attempt.outcome.value], admin_string(attempt.reply or attempt.error)
+
+
 def mx_address_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid, tuple[Raw, ...]]]:
     """(index, cells) of the mxAddressTable rows of one check, in index order."""
     rows = []
     for order, record in enumerate(mx_exchanges(result), start=1):
         reverse = {rev.address: rev for rev in record.reverse}
+        spoofs = {attempt.address: attempt for attempt in record.spoof}
         for position, address in enumerate(record.addresses[:ADDRESSES_MAX], start=1):
             probe = _address_probe(record, position, address)
             up = "not_probed" if probe is None else ("up" if probe.ok else "down")
@@ -573,6 +584,7 @@ def mx_address_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid,
                 admin_string(probe.error) if probe is not None and not probe.ok else b"",
                 address_list([name.rstrip(".") for name in rev.names]) if rev is not None else b"",
                 mib_oids.PTR_VALUES[ptr],
+                *_spoof_cells(spoofs.get(address)),
             )
             rows.append(((*name_index, order, position), cells))
     return rows
