@@ -21,7 +21,8 @@ from monitor.config.schema import DeliveryProbeConfig, MxCheckConfig, SmtpProbeC
 from monitor.model.delivery import LATENCY_BUCKETS, DeliveryLedger, DeliveryResult, Hop
 from monitor.model.facts import DnsblOutcome
 from monitor.model.probe_result import ProbeResult
-from monitor.model.results import MxResult, SmtpResult, Status
+from monitor.model.results import MxRecord, MxResult, SmtpResult, Status
+from monitor.model.spoof import SpoofOutcome
 from monitor.state.health import AgentHealth
 from monitor.state.store import ProbeConfig, ProbeState, ResultsStore, kind_of
 
@@ -153,6 +154,30 @@ MX_FAMILIES = _families(
         "1 for each named verdict on the SPF, DMARC and TLS-RPT records, labelled with its level",
         ("check", "record", "finding", "level"),
     ),
+    (
+        "mx_check_spoof_accepted",
+        "gauge",
+        "1 if the exchange address accepted the spoof test's forged message, 0 if it refused it (else absent)",
+        ("check", "exchange", "address"),
+    ),
+    (
+        "mx_check_spoof_outcome",
+        "gauge",
+        "1 for the spoof test's outcome (refused, spoofable, inconclusive, error) and step at each exchange address",
+        ("check", "exchange", "address", "outcome", "step"),
+    ),
+    (
+        "mx_check_spoof_delivered",
+        "gauge",
+        "1 for an accepted forgery found in the spoof test's mailbox, labelled with the folder it landed in",
+        ("check", "exchange", "address", "folder"),
+    ),
+    (
+        "mx_check_spoof_auth_result",
+        "gauge",
+        "1 for each Authentication-Results verdict the receiving side gave an accepted forgery",
+        ("check", "exchange", "address", "method", "result"),
+    ),
 )
 DELIVERY_FAMILIES = _families(
     (
@@ -282,6 +307,7 @@ def mx_samples(state: ProbeState) -> list[Sample]:
         ]
         if record.dane is not None and record.dane.matched is not None:
             out.append(("mx_check_dane_matched", at, 1.0 if record.dane.matched else 0.0))
+        out += _spoof_samples(name, record)
     sts = result.mta_sts
     if sts is not None:
         out.append(("mx_check_mta_sts_valid", (name,), 1.0 if sts.valid else 0.0))
@@ -311,6 +337,21 @@ def mx_samples(state: ProbeState) -> list[Sample]:
 
 
 _DNSBL_ERRORS = {DnsblOutcome.REFUSED: "refused", DnsblOutcome.UNEXPECTED: "unexpected", DnsblOutcome.ERROR: "dns"}
+
+
+def _spoof_samples(name: str, record: MxRecord) -> list[Sample]:
+    """The spoof test's samples of one exchange: one set per address it was sent to."""
+    out: list[Sample] = []
+    for attempt in record.spoof:
+        at = (name, record.exchange, attempt.address)
+        if attempt.outcome in (SpoofOutcome.REFUSED, SpoofOutcome.SPOOFABLE):
+            out.append(("mx_check_spoof_accepted", at, 1.0 if attempt.spoofable else 0.0))
+        out.append(("mx_check_spoof_outcome", (*at, attempt.outcome.value, attempt.step.value), 1.0))
+        mailbox = attempt.mailbox
+        if mailbox is not None and mailbox.found:
+            out.append(("mx_check_spoof_delivered", (*at, mailbox.folder), 1.0))
+            out += [("mx_check_spoof_auth_result", (*at, v.method, v.result), 1.0) for v in mailbox.verdicts]
+    return out
 
 
 # Hop series per probe: a mail loop adds a Received header per pass (the probe reads up to 50).
