@@ -663,7 +663,14 @@ class TestContainerImage:
 
 PROMETHEUS = DEPLOY / "prometheus"
 EXPECTED_ALERTS = {
-    "SMTPProbeDown": 'smtp_probe_status{status="failed"} == 1',
+    "SMTPProbeDown": 'smtp_probe_status{status="failed",location=""} == 1',
+    "SMTPProbeDownFromLocations": (
+        'count by (probe) (count by (probe, location) (smtp_probe_status{status="failed",location!=""} == 1)) >= 2'
+    ),
+    "SMTPProbeDownFromOneLocation": (
+        'count by (probe, location) (smtp_probe_status{status="failed",location!=""} == 1) and on (probe) '
+        'count by (probe) (count by (probe, location) (smtp_probe_status{status="failed",location!=""} == 1)) == 1'
+    ),
     "MXCheckFailed": 'mx_check_status{status="failed"} == 1',
     "DeliveryProbeFailing": (
         "delivery_probe_last_failure_info * on (job, instance, probe) group_left () "
