@@ -117,8 +117,7 @@ class Transcript:
     def as_wire(self) -> dict[str, Any]:
         offsets = struct.unpack(f"<{len(self._texts)}d", self._at)
         lines = [
-            [at, _VALUES[code], text]
-            for at, code, text in zip(offsets, self._directions, self._texts, strict=True)
+            [at, _VALUES[code], text] for at, code, text in zip(offsets, self._directions, self._texts, strict=True)
         ]
         return {"lines": lines, "cut": self.cut}
 
