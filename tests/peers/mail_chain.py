@@ -43,9 +43,16 @@ import dns.rcode
 from tests.peers.dovecot import JUNK_FOLDER, DovecotServer, MailAccount, StoredMessage
 from tests.peers.nsd import NsdServer
 from tests.peers.opendkim import DkimKey, OpenDkimMilter, OpenDmarcMilter, make_dkim_key
-from tests.peers.postfix import POSTFIX, PostfixError, PostfixServer
+from tests.peers.postfix import (
+    POSTFIX,
+    START_DEADLINE,
+    STOP_DEADLINE,
+    PostfixError,
+    PostfixServer,
+    read_smtp_greeting,
+)
 from tests.support.certs import SERVER_NAME, make_self_signed_cert
-from tests.support.ports import HOST
+from tests.support.ports import HOST, wait_for_tcp_port_closed
 
 POSTQUEUE = "/usr/sbin/postqueue"
 SASLPASSWD2 = "/usr/sbin/saslpasswd2"
@@ -55,6 +62,11 @@ POSTFIX_FILES = Path("/etc/postfix/postfix-files")  # path:type:owner:group:mode
 SENDER_DOMAIN = "src.test"
 RECIPIENT_DOMAIN = "dest.test"
 SPOOF_DOMAIN = "spoof.test"  # publishes SPF that does not authorise loopback: spf=fail
+# The spoof test's protected domain: SPF and DMARC p=reject that do not authorise loopback; its MXs are
+# the chain MX (no enforcement: a forgery is delivered, with spf=fail and dmarc=fail) and a strict MX
+# (StrictMxPostfix: policyd-spf refuses SPF fail at RCPT) on another loopback address, same port.
+PROTECTED_DOMAIN = "protected.test"
+STRICT_MX_HOST = "mx-strict.protected.test"
 MSA_HOST = "msa.src.test"
 MX_HOST = "mx.dest.test"
 MAILBOX_HOST = "mail.dest.test"
@@ -73,7 +85,9 @@ OTHER_PASSWORD = "Chain-Other-Pa55"
 SPF_SENDER = "v=spf1 ip4:127.0.0.1 -all"
 SPF_SPOOF = "v=spf1 ip4:192.0.2.1 -all"
 DMARC_SENDER = "v=DMARC1; p=reject; adkim=s; aspf=s"
-ZONE_ORIGINS = (f"{SENDER_DOMAIN}.", f"{RECIPIENT_DOMAIN}.", f"{SPOOF_DOMAIN}.")
+SPF_PROTECTED = "v=spf1 ip4:192.0.2.1 -all"
+DMARC_PROTECTED = "v=DMARC1; p=reject"
+ZONE_ORIGINS = (f"{SENDER_DOMAIN}.", f"{RECIPIENT_DOMAIN}.", f"{SPOOF_DOMAIN}.", f"{PROTECTED_DOMAIN}.")
 
 
 class MailChainError(RuntimeError):
@@ -155,6 +169,15 @@ def _bindable(address: str, port: int) -> bool:
             except OSError:
                 return False
     return True
+
+
+def free_loopback_address(port: int, last: int, attempts: int = 50) -> str:
+    """A loopback address 127.X.Y.`last` (not 127.0.0.1) whose `port` is free for UDP and TCP."""
+    for _ in range(attempts):
+        address = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{last}"
+        if _bindable(address, port):
+            return address
+    raise MailChainError(f"no free 127.X.Y.{last} address for port {port} after {attempts} attempts")
 
 
 def free_daemon_dns_address(attempts: int = 50) -> str:
@@ -378,6 +401,73 @@ class MxPostfix(_ChainPostfix):
         os.chmod(self.policy_config, 0o644)
 
 
+class StrictMxPostfix(MxPostfix):
+    """A second MX of the protected domain that enforces SPF: policyd-spf refuses a MAIL FROM whose SPF
+    fails (550 at RCPT).  It listens on `address` (another loopback address) on the chain MX's port, so
+    that one MX check with one port reaches both exchanges.  No milters: nothing reaches DATA."""
+
+    def __init__(
+        self,
+        tmpdir: Path,
+        *,
+        address: str,
+        port: int,
+        cert_file: Path,
+        key_file: Path,
+        resolv_conf: Path,
+        recipients: tuple[str, ...],
+        lmtp_port: int,
+    ) -> None:
+        super().__init__(
+            tmpdir,
+            cert_file=cert_file,
+            key_file=key_file,
+            resolv_conf=resolv_conf,
+            recipients=recipients,
+            lmtp_port=lmtp_port,
+            milter="",
+        )
+        self.host = address
+        self.plain_port = port
+
+    def _settings(self) -> dict[str, str]:
+        settings = super()._settings()
+        settings.update(
+            {
+                "myhostname": STRICT_MX_HOST,
+                "smtpd_banner": "$myhostname ESMTP Postfix (strict MX)",
+            }
+        )
+        return settings
+
+    def _master_cf(self) -> str:
+        # every listener on our own address
+        return super()._master_cf().replace(f"{HOST}:", f"{self.host}:")
+
+    def _extra_files(self) -> None:
+        super()._extra_files()
+        text = self.policy_config.read_text().replace("Mail_From_reject = False\n", "Mail_From_reject = Fail\n")
+        self.policy_config.write_text(text)
+
+    def _after_stop(self, stopped: bool) -> None:
+        # our ports on our own address (127.0.0.1 has the chain MX on the same port)
+        if stopped:
+            for port in self.ports:
+                wait_for_tcp_port_closed(port, host=self.host, deadline=STOP_DEADLINE)
+
+    def _wait_ready(self) -> None:
+        end = time.monotonic() + START_DEADLINE
+        while True:
+            try:
+                if read_smtp_greeting(self.plain_port, host=self.host).startswith("220"):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() >= end:
+                raise PostfixError(f"strict MX {self.host}:{self.plain_port} did not greet\n{self.log_tail()}")
+            time.sleep(0.1)
+
+
 class MsaPostfix(_ChainPostfix):
     """The sender's submission server: AUTH (Cyrus sasldb, inside TLS only) on every port,
     `submission_port` (STARTTLS required), `implicit_port` (465-style), `plain_port`
@@ -469,9 +559,10 @@ def _zone(origin: str, records: list[str]) -> str:
     return "\n".join(head + records) + "\n"
 
 
-def chain_zones(dkim: DkimKey) -> dict[str, str]:
-    """The sender, recipient and spoofing domains' zones."""
+def chain_zones(dkim: DkimKey, strict_mx_address: str = HOST) -> dict[str, str]:
+    """The sender, recipient, spoofing and protected domains' zones."""
     src, dest, spoof = f"{SENDER_DOMAIN}.", f"{RECIPIENT_DOMAIN}.", f"{SPOOF_DOMAIN}."
+    protected = f"{PROTECTED_DOMAIN}."
     return {
         src: _zone(
             src,
@@ -492,6 +583,16 @@ def chain_zones(dkim: DkimKey) -> dict[str, str]:
             ],
         ),
         spoof: _zone(spoof, [f'{spoof} IN TXT "{SPF_SPOOF}"', f'_dmarc.{spoof} IN TXT "v=DMARC1; p=reject"']),
+        protected: _zone(
+            protected,
+            [
+                f"{protected} IN MX 10 {MX_HOST}.",
+                f"{protected} IN MX 20 {STRICT_MX_HOST}.",
+                f"{STRICT_MX_HOST}. IN A {strict_mx_address}",
+                f'{protected} IN TXT "{SPF_PROTECTED}"',
+                f'_dmarc.{protected} IN TXT "{DMARC_PROTECTED}"',
+            ],
+        ),
     }
 
 
@@ -520,6 +621,8 @@ class MailChain:
     sender_domain = SENDER_DOMAIN
     recipient_domain = RECIPIENT_DOMAIN
     spoof_domain = SPOOF_DOMAIN
+    protected_domain = PROTECTED_DOMAIN
+    strict_mx_host = STRICT_MX_HOST
     msa_host = MSA_HOST
     mx_host = MX_HOST
     mailbox_host = MAILBOX_HOST
@@ -596,6 +699,8 @@ class MailChain:
             mx_port=self.mx.plain_port,
             milter=self.signer.socket_spec,
         )
+        # where make_strict_mx() listens: free for the MX's port now, named in the protected zone
+        self.strict_mx_address = free_loopback_address(self.mx.plain_port, 25)
         self.startup_seconds = 0.0  # start() to every listener ready
 
     # -- endpoints ----------------------------------------------------------------------------
@@ -669,7 +774,7 @@ class MailChain:
             if key_error is None:
                 key = key_job.result()
                 self.signer.key = key
-                self.nsd.set_zones(chain_zones(key))
+                self.nsd.set_zones(chain_zones(key, self.strict_mx_address))
                 jobs += [pool.submit(self.nsd.start), pool.submit(self.signer.start)]
             errors = [key_error, *(job.exception() for job in jobs)]
         failures = [error for error in errors if error is not None]
@@ -707,6 +812,19 @@ class MailChain:
 
     def start_dovecot(self) -> None:
         self.dovecot.start()
+
+    def make_strict_mx(self, root: Path) -> StrictMxPostfix:
+        """The protected domain's second MX, not started: the caller starts and closes it."""
+        return StrictMxPostfix(
+            root,
+            address=self.strict_mx_address,
+            port=self.mx.plain_port,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            resolv_conf=self.resolv_conf,
+            recipients=(self.mailbox.address, self.other_mailbox.address),
+            lmtp_port=self.dovecot.ports.lmtp,
+        )
 
     def ensure_running(self) -> None:
         """Restart whatever a test left stopped (MX Postfix, Dovecot)."""
