@@ -25,7 +25,7 @@ from bench.common import (
 )
 from bench.peers import Peers, install
 
-SECTIONS = ("smtp", "mx", "scale", "delivery", "honesty", "snmp", "soak")
+SECTIONS = ("smtp", "mx", "scale", "delivery", "honesty", "snmp", "soak", "history")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 Section = Callable[[Settings, Peers, Results], None]
@@ -53,6 +53,10 @@ def _section(name: str) -> Section:
         from bench import snmp
 
         return snmp.run
+    if name == "history":
+        from bench import history
+
+        return history.run
     from bench import soak
 
     return soak.run

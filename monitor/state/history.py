@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-import struct
 import threading
 import time
 from array import array
@@ -48,7 +47,12 @@ BUSY_TIMEOUT_MS = 5000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS history_probe (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS history_timing_name (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS history_layout (
+    id INTEGER PRIMARY KEY,
+    tls_version TEXT NOT NULL,
+    timing_names TEXT NOT NULL,
+    UNIQUE (tls_version, timing_names)
+);
 CREATE TABLE IF NOT EXISTS history_result (
     probe INTEGER NOT NULL,
     at INTEGER NOT NULL,
@@ -57,8 +61,8 @@ CREATE TABLE IF NOT EXISTS history_result (
     reason TEXT NOT NULL,
     reply_code INTEGER NOT NULL,
     total INTEGER NOT NULL,
+    layout INTEGER NOT NULL,
     timings BLOB NOT NULL,
-    tls_version TEXT NOT NULL,
     cert_not_after INTEGER,
     PRIMARY KEY (probe, at)
 ) WITHOUT ROWID;
@@ -90,16 +94,26 @@ CREATE TABLE IF NOT EXISTS history_change (
 );
 CREATE INDEX IF NOT EXISTS history_change_probe ON history_change (probe, at, id);
 """
-_UPSERT = (
-    " VALUES (?,?,?,?,?) ON CONFLICT (probe, start) DO UPDATE SET runs = runs + excluded.runs, "
-    "failures = failures + excluded.failures, latency = merge_histograms(latency, excluded.latency)"
-)
-_UPSERT_HOURLY = "INSERT INTO history_hourly" + _UPSERT
-_UPSERT_DAILY = "INSERT INTO history_daily" + _UPSERT
-_SELECT_HOURLY = "SELECT start, runs, failures, latency FROM history_hourly WHERE probe = ? ORDER BY start DESC LIMIT ?"
-_SELECT_DAILY = "SELECT start, runs, failures, latency FROM history_daily WHERE probe = ? ORDER BY start DESC LIMIT ?"
-# Units of the stored integers (compact in SQLite's variable-length integers): `at` of results and changes in
-# milliseconds, `total` and the timings in microseconds, cert_not_after in seconds, rollup starts in seconds.
+# A result row is small because what repeats is kept once: the probe's name (history_probe) and its TLS version
+# with the names of its timings (history_layout: a probe's runs share one or two layouts), so the row holds the
+# timings as bare varints. Units of the stored integers (SQLite keeps small integers in 1-4 bytes): `at` of
+# results and changes in milliseconds, `total` and the timings in microseconds, cert_not_after and rollup
+# starts in seconds. 10,000 probes every 60 s: see bench/history.py for the size of a day.
+_SET_ROLLUP = (
+    " VALUES (?,?,?,?,?) ON CONFLICT (probe, start) DO UPDATE SET runs = excluded.runs, "
+    "failures = excluded.failures, latency = excluded.latency"
+)  # an update in place: cheaper than REPLACE's delete and insert
+_REPLACE_ROLLUP = {HOUR: "INSERT INTO history_hourly" + _SET_ROLLUP, DAY: "INSERT INTO history_daily" + _SET_ROLLUP}
+_READ_ROLLUP = {
+    HOUR: "SELECT runs, failures, latency FROM history_hourly WHERE probe = ? AND start = ?",
+    DAY: "SELECT runs, failures, latency FROM history_daily WHERE probe = ? AND start = ?",
+}
+_SELECT_ROLLUPS = {
+    HOUR: "SELECT start, runs, failures, latency FROM history_hourly WHERE probe = ? ORDER BY start DESC LIMIT ?",
+    DAY: "SELECT start, runs, failures, latency FROM history_daily WHERE probe = ? ORDER BY start DESC LIMIT ?",
+}
+WRITER_CACHE_KIB = 16384  # the writer's page cache: a batch touches a page per probe in each table
+MAX_LAYOUTS = 4096  # distinct (TLS version, timing names): a few per kind of probe; never unbounded
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,12 +171,13 @@ Period = Literal["hour", "day"]
 BUCKET_BASE = 0.001  # bucket 0 holds everything up to 1 ms
 BUCKETS_PER_DOUBLING = 8
 BUCKET_COUNT = 160  # the last bucket's bound is 0.001 * 2^(159/8) s, about 16 minutes: above, all in it
-_PAIR = struct.Struct("<BI")
 
 
 def bucket_of(seconds: float) -> int:
-    if seconds <= BUCKET_BASE:
+    if not seconds > BUCKET_BASE:  # NaN too
         return 0
+    if seconds >= _LAST_BOUND:  # infinity too
+        return BUCKET_COUNT - 1
     # the epsilon keeps an exact bound (0.128 s) in its own bucket despite the division's rounding
     index = math.ceil(BUCKETS_PER_DOUBLING * math.log2(seconds / BUCKET_BASE) - 1e-9)
     return min(index, BUCKET_COUNT - 1)
@@ -172,14 +187,63 @@ def bucket_bound(index: int) -> float:
     return BUCKET_BASE * 2 ** (index / BUCKETS_PER_DOUBLING)
 
 
+_LAST_BOUND = bucket_bound(BUCKET_COUNT - 1)
+
+
 def encode_histogram(counts: Mapping[int, int]) -> bytes:
-    """Sparse: (bucket, count) pairs, 5 bytes each; a steady probe fills a handful of buckets."""
-    return b"".join(_PAIR.pack(i, c) for i, c in sorted(counts.items()) if c > 0)
+    """Sparse, as varints: (bucket minus the previous bucket, count) pairs; a steady probe fills a handful of
+    buckets, 2-3 bytes each."""
+    values: list[int] = []
+    previous = 0
+    for index in sorted(counts):
+        if counts[index] > 0:
+            values += (index - previous, counts[index])
+            previous = index
+    return encode_varints(values)
 
 
 def decode_histogram(blob: bytes) -> dict[int, int]:
-    usable = len(blob) - len(blob) % _PAIR.size  # a torn blob loses its tail, not the row
-    return {i: c for i, c in _PAIR.iter_unpack(blob[:usable]) if i < BUCKET_COUNT}
+    values = decode_varints(blob)
+    counts: dict[int, int] = {}
+    index = 0
+    for i in range(0, len(values) - 1, 2):  # a torn blob loses its tail, not the row
+        index += values[i]
+        if index < BUCKET_COUNT:
+            counts[index] = values[i + 1]
+    return counts
+
+
+def encode_varints(values: Iterable[int]) -> bytes:
+    """Unsigned LEB128: a timing of 5 ms in microseconds takes 2 bytes, not 4 or 8. Negative values as 0."""
+    out = bytearray()
+    for value in values:
+        if value < 0x80:
+            out.append(max(value, 0))
+        elif value < 0x4000:  # the usual sizes spelled out: a third of the writer's CPU went to the loop below
+            out += bytes(((value & 0x7F) | 0x80, value >> 7))
+        elif value < 0x200000:
+            out += bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
+        else:
+            while value >= 0x80:
+                out.append((value & 0x7F) | 0x80)
+                value >>= 7
+            out.append(value)
+    return bytes(out)
+
+
+def decode_varints(blob: bytes) -> list[int]:
+    values: list[int] = []
+    value = shift = 0
+    for byte in blob:
+        value |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+            if shift > 63:  # not ours: stop rather than build huge numbers
+                break
+        else:
+            values.append(value)
+            value = shift = 0
+    return values
 
 
 def percentile(counts: Mapping[int, int], q: float) -> float | None:
@@ -194,13 +258,6 @@ def percentile(counts: Mapping[int, int], q: float) -> float | None:
         if seen >= rank:
             return bucket_bound(index)
     return bucket_bound(max(counts))
-
-
-def _merge_histograms(old: bytes | None, new: bytes | None) -> bytes:
-    merged = decode_histogram(old or b"")
-    for i, c in decode_histogram(new or b"").items():
-        merged[i] = merged.get(i, 0) + c
-    return encode_histogram(merged)
 
 
 # -- compacting ------------------------------------------------------------------------------------------------
@@ -235,14 +292,17 @@ def compact(result: ProbeResult) -> HistoryEntry:
 # -- in-memory availability ------------------------------------------------------------------------------------
 HOURS_KEPT = 24
 DAYS_KEPT = 30
+WEEK_DAYS = 7
 _H_RUNS, _H_FAILS = 0, HOURS_KEPT
 _D_RUNS, _D_FAILS = 2 * HOURS_KEPT, 2 * HOURS_KEPT + DAYS_KEPT
-_COUNTS_LEN = 2 * (HOURS_KEPT + DAYS_KEPT)
+_SUMS = 2 * (HOURS_KEPT + DAYS_KEPT)  # then: day runs, day failures, week runs, week failures, month ...
+_COUNTS_LEN = _SUMS + 6
 
 
 class _Windows:
-    """Per probe, runs and failures of the last 24 hours and 30 days in rings of one flat uint32 array each
-    (432 bytes a probe: 4.3 MB for 10,000). Written by the writer thread only."""
+    """Per probe, runs and failures of the last 24 hours and 30 days in rings, with the sums of the three windows
+    kept as they are added to (so availability is three divisions, not 100 additions), in one flat uint32 array
+    (456 bytes a probe: 4.6 MB for 10,000). Written by the writer thread only."""
 
     def __init__(self) -> None:
         self.counts: dict[str, array[int]] = {}
@@ -252,44 +312,59 @@ class _Windows:
     def advance(self, now: float) -> bool:
         """Move the newest hour and day to `now`'s, emptying the slots that fall out; True if they moved."""
         hour, day = int(now // HOUR), int(now // DAY)
-        moved = False
-        if hour > self.hour:
-            cleared = range(max(self.hour + 1, hour - HOURS_KEPT + 1), hour + 1)
-            for counts in self.counts.values():
-                for h in cleared:
-                    counts[_H_RUNS + h % HOURS_KEPT] = counts[_H_FAILS + h % HOURS_KEPT] = 0
-            self.hour, moved = hour, True
-        if day > self.day:
-            cleared = range(max(self.day + 1, day - DAYS_KEPT + 1), day + 1)
-            for counts in self.counts.values():
-                for d in cleared:
-                    counts[_D_RUNS + d % DAYS_KEPT] = counts[_D_FAILS + d % DAYS_KEPT] = 0
-            self.day, moved = day, True
-        return moved
+        if hour <= self.hour and day <= self.day:
+            return False
+        hours = range(max(self.hour + 1, hour - HOURS_KEPT + 1), hour + 1) if hour > self.hour else range(0)
+        days = range(max(self.day + 1, day - DAYS_KEPT + 1), day + 1) if day > self.day else range(0)
+        self.hour, self.day = max(hour, self.hour), max(day, self.day)
+        for counts in self.counts.values():
+            for h in hours:
+                counts[_H_RUNS + h % HOURS_KEPT] = counts[_H_FAILS + h % HOURS_KEPT] = 0
+            for d in days:
+                counts[_D_RUNS + d % DAYS_KEPT] = counts[_D_FAILS + d % DAYS_KEPT] = 0
+            self._sum(counts)
+        return True
 
-    def add(self, name: str, hour: int, day: int, runs: int, failures: int, hourly: bool = True) -> None:
+    def _sum(self, counts: array[int]) -> None:
+        week = [(self.day - i) % DAYS_KEPT for i in range(WEEK_DAYS)]
+        counts[_SUMS] = sum(counts[_H_RUNS:_H_FAILS])
+        counts[_SUMS + 1] = sum(counts[_H_FAILS:_D_RUNS])
+        counts[_SUMS + 2] = sum(counts[_D_RUNS + i] for i in week)
+        counts[_SUMS + 3] = sum(counts[_D_FAILS + i] for i in week)
+        counts[_SUMS + 4] = sum(counts[_D_RUNS:_D_FAILS])
+        counts[_SUMS + 5] = sum(counts[_D_FAILS:_SUMS])
+
+    def _of(self, name: str) -> array[int]:
         counts = self.counts.get(name)
         if counts is None:
             counts = self.counts[name] = array("I", bytes(4 * _COUNTS_LEN))
-        if hourly and self.hour - HOURS_KEPT < hour <= self.hour:
+        return counts
+
+    def add_hour(self, name: str, hour: int, runs: int, failures: int) -> None:
+        if self.hour - HOURS_KEPT < hour <= self.hour:
+            counts = self._of(name)
             counts[_H_RUNS + hour % HOURS_KEPT] += runs
             counts[_H_FAILS + hour % HOURS_KEPT] += failures
-        if not hourly and self.day - DAYS_KEPT < day <= self.day:
+            counts[_SUMS] += runs
+            counts[_SUMS + 1] += failures
+
+    def add_day(self, name: str, day: int, runs: int, failures: int) -> None:
+        if self.day - DAYS_KEPT < day <= self.day:
+            counts = self._of(name)
             counts[_D_RUNS + day % DAYS_KEPT] += runs
             counts[_D_FAILS + day % DAYS_KEPT] += failures
+            if day > self.day - WEEK_DAYS:
+                counts[_SUMS + 2] += runs
+                counts[_SUMS + 3] += failures
+            counts[_SUMS + 4] += runs
+            counts[_SUMS + 5] += failures
 
     def availability(self, name: str) -> Availability:
         counts = self.counts.get(name)
         if counts is None:
             return NO_AVAILABILITY
-        day_runs = sum(counts[_H_RUNS:_H_FAILS])
-        day_fails = sum(counts[_H_FAILS:_D_RUNS])
-        week = [(self.day - i) % DAYS_KEPT for i in range(7)]
-        week_runs = sum(counts[_D_RUNS + i] for i in week)
-        week_fails = sum(counts[_D_FAILS + i] for i in week)
-        month_runs = sum(counts[_D_RUNS:_D_FAILS])
-        month_fails = sum(counts[_D_FAILS:])
-        return Availability(_ratio(day_runs, day_fails), _ratio(week_runs, week_fails), _ratio(month_runs, month_fails))
+        d_runs, d_fails, w_runs, w_fails, m_runs, m_fails = counts[_SUMS:]
+        return Availability(_ratio(d_runs, d_fails), _ratio(w_runs, w_fails), _ratio(m_runs, m_fails))
 
 
 def _ratio(runs: int, failures: int) -> float | None:
@@ -302,6 +377,9 @@ class _Rollup:
     runs: int = 0
     failures: int = 0
     latency: dict[int, int] = field(default_factory=dict)
+
+
+Layout = tuple[str, tuple[str, ...]]  # (TLS version, timing names in order)
 
 
 class History:
@@ -320,7 +398,7 @@ class History:
         self.health = health or AgentHealth()
         self.clock = clock
         self.write_errors = 0  # failed batches (also counted in health.state_write_errors)
-        self.dropped = 0  # rows dropped: queue overflow or a failed batch
+        self.dropped = 0  # results dropped: queue overflow or a failed batch
         self.rows_written = 0
         self._queue: list[tuple[str, HistoryEntry]] = []
         self._queued_changes: list[tuple[str, StatusChange]] = []
@@ -332,8 +410,12 @@ class History:
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._ids: dict[str, int] = {}
-        self._timing_ids: dict[str, int] = {}
-        self._timing_names: dict[int, str] = {}
+        self._layout_ids: dict[Layout, int] = {}
+        self._layouts: dict[int, Layout] = {0: ("", ())}  # 0: no TLS, no timings (and the fallback)
+        # The rollups of the current (and previous) hour and day of each probe, as written: a batch adds to them
+        # in memory and writes whole rows, never reading them back (read once after a restart).
+        self._open_rollups: dict[tuple[int, int, int], _Rollup] = {}  # (period, probe id, start)
+        self._rollups_hour = 0
         self._since_trim: dict[str, int] = {}  # rows written per probe since its last count trim
         self._windows = _Windows()
         self._availability: Mapping[str, Availability] = MappingProxyType({})
@@ -350,7 +432,7 @@ class History:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.create_function("merge_histograms", 2, _merge_histograms, deterministic=True)
+            conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             self._migrate(conn)
             self._load(conn)
         except BaseException:
@@ -365,13 +447,16 @@ class History:
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            row = (
+                conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+                and conn.execute("SELECT value FROM meta WHERE key = ?", (SCHEMA_KEY,)).fetchone()
+            )
+            found = int(row[0]) if row and str(row[0]).isdigit() else 0
+            if found > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"history schema {found} is newer than this agent's {SCHEMA_VERSION}")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (SCHEMA_KEY,)).fetchone()
-            found = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
-            if found > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"history schema {found} is newer than this agent's {SCHEMA_VERSION}")
             conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (SCHEMA_KEY, str(SCHEMA_VERSION)))
             conn.execute("COMMIT")
         except BaseException:
@@ -381,13 +466,17 @@ class History:
     def _reload_names(self, conn: sqlite3.Connection) -> None:
         try:
             ids = {name: pid for pid, name in conn.execute("SELECT id, name FROM history_probe")}
-            timing_ids = {name: tid for tid, name in conn.execute("SELECT id, name FROM history_timing_name")}
+            layouts = {
+                lid: (tls, tuple(names.split(",")) if names else ())
+                for lid, tls, names in conn.execute("SELECT id, tls_version, timing_names FROM history_layout")
+            }
         except sqlite3.Error as exc:
             log.error("history: reading the names of %s failed: %s", self.path, exc)
-            ids, timing_ids = {}, {}
+            ids, layouts = {}, {}
         self._ids = ids
-        self._timing_ids = timing_ids
-        self._timing_names = {tid: name for name, tid in timing_ids.items()}
+        self._layouts = {0: ("", ()), **layouts}
+        self._layout_ids = {layout: lid for lid, layout in self._layouts.items()}
+        self._open_rollups = {}  # what the database holds is read again when next needed
 
     def _load(self, conn: sqlite3.Connection) -> None:
         now = self.clock()
@@ -395,22 +484,21 @@ class History:
         windows = self._windows
         windows.advance(now)
         names = {pid: name for name, pid in self._ids.items()}
-        hour_from = (windows.hour - HOURS_KEPT + 1) * HOUR
-        day_from = (windows.day - DAYS_KEPT + 1) * DAY
-        # One range seek per probe on the primary key, not a scan of every hour ever kept.
+        # One range seek per probe on the primary key, not a scan of every hour ever kept: 10,000 probes' last
+        # 24 hours and 30 days (540,000 rows) in 0.08 s on the bench machine (bench/history.py).
         for pid, start, runs, failures in conn.execute(
             "SELECT p.id, h.start, h.runs, h.failures FROM history_probe p "
             "JOIN history_hourly h ON h.probe = p.id AND h.start >= ?",
-            (hour_from,),
+            ((windows.hour - HOURS_KEPT + 1) * HOUR,),
         ):
-            windows.add(names[pid], start // HOUR, 0, runs, failures)
+            windows.add_hour(names[pid], start // HOUR, runs, failures)
         for pid, start, runs, failures in conn.execute(
             "SELECT p.id, d.start, d.runs, d.failures FROM history_probe p "
             "JOIN history_daily d ON d.probe = p.id AND d.start >= ?",
-            (day_from,),
+            ((windows.day - DAYS_KEPT + 1) * DAY,),
         ):
-            windows.add(names[pid], 0, start // DAY, runs, failures, hourly=False)
-        # Counts before the restart are unknown: assume each probe at its limit, so its next trim comes after
+            windows.add_day(names[pid], start // DAY, runs, failures)
+        # Counts before the restart are unknown: each probe is taken as at its limit, so its next trim comes after
         # the usual slack; the table stays within raw_max_per_probe plus twice the slack.
         self._since_trim = {}
         self._next_retention = now + 60.0
@@ -419,11 +507,12 @@ class History:
         """Start the writer thread (after open())."""
         if self._conn is None or self._thread is not None:
             return
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Write what is queued and stop the writer; blocking (call it from a worker thread in the agent)."""
+        """Write what is queued and stop the writer; blocking (the agent calls it from a worker thread)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -444,7 +533,7 @@ class History:
 
     # -- writes (event loop) -----------------------------------------------------------------------------------
     def on_result(self, name: str, result: ProbeResult) -> None:
-        """The store's per-result hook: compact and queue; never raises."""
+        """The store's per-result hook: compact and queue (3 µs); never raises."""
         try:
             entry = compact(result)
         except Exception:
@@ -452,9 +541,10 @@ class History:
             return
         with self._queue_lock:
             self._queue.append((name, entry))
-            if len(self._queue) > MAX_QUEUED:
-                del self._queue[: len(self._queue) - MAX_QUEUED]
-                self.dropped += 1
+            over = len(self._queue) - MAX_QUEUED
+            if over > 0:
+                del self._queue[:over]
+                self.dropped += over
             full = len(self._queue) >= self.config.batch_rows
         if full:
             self._wake.set()
@@ -464,16 +554,13 @@ class History:
         if event.kind not in ("failed", "recovered"):
             return
         result = event.state.last_result
-        failed = result is not None and not result.ok
-        self.on_status_change(
-            event.name,
-            event.at,
-            event.old.value,
-            event.new.value,
-            result.phase.value if failed and result is not None and result.phase is not None else "",
-            result.reason.value if failed and result is not None and result.reason is not None else "",
-            result.error if failed and result is not None else "",
-        )
+        if result is None or result.ok:
+            phase = reason = error = ""
+        else:
+            phase = result.phase.value if result.phase is not None else ""
+            reason = result.reason.value if result.reason is not None else ""
+            error = result.error
+        self.on_status_change(event.name, event.at, event.old.value, event.new.value, phase, reason, error)
 
     def on_status_change(self, name: str, at: float, old: str, new: str, phase: str, reason: str, error: str) -> None:
         """A status change (failed, recovered) to keep as an event."""
@@ -507,84 +594,111 @@ class History:
             touched: set[str] = set()
             try:
                 if rows or changes:
-                    touched = self._write(conn, rows, changes)
+                    touched = self._write(conn, rows, changes, now)
                 if now >= self._next_retention:
                     self._next_retention = now + self.config.retention_interval
                     self._retention(conn, now)
-            except sqlite3.Error as exc:
+            except Exception as exc:  # sqlite3.Error mostly; whatever it is, the writer goes on
                 self.write_errors += 1
                 self.health.state_write_errors += 1
                 self.dropped += len(rows)
                 log.error("history: writing %d results to %s failed: %s", len(rows), self.path, exc)
-                self._reload_names(conn)  # ids given in the rolled back transaction are void
+                self._reload_names(conn)  # ids and rollups of the rolled back transaction are void
             finally:
                 with self._queue_lock:
                     self._inflight, self._inflight_changes = [], []
             self._refresh(touched, now)
 
     def _write(
-        self, conn: sqlite3.Connection, rows: list[tuple[str, HistoryEntry]], changes: list[tuple[str, StatusChange]]
+        self,
+        conn: sqlite3.Connection,
+        rows: list[tuple[str, HistoryEntry]],
+        changes: list[tuple[str, StatusChange]],
+        now: float,
     ) -> set[str]:
-        hourly: dict[tuple[str, int], _Rollup] = {}
-        daily: dict[tuple[str, int], _Rollup] = {}
+        ids = self._ids
+        open_rollups = self._open_rollups
+        written: dict[tuple[int, int, int], _Rollup] = {}
+        windows: list[tuple[str, int, bool]] = []
         with _transaction(conn):
-            for name, _ in rows:
-                if name not in self._ids:
-                    self._ids[name] = self._probe_id(conn, name)
-            for name, _ in changes:
-                if name not in self._ids:
-                    self._ids[name] = self._probe_id(conn, name)
-            ids = self._ids
+            for name in {n for n, _ in rows}.union(n for n, _ in changes):
+                if name not in ids:
+                    ids[name] = self._probe_id(conn, name)
             raw = []
             for name, e in rows:
+                pid = ids[name]
+                layout, timings = self._timings(conn, e.tls_version, e.timings)
+                try:
+                    at_ms, total_us = round(e.at * 1000), round(e.total * 1e6)
+                    expiry = None if e.cert_not_after is None else round(e.cert_not_after)
+                except (ValueError, OverflowError):  # NaN or infinite: not from a probe, but never a failed batch
+                    at_ms, total_us = _clamp(e.at * 1000), _clamp(e.total * 1e6)
+                    expiry = None if e.cert_not_after is None else _clamp(e.cert_not_after)
                 raw.append(
                     (
-                        ids[name],
-                        round(e.at * 1000),
+                        pid,
+                        at_ms,
                         int(e.ok),
                         e.phase,
                         e.reason,
                         e.reply_code,
-                        round(e.total * 1e6),
-                        self._encode_timings(conn, e.timings),
-                        e.tls_version,
-                        None if e.cert_not_after is None else round(e.cert_not_after),
+                        total_us,
+                        layout,
+                        timings,
+                        expiry,
                     )
                 )
                 at = int(e.at)
-                for period, table in ((HOUR, hourly), (DAY, daily)):
-                    key = (name, at - at % period)
-                    agg = table.get(key)
+                bucket = bucket_of(e.total) if e.ok else -1
+                for period in (HOUR, DAY):
+                    key = (period, pid, at - at % period)
+                    agg = open_rollups.get(key)
                     if agg is None:
-                        agg = table[key] = _Rollup()
+                        agg = open_rollups[key] = self._read_rollup(conn, key)
+                    written[key] = agg
                     agg.runs += 1
-                    if e.ok:
-                        b = bucket_of(e.total)
-                        agg.latency[b] = agg.latency.get(b, 0) + 1
+                    if bucket >= 0:
+                        agg.latency[bucket] = agg.latency.get(bucket, 0) + 1
                     else:
                         agg.failures += 1
+                windows.append((name, at, e.ok))
             conn.executemany("INSERT OR REPLACE INTO history_result VALUES (?,?,?,?,?,?,?,?,?,?)", raw)
-            for upsert, table in ((_UPSERT_HOURLY, hourly), (_UPSERT_DAILY, daily)):
+            for period, statement in _REPLACE_ROLLUP.items():
                 conn.executemany(
-                    upsert,
+                    statement,
                     [
-                        (ids[name], start, a.runs, a.failures, encode_histogram(a.latency))
-                        for (name, start), a in table.items()
+                        (pid, start, a.runs, a.failures, encode_histogram(a.latency))
+                        for (p, pid, start), a in written.items()
+                        if p == period
                     ],
                 )
             conn.executemany(
                 "INSERT INTO history_change (probe, at, old, new, phase, reason, error) VALUES (?,?,?,?,?,?,?)",
-                [(ids[n], round(c.at * 1000), c.old, c.new, c.phase, c.reason, c.error) for n, c in changes],
+                [(ids[n], _clamp(c.at * 1000), c.old, c.new, c.phase, c.reason, c.error) for n, c in changes],
             )
             self._trim_counts(conn, rows, changes)
         self.rows_written += len(rows)
         # Only after the commit: the windows count what the database holds.
-        self._windows.advance(self.clock())
-        for (name, start), a in hourly.items():
-            self._windows.add(name, start // HOUR, 0, a.runs, a.failures)
-        for (name, start), a in daily.items():
-            self._windows.add(name, 0, start // DAY, a.runs, a.failures, hourly=False)
-        return {name for name, _ in rows}
+        self._windows.advance(now)
+        for name, at, ok in windows:
+            self._windows.add_hour(name, at // HOUR, 1, 0 if ok else 1)
+            self._windows.add_day(name, at // DAY, 1, 0 if ok else 1)
+        self._forget_closed_rollups(now)
+        return {name for name, _, _ in windows}
+
+    def _read_rollup(self, conn: sqlite3.Connection, key: tuple[int, int, int]) -> _Rollup:
+        period, pid, start = key
+        row = conn.execute(_READ_ROLLUP[period], (pid, start)).fetchone()
+        return _Rollup() if row is None else _Rollup(row[0], row[1], decode_histogram(row[2]))
+
+    def _forget_closed_rollups(self, now: float) -> None:
+        """Keep the current and the previous hour and day in memory (late results still add to them)."""
+        hour = int(now // HOUR)
+        if hour == self._rollups_hour:
+            return
+        self._rollups_hour = hour
+        keep = {HOUR: (hour - 1) * HOUR, DAY: (int(now // DAY) - 1) * DAY}
+        self._open_rollups = {k: v for k, v in self._open_rollups.items() if k[2] >= keep[k[0]]}
 
     @staticmethod
     def _probe_id(conn: sqlite3.Connection, name: str) -> int:
@@ -592,26 +706,35 @@ class History:
         row = conn.execute("SELECT id FROM history_probe WHERE name = ?", (name,)).fetchone()
         return int(row[0])
 
-    def _encode_timings(self, conn: sqlite3.Connection, timings: Mapping[str, float]) -> bytes:
-        out = []
-        for name, seconds in timings.items():
-            tid = self._timing_ids.get(name)
-            if tid is None:
-                if len(self._timing_ids) >= 255:
-                    continue  # names are the probes' own phase keys: a few dozen; never unbounded
-                conn.execute("INSERT OR IGNORE INTO history_timing_name (name) VALUES (?)", (name,))
-                row = conn.execute("SELECT id FROM history_timing_name WHERE name = ?", (name,)).fetchone()
-                tid = int(row[0])
-                if tid > 255:
-                    continue
-                self._timing_ids[name], self._timing_names[tid] = tid, name
-            out.append(_PAIR.pack(tid, min(max(round(seconds * 1e6), 0), 0xFFFFFFFF)))
-        return b"".join(out)
+    def _timings(self, conn: sqlite3.Connection, tls_version: str, timings: Mapping[str, float]) -> tuple[int, bytes]:
+        """The layout id of (TLS version, timing names) and the timings as varints of microseconds."""
+        layout = (tls_version, tuple(timings))
+        lid = self._layout_ids.get(layout)
+        if lid is None:
+            lid = self._new_layout(conn, layout)
+            if lid == 0:
+                return 0, b""
+        try:
+            return lid, encode_varints([round(seconds * 1e6) for seconds in timings.values()])
+        except (ValueError, OverflowError):  # NaN or infinite
+            return lid, encode_varints([_clamp(seconds * 1e6) for seconds in timings.values()])
 
-    def _decode_timings(self, blob: bytes) -> dict[str, float]:
-        usable = len(blob) - len(blob) % _PAIR.size
-        names = self._timing_names
-        return {names[t]: us / 1e6 for t, us in _PAIR.iter_unpack(blob[:usable]) if t in names}
+    def _new_layout(self, conn: sqlite3.Connection, layout: Layout) -> int:
+        tls, names = layout
+        if len(self._layouts) >= MAX_LAYOUTS or any("," in n for n in names):
+            return 0  # the row keeps its times and status, not this layout
+        joined = ",".join(names)
+        conn.execute("INSERT OR IGNORE INTO history_layout (tls_version, timing_names) VALUES (?, ?)", (tls, joined))
+        row = conn.execute(
+            "SELECT id FROM history_layout WHERE tls_version = ? AND timing_names = ?", (tls, joined)
+        ).fetchone()
+        lid = int(row[0])
+        self._layout_ids[layout], self._layouts[lid] = lid, layout
+        return lid
+
+    def _decode(self, layout: int, blob: bytes) -> tuple[str, dict[str, float]]:
+        tls, names = self._layouts.get(layout, ("", ()))
+        return tls, {name: us / 1e6 for name, us in zip(names, decode_varints(blob), strict=False)}
 
     def _trim_counts(
         self, conn: sqlite3.Connection, rows: list[tuple[str, HistoryEntry]], changes: list[tuple[str, StatusChange]]
@@ -645,10 +768,10 @@ class History:
         ids = list(self._ids.values())
         c = self.config
         cuts = (
-            ("DELETE FROM history_result WHERE probe = ? AND at < ?", round((now - c.raw_max_age) * 1000)),
-            ("DELETE FROM history_change WHERE probe = ? AND at < ?", round((now - c.changes_max_age) * 1000)),
-            ("DELETE FROM history_hourly WHERE probe = ? AND start < ?", int(now - c.hourly_max_age)),
-            ("DELETE FROM history_daily WHERE probe = ? AND start < ?", int(now - c.daily_max_age)),
+            ("DELETE FROM history_result WHERE probe = ? AND at < ?", _clamp((now - c.raw_max_age) * 1000)),
+            ("DELETE FROM history_change WHERE probe = ? AND at < ?", _clamp((now - c.changes_max_age) * 1000)),
+            ("DELETE FROM history_hourly WHERE probe = ? AND start < ?", _clamp(now - c.hourly_max_age)),
+            ("DELETE FROM history_daily WHERE probe = ? AND start < ?", _clamp(now - c.daily_max_age)),
         )
         with _transaction(conn):
             for delete, cutoff in cuts:
@@ -676,24 +799,14 @@ class History:
         pid = self._ids.get(name)
         if pid is not None:
             found = self._query(
-                "SELECT at, ok, phase, reason, reply_code, total, timings, tls_version, cert_not_after "
+                "SELECT at, ok, phase, reason, reply_code, total, layout, timings, cert_not_after "
                 "FROM history_result WHERE probe = ? ORDER BY at DESC LIMIT ?",
                 (pid, limit),
             )
-            rows += [
-                HistoryEntry(
-                    at / 1000,
-                    bool(ok),
-                    phase,
-                    reason,
-                    code,
-                    total / 1e6,
-                    self._decode_timings(timings),
-                    tls,
-                    None if expiry is None else float(expiry),
-                )
-                for at, ok, phase, reason, code, total, timings, tls, expiry in found
-            ]
+            for at, ok, phase, reason, code, total, layout, timings, expiry in found:
+                tls, times = self._decode(layout, timings)
+                expires = None if expiry is None else float(expiry)
+                rows.append(HistoryEntry(at / 1000, bool(ok), phase, reason, code, total / 1e6, times, tls, expires))
         rows.sort(key=lambda e: e.at, reverse=True)
         return rows[:limit]
 
@@ -720,7 +833,8 @@ class History:
         pid = self._ids.get(name)
         if pid is None:
             return []
-        found = self._query(_SELECT_HOURLY if period == "hour" else _SELECT_DAILY, (pid, max(0, min(limit, 100_000))))
+        period_seconds = HOUR if period == "hour" else DAY
+        found = self._query(_SELECT_ROLLUPS[period_seconds], (pid, max(0, min(limit, 100_000))))
         out = []
         for start, runs, failures, blob in found:
             counts = decode_histogram(blob)
@@ -744,6 +858,13 @@ class History:
             except sqlite3.Error as exc:
                 log.warning("history: reading %s failed: %s", self.path, exc)
                 return []
+
+
+def _clamp(value: float) -> int:
+    """A float as a stored integer: NaN as 0, never beyond SQLite's 64 bits."""
+    if value != value:  # NaN
+        return 0
+    return round(min(max(value, -(2**62)), 2**62))
 
 
 @contextmanager

@@ -350,3 +350,25 @@ class TestRestart:
         assert history.availability("relay") == Availability(8 / 11, 8 / 11, 8 / 11)
         history.close()
         assert os.path.exists(tmp_path / "state.db")
+
+
+class TestEncoding:
+    def test_varints_and_histograms_round_trip(self) -> None:
+        from monitor.state.history import decode_histogram, decode_varints, encode_histogram, encode_varints
+
+        values = [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 2**40]
+        assert decode_varints(encode_varints(values)) == values
+        assert decode_varints(encode_varints([-5])) == [0]
+        assert len(encode_varints([5_000])) == 2  # 5 ms in microseconds
+        counts = {0: 3, 7: 200, 159: 1}
+        assert decode_histogram(encode_histogram(counts)) == counts
+        assert decode_histogram(encode_histogram(counts)[:-1]) == {0: 3, 7: 200}  # a torn tail loses its pair
+
+    def test_a_nan_or_infinite_time_is_stored_clamped_not_a_failed_batch(self, tmp_path: Path) -> None:
+        history = opened(tmp_path, Clock(NOW))
+        history.on_result("relay", smtp(NOW, total=float("nan")))
+        history.on_result("relay", smtp(NOW + 1, total=float("inf")))
+        history.flush()
+        assert history.write_errors == 0
+        assert [e.total for e in history.recent("relay")] == [2**62 / 1e6, 0.0]
+        history.close()
