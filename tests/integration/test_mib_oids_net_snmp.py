@@ -78,6 +78,24 @@ def test_snmptranslate_prints_the_tree_without_errors(base_mibs: Path, tool_env:
     assert "smtpAddressLatency(8)" in out.stdout
     assert "deliveryEventSubmitted(29)" in out.stdout
     assert "deliveryHopTime(8)" in out.stdout
+    assert "smtpMonitorAgentOID(1)" in out.stdout  # sysObjectID.0 of the agent
+    assert "smtpProbeTlsSeenUnixTime(33)" in out.stdout
+    assert "deliveryHopUnixTime(9)" in out.stdout
+
+
+def test_unix_time_columns_are_unsigned32_seconds_with_display_hint_d(
+    base_mibs: Path, tool_env: dict[str, str]
+) -> None:
+    """What managers read: snmp_exporter makes a gauge of an Unsigned32, net-snmp prints it as a number."""
+    names = [name for name in mib_oids.OID_BY_NAME if name.endswith("UnixTime")]
+    assert len(names) == 10
+    for name in names:
+        out = snmptranslate(base_mibs, tool_env, "-Td", f"{MODULE}::{name}")
+        assert out.returncode == 0, out.stderr
+        assert "-- TEXTUAL CONVENTION SmtpMonitorUnixTime" in out.stdout, out.stdout
+        assert "SYNTAX\tUnsigned32" in out.stdout, out.stdout
+        assert 'DISPLAY-HINT\t"d"' in out.stdout, out.stdout
+        assert 'UNITS\t\t"seconds"' in out.stdout, out.stdout
 
 
 @pytest.mark.parametrize(("name", "oid"), sorted(mib_oids.OID_BY_NAME.items()), ids=sorted(mib_oids.OID_BY_NAME))
