@@ -144,23 +144,26 @@ class MxFacts:
     policy: tuple[tuple[str, str], ...]  # (level, "RECORD finding: detail") of findings that are not ok
 
 
+_FACT = 3 * MAX_SERVER_TEXT  # one listing or finding: an address, a zone, the codes and a bounded reason
+
+
 def mx_facts(result: ProbeResult | None) -> MxFacts | None:
     """None for a check whose last run had neither DNSBL lookups nor policy findings."""
     if not isinstance(result, MxResult) or (result.dnsbl is None and not result.policy_findings):
         return None
     answers = result.dnsbl.answers if result.dnsbl is not None else ()
     listed = tuple(
-        _printable(f"{a.address} in {a.zone} ({','.join(a.codes)})" + (f": {a.reason}" if a.reason else ""))
+        _printable(f"{a.address} in {a.zone} ({','.join(a.codes)})" + (f": {a.reason}" if a.reason else ""), _FACT)
         for a in answers
         if a.outcome is DnsblOutcome.LISTED
     )
     no_verdict = tuple(
-        _printable(f"{a.address} in {a.zone}: {a.outcome.value}: {a.error}")
+        _printable(f"{a.address} in {a.zone}: {a.outcome.value}: {a.error}", _FACT)
         for a in answers
         if a.outcome not in (DnsblOutcome.LISTED, DnsblOutcome.NOT_LISTED)
     )
     policy = tuple(
-        (f.level.value, _printable(f"{f.record.upper()} {f.finding}: {f.detail}"))
+        (f.level.value, _printable(f"{f.record.upper()} {f.finding}: {f.detail}", _FACT))
         for f in result.policy_findings
         if f.level is not FindingLevel.OK
     )
