@@ -4,12 +4,17 @@ its tagged answer), logins redacted, bounded by the recorder, ending with the fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from email.parser import BytesHeaderParser
+from pathlib import Path
 from typing import Any
 
 import dns.asyncresolver
 import pytest
+import yaml
 
+from monitor.cli.main import main
 from monitor.config.schema import DeliveryProbeConfig
 from monitor.model.delivery import DeliveryResult
 from monitor.model.probe_result import result_from_json, result_to_json
@@ -169,3 +174,42 @@ def test_a_late_message_ends_with_the_late_note_and_stays_bounded(pki: Pki) -> N
     assert len(result.transcript.lines) <= MAX_LINES
     last = result.transcript.lines[-1]
     assert (last.direction, last.text) == (Direction.NOTE, f"failed in deliver: late: {result.error}")
+
+
+def test_the_deliver_command_prints_the_transcript_after_its_plugin_line(
+    pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`smtp-monitor deliver probe.yaml --transcript`, its peers in an event loop of their own."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    script = MailboxScript(password=MAILBOX_PASSWORD)
+    stack = contextlib.AsyncExitStack()
+
+    async def start() -> tuple[int, int]:
+        mailbox = await stack.enter_async_context(FakeImapServer(pki.issue().server_context(), script))
+        smtp = await stack.enter_async_context(AiosmtpdServer(handler=IntoMailbox(script)))
+        return smtp.port, mailbox.port
+
+    try:
+        smtp_port, mailbox_port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+        document = config(pki, smtp_port, mailbox_port, "imap", MAILBOX_PASSWORD).model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        )
+        document["mailbox"]["password"] = {"value": MAILBOX_PASSWORD}
+        probe_file = tmp_path / "probe.yaml"
+        probe_file.write_text(yaml.safe_dump(document))
+        code = main(["deliver", str(probe_file), "--transcript"])
+    finally:
+        asyncio.run_coroutine_threadsafe(stack.aclose(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    out = capsys.readouterr().out
+    first, *rest = out.splitlines()
+    assert code == 0, out
+    assert first.startswith("DELIVERY OK - loop: delivered in inbox")
+    assert rest[0].endswith(f"-- IMAP: trying 127.0.0.1 port {mailbox_port}")
+    assert any(line.endswith("C DATA") for line in rest)
+    assert any(line.endswith(f"LOGIN {REDACTED}") for line in rest)
+    assert leaks(out, secret_forms("probe@dest.test", MAILBOX_PASSWORD)) == []
