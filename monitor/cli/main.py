@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ZONE",
         help="look every exchange address up in this DNS blocklist zone (repeatable)",
     )
+    m.add_argument(
+        "--spoof-test",
+        metavar="RECIPIENT",
+        help="send every exchange address a message forged in DOMAIN to this mailbox of yours; it must be refused",
+    )
+    m.add_argument("--spoof-from", metavar="ADDRESS", help="--spoof-test's forged sender (default spoof-test@DOMAIN)")
     m.add_argument("--tls", choices=["none", "starttls", "implicit"], default="starttls")
     m.add_argument("--port", type=int, default=25)
     m.add_argument("--ca-file", type=Path)
@@ -225,7 +231,7 @@ def _probe(args: argparse.Namespace) -> int:
 def _mx(args: argparse.Namespace) -> int:
     import asyncio
 
-    from monitor.config.schema import MxCheckConfig
+    from monitor.config.schema import MxCheckConfig, SpoofTestConfig
     from monitor.model.results import MxResult
     from monitor.probes import runners
 
@@ -251,6 +257,7 @@ def _mx(args: argparse.Namespace) -> int:
         mta_sts_port=args.mta_sts_port,
         mta_sts_ca_file=args.mta_sts_ca_file,
         verify=not args.no_verify,
+        spoof_test=SpoofTestConfig(recipient=args.spoof_test, mail_from=args.spoof_from) if args.spoof_test else None,
     )
     result = asyncio.run(runners.run(spec, _env(args.nameserver, args.timeout)))
     assert isinstance(result, MxResult)

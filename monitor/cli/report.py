@@ -68,7 +68,9 @@ def mx_warnings(result: MxResult) -> list[str]:
     found = [f"{f.record.upper()} {f.finding}: {f.detail}" for f in warned]
     if result.dnsbl is not None:
         found += [f"DNSBL {a.zone} {a.address}: {a.outcome.value}: {a.error}" for a in result.dnsbl.failed]
-    return found
+    from monitor.cli.spoof_report import spoof_warnings
+
+    return found + spoof_warnings(result)
 
 
 def mx_exit_code(result: MxResult) -> int:
@@ -85,7 +87,9 @@ def _mx_perfdata(result: MxResult) -> str:
         perf += f" policy_warnings={levels.count('warning')} policy_errors={levels.count('error')}"
     if result.dnsbl is not None:
         perf += f" dnsbl_listed={len(result.dnsbl.listed)} dnsbl_queries={result.dnsbl.queries}"
-    return perf
+    from monitor.cli.spoof_report import spoof_perfdata
+
+    return perf + spoof_perfdata(result)
 
 
 def mx_line(result: MxResult) -> str:

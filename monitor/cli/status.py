@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.cli.report import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN
+from monitor.cli.spoof_report import SPOOF_HEADER, SpoofRow, spoof_cells, spoof_json, spoof_rows
 from monitor.config.schema import Config, DeliveryProbeConfig, MxCheckConfig, SmtpProbeConfig
 from monitor.model.delivery import DeliveryLedger, DeliveryResult
 from monitor.model.facts import DnsblOutcome, FindingLevel
@@ -227,6 +228,7 @@ def print_status(config: Config, as_json: bool = False) -> int:
     table: list[dict[str, Any]] = []
     facts: dict[str, DeliveryFacts] = {}
     checks: dict[str, MxFacts] = {}
+    spoof_tests: dict[str, tuple[SpoofRow, ...]] = {}
     probes: list[SmtpProbeConfig | MxCheckConfig | DeliveryProbeConfig] = [*config.smtp, *config.mx, *config.delivery]
     for probe in probes:
         row = rows.get(probe.name, SavedProbe())
@@ -251,7 +253,12 @@ def print_status(config: Config, as_json: bool = False) -> int:
             "error": error,
             "delivery": None,
             "mx": None,
+            "spoof": None,
         }
+        spoofed = spoof_rows(result) if isinstance(result, MxResult) else ()
+        if spoofed:
+            spoof_tests[probe.name] = spoofed
+            entry["spoof"] = spoof_json(spoofed)
         if isinstance(probe, DeliveryProbeConfig):
             facts[probe.name] = delivery_facts(row.delivery, result)
             entry["delivery"] = _facts_json(facts[probe.name])
@@ -291,6 +298,9 @@ def print_status(config: Config, as_json: bool = False) -> int:
             _print_columns(
                 [("MX CHECK", "DNSBL", "POLICY", "FINDINGS")] + [_mx_cells(name, f) for name, f in checks.items()]
             )
+        if spoof_tests:
+            print()
+            _print_columns([SPOOF_HEADER] + [spoof_cells(n, row) for n, rows in spoof_tests.items() for row in rows])
     return EXIT_CRITICAL if any(r["status"] == "failed" for r in table) else EXIT_OK
 
 

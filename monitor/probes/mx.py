@@ -25,6 +25,7 @@ from monitor.model.facts import (
 )
 from monitor.model.failures import LookupFailure, ProbeFailure, classify
 from monitor.model.results import MxRecord, MxResult, Phase, Reason, ReverseDns, SmtpResult
+from monitor.model.spoof import SpoofAttempt
 from monitor.probes import ProbeEnv, dane, mta_sts, resolve, smtp, spoof
 from monitor.probes.dane import TlsaLookup
 from monitor.probes.dnsbl import check as dnsbl_check
@@ -408,12 +409,21 @@ async def spoof_test(p: _Progress) -> None:
     p.timed(Phase.SPOOF, started)
     accepted = [a for r in p.records for a in r.spoof if a.spoofable]
     if accepted:
-        detail = "; ".join(f"{a.exchange} ({a.address}): {a.reply}" for a in accepted)
+        detail = "; ".join(f"{a.exchange} ({a.address}): {a.reply}{_landed(a)}" for a in accepted)
         raise ProbeFailure(
             Reason.SPOOFABLE,
             f"accepted a message forged from {p.config.spoof_sender}: {detail}",
             phase=Phase.SPOOF,
         )
+
+
+def _landed(attempt: SpoofAttempt) -> str:
+    """What the failure message says of a forgery found in the mailbox: " (landed in inbox: spf=fail ...)"."""
+    mailbox = attempt.mailbox
+    if mailbox is None or not mailbox.found:
+        return ""
+    verdicts = " ".join(f"{v.method}={v.result}" for v in mailbox.verdicts)
+    return f" (landed in {mailbox.folder}" + (f": {verdicts})" if verdicts else ")")
 
 
 async def _probe(p: _Progress, record: MxRecord, address: str) -> SmtpResult:
