@@ -267,3 +267,38 @@ def test_every_address_of_address_family_both_has_its_own_transcript() -> None:
     for per_address in result.address_results:
         assert isinstance(per_address.transcript, Transcript)
         assert per_address.transcript.lines[0].text.startswith(f"trying {per_address.address} port")
+
+
+def test_each_probed_exchange_of_an_mx_check_carries_its_transcript() -> None:
+    from monitor.config.schema import MxCheckConfig
+    from monitor.probes import mx
+    from tests.fakes.dns_server import ScriptedDnsServer
+
+    async def scenario(nameserver: str) -> Any:
+        async with fakes.greeting_554() as refusing:
+            config = MxCheckConfig.model_validate(
+                {
+                    "name": "mx",
+                    "domain": "example.test",
+                    "timeout": 5,
+                    "probe_hosts": "all_addresses",
+                    "port": refusing.port,
+                    "tls": "none",
+                }
+            )
+            env = ProbeEnv(resolver=build_resolver(DnsConfig(nameservers=[nameserver], timeout=1.0)))
+            return await mx.run(config, env)
+
+    with ScriptedDnsServer() as dns:
+        dns.records("example.test", "MX", "10 mx1.example.test.")
+        dns.records("mx1.example.test", "A", "127.0.0.1")
+        result = run_scenario(scenario(dns.nameserver))
+    (record,) = result.records
+    probes = record.address_probes or (record.probe,)
+    assert probes
+    for probe_result in probes:
+        assert probe_result is not None
+        assert ("S", "554 5.3.2 mail.test no SMTP service here") in dialogue(probe_result)
+        assert dialogue(probe_result)[-1][1].startswith("failed in banner: reply: 554")
+    saved = result_from_json(result_to_json(result))
+    assert saved == result
