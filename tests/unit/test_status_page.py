@@ -308,8 +308,11 @@ class TestOverview:
         ((_, text, _), (_, data, _)) = get(page_of(store, history), "/", "/api/probes")
         assert "90.00 %" in text
         assert "99.50 %" in text
-        assert text.count("<rect") == 10
-        assert text.count('fill="#ffc1bd"') == 1  # the one failed run
+        assert 'aria-label="10 runs, 1 failed, latency up to 100 ms"' in text
+        (failed_bars,) = re.findall(r'<path d="([^"]*)" fill="#ffc1bd"/>', text)
+        assert failed_bars == "M72.0 0h11.5v24h-11.5z"  # the 7th of 10 runs from the left (oldest left)
+        (line,) = re.findall(r'<polyline points="([^"]*)"', text)
+        assert len(line.split()) == 10
         assert "42 ms" in text
         row = json.loads(data)["probes"][0]
         assert row["availability"] == {"24h": 0.9, "7d": 0.995, "30d": None}
@@ -487,3 +490,13 @@ def test_rendering_is_timed_against_the_clock_given() -> None:
     page = StatusPage(store, None, clock=lambda: time.time() + 3 * 86400)
     ((_, text, _),) = get(page, "/probe/a")
     assert "3 d ago" in text
+
+
+def test_a_chart_draws_consecutive_failed_runs_as_one_bar() -> None:
+    from monitor.exporters.web.view import chart
+
+    # newest first: the newest two and the oldest three failed, with ok runs between
+    oks = [False, False, True, True, True, False, False, False]
+    drawn = chart([HistoryEntry(NOW - 60 * i, ok, "", "", 0, 0.01) for i, ok in enumerate(oks)], width=80, height=10)
+    assert (drawn.runs, drawn.failed) == (8, 5)
+    assert drawn.failed_path == "M0.0 0h29.5v10h-29.5zM60.0 0h19.5v10h-19.5z"

@@ -127,7 +127,7 @@ class StatusPage:
 
     def overview_json(self, filters: Filters) -> str:
         now = self.clock()
-        data = view.overview(self.store.snapshot().states, self.history, filters, self.per_page, now)
+        data = view.overview(self.store.snapshot().states, self.history, filters, self.per_page, now, charts=False)
         return json.dumps(data.as_json())
 
     def render_probe(self, name: str) -> str | None:

