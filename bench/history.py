@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import random
+import socket
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: bench.*, monitor.*
 
-from bench.common import Results, Row, Settings, log
+from bench.common import AgentProcess, Results, Row, Settings, cpu_seconds, log, status_field
 from monitor.config.schema import HistoryConfig
 from monitor.model.results import Phase, Reason, Reply, SmtpResult, TlsInfo
 from monitor.state.history import History
@@ -162,6 +164,49 @@ def measure(probes: int, hours: float, workdir: Path, say: Callable[[str], None]
     return figures
 
 
+@dataclass
+class AgentFigures:
+    history: bool
+    cpu_share: float  # the agent process's CPU (all its threads, not the probe process) as a fraction of a core
+    rss_mib: float
+    written: int  # results in the history tables at the end
+
+
+def agent_run(
+    workdir: Path, probes: int, history: bool, window: float, say: Callable[[str], None] = print
+) -> AgentFigures:
+    """A real agent with `probes` SMTP probes every 60 s against a refused loopback port (cheap probes: what is
+    measured is the agent's side of each result): its own CPU over `window` seconds of steady running."""
+    with socket.socket() as refused:
+        refused.bind(("127.0.0.1", 0))  # bound, never listening: every connect is refused at once
+        port = refused.getsockname()[1]
+        config = {
+            "status_page": {"enabled": False},
+            "history": {"enabled": history},
+            "smtp": [
+                {"name": f"p-{i:05d}", "host": "127.0.0.1", "port": port, "tls": "none", "interval": "60s"}
+                for i in range(probes)
+            ],
+        }
+        agent = AgentProcess(workdir, config)
+        try:
+            agent.start()
+            time.sleep(65.0)  # one interval: every probe has run and the schedule is spread
+            cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
+            time.sleep(window)
+            cpu1, t1 = cpu_seconds(agent.pid), time.monotonic()
+            rss = status_field(agent.pid, "VmRSS") / 1024
+        finally:
+            agent.stop()
+    written = 0
+    if history:
+        with sqlite3.connect(workdir / "state" / "state.db") as conn:
+            written = conn.execute("SELECT count(*) FROM history_result").fetchone()[0]
+    figures = AgentFigures(history, (cpu1 - cpu0) / (t1 - t0), rss, written)
+    say(f"  agent, history {'on' if history else 'off'}: {100 * figures.cpu_share:.2f} % of a core, {rss:.0f} MiB")
+    return figures
+
+
 def run(settings: Settings, peers: Peers, results: Results) -> None:
     """The bench/run.py section (`--only history`): 10,000 probes, 24 h simulated (2 h with --quick)."""
     hours = 2.0 if settings.quick else 24.0
@@ -187,6 +232,26 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
     results.add(Row(SECTION, f"changes(name, 50), {tag}", f.changes_ms, "ms"))
     results.add(Row(SECTION, f"rollups(name, day, 30), {tag}", f.rollups_ms, "ms"))
     results.add(Row(SECTION, f"restart: open() with the windows rebuilt, {tag}", f.reopen_s, "s"))
+    window = 30.0 if settings.quick else 60.0
+    off = agent_run(settings.workdir / "history-agent-off", 10_000, False, window, log)
+    on = agent_run(settings.workdir / "history-agent-on", 10_000, True, window, log)
+    tag = f"real agent, 10,000 refused probes at 60 s, {window:g} s window"
+    added = on.cpu_share - off.cpu_share
+    results.add(
+        Row(
+            SECTION,
+            f"agent CPU, history off / on, {tag}",
+            100 * on.cpu_share,
+            "% of one core",
+            note=f"off: {100 * off.cpu_share:.2f} %",
+        )
+    )
+    results.add(
+        Row(
+            SECTION, f"agent CPU added by history, {tag}", 100 * added, "% of one core", target="< 5 %", ok=added < 0.05
+        )
+    )
+    results.add(Row(SECTION, f"agent RSS, history on, {tag}", on.rss_mib, "MiB", note=f"off: {off.rss_mib:.0f} MiB"))
 
 
 def main(argv: list[str]) -> int:
@@ -194,20 +259,39 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--probes", type=int, default=10_000)
     parser.add_argument("--hours", type=float, default=24.0)
     parser.add_argument("--workdir", type=Path, default=None, help="where the database goes (default: a temp dir)")
+    parser.add_argument(
+        "--agent",
+        type=float,
+        default=0.0,
+        help="also run a real agent, history off then on, "
+        "measuring its CPU over this many seconds (each run: 65 s more)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         f = measure(args.probes, args.hours, workdir)
-        print(f"probes {f.probes:,}, {f.hours:g} h simulated at 60 s: {f.results:,} results in "
-              f"{time.monotonic() - started:.0f} s")  # fmt: skip
+        print(
+            f"probes {f.probes:,}, {f.hours:g} h simulated at 60 s: {f.results:,} results in "
+            f"{time.monotonic() - started:.0f} s"
+        )
         print(f"CPU per result: {f.queue_cpu_us:.2f} µs queueing (event loop), {f.write_cpu_us:.2f} µs writing")
         print(f"agent CPU added at {f.probes:,} probes every 60 s: {100 * f.agent_share:.2f} % of one core")
         print(f"state database: {f.db_bytes / 2**20:.1f} MiB ({f.raw_rows:,} raw rows, estimated)")
-        print(f"availability_all(): {f.availability_all_ms:.4f} ms; recent(60): {f.recent_ms:.3f} ms; "
-              f"changes(50): {f.changes_ms:.3f} ms; rollups(day, 30): {f.rollups_ms:.3f} ms")  # fmt: skip
+        print(
+            f"availability_all(): {f.availability_all_ms:.4f} ms; recent(60): {f.recent_ms:.3f} ms; "
+            f"changes(50): {f.changes_ms:.3f} ms; rollups(day, 30): {f.rollups_ms:.3f} ms"
+        )
         print(f"restart (open, windows rebuilt): {f.reopen_s:.2f} s")
+        if args.agent:
+            off = agent_run(workdir / "agent-off", args.probes, False, args.agent)
+            on = agent_run(workdir / "agent-on", args.probes, True, args.agent)
+            print(
+                f"real agent ({args.probes:,} refused probes at 60 s, {args.agent:g} s): CPU "
+                f"{100 * off.cpu_share:.2f} % of a core with history off, {100 * on.cpu_share:.2f} % on "
+                f"({on.written:,} results written); RSS {off.rss_mib:.0f} / {on.rss_mib:.0f} MiB"
+            )
     return 0
 
 

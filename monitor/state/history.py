@@ -420,6 +420,7 @@ class History:
         self._windows = _Windows()
         self._availability: Mapping[str, Availability] = MappingProxyType({})
         self._next_retention = 0.0
+        self._retried = False  # the queue holds a batch that failed once
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -595,19 +596,50 @@ class History:
             try:
                 if rows or changes:
                     touched = self._write(conn, rows, changes, now)
-                if now >= self._next_retention:
-                    self._next_retention = now + self.config.retention_interval
-                    self._retention(conn, now)
+                self._retried = False
             except Exception as exc:  # sqlite3.Error mostly; whatever it is, the writer goes on
-                self.write_errors += 1
-                self.health.state_write_errors += 1
-                self.dropped += len(rows)
-                log.error("history: writing %d results to %s failed: %s", len(rows), self.path, exc)
-                self._reload_names(conn)  # ids and rollups of the rolled back transaction are void
+                self._failed(conn, rows, changes, exc)
             finally:
                 with self._queue_lock:
                     self._inflight, self._inflight_changes = [], []
+            if now >= self._next_retention:
+                self._next_retention = now + self.config.retention_interval
+                try:
+                    self._retention(conn, now)
+                except Exception as exc:
+                    self.write_errors += 1
+                    self.health.state_write_errors += 1
+                    log.error("history: the retention pass on %s failed: %s", self.path, exc)
             self._refresh(touched, now)
+
+    def _failed(
+        self,
+        conn: sqlite3.Connection,
+        rows: list[tuple[str, HistoryEntry]],
+        changes: list[tuple[str, StatusChange]],
+        exc: Exception,
+    ) -> None:
+        """A failed batch is counted and logged, and tried once more with the next batch (a database locked for
+        longer than the busy timeout loses nothing); failing again, it is dropped, so a row the database refuses
+        cannot stop the history."""
+        self.write_errors += 1
+        self.health.state_write_errors += 1
+        self._reload_names(conn)  # ids and rollups of the rolled back transaction are void
+        if self._retried:
+            self.dropped += len(rows)
+            self._retried = False
+            log.error("history: writing %d results to %s failed again, dropped: %s", len(rows), self.path, exc)
+            return
+        self._retried = True
+        log.error("history: writing %d results to %s failed, trying again: %s", len(rows), self.path, exc)
+        with self._queue_lock:
+            self._queue[:0] = rows
+            self._queued_changes[:0] = changes
+            over = len(self._queue) - MAX_QUEUED
+            if over > 0:
+                del self._queue[:over]
+                self.dropped += over
+            self._inflight, self._inflight_changes = [], []
 
     def _write(
         self,

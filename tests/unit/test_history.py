@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from monitor.config.schema import HistoryConfig, SmtpProbeConfig
 from monitor.model.delivery import DeliveryPhase, DeliveryResult
 from monitor.model.results import CertInfo, MxResult, Phase, Reason, Reply, SmtpResult, TlsInfo
+from monitor.state import history as history_module
 from monitor.state.health import AgentHealth
 from monitor.state.history import (
     Availability,
@@ -305,7 +307,33 @@ class TestFailures:
         assert history.write_errors == 1
         assert history.health.state_write_errors == 1
         assert "history: writing 1 results" in caplog.text
+        assert len(history.recent("relay")) == 1  # queued again for one more try
+        history.flush()
+        assert history.write_errors == 2
+        assert history.dropped == 1
+        assert history.recent("relay") == []
         assert history.availability("relay") == Availability(None, None, None)  # nothing counted unwritten
+        history.close()
+
+    def test_a_locked_database_delays_the_writer_not_the_caller_and_loses_nothing(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(history_module, "BUSY_TIMEOUT_MS", 50)
+        history = opened(tmp_path, Clock(NOW))
+        other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # another writer holds the database past the busy timeout
+        started = time.perf_counter()
+        for i in range(1000):
+            history.on_result("relay", smtp(NOW - 1000 + i))
+        assert time.perf_counter() - started < 0.5  # queueing only: no wait for the lock
+        history.flush()
+        assert history.write_errors == 1
+        other.execute("COMMIT")
+        other.close()
+        history.flush()
+        assert history.dropped == 0
+        assert raw_rows(tmp_path) == 720  # all 1,000 written, then trimmed to the default count limit
+        assert history.rollups("relay")[0].runs == 1000
         history.close()
 
     def test_a_newer_history_schema_is_refused_at_open(self, tmp_path: Path) -> None:
