@@ -18,14 +18,17 @@ the mailbox) run in a process of their own and answer at once, so the CPU counte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,71 @@ from bench.scale import LATENESS, RSS_LIMIT_MIB, RSS_TARGET, first_run_seen, pro
 
 SECTION = "delivery"
 IN_FLIGHT = "smtp_monitor_probes_in_flight"
+GC_TRACE = Path(__file__).resolve().parent / "gc_trace"  # its sitecustomize.py logs collections
+
+
+# -- the cyclic collector's pauses ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def gc_traced(directory: Path) -> Iterator[None]:
+    """Python processes started inside (the agent, and the probe process it starts) log their full
+    collections to `directory`, through bench/gc_trace/sitecustomize.py."""
+    directory.mkdir(parents=True, exist_ok=True)
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "BENCH_GC_TRACE_DIR")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(GC_TRACE), saved["PYTHONPATH"]) if p)
+    os.environ["BENCH_GC_TRACE_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@dataclass(frozen=True)
+class GcPause:
+    role: str  # "agent" or "probe process"
+    at: float  # time.monotonic() at its end
+    generation: int
+    seconds: float
+    collected: int
+
+
+def gc_pauses(directory: Path, start: float, end: float) -> list[GcPause]:
+    """Full collections that ended between `start` and `end` (time.monotonic())."""
+    pauses = []
+    for path in sorted(directory.glob("gc-*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                raw = json.loads(line)
+                pause = GcPause(
+                    str(raw["role"]),
+                    float(raw["at"]),
+                    int(raw["generation"]),
+                    float(raw["seconds"]),
+                    int(raw["collected"]),
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
+            if pause.generation == 2 and start <= pause.at <= end:
+                pauses.append(pause)
+    return pauses
+
+
+def gc_summary(pauses: list[GcPause], role: str) -> str:
+    mine = [p for p in pauses if p.role == role]
+    if not mine:
+        return f"{role}: no full collection"
+    longest = max(p.seconds for p in mine)
+    total = sum(p.seconds for p in mine)
+    freed = sum(p.collected for p in mine)
+    return (
+        f"{role}: {len(mine)} full collections, longest {1000 * longest:.0f} ms, {1000 * total:.0f} ms in all, "
+        f"{freed:,} objects freed"
+    )
 
 
 # -- the mail peers' process ------------------------------------------------------------------------------
@@ -312,6 +380,7 @@ class ScaleFigures:
     accepted: int = 0
     machine: str = ""
     wall: float = 0.0
+    gc: list[GcPause] = field(default_factory=list)  # full collections in the window
 
 
 class StatsSampler:
@@ -368,9 +437,12 @@ def beside_scale(
     figures = ScaleFigures(label, limit=limit)
     workdir = settings.workdir / ("agent-delivery-scale" if with_delivery else "agent-delivery-scale-alone")
     shutil.rmtree(workdir / "state", ignore_errors=True)
+    trace = workdir / "gc"
+    shutil.rmtree(trace, ignore_errors=True)
     agent = AgentProcess(workdir, config)
     try:
-        agent.start()
+        with gc_traced(trace):
+            agent.start()
         first = first_run_seen(agent, timeout=120.0)
         time.sleep(max(0.0, first + settle - time.monotonic()))
         text0 = agent.metrics(timeout=60)
@@ -415,6 +487,7 @@ def beside_scale(
         figures.sessions_peak = sampler.peak
         figures.accepted = stats1.accepted - stats0.accepted
         figures.machine = f"machine {machine.cores_busy:.2f} cores busy, {machine.others:.2f} not ours"
+        figures.gc = gc_pauses(trace, cpu.wall0, cpu.wall1)
         figures.window = DeliveryTotals.scraped(text1).since(DeliveryTotals.scraped(text0))
     finally:
         agent.stop()
@@ -441,7 +514,18 @@ def _scale_rows(results: Results, figures: ScaleFigures, with_delivery: bool) ->
         Row(SECTION, f"scheduler lateness p50, {tag}", 1000 * figures.p50, "ms", note=f"{figures.observed:.0f} runs")
     )
     p99 = 1000 * figures.p99
-    results.add(Row(SECTION, f"scheduler lateness p99, {tag}", p99, "ms", target="< 250 ms", ok=figures.p99 < 0.25))
+    pauses = "; ".join(gc_summary(figures.gc, role) for role in ("probe process", "agent"))
+    results.add(
+        Row(
+            SECTION,
+            f"scheduler lateness p99, {tag}",
+            p99,
+            "ms",
+            target="< 250 ms",
+            ok=figures.p99 < 0.25,
+            note=f"in the window: {pauses}",
+        )
+    )
     results.add(
         Row(
             SECTION,
