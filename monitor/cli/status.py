@@ -171,39 +171,6 @@ def mx_facts(result: ProbeResult | None) -> MxFacts | None:
     return MxFacts(len(answers), listed, no_verdict, policy)
 
 
-@dataclass(frozen=True, slots=True)
-class MxFacts:
-    """What `status` shows of an MX check's DNSBL lookups and policy findings (the last run's)."""
-
-    dnsbl_lookups: int  # address x zone answers
-    listed: tuple[str, ...]  # "address in zone (codes): reason"
-    no_verdict: tuple[str, ...]  # refused, unexpected and failed lookups
-    policy: tuple[tuple[str, str], ...]  # (level, "RECORD finding: detail") of findings that are not ok
-
-
-def mx_facts(result: ProbeResult | None) -> MxFacts | None:
-    """None for a check whose last run had neither DNSBL lookups nor policy findings."""
-    if not isinstance(result, MxResult) or (result.dnsbl is None and not result.policy_findings):
-        return None
-    answers = result.dnsbl.answers if result.dnsbl is not None else ()
-    listed = tuple(
-        _printable(f"{a.address} in {a.zone} ({','.join(a.codes)})" + (f": {a.reason}" if a.reason else ""))
-        for a in answers
-        if a.outcome is DnsblOutcome.LISTED
-    )
-    no_verdict = tuple(
-        _printable(f"{a.address} in {a.zone}: {a.outcome.value}: {a.error}")
-        for a in answers
-        if a.outcome not in (DnsblOutcome.LISTED, DnsblOutcome.NOT_LISTED)
-    )
-    policy = tuple(
-        (f.level.value, _printable(f"{f.record.upper()} {f.finding}: {f.detail}"))
-        for f in result.policy_findings
-        if f.level is not FindingLevel.OK
-    )
-    return MxFacts(len(answers), listed, no_verdict, policy)
-
-
 def _target(probe: SmtpProbeConfig | MxCheckConfig | DeliveryProbeConfig) -> tuple[str, str]:
     """(kind, target) of a probe for the table."""
     if isinstance(probe, SmtpProbeConfig):

@@ -7,17 +7,25 @@ Authentication-Results, and deleted."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import json
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from monitor.cli.main import main
 from monitor.config.schema import Config, DnsConfig, MxCheckConfig
+from monitor.exporters.snmp import mib_oids as mib
 from monitor.model.results import MxResult, Phase, Reason
 from monitor.model.spoof import SpoofAttempt, SpoofOutcome, SpoofStep
 from monitor.probes import ProbeEnv, build_resolver, mx
+from tests.peers.agent import AgentProcess
 from tests.peers.mail_chain import MailChain, StrictMxPostfix
+from tests.peers.net_snmp import tool_env
+from tests.peers.snmptrapd import TrapReceiver
+from tests.support.ports import free_udp_port
 
 MAILBOX_PROBE = "chain-mailbox"
 
@@ -130,3 +138,118 @@ def test_without_a_mailbox_the_acceptance_alone_is_reported_and_a_later_run_swee
     left = {message.message_id for message in chain.inbox() + chain.junk()}
     assert unread.message_id not in left
     assert read.message_id not in left
+
+
+# -- the running agent: /metrics, the MIB, notifications, status; and the one-shot command --------------------
+
+COMMUNITY = "spoof-read-5e2a"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def snmp_run(port: int, env: dict[str, str], base_mibs: Path, tool: str, *args: str) -> str:
+    command = [
+        tool, "-M", f"+{ROOT / 'mibs'}:{base_mibs}", "-m", "SMTP-MONITOR-MIB", "-v2c", "-c", COMMUNITY,
+        "-t", "3", "-r", "2", f"udp:127.0.0.1:{port}", *args,
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_the_agent_reports_the_spoofable_exchange_everywhere(
+    mail_chain: MailChain,
+    strict_mx: StrictMxPostfix,
+    agent_factory: Callable[[dict[str, object]], AgentProcess],
+    trap_receiver: TrapReceiver,
+    base_mibs: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    chain = mail_chain
+    port = free_udp_port()
+    document = config_document(chain)
+    document["delivery"][0]["interval"] = "1h"  # the mailbox's probe: not what this test is about
+    document["mx"][0].update({"interval": "1h", "alert_after": 1})
+    agent = agent_factory(
+        {
+            **document,
+            "dns": {"nameservers": [f"{chain.host}:{chain.dns_port}"]},
+            "snmp": {
+                "enabled": True,
+                "listen": [f"udp:127.0.0.1:{port}"],
+                "communities": [{"name": COMMUNITY}],
+                "notify": [{"host": "127.0.0.1", "port": trap_receiver.port, "version": "2c", "community": "public"}],
+            },
+        }
+    )
+    open_mx = {"check": "protected", "exchange": chain.mx_host, "address": "127.0.0.1"}
+    strict = {"check": "protected", "exchange": chain.strict_mx_host, "address": chain.strict_mx_address}
+    agent.wait_until(lambda: agent.value("mx_check_spoof_accepted", **open_mx) == 1.0, 90, "no spoof verdict")
+
+    # /metrics
+    assert agent.value("mx_check_spoof_accepted", **strict) == 0.0
+    assert agent.value("mx_check_spoof_outcome", **strict, outcome="refused", step="rcpt") == 1.0
+    assert agent.value("mx_check_spoof_delivered", **open_mx, folder="inbox") == 1.0
+    assert agent.value("mx_check_spoof_auth_result", **open_mx, method="dmarc", result="fail") == 1.0
+    assert agent.value("mx_check_failures", check="protected", phase="spoof", reason="spoofable") == 1.0
+
+    # the MIB: mxAddressSpoof per exchange address, the check's failed phase and reason
+    env = tool_env(tmp_path / "net-snmp")
+    table = snmp_run(port, env, base_mibs, "snmptable", "-Ci", "-Cf", "|", "mxAddressTable")
+    rows = {line.split("|")[1]: line for line in table.splitlines() if line.count("|") > 3}
+    assert "spoofable" in rows["127.0.0.1"], table
+    assert "refused" in rows[chain.strict_mx_address], table
+    assert "550" in rows[chain.strict_mx_address], table
+    checks = snmp_run(port, env, base_mibs, "snmpget", "-Oqv", 'mxCheckFailedPhase."protected"')
+    assert checks.strip() == "spoof"
+
+    # mxCheckFailed at snmptrapd, with phase spoof(26) and reason spoofable(37)
+    trap_oid = "." + ".".join(map(str, mib.notification_oid(mib.Notification.MX_CHECK_FAILED)))
+    phase_oid = "." + ".".join(map(str, mib.mx_check_oid(mib.MxCheckColumn.FAILED_PHASE, "protected")))
+    reason_oid = "." + ".".join(map(str, mib.mx_check_oid(mib.MxCheckColumn.FAILED_REASON, "protected")))
+
+    def failed_traps() -> list[str]:
+        return [line for line in trap_receiver.notifications() if trap_oid + "\t" in line + "\t"]
+
+    agent.wait_until(lambda: bool(failed_traps()), 30, "no mxCheckFailed")
+    (trap,) = failed_traps()
+    assert f"{phase_oid} = INTEGER: 26" in trap
+    assert f"{reason_oid} = INTEGER: 37" in trap
+    assert chain.mailbox.password not in "".join(trap_receiver.lines())
+
+    # smtp-monitor status, from the state the agent saved when it stopped
+    agent.stop()
+    assert main(["status", "-c", str(agent.config_file), "--json"]) == 2
+    rows_json = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    spoofed = {s["exchange"]: s for s in rows_json["protected"]["spoof"]}
+    assert (spoofed[chain.mx_host]["outcome"], spoofed[chain.mx_host]["landed"]) == (
+        "spoofable",
+        "inbox (spf=fail dmarc=fail)",
+    )
+    assert (spoofed[chain.strict_mx_host]["outcome"], spoofed[chain.strict_mx_host]["step"]) == ("refused", "rcpt")
+
+
+def test_the_one_shot_command_finds_the_spoofable_exchange(
+    mail_chain: MailChain, strict_mx: StrictMxPostfix, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chain = mail_chain
+    argv = [
+        "mx",
+        chain.protected_domain,
+        "--nameserver",
+        f"{chain.host}:{chain.dns_port}",
+        "--port",
+        str(chain.mx_port),
+    ]
+    code = main([*argv, "--timeout", "30s", "--spoof-test", chain.mailbox.address])
+    out = capsys.readouterr().out
+    assert code == 2, out
+    assert out.startswith(f"MX CRITICAL - {chain.protected_domain} spoofable: accepted a message forged from "), out
+    assert f"{chain.mx_host} (127.0.0.1): 250" in out
+    assert "spoof_refused=1 spoof_spoofable=1 spoof_inconclusive=0 spoof_error=0" in out
+
+    # the one-shot cannot read the mailbox: a check of the same name that can sweeps its forgery
+    document = config_document(chain)
+    document["mx"][0]["name"] = "cli"
+    check(chain, Config.model_validate(document).mx[0])
+    assert not [m for m in chain.inbox() + chain.junk() if "smtp-monitor spoof test cli" in m.subject]
