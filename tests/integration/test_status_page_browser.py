@@ -144,7 +144,7 @@ def screens(tmp_path: Path) -> Path:
 def _screenshot(driver: webdriver.Chrome, path: Path) -> None:
     """The whole page, not only the window: the window grows to the page's height (bounded)."""
     height = int(driver.execute_script("return document.documentElement.scrollHeight"))
-    driver.set_window_size(1400, min(max(height + 40, 600), 4000))
+    driver.set_window_size(1400, min(max(height + 160, 600), 4000))  # outer size: the viewport is smaller
     assert driver.save_screenshot(str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     driver.set_window_size(1400, 900)
