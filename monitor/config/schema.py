@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -18,8 +18,10 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -600,6 +602,22 @@ class MxCheckConfig(_Strict):
     tls_rpt: bool = False  # the _smtp._tls TXT record (RFC 8460)
     dnsbl: list[DnsblZoneConfig] = Field(default=[], max_length=20)  # every exchange address in each zone
     dnsbl_timeout: Duration = Field(default=3.0, gt=0, le=60)  # per DNSBL query
+
+    # Fields added after the state database began keying saved states by the config's JSON
+    # (monitor.state.persistence.config_hash): left out of that JSON at their defaults, so an unchanged
+    # check keeps its saved state across the upgrade instead of starting afresh.
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("policy_depth", "tls_rpt", "dnsbl", "dnsbl_timeout", "spoof_test")
+
+    @model_serializer(mode="wrap")
+    def _without_later_defaults(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = fields_of(self)
+        for name in self._ADDED_LATER:
+            field = type(self).model_fields.get(name)
+            if field is None or name not in data:
+                continue
+            if getattr(self, name) == field.get_default(call_default_factory=True):
+                del data[name]
+        return data
 
     @field_validator("probe_hosts", mode="before")
     @classmethod
