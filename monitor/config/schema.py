@@ -613,6 +613,20 @@ class MxCheckConfig(_Strict):
         data: dict[str, Any] = fields_of(self)
         for name in self._ADDED_LATER:
             field = type(self).model_fields.get(name)
+            if field is not None and name in data and getattr(self, name) == field.get_default(call_default_factory=True):
+                del data[name]
+        return data
+
+    # Fields added after the state database began keying saved states by the config's JSON
+    # (monitor.state.persistence.config_hash): left out of that JSON at their defaults, so an unchanged
+    # check keeps its saved state across the upgrade instead of starting afresh.
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("policy_depth", "tls_rpt", "dnsbl", "dnsbl_timeout", "spoof_test")
+
+    @model_serializer(mode="wrap")
+    def _without_later_defaults(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = fields_of(self)
+        for name in self._ADDED_LATER:
+            field = type(self).model_fields.get(name)
             if field is None or name not in data:
                 continue
             if getattr(self, name) == field.get_default(call_default_factory=True):

@@ -355,9 +355,11 @@ class TestProbePage:
         assert "SIZE 10240000" in extensions
 
     def test_an_mx_check_lists_every_exchange_and_address_with_its_verdicts(self) -> None:
+        recorder = TranscriptRecorder()
+        recorder.received("220 mx1.example.com <b>ESMTP</b>")
         probe = SmtpResult(
             host="mx1.example.com", port=25, tls_mode="starttls", started_at=NOW, ok=True, address="192.0.2.1",
-            total=0.02, tls=cert(40),
+            total=0.02, tls=cert(40), transcript=recorder.transcript(),
         )  # fmt: skip
         records = (
             MxRecord(
@@ -388,6 +390,9 @@ class TestProbePage:
         assert "mx2.example.com" in rows[2]
         assert "no address" in rows[2]
         assert 39 < json.loads(data)["cert_days_left"] < 41  # from the exchange's certificate
+        for section in ('id="failure-transcript"', 'id="last-transcript"'):  # this run failed: both are it
+            dialogues = text[text.index(section) :]
+            assert dialogues.index("mx1.example.com 192.0.2.1") < dialogues.index("S 220 mx1.example.com &lt;b&gt;")
         assert [r["exchange"] for r in json.loads(data)["last_result"]["mx"]] == ["mx1.example.com", "mx2.example.com"]
 
     def test_a_delivery_probe_shows_hops_verdicts_folder_and_its_ledger(self) -> None:

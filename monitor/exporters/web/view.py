@@ -29,6 +29,7 @@ STATUSES: tuple[str, ...] = ("failed", "unknown", "ok")
 KIND_NAMES: Mapping[str, str] = {"smtp": "SMTP", "mx": "MX check", "delivery": "delivery"}
 _STATUS_RANK = {Status.FAILED: 0, Status.UNKNOWN: 1, Status.OK: 2}
 MAX_QUERY = 100  # characters of the name filter: a probe name has at most 100
+MAX_TEXT = 2000  # characters of a reply or error in a row: 100 rows stay a bounded page whatever a server sent
 CHART_RUNS = 60  # the recent window of an overview row's chart
 DETAIL_RUNS = 200  # runs listed on a probe's page
 DETAIL_CHANGES = 50
@@ -227,6 +228,32 @@ def exchange_rows(result: MxResult) -> tuple[ExchangeRow, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class Dialogue:
+    """One recorded dialogue of a run: `label` names the address or exchange when a run had several."""
+
+    label: str
+    transcript: Transcript
+
+
+def transcripts(result: ProbeResult) -> tuple[Dialogue, ...]:
+    """Every dialogue a result recorded: an SMTP probe's (and each address's, with address_family: both),
+    a delivery run's, or those of the exchanges an MX check probed."""
+    if isinstance(result, MxResult):
+        return tuple(
+            Dialogue(f"{record.exchange} {probe.address}".strip(), probe.transcript)
+            for record in result.records
+            for probe in record.address_probes or ((record.probe,) if record.probe is not None else ())
+            if probe.transcript is not None
+        )
+    own = (Dialogue("", result.transcript),) if result.transcript is not None else ()
+    if isinstance(result, SmtpResult):
+        return own + tuple(
+            Dialogue(a.address, a.transcript) for a in result.address_results if a.transcript is not None
+        )
+    return own
+
+
+@dataclass(frozen=True, slots=True)
 class Detail:
     """One probe's page: its row, the typed last results and what the history holds."""
 
@@ -236,8 +263,8 @@ class Detail:
     recent: tuple[HistoryEntry, ...]
     changes: tuple[StatusChange, ...]
     chart: Chart | None
-    last_transcript: Transcript | None
-    failure_transcript: Transcript | None
+    last_transcripts: tuple[Dialogue, ...]
+    failure_transcripts: tuple[Dialogue, ...]
     failure_at: float | None
     tls: TlsInfo | None
     tls_at: float | None
@@ -356,8 +383,8 @@ def detail(state: ProbeState, history: History | None, now: float) -> Detail:
         recent=recent,
         changes=changes,
         chart=chart(recent[:CHART_RUNS], width=480, height=80) if recent else None,
-        last_transcript=result.transcript if result is not None and not isinstance(result, MxResult) else None,
-        failure_transcript=failed.transcript if failed is not None and not isinstance(failed, MxResult) else None,
+        last_transcripts=transcripts(result) if result is not None else (),
+        failure_transcripts=transcripts(failed) if failed is not None else (),
         failure_at=failed.started_at if failed is not None else None,
         tls=state.last_tls,
         tls_at=state.last_tls_at,
@@ -388,8 +415,8 @@ def failure_of(result: ProbeResult) -> Failure:
     return Failure(
         phase=result.phase.value if result.phase is not None else "",
         reason=result.reason.value if result.reason is not None else "",
-        reply=str(reply) if reply is not None else "",
-        error=result.error,
+        reply=str(reply)[:MAX_TEXT] if reply is not None else "",
+        error=result.error[:MAX_TEXT],
     )
 
 
