@@ -2,9 +2,11 @@
 
 Results reach History.on_result on the event loop, which only compacts them and queues them; a writer thread
 writes the queue in one transaction every `flush_interval` seconds (or `batch_rows` rows) on its own SQLite
-connection, so the event loop never waits on the disk. Retention (count and age per probe) runs in bulk from
-that thread. Availability over 24 h / 7 d / 30 d is kept in memory (per probe, 24 hourly and 30 daily counts),
-rebuilt from the rollup tables at start, so availability_all() for 10,000 probes is one dictionary.
+connection, so the event loop never waits on the disk (a batch that fails is counted, logged and tried once
+more with the next). The rollups of the open hour and day are kept in memory and written whole with each batch.
+Retention (count and age per probe) runs in bulk from that thread. Availability over 24 h / 7 d / 30 d is kept
+in memory (per probe, 24 hourly and 30 daily counts), rebuilt from the rollup tables at start, so
+availability_all() for 10,000 probes is one dictionary.
 
 Windows: "24 h" is the current hour and the 23 before it; "7 d" and "30 d" are the current UTC day and the 6 or
 29 before it. A run counts as available when its result was ok (not the alerting status, which waits for
@@ -908,12 +910,3 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def buckets_for(values: Iterable[float]) -> dict[int, int]:
-    """The histogram of `values` (tests and bench)."""
-    counts: dict[int, int] = {}
-    for v in values:
-        b = bucket_of(v)
-        counts[b] = counts.get(b, 0) + 1
-    return counts
