@@ -505,3 +505,14 @@ def test_a_chart_draws_consecutive_failed_runs_as_one_bar() -> None:
     drawn = chart([HistoryEntry(NOW - 60 * i, ok, "", "", 0, 0.01) for i, ok in enumerate(oks)], width=80, height=10)
     assert (drawn.runs, drawn.failed) == (8, 5)
     assert drawn.failed_path == "M0.0 0h29.5v10h-29.5zM60.0 0h19.5v10h-19.5z"
+
+
+def test_every_link_is_relative_so_a_reverse_proxy_may_serve_the_page_under_a_path() -> None:
+    store = store_of(smtp("a"))
+    store.record("a", refused())
+    overview, probe, missing = get(page_of(store), "/", "/probe/a", "/probe/gone")
+    for _, text, _ in (overview, probe, missing):
+        assert re.findall(r'(?:href|action)="(/[^"]*)"', text) == []
+    assert 'href="./probe/a"' in overview[1]
+    assert 'href="../api/probes/a"' in probe[1]
+    assert 'href="../"' in missing[1]

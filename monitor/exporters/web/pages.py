@@ -91,7 +91,8 @@ def environment() -> Environment:
 
 class StatusPage:
     """The routes of the status page, mounted on an aiohttp application (the Prometheus server's or
-    StatusPageServer's)."""
+    StatusPageServer's). Its links are relative ("./", "../"), so that the page also works behind a reverse
+    proxy that serves it under a path of its own (https://example.net/mail-status/)."""
 
     def __init__(
         self,
@@ -123,7 +124,7 @@ class StatusPage:
         now = self.clock()
         states = self.store.snapshot().states
         data = view.overview(states, self.history, filters, self.per_page, now)
-        return self._overview.render(o=data, now=now, config_path=self.config_path)
+        return self._overview.render(o=data, now=now, config_path=self.config_path, root="./")
 
     def overview_json(self, filters: Filters) -> str:
         now = self.clock()
@@ -135,7 +136,7 @@ class StatusPage:
         if state is None:
             return None
         now = self.clock()
-        return self._probe.render(d=view.detail(state, self.history, now), now=now)
+        return self._probe.render(d=view.detail(state, self.history, now), now=now, root="../")
 
     def probe_json(self, name: str) -> str | None:
         state = self.store.snapshot().states.get(name)
@@ -166,7 +167,8 @@ class StatusPage:
         name = request.match_info["name"]
         page = await self._run(self.render_probe, name)
         if page is None:
-            return _html(404, self.env.get_template("missing.html").render(name=name[: view.MAX_QUERY]))
+            missing = self.env.get_template("missing.html")
+            return _html(404, missing.render(name=name[: view.MAX_QUERY], root="../"))
         return _html(200, page)
 
     async def _probe_json(self, request: web.Request) -> web.Response:
