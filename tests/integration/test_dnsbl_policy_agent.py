@@ -120,6 +120,13 @@ def test_listings_refusals_and_findings_on_every_surface(
     assert agent.value("mx_check_policy_finding", **too_many) == 1.0
     assert agent.value("mx_check_failures_total", check="pol-toomany", phase="policy", reason="policy_record") >= 1
 
+    status_code, body = agent.get("/metrics")
+    assert status_code == 200
+    lint = subprocess.run(
+        ["/usr/bin/promtool", "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
+    )
+    assert (lint.returncode, lint.stdout + lint.stderr) == (0, "")
+
     # the MIB, read by net-snmp by the MIB's names
     env = tool_env(tmp_path / "net-snmp")
     rows = {row["index"]: row for row in table(snmp_port, env, base_mibs, "mxDnsblTable")}

@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor.cli import report
 from monitor.cli.status import mx_facts
 from monitor.config.schema import DnsblZoneConfig, DnsConfig, MxCheckConfig
-from monitor.exporters.prometheus.metrics import mx_samples
+from monitor.exporters.prometheus.metrics import ProbeExposition, StoreCollector, mx_samples
 from monitor.exporters.snmp import mib_oids
 from monitor.exporters.snmp.mibview import mx_dnsbl_rows, mx_policy_finding_rows
 from monitor.model.facts import DnsblAnswer, DnsblFacts, DnsblOutcome, FindingLevel, PolicyFinding
@@ -23,6 +24,7 @@ from monitor.model.results import MxResult, Phase, Reason
 from monitor.probes import ProbeEnv, build_resolver, dnsbl, mx, policy_records
 from monitor.state.store import ResultsStore
 from tests.fakes.dns_server import Garbage, Rcode, Records, ScriptedDnsServer, Silence, Truncated, WrongId
+from tests.unit.test_metrics import parsed
 
 ZONE = "bl.example.test"
 DOMAIN = "example.test"
@@ -280,6 +282,25 @@ class TestSurfaces:
         assert samples[("mx_check_dnsbl_queries", ("m",))] == 5
         assert samples[("mx_check_policy_finding", ("m", "spf", "dns_lookups", "error"))] == 1.0
         assert samples[("mx_check_policy_finding", ("m", "tls_rpt", "record", "ok"))] == 1.0
+
+    def test_both_expositions_agree(self) -> None:
+        store = ResultsStore(announce=False)
+        store.configure([(MxCheckConfig(name="m", domain="example.test"), 1, 60)])
+        store.record("m", mx_result())
+        registry = CollectorRegistry()
+        registry.register(StoreCollector(store, None))
+        expected = parsed(generate_latest(registry).decode())
+        rendered = parsed(ProbeExposition().render(store.snapshot().states.values()).decode())
+        assert rendered == expected
+        assert (
+            expected[
+                (
+                    "mx_check_dnsbl_listed",
+                    frozenset({"check": "m", "address": "192.0.2.1", "zone": "bl.one.test"}.items()),
+                )
+            ]
+            == 1.0
+        )
 
     def test_mib_rows(self) -> None:
         index = mib_oids.name_index("m")
