@@ -31,7 +31,7 @@ def landed(attempt: SpoofAttempt) -> str:
         return ""
     if not mailbox.found:
         return _printable(f"not found: {mailbox.error}")
-    verdicts = " ".join(f"{v.method}={v.result}" for v in mailbox.verdicts if v.method in ("spf", "dkim", "dmarc"))
+    verdicts = " ".join(f"{m}={mailbox.verdict(m)}" for m in ("spf", "dkim", "dmarc") if mailbox.verdict(m) is not None)
     deleted = "" if mailbox.deleted else f", left: {mailbox.error}"
     return _printable(f"{mailbox.folder}" + (f" ({verdicts})" if verdicts else "") + deleted)
 
