@@ -33,6 +33,9 @@ from monitor.probes.smtp import Dialogue, session_open
 from monitor.probes.spf_eval import SpfResult, SpfVerdict, check_host
 
 MAX_SWEEP = 20  # leftover forgeries of earlier runs deleted per run
+# Forged messages per run: an MX answer naming hundreds of addresses must not make the agent a spammer
+MAX_ATTEMPTS = 32
+MAX_TEXT = 512  # a reply or error kept in the result (a reply may be 100 lines of 2 KiB)
 _MAILBOX_RESERVE = 5.0  # seconds of the check's deadline kept for deleting and logging out
 _INCONCLUSIVE_SPF = (SpfResult.PASS, SpfResult.TEMPERROR)
 
@@ -183,7 +186,7 @@ async def attempt(
                     if verdict.result is SpfResult.PASS
                     else f"the SPF of {config.domain} could not be evaluated for {source}: {verdict.why}"
                 )
-                return replace(base, outcome=SpoofOutcome.INCONCLUSIVE, error=why)
+                return replace(base, outcome=SpoofOutcome.INCONCLUSIVE, error=why[:MAX_TEXT])
             outcome, step, reply = await _transaction(d, sent, at)
             if d.in_transaction:
                 await d.rset()
@@ -200,8 +203,8 @@ async def attempt(
             base,
             step=at[-1] if at else SpoofStep.SESSION,
             reply_code=reply_code,
-            reply=str(failure.reply) if failure.reply is not None else "",
-            error=f"{where}: {failure.reason.value}: {failure.message}",
+            reply=str(failure.reply)[:MAX_TEXT] if failure.reply is not None else "",
+            error=f"{where}: {failure.reason.value}: {failure.message}"[:MAX_TEXT],
         )
     finally:
         d.close()
@@ -210,7 +213,7 @@ async def attempt(
         outcome=outcome,
         step=step,
         reply_code=reply.code,
-        reply=str(reply),
+        reply=str(reply)[:MAX_TEXT],
         message_id=sent.message_id if step is SpoofStep.DATA and outcome is SpoofOutcome.SPOOFABLE else "",
     )
 
@@ -229,11 +232,17 @@ async def run(
         for i, r in enumerate(records)
         for address in r.addresses
     ]
+    sent_to, skipped = jobs[:MAX_ATTEMPTS], jobs[MAX_ATTEMPTS:]
     attempts = list(
         await asyncio.gather(
-            *(attempt(config, env, exchange, address, sent, spf) for _, exchange, address, sent in jobs)
+            *(attempt(config, env, exchange, address, sent, spf) for _, exchange, address, sent in sent_to)
         )
     )
+    not_sent = f"not sent: the spoof test sends to at most {MAX_ATTEMPTS} addresses per run"
+    attempts += [
+        SpoofAttempt(exchange, address, SpoofOutcome.ERROR, SpoofStep.SESSION, sent.sender, error=not_sent)
+        for _, exchange, address, sent in skipped
+    ]
     delivery = spoof.delivery
     accepted = [n for n, a in enumerate(attempts) if a.spoofable]
     if delivery is not None and accepted:

@@ -16,7 +16,7 @@ from monitor.config.schema import DnsConfig, MxCheckConfig
 from monitor.model.probe_result import result_from_dict
 from monitor.model.results import MxResult, Phase, Reason
 from monitor.model.spoof import SpoofAttempt, SpoofOutcome, SpoofStep
-from monitor.probes import ProbeEnv, build_resolver, mx
+from monitor.probes import ProbeEnv, build_resolver, mx, spoof
 from tests.fakes.dns_server import ScriptedDnsServer
 from tests.fakes.smtp_servers import AiosmtpdServer, RecordingHandler
 
@@ -187,3 +187,25 @@ class TestConfig:
             {"name": "c", "domain": DOMAIN, "spoof_test": {"recipient": RECIPIENT, "mail_from": "a@eu.example.test"}}
         )
         assert sub.spoof_sender == "a@eu.example.test"
+
+
+class TestBounds:
+    def test_a_long_reply_is_kept_bounded(self, dns: ScriptedDnsServer) -> None:
+        result = check(dns, Mta(at="rcpt", reply="550 " + "x" * 1500))
+        attempt = only_attempt(result)
+        assert (attempt.outcome, attempt.reply_code) == (SpoofOutcome.REFUSED, 550)
+        assert len(attempt.reply) == spoof.MAX_TEXT
+
+    def test_no_more_forgeries_than_the_cap_are_sent(
+        self, dns: ScriptedDnsServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(spoof, "MAX_ATTEMPTS", 1)
+        dns.records(EXCHANGE, "A", "127.0.0.1", "127.0.0.2")
+        handler = Mta(at="data")
+        result = check(dns, handler)
+        (record,) = result.records
+        sent, skipped = record.spoof
+        assert (sent.address, sent.outcome) == ("127.0.0.1", SpoofOutcome.REFUSED)
+        assert (skipped.address, skipped.outcome) == ("127.0.0.2", SpoofOutcome.ERROR)
+        assert "at most 1 addresses" in skipped.error
+        assert len(handler.mail_from) == 1
