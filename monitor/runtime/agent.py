@@ -18,7 +18,7 @@ from monitor.config.reader import ConfigReader
 from monitor.config.schema import Config, ConfigError, load_config
 from monitor.exporters.prometheus.http import AdhocProber, HttpBindError, MetricsServer
 from monitor.exporters.prometheus.metrics import build_agent_registry
-from monitor.exporters.web.pages import StatusPage, StatusPageBindError, StatusPageServer
+from monitor.exporters.web.pages import StatusPage, StatusPageBindError, StatusPageServer, StatusPageUnavailable
 from monitor.runtime import logs
 from monitor.runtime.probe_process import ProbeProcess
 from monitor.runtime.sharding import Shard
@@ -226,12 +226,16 @@ class Agent:
     def _page(self) -> StatusPage | None:
         if not self.config.status_page.enabled:
             return None
-        return StatusPage(
-            self.store,
-            self.history,  # None with history off: the page says so
-            per_page=self.config.status_page.per_page,
-            config_path=str(self.config_path),
-        )
+        try:
+            return StatusPage(
+                self.store,
+                self.history,  # None with history off: the page says so
+                per_page=self.config.status_page.per_page,
+                config_path=str(self.config_path),
+            )
+        except StatusPageUnavailable as exc:  # the agent's probes and metrics do not depend on the page
+            log.error("status page off: %s", exc)
+            return None
 
     async def _start_status_page(self, page: StatusPage | None, metrics: tuple[str, int] | None) -> None:
         """On its own address if `status_page.listen` sets one, else on the Prometheus server's `/`."""

@@ -104,3 +104,17 @@ def test_an_address_in_use_stops_the_start(tmp_path: Path) -> None:
                 await agent.stop()
 
         asyncio.run(body())
+
+
+def test_an_installation_without_the_templates_runs_without_the_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from jinja2 import DictLoader, Environment
+
+    from monitor.exporters.web import pages
+
+    monkeypatch.setattr(pages, "environment", lambda: Environment(loader=DictLoader({}), autoescape=True))
+    (index, metrics) = _serve(tmp_path, _config(tmp_path), ("metrics", "/"), ("metrics", "/metrics"))
+    assert index == (200, PLAIN_INDEX)
+    assert metrics[0] == 200
+    assert "status page off: template overview.html is not installed" in caplog.text

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound
 
 from monitor.exporters.web import view
 from monitor.exporters.web.view import BadQuery, Filters, History
@@ -89,6 +89,10 @@ def environment() -> Environment:
     return env
 
 
+class StatusPageUnavailable(Exception):
+    """The page cannot be served from this installation (its templates are missing)."""
+
+
 class StatusPage:
     """The routes of the status page, mounted on an aiohttp application (the Prometheus server's or
     StatusPageServer's). Its links are relative ("./", "../"), so that the page also works behind a reverse
@@ -108,8 +112,12 @@ class StatusPage:
         self.config_path = config_path
         self.clock = clock
         self.env = environment()
-        self._overview = self.env.get_template("overview.html")
-        self._probe = self.env.get_template("probe.html")
+        try:
+            self._overview = self.env.get_template("overview.html")
+            self._probe = self.env.get_template("probe.html")
+            self.env.get_template("missing.html")
+        except TemplateNotFound as exc:  # an installation built without the package's data files
+            raise StatusPageUnavailable(f"template {exc.name} is not installed with monitor.exporters.web") from None
         self._renders = asyncio.Semaphore(RENDERS_AT_ONCE)
 
     def mount(self, app: web.Application) -> None:
