@@ -19,7 +19,10 @@ from typing import Any
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
-MAX_LINES = 64  # an SMTP handshake with STARTTLS is about 12; a delivery run about 30
+MAX_LINES = 64  # an SMTP handshake with STARTTLS against Postfix is about 32 lines
+# A delivery run: the mailbox's login and search (IMAP ~25 lines, POP3 a session per look), the submission's
+# handshake with AUTH and DATA (~40 against Postfix), then the find and delete (~10).
+MAX_LINES_LONG = 160
 MAX_BYTES = 16 * 1024  # all the text kept, after cutting long lines
 MAX_LINE = 512  # characters of one line (RFC 5321 allows 512 octets per command line)
 CUT_MARK = " [...]"  # ends a line that was cut
@@ -51,7 +54,7 @@ class TranscriptLine:
 
 
 class Transcript:
-    """The recorded lines, oldest first; `cut` when lines beyond MAX_LINES or MAX_BYTES were dropped.
+    """The recorded lines, oldest first; `cut` when lines beyond the recorder's bounds were dropped.
 
     Held compactly: the agent keeps two per probe (the last and the last failed run's), 10,000 probes
     of 30 lines each. As TranscriptLine objects that is 2.7 KB a transcript (27 MB at 10,000 probes);
@@ -110,7 +113,7 @@ class Transcript:
         """One line per entry, swaks style: time offset, who, text."""
         out = [f"{line.at:8.3f} {line.direction.value:>3} {line.text}" for line in self._iter()]
         if self.cut:
-            out.append(f"{'':8} {'--':>3} transcript cut at {MAX_LINES} lines / {MAX_BYTES} bytes")
+            out.append(f"{'':8} {'--':>3} transcript cut: what came after these {len(self)} lines was dropped")
         return "\n".join(out)
 
     # -- JSON (--json, the state database): {"lines": [[at, "S", text], ...], "cut": false} --------------
@@ -128,7 +131,7 @@ class Transcript:
         if not isinstance(data, dict) or not isinstance(data.get("lines", []), list):
             raise ValueError("a transcript is {'lines': [[at, direction, text], ...], 'cut': bool}")
         lines = []
-        for entry in data.get("lines", [])[:MAX_LINES]:
+        for entry in data.get("lines", [])[:MAX_LINES_LONG]:
             if not (isinstance(entry, list | tuple) and len(entry) == 3):
                 raise ValueError("a transcript line is [at, direction, text]")
             at, direction, text = entry
@@ -182,10 +185,11 @@ class TranscriptRecorder:
     Lines are kept as three flat lists (offsets, direction codes, texts), packed once at the end: a line
     object per line cost more than the rest of the recording (2.5 against 1 us a line)."""
 
-    __slots__ = ("_at", "_bytes", "_codes", "_cut", "_secrets", "_t0", "_texts")
+    __slots__ = ("_at", "_bytes", "_codes", "_cut", "_max_lines", "_secrets", "_t0", "_texts")
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), max_lines: int = MAX_LINES) -> None:
         self._t0 = time.perf_counter()
+        self._max_lines = min(max_lines, MAX_LINES_LONG)
         self._at: list[float] = []
         self._codes = bytearray()
         self._texts: list[str] = []
@@ -225,7 +229,7 @@ class TranscriptRecorder:
         lines, so that a long dialogue cut short still ends with its outcome."""
         text = self._clean(text)
         size = _size(text)
-        while self._texts and (len(self._texts) >= MAX_LINES or self._bytes + size > MAX_BYTES):
+        while self._texts and (len(self._texts) >= self._max_lines or self._bytes + size > MAX_BYTES):
             self._bytes -= _size(self._texts.pop())
             self._at.pop()
             self._codes.pop()
@@ -235,7 +239,7 @@ class TranscriptRecorder:
     def _add(self, code: int, text: str) -> None:
         if self._cut:
             return
-        if len(self._texts) >= MAX_LINES:
+        if len(self._texts) >= self._max_lines:
             self._cut = True
             return
         if self._secrets or not text.isprintable() or len(text) > MAX_LINE:

@@ -41,7 +41,7 @@ from monitor.model.delivery import (
 )
 from monitor.model.failures import LookupFailure, ProbeFailure, ReplyFailure, classify
 from monitor.model.results import Phase, Reason, Reply
-from monitor.model.transcript import TranscriptRecorder
+from monitor.model.transcript import MAX_LINES_LONG, TranscriptRecorder
 from monitor.probes import ProbeEnv, resolve
 from monitor.probes.mailbox import PROBE_HEADER, TOKEN_HEADER, Found, Mailbox, open_mailbox
 from monitor.probes.smtp import Credentials, Dialogue, failure_note, open_session, session_open
@@ -374,7 +374,7 @@ class _Run:
         self.idle = False
         self.earlier: tuple[EarlierMessage, ...] = ()
         # the submission's SMTP dialogue and the mailbox's commands, in the order they happened
-        self.recorder = TranscriptRecorder()
+        self.recorder = TranscriptRecorder(max_lines=MAX_LINES_LONG)
 
     def enter(self, phase: DeliveryPhase) -> None:
         self.phase = phase

@@ -4,6 +4,7 @@ kill -9 and a restart; no form of a password anywhere."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -18,8 +19,12 @@ from typing import Any
 
 import pytest
 
+from monitor.config.schema import DeliveryProbeConfig, DnsConfig
+from monitor.model.probe_result import result_to_json
+from monitor.probes import ProbeEnv, build_resolver, delivery
 from tests.fakes.auth_secrets import leaks, secret_forms
 from tests.peers.agent import AgentProcess
+from tests.peers.mail_chain import MailChain
 from tests.peers.postfix_sasl import PostfixSaslServer
 
 pytestmark = pytest.mark.peers
@@ -204,3 +209,66 @@ def test_a_live_agent_keeps_the_failed_transcript_past_recovery_kill_and_restart
     state_bytes = (tmp_path / "state" / "state.db").read_bytes().decode("latin-1")
     for text in (state_bytes, agent.logs(), page):
         no_password(text, server.password)
+
+
+@pytest.mark.parametrize(("protocol", "tls"), [("imap", "starttls"), ("pop3", "implicit")])
+def test_a_delivery_through_the_real_chain_records_both_sides_without_a_password(
+    mail_chain: MailChain, protocol: str, tls: str
+) -> None:
+    chain = mail_chain
+    port = {
+        ("imap", "starttls"): chain.imap_port,
+        ("pop3", "implicit"): chain.pop3s_port,
+    }[(protocol, tls)]
+    config = DeliveryProbeConfig.model_validate(
+        {
+            "name": "chain-transcript",
+            "submit": {
+                "host": chain.host,
+                "port": chain.msa_submission_port,
+                "tls": "starttls",
+                "auth": {"username": chain.submitter.address, "password": chain.submitter.password},
+                "ca_file": str(chain.ca_file),
+                "servername": chain.servername,
+            },
+            "from": chain.submitter.address,
+            "to": chain.mailbox.address,
+            "mailbox": {
+                "protocol": protocol,
+                "host": chain.host,
+                "port": port,
+                "tls": tls,
+                "username": chain.mailbox.address,
+                "password": chain.mailbox.password,
+                "ca_file": str(chain.ca_file),
+                "servername": chain.servername,
+                "poll_interval": 0.5,
+            },
+            "deliver_within": 20,
+            "timeouts": {"submit": 10, "mailbox": 5, "cleanup": 5},
+        }
+    )
+    env = ProbeEnv(resolver=build_resolver(DnsConfig(nameservers=[f"{chain.host}:{chain.dns_port}"])))
+    result = asyncio.run(delivery.run(config, env))
+    assert result.ok, result.error
+    assert result.transcript is not None
+    text = result.transcript.as_text()
+    lines = dialogue(text)
+    sent = [line for who, line in lines if who == "C"]
+    assert "AUTH PLAIN <redacted>" in sent
+    assert ("S", "235 <redacted>") in lines
+    assert any(line.startswith("DATA") for line in sent)
+    tls_lines = [line for who, line in lines if who == "TLS"]
+    assert len(tls_lines) >= 2  # the submission's STARTTLS and the mailbox's
+    assert all(line.endswith(", verified") for line in tls_lines)
+    if protocol == "imap":
+        assert any(line.endswith("LOGIN <redacted>") for line in sent), text
+        assert any(" UID FETCH " in f" {line}" for line in sent), text
+    else:
+        assert "PASS <redacted>" in sent
+        assert "STAT" in sent
+    saved = result_to_json(result)
+    for secret in (chain.submitter.password, chain.mailbox.password):
+        for form in (secret, base64.b64encode(secret.encode()).decode().rstrip("=")):
+            assert form not in text
+            assert form not in saved

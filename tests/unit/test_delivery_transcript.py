@@ -19,7 +19,7 @@ from monitor.config.schema import DeliveryProbeConfig
 from monitor.model.delivery import DeliveryResult
 from monitor.model.probe_result import result_from_json, result_to_json
 from monitor.model.results import Reason
-from monitor.model.transcript import MAX_LINES, REDACTED, Direction
+from monitor.model.transcript import MAX_LINES_LONG, REDACTED, Direction
 from monitor.probes import ProbeEnv, delivery
 from tests.fakes.auth_secrets import leaks, secret_forms
 from tests.fakes.imap_servers import FakeImapServer, FakePop3Server, MailboxScript
@@ -44,7 +44,9 @@ class IntoMailbox(RecordingHandler):
         return "250 2.0.0 Ok: queued as 4XyZ12AbC"
 
 
-def config(pki: Pki, smtp_port: int, mailbox_port: int, protocol: str, password: str) -> DeliveryProbeConfig:
+def config(
+    pki: Pki, smtp_port: int, mailbox_port: int, protocol: str, password: str, deliver_within: str = "15s"
+) -> DeliveryProbeConfig:
     return DeliveryProbeConfig.model_validate(
         {
             "name": "loop",
@@ -62,7 +64,7 @@ def config(pki: Pki, smtp_port: int, mailbox_port: int, protocol: str, password:
                 "servername": SERVER_NAME,
                 "poll_interval": 0.1,
             },
-            "deliver_within": "3s",
+            "deliver_within": deliver_within,
             "timeouts": {"submit": 5, "mailbox": 2},
         }
     )
@@ -165,13 +167,13 @@ def test_a_late_message_ends_with_the_late_note_and_stays_bounded(pki: Pki) -> N
             AiosmtpdServer(handler=RecordingHandler()) as smtp,  # takes it, never delivers it
         ):
             env = ProbeEnv(resolver=dns.asyncresolver.Resolver(configure=False))
-            return await delivery.run(config(pki, smtp.port, mailbox.port, "imap", MAILBOX_PASSWORD), env)
+            return await delivery.run(config(pki, smtp.port, mailbox.port, "imap", MAILBOX_PASSWORD, "2s"), env)
 
     result = asyncio.run(scenario())
     assert result.reason is not None
     assert result.reason.value == "late"
     assert result.transcript is not None
-    assert len(result.transcript.lines) <= MAX_LINES
+    assert len(result.transcript.lines) <= MAX_LINES_LONG
     last = result.transcript.lines[-1]
     assert (last.direction, last.text) == (Direction.NOTE, f"failed in deliver: late: {result.error}")
 

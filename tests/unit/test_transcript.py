@@ -9,6 +9,7 @@ from monitor.model.transcript import (
     MAX_BYTES,
     MAX_LINE,
     MAX_LINES,
+    MAX_LINES_LONG,
     REDACTED,
     Direction,
     Transcript,
@@ -80,7 +81,9 @@ class TestRecorder:
         assert len(transcript.lines) == MAX_LINES
         assert transcript.cut
         assert (
-            transcript.as_text().splitlines()[-1].endswith(f"transcript cut at {MAX_LINES} lines / {MAX_BYTES} bytes")
+            transcript.as_text()
+            .splitlines()[-1]
+            .endswith(f"transcript cut: what came after these {MAX_LINES} lines was dropped")
         )
 
     def test_bytes_are_bounded_too(self) -> None:
@@ -145,7 +148,7 @@ class TestSecretsAndForm:
             with pytest.raises(ValidationError):
                 adapter.validate_python(bad)
         huge = adapter.validate_python({"lines": [[0.0, "S", "y" * 100_000]] * 1000, "cut": False})
-        assert len(huge.lines) == MAX_LINES
+        assert len(huge.lines) == MAX_LINES_LONG
         assert all(len(line.text) <= MAX_LINE for line in huge.lines)
 
 
@@ -167,3 +170,14 @@ def test_the_concluding_note_is_kept_past_the_bounds_in_place_of_the_last_lines(
     lines = full.transcript().lines
     assert lines[-1].text.startswith("zzz")
     assert sum(len(line.text.encode()) for line in lines) <= MAX_BYTES
+
+
+def test_a_longer_bound_for_runs_of_several_sessions_is_capped() -> None:
+    long = TranscriptRecorder(max_lines=100)
+    for i in range(150):
+        long.received(f"250 {i}")
+    assert len(long.transcript().lines) == 100
+    capped = TranscriptRecorder(max_lines=10**6)
+    for i in range(MAX_LINES_LONG + 10):
+        capped.received(f"250 {i}")
+    assert len(capped.transcript().lines) == MAX_LINES_LONG
