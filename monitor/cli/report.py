@@ -107,10 +107,19 @@ def mx_line(result: MxResult) -> str:
     return f"MX {_LABELS[code]} - {summary} | {_mx_perfdata(result)}"
 
 
+def _hops_listed(result: DeliveryResult) -> list[str]:
+    """A delivery run's DNSBL findings on its hops' sending addresses: listings and lookups without verdict."""
+    if result.dnsbl is None:
+        return []
+    listed = [f"{a.address} listed in {a.zone} ({','.join(a.codes)})" for a in result.dnsbl.listed]
+    return listed + [f"{a.address} in {a.zone}: {a.outcome.value}" for a in result.dnsbl.failed]
+
+
 def delivery_exit_code(result: DeliveryResult) -> int:
-    """OK; WARNING when the message is late (it may still arrive); CRITICAL for every other failure."""
+    """OK; WARNING when the message is late (it may still arrive), or delivered through a hop whose address
+    a DNSBL lists (or would not answer for); CRITICAL for every other failure."""
     if result.ok:
-        return EXIT_OK
+        return EXIT_WARNING if _hops_listed(result) else EXIT_OK
     return EXIT_WARNING if result.reason is not None and result.reason.value == "late" else EXIT_CRITICAL
 
 
@@ -122,6 +131,8 @@ def delivery_line(result: DeliveryResult, deliver_within: float) -> str:
         verdicts = " ".join(f"{v.method}={v.result}" for v in result.verdicts if v.method in ("spf", "dkim", "dmarc"))
         if verdicts:
             summary += f" ({verdicts})"
+        if _hops_listed(result):
+            summary += "; DNSBL: " + "; ".join(_hops_listed(result)[:5])
     else:
         reason = result.reason.value if result.reason else "?"
         phase = result.phase.value if result.phase else "?"

@@ -613,20 +613,6 @@ class MxCheckConfig(_Strict):
         data: dict[str, Any] = fields_of(self)
         for name in self._ADDED_LATER:
             field = type(self).model_fields.get(name)
-            if field is not None and name in data and getattr(self, name) == field.get_default(call_default_factory=True):
-                del data[name]
-        return data
-
-    # Fields added after the state database began keying saved states by the config's JSON
-    # (monitor.state.persistence.config_hash): left out of that JSON at their defaults, so an unchanged
-    # check keeps its saved state across the upgrade instead of starting afresh.
-    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("policy_depth", "tls_rpt", "dnsbl", "dnsbl_timeout", "spoof_test")
-
-    @model_serializer(mode="wrap")
-    def _without_later_defaults(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = fields_of(self)
-        for name in self._ADDED_LATER:
-            field = type(self).model_fields.get(name)
             if field is None or name not in data:
                 continue
             if getattr(self, name) == field.get_default(call_default_factory=True):
@@ -808,6 +794,21 @@ class DeliveryProbeConfig(_Strict):
     # Extra message headers, for testing the receiving side's filtering rules (a Sieve rule that files
     # a header into Junk, say); not needed to monitor delivery.
     extra_headers: dict[str, str] = {}
+    # the sending addresses of the message's Received hops, each looked up in these zones (a fact, no failure)
+    dnsbl: list[DnsblZoneConfig] = Field(default=[], max_length=20)
+    dnsbl_timeout: Duration = Field(default=3.0, gt=0, le=60)  # per DNSBL query
+
+    # As MxCheckConfig._ADDED_LATER: an unchanged probe keeps its saved state (config hash) across the upgrade.
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("dnsbl", "dnsbl_timeout")
+
+    @model_serializer(mode="wrap")
+    def _without_later_defaults(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = fields_of(self)
+        for name in self._ADDED_LATER:
+            field = type(self).model_fields.get(name)
+            if field is not None and name in data and getattr(self, name) == field.get_default():
+                del data[name]
+        return data
 
     @field_validator("extra_headers")
     @classmethod

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import SerializerFunctionWrapHandler, model_serializer, model_validator
 
+from monitor.model.facts import DnsblFacts
 from monitor.model.results import Reason, Reply
 from monitor.model.transcript import Transcript
 from monitor.model.wire import IsoDatetime, as_object, ordered, status_and_total_in, status_and_total_out, to_wire
@@ -43,6 +44,7 @@ class Hop:
     queue_id: str  # the `id` clause
     time: IsoDatetime | None  # the header's date; None when missing or unreadable
     delay: float | None  # seconds since the previous hop (the first: since submission); None if a time is missing
+    from_address: str = ""  # the sender's IP address in the from clause's comment ("[192.0.2.1]"); "" if none
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,8 @@ class DeliveryResult:
     cleanup_note: str = ""  # why a found message was left in place (not a failure: a later sweep removes it)
     idle: bool = False  # arrival was waited for with IMAP IDLE (else by polling)
     earlier: tuple[EarlierMessage, ...] = ()  # earlier runs' pending messages this run found or gave up
+    # the hops' sending addresses in the configured DNSBL zones; None when none are configured (or no hops)
+    dnsbl: DnsblFacts | None = None
     transcript: Transcript | None = None  # the submission's SMTP dialogue and the mailbox commands, redacted
     timings: dict[str, float] = field(default_factory=dict)  # phase value -> seconds
     total: float = 0.0
@@ -120,6 +124,8 @@ class DeliveryResult:
     def _wire(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:
         wire: dict[str, Any] = fields_of(self)
         status_and_total_out(wire)
+        if wire["dnsbl"] is None:  # no DNSBL zones configured: the JSON as before they existed
+            del wire["dnsbl"]
         return {"kind": "delivery", **ordered(wire, ("status", "name", "started_at", "phase", "reason", "error"))}
 
     @model_validator(mode="before")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import ipaddress
 import math
 import re
 import secrets
@@ -42,7 +43,7 @@ from monitor.model.delivery import (
 from monitor.model.failures import LookupFailure, ProbeFailure, ReplyFailure, classify
 from monitor.model.results import Phase, Reason, Reply
 from monitor.model.transcript import MAX_LINES_LONG, TranscriptRecorder
-from monitor.probes import ProbeEnv, resolve
+from monitor.probes import ProbeEnv, dnsbl, resolve
 from monitor.probes.mailbox import PROBE_HEADER, TOKEN_HEADER, Found, Mailbox, open_mailbox
 from monitor.probes.smtp import Credentials, Dialogue, failure_note, open_session, session_open
 
@@ -160,6 +161,24 @@ def parse_received(value: str) -> tuple[str, str, str, str, datetime | None]:
     return found.get("from", ""), found.get("by", ""), found.get("with", ""), found.get("id", ""), when
 
 
+_BRACKETED_ADDRESS = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]{2,45})\]")
+_BY_CLAUSE = re.compile(r"\sby\s", re.IGNORECASE)
+
+
+def from_address(value: str) -> str:
+    """The sending address of one Received header value: the bracketed IP address in its from clause's
+    comment, as Postfix, Exim and Sendmail write it ("from name (helo [192.0.2.1])"); "" when there is none."""
+    head = _BY_CLAUSE.split(value, maxsplit=1)[0]
+    if not head.lstrip().lower().startswith("from"):
+        return ""
+    for match in _BRACKETED_ADDRESS.finditer(head):
+        try:
+            return str(ipaddress.ip_address(match[1]))
+        except ValueError:
+            continue
+    return ""
+
+
 def hops_of(header: bytes, submitted_at: float | None) -> tuple[Hop, ...]:
     """The Received chain in travel order, each hop with its delay since the one before (the first: since
     the submission's second; Received dates have whole seconds)."""
@@ -175,7 +194,7 @@ def hops_of(header: bytes, submitted_at: float | None) -> tuple[Hop, ...]:
             # seconds: a second that ticked in between is resolution, not delay. Less than -1 s is
             # a clock apart from ours, and shows as such.
             delay = 0.0
-        hops.append(Hop(from_host, by_host, protocol, hop_id, when, delay))
+        hops.append(Hop(from_host, by_host, protocol, hop_id, when, delay, from_address(value)))
         previous = stamp
     return tuple(hops)
 
@@ -461,11 +480,22 @@ async def run(config: DeliveryProbeConfig, env: ProbeEnv, pending: Sequence[Pend
             progress.recorder.add_secret(secret.reveal())
     mailbox = open_mailbox(config.mailbox, env, config.timeouts, progress.recorder)
     try:
-        return await _run(progress, mailbox, env, pending)
+        result = await _run(progress, mailbox, env, pending)
     except Exception as exc:  # a bug or a library's surprise: a classified result, never a crashed scheduler
         return progress.result(ProbeFailure(Reason.INTERNAL, f"internal error: {type(exc).__name__}"))
     finally:
         await mailbox.close()
+    return await _with_dnsbl(config, env, result)
+
+
+async def _with_dnsbl(config: DeliveryProbeConfig, env: ProbeEnv, result: DeliveryResult) -> DeliveryResult:
+    """The hops' sending addresses in the configured DNSBL zones: a fact of the run, as the verdicts are (a
+    listing says where the relays' mail may be refused elsewhere, not that this delivery failed)."""
+    addresses = [hop.from_address for hop in result.hops if hop.from_address]
+    if not config.dnsbl or not addresses:
+        return result
+    facts = await dnsbl.check(env.resolver, addresses, config.dnsbl, query_timeout=config.dnsbl_timeout)
+    return replace(result, dnsbl=facts)
 
 
 async def _earlier(

@@ -22,6 +22,7 @@ from monitor.model.facts import DnsblAnswer, DnsblFacts, DnsblOutcome, FindingLe
 from monitor.model.probe_result import result_from_dict
 from monitor.model.results import MxResult, Phase, Reason
 from monitor.probes import ProbeEnv, build_resolver, dnsbl, mx, policy_records
+from monitor.probes.delivery import from_address
 from monitor.state.store import ResultsStore
 from tests.fakes.dns_server import Garbage, Rcode, Records, ScriptedDnsServer, Silence, Truncated, WrongId
 from tests.unit.test_metrics import parsed
@@ -327,3 +328,26 @@ class TestSurfaces:
         assert len(facts.no_verdict) == 2
         assert facts.policy == (("error", "SPF dns_lookups: 11/10 DNS lookups"), ("warning", "DMARC policy: p=none"))
         assert mx_facts(MxResult(domain="example.test", started_at=1.0, ok=True)) is None
+
+
+class TestReceivedAddresses:
+    @pytest.mark.parametrize(
+        ("value", "address"),
+        [
+            (
+                "from mail.example.org (mail.example.org [192.0.2.1]) by mx.example.net (Postfix) with ESMTPS id 4Xy"
+                " for <a@example.net>; Sun, 6 Dec 2026 22:00:00 +0000",
+                "192.0.2.1",
+            ),
+            ("from [203.0.113.5] (helo=client.example) by mx.example.net with esmtp (Exim 4.96)", "203.0.113.5"),
+            ("from client (client [IPv6:2001:db8::25]) by mx.example.net (Postfix) with ESMTP", "2001:db8::25"),
+            ("from client (unknown [999.1.1.1]) by mx.example.net with ESMTP", ""),  # not an address
+            ("by mx.example.net (Postfix, from userid 0) id 4Xy; Sun, 6 Dec 2026 22:00:00 +0000", ""),
+            (
+                "from client (client) by relay [198.51.100.7] with ESMTP",
+                "",
+            ),  # the by clause's address is not the sender's
+        ],
+    )
+    def test_the_from_clause_address(self, value: str, address: str) -> None:
+        assert from_address(value) == address

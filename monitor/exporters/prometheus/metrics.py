@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitor.config.schema import DeliveryProbeConfig, MxCheckConfig, SmtpProbeConfig
 from monitor.model.delivery import LATENCY_BUCKETS, DeliveryLedger, DeliveryResult, Hop
-from monitor.model.facts import DnsblOutcome
+from monitor.model.facts import DnsblFacts, DnsblOutcome
 from monitor.model.probe_result import ProbeResult
 from monitor.model.results import MxRecord, MxResult, SmtpResult, Status
 from monitor.model.spoof import SpoofOutcome
@@ -228,6 +228,18 @@ DELIVERY_FAMILIES = _families(
         ("probe", "spf", "dkim", "dmarc"),
     ),
     ("delivery_probe_folder", "info", "Folder the last run's message landed in", ("probe", "folder")),
+    (
+        "delivery_probe_dnsbl_listed",
+        "gauge",
+        "1 if the DNSBL zone lists a Received hop's sending address, 0 if not; absent without a verdict",
+        ("probe", "address", "zone"),
+    ),
+    (
+        "delivery_probe_dnsbl_error",
+        "gauge",
+        "1 for a DNSBL lookup of a hop's address without verdict: refused, unexpected (not 127/8), dns",
+        ("probe", "address", "zone", "error"),
+    ),
 )
 PROBE_FAMILIES = {**SMTP_FAMILIES, **MX_FAMILIES, **DELIVERY_FAMILIES}
 # The series of histogram families (name -> family name, label names): samples name a series of theirs.
@@ -326,13 +338,7 @@ def mx_samples(state: ProbeState) -> list[Sample]:
     out += [("mx_check_policy_finding", (name, f.record, f.finding, f.level.value), 1.0) for f in findings]
     if result.dnsbl is not None:
         out.append(("mx_check_dnsbl_queries", (name,), result.dnsbl.queries))
-        for answer in result.dnsbl.answers:
-            looked_up = (name, answer.address, answer.zone)
-            if answer.outcome in (DnsblOutcome.LISTED, DnsblOutcome.NOT_LISTED):
-                listed = 1.0 if answer.outcome is DnsblOutcome.LISTED else 0.0
-                out.append(("mx_check_dnsbl_listed", looked_up, listed))
-            else:
-                out.append(("mx_check_dnsbl_error", (*looked_up, _DNSBL_ERRORS[answer.outcome]), 1.0))
+        out += _dnsbl_samples("mx_check", name, result.dnsbl)
     return out
 
 
@@ -420,6 +426,21 @@ def delivery_samples(state: ProbeState) -> list[Sample]:
         out.append(("delivery_probe_auth", (name, *verdicts), 1.0))
         if result.folder:
             out.append(("delivery_probe_folder", (name, result.folder), 1.0))
+    if result.dnsbl is not None:
+        out += _dnsbl_samples("delivery_probe", name, result.dnsbl)
+    return out
+
+
+def _dnsbl_samples(prefix: str, name: str, facts: DnsblFacts) -> list[Sample]:
+    """<prefix>_dnsbl_listed for each verdict, <prefix>_dnsbl_error for each lookup without one."""
+    out: list[Sample] = []
+    for answer in facts.answers:
+        looked_up = (name, answer.address, answer.zone)
+        if answer.outcome in (DnsblOutcome.LISTED, DnsblOutcome.NOT_LISTED):
+            listed = 1.0 if answer.outcome is DnsblOutcome.LISTED else 0.0
+            out.append((f"{prefix}_dnsbl_listed", looked_up, listed))
+        else:
+            out.append((f"{prefix}_dnsbl_error", (*looked_up, _DNSBL_ERRORS[answer.outcome]), 1.0))
     return out
 
 

@@ -1,0 +1,84 @@
+"""DNSBL lookups of the sending addresses in a delivery probe's Received chain: the real mail chain (MSA
+Postfix -> MX Postfix -> Dovecot) writes the hops, NSD serves a DNSBL zone listing the chain's address."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from monitor.cli import report
+from monitor.config.schema import DnsConfig
+from monitor.exporters.prometheus.metrics import delivery_samples
+from monitor.model.delivery import DeliveryResult
+from monitor.model.facts import DnsblOutcome
+from monitor.model.probe_result import result_from_dict
+from monitor.probes import ProbeEnv, build_resolver
+from monitor.probes.delivery import run
+from monitor.state.store import ResultsStore
+from tests.integration.test_delivery_probe import probe_config
+from tests.peers.mail_chain import MailChain
+from tests.peers.nsd import NsdServer
+
+HOPS_ORIGIN = "hops.test."
+LISTED_ZONE = "listing.hops.test"  # lists the chain's 127.0.0.1
+EMPTY_ZONE = "empty.hops.test"  # lists nothing
+HOPS_ZONE = f"""$ORIGIN {HOPS_ORIGIN}
+$TTL 300
+@ IN SOA ns.{HOPS_ORIGIN} hostmaster.{HOPS_ORIGIN} 1 3600 600 86400 300
+@ IN NS ns.{HOPS_ORIGIN}
+ns IN A 127.0.0.1
+1.0.0.127.listing IN A 127.0.0.2
+1.0.0.127.listing IN TXT "the test chain's relay"
+empty IN TXT "no listings here"
+"""
+
+
+@pytest.fixture(scope="module")
+def dnsbl_nsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsdServer]:
+    server = NsdServer(tmp_path_factory.mktemp("hops-nsd"), {HOPS_ORIGIN: HOPS_ZONE})
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def deliver(chain: MailChain, nsd: NsdServer, zones: list[str]) -> DeliveryResult:
+    # submission and mailbox are addressed by IP: the probe's resolver serves the DNSBL lookups only
+    env = ProbeEnv(resolver=build_resolver(DnsConfig(nameservers=[f"127.0.0.1:{nsd.port}"])))
+    return asyncio.run(run(probe_config(chain, dnsbl=zones), env))
+
+
+def test_a_listed_relay_address_is_a_fact_of_the_run_not_a_failure(mail_chain: MailChain, dnsbl_nsd: NsdServer) -> None:
+    mail_chain.ensure_running()
+    result = deliver(mail_chain, dnsbl_nsd, [LISTED_ZONE, EMPTY_ZONE])
+    assert result.ok, result.error  # delivered: the listing is what other receivers may make of the relay
+    addresses = {hop.from_address for hop in result.hops} - {""}
+    assert addresses == {mail_chain.host}
+    assert result.dnsbl is not None
+    assert result.dnsbl.addresses == (mail_chain.host,)
+    by_zone = {a.zone: a for a in result.dnsbl.answers}
+    assert (by_zone[LISTED_ZONE].outcome, by_zone[LISTED_ZONE].codes) == (DnsblOutcome.LISTED, ("127.0.0.2",))
+    assert by_zone[LISTED_ZONE].reason == "the test chain's relay"
+    assert by_zone[EMPTY_ZONE].outcome is DnsblOutcome.NOT_LISTED
+    assert result_from_dict(result.as_dict()) == result
+
+    assert report.delivery_exit_code(result) == report.EXIT_WARNING
+    assert f"DNSBL: {mail_chain.host} listed in {LISTED_ZONE} (127.0.0.2)" in report.delivery_line(result, 20)
+    store = ResultsStore(announce=False)
+    config = probe_config(mail_chain, dnsbl=[LISTED_ZONE, EMPTY_ZONE])
+    store.configure([(config, 1, 60)])
+    store.record("chain", result)
+    samples = {(n, labels): v for n, labels, v in delivery_samples(store.snapshot().states["chain"])}
+    assert samples[("delivery_probe_dnsbl_listed", ("chain", mail_chain.host, LISTED_ZONE))] == 1.0
+    assert samples[("delivery_probe_dnsbl_listed", ("chain", mail_chain.host, EMPTY_ZONE))] == 0.0
+
+
+def test_without_zones_nothing_is_looked_up(mail_chain: MailChain, dnsbl_nsd: NsdServer) -> None:
+    mail_chain.ensure_running()
+    result = deliver(mail_chain, dnsbl_nsd, [])
+    assert result.ok, result.error
+    assert result.dnsbl is None
+    assert "dnsbl" not in result.as_dict()
