@@ -456,7 +456,7 @@ class TestExample:
     def test_shipped_example_validates(self) -> None:
         config = load_config(EXAMPLE)
         assert [p.name for p in config.smtp] == ["localhost-25", "localhost-submission"]
-        assert [m.name for m in config.mx] == ["localhost-mx"]
+        assert [(m.name, m.domain) for m in config.mx] == [("debian-org-mx", "debian.org")]
         assert config.defaults.interval == 30.0
         assert config.prometheus.address() == ("127.0.0.1", 9465)
         assert config.snmp.listen_addresses() == [("udp", "127.0.0.1", 1161)]
