@@ -197,7 +197,7 @@ class _SpfWalk:
         has_all = False
         for term in record.split()[1:]:
             kind, _, value = term.lstrip("+-~?").partition(":")
-            kind = kind.lower()
+            kind = kind.lower().split("/", 1)[0]  # "a/24", "mx//64": the prefix lengths are no part of the name
             if "=" in kind:
                 modifier, _, target = term.partition("=")
                 if modifier.lower() == "redirect":

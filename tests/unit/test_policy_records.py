@@ -132,3 +132,12 @@ class TestSpfDepth:
             assert server.seen("_spf.example.test") == []
         assert found["dns_lookups"].detail == "0/10 DNS lookups"
         assert {f.level for f in found.values()} == {FindingLevel.OK}
+
+    def test_a_and_mx_with_prefix_lengths_are_lookups(self) -> None:
+        with ScriptedDnsServer() as server:
+            server.records("example.test", "A", "192.0.2.1")
+            server.records("example.test", "MX", "10 mx.example.test.")
+            server.records("other.example.test", "A", "192.0.2.2")
+            found = spf_findings(server, "v=spf1 a/24 mx//64 a:other.example.test/28 -all")
+            assert len(server.seen("example.test", "MX")) == 1
+        assert found["dns_lookups"].detail == "3/10 DNS lookups"
