@@ -57,9 +57,9 @@ class Transcript:
     """The recorded lines, oldest first; `cut` when lines beyond the recorder's bounds were dropped.
 
     Held compactly: the agent keeps two per probe (the last and the last failed run's), 10,000 probes
-    of 30 lines each. As TranscriptLine objects that is 2.7 KB a transcript (27 MB at 10,000 probes);
+    of 20-30 lines each. As TranscriptLine objects a 20-line one takes 3.2 KB (30 MiB at 10,000 probes);
     as the texts (interned: run after run a server says the same lines, so they are held once) and
-    the offsets and directions packed in bytes it is about 0.6 KB. `lines` builds the line objects
+    the offsets and directions packed in bytes it takes 0.56 KB (bench/README.md). `lines` builds the line objects
     on each read (pages, the CLI), which is rare."""
 
     __slots__ = ("_at", "_directions", "_texts", "cut")
