@@ -159,3 +159,28 @@ def test_an_earlier_schema_is_updated_in_place_and_keeps_its_states(tmp_path: Pa
     assert restore_into(reread, again.load_states()) == 1
     assert reread.snapshot().states["relay"].last_failure == REFUSED
     again.close()
+
+
+def test_a_kept_failure_is_turned_into_json_once_over_many_saves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monitor.state import persistence
+
+    made: list[object] = []
+    real = persistence.result_to_json
+
+    def counting(result: object) -> str:
+        made.append(result)
+        return real(result)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(persistence, "result_to_json", counting)
+    written = store()
+    written.record("relay", REFUSED)
+    db = StateDB(tmp_path / "state.db")
+    db.open()
+    for i in range(5):
+        written.record("relay", healthy(T0 + 60 * (i + 1)))
+        assert db.save_states(written.snapshot().states.values())
+    db.close()
+    assert sum(1 for result in made if result is written.snapshot().states["relay"].last_failure) == 1
+    assert len(made) == 6  # five last results, the failure once
