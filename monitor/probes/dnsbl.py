@@ -25,6 +25,7 @@ from monitor.probes import resolve
 # rate-limits sees no burst of hundreds (the figure: 640 lookups at 5 ms each take 0.2 s, not 3.2 s).
 CONCURRENCY = 16
 MAX_ADDRESSES = 32  # distinct addresses looked up per run
+MAX_NAME = 253  # characters of a DNS name in text form, without the final dot (RFC 1035 2.3.4: 255 octets)
 _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 _REFUSED = ipaddress.IPv4Address("127.0.0.1")  # RFC 5782 5: never a listing
 
@@ -86,12 +87,17 @@ class _Lookups:
             name = query_name(address, zone.zone)
         except ValueError:
             return DnsblAnswer(address, zone.zone, DnsblOutcome.ERROR, error="not an IP address")
+        if len(name) > MAX_NAME:
+            why = f"the query name has {len(name)} characters, over the {MAX_NAME} of a DNS name"
+            return DnsblAnswer(address, zone.zone, DnsblOutcome.ERROR, error=why)
         try:
             answer = await self.query(name, "A")
         except LookupFailure as exc:
             if exc.reason in (Reason.NXDOMAIN, Reason.NO_ADDRESS):
                 return DnsblAnswer(address, zone.zone, DnsblOutcome.NOT_LISTED)
-            return DnsblAnswer(address, zone.zone, DnsblOutcome.ERROR, error=_printable(str(exc)))
+            # the name is in the answer's address and zone already: the error keeps room for the why
+            why = str(exc).removeprefix(f"{name} A: ").removeprefix(f"{name}: ")
+            return DnsblAnswer(address, zone.zone, DnsblOutcome.ERROR, error=_printable(f"{exc.reason.value}: {why}"))
         codes = sorted({rdata.address for rdata in answer if isinstance(rdata, dns.rdtypes.IN.A.A)})
         if not codes:
             return DnsblAnswer(address, zone.zone, DnsblOutcome.NOT_LISTED)

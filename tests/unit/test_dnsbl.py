@@ -351,3 +351,11 @@ class TestReceivedAddresses:
     )
     def test_the_from_clause_address(self, value: str, address: str) -> None:
         assert from_address(value) == address
+
+
+def test_a_name_too_long_for_dns_is_an_error_answer_without_a_query(dns: ScriptedDnsServer) -> None:
+    zone = ".".join(["z" * 50] * 4) + ".test"  # 208 characters: with an IPv6 address's 64, over 253
+    answer = only(lookup(dns, "2001:db8::1", zones=(zone,)))
+    assert answer.outcome is DnsblOutcome.ERROR
+    assert "over the 253 of a DNS name" in answer.error
+    assert dns.queries == []
