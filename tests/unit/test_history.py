@@ -70,8 +70,10 @@ def opened(path: Path, clock: Clock, **settings: object) -> History:
 
 
 def raw_rows(path: Path) -> int:
+    """Results kept: moved, and in the journal."""
     with sqlite3.connect(path / "state.db") as conn:
-        return int(conn.execute("SELECT count(*) FROM history_result").fetchone()[0])
+        moved = conn.execute("SELECT count(*) FROM history_result").fetchone()[0]
+        return int(moved + conn.execute("SELECT count(*) FROM history_journal").fetchone()[0])
 
 
 class TestHistogram:
@@ -200,20 +202,63 @@ class TestCompact:
         assert compact(mx) == HistoryEntry(NOW, False, "mx", "nxdomain", 0, 0.25, {}, "", None)
 
 
+class TestJournal:
+    def test_moving_the_journal_changes_no_answer(self, tmp_path: Path) -> None:
+        clock = Clock(NOW)
+        history = opened(tmp_path, clock)
+        for i in range(30):  # across the hour and day boundary before DAY0
+            history.on_result("relay", smtp(DAY0 - 900 + 60 * i, ok=i % 4 != 0, total=0.016 * (1 + i % 3)))
+        history.on_result("relay", smtp(NOW - 60, ok=False))
+        history.flush()
+        before = (history.recent("relay", 100), history.rollups("relay", "hour"), history.rollups("relay", "day"))
+        assert before[1][0].runs == 1  # the pending counts are served before they are written
+        availability = history.availability_all()
+        history.compact()
+        with sqlite3.connect(tmp_path / "state.db") as conn:
+            assert conn.execute("SELECT count(*) FROM history_journal").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM history_result").fetchone()[0] == 31
+        after = (history.recent("relay", 100), history.rollups("relay", "hour"), history.rollups("relay", "day"))
+        assert after == before
+        assert history.availability_all() == availability
+        history.close()
+        reopened = opened(tmp_path, clock)  # and the same once more from the database alone
+        assert (reopened.recent("relay", 100), reopened.rollups("relay", "hour")) == before[:2]
+        assert reopened.availability_all() == availability
+        reopened.close()
+
+    def test_a_batch_appends_to_the_journal_and_the_writer_moves_it_every_ten_minutes(self, tmp_path: Path) -> None:
+        clock = Clock(NOW)
+        history = opened(tmp_path, clock)
+        history.on_result("relay", smtp(NOW))
+        history.flush()
+        with sqlite3.connect(tmp_path / "state.db") as conn:
+            assert conn.execute("SELECT count(*) FROM history_journal").fetchone()[0] == 1
+        clock.now = NOW + history_module.COMPACT_INTERVAL
+        history.flush()
+        with sqlite3.connect(tmp_path / "state.db") as conn:
+            assert conn.execute("SELECT count(*) FROM history_journal").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM history_result").fetchone()[0] == 1
+        history.close()
+
+
 class TestRetention:
     def test_count_limit_holds_in_bulk(self, tmp_path: Path) -> None:
         history = opened(tmp_path, Clock(NOW), raw_max_per_probe=20)  # slack: 10 rows
         for i in range(100):
             history.on_result("relay", smtp(NOW - 1000 + i))
         history.flush()
+        assert raw_rows(tmp_path) == 100  # in the journal: trimmed when it moves
+        history.compact()
         assert raw_rows(tmp_path) == 20
         assert history.recent("relay", limit=100)[-1].at == NOW - 1000 + 80  # the newest 20 kept
         for i in range(9):
             history.on_result("relay", smtp(NOW - 500 + i))
         history.flush()
+        history.compact()
         assert raw_rows(tmp_path) == 29  # below the slack: no delete yet
         history.on_result("relay", smtp(NOW - 400))
         history.flush()
+        history.compact()
         assert raw_rows(tmp_path) == 20
         history.close()
 
@@ -226,6 +271,7 @@ class TestRetention:
         history.on_status_change("relay", NOW - 4 * HOUR, "ok", "failed", "banner", "reply", "554")
         history.on_status_change("relay", NOW - 60, "failed", "ok", "", "", "")
         history.flush()
+        history.compact()
         assert len(history.recent("relay")) == 2
         clock.now = NOW + 61  # the first retention pass comes a minute after opening
         history.flush()
@@ -255,7 +301,8 @@ class TestRetention:
                 history.flush()
                 most = max(most, raw_rows(tmp_path))
         history.flush()
-        assert most <= len(probes) * (100 + 2 * 10)
+        history.compact()
+        assert most <= len(probes) * (100 + 2 * 10)  # the limit, the slack, and 10 minutes of journal
         with sqlite3.connect(tmp_path / "state.db") as conn:
             assert conn.execute("SELECT count(*) FROM history_change").fetchone()[0] == 5
             hourly = conn.execute("SELECT count(*) FROM history_hourly").fetchone()[0]
@@ -301,7 +348,7 @@ class TestFailures:
     ) -> None:
         history = opened(tmp_path, Clock(NOW))
         with sqlite3.connect(tmp_path / "state.db") as conn:
-            conn.execute("DROP TABLE history_result")
+            conn.execute("DROP TABLE history_journal")
         history.on_result("relay", smtp(NOW))
         history.flush()
         assert history.write_errors == 1
@@ -331,6 +378,7 @@ class TestFailures:
         other.execute("COMMIT")
         other.close()
         history.flush()
+        history.compact()
         assert history.dropped == 0
         assert raw_rows(tmp_path) == 720  # all 1,000 written, then trimmed to the default count limit
         assert history.rollups("relay")[0].runs == 1000
