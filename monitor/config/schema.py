@@ -493,6 +493,9 @@ class SpoofTestConfig(_Strict):
     # there (folder, Authentication-Results) and deleted
     mailbox: str | None = Field(default=None, min_length=1, max_length=100)
     wait: Duration = 30.0  # how long an accepted forgery is looked for in that mailbox
+    # The agent's addresses as the exchanges see them, when NAT hides them (the socket's local address is
+    # a private one): SPF is evaluated for the one of the connection's family. Unset: the socket's address.
+    public_addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(default=[], max_length=2)
     # the named delivery probe, resolved when the whole config is validated (Config)
     _delivery: DeliveryProbeConfig | None = PrivateAttr(default=None)
 

@@ -17,6 +17,7 @@ Like every probe it touches no metrics, SNMP or traps, and every outcome is a va
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import time
 from collections.abc import Sequence
@@ -131,6 +132,16 @@ async def _open(d: _SpoofDialogue, starttls: bool) -> None:
         await d.ehlo(Phase.EHLO_TLS)
 
 
+def _seen_as(config: MxCheckConfig, local: str) -> str:
+    """The address the exchange sees: the configured public address of the connection's family (NAT), else
+    the socket's own."""
+    spoof = config.spoof_test
+    if spoof is None or not local:
+        return local
+    family = ipaddress.ip_address(local).version
+    return next((str(a) for a in spoof.public_addresses if a.version == family), local)
+
+
 def _refusal(reply: Reply) -> SpoofOutcome:
     """5xx refuses the forgery; 4xx (greylisting, a busy server) decides nothing."""
     return SpoofOutcome.REFUSED if reply.code // 100 == 5 else SpoofOutcome.INCONCLUSIVE
@@ -175,7 +186,7 @@ async def attempt(
     try:
         async with asyncio.timeout_at(deadline):
             await _open(d, starttls=config.tls == "starttls")
-            source = d.source_address()
+            source = _seen_as(config, d.source_address())
             verdict = await spf.verdict(source)
             base = replace(base, source_address=source, source_spf=verdict.result.value)
             if verdict.result in _INCONCLUSIVE_SPF:
