@@ -149,10 +149,17 @@ _FACT = 3 * MAX_SERVER_TEXT  # one listing or finding: an address, a zone, the c
 
 
 def mx_facts(result: ProbeResult | None) -> MxFacts | None:
-    """None for a check whose last run had neither DNSBL lookups nor policy findings."""
-    if not isinstance(result, MxResult) or (result.dnsbl is None and not result.policy_findings):
+    """An MX check's DNSBL lookups and policy findings, a delivery probe's DNSBL lookups of its hops; None
+    for a run that had neither."""
+    if isinstance(result, MxResult):
+        dnsbl, findings = result.dnsbl, result.policy_findings
+    elif isinstance(result, DeliveryResult):
+        dnsbl, findings = result.dnsbl, ()
+    else:
         return None
-    answers = result.dnsbl.answers if result.dnsbl is not None else ()
+    if dnsbl is None and not findings:
+        return None
+    answers = dnsbl.answers if dnsbl is not None else ()
     listed = tuple(
         _printable(f"{a.address} in {a.zone} ({','.join(a.codes)})" + (f": {a.reason}" if a.reason else ""), _FACT)
         for a in answers
@@ -165,7 +172,7 @@ def mx_facts(result: ProbeResult | None) -> MxFacts | None:
     )
     policy = tuple(
         (f.level.value, _printable(f"{f.record.upper()} {f.finding}: {f.detail}", _FACT))
-        for f in result.policy_findings
+        for f in findings
         if f.level is not FindingLevel.OK
     )
     return MxFacts(len(answers), listed, no_verdict, policy)
@@ -229,10 +236,13 @@ def print_status(config: Config, as_json: bool = False) -> int:
         if isinstance(probe, DeliveryProbeConfig):
             facts[probe.name] = delivery_facts(row.delivery, result)
             entry["delivery"] = _facts_json(facts[probe.name])
-        found = mx_facts(result) if isinstance(probe, MxCheckConfig) else None
-        if found is not None:
+        found = mx_facts(result)
+        if found is not None and isinstance(probe, MxCheckConfig):
             checks[probe.name] = found
             entry["mx"] = _mx_json(found)
+        elif found is not None and isinstance(probe, DeliveryProbeConfig):
+            checks[probe.name] = found
+            entry["delivery"]["hops_dnsbl"] = {k: v for k, v in _mx_json(found).items() if k != "policy"}
         table.append(entry)
     if as_json:
         print(json.dumps(table, indent=2))
@@ -263,7 +273,7 @@ def print_status(config: Config, as_json: bool = False) -> int:
         if checks:
             print()
             _print_columns(
-                [("MX CHECK", "DNSBL", "POLICY", "FINDINGS")] + [_mx_cells(name, f) for name, f in checks.items()]
+                [("PROBE", "DNSBL", "POLICY", "FINDINGS")] + [_mx_cells(name, f) for name, f in checks.items()]
             )
         if spoof_tests:
             print()
@@ -321,3 +331,36 @@ def _print_columns(lines: list[tuple[str, ...]]) -> None:
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
     for line in lines:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1])
+
+
+def print_transcripts(config: Config, name: str) -> int:
+    """`status --transcript NAME`: the saved dialogues of one probe, its last failed run's and its last run's
+    (what survives a restart of the agent); exit 3 when the probe or the state database is not there."""
+    from monitor.model.dialogues import dialogues_text
+
+    path = config.agent.state_dir / STATE_FILE
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2) as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(probe_state)")}
+            failure_column = "last_failure" if "last_failure" in columns else "NULL"  # before schema 3: none
+            row = conn.execute(
+                f"SELECT last_result, {failure_column} FROM probe_state WHERE name=?",  # noqa: S608 -- fixed names
+                (name,),
+            ).fetchone()
+    except sqlite3.Error as exc:
+        print(f"smtp-monitor: cannot read {path}: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    if row is None:
+        print(f"smtp-monitor: no saved state of a probe named {name!r}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    last = saved_result(name, row[0])
+    failed = last if row[1] == "=" else saved_result(name, row[1])
+    for heading, result in (("last failed run", failed), ("last run", last)):
+        if result is None:
+            print(f"=== {heading}: none saved")
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(result.started_at))
+        outcome = "ok" if result.ok else f"failed in {result.phase.value if result.phase else '?'}"
+        print(f"=== {heading}: {when}, {outcome}")
+        print(dialogues_text(result))
+    return EXIT_OK

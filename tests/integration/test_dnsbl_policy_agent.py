@@ -183,7 +183,7 @@ def test_listings_refusals_and_findings_on_every_surface(
     assert any(f["finding"].startswith("DMARC policy: p=none") for f in none_findings), none_findings
     text = cli("status", "-c", str(agent.config_file))
     assert text.returncode == 2  # failed checks
-    assert "MX CHECK" in text.stdout
+    assert re.search(r"^PROBE +DNSBL +POLICY +FINDINGS$", text.stdout, re.MULTILINE), text.stdout
     assert re.search(r"bl-listed\s+2 listed, 0 no verdict of 2", text.stdout), text.stdout
     assert re.search(r"pol-toomany\s+-\s+2 errors, 0 warnings", text.stdout), text.stdout
 

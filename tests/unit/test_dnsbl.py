@@ -18,6 +18,7 @@ from monitor.config.schema import DnsblZoneConfig, DnsConfig, MxCheckConfig
 from monitor.exporters.prometheus.metrics import ProbeExposition, StoreCollector, mx_samples
 from monitor.exporters.snmp import mib_oids
 from monitor.exporters.snmp.mibview import mx_dnsbl_rows, mx_policy_finding_rows
+from monitor.model.delivery import DeliveryResult
 from monitor.model.facts import DnsblAnswer, DnsblFacts, DnsblOutcome, FindingLevel, PolicyFinding
 from monitor.model.probe_result import result_from_dict
 from monitor.model.results import MxResult, Phase, Reason
@@ -359,3 +360,14 @@ def test_a_name_too_long_for_dns_is_an_error_answer_without_a_query(dns: Scripte
     assert answer.outcome is DnsblOutcome.ERROR
     assert "over the 253 of a DNS name" in answer.error
     assert dns.queries == []
+
+
+def test_status_shows_a_delivery_probes_hop_listings() -> None:
+    listed = DnsblAnswer("203.0.113.5", "bl.one.test", DnsblOutcome.LISTED, ("127.0.0.2",), "relay listed")
+    facts = DnsblFacts(("bl.one.test",), ("203.0.113.5",), (listed,), queries=2)
+    result = DeliveryResult(name="d", started_at=1.0, ok=True, dnsbl=facts)
+    found = mx_facts(result)
+    assert found is not None
+    assert found.listed == ("203.0.113.5 in bl.one.test (127.0.0.2): relay listed",)
+    assert found.policy == ()
+    assert mx_facts(DeliveryResult(name="d", started_at=1.0, ok=True)) is None
