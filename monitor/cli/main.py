@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="every probe's status from the agent's state database")
     st.add_argument("-c", "--config", required=True, type=Path)
     st.add_argument("--json", action="store_true")
+    st.add_argument(
+        "--transcript", metavar="NAME", help="print one probe's saved dialogues: its last failed run's and last run's"
+    )
 
     r = sub.add_parser("run", help="run the monitoring agent")
     r.add_argument("-c", "--config", required=True, type=Path)
@@ -300,9 +303,11 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from monitor.cli.status import print_status
+    from monitor.cli.status import print_status, print_transcripts
     from monitor.config.schema import load_config
 
+    if args.transcript is not None:
+        return print_transcripts(load_config(args.config), args.transcript)
     return print_status(load_config(args.config), as_json=args.json)
 
 

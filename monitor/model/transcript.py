@@ -137,7 +137,8 @@ class Transcript:
             at, direction, text = entry
             if not isinstance(at, int | float) or direction not in _BY_VALUE or not isinstance(text, str):
                 raise ValueError("a transcript line is [seconds, one of C S TLS --, text]")
-            lines.append(TranscriptLine(float(at), _BY_VALUE[direction], text[:MAX_LINE]))
+            # a saved text is shown as the recorder would have kept it: a hand-made row cannot smuggle an escape
+            lines.append(TranscriptLine(float(at), _BY_VALUE[direction], _printable(text[:MAX_LINE])[:MAX_LINE]))
         return cls(lines, bool(data.get("cut", False)))
 
     @classmethod

@@ -184,3 +184,28 @@ def test_a_kept_failure_is_turned_into_json_once_over_many_saves(
     db.close()
     assert sum(1 for result in made if result is written.snapshot().states["relay"].last_failure) == 1
     assert len(made) == 6  # five last results, the failure once
+
+
+def test_status_prints_the_saved_dialogues_of_one_probe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from monitor.cli.status import print_transcripts
+    from monitor.config.schema import AgentConfig, Config
+
+    written = store()
+    written.record("relay", REFUSED)
+    written.record("relay", HEALTHY)
+    db = StateDB(tmp_path / "state.db")
+    db.open()
+    assert db.save_states(written.snapshot().states.values())
+    db.close()
+    config = Config(agent=AgentConfig(state_dir=tmp_path), smtp=[CONFIG])
+
+    assert print_transcripts(config, "relay") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "=== last failed run: 2027-01-15 08:00:00 UTC, failed in banner"
+    assert out[2].endswith("S 554 5.7.1 <script>go away</script>")
+    assert out[3].endswith("-- failed in banner: reply: 554 5.7.1 <script>go away</script>")
+    assert out[4] == "=== last run: 2027-01-15 08:01:00 UTC, ok"
+    assert out[5].endswith("S 220 mail.test ESMTP")
+
+    assert print_transcripts(config, "nonesuch") == 3
+    assert "no saved state of a probe named 'nonesuch'" in capsys.readouterr().err

@@ -150,6 +150,8 @@ class TestSecretsAndForm:
         huge = adapter.validate_python({"lines": [[0.0, "S", "y" * 100_000]] * 1000, "cut": False})
         assert len(huge.lines) == MAX_LINES_LONG
         assert all(len(line.text) <= MAX_LINE for line in huge.lines)
+        smuggled = adapter.validate_python({"lines": [[0.0, "S", "220 \x1b[2Jgone"]], "cut": False})
+        assert smuggled.lines[0].text == "220 \\x1b[2Jgone"
 
 
 def test_the_concluding_note_is_kept_past_the_bounds_in_place_of_the_last_lines() -> None:
