@@ -645,6 +645,9 @@ class MxCheckConfig(_Strict):
             domain = self.domain.lower().rstrip(".")
             if sender_domain != domain and not sender_domain.endswith(f".{domain}"):
                 raise ValueError(f"spoof_test.mail_from must be an address in {self.domain}: it forges that domain")
+        if spoof is not None and spoof.mailbox is not None and self.timeout is not None and self.timeout <= spoof.wait:
+            # the mailbox is watched within the check's deadline: a shorter one would never see the forgery
+            raise ValueError("timeout must be longer than spoof_test.wait (the check waits for the mailbox)")
         return self
 
     @property

@@ -224,3 +224,9 @@ class TestBounds:
         assert skipped[0].outcome is SpoofOutcome.ERROR
         assert "at most 1 addresses" in skipped[0].error
         assert len(handler.mail_from) == (1 if sent[0].address == "127.0.0.1" else 0)
+
+    def test_a_mailbox_wait_must_fit_in_the_checks_timeout(self) -> None:
+        spoof = {"recipient": RECIPIENT, "mailbox": "inbox", "wait": 30}
+        with pytest.raises(ValueError, match=r"timeout must be longer than spoof_test\.wait"):
+            MxCheckConfig.model_validate({"name": "c", "domain": DOMAIN, "timeout": 20, "spoof_test": spoof})
+        MxCheckConfig.model_validate({"name": "c", "domain": DOMAIN, "timeout": 40, "spoof_test": spoof})
