@@ -168,7 +168,8 @@ def secret_forms(secret: str) -> set[str]:
     hex (a server that dumps what it got)."""
     raw = secret.encode("utf-8", "surrogateescape")
     encoded = base64.b64encode(raw).decode()
-    forms = {secret, encoded, encoded.rstrip("=")}
+    quoted = secret.replace("\\", "\\\\").replace('"', '\\"')  # as an IMAP quoted string carries it
+    forms = {secret, quoted, encoded, encoded.rstrip("=")}
     forms.update(run for run in _password_only_runs(raw) if len(run) >= _MIN_RUN)
     hexed = [form.encode("utf-8", "surrogateescape").hex() for form in forms]
     forms.update(hexed)

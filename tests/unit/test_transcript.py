@@ -183,3 +183,10 @@ def test_a_longer_bound_for_runs_of_several_sessions_is_capped() -> None:
     for i in range(MAX_LINES_LONG + 10):
         capped.received(f"250 {i}")
     assert len(capped.transcript().lines) == MAX_LINES_LONG
+
+
+def test_a_password_echoed_as_an_imap_quoted_string_is_redacted() -> None:
+    password = 'Wrong"Pa55\\word-long'
+    recorder = TranscriptRecorder([password])
+    recorder.received('A1 NO [AUTHENTICATIONFAILED] bad "Wrong\\"Pa55\\\\word-long"')
+    assert recorder.transcript().lines[0].text == f'A1 NO [AUTHENTICATIONFAILED] bad "{REDACTED}"'
