@@ -29,14 +29,15 @@ def _role() -> str:
 
 if _DIR:
     _ROLE = _role()
-    _started = [0.0]
+    _started = [0.0, 0.0]
 
     def _trace(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            _started[0] = time.monotonic()
+            _started[0], _started[1] = time.monotonic(), time.thread_time()
             return
         now = time.monotonic()
         seconds = now - _started[0]
+        cpu = time.thread_time() - _started[1]  # below `seconds` when other processes held the CPU
         if info["generation"] == 2 or seconds >= 0.02:
             line = {
                 "pid": os.getpid(),
@@ -44,6 +45,7 @@ if _DIR:
                 "at": now,  # CLOCK_MONOTONIC: the same clock in every process of the machine
                 "generation": info["generation"],
                 "seconds": seconds,
+                "cpu": cpu,
                 "collected": info["collected"],
             }
             with open(os.path.join(_DIR, f"gc-{os.getpid()}.jsonl"), "a") as out:
