@@ -4,22 +4,33 @@ Postfix -> MX Postfix -> Dovecot) writes the hops, NSD serves a DNSBL zone listi
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from monitor.cli import report
-from monitor.config.schema import DnsConfig
+from monitor.config.schema import DnsConfig, SnmpConfig
 from monitor.exporters.prometheus.metrics import delivery_samples
+from monitor.exporters.snmp.agent import SnmpAgent
 from monitor.model.delivery import DeliveryResult
-from monitor.model.facts import DnsblOutcome
+from monitor.model.facts import DnsblAnswer, DnsblFacts, DnsblOutcome
 from monitor.model.probe_result import result_from_dict
 from monitor.probes import ProbeEnv, build_resolver
 from monitor.probes.delivery import run
+from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore
 from tests.integration.test_delivery_probe import probe_config
 from tests.peers.mail_chain import MailChain
+from tests.peers.net_snmp import tool_env
 from tests.peers.nsd import NsdServer
+from tests.peers.snmp_agent_thread import AgentThread
+from tests.support.ports import free_udp_port
+from tests.unit.test_snmp_delivery import delivery_config, on_time
+
+MIB_DIR = Path(__file__).resolve().parents[2] / "mibs"
+COMMUNITY = "hops-dnsbl-77a1"
 
 HOPS_ORIGIN = "hops.test."
 LISTED_ZONE = "listing.hops.test"  # lists the chain's 127.0.0.1
@@ -82,3 +93,37 @@ def test_without_zones_nothing_is_looked_up(mail_chain: MailChain, dnsbl_nsd: Ns
     assert result.ok, result.error
     assert result.dnsbl is None
     assert "dnsbl" not in result.as_dict()
+
+
+def test_snmptable_shows_the_hops_dnsbl_answers(tmp_path: Path, base_mibs: Path) -> None:
+    answers = (
+        DnsblAnswer("203.0.113.5", LISTED_ZONE, DnsblOutcome.LISTED, ("127.0.0.2", "127.0.0.3"), "relay listed"),
+        DnsblAnswer("203.0.113.5", EMPTY_ZONE, DnsblOutcome.REFUSED, ("127.255.255.254",), error="refused"),
+        DnsblAnswer("2001:db8::25", LISTED_ZONE, DnsblOutcome.NOT_LISTED),
+        DnsblAnswer("2001:db8::25", EMPTY_ZONE, DnsblOutcome.ERROR, error="timeout: no answer"),
+    )
+    facts = DnsblFacts((LISTED_ZONE, EMPTY_ZONE), ("203.0.113.5", "2001:db8::25"), answers, queries=5)
+    store = ResultsStore(announce=False)
+    store.configure([(delivery_config("loop", dnsbl=[LISTED_ZONE, EMPTY_ZONE]), 1, 14)])
+    store.record("loop", on_time(dnsbl=facts))
+    port = free_udp_port()
+    config = SnmpConfig.model_validate({"listen": [f"udp:127.0.0.1:{port}"], "communities": [{"name": COMMUNITY}]})
+    agent = SnmpAgent(config, tmp_path / "snmp-state", store, AgentHealth())
+    with AgentThread(agent):
+        out = subprocess.run(
+            [
+                "snmptable", "-M", f"+{MIB_DIR}:{base_mibs}", "-m", "SMTP-MONITOR-MIB", "-v2c", "-c", COMMUNITY,
+                "-t", "3", "-r", "2", "-Ci", "-Cf", "|", f"udp:127.0.0.1:{port}", "deliveryDnsblTable",
+            ],
+            capture_output=True, text=True, env=tool_env(tmp_path / "net-snmp"), timeout=60, check=False,
+        )  # fmt: skip
+    assert (out.returncode, out.stderr) == (0, "")
+    lines = [line.split("|") for line in out.stdout.splitlines() if "|" in line]
+    rows = {line[0]: dict(zip(lines[0][1:], line[1:], strict=True)) for line in lines[1:]}
+    assert list(rows) == ['"loop".1.1', '"loop".1.2', '"loop".2.1', '"loop".2.2']
+    listed = rows['"loop".1.1']
+    assert (listed["deliveryDnsblAddress"], listed["deliveryDnsblZone"]) == ("203.0.113.5", LISTED_ZONE)
+    assert (listed["deliveryDnsblStatus"], listed["deliveryDnsblCode"]) == ("listed", "127.0.0.2,127.0.0.3")
+    assert listed["deliveryDnsblReason"] == "relay listed"
+    assert [rows[k]["deliveryDnsblStatus"] for k in list(rows)[1:]] == ["refused", "notListed", "error"]
+    assert rows['"loop".2.2']["deliveryDnsblReason"] == "timeout: no answer"

@@ -148,6 +148,7 @@ def test_oid_by_name_lists_every_node_the_mib_defines(base_mibs: Path, tool_env:
         pytest.param("deliveryFolder", mib_oids.DELIVERY_FOLDER_VALUES, id="deliveryFolder"),
         pytest.param("deliveryHopsSource", mib_oids.HOPS_SOURCE_VALUES, id="deliveryHopsSource"),
         pytest.param("mxDnsblStatus", mib_oids.DNSBL_STATUS_VALUES, id="mxDnsblStatus"),
+        pytest.param("deliveryDnsblStatus", mib_oids.DNSBL_STATUS_VALUES, id="deliveryDnsblStatus"),
         pytest.param("mxPolicyFindingRecord", mib_oids.POLICY_RECORD_VALUES, id="mxPolicyFindingRecord"),
         pytest.param("mxPolicyFindingLevel", mib_oids.FINDING_LEVEL_VALUES, id="mxPolicyFindingLevel"),
     ],
@@ -194,6 +195,9 @@ def test_instance_oids_encode_name_index_as_snmptranslate_does(base_mibs: Path, 
         f'{MODULE}::smtpAddressUp."mail-1".2': mib_oids.smtp_address_oid(mib_oids.SmtpAddressColumn.UP, "mail-1", 2),
         f"{MODULE}::smtpMonitorVersion.0": mib_oids.scalar_oid(mib_oids.Scalar.VERSION),
         f'{MODULE}::mxDnsblStatus."ex.org".2.3': mib_oids.mx_dnsbl_oid(mib_oids.MxDnsblColumn.STATUS, "ex.org", 2, 3),
+        f'{MODULE}::deliveryDnsblCode."d-1".1.2': mib_oids.delivery_dnsbl_oid(
+            mib_oids.DeliveryDnsblColumn.CODE, "d-1", 1, 2
+        ),
         f'{MODULE}::mxPolicyFindingLevel."ex.org".7': mib_oids.mx_policy_finding_oid(
             mib_oids.MxPolicyFindingColumn.LEVEL, "ex.org", 7
         ),

@@ -111,6 +111,8 @@ class TestRevisionsAndConformance:
             "mxDnsblAddressNumber",
             "mxDnsblZoneNumber",
             "mxPolicyFindingNumber",
+            "deliveryDnsblAddressNumber",
+            "deliveryDnsblZoneNumber",
         }
         tables = (
             mib_oids.SMTP_PROBE_ENTRY,
@@ -122,6 +124,7 @@ class TestRevisionsAndConformance:
             mib_oids.DELIVERY_HOP_ENTRY,
             mib_oids.MX_DNSBL_ENTRY,
             mib_oids.MX_POLICY_FINDING_ENTRY,
+            mib_oids.DELIVERY_DNSBL_ENTRY,
             mib_oids.SCALARS,
         )
         readable = [

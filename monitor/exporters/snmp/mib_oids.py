@@ -43,6 +43,8 @@ MX_DNSBL_TABLE: Final[Oid] = (*OBJECTS, 9)
 MX_DNSBL_ENTRY: Final[Oid] = (*MX_DNSBL_TABLE, 1)
 MX_POLICY_FINDING_TABLE: Final[Oid] = (*OBJECTS, 10)
 MX_POLICY_FINDING_ENTRY: Final[Oid] = (*MX_POLICY_FINDING_TABLE, 1)
+DELIVERY_DNSBL_TABLE: Final[Oid] = (*OBJECTS, 11)
+DELIVERY_DNSBL_ENTRY: Final[Oid] = (*DELIVERY_DNSBL_TABLE, 1)
 
 COMPLIANCES: Final[Oid] = (*CONFORMANCE, 1)  # smtpMonitorCompliances
 GROUPS: Final[Oid] = (*CONFORMANCE, 2)  # smtpMonitorGroups
@@ -167,6 +169,18 @@ class MxDnsblColumn(enum.IntEnum):
     REASON = 7
 
 
+class DeliveryDnsblColumn(enum.IntEnum):
+    """Columns of deliveryDnsblEntry (index: probe name, address number, zone number); deliveryDnsbl + CamelCase."""
+
+    ADDRESS_NUMBER = 1  # not-accessible index
+    ZONE_NUMBER = 2  # not-accessible index
+    ADDRESS = 3
+    ZONE = 4
+    STATUS = 5
+    CODE = 6
+    REASON = 7
+
+
 class MxPolicyFindingColumn(enum.IntEnum):
     """Columns of mxPolicyFindingEntry (index: check name, finding number); mxPolicyFinding + CamelCase."""
 
@@ -278,6 +292,7 @@ class Group(enum.IntEnum):
     DELIVERY_NOTIFICATION_GROUP = 13
     MX_DNSBL_GROUP = 17
     MX_POLICY_FINDING_GROUP = 18
+    DELIVERY_DNSBL_GROUP = 19
     SMTP_MONITOR_UNIX_TIME_GROUP = 14
     MX_ADDRESS_SPOOF_GROUP = 16
 
@@ -544,6 +559,14 @@ def mx_dnsbl_oid(column: MxDnsblColumn, name: str, address: int, zone: int) -> O
     return (*MX_DNSBL_ENTRY, int(column), *name_index(name), address, zone)
 
 
+def delivery_dnsbl_oid(column: DeliveryDnsblColumn, name: str, address: int, zone: int) -> Oid:
+    """The instance OID of a column of a deliveryDnsblTable row: probe name, address and zone numbers."""
+    for what, position in (("address", address), ("zone", zone)):
+        if not 1 <= position <= ORDER_MAX:
+            raise ValueError(f"{what} number {position} must be 1 to {ORDER_MAX}")
+    return (*DELIVERY_DNSBL_ENTRY, int(column), *name_index(name), address, zone)
+
+
 def mx_policy_finding_oid(column: MxPolicyFindingColumn, name: str, number: int) -> Oid:
     """The instance OID of a column of an mxPolicyFindingTable row: check name, finding number."""
     if not 1 <= number <= ORDER_MAX:
@@ -632,6 +655,8 @@ OID_BY_NAME: Final[Mapping[str, Oid]] = {
     "mxDnsblEntry": MX_DNSBL_ENTRY,
     "mxPolicyFindingTable": MX_POLICY_FINDING_TABLE,
     "mxPolicyFindingEntry": MX_POLICY_FINDING_ENTRY,
+    "deliveryDnsblTable": DELIVERY_DNSBL_TABLE,
+    "deliveryDnsblEntry": DELIVERY_DNSBL_ENTRY,
     "smtpMonitorCompliances": COMPLIANCES,
     "smtpMonitorGroups": GROUPS,
     "smtpMonitorCompliance": COMPLIANCE,
@@ -645,6 +670,7 @@ OID_BY_NAME: Final[Mapping[str, Oid]] = {
     **_named("deliveryHop", DeliveryHopColumn, DELIVERY_HOP_ENTRY),
     **_named("mxDnsbl", MxDnsblColumn, MX_DNSBL_ENTRY),
     **_named("mxPolicyFinding", MxPolicyFindingColumn, MX_POLICY_FINDING_ENTRY),
+    **_named("deliveryDnsbl", DeliveryDnsblColumn, DELIVERY_DNSBL_ENTRY),
     **_named("", Notification, NOTIFICATION_PREFIX),
     **_named("", Group, GROUPS),
 }

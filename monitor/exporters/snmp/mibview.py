@@ -20,6 +20,7 @@ from monitor.config.schema import DeliveryProbeConfig, MxCheckConfig, SmtpProbeC
 from monitor.exporters.snmp import mib_oids
 from monitor.exporters.snmp.mib_oids import (
     DeliveryColumn,
+    DeliveryDnsblColumn,
     DeliveryHopColumn,
     MxAddressColumn,
     MxCheckColumn,
@@ -32,7 +33,7 @@ from monitor.exporters.snmp.mib_oids import (
     SmtpProbeColumn,
 )
 from monitor.model.delivery import DeliveryLedger, DeliveryResult, Hop
-from monitor.model.facts import MtaStsPolicyFacts, PolicyRecord
+from monitor.model.facts import DnsblFacts, MtaStsPolicyFacts, PolicyRecord
 from monitor.model.results import MxRecord, MxResult, SmtpResult, Status, TlsInfo
 from monitor.model.spoof import SpoofAttempt
 from monitor.state.health import AgentHealth
@@ -334,6 +335,13 @@ MX_DNSBL_TYPES: dict[MxDnsblColumn, type] = {
     MxDnsblColumn.CODE: _S,
     MxDnsblColumn.REASON: _S,
 }
+DELIVERY_DNSBL_TYPES: dict[DeliveryDnsblColumn, type] = {
+    DeliveryDnsblColumn.ADDRESS: _S,
+    DeliveryDnsblColumn.ZONE: _S,
+    DeliveryDnsblColumn.STATUS: _I,
+    DeliveryDnsblColumn.CODE: _S,
+    DeliveryDnsblColumn.REASON: _S,
+}
 MX_POLICY_FINDING_TYPES: dict[MxPolicyFindingColumn, type] = {
     MxPolicyFindingColumn.RECORD: _I,
     MxPolicyFindingColumn.NAME: _S,
@@ -392,6 +400,7 @@ _ADDRESS_COLUMNS = tuple(sorted(MX_ADDRESS_TYPES))
 _SMTP_ADDRESS_COLUMNS = tuple(sorted(SMTP_ADDRESS_TYPES))
 _DNSBL_COLUMNS = tuple(sorted(MX_DNSBL_TYPES))
 _FINDING_COLUMNS = tuple(sorted(MX_POLICY_FINDING_TYPES))
+_DELIVERY_DNSBL_COLUMNS = tuple(sorted(DELIVERY_DNSBL_TYPES))
 # The served delivery columns: a row's cells stop before the accessible-for-notify ones.
 _DELIVERY_COLUMNS = tuple(sorted(c for c in DELIVERY_TYPES if c not in mib_oids.DELIVERY_EVENT_COLUMNS))
 _DELIVERY_HOP_COLUMNS = tuple(sorted(DELIVERY_HOP_TYPES))
@@ -592,7 +601,16 @@ def mx_address_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid,
 
 def mx_dnsbl_rows(name_index: Oid, result: MxResult | None) -> list[tuple[Oid, tuple[Raw, ...]]]:
     """(index, cells) of the mxDnsblTable rows of one check, in index order (address, then zone number)."""
-    facts = result.dnsbl if result is not None else None
+    return dnsbl_rows(name_index, result.dnsbl if result is not None else None)
+
+
+def delivery_dnsbl_rows(name_index: Oid, result: DeliveryResult | None) -> list[tuple[Oid, tuple[Raw, ...]]]:
+    """(index, cells) of the deliveryDnsblTable rows of one probe, in index order."""
+    return dnsbl_rows(name_index, result.dnsbl if result is not None else None)
+
+
+def dnsbl_rows(name_index: Oid, facts: DnsblFacts | None) -> list[tuple[Oid, tuple[Raw, ...]]]:
+    """The rows of a DNSBL table (mxDnsblTable, deliveryDnsblTable) for one probe's answers."""
     if facts is None:
         return []
     address_number = {address: n for n, address in enumerate(facts.addresses[:ADDRESSES_MAX], start=1)}
@@ -873,7 +891,7 @@ class _CachedRow:
     exchanges: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()
     addresses: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # mxAddressTable or smtpAddressTable rows
     hops: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # deliveryHopTable rows
-    dnsbl: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # mxDnsblTable rows
+    dnsbl: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # mxDnsblTable or deliveryDnsblTable rows
     findings: tuple[tuple[Oid, tuple[Raw, ...]], ...] = ()  # mxPolicyFindingTable rows
 
     @classmethod
@@ -979,6 +997,7 @@ class MibView:
         self._mx = _RowTable("mx", self._mx_row)
         self._delivery = _RowTable("delivery", self._delivery_row)
         self._hops = ColumnRows([], [])
+        self._delivery_dnsbl = ColumnRows([], [])
         self._exchanges = ColumnRows([], [])
         self._addresses = ColumnRows([], [])
         self._smtp_addresses = ColumnRows([], [])
@@ -1064,6 +1083,8 @@ class MibView:
             rows = self._delivery.rows
             flat = [hop for name in self._delivery.order for hop in rows[name].hops]
             self._hops = ColumnRows([index for index, _ in flat], [cells for _, cells in flat])
+            flat = [answer for name in self._delivery.order for answer in rows[name].dnsbl]
+            self._delivery_dnsbl = ColumnRows([index for index, _ in flat], [cells for _, cells in flat])
 
         nodes: list[tuple[Oid, MibNode]] = self._system_nodes()
         nodes += self._scalar_nodes(
@@ -1111,6 +1132,10 @@ class MibView:
             syntax = MX_POLICY_FINDING_TYPES[finding_column]
             node = ColumnNode(self._findings, position, syntax)
             nodes.append(((*mib_oids.MX_POLICY_FINDING_ENTRY, int(finding_column)), node))
+        for position, delivery_dnsbl_column in enumerate(_DELIVERY_DNSBL_COLUMNS):
+            syntax = DELIVERY_DNSBL_TYPES[delivery_dnsbl_column]
+            node = ColumnNode(self._delivery_dnsbl, position, syntax)
+            nodes.append(((*mib_oids.DELIVERY_DNSBL_ENTRY, int(delivery_dnsbl_column)), node))
         return MibTable(snapshot.version, nodes)
 
     def _smtp_row(self, name: str, state: ProbeState, old: _CachedRow | None) -> _CachedRow:
@@ -1143,7 +1168,13 @@ class MibView:
         # probes are few (hundreds at most, each run minutes apart).
         index = old.index if old is not None else mib_oids.name_index(name)
         result = state.last_result if isinstance(state.last_result, DeliveryResult) else None
-        return _CachedRow.of(state, index, delivery_row(state), hops=tuple(delivery_hop_rows(index, result)))
+        return _CachedRow.of(
+            state,
+            index,
+            delivery_row(state),
+            hops=tuple(delivery_hop_rows(index, result)),
+            dnsbl=tuple(delivery_dnsbl_rows(index, result)),
+        )
 
     def _system_nodes(self) -> list[tuple[Oid, MibNode]]:
         descr = admin_string(f"smtp-monitor {self._health.version}: SMTP and MX monitoring agent")
