@@ -45,6 +45,7 @@ class Figures:
     results: int
     queue_cpu_us: float  # per result, on the event loop: compact and queue
     write_cpu_us: float  # per result, in the writer thread: rows, rollups, trims, retention
+    write_bytes: float  # per result, written to the disk (database and WAL; /proc/self/io), in the 5 s batches
     db_bytes: int
     raw_rows: int
     availability_all_ms: float
@@ -96,6 +97,17 @@ def result(rng: random.Random, at: float) -> SmtpResult:
     )
 
 
+def _written_bytes() -> int:
+    """Bytes this process caused to be written to storage (write_bytes of /proc/self/io), 0 where unknown."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _median_ms(call: Callable[[], object], times: int) -> float:
     samples = []
     for _ in range(times):
@@ -124,6 +136,8 @@ def measure(
     slots = int(hours * 3600 / SLOT)
     per_slot = int(INTERVAL / SLOT)
     queue_cpu = write_cpu = 0.0
+    written0 = _written_bytes()
+    written = 0
     count = measured = 0
     failed: set[str] = set()
     for slot in range(slots):
@@ -143,6 +157,8 @@ def measure(
         if slot * SLOT < measured_hours * 3600 or (slot + 1) % int(fill_batch / SLOT) == 0 or slot == slots - 1:
             history.flush()
         t2 = time.process_time()
+        if slot * SLOT < measured_hours * 3600 <= (slot + 1) * SLOT:
+            written = _written_bytes() - written0
         count += len(batch)
         if slot * SLOT < measured_hours * 3600:
             queue_cpu += t1 - t0
@@ -151,6 +167,7 @@ def measure(
         if slot % 720 == 0:
             say(f"  history: {slot * SLOT / 3600:.0f} h simulated, {count:,} results")
     history.close()
+    written = written or _written_bytes() - written0
     db_bytes = sum(p.stat().st_size for p in workdir.glob("state.db*"))
     t0 = time.perf_counter()
     history = History(path, HistoryConfig(), clock=lambda: clock[0])
@@ -164,6 +181,7 @@ def measure(
         results=count,
         queue_cpu_us=1e6 * queue_cpu / measured,
         write_cpu_us=1e6 * write_cpu / measured,
+        write_bytes=written / measured,
         db_bytes=db_bytes,
         raw_rows=sum(len(history.recent(n, limit=100_000)) for n in sample[:5]) * probes // min(5, probes),
         availability_all_ms=_median_ms(history.availability_all, 201),
@@ -227,6 +245,7 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
     f = measure(10_000, hours, workdir, log)
     tag = f"10,000 probes at 60 s, {f.hours:g} h simulated"
     results.add(Row(SECTION, f"CPU per result, event loop (compact, queue), {tag}", f.queue_cpu_us, "µs"))
+    results.add(Row(SECTION, f"disk writes per result (database and WAL), {tag}", f.write_bytes / 1024, "KiB"))
     results.add(Row(SECTION, f"CPU per result, writer thread (batch, rollups, retention), {tag}", f.write_cpu_us, "µs"))
     results.add(
         Row(
@@ -289,6 +308,8 @@ def main(argv: list[str]) -> int:
             f"{time.monotonic() - started:.0f} s"
         )
         print(f"CPU per result: {f.queue_cpu_us:.2f} µs queueing (event loop), {f.write_cpu_us:.2f} µs writing")
+        rate = f.write_bytes * f.probes / INTERVAL / 2**20
+        print(f"disk writes per result: {f.write_bytes / 1024:.1f} KiB ({rate:.2f} MiB/s at {f.probes:,} probes)")
         print(f"agent CPU added at {f.probes:,} probes every 60 s: {100 * f.agent_share:.2f} % of one core")
         print(f"state database: {f.db_bytes / 2**20:.1f} MiB ({f.raw_rows:,} raw rows, estimated)")
         print(
