@@ -3,7 +3,7 @@
 Results reach History.on_result on the event loop, which only compacts them and queues them; a writer thread
 writes the queue in one transaction every `flush_interval` seconds (or `batch_rows` rows) on its own SQLite
 connection, so the event loop never waits on the disk (a batch that fails is counted, logged and tried once
-more with the next). The rollups of the open hour and day are kept in memory and written whole with each batch.
+more with the next). Batches go to a journal table, moved into the results and rollups every 10 minutes (below).
 Retention (count and age per probe) runs in bulk from that thread. Availability over 24 h / 7 d / 30 d is kept
 in memory (per probe, 24 hourly and 30 daily counts), rebuilt from the rollup tables at start, so
 availability_all() for 10,000 probes is one dictionary.
@@ -890,7 +890,8 @@ class History:
         by_time: dict[float, HistoryEntry] = {}  # one run per start time, as in the table: the later one wins
         pid = self._ids.get(name)
         if pid is not None:
-            found = self._query(_SELECT_RECENT, (pid, limit)) + self._journal_rows_of(pid, _SELECT_JOURNAL, limit)
+            moved, in_journal = self._with_journal(_SELECT_RECENT, (pid, limit), _SELECT_JOURNAL, pid, limit)
+            found = moved + in_journal
             for at, ok, phase, reason, code, total, layout, timings, expiry in found:
                 tls, times = self._decode(layout, timings)
                 expires = None if expiry is None else float(expiry)
@@ -926,9 +927,9 @@ class History:
             return []
         limit = max(0, min(limit, 100_000))
         seconds = HOUR if period == "hour" else DAY
-        found = self._query(_SELECT_ROLLUPS[seconds], (pid, limit))
+        found, in_journal = self._with_journal(_SELECT_ROLLUPS[seconds], (pid, limit), _SUM_JOURNAL, pid, 100_000)
         by_start = {start: _Rollup(runs, failures, decode_histogram(blob)) for start, runs, failures, blob in found}
-        for (p, _, start), delta in _sum_journal(self._journal_rows_of(pid, _SUM_JOURNAL, 100_000)).items():
+        for (p, _, start), delta in _sum_journal(in_journal).items():
             if p == seconds:
                 agg = by_start.setdefault(start, _Rollup())
                 agg.runs += delta.runs
@@ -947,16 +948,33 @@ class History:
         """Every probe's availability, from memory (refreshed after each batch): a read-only mapping."""
         return self._availability
 
-    def _journal_rows_of(self, pid: int, select: str, limit: int) -> list[tuple[Any, ...]]:
-        """The newest `limit` of a probe's rows in the journal, by their ids (the journal has no index by probe:
-        one would be written all over again by every batch)."""
+    def _with_journal(
+        self, sql: str, args: tuple[int, ...], journal_sql: str, pid: int, limit: int
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """`sql`'s rows and the newest `limit` of the probe's rows in the journal, found by their ids (the journal
+        has no index by probe: every batch would write one all over), read in one transaction: a move of the
+        journal in between shows its rows on one side, not on neither. [] when closed or failing."""
         journal = self._journal_ids.get(pid)
         newest = journal[-limit:] if journal and limit else []  # a slice: one step while the writer appends
-        found: list[tuple[Any, ...]] = []
-        for start in range(0, len(newest), _IDS_PER_QUERY):  # a few ids at 60 s and a 10-minute journal
-            ids = newest[start : start + _IDS_PER_QUERY]
-            found += self._query(select.format(marks=",".join("?" * len(ids))), (pid, *ids))
-        return found
+        with self._read_lock:
+            reader = self._reader
+            if reader is None:
+                return [], []
+            try:
+                reader.execute("BEGIN")
+                try:
+                    found = reader.execute(sql, args).fetchall()
+                    in_journal: list[tuple[Any, ...]] = []
+                    for start in range(0, len(newest), _IDS_PER_QUERY):  # a few at 60 s and a 10-minute journal
+                        ids = newest[start : start + _IDS_PER_QUERY]
+                        marks = ",".join("?" * len(ids))
+                        in_journal += reader.execute(journal_sql.format(marks=marks), (pid, *ids)).fetchall()
+                finally:
+                    reader.execute("COMMIT")
+            except sqlite3.Error as exc:
+                log.warning("history: reading %s failed: %s", self.path, exc)
+                return [], []
+        return found, in_journal
 
     def _query(self, sql: str, args: tuple[int, ...]) -> list[tuple[Any, ...]]:
         """One query on the read connection; [] when closed or failing (logged: a read never raises)."""
