@@ -183,15 +183,15 @@ class _BoundedProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             self.fail(ProbeFailure(Reason.PROTOCOL, f"response line longer than {MAX_LINE} bytes"))
 
     def _handle_line(self, line: bytes, current_cmd: Any) -> Any:
-        if self.state == aioimaplib.CONNECTED and line and not line.startswith((b"* OK", b"* PREAUTH")):
-            self.fail(ProbeFailure(Reason.PROTOCOL, f"not an IMAP greeting: {_printable(line)!r}"))
-            return None
         if self.recorder is not None and (
-            self.state == aioimaplib.CONNECTED
+            self.state == aioimaplib.CONNECTED  # the greeting, or what came instead of one
             or line.startswith(b"+")
             or aioimaplib.tagged_status_response_re.match(line)
         ):
             self.recorder.received(line.decode("utf-8", "replace"))  # untagged data lines are left out
+        if self.state == aioimaplib.CONNECTED and line and not line.startswith((b"* OK", b"* PREAUTH")):
+            self.fail(ProbeFailure(Reason.PROTOCOL, f"not an IMAP greeting: {_printable(line)!r}"))
+            return None
         return super()._handle_line(line, current_cmd)
 
     async def welcome(self, command: bytes) -> None:

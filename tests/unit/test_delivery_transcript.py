@@ -217,3 +217,33 @@ def test_the_deliver_command_prints_the_transcript_after_its_plugin_line(
     assert any(line.endswith("C DATA") for line in rest)
     assert any(line.endswith(f"LOGIN {REDACTED}") for line in rest)
     assert leaks(out, secret_forms("probe@dest.test", MAILBOX_PASSWORD)) == []
+
+
+def test_garbage_instead_of_an_imap_greeting_is_recorded_before_the_failure(pki: Pki) -> None:
+    from monitor.config.schema import DeliveryTimeouts
+    from monitor.model.failures import ProbeFailure
+    from monitor.model.transcript import TranscriptRecorder
+    from monitor.probes.mailbox import ImapMailbox
+    from tests.fakes.imap_servers import GREETING, Act
+
+    async def scenario() -> tuple[TranscriptRecorder, ProbeFailure]:
+        script = MailboxScript(misbehave={GREETING: Act.GARBAGE})
+        async with FakeImapServer(pki.issue().server_context(), script) as server:
+            recorder = TranscriptRecorder()
+            settings = config(pki, 1, server.port, "imap", MAILBOX_PASSWORD).mailbox
+            mailbox = ImapMailbox(
+                settings,
+                ProbeEnv(resolver=dns.asyncresolver.Resolver(configure=False)),
+                DeliveryTimeouts(mailbox=2),
+                recorder,
+            )
+            with pytest.raises(ProbeFailure) as failed:
+                await mailbox.open()
+            await mailbox.close()
+            return recorder, failed.value
+
+    recorder, failure = asyncio.run(scenario())
+    assert failure.reason is Reason.PROTOCOL
+    assert ("S", "HTTP/1.1 400 Bad Request") in [
+        (line.direction.value, line.text) for line in recorder.transcript().lines
+    ]
