@@ -509,8 +509,8 @@ _OPTIONAL_CHECKS: tuple[tuple[Callable[[MxCheckConfig], bool], Callable[[_Progre
     (lambda c: c.dane != "off", check_dane),
     (lambda c: c.mta_sts != "off", check_mta_sts),
     (lambda c: c.reverse_dns != "off", reverse_dns),
+    (lambda c: bool(c.dnsbl), check_dnsbl),  # a listing is deferred: the checks after it still run
     (lambda c: bool(c.spf or c.dmarc or c.tls_rpt), policy_records),
-    (lambda c: bool(c.dnsbl), check_dnsbl),
     (lambda c: c.spoof_test is not None, spoof_test),
 )
 
@@ -525,9 +525,21 @@ async def run(config: MxCheckConfig, env: ProbeEnv) -> MxResult:
     try:
         async with asyncio.timeout(timeout):
             await _required_checks(check)
+            listed: ProbeFailure | None = None
             for wanted, optional in _OPTIONAL_CHECKS:
-                if wanted(config):
+                if not wanted(config):
+                    continue
+                try:
                     await optional(check)
+                except ProbeFailure as exc:
+                    if listed is not None:
+                        raise listed from None  # the first failure names the run's phase and reason
+                    if optional is not check_dnsbl:
+                        raise
+                    # a listed address must not hide a broken SPF record or an MX that accepts forgeries
+                    listed = exc
+            if listed is not None:
+                raise listed
     except (ProbeFailure, TimeoutError) as exc:
         failure = classify(exc, timeout)
     phase = (failure.phase or check.phase) if failure is not None else None

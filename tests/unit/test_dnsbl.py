@@ -371,3 +371,14 @@ def test_status_shows_a_delivery_probes_hop_listings() -> None:
     assert found.listed == ("203.0.113.5 in bl.one.test (127.0.0.2): relay listed",)
     assert found.policy == ()
     assert mx_facts(DeliveryResult(name="d", started_at=1.0, ok=True)) is None
+
+
+def test_a_listing_leaves_the_policy_checks_their_say(dns: ScriptedDnsServer) -> None:
+    dns.records(NAME, "A", "127.0.0.2")
+    dns.records(DOMAIN, "TXT", '"v=spf1 include:_gone.example.test -all"')  # a permerror as well
+    result = run_check(dns, dnsbl=[ZONE], spf=True)
+    # the listing came first and names the run's failure; the SPF findings are there all the same
+    assert (result.phase, result.reason) == (Phase.DNSBL, Reason.LISTED)
+    assert {(f.finding, f.level) for f in result.policy_findings} >= {("include_missing", FindingLevel.ERROR)}
+    assert result.dnsbl is not None
+    assert len(result.dnsbl.listed) == 1
