@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from monitor.config.reader import ConfigReader
 from monitor.config.schema import Config, ConfigError, load_config
-from monitor.exporters.prometheus.http import AdhocProber, HttpBindError, MetricsServer
+from monitor.exporters.bounded_http import HttpBindError
+from monitor.exporters.prometheus.http import AdhocProber, MetricsServer
 from monitor.exporters.prometheus.metrics import build_agent_registry
-from monitor.exporters.web.pages import StatusPage, StatusPageBindError, StatusPageServer, StatusPageUnavailable
+from monitor.exporters.web.pages import StatusPage, StatusPageServer, StatusPageUnavailable
 from monitor.runtime import logs
 from monitor.runtime.probe_process import ProbeProcess
 from monitor.runtime.sharding import Shard
@@ -248,10 +249,10 @@ class Agent:
             else:
                 log.info("status page on http://%s/", _host_port(metrics[0], self.http.port))
             return
-        self.status_page = StatusPageServer(page, *own)
+        self.status_page = StatusPageServer(page, *own, limits=self.config.prometheus.http)
         try:
             await self.status_page.start()
-        except StatusPageBindError as exc:
+        except HttpBindError as exc:
             self.status_page = None
             raise StartupError(str(exc)) from None
         log.info("status page on http://%s/", _host_port(own[0], self.status_page.port))

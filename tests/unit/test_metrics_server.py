@@ -14,8 +14,10 @@ import aiohttp
 import pytest
 
 from monitor.config.schema import HttpLimits
+from monitor.exporters import bounded_http
+from monitor.exporters.bounded_http import Throttle
 from monitor.exporters.prometheus import http
-from monitor.exporters.prometheus.http import WARM_IDLE, WARM_LEAD, MetricsServer, ScrapeRhythm, Throttle
+from monitor.exporters.prometheus.http import WARM_IDLE, WARM_LEAD, MetricsServer, ScrapeRhythm
 from monitor.exporters.prometheus.metrics import build_agent_registry
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore
@@ -323,7 +325,7 @@ class TestConnectionBounds:
         monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        for log_filter in http._server_log.filters:
+        for log_filter in bounded_http._server_log.filters:
             monkeypatch.setattr(log_filter, "throttle", Throttle(60.0))  # as after a start: a line is due
 
         async def body(server: MetricsServer) -> None:
@@ -346,7 +348,7 @@ class TestConnectionBounds:
         monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        monkeypatch.setattr(http, "ACCEPT_RETRY", 0.001)
+        monkeypatch.setattr(bounded_http, "ACCEPT_RETRY", 0.001)
         failures = {"left": 0}
 
         async def body(server: MetricsServer) -> None:

@@ -19,7 +19,14 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
-from monitor.config.schema import ConfigError, MxCheckConfig, SmtpProbeConfig, StatusPageConfig, parse_config
+from monitor.config.schema import (
+    ConfigError,
+    HttpLimits,
+    MxCheckConfig,
+    SmtpProbeConfig,
+    StatusPageConfig,
+    parse_config,
+)
 from monitor.exporters.prometheus.http import MetricsServer
 from monitor.exporters.prometheus.metrics import build_agent_registry
 from monitor.exporters.web.pages import StatusPage, StatusPageServer
@@ -516,3 +523,52 @@ def test_every_link_is_relative_so_a_reverse_proxy_may_serve_the_page_under_a_pa
     assert 'href="./probe/a"' in overview[1]
     assert 'href="../api/probes/a"' in probe[1]
     assert 'href="../"' in missing[1]
+
+
+class TestOwnListener:
+    """status_page.listen: the page's own address is bounded as the Prometheus listener is."""
+
+    def test_a_connection_that_sends_no_request_is_closed_at_the_header_deadline(self) -> None:
+        async def scenario() -> tuple[bytes, float, str]:
+            server = StatusPageServer(page_of(store_of()), "127.0.0.1", 0, limits=HttpLimits(header_timeout=0.3))
+            await server.start()
+            try:
+                began = time.monotonic()
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                silent = await asyncio.wait_for(reader.read(), 5)  # EOF: the agent closed it
+                took = time.monotonic() - began
+                writer.close()
+                ((status, _, headers),) = await _get_from(server.port, "/")
+            finally:
+                await server.stop()
+            return silent, took, f"{status} {headers.get('Server')}"
+
+        silent, took, answer = asyncio.run(scenario())
+        assert silent == b""
+        assert 0.2 < took < 3.0
+        assert answer == "200 smtp-monitor"  # no aiohttp or Python version for scanners
+
+    def test_at_the_connection_bound_a_new_visitor_displaces_an_idle_connection(self) -> None:
+        async def scenario() -> int:
+            limits = HttpLimits(max_connections=4, header_timeout=30)
+            server = StatusPageServer(page_of(store_of()), "127.0.0.1", 0, limits=limits)
+            await server.start()
+            idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(8)]
+            try:
+                ((status, _, _),) = await _get_from(server.port, "/")
+            finally:
+                for _, writer in idle:
+                    writer.close()
+                await server.stop()
+            return status
+
+        assert asyncio.run(scenario()) == 200
+
+
+async def _get_from(port: int, *paths: str) -> list[tuple[int, str, Mapping[str, str]]]:
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for path in paths:
+            async with session.get(f"http://127.0.0.1:{port}{path}") as resp:
+                out.append((resp.status, await resp.text(), dict(resp.headers)))
+    return out

@@ -20,6 +20,8 @@ from typing import Any
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined, TemplateNotFound
 
+from monitor.config.schema import HttpLimits
+from monitor.exporters.bounded_http import BoundedHttpSite
 from monitor.exporters.web import view
 from monitor.exporters.web.view import BadQuery, Filters, History
 from monitor.state.store import ResultsStore
@@ -27,8 +29,6 @@ from monitor.state.store import ResultsStore
 log = logging.getLogger("smtp_monitor.status_page")
 
 RENDERS_AT_ONCE = 4  # page renders in worker threads at a time; more requests wait their turn
-SHUTDOWN_GRACE = 3.0
-IDLE_TIMEOUT = 15.0  # keep-alive of the page's own listener
 HEADERS = {
     # No script may run at all: the page has none, so injected markup could do nothing even if it got in.
     "Content-Security-Policy": (
@@ -202,44 +202,19 @@ def _text(status: int, body: str) -> web.Response:
     return web.Response(status=status, text=body, content_type="text/plain", headers=HEADERS)
 
 
-class StatusPageBindError(Exception):
-    """The status page's own listen address could not be bound."""
-
-
 class StatusPageServer:
     """The status page on an address of its own (`status_page.listen`), e.g. one that only a reverse
-    proxy with authentication reaches, apart from the scrapers' /metrics."""
+    proxy with authentication reaches, apart from the scrapers' /metrics. Its connections are bounded
+    as the Prometheus listener's are (`prometheus.http`: count, header deadline, keep-alive)."""
 
-    def __init__(self, page: StatusPage, host: str, port: int) -> None:
+    def __init__(self, page: StatusPage, host: str, port: int, limits: HttpLimits | None = None) -> None:
         self.page = page
         self.host, self.port = host, port
-        self._runner: web.AppRunner | None = None
+        self.site = BoundedHttpSite(limits or HttpLimits(), "the status page")
 
     async def start(self) -> None:
-        app = web.Application()
-        self.page.mount(app)
-        self._runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            keepalive_timeout=IDLE_TIMEOUT,
-            shutdown_timeout=SHUTDOWN_GRACE,
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host or None, self.port, backlog=128, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            self._runner = None
-            raise StatusPageBindError(
-                f"cannot listen on {self.host}:{self.port} for the status page: {exc.strerror or exc}"
-            ) from None
-        addresses = self._runner.addresses  # the bound port, when 0 was asked for
-        if addresses:
-            self.port = int(addresses[0][1])
+        """Listen (HttpBindError when the address cannot be bound)."""
+        self.port = await self.site.start(self.host, self.port, self.page.mount)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.site.stop()
