@@ -30,8 +30,7 @@ import dns.resolver
 
 from monitor.config.schema import DnsConfig, MxCheckConfig
 from monitor.probes import ProbeEnv, build_resolver, mx, resolve
-from tests.peers import policy_zones
-from tests.peers.nsd import NsdServer
+from tests.support.peers import NsdServer, policy_zones
 
 DOMAIN = "sound.pol.test"
 DNSBL_DOMAIN = "clean.pol.test"

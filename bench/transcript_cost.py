@@ -33,8 +33,8 @@ from monitor.model.probe_result import result_to_json
 from monitor.model.transcript import Transcript, TranscriptRecorder
 from monitor.model.wire import adapter
 from monitor.probes import ProbeEnv, build_resolver, smtp
-from tests.fakes.smtp_servers import AiosmtpdServer, ServerThread
 from tests.support.certs import SERVER_IP, SERVER_NAME, Pki
+from tests.support.peers import AiosmtpdServer, ServerThread
 
 
 class _NotRecording(TranscriptRecorder):
