@@ -62,6 +62,9 @@ EXERCISED = {
     "kubernetes/statefulset.yaml": "TestKubernetesManifests",
     "kubernetes/service.yaml": "TestKubernetesManifests",
     "kubernetes/servicemonitor.yaml": "TestKubernetesManifests",
+    # generated from the MIB and scraped through a live agent in tests/integration/test_snmp_exporter_module.py
+    "snmp_exporter/generator.yml": "TestSnmpExporterFiles",
+    "snmp_exporter/snmp.yml": "TestSnmpExporterFiles",
 }
 
 
@@ -854,7 +857,6 @@ class TestGrafanaDashboard:
         assert "smtp_probe_runs" not in exported
         prometheus_own = {"up"}
         used = rules_metric_names() | {n for e in dashboard_expressions(dashboard()) for n in promql_metric_names(e)}
-        assert used - prometheus_own - exported == set()
         # ... and the series exist now, not only their families: the probes have run. Counters
         # by event (failures, SNMP requests, notifications) have no series until one happens.
         sampled = {s.name for f in text_string_to_metric_families(exposition) for s in f.samples}
@@ -863,10 +865,16 @@ class TestGrafanaDashboard:
             "smtp_monitor_snmp_requests_total",
             "smtp_monitor_notifications_total",
         }
-        # This agent runs no delivery probe (it needs the mail chain): the delivery series are checked
-        # on one that does, in tests/integration/test_delivery_metrics_promtool.py.
-        delivery = {name for name in used if name.startswith("delivery_probe_")}
-        assert used - prometheus_own - event_counters - delivery - sampled == set()
+        # This agent runs no delivery probe (it needs the mail chain) and asks no DNSBL: those series are
+        # checked on agents that do, in tests/integration/test_delivery_metrics_promtool.py and
+        # test_dnsbl_policy_agent.py (where the rules' DNSBL and policy series are looked for).
+        elsewhere = {
+            name
+            for name in used
+            if name.startswith(("delivery_probe_", "mx_check_dnsbl_", "mx_check_policy_", "mx_check_spoof_"))
+        }
+        assert used - prometheus_own - elsewhere - exported == set()
+        assert used - prometheus_own - event_counters - elsewhere - sampled == set()
 
 
 # -- SNMP -------------------------------------------------------------------------------------------
@@ -984,6 +992,20 @@ class TrapDaemon:
             lambda: "\n".join(self.handler_lines()) + "\n" + self.log.read_text(errors="replace"),
         )
         return next(line for line in self.handler_lines() if re.search(pattern, line))
+
+
+class TestSnmpExporterFiles:
+    """deploy/snmp_exporter: the generator's input names the module the generated file holds. Generating it
+    and scraping a live agent through Debian's snmp_exporter is tests/integration/test_snmp_exporter_module.py."""
+
+    def test_the_generated_module_is_the_one_the_generator_file_asks_for(self) -> None:
+        generator = yaml.safe_load((DEPLOY / "snmp_exporter" / "generator.yml").read_text())
+        generated = yaml.safe_load((DEPLOY / "snmp_exporter" / "snmp.yml").read_text())
+        assert list(generator["modules"]) == ["smtp_monitor"]
+        assert list(generated) == ["smtp_monitor"]
+        walked = set(generated["smtp_monitor"]["walk"])
+        tables = (mib_oids.SMTP_PROBE_TABLE, mib_oids.MX_CHECK_TABLE, mib_oids.DELIVERY_TABLE)
+        assert {".".join(map(str, table)) for table in tables} <= walked
 
 
 class TestSnmpExamples:

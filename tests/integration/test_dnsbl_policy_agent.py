@@ -17,6 +17,7 @@ import pytest
 
 from monitor.exporters.snmp import mib_oids as mib
 from monitor.exporters.snmp.mib_oids import MxCheckColumn
+from tests.integration.test_deploy import exported_series_names, rules_metric_names
 from tests.peers import policy_zones as zones
 from tests.peers.agent import AgentProcess
 from tests.peers.net_snmp import tool_env
@@ -126,6 +127,12 @@ def test_listings_refusals_and_findings_on_every_surface(
         ["/usr/bin/promtool", "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
     )
     assert (lint.returncode, lint.stdout + lint.stderr) == (0, "")
+    # Every DNSBL and policy series the deploy/ rules read exists here (tests/integration/test_deploy.py's live
+    # agent has no DNSBL zone to ask).
+    exported = exported_series_names(body)
+    used = {name for name in rules_metric_names() if name.startswith(("mx_check_dnsbl_", "mx_check_policy_"))}
+    assert used
+    assert used - exported == set()
 
     # the MIB, read by net-snmp by the MIB's names
     env = tool_env(tmp_path / "net-snmp")

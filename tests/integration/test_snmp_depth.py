@@ -260,9 +260,12 @@ class TestMxAddressTable:
             "mxAddressLastError",
             "mxAddressPtrName",
             "mxAddressPtr",
+            "mxAddressSpoof",
+            "mxAddressSpoofReply",
         ]
+        # No spoof test configured: every address notTested, with no reply.
         assert rows == [
-            ['"example.org".1.1', "192.0.2.1", "up", "", "mx1.example.org", "confirmed"],
+            ['"example.org".1.1', "192.0.2.1", "up", "", "mx1.example.org", "confirmed", "notTested", ""],
             [
                 '"example.org".1.2',
                 "2001:db8::1",
@@ -270,9 +273,11 @@ class TestMxAddressTable:
                 "connection refused",
                 "dyn.isp.example,pool.isp.example",
                 "notConfirmed",
+                "notTested",
+                "",
             ],
-            ['"example.org".2.1', "192.0.2.2", "down", "timed out", "", "notChecked"],
-            ['"plain.example".1.1', "192.0.2.9", "notProbed", "", "", "notChecked"],
+            ['"example.org".2.1', "192.0.2.2", "down", "timed out", "", "notChecked", "notTested", ""],
+            ['"plain.example".1.1', "192.0.2.9", "notProbed", "", "", "notChecked", "notTested", ""],
         ]
 
 
