@@ -803,9 +803,12 @@ class DeliveryProbeConfig(_Strict):
     # the sending addresses of the message's Received hops, each looked up in these zones (a fact, no failure)
     dnsbl: list[DnsblZoneConfig] = Field(default=[], max_length=20)
     dnsbl_timeout: Duration = Field(default=3.0, gt=0, le=60)  # per DNSBL query
+    # Public addresses only by default: looking up an internal relay's private address tells the list's
+    # operator the inside of the mail system and lists nothing.
+    dnsbl_private_hops: bool = False
 
     # As MxCheckConfig._ADDED_LATER: an unchanged probe keeps its saved state (config hash) across the upgrade.
-    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("dnsbl", "dnsbl_timeout")
+    _ADDED_LATER: ClassVar[tuple[str, ...]] = ("dnsbl", "dnsbl_timeout", "dnsbl_private_hops")
 
     @model_serializer(mode="wrap")
     def _without_later_defaults(self, fields_of: SerializerFunctionWrapHandler) -> dict[str, Any]:

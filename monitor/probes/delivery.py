@@ -491,7 +491,11 @@ async def run(config: DeliveryProbeConfig, env: ProbeEnv, pending: Sequence[Pend
 async def _with_dnsbl(config: DeliveryProbeConfig, env: ProbeEnv, result: DeliveryResult) -> DeliveryResult:
     """The hops' sending addresses in the configured DNSBL zones: a fact of the run, as the verdicts are (a
     listing says where the relays' mail may be refused elsewhere, not that this delivery failed)."""
-    addresses = [hop.from_address for hop in result.hops if hop.from_address]
+    addresses = [
+        hop.from_address
+        for hop in result.hops
+        if hop.from_address and (config.dnsbl_private_hops or ipaddress.ip_address(hop.from_address).is_global)
+    ]
     if not config.dnsbl or not addresses:
         return result
     facts = await dnsbl.check(env.resolver, addresses, config.dnsbl, query_timeout=config.dnsbl_timeout)

@@ -59,7 +59,17 @@ def dnsbl_nsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsdServer]:
 def deliver(chain: MailChain, nsd: NsdServer, zones: list[str]) -> DeliveryResult:
     # submission and mailbox are addressed by IP: the probe's resolver serves the DNSBL lookups only
     env = ProbeEnv(resolver=build_resolver(DnsConfig(nameservers=[f"127.0.0.1:{nsd.port}"])))
-    return asyncio.run(run(probe_config(chain, dnsbl=zones), env))
+    # The chain's relays are on loopback: only dnsbl_private_hops looks them up.
+    return asyncio.run(run(probe_config(chain, dnsbl=zones, dnsbl_private_hops=True), env))
+
+
+def test_private_relay_addresses_are_not_looked_up_by_default(mail_chain: MailChain, dnsbl_nsd: NsdServer) -> None:
+    mail_chain.ensure_running()
+    env = ProbeEnv(resolver=build_resolver(DnsConfig(nameservers=[f"127.0.0.1:{dnsbl_nsd.port}"])))
+    result = asyncio.run(run(probe_config(mail_chain, dnsbl=[LISTED_ZONE]), env))
+    assert result.ok, result.error
+    assert {hop.from_address for hop in result.hops} - {""} == {mail_chain.host}  # a loopback relay
+    assert result.dnsbl is None  # nothing asked about it
 
 
 def test_a_listed_relay_address_is_a_fact_of_the_run_not_a_failure(mail_chain: MailChain, dnsbl_nsd: NsdServer) -> None:
