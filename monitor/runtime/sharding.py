@@ -31,6 +31,7 @@ class Shard:
             update={
                 "smtp": [p for p in config.smtp if self.owns(p.name)],
                 "mx": [p for p in config.mx if self.owns(p.name)],
+                "delivery": [p for p in config.delivery if self.owns(p.name)],
             }
         )
 
