@@ -140,7 +140,9 @@ class _BoundedProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     cannot read only fails a background task; here they end the session with a classified failure."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, recorder: TranscriptRecorder | None = None) -> None:
-        super().__init__(loop, self._connection_lost_cb)
+        # No callback handed to aioimaplib: a bound method of our own would tie the protocol to itself in a
+        # cycle, and the whole session (with asyncio's 256 KiB TLS buffer) would wait for a full collection.
+        super().__init__(loop, None)
         self.broken: asyncio.Future[ProbeFailure] = loop.create_future()
         self.received = 0
         self.closing = False  # we are ending the session: a close is no failure
@@ -200,7 +202,8 @@ class _BoundedProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         except Exception as exc:  # a CAPABILITY answer the library cannot read
             self.fail(ProbeFailure(Reason.PROTOCOL, f"unreadable greeting or capabilities ({type(exc).__name__})"))
 
-    def _connection_lost_cb(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
         if self.closing:
             return
         if isinstance(exc, OSError):
@@ -241,6 +244,9 @@ class ImapMailbox:
         """`action`, raced against the session breaking, within the step timeout."""
         limit = self.step if limit is None else limit
         task = asyncio.ensure_future(action)
+        # A command left behind (the session broke first, or the run was cancelled) may still end in an
+        # error: read it then, so that asyncio does not log "Task exception was never retrieved".
+        task.add_done_callback(_retrieved)
         broken = self._proto.broken
         both: set[asyncio.Future[Any]] = {task, broken}
         try:
@@ -249,8 +255,9 @@ class ImapMailbox:
         except TimeoutError:
             task.cancel()
             self._proto.fail(ProbeFailure(Reason.TIMEOUT, f"{what}: no answer within {limit:g}s"))
-        if not task.done():
-            task.cancel()
+        finally:
+            if not task.done():
+                task.cancel()
         if broken.done():
             failure = broken.result()
             raise ProbeFailure(failure.reason, _scrubbed(f"{what}: {failure.message}", self.password))
@@ -484,6 +491,11 @@ class ImapMailbox:
             with contextlib.suppress(ProbeFailure):
                 await self._bounded("LOGOUT", proto.logout(), _LOGOUT_GRACE)
         proto.transport.abort()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _first_of(command: asyncio.Future[Any], event: Awaitable[Any]) -> None:

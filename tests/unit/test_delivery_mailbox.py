@@ -293,3 +293,27 @@ class TestPop3:
             failure, _ = await failure_of(Pop3Mailbox(config, env(), DeliveryTimeouts(mailbox=STEP)).open)
         assert failure.reason is Reason.AUTH_FAILED
         assert "Wrong-Pa55" not in failure.message
+
+
+class TestImapSessionMemory:
+    @scenario
+    async def test_a_closed_session_is_freed_at_once_not_at_the_next_full_collection(self, pki: Pki, tls: Any) -> None:
+        # 200 delivery probes wait in IDLE at once: a session kept for the cyclic collector holds asyncio's
+        # 256 KiB TLS buffer until a full collection, which then pauses every probe.
+        import gc
+        import weakref
+
+        script = MailboxScript(folders={"INBOX": {1: header()}, "Junk": {}})
+        async with FakeImapServer(tls, script) as server:
+            mailbox = ImapMailbox(mailbox_config(pki, server.port, "imap"), env(), DeliveryTimeouts(mailbox=STEP))
+            await mailbox.open()
+            assert await mailbox.wait_for(TOKEN, time.monotonic() + 2) is not None
+            await mailbox.close()
+            await asyncio.sleep(0.05)  # connection_lost runs in a later turn of the loop
+            protocol = weakref.ref(mailbox.proto)
+            gc.disable()
+            try:
+                del mailbox
+                assert protocol() is None
+            finally:
+                gc.enable()
