@@ -613,7 +613,6 @@ def _line_templates(location: str) -> dict[str, str]:
     } | {series: template(series, labels) for series, (_, labels) in _HISTOGRAM_SERIES.items()}
 
 
-
 _SPECIAL_NUMBERS = {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}
 
 
