@@ -30,17 +30,11 @@ from tests.support.ports import HOST, free_tcp_port  # noqa: E402
 from tests.support.procs import descendants, kill_quietly, wait_gone  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SNMP_AGENT_MODULE = REPO_ROOT / "monitor" / "exporters" / "snmp" / "agent.py"
 
 
 def log(message: str) -> None:
     """One progress line on stderr, time-stamped; the table goes to stdout."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def snmp_agent_present() -> bool:
-    """Whether the agent's SNMP side exists yet (another part of the project writes it)."""
-    return SNMP_AGENT_MODULE.is_file()
 
 
 # -- cleanup: every process the bench starts is stopped at exit ------------------------------

@@ -28,7 +28,6 @@ from bench.common import (
     http_get,
     log,
     percentile,
-    snmp_agent_present,
 )
 from bench.peers import Peers
 from bench.scale import probe_mix
@@ -240,14 +239,12 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
     postfix = peers.postfix
     n, interval = (1_000, 10.0) if settings.quick else (2_000, 20.0)
     pairs, slice_s = (2, 10.0) if settings.quick else (4, 15.0)
-    with_snmp = snmp_agent_present()
-    snmp_port = free_udp_port() if with_snmp else 0
+    snmp_port = free_udp_port()
     config: dict[str, Any] = {
         "defaults": {"interval": interval, "timeout": "10s", "max_concurrency": 500, "helo": "bench.test"},
         "smtp": probe_mix(n, postfix.plain_port, postfix.ca_file, prefix="h"),
     }
-    if with_snmp:
-        config["snmp"] = snmp_tools.agent_snmp_config(snmp_port)
+    config["snmp"] = snmp_tools.agent_snmp_config(snmp_port)
     log(f"honesty: {n} probes (half STARTTLS, half plain) every {interval:g} s")
     agent = AgentProcess(settings.workdir / "agent-honesty", config)
     apart = contextlib.ExitStack()
@@ -287,10 +284,7 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
                         values[kind][phase].append(float(timings[phase]))
         scrapes = sum(x.scrapes for x in loads)
         load_text = f"{scrapes} scrapes ({sum(x.scrape_failures for x in loads)} failed)"
-        if with_snmp:
-            load_text += f", {sum(x.walks for x in loads)} SNMP walks ({sum(x.walk_values for x in loads):,} values)"
-        else:
-            results.note("honesty: SNMP agent not present: the load was /metrics scrapes only")
+        load_text += f", {sum(x.walks for x in loads)} SNMP walks ({sum(x.walk_values for x in loads):,} values)"
         results.note(
             f"honesty: {n} probes every {interval:g} s; {pairs} rounds of {slice_s:g} s quiet, {slice_s:g} s loaded "
             f"and {slice_s:g} s burn, each run counted in the span it started in; quiet: {slices.cpu_text('quiet')}; "

@@ -29,7 +29,6 @@ from bench.common import (
     rss_mib,
     rss_split,
     smtp_probe,
-    snmp_agent_present,
 )
 from bench.peers import Peers
 from monitor.exporters.snmp import mib_oids
@@ -75,16 +74,14 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
     interval = 60.0
     window = 20.0 if settings.quick else 60.0
     scrape_every = 10.0
-    with_snmp = snmp_agent_present()
-    snmp_port = free_udp_port() if with_snmp else 0
+    snmp_port = free_udp_port()
     config: dict[str, Any] = {
         "defaults": {"interval": interval, "timeout": "10s", "max_concurrency": 500, "helo": "bench.test"},
         "smtp": probe_mix(n, postfix.plain_port, postfix.ca_file),
     }
-    if with_snmp:
-        config["snmp"] = snmp_tools.agent_snmp_config(snmp_port)
+    config["snmp"] = snmp_tools.agent_snmp_config(snmp_port)
     section = f"scale {n:,}"
-    log(f"scale: {n} probes (half STARTTLS, half plain) every {interval:g} s, SNMP {'on' if with_snmp else 'off'}")
+    log(f"scale: {n} probes (half STARTTLS, half plain) every {interval:g} s, SNMP on")
     workdir = settings.workdir / "agent-scale"
     # A fresh start: a state database left by an earlier run would be read (and its states
     # dropped, the Postfix port differs), which is neither a fresh start nor a restart.
@@ -201,61 +198,58 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
                 )
             )
             results.add(Row(section, "/metrics scrape size", size / 1e6, "MB"))
-        if with_snmp:
-            limit = 15.0 if settings.quick else 120.0
-            # (label, seconds to wait before, what the walk meets); a poller walking every few minutes
-            # finds every row replaced since its last walk: the common case is the third. The startup
-            # GET polled the agent, so its warmer has kept the cells encoded since.
-            walks = (
-                ("full SNMP walk (v2c, -Cr50)", 0.0, "; the first walk, cells encoded ahead by the warmer"),
-                ("full SNMP walk again", 0.0, "; right after the first"),
-                (
-                    "full SNMP walk one interval later",
-                    0.0 if settings.quick else interval,
-                    "; every row ran since, its changed cells encoded by the warmer as results came",
-                ),
+        limit = 15.0 if settings.quick else 120.0
+        # (label, seconds to wait before, what the walk meets); a poller walking every few minutes
+        # finds every row replaced since its last walk: the common case is the third. The startup
+        # GET polled the agent, so its warmer has kept the cells encoded since.
+        walks = (
+            ("full SNMP walk (v2c, -Cr50)", 0.0, "; the first walk, cells encoded ahead by the warmer"),
+            ("full SNMP walk again", 0.0, "; right after the first"),
+            (
+                "full SNMP walk one interval later",
+                0.0 if settings.quick else interval,
+                "; every row ran since, its changed cells encoded by the warmer as results came",
+            ),
+        )
+        for label, wait, why in walks:
+            time.sleep(wait)
+            before = rss_mib(agent.pid)
+            log(f"scale: {label} of {enterprise_oid()} (at most {limit:.0f} s)")
+            agent_cpu0 = cpu_seconds(agent.pid)  # the agent process alone: the probe process keeps probing
+            walk = snmp_tools.bulk_walk(snmp_port, "v2c", enterprise_oid(), limit)
+            agent_cpu = cpu_seconds(agent.pid) - agent_cpu0
+            note = (
+                f"{walk.values:,} values, {walk.rate:,.0f} values/s; CPU-s: snmpbulkwalk {walk.client_cpu:.2f}, "
+                f"agent process {agent_cpu:.2f}"
+                + why
+                + f"; RSS {before:.0f} MiB before it, {rss_mib(agent.pid):.0f} MiB after"
             )
-            for label, wait, why in walks:
-                time.sleep(wait)
-                before = rss_mib(agent.pid)
-                log(f"scale: {label} of {enterprise_oid()} (at most {limit:.0f} s)")
-                agent_cpu0 = cpu_seconds(agent.pid)  # the agent process alone: the probe process keeps probing
-                walk = snmp_tools.bulk_walk(snmp_port, "v2c", enterprise_oid(), limit)
-                agent_cpu = cpu_seconds(agent.pid) - agent_cpu0
-                note = (
-                    f"{walk.values:,} values, {walk.rate:,.0f} values/s; CPU-s: snmpbulkwalk {walk.client_cpu:.2f}, "
-                    f"agent process {agent_cpu:.2f}"
-                    + why
-                    + f"; RSS {before:.0f} MiB before it, {rss_mib(agent.pid):.0f} MiB after"
-                )
-                if not walk.complete:
-                    note += f"; stopped at {limit:.0f} s, unfinished" + (f" ({walk.error})" if walk.error else "")
-                results.add(
-                    Row(
-                        section,
-                        label,
-                        walk.seconds if walk.complete else None,
-                        "s",
-                        target="< 2 s",
-                        ok=walk.complete and walk.seconds < 2.0,
-                        note=note,
-                    )
-                )
-            # The walk leaves every cell's encoding cached: RSS once an NMS has walked the table.
-            walked, walked_peak = rss_mib(agent.pid), peak_rss_mib(agent.pid)
+            if not walk.complete:
+                note += f"; stopped at {limit:.0f} s, unfinished" + (f" ({walk.error})" if walk.error else "")
             results.add(
                 Row(
                     section,
-                    "agent RSS after the full walk (peak)",
-                    walked,
-                    "MiB",
-                    target=RSS_TARGET,
-                    ok=walked_peak < RSS_LIMIT_MIB,
-                    note=f"peak {walked_peak:.0f} MiB; {rss_split(agent.pid)}",
+                    label,
+                    walk.seconds if walk.complete else None,
+                    "s",
+                    target="< 2 s",
+                    ok=walk.complete and walk.seconds < 2.0,
+                    note=note,
                 )
             )
-        else:
-            results.note(f"{section}: full SNMP walk: n/a (SNMP agent not present)")
+        # The walk leaves every cell's encoding cached: RSS once an NMS has walked the table.
+        walked, walked_peak = rss_mib(agent.pid), peak_rss_mib(agent.pid)
+        results.add(
+            Row(
+                section,
+                "agent RSS after the full walk (peak)",
+                walked,
+                "MiB",
+                target=RSS_TARGET,
+                ok=walked_peak < RSS_LIMIT_MIB,
+                note=f"peak {walked_peak:.0f} MiB; {rss_split(agent.pid)}",
+            )
+        )
         # What an operator's restart costs: the same config, every probe's state saved at the stop.
         agent.stop()
         _startup_rows(results, section, f"restart with {n:,} saved states", agent, snmp_port)

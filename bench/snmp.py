@@ -14,7 +14,6 @@ from bench.common import (
     Row,
     Settings,
     log,
-    snmp_agent_present,
     wait_settled,
 )
 from bench.peers import Peers
@@ -126,9 +125,6 @@ def _flood_rows(
 
 
 def run(settings: Settings, peers: Peers, results: Results) -> None:
-    if not snmp_agent_present():
-        results.note("snmp: n/a (SNMP agent not present: monitor/exporters/snmp/agent.py)")
-        return
     get_s, walk_s = (3.0, 8.0) if settings.quick else (8.0, 20.0)
     flood_s = 5.0 if settings.quick else 10.0
     log(f"snmp: snmpd anchor (GET {snmp_tools.SYS_DESCR}, bulk walks of {ANCHOR_WALK})")

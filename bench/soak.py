@@ -23,7 +23,6 @@ from bench.common import (
     open_fds,
     rss_mib,
     samples,
-    snmp_agent_present,
     stop_process,
     thread_count,
 )
@@ -111,14 +110,12 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
     duration = settings.soak_seconds
     every = 5.0 if duration <= 120 else 10.0
     faulty_proc, faulty = _start_faulty(duration + 300)
-    with_snmp = snmp_agent_present()
-    snmp_port = free_udp_port() if with_snmp else 0
+    snmp_port = free_udp_port()
     config: dict[str, Any] = {
         "defaults": {"interval": interval, "timeout": timeout, "max_concurrency": 500, "helo": "bench.test"},
         "smtp": _config(postfix, faulty, n),
     }
-    if with_snmp:
-        config["snmp"] = snmp_tools.agent_snmp_config(snmp_port)
+    config["snmp"] = snmp_tools.agent_snmp_config(snmp_port)
     log(f"soak: {n} probes every {interval:g} s for {duration:.0f} s; faulty servers {faulty}")
     agent = AgentProcess(settings.workdir / "agent-soak", config)
     taken: list[Sample] = []
@@ -222,21 +219,18 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
             note=f"slowest /metrics {slowest:.2f} s",
         )
     )
-    if with_snmp:
-        snmp_missed = sum(s.snmp_ok is False for s in taken)
-        results.add(
-            Row(
-                section,
-                "SNMP GETs missed",
-                snmp_missed,
-                f"of {len(taken)}",
-                target="0",
-                ok=snmp_missed == 0,
-                note="snmpget v2c sysDescr.0, 2 s timeout, no retry",
-            )
+    snmp_missed = sum(s.snmp_ok is False for s in taken)
+    results.add(
+        Row(
+            section,
+            "SNMP GETs missed",
+            snmp_missed,
+            f"of {len(taken)}",
+            target="0",
+            ok=snmp_missed == 0,
+            note="snmpget v2c sysDescr.0, 2 s timeout, no retry",
         )
-    else:
-        results.note(f"{section}: SNMP answering: n/a (SNMP agent not present)")
+    )
 
 
 def _classification(results: Results, section: str, text: str, n: int) -> None:
