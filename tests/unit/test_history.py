@@ -331,6 +331,25 @@ class TestStatusChanges:
         assert len(history.recent("relay")) == 1  # the five results share one start time: one row
         history.close()
 
+    def test_many_changes_at_once_wait_for_the_batch(self, tmp_path: Path) -> None:
+        history = opened(tmp_path, Clock(NOW), flush_interval="60s")
+        history.start()
+        for i in range(999):  # a network outage: every probe goes red within the same seconds
+            history.on_status_change(f"p{i}", NOW, "ok", "failed", "connect", "refused", "")
+        time.sleep(0.3)
+        assert history.batches == 0  # not one transaction per change
+        history.on_status_change("p999", NOW, "ok", "failed", "connect", "refused", "")  # batch_rows: 1,000
+        for _ in range(100):
+            if history.batches:
+                break
+            time.sleep(0.02)
+        assert history.batches == 1
+        history.stop()
+        assert history.changes("p999") == []  # closed
+        again = opened(tmp_path, Clock(NOW))
+        assert [c.new for c in again.changes("p999")] == ["failed"]
+        again.close()
+
     def test_every_recorded_result_reaches_the_hook_even_unannounced(self) -> None:
         store = ResultsStore(announce=False)
         store.configure([(SmtpProbeConfig(name="relay", host="127.0.0.1"), 2, 14)])
