@@ -23,6 +23,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.selenium_manager import SeleniumManager
 
+from monitor.runtime.scheduler import spread_offset
 from tests.fakes.smtp_servers import QUIT, ScriptedSmtpServer, ServerThread, Step, Then
 from tests.peers.agent import AgentProcess
 from tests.peers.nsd import NsdServer
@@ -248,3 +249,61 @@ class TestProbePage:
         table = browser.find_element(By.ID, "exchanges").text
         assert "mx1.good.test" in table
         assert "mx2.good.test" in table
+
+
+def _name_not_due_for(seconds: float, interval: float) -> str:
+    """A probe name whose first run after a start comes more than `seconds` in (monitor.runtime.scheduler's
+    spread): what the page shows then was restored from the state database, not measured again."""
+    return next(
+        name for name in (f"postfix-wrong-name-{i}" for i in range(1000)) if spread_offset(name, interval) > seconds
+    )
+
+
+class TestAfterKill9:
+    def test_a_real_postfix_failures_transcript_is_on_its_page_after_kill_9_and_a_restart(
+        self,
+        tmp_path: Path,
+        postfix: PostfixServer,
+        dns_server: NsdServer,
+        browser: webdriver.Chrome,
+        screens: Path,
+    ) -> None:
+        # STARTTLS to the real Postfix, expecting another name in its certificate: tls_verify.
+        name = _name_not_due_for(600, 3600)
+        probe = {
+            "name": name,
+            "host": "127.0.0.1",
+            "port": postfix.plain_port,
+            "tls": "starttls",
+            "ca_file": str(postfix.ca_file),
+            "servername": "not-the-server.test",
+        }
+        config: dict[str, object] = {
+            "defaults": {"interval": "1s", "timeout": "3s", "alert_after": 1},
+            "dns": {"nameservers": [f"{dns_server.host}:{dns_server.port}"]},
+            "smtp": [probe],
+        }
+        first = AgentProcess(tmp_path, config)
+        try:
+            first.start()
+            first.wait_until(lambda: _statuses(first).get(name) == "failed", 30, "the probe never failed")
+        finally:
+            first.stop()  # SIGKILL
+        # The same state directory, an interval that runs nothing before the page is read.
+        again = AgentProcess(tmp_path, {**config, "defaults": {"interval": "1h", "timeout": "3s", "alert_after": 1}})
+        try:
+            again.start()
+            before = _api(again, f"/api/probes/{name}")
+            _open(browser, again, f"/probe/{name}")
+            assert browser.find_element(By.ID, "failed-phase").text == "tls"
+            transcript = browser.find_element(By.ID, "failure-transcript").find_element(By.CSS_SELECTOR, "pre").text
+            assert "S 220 " in transcript  # Postfix's own greeting
+            assert "C STARTTLS" in transcript
+            assert "TLS " in transcript  # the handshake's line: what the certificate was
+            _screenshot(browser, screens / "after-kill-9.png")
+            after = _api(again, f"/api/probes/{name}")
+        finally:
+            again.stop()
+        assert before is not None
+        assert after is not None
+        assert before["runs"] == after["runs"] >= 1  # restored, and no run since the restart
