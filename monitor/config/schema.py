@@ -174,8 +174,8 @@ class HistoryConfig(_Strict):
     """Every result, compacted, kept per probe in the state database (monitor.state.history)."""
 
     enabled: bool = True
-    # Raw results per probe: the newest raw_max_per_probe (12 h at 60 s), none older than raw_max_age. About 50
-    # bytes a result: 10,000 probes take some 350 MB at this limit (bench/history.py); rollups cover longer.
+    # Raw results per probe: the newest raw_max_per_probe (12 h at 60 s), none older than raw_max_age. 10,000
+    # probes every 60 s: a 409 MiB database after a day (bench/history.py); rollups cover longer windows.
     raw_max_per_probe: int = Field(default=720, ge=10, le=1_000_000)
     raw_max_age: Duration = 7 * 86400.0
     hourly_max_age: Duration = 8 * 86400.0  # hourly rollups: runs, failures, latency percentiles

@@ -112,8 +112,8 @@ CREATE INDEX IF NOT EXISTS history_change_probe ON history_change (probe, at, id
 # Batches append to history_journal (rowid order: a batch fills a few pages at the end) and the journal moves
 # into history_result, the hourly and daily rollups every COMPACT_INTERVAL, sorted by probe: each probe's pages
 # are written once per ten results or so instead of three pages per result (history_result, hourly, daily).
-# Without the journal, 10,000 probes every 60 s dirtied some 2,500 pages of 4 KiB per 5 s batch, 2 MB/s before
-# the WAL's checkpoint wrote them again (bench/history.py measures the bytes written per result).
+# Writing results and rollups in place, the first simulated hour of 10,000 probes (bench/history.py) wrote 3.0 KiB
+# to disk per result and took 40 µs of writer CPU; through the journal 0.6 KiB and 19 µs.
 # A result row is small because what repeats is kept once: the probe's name (history_probe) and its TLS version
 # with the names of its timings (history_layout: a probe's runs share one or two layouts), so the row holds the
 # timings as bare varints. Units of the stored integers (SQLite keeps small integers in 1-4 bytes): `at` of
