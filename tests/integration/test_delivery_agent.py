@@ -24,32 +24,7 @@ def chain(mail_chain: MailChain) -> Iterator[MailChain]:
 
 
 def delivery_probe(chain: MailChain, **overrides: Any) -> dict[str, Any]:
-    probe: dict[str, Any] = {
-        "name": NAME,
-        "submit": {
-            "host": chain.host,
-            "port": chain.msa_submission_port,
-            "tls": "starttls",
-            "auth": {"username": chain.submitter.address, "password": chain.submitter.password},
-            "ca_file": str(chain.ca_file),
-            "servername": chain.servername,
-        },
-        "from": chain.submitter.address,
-        "to": chain.mailbox.address,
-        "mailbox": {
-            "protocol": "imap",
-            "host": chain.host,
-            "port": chain.imaps_port,
-            "username": chain.mailbox.address,
-            "password": chain.mailbox.password,
-            "ca_file": str(chain.ca_file),
-            "servername": chain.servername,
-            "poll_interval": 0.5,
-        },
-        "timeouts": {"submit": 10, "mailbox": 5, "cleanup": 5},
-        **overrides,
-    }
-    return probe
+    return chain.delivery_probe(NAME, **overrides)
 
 
 def agent_config(chain: MailChain, probe: dict[str, Any]) -> dict[str, object]:

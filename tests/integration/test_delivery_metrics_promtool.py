@@ -44,32 +44,7 @@ class TestDeliveryExposition:
 
 def delivery_probe(chain: MailChain) -> dict[str, object]:
     """The chain's submission (STARTTLS, AUTH) to its IMAP mailbox, every few seconds."""
-    return {
-        "name": "chain",
-        "interval": "3s",
-        "submit": {
-            "host": chain.host,
-            "port": chain.msa_submission_port,
-            "tls": "starttls",
-            "auth": {"username": chain.submitter.address, "password": chain.submitter.password},
-            "ca_file": str(chain.ca_file),
-            "servername": chain.servername,
-        },
-        "from": chain.submitter.address,
-        "to": chain.mailbox.address,
-        "mailbox": {
-            "host": chain.host,
-            "port": chain.imaps_port,
-            "tls": "implicit",
-            "username": chain.mailbox.address,
-            "password": chain.mailbox.password,
-            "ca_file": str(chain.ca_file),
-            "servername": chain.servername,
-            "poll_interval": 0.5,
-        },
-        "deliver_within": "20s",
-        "timeouts": {"submit": 10, "mailbox": 5, "cleanup": 5},
-    }
+    return chain.delivery_probe(interval="3s", deliver_within="20s")
 
 
 class TestLiveAgent:

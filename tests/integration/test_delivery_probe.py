@@ -38,38 +38,7 @@ def env_for(chain: MailChain) -> ProbeEnv:
 
 def probe_config(chain: MailChain, **overrides: Any) -> DeliveryProbeConfig:
     """Submission with STARTTLS and AUTH, IMAP with implicit TLS: every certificate verified by the chain's CA."""
-    document: dict[str, Any] = {
-        "name": "chain",
-        "submit": {
-            "host": chain.host,
-            "port": chain.msa_submission_port,
-            "tls": "starttls",
-            "auth": {"username": chain.submitter.address, "password": chain.submitter.password},
-            "ca_file": str(chain.ca_file),
-            "servername": chain.servername,
-        },
-        "from": chain.submitter.address,
-        "to": chain.mailbox.address,
-        "mailbox": {
-            "protocol": "imap",
-            "host": chain.host,
-            "port": chain.imaps_port,
-            "tls": "implicit",
-            "username": chain.mailbox.address,
-            "password": chain.mailbox.password,
-            "ca_file": str(chain.ca_file),
-            "servername": chain.servername,
-            "poll_interval": 0.5,
-        },
-        "deliver_within": 20,
-        "timeouts": {"submit": 10, "mailbox": 5, "cleanup": 5},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(document.get(key), dict):
-            document[key] = {**document[key], **value}
-        else:
-            document[key] = value
-    return DeliveryProbeConfig.model_validate(document)
+    return DeliveryProbeConfig.model_validate(chain.delivery_probe(**overrides))
 
 
 def deliver(chain: MailChain, config: DeliveryProbeConfig) -> DeliveryResult:

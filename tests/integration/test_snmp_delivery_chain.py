@@ -9,7 +9,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,35 +27,7 @@ DELIVER_WITHIN = 4  # seconds: an MX stopped for longer makes a run late
 
 
 def agent_config(chain: MailChain, snmp_port: int, trapd: TrapReceiver) -> dict[str, object]:
-    probe: dict[str, Any] = {
-        "name": "chain",
-        "submit": {
-            "host": chain.host,
-            "port": chain.msa_submission_port,
-            "tls": "starttls",
-            "auth": {"username": chain.submitter.address, "password": chain.submitter.password},
-            "ca_file": str(chain.ca_file),
-            "servername": chain.servername,
-        },
-        "from": chain.submitter.address,
-        "to": chain.mailbox.address,
-        "mailbox": {
-            "protocol": "imap",
-            "host": chain.host,
-            "port": chain.imaps_port,
-            "tls": "implicit",
-            "username": chain.mailbox.address,
-            "password": chain.mailbox.password,
-            "ca_file": str(chain.ca_file),
-            "servername": chain.servername,
-            "poll_interval": 0.5,
-        },
-        "interval": "2s",
-        "deliver_within": DELIVER_WITHIN,
-        "lost_after": "1h",
-        "alert_after": 1,
-        "timeouts": {"submit": 10, "mailbox": 5, "cleanup": 5},
-    }
+    probe = chain.delivery_probe(interval="2s", deliver_within=DELIVER_WITHIN, lost_after="1h", alert_after=1)
     return {
         "snmp": {
             "enabled": True,

@@ -231,32 +231,7 @@ def test_a_delivery_through_the_real_chain_records_both_sides_without_a_password
         ("pop3", "implicit"): chain.pop3s_port,
     }[(protocol, tls)]
     config = DeliveryProbeConfig.model_validate(
-        {
-            "name": "chain-transcript",
-            "submit": {
-                "host": chain.host,
-                "port": chain.msa_submission_port,
-                "tls": "starttls",
-                "auth": {"username": chain.submitter.address, "password": chain.submitter.password},
-                "ca_file": str(chain.ca_file),
-                "servername": chain.servername,
-            },
-            "from": chain.submitter.address,
-            "to": chain.mailbox.address,
-            "mailbox": {
-                "protocol": protocol,
-                "host": chain.host,
-                "port": port,
-                "tls": tls,
-                "username": chain.mailbox.address,
-                "password": chain.mailbox.password,
-                "ca_file": str(chain.ca_file),
-                "servername": chain.servername,
-                "poll_interval": 0.5,
-            },
-            "deliver_within": 20,
-            "timeouts": {"submit": 10, "mailbox": 5, "cleanup": 5},
-        }
+        chain.delivery_probe("chain-transcript", mailbox={"protocol": protocol, "port": port, "tls": tls})
     )
     env = ProbeEnv(resolver=build_resolver(DnsConfig(nameservers=[f"{chain.host}:{chain.dns_port}"])))
     result = asyncio.run(delivery.run(config, env))

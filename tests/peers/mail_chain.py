@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import dns.exception
 import dns.message
@@ -840,6 +841,43 @@ class MailChain:
     def mx_queue(self) -> list[QueuedMessage]:
         """What the MX holds now (deferred while Dovecot is down)."""
         return self.mx.queue()
+
+    def delivery_probe(self, name: str = "chain", **overrides: Any) -> dict[str, Any]:
+        """A delivery probe's config document through this chain: submission with STARTTLS and AUTH, IMAP
+        with implicit TLS, every certificate verified by the chain's CA. `overrides` replace keys; a dict
+        given for `submit` or `mailbox` is merged into that section."""
+        document: dict[str, Any] = {
+            "name": name,
+            "submit": {
+                "host": self.host,
+                "port": self.msa_submission_port,
+                "tls": "starttls",
+                "auth": {"username": self.submitter.address, "password": self.submitter.password},
+                "ca_file": str(self.ca_file),
+                "servername": self.servername,
+            },
+            "from": self.submitter.address,
+            "to": self.mailbox.address,
+            "mailbox": {
+                "protocol": "imap",
+                "host": self.host,
+                "port": self.imaps_port,
+                "tls": "implicit",
+                "username": self.mailbox.address,
+                "password": self.mailbox.password,
+                "ca_file": str(self.ca_file),
+                "servername": self.servername,
+                "poll_interval": 0.5,
+            },
+            "deliver_within": 20,
+            "timeouts": {"submit": 10, "mailbox": 5, "cleanup": 5},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(document.get(key), dict):
+                document[key] = {**document[key], **value}
+            else:
+                document[key] = value
+        return document
 
     def deliver_to_mailbox(self, message: EmailMessage | bytes, account: MailAccount | None = None) -> None:
         """Put a message straight into a mailbox over LMTP (bypassing both Postfix): e.g. unrelated mail."""
