@@ -690,6 +690,7 @@ EXPECTED_ALERTS = {
     "DeliveryRelayDNSBLListed": "delivery_probe_dnsbl_listed == 1",
     "DNSBLNoVerdict": "mx_check_dnsbl_error == 1",
     "MXPolicyFindingWarning": 'mx_check_policy_finding{level="warning"} == 1',
+    "MXSpoofable": "mx_check_spoof_accepted == 1",
     "SMTPCertExpiring14d": "smtp_tls_cert_not_after_timestamp_seconds - time() < 14 * 86400",
     "SMTPCertExpiring3d": "smtp_tls_cert_not_after_timestamp_seconds - time() < 3 * 86400",
     "SMTPTLSUnverified": "smtp_tls_verified == 0",

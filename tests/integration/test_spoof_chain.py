@@ -21,6 +21,7 @@ from monitor.exporters.snmp import mib_oids as mib
 from monitor.model.results import MxResult, Phase, Reason
 from monitor.model.spoof import SpoofAttempt, SpoofOutcome, SpoofStep
 from monitor.probes import ProbeEnv, build_resolver, mx
+from tests.integration.test_deploy import exported_series_names, rules_metric_names
 from tests.peers.agent import AgentProcess
 from tests.peers.mail_chain import MailChain, StrictMxPostfix
 from tests.peers.net_snmp import tool_env
@@ -194,6 +195,11 @@ def test_the_agent_reports_the_spoofable_exchange_everywhere(
     assert agent.value("mx_check_spoof_delivered", **open_mx, folder="inbox") == 1.0
     assert agent.value("mx_check_spoof_auth_result", **open_mx, method="dmarc", result="fail") == 1.0
     assert agent.value("mx_check_failures_total", check=AGENT_CHECK, phase="spoof", reason="spoofable") == 1.0
+    # every spoof series deploy/'s rules read is here (tests/integration/test_deploy.py's agent runs no spoof test)
+    _, body = agent.get("/metrics")
+    used = {name for name in rules_metric_names() if name.startswith("mx_check_spoof_")}
+    assert used
+    assert used <= exported_series_names(body)
 
     # the MIB: mxAddressSpoof per exchange address, the check's failed phase and reason
     env = tool_env(tmp_path / "net-snmp")
