@@ -40,12 +40,12 @@ from monitor.model.delivery import (
     Hop,
     PendingMessage,
 )
-from monitor.model.failures import LookupFailure, ProbeFailure, ReplyFailure, classify
+from monitor.model.failures import LookupFailure, ProbeFailure, ReplyFailure
 from monitor.model.results import Phase, Reason, Reply
 from monitor.model.transcript import MAX_LINES_LONG, TranscriptRecorder
 from monitor.probes import ProbeEnv, dnsbl, resolve
 from monitor.probes.mailbox import PROBE_HEADER, TOKEN_HEADER, Found, Mailbox, open_mailbox
-from monitor.probes.smtp import Credentials, Dialogue, failure_note, open_session, session_open
+from monitor.probes.smtp import Credentials, Dialogue, failure_note, open_session
 
 MAX_HOPS = 50  # Received headers read; a loop in the relays adds one per pass
 MAX_AUTH_HEADERS = 20  # Authentication-Results headers read
@@ -300,11 +300,7 @@ async def _submit_once(
             accepted_wall, accepted = time.time(), time.monotonic()
             await d.quit()
     except (ProbeFailure, OSError) as exc:
-        failure = classify(exc, timeout)
-        if isinstance(failure, LookupFailure):
-            failure = failure.as_dns()
-        if session_open(failure):
-            await d.goodbye(deadline)
+        failure = await d.ended_by(exc, timeout, deadline)
         message = f"{where} {steps[-1] if steps else d.phase.value}: {failure.message}"
         failed_reply = failure.reply
         if credentials is not None:

@@ -455,6 +455,17 @@ class _Dialogue:
         except (WireFailure, OSError):  # OSError: TimeoutError and ssl.SSLError too
             pass  # the dialogue already succeeded; a sloppy goodbye is not an outage
 
+    async def ended_by(self, exc: ProbeFailure | OSError, allowed: float, deadline: float) -> ProbeFailure:
+        """The classified failure `exc` ended the dialogue with (a lookup failure as a DNS one; `allowed`, the
+        seconds the dialogue had, names a timeout); when the server is still in the session, it is ended
+        politely first (RSET, QUIT)."""
+        failure = classify(exc, allowed)
+        if isinstance(failure, LookupFailure):
+            failure = failure.as_dns()
+        if session_open(failure):
+            await self.goodbye(deadline)
+        return failure
+
     async def goodbye(self, deadline: float) -> None:
         """After a check failed on a healthy connection: end politely (RSET, QUIT), so the server
         logs a normal session instead of "lost connection" and drops any open transaction."""
@@ -565,11 +576,7 @@ async def _run_one(config: SmtpProbeConfig, env: ProbeEnv) -> SmtpResult:
         async with asyncio.timeout_at(deadline):
             await _converse(d, credentials)
     except (ProbeFailure, OSError) as exc:  # OSError: TimeoutError, ssl.SSLError and the socket's errors
-        failure = classify(exc, timeout)
-        if isinstance(failure, LookupFailure):
-            failure = failure.as_dns()
-        if session_open(failure):
-            await d.goodbye(deadline)
+        failure = await d.ended_by(exc, timeout, deadline)
     finally:
         d.close()
     reason = failure.reason if failure is not None else None

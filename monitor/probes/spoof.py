@@ -24,13 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from monitor.config.schema import MxCheckConfig, SmtpProbeConfig
-from monitor.model.failures import LookupFailure, ProbeFailure, classify
+from monitor.model.failures import ProbeFailure
 from monitor.model.results import MxRecord, Phase, Reply
 from monitor.model.spoof import SpoofAttempt, SpoofMailbox, SpoofOutcome, SpoofStep, SpoofVerdict
 from monitor.probes import ProbeEnv
 from monitor.probes.delivery import new_token, probe_message, verdicts_of, wire_bytes
 from monitor.probes.mailbox import Found, Mailbox, open_mailbox
-from monitor.probes.smtp import Dialogue, session_open
+from monitor.probes.smtp import Dialogue
 from monitor.probes.spf_eval import SpfResult, SpfVerdict, check_host
 
 MAX_SWEEP = 20  # leftover forgeries of earlier runs deleted per run
@@ -203,11 +203,7 @@ async def attempt(
                 await d.rset()
             await d.quit()
     except (ProbeFailure, OSError) as exc:
-        failure = classify(exc, timeout)
-        if isinstance(failure, LookupFailure):
-            failure = failure.as_dns()
-        if session_open(failure):
-            await d.goodbye(deadline)
+        failure = await d.ended_by(exc, timeout, deadline)
         reply_code = failure.reply.code if failure.reply is not None else 0
         where = at[-1].value if at else d.phase.value
         return replace(
