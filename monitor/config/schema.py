@@ -274,6 +274,24 @@ class HttpLimits(_Strict):
     send_timeout: Duration = 60.0  # writing one /metrics response to a client that reads it slowly
 
 
+def _http_listen(value: str | None) -> str | None:
+    """An HTTP listen address: host:port, the port required."""
+    if value is not None:
+        _, port = split_host_port(value, None)
+        if port is None:
+            raise ValueError(f"listen address {value!r} needs a port")
+    return value
+
+
+def _http_address(listen: str | None) -> tuple[str, int] | None:
+    """(host, port) of a listen address _http_listen accepted; None when there is none."""
+    if listen is None:
+        return None
+    host, port = split_host_port(listen, None)
+    assert port is not None
+    return host, port
+
+
 class PrometheusConfig(_Strict):
     listen: str | None = "127.0.0.1:9465"
     http: HttpLimits = HttpLimits()
@@ -282,18 +300,10 @@ class PrometheusConfig(_Strict):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
-        if value is not None:
-            _, port = split_host_port(value, None)
-            if port is None:
-                raise ValueError(f"listen address {value!r} needs a port")
-        return value
+        return _http_listen(value)
 
     def address(self) -> tuple[str, int] | None:
-        if self.listen is None:
-            return None
-        host, port = split_host_port(self.listen, None)
-        assert port is not None
-        return host, port
+        return _http_address(self.listen)
 
 
 class StatusPageConfig(_Strict):
@@ -307,18 +317,10 @@ class StatusPageConfig(_Strict):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
-        if value is not None:
-            _, port = split_host_port(value, None)
-            if port is None:
-                raise ValueError(f"listen address {value!r} needs a port")
-        return value
+        return _http_listen(value)
 
     def address(self) -> tuple[str, int] | None:
-        if self.listen is None:
-            return None
-        host, port = split_host_port(self.listen, None)
-        assert port is not None
-        return host, port
+        return _http_address(self.listen)
 
 
 AuthProtocol = Literal["md5", "sha", "sha224", "sha256", "sha384", "sha512"]
