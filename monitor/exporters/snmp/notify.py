@@ -126,28 +126,26 @@ class _Screen:
         return False
 
 
-class _ScreenedUdp(udp.UdpAsyncioTransport):  # type: ignore[misc]  # pysnmp is untyped
+class _Screening:
+    """Before pysnmp's UDP transport (next in the MRO): what it sends is noted, what comes back must answer it."""
+
     screen: _Screen
 
     def send_message(self, outgoing: bytes, address: Any) -> None:
         self.screen.sent(bytes(outgoing))
-        super().send_message(outgoing, address)
+        super().send_message(outgoing, address)  # type: ignore[misc]  # the transport's, after this class
 
     def datagram_received(self, datagram: bytes, address: Any) -> None:
         if self.screen.admits(datagram):
-            super().datagram_received(datagram, address)
+            super().datagram_received(datagram, address)  # type: ignore[misc]  # the transport's
 
 
-class _ScreenedUdp6(udp6.Udp6AsyncioTransport):  # type: ignore[misc]  # pysnmp is untyped
-    screen: _Screen
+class _ScreenedUdp(_Screening, udp.UdpAsyncioTransport):  # type: ignore[misc]  # pysnmp is untyped
+    pass
 
-    def send_message(self, outgoing: bytes, address: Any) -> None:
-        self.screen.sent(bytes(outgoing))
-        super().send_message(outgoing, address)
 
-    def datagram_received(self, datagram: bytes, address: Any) -> None:
-        if self.screen.admits(datagram):
-            super().datagram_received(datagram, address)
+class _ScreenedUdp6(_Screening, udp6.Udp6AsyncioTransport):  # type: ignore[misc]  # pysnmp is untyped
+    pass
 
 
 def source_socket(family: int, destination: tuple[Any, ...]) -> socket.socket:
