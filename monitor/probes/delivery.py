@@ -19,7 +19,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -498,15 +498,35 @@ async def _with_dnsbl(config: DeliveryProbeConfig, env: ProbeEnv, result: Delive
     return replace(result, dnsbl=facts)
 
 
+async def _take(mailbox: Mailbox, token: str) -> tuple[Found, str] | None:
+    """The message carrying `token` as the mailbox holds it now (no waiting), deleted; with what kept it
+    from being deleted ("" when it was)."""
+    found = await mailbox.wait_for(token, time.monotonic())
+    if found is None:
+        return None
+    return found, await mailbox.delete(found)
+
+
+@contextlib.asynccontextmanager
+async def _session(config: DeliveryProbeConfig, env: ProbeEnv) -> AsyncIterator[Mailbox]:
+    """The probe's mailbox, open (ProbeFailure when it cannot be read), closed afterwards."""
+    mailbox = open_mailbox(config.mailbox, env, config.timeouts)
+    try:
+        await mailbox.open()
+        yield mailbox
+    finally:
+        await mailbox.close()
+
+
 async def _earlier(
     config: DeliveryProbeConfig, mailbox: Mailbox, pending: Sequence[PendingMessage]
 ) -> tuple[EarlierMessage, ...]:
     """What became of earlier runs' pending messages: arrived since (late), or waited for too long (lost)."""
     outcomes: list[EarlierMessage] = []
     for message in pending:
-        found = await mailbox.wait_for(message.token, time.monotonic())
-        if found is not None:
-            left = await mailbox.delete(found)
+        taken = await _take(mailbox, message.token)
+        if taken is not None:
+            found, left = taken
             outcomes.append(
                 EarlierMessage(
                     token=message.token,
@@ -592,19 +612,15 @@ async def _run(progress: _Run, mailbox: Mailbox, env: ProbeEnv, pending: Sequenc
 
 
 async def look_for(config: DeliveryProbeConfig, env: ProbeEnv, tokens: Sequence[str]) -> dict[str, tuple[Found, bool]]:
-    """A later run's look for pending tokens: each one found (now, no waiting) with whether it was deleted.
+    """A look for pending tokens outside a run: each one found (now, no waiting) with whether it was deleted.
 
     ProbeFailure when the mailbox cannot be read."""
-    mailbox = open_mailbox(config.mailbox, env, config.timeouts)
     found: dict[str, tuple[Found, bool]] = {}
-    try:
-        await mailbox.open()
+    async with _session(config, env) as mailbox:
         for token in tokens:
-            message = await mailbox.wait_for(token, time.monotonic())
-            if message is not None:
-                found[token] = (message, not await mailbox.delete(message))
-    finally:
-        await mailbox.close()
+            taken = await _take(mailbox, token)
+            if taken is not None:
+                found[token] = (taken[0], not taken[1])
     return found
 
 
@@ -624,9 +640,5 @@ async def sweep(config: DeliveryProbeConfig, env: ProbeEnv, keep: Collection[str
     tokens in `keep`; the tokens removed. Messages of other probes and undated ones are never touched.
 
     ProbeFailure when the mailbox cannot be read."""
-    mailbox = open_mailbox(config.mailbox, env, config.timeouts)
-    try:
-        await mailbox.open()
+    async with _session(config, env) as mailbox:
         return await _sweep_open(config, mailbox, keep)
-    finally:
-        await mailbox.close()
