@@ -982,6 +982,14 @@ class TrapDaemon:
     def __exit__(self, *exc: object) -> None:
         stop(self.proc)
 
+    def send(self, notification: mib_oids.Notification, *varbinds: tuple[str, str, str]) -> None:
+        """A v2c trap sent with net-snmp's snmptrap: (OID, type letter, value) per varbind."""
+        oid = ".".join(map(str, mib_oids.notification_oid(notification)))
+        values = [part for varbind in varbinds for part in varbind]
+        argv = [tool("snmptrap"), "-v2c", "-c", "public", "-m", "", f"udp:{HOST}:{self.port}", "", oid, *values]
+        sent = run(argv)
+        assert sent.returncode == 0, sent.stderr
+
     def handler_lines(self) -> list[str]:
         return self.traps_log.read_text().splitlines() if self.traps_log.exists() else []
 
@@ -1019,41 +1027,16 @@ class TestSnmpExamples:
         name = "relay"
         column = {c: ".".join(map(str, mib_oids.smtp_probe_oid(c, name))) for c in mib_oids.SmtpProbeColumn}
         with TrapDaemon(tmp_path) as trapd:
-            sent = run(
-                [
-                    tool("snmptrap"),
-                    "-v2c",
-                    "-c",
-                    "public",
-                    "-m",
-                    "",
-                    f"udp:{HOST}:{trapd.port}",
-                    "",
-                    ".".join(map(str, mib_oids.notification_oid(mib_oids.Notification.SMTP_PROBE_FAILED))),
-                    column[mib_oids.SmtpProbeColumn.NAME],
-                    "s",
-                    name,
-                    column[mib_oids.SmtpProbeColumn.HOST],
-                    "s",
-                    "mail.example.org",
-                    column[mib_oids.SmtpProbeColumn.PORT],
-                    "u",
-                    "25",
-                    column[mib_oids.SmtpProbeColumn.STATUS],
-                    "i",
-                    str(mib_oids.STATUS_VALUES["failed"]),
-                    column[mib_oids.SmtpProbeColumn.FAILED_PHASE],
-                    "i",
-                    str(mib_oids.PHASE_VALUES["connect"]),
-                    column[mib_oids.SmtpProbeColumn.FAILED_REASON],
-                    "i",
-                    str(mib_oids.REASON_VALUES["refused"]),
-                    column[mib_oids.SmtpProbeColumn.LAST_ERROR],
-                    "s",
-                    'connect: refused "now"',
-                ]
+            trapd.send(
+                mib_oids.Notification.SMTP_PROBE_FAILED,
+                (column[mib_oids.SmtpProbeColumn.NAME], "s", name),
+                (column[mib_oids.SmtpProbeColumn.HOST], "s", "mail.example.org"),
+                (column[mib_oids.SmtpProbeColumn.PORT], "u", "25"),
+                (column[mib_oids.SmtpProbeColumn.STATUS], "i", str(mib_oids.STATUS_VALUES["failed"])),
+                (column[mib_oids.SmtpProbeColumn.FAILED_PHASE], "i", str(mib_oids.PHASE_VALUES["connect"])),
+                (column[mib_oids.SmtpProbeColumn.FAILED_REASON], "i", str(mib_oids.REASON_VALUES["refused"])),
+                (column[mib_oids.SmtpProbeColumn.LAST_ERROR], "s", 'connect: refused "now"'),
             )
-            assert sent.returncode == 0, sent.stderr
             line = trapd.wait_for_line(r"smtpProbeFailed")
         assert re.fullmatch(
             r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ smtpProbeFailed from 127\.0\.0\.1 probe=relay host=mail\.example\.org"
@@ -1081,32 +1064,13 @@ class TestSnmpExamples:
         name = "roundtrip"
         column = {c: ".".join(map(str, mib_oids.delivery_oid(c, name))) for c in mib_oids.DeliveryColumn}
         with TrapDaemon(tmp_path) as trapd:
-            sent = run(
-                [
-                    tool("snmptrap"),
-                    "-v2c",
-                    "-c",
-                    "public",
-                    "-m",
-                    "",
-                    f"udp:{HOST}:{trapd.port}",
-                    "",
-                    ".".join(map(str, mib_oids.notification_oid(mib_oids.Notification.DELIVERY_LATE))),
-                    column[mib_oids.DeliveryColumn.NAME],
-                    "s",
-                    name,
-                    column[mib_oids.DeliveryColumn.EVENT_LATENCY],
-                    "u",
-                    "95250",
-                    column[mib_oids.DeliveryColumn.LATE_COUNT],
-                    "c",
-                    "3",
-                    column[mib_oids.DeliveryColumn.PENDING],
-                    "u",
-                    "1",
-                ]
+            trapd.send(
+                mib_oids.Notification.DELIVERY_LATE,
+                (column[mib_oids.DeliveryColumn.NAME], "s", name),
+                (column[mib_oids.DeliveryColumn.EVENT_LATENCY], "u", "95250"),
+                (column[mib_oids.DeliveryColumn.LATE_COUNT], "c", "3"),
+                (column[mib_oids.DeliveryColumn.PENDING], "u", "1"),
             )
-            assert sent.returncode == 0, sent.stderr
             line = trapd.wait_for_line(r"deliveryLate")
         assert re.fullmatch(
             r"\S+ deliveryLate from 127\.0\.0\.1 probe=roundtrip message_latency_ms=95250 late=3 pending=1", line
