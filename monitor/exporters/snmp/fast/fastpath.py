@@ -68,7 +68,7 @@ _VERSIONS = {0: b"\x02\x01\x00", 1: b"\x02\x01\x01"}
 _ZERO_ZERO = b"\x02\x01\x00\x02\x01\x00"  # error-status and error-index 0
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1  # request-id and its two companions (RFC 3416 3)
 _CACHE_MAX = 4096  # entries of the small caches (budgets, walk ends) whose entries have a fixed size
-_HEADROOM = 64  # more than a response's octets besides its varbinds and community
+_HEADROOM = 64  # more than a response's octets besides its varbinds and head
 _AHEAD_MAX = 64  # walks followed at once (managers walking side by side)
 _WARM_ROWS = 100  # rows of a column encoded between two pauses of FastPath.warming (well under 1 ms)
 
@@ -149,7 +149,9 @@ class Guarded(Generic[Answer]):
 class Request(NamedTuple):
     """A decoded v1/v2c read request. `first`/`second` are error-status/error-index, or for
     GETBULK non-repeaters/max-repetitions; `bodies` are the OIDs' content octets as received.
-    `max_size` caps the response message below the fast path's own limit (0: no cap)."""
+    `head` is what the response repeats before its PDU inside its SEQUENCE: version and community,
+    or for SNMPv3 contextEngineID and contextName, so that the response is the ScopedPDU itself.
+    `max_size` caps that response below the fast path's own limit (0: no cap)."""
 
     version: int
     community: bytes
@@ -159,6 +161,7 @@ class Request(NamedTuple):
     second: int
     names: tuple[Oid, ...]
     bodies: tuple[bytes, ...]
+    head: bytes
     max_size: int = 0
 
 
@@ -222,6 +225,19 @@ def decode_request(message: bytes, cache: BindingsCache | None = None) -> Reques
         raise NotHandled("truncated") from None
 
 
+def decode_pdu(
+    data: bytes, pos: int, end: int, *, head: bytes, max_size: int = 0, cache: BindingsCache | None = None
+) -> Request:
+    """Strictly decode the v2c read request PDU from pos to end (its tag octet at pos): the one an
+    SNMPv3 ScopedPDU carries, read where it lies rather than framed anew as a v2c message."""
+    try:
+        return _decode_pdu(data, pos, end, 1, b"", head, max_size, cache)
+    except BerError as exc:
+        raise NotHandled(str(exc)) from None
+    except IndexError:
+        raise NotHandled("truncated") from None
+
+
 def _decode(data: bytes, cache: BindingsCache | None) -> Request:
     end = len(data)
     if data[0] != 0x30:
@@ -236,6 +252,20 @@ def _decode(data: bytes, cache: BindingsCache | None) -> Request:
         raise NotHandled("no community")
     start, pos = span(data, pos + 4, end)
     community = data[start:pos]
+    head = _VERSIONS[version] + b"\x04" + length(len(community)) + community  # minimal lengths, as pysnmp answers
+    return _decode_pdu(data, pos, end, version, community, head, 0, cache)
+
+
+def _decode_pdu(
+    data: bytes,
+    pos: int,
+    end: int,
+    version: int,
+    community: bytes,
+    head: bytes,
+    max_size: int,
+    cache: BindingsCache | None,
+) -> Request:
     pdu = data[pos] - 0xA0
     pos, stop = span(data, pos + 1, end)
     if stop != end or not (pdu in (GET, GETNEXT) or (pdu == GETBULK and version == 1)):
@@ -259,11 +289,11 @@ def _decode(data: bytes, cache: BindingsCache | None) -> Request:
         try:
             known = _bindings(data, pos, stop)
         except _TooMany:
-            request = Request(version, community, pdu, request_id, first, second, (), ())
+            request = Request(version, community, pdu, request_id, first, second, (), (), head)
             raise TooManyBindings(request, data[pos:stop]) from None
         if cache is not None:
             cache.put(key, known)
-    return Request(version, community, pdu, request_id, first, second, *known)
+    return Request(version, community, pdu, request_id, first, second, *known, head, max_size)
 
 
 def _bindings(data: bytes, pos: int, stop: int) -> _Bindings:
@@ -479,7 +509,7 @@ class FastPath(Guarded[bytes]):
         self._table_codes: dict[Oid, _TableCode] = {}  # by table entry OID
         self._encoders: dict[type, Callable[[Raw], bytes]] = {}
         self._bindings = BindingsCache()
-        self._budgets: dict[tuple[int, int, int, int], int] = {}
+        self._budgets: dict[tuple[int, int, int], int] = {}
         self._walk_ends: dict[Oid, bool] = {}  # names that ended a walk response: a request there continues a walk
         self._plan: _ReadAhead | None = None
         self._prepared: dict[Oid, tuple[_ReadAhead, _WalkPart]] = {}  # by the name the next request carries
@@ -496,7 +526,8 @@ class FastPath(Guarded[bytes]):
         return self.answer(request)
 
     def answer(self, request: Request) -> bytes:
-        """The response message to a decoded request; NotHandled when pysnmp must answer it.
+        """The response to a decoded request: a v1/v2c message, or the ScopedPDU of an SNMPv3 one (the
+        request's `head`); NotHandled when pysnmp must answer it.
 
         Unlike `respond` this raises and counts nothing: the SNMPv3 path calls it with its own PDUs."""
         compiled = self._current()
@@ -510,7 +541,7 @@ class FastPath(Guarded[bytes]):
             if kind != _VALUE and request.version == 0:
                 return _message(request, _NO_SUCH_NAME, 1, _echo(request))
             size = len(varbind)
-            if size + len(request.community) > self._limit(request) - _HEADROOM and size > self._budget(request):
+            if size + len(request.head) > self._limit(request) - _HEADROOM and size > self._budget(request):
                 return _message(request, _TOO_BIG, 0, _echo(request) if request.version == 0 else [])
             return _message(request, 0, 0, [varbind], size)
         pairs = zip(request.names, request.bodies, strict=True)
@@ -846,7 +877,7 @@ class FastPath(Guarded[bytes]):
 
     def _message_budget(self, request: Request) -> int:
         limit = self._limit(request)
-        shape = (request.version, len(request.community), request.request_id.bit_length(), limit)
+        shape = (len(request.head), request.request_id.bit_length(), limit)
         octets = self._budgets.get(shape)
         if octets is None:
             octets = limit - _message_size(request, 0)  # longer lengths take a few octets more
@@ -952,9 +983,8 @@ class FastPath(Guarded[bytes]):
 
 
 def _message(request: Request, status: int, index: int, varbinds: list[bytes], size: int = -1) -> bytes:
-    """The Response-PDU message, assembled in one join (varbinds are not copied on the way);
-    `size` is the varbinds' total length when the caller knows it."""
-    community = request.community
+    """The Response-PDU in its SEQUENCE after the request's head (a v1/v2c message, or a ScopedPDU), assembled
+    in one join (varbinds are not copied on the way); `size` is the varbinds' total length when the caller knows it."""
     request_id = request.request_id
     rid = request_id.to_bytes(request_id.bit_length() // 8 + 1, "big", signed=True)
     fields = b"\x02" + SHORT_LENGTHS[len(rid)] + rid
@@ -964,13 +994,13 @@ def _message(request: Request, status: int, index: int, varbinds: list[bytes], s
     list_head = b"\x30" + length(size)
     pdu_size = len(fields) + len(list_head) + size
     pdu_head = b"\xa2" + length(pdu_size)
-    head = _VERSIONS[request.version] + b"\x04" + length(len(community)) + community + pdu_head + fields + list_head
+    head = request.head + pdu_head + fields + list_head
     return b"".join([b"\x30", length(len(head) + size), head, *varbinds])
 
 
 def _message_size(request: Request, octets: int) -> int:
     """The size of a noError response carrying `octets` octets of varbinds."""
-    fixed = len(_VERSIONS[request.version]) + tlv_size(len(request.community))
+    fixed = len(request.head)
     pdu = len(int_tlv(request.request_id)) + len(_ZERO_ZERO) + tlv_size(octets)
     return tlv_size(fixed + tlv_size(pdu))
 

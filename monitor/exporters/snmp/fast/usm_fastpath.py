@@ -24,8 +24,7 @@ from monitor.exporters.snmp.fast.fastpath import (
     FastPath,
     Guarded,
     NotHandled,
-    Request,
-    decode_request,
+    decode_pdu,
 )
 from monitor.exporters.snmp.ratelimit import TokenBucket
 
@@ -57,8 +56,6 @@ _AUTH, _PRIV, _REPORTABLE = 0x01, 0x02, 0x04
 _V3 = b"\x02\x01\x03"  # msgVersion, and msgSecurityModel (USM), as every encoder writes them
 _RESPONSE_FLAGS = {False: b"\x04\x01\x01", True: b"\x04\x01\x03"}  # a Response is not reportable
 _NO_PRIV_PARAMS = b"\x04\x00"
-_V2C_HEAD = b"\x02\x01\x01\x04\x00"  # version 2c and an empty community: FastPath's frame around a PDU
-_V2C_FRAME = 2 + len(_V2C_HEAD)  # that frame with a short length: its narrowest
 _LONGEST_HEAD = 4  # tag and 0x82 and two length octets: the widest header below 64 KiB
 _WIDEST_INTEGER = 6  # an INTEGER TLV up to 2**31 - 1
 
@@ -196,10 +193,9 @@ class UsmUser:
     usm_tail: bytes  # the user name and the digest's header: the USM parameters after the engine's
 
     def mac(self, *parts: bytes | memoryview) -> bytes:
-        """The truncated HMAC of the parts' concatenation."""
+        """The truncated HMAC of the parts' concatenation (joined first: one update is cheaper than several)."""
         keyed = self.keyed.copy()
-        for part in parts:
-            keyed.update(part)
+        keyed.update(b"".join(parts))
         return keyed.digest()[: self.digest_octets]
 
 
@@ -359,7 +355,7 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         self._boots = boots
         self._clock = clock
         self._max_message = max_message_size
-        self._users: dict[bytes, tuple[UsmUser, int]] = {}  # name -> user, octets around a response's PDU
+        self._users: dict[bytes, tuple[UsmUser, int]] = {}  # name -> user, octets around a response's ScopedPDU
         self._bindings = BindingsCache()  # bounded by octets: fastpath.BINDINGS_CACHE_OCTETS
         self._engine_boots = tlv(0x04, engine_id) + int_tlv(boots)  # USM parameters' first two
         self._boots_octets = boots.to_bytes(4, "big")
@@ -416,15 +412,14 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         self._users = {user.name: (user, self._around(user)) for user in served}
 
     def _around(self, user: UsmUser) -> int:
-        """The most octets a response to `user` has besides its PDU (long lengths, the widest msgID
-        and time, DES padding); FastPath's frame has at least _V2C_FRAME: a v2c answer within
-        msgMaxSize - around + _V2C_FRAME becomes a v3 one within msgMaxSize."""
+        """The most octets a response to `user` has besides its ScopedPDU (long lengths, the widest msgID
+        and time, DES padding): a ScopedPDU within msgMaxSize - around makes a message within msgMaxSize."""
         header = 2 + _WIDEST_INTEGER + self._header_size
         usm = len(self._engine_boots) + _WIDEST_INTEGER + len(user.name_tlv) + len(user.placeholder)
         usm += 10 if user.priv else len(_NO_PRIV_PARAMS)  # the salt: 8 octets
         security = 1 + len(length(usm + 4)) + 1 + len(length(usm)) + usm
-        containers = 3 if user.priv else 2  # the message, the ScopedPDU and the encrypted octets
-        around = len(_V3) + header + security + len(self._context) + _LONGEST_HEAD * containers
+        containers = 2 if user.priv else 1  # the message and the encrypted octets
+        around = len(_V3) + header + security + _LONGEST_HEAD * containers
         return around + 7 if user.priv == "des" else around
 
     def respond(self, message: bytes) -> tuple[bytes, int] | None:
@@ -524,19 +519,18 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         assert self._fast is not None
         private = user.priv is not None
         if private:
+            data = plaintext
             pdu_at, pdu_end = _scoped_pdu(plaintext, 0, len(plaintext), self._engine_id, padded=True)
-            pdu = plaintext[pdu_at:pdu_end]
         else:
+            data = message
             pdu_at, pdu_end = _scoped_pdu(message, msg.data_at, msg.data_end, self._engine_id, padded=False)
-            pdu = message[pdu_at:pdu_end]
-        request = decode_request(tlv(0x30, _V2C_HEAD + pdu), self._bindings)
         limit = min(msg.max_size, self._max_message)
-        budget = limit - around + _V2C_FRAME
+        budget = limit - around
         if budget <= 0:
             raise NotHandled("msgMaxSize leaves no room for a PDU")
-        v2c = self._fast.answer(Request(*request[:-1], budget))
-        pdu_at = _V2C_FRAME + (v2c[1] & 0x7F if v2c[1] & 0x80 else 0)
-        response = self._frame(user, private, now, msg.msg_id, memoryview(v2c)[pdu_at:])
+        request = decode_pdu(data, pdu_at, pdu_end, head=self._context, max_size=budget, cache=self._bindings)
+        # FastPath answers with the ScopedPDU itself (`head` is its context): framed without a copy
+        response = self._frame(user, private, now, msg.msg_id, self._fast.answer(request))
         if len(response) > limit:
             raise NotHandled("response beyond msgMaxSize")  # not expected: the budget is conservative
         return response, request.pdu
@@ -564,7 +558,7 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         varbind = tlv(0x30, _USM_STATS_NAME[refusal] + b"\x41" + int_tlv(value)[1:])
         pdu = tlv(0xA8, int_tlv(request_id) + _ZERO_ERRORS + tlv(0x30, varbind))
         if user is not None:
-            return Screened(refusal, self._frame(user, False, now, msg.msg_id, memoryview(pdu)))
+            return Screened(refusal, self._frame(user, False, now, msg.msg_id, tlv(0x30, self._context + pdu)))
         usm = tlv(0x30, self._engine_boots + self._time_tlv(self._clock()) + tlv(0x04, msg.user) + b"\x04\x00\x04\x00")
         header = tlv(0x30, int_tlv(msg.msg_id) + self._report_header_tail)
         return Screened(refusal, tlv(0x30, _V3 + header + tlv(0x04, usm) + tlv(0x30, self._context + pdu)))
@@ -621,10 +615,8 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
             cached = self._time = (now, int_tlv(now))
         return cached[1]
 
-    def _frame(self, user: UsmUser, private: bool, now: int, msg_id: int, pdu: memoryview) -> bytes:
-        """The Response message around FastPath's PDU: scopedPDU (encrypted), USM parameters, then the digest."""
-        context = self._context
-        scoped = b"".join((b"\x30", length(len(context) + len(pdu)), context, pdu))
+    def _frame(self, user: UsmUser, private: bool, now: int, msg_id: int, scoped: bytes) -> bytes:
+        """The Response message around a ScopedPDU: the ScopedPDU (encrypted), USM parameters, then the digest."""
         if private:
             ciphertext, salt = self._encrypt(user, now, scoped)
             data = b"".join((b"\x04", length(len(ciphertext)), ciphertext))
