@@ -144,7 +144,13 @@ class TestSecretsAndForm:
         from pydantic import TypeAdapter, ValidationError
 
         adapter = TypeAdapter(Transcript)
-        for bad in ({"lines": [[0, "X", "a"]]}, {"lines": [["0", "S", "a"]]}, {"lines": "abc"}, [1, 2]):
+        bad_rows = (
+            {"lines": [[0, "X", "a"]]},
+            {"lines": [["0", "S", "a"]]},
+            {"lines": [[0, ["S"], "a"]]},
+            {"lines": "abc"},
+        )
+        for bad in (*bad_rows, {"lines": [[0, "S", 7]]}, {"lines": [[0, "S"]]}, [1, 2]):
             with pytest.raises(ValidationError):
                 adapter.validate_python(bad)
         huge = adapter.validate_python({"lines": [[0.0, "S", "y" * 100_000]] * 1000, "cut": False})
