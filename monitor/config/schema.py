@@ -103,6 +103,18 @@ def _check_hostname(value: str) -> str:
 Hostname = Annotated[str, BeforeValidator(lambda v: _check_hostname(v) if isinstance(v, str) else v)]
 
 
+@functools.lru_cache(maxsize=4096)
+def _shared_path(path: Path) -> Path:
+    """The first equal Path: probes naming one CA file hold one object. At 10,000 probes (half of them with
+    a CA file) the agent and the probe process hold 4.5 MiB less (tracemalloc: 3.6 MiB of Path objects in
+    the agent), which the RSS target needs since history and transcripts came (301 MiB of 286 allowed
+    without it, 2026-12-07, bench/README.md)."""
+    return path
+
+
+CaFile = Annotated[Path, AfterValidator(_shared_path)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -514,7 +526,7 @@ class SmtpProbeConfig(_Strict):
     interval: Duration | None = None
     timeout: Duration | None = None
     alert_after: int | None = Field(default=None, ge=1)
-    ca_file: Path | None = None
+    ca_file: CaFile | None = None
     servername: Hostname | None = None
     helo: Hostname | None = None
     verify: bool = True
@@ -591,13 +603,13 @@ class MxCheckConfig(_Strict):
     probe_hosts: bool | Literal["all_addresses"] = False
     port: Port = 25
     tls: TlsMode = "starttls"
-    ca_file: Path | None = None
+    ca_file: CaFile | None = None
     verify: bool = True
     dnssec: Literal["off", "report", "require"] = "report"
     dane: Literal["off", "report", "verify"] = "off"
     mta_sts: Literal["off", "report", "verify"] = "off"
     mta_sts_port: Port = 443  # where the policy host listens; only tests move it
-    mta_sts_ca_file: Path | None = None  # CA bundle for the policy host (default: system CAs)
+    mta_sts_ca_file: CaFile | None = None  # CA bundle for the policy host (default: system CAs)
     reverse_dns: Literal["off", "report", "require"] = "off"
     spoof_test: SpoofTestConfig | None = None  # off unless configured: it sends a forged message
     spf: bool = False
@@ -699,7 +711,7 @@ class DeliverySubmitConfig(_Strict):
     port: Port | None = None  # submission: 587 (starttls) or 465 (implicit); mx: 25 (tests move it)
     tls: TlsMode = "starttls"
     auth: SmtpAuthConfig | None = None
-    ca_file: Path | None = None
+    ca_file: CaFile | None = None
     servername: Hostname | None = None  # the name the certificate must carry (default: the host)
     helo: Hostname | None = None
     verify: bool = True
@@ -744,7 +756,7 @@ class DeliveryMailboxConfig(_Strict):
     tls: Literal["implicit", "starttls"] = "implicit"
     username: str = Field(min_length=1, max_length=256)
     password: SecretField
-    ca_file: Path | None = None
+    ca_file: CaFile | None = None
     servername: Hostname | None = None
     verify: bool = True
     folders: MailboxFoldersConfig = MailboxFoldersConfig()

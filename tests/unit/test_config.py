@@ -263,6 +263,24 @@ class TestProbeNames:
         assert_names(config_error(path), path, "smtp[0].name", "pattern")
 
 
+class TestSharedValues:
+    def test_probes_naming_one_ca_file_hold_one_path(self, tmp_path: Path) -> None:
+        path = write(
+            tmp_path,
+            """\
+            smtp:
+              - {name: a, host: mail.example, ca_file: /etc/ssl/ca.pem}
+              - {name: b, host: mail.example, ca_file: /etc/ssl/ca.pem}
+            mx:
+              - {name: c, domain: example.com, ca_file: /etc/ssl/ca.pem, mta_sts_ca_file: /etc/ssl/ca.pem}
+            """,
+        )
+        config = load_config(path)
+        paths = [config.smtp[0].ca_file, config.smtp[1].ca_file, config.mx[0].ca_file, config.mx[0].mta_sts_ca_file]
+        assert paths[0] == Path("/etc/ssl/ca.pem")
+        assert all(p is paths[0] for p in paths)
+
+
 class TestDurations:
     @pytest.mark.parametrize(
         ("text", "seconds"),
