@@ -12,7 +12,7 @@ import enum
 import struct
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,15 @@ class Transcript:
 
     def __repr__(self) -> str:
         return f"Transcript(lines={self.lines!r}, cut={self.cut!r})"
+
+    def shared(self, one: Callable[[Hashable, Any], Any]) -> Transcript:
+        """This transcript with its texts and directions from `one`, a pool of equal values (SharedFacts): the
+        probes of one server record the same lines run after run; the times stay this transcript's own."""
+        texts = one(("transcript texts", self._texts), self._texts)
+        directions = one(("transcript directions", self._directions), self._directions)
+        if texts is self._texts and directions is self._directions:
+            return self
+        return Transcript._packed(texts, self._at, directions, self.cut)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # From the probe process to the agent: three objects instead of one per line, interned on arrival.

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from monitor.model.probe_result import ProbeResult
 from monitor.model.results import MxRecord, MxResult, SmtpResult, TlsInfo
+from monitor.model.transcript import Transcript
 
 T = TypeVar("T")
 
@@ -18,7 +19,8 @@ POOL_LIMIT = 20_000  # distinct TLS facts and mappings kept; past it the pool st
 class SharedFacts:
     """Results arrive unpickled from the probe process, each with its own copy of every fact. Run
     after run, the probes of one server report the same certificate, TLS parameters, banner and
-    EHLO extensions, and every probe the same timing sources: 2.6 KB of a STARTTLS result's 3.5 KB.
+    EHLO extensions, and every probe the same timing sources: 2.6 KB of a STARTTLS result's 3.5 KB. The
+    lines of their transcripts repeat too: only the times differ (0.24 KB of a 17-line transcript's 0.47 KB).
     Kept once here, equal facts are one object however many results hold them.
 
     Results are immutable values, so sharing changes nothing a reader sees. Strings are interned
@@ -38,6 +40,8 @@ class SharedFacts:
             return self.smtp(result)
         if isinstance(result, MxResult):
             return replace(result, records=tuple(self._record(r) for r in result.records))
+        if result.transcript is not None:  # a delivery result
+            return replace(result, transcript=self._transcript(result.transcript))
         return result
 
     def smtp(self, result: SmtpResult) -> SmtpResult:
@@ -52,6 +56,7 @@ class SharedFacts:
             timing_source=self._mapping(result.timing_source),
             tls=self._tls(result.tls),
             address_results=tuple(self.smtp(r) for r in result.address_results),
+            transcript=self._transcript(result.transcript),
         )
 
     def _record(self, record: MxRecord) -> MxRecord:
@@ -67,6 +72,9 @@ class SharedFacts:
         if tls is None or tls.chain_der:
             return tls  # equality ignores the chain (kept for DANE): never merge two different ones
         return self._one(tls, tls)
+
+    def _transcript(self, transcript: Transcript | None) -> Transcript | None:
+        return transcript.shared(self._one) if transcript is not None else None
 
     def _mapping(self, mapping: dict[str, str]) -> dict[str, str]:
         if not mapping:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pickle
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from monitor.config.schema import SmtpProbeConfig
+from monitor.model.delivery import DeliveryResult
 from monitor.model.results import CertInfo, MxRecord, MxResult, SmtpResult, TlsInfo
+from monitor.model.transcript import TranscriptRecorder
 from monitor.state.shared_facts import SharedFacts
 from monitor.state.store import ResultsStore
 
@@ -44,6 +47,32 @@ class TestSharedFacts:
         assert first.banner is second.banner
         assert first.address is second.address
         assert first.timings is not second.timings  # a run's own measurements stay its own
+
+    def test_transcripts_of_one_server_share_their_lines_and_keep_their_own_times(self) -> None:
+        def dialogue() -> SmtpResult:
+            recorder = TranscriptRecorder()
+            recorder.received("220 mail.example ESMTP")
+            recorder.sent("EHLO probe.example")
+            recorder.received("250 mail.example")
+            result = replace(starttls_result(), transcript=recorder.transcript())
+            copy: SmtpResult = pickle.loads(pickle.dumps(result))  # noqa: S301 - our own bytes
+            return copy
+
+        facts = SharedFacts()
+        one, other = dialogue(), dialogue()
+        first, second = facts.smtp(one), facts.smtp(other)
+
+        assert first == one
+        assert second == other
+        assert first.transcript is not None
+        assert second.transcript is not None
+        assert first.transcript._texts is second.transcript._texts
+        assert first.transcript._at is not second.transcript._at  # the times are each run's own
+        delivered = DeliveryResult("probe", time.time(), ok=True, transcript=other.transcript)
+        assert facts.result(delivered) == delivered
+        shared = facts.result(delivered).transcript
+        assert shared is not None
+        assert shared._texts is first.transcript._texts
 
     def test_a_shared_result_equals_the_result_it_came_from(self) -> None:
         result = starttls_result()
