@@ -340,6 +340,9 @@ _SUMS = 2 * (HOURS_KEPT + DAYS_KEPT)  # then: day runs, day failures, week runs,
 _COUNTS_LEN = _SUMS + 6
 
 
+_EQUAL_AVAILABILITY_MAX = 20_000  # distinct availabilities held once; past it the pool starts afresh
+
+
 class _Windows:
     """Per probe, runs and failures of the last 24 hours and 30 days in rings, with the sums of the three windows
     kept as they are added to (so availability is three divisions, not 100 additions), in one flat uint32 array
@@ -347,6 +350,7 @@ class _Windows:
 
     def __init__(self) -> None:
         self.counts: dict[str, array[int]] = {}
+        self._equal: dict[Availability, Availability] = {}
         self.hour = 0  # the newest hour (epoch // 3600) the rings hold
         self.day = 0
 
@@ -405,7 +409,12 @@ class _Windows:
         if counts is None:
             return NO_AVAILABILITY
         d_runs, d_fails, w_runs, w_fails, m_runs, m_fails = counts[_SUMS:]
-        return Availability(_ratio(d_runs, d_fails), _ratio(w_runs, w_fails), _ratio(m_runs, m_fails))
+        found = Availability(_ratio(d_runs, d_fails), _ratio(w_runs, w_fails), _ratio(m_runs, m_fails))
+        # Most probes are available all of the time, or as often as their neighbours: equal values are held
+        # once (10,000 probes: 1.2 MiB less). Bounded like SharedFacts' pool.
+        if len(self._equal) >= _EQUAL_AVAILABILITY_MAX:
+            self._equal.clear()
+        return self._equal.setdefault(found, found)
 
 
 def _ratio(runs: int, failures: int) -> float | None:
@@ -455,7 +464,9 @@ class History:
         self._layout_ids: dict[Layout, int] = {}
         self._layouts: dict[int, Layout] = {0: ("", ())}  # 0: no TLS, no timings (and the fallback)
         # The journal's rows are in no rollup yet: the move sums them (rollups() too, for one probe's).
-        self._journal_ids: dict[int, list[int]] = {}  # probe id -> its rows' ids in the journal
+        # probe id -> its rows' ids in the journal, as 8-octet integers: with the 10 rows a probe has in a
+        # 10-minute journal at 60 s, 10,000 probes hold 2.0 MiB instead of 4.4 MiB as lists of ints
+        self._journal_ids: dict[int, array[int]] = {}
         self._journal_rows = 0
         self._next_compaction = 0.0
         self._since_trim: dict[int, int] = {}  # rows moved per probe id since its last count trim
@@ -556,7 +567,7 @@ class History:
         for rid, pid in conn.execute("SELECT id, probe FROM history_journal ORDER BY id"):
             rowids = self._journal_ids.get(pid)
             if rowids is None:
-                rowids = self._journal_ids[pid] = []
+                rowids = self._journal_ids[pid] = array("q")
             rowids.append(rid)
             self._journal_rows += 1
         # Counts before the restart are unknown: each probe is taken as at its limit, so its next trim comes after
@@ -753,7 +764,7 @@ class History:
             self._windows.add_day(name, at // DAY, 1, 0 if ok else 1)
             rowids = journal.get(pid)
             if rowids is None:
-                rowids = journal[pid] = []
+                rowids = journal[pid] = array("q")
             rowids.append(first + offset)
         self._journal_rows += len(counted)
         return {name for name, _, _, _ in counted}

@@ -146,6 +146,19 @@ class TestScriptedSequence:
         ]
         history.close()
 
+    def test_probes_with_equal_availability_share_one_value(self, tmp_path: Path) -> None:
+        history = opened(tmp_path, Clock(NOW))
+        for name in ("a", "b", "c"):
+            for minute in range(3):
+                history.on_result(name, smtp(NOW - 600 + 60 * minute, ok=name != "c" or minute > 0))
+        history.flush()
+
+        a, b, c = (history.availability(name) for name in ("a", "b", "c"))
+        assert a == b == Availability(1.0, 1.0, 1.0)
+        assert a is b
+        assert c == Availability(2 / 3, 2 / 3, 2 / 3)
+        history.close()
+
     def test_windows_slide_with_the_clock_without_new_results(self, tmp_path: Path) -> None:
         clock = Clock(NOW)
         history = opened(tmp_path, clock)
