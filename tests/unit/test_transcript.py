@@ -150,7 +150,8 @@ class TestSecretsAndForm:
             {"lines": [[0, ["S"], "a"]]},
             {"lines": "abc"},
         )
-        for bad in (*bad_rows, {"lines": [[0, "S", 7]]}, {"lines": [[0, "S"]]}, [1, 2]):
+        odd_rows = ({"lines": [[True, "S", "a"]]}, {"lines": [[10**400, "S", "a"]]}, {"lines": [[0, "S", "a", "b"]]})
+        for bad in (*bad_rows, *odd_rows, {"lines": [[0, "S", 7]]}, {"lines": [[0, "S"]]}, [1, 2]):
             with pytest.raises(ValidationError):
                 adapter.validate_python(bad)
         huge = adapter.validate_python({"lines": [[0.0, "S", "y" * 100_000]] * 1000, "cut": False})
