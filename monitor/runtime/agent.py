@@ -43,6 +43,7 @@ log = logging.getLogger("smtp_monitor.agent")
 
 SHUTDOWN_GRACE = 2.0  # seconds for in-flight probes before they are cancelled
 EXIT_STARTUP = 2  # config or bind problems at startup
+ON_STARTED_DELAY = 1.0  # seconds from started (ready) to serve()'s on_started
 
 
 class StartupError(Exception):
@@ -314,7 +315,7 @@ class Agent:
         log.info("stopped")
 
     async def serve(self, on_started: Callable[[], None] | None = None) -> None:
-        """Run until SIGTERM or SIGINT; SIGHUP reloads. `on_started` is called once started."""
+        """Run until SIGTERM or SIGINT; SIGHUP reloads. `on_started` is called ON_STARTED_DELAY after starting."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
@@ -326,12 +327,17 @@ class Agent:
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        after_start: asyncio.TimerHandle | None = None
         try:
             await self.start()
             if on_started is not None:
-                on_started()
+                # A moment after starting, not before the first answers: /-/ready, SNMP and /metrics need not
+                # wait for it (run_agent's collection takes 0.15 s at 10,000 probes, 2026-12-07).
+                after_start = loop.call_later(ON_STARTED_DELAY, on_started)
             await self._stopping.wait()
         finally:
+            if after_start is not None:
+                after_start.cancel()
             await self.stop()
 
 
