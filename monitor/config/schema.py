@@ -105,10 +105,10 @@ Hostname = Annotated[str, BeforeValidator(lambda v: _check_hostname(v) if isinst
 
 @functools.lru_cache(maxsize=4096)
 def _shared_path(path: Path) -> Path:
-    """The first equal Path: probes naming one CA file hold one object. At 10,000 probes (half of them with
-    a CA file) the agent and the probe process hold 4.5 MiB less (tracemalloc: 3.6 MiB of Path objects in
-    the agent), which the RSS target needs since history and transcripts came (301 MiB of 286 allowed
-    without it, 2026-12-07, bench/README.md)."""
+    """The first equal Path: probes naming one CA file hold one object. The RSS target needs it since history
+    and transcripts came: the scale bench (10,000 probes, one CA file) measured 301 MiB of 286 allowed
+    without it and 291 MiB with it, agent and probe process together (2026-12-07, bench/README.md);
+    tracemalloc finds 3.6 MiB of Path objects in the agent alone."""
     return path
 
 
