@@ -13,7 +13,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -347,6 +347,18 @@ class TestProbePage:
         # the last TLS facts survive the failed run: the certificate is still known
         assert "TLS_AES_256_GCM_SHA384" in text
         assert "CN=&lt;b&gt;Evil CA&lt;/b&gt;" in text
+
+    def test_every_address_of_a_dual_stack_run_shows_its_dialogue_once_under_its_name(self) -> None:
+        # address_family: both: the result is one address's, with every address's attached (smtp.run)
+        first = replace(good(), address="192.0.2.1")
+        second = replace(good(), address="2001:db8::1")
+        store = store_of(smtp("a"))
+        store.record("a", replace(first, address_results=(first, second)))
+        ((_, text, _),) = get(page_of(store), "/probe/a")
+        last = text[text.index('id="last-transcript"') :]
+        assert last.count("250 PIPELINING") == 2
+        assert "192.0.2.1 port 25" in last
+        assert "2001:db8::1 port 25" in last
 
     def test_after_recovery_the_last_failure_transcript_stays_and_the_last_is_the_good_one(self) -> None:
         store = store_of(smtp("a"))

@@ -18,6 +18,7 @@ from markupsafe import Markup
 
 from monitor.config.schema import DeliveryProbeConfig, MxCheckConfig, SmtpProbeConfig
 from monitor.model.delivery import DeliveryLedger, DeliveryResult
+from monitor.model.dialogues import dialogues
 from monitor.model.probe_result import ProbeKind, ProbeResult
 from monitor.model.results import MxRecord, MxResult, ReverseDns, SmtpResult, Status, TlsInfo
 from monitor.model.transcript import Transcript
@@ -236,21 +237,12 @@ class Dialogue:
 
 
 def transcripts(result: ProbeResult) -> tuple[Dialogue, ...]:
-    """Every dialogue a result recorded: an SMTP probe's (and each address's, with address_family: both),
-    a delivery run's, or those of the exchanges an MX check probed."""
-    if isinstance(result, MxResult):
-        return tuple(
-            Dialogue(f"{record.exchange} {probe.address}".strip(), probe.transcript)
-            for record in result.records
-            for probe in record.address_probes or ((record.probe,) if record.probe is not None else ())
-            if probe.transcript is not None
-        )
-    own = (Dialogue("", result.transcript),) if result.transcript is not None else ()
-    if isinstance(result, SmtpResult):
-        return own + tuple(
-            Dialogue(a.address, a.transcript) for a in result.address_results if a.transcript is not None
-        )
-    return own
+    """Every dialogue a result recorded, as the CLI prints them (monitor.model.dialogues): an SMTP probe's (one
+    per address with address_family: both), the exchanges an MX check probed, a delivery run's. A label names
+    the connection when a run had several, and always the exchange of an MX check."""
+    recorded = [(heading, transcript) for heading, transcript in dialogues(result) if transcript is not None]
+    labelled = len(recorded) > 1 or isinstance(result, MxResult)
+    return tuple(Dialogue(heading if labelled else "", transcript) for heading, transcript in recorded)
 
 
 @dataclass(frozen=True, slots=True)
