@@ -34,6 +34,7 @@ from monitor.model.delivery import DeliveryResult
 from monitor.model.probe_result import ProbeResult
 from monitor.model.results import SmtpResult
 from monitor.state.health import AgentHealth
+from monitor.state.shared_facts import SharedFacts
 from monitor.state.store import StoreEvent
 
 log = logging.getLogger("smtp_monitor.history")
@@ -340,9 +341,6 @@ _SUMS = 2 * (HOURS_KEPT + DAYS_KEPT)  # then: day runs, day failures, week runs,
 _COUNTS_LEN = _SUMS + 6
 
 
-_EQUAL_AVAILABILITY_MAX = 20_000  # distinct availabilities held once; past it the pool starts afresh
-
-
 class _Windows:
     """Per probe, runs and failures of the last 24 hours and 30 days in rings, with the sums of the three windows
     kept as they are added to (so availability is three divisions, not 100 additions), in one flat uint32 array
@@ -350,7 +348,7 @@ class _Windows:
 
     def __init__(self) -> None:
         self.counts: dict[str, array[int]] = {}
-        self._equal: dict[Availability, Availability] = {}
+        self._equal = SharedFacts()  # equal availabilities, held once
         self.hour = 0  # the newest hour (epoch // 3600) the rings hold
         self.day = 0
 
@@ -411,10 +409,8 @@ class _Windows:
         d_runs, d_fails, w_runs, w_fails, m_runs, m_fails = counts[_SUMS:]
         found = Availability(_ratio(d_runs, d_fails), _ratio(w_runs, w_fails), _ratio(m_runs, m_fails))
         # Most probes are available all of the time, or as often as their neighbours: equal values are held
-        # once (10,000 probes: 1.2 MiB less). Bounded like SharedFacts' pool.
-        if len(self._equal) >= _EQUAL_AVAILABILITY_MAX:
-            self._equal.clear()
-        return self._equal.setdefault(found, found)
+        # once (10,000 probes: 1.2 MiB less)
+        return self._equal.one(found, found)
 
 
 def _ratio(runs: int, failures: int) -> float | None:

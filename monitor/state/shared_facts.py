@@ -71,17 +71,18 @@ class SharedFacts:
     def _tls(self, tls: TlsInfo | None) -> TlsInfo | None:
         if tls is None or tls.chain_der:
             return tls  # equality ignores the chain (kept for DANE): never merge two different ones
-        return self._one(tls, tls)
+        return self.one(tls, tls)
 
     def _transcript(self, transcript: Transcript | None) -> Transcript | None:
-        return transcript.shared(self._one) if transcript is not None else None
+        return transcript.shared(self.one) if transcript is not None else None
 
     def _mapping(self, mapping: dict[str, str]) -> dict[str, str]:
         if not mapping:
             return mapping
-        return self._one((dict, *mapping.items()), mapping)
+        return self.one((dict, *mapping.items()), mapping)
 
-    def _one(self, key: Hashable, value: T) -> T:
+    def one(self, key: Hashable, value: T) -> T:
+        """The value first pooled under `key` (an equal one), or `value`, now pooled."""
         found = self._pool.get(key)
         if found is None:
             if len(self._pool) >= self._limit:
