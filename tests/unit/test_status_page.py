@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
+from jinja2 import DictLoader, Environment
 
 from monitor.config.schema import (
     ConfigError,
@@ -29,7 +30,9 @@ from monitor.config.schema import (
 )
 from monitor.exporters.prometheus.http import MetricsServer
 from monitor.exporters.prometheus.metrics import build_agent_registry
-from monitor.exporters.web.pages import StatusPage, StatusPageServer
+from monitor.exporters.web import pages
+from monitor.exporters.web.pages import StatusPage, StatusPageServer, StatusPageUnavailable
+from monitor.exporters.web.view import Filters
 from monitor.model.facts import DaneFacts
 from monitor.model.results import (
     CertInfo,
@@ -506,6 +509,35 @@ class TestConfigAndMounting:
         index, metrics = asyncio.run(body(False))
         assert index == "smtp-monitor: see /metrics\n"
         assert metrics == 200
+
+    def test_a_missing_template_is_found_when_the_page_is_built_not_at_its_first_request(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Templates compile at the first page; whether they are installed is still known at start-up, where
+        # the agent turns the page off and says why instead of answering 500 later.
+        environment = pages.environment
+        full = environment()
+        assert full.loader is not None
+        sources = {name: full.loader.get_source(full, name)[0] for name in ("overview.html", "probe.html")}
+
+        def without_missing() -> Environment:
+            env = environment()
+            env.loader = DictLoader(sources)
+            return env
+
+        monkeypatch.setattr(pages, "environment", without_missing)
+        with pytest.raises(StatusPageUnavailable, match=r"template missing\.html is not installed"):
+            page_of(store_of(smtp("a")))
+
+    def test_templates_compile_at_the_first_page(self) -> None:
+        page = page_of(store_of(smtp("a")))
+        compiled = page.env.cache
+        assert compiled is not None
+        assert len(compiled) == 0
+        assert probe_names(page.render_overview(Filters.parse({}))) == ["a"]
+        names = {name for _, name in compiled}
+        assert "overview.html" in names  # kept for the next page, with what it extends and imports
+        assert "probe.html" not in names
 
 
 def test_rendering_is_timed_against_the_clock_given() -> None:
