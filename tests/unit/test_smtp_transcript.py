@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -106,6 +107,22 @@ class TestHealthyDialogue:
         wire = json.loads(saved)["transcript"]
         assert wire["cut"] is False
         assert wire["lines"][2][1:] == ["S", "220 mail.test ESMTP fake"]
+
+    def test_saved_texts_the_fast_json_reader_refuses_are_read_all_the_same(self) -> None:
+        # pydantic-core's reader refuses a lone surrogate, which json.dumps writes as an escape; such a row is
+        # read by json.loads instead of being dropped as unusable. Nesting past both readers is a ValueError.
+        server = ScriptedSmtpServer([Step(None, b"220 mail.test\r\n"), Step(b"EHLO ", fakes.EHLO_PLAIN), QUIT])
+        result = run_scenario(probe_server(server))
+        assert isinstance(result, SmtpResult)
+        odd = replace(result, banner="220 \udcff mail.test")
+        saved = result_to_json(odd)
+        assert "\\udcff" in saved
+        back = result_from_json(saved)
+        assert isinstance(back, SmtpResult)
+        assert back.banner == "220 \udcff mail.test"
+        assert back.transcript == result.transcript
+        with pytest.raises(ValueError, match="nested too deeply"):
+            result_from_json("[" * 100_000 + "]" * 100_000)
 
 
 class TestFailures:
