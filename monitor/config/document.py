@@ -71,8 +71,8 @@ def _refuse_duplicate_keys(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> 
     # mapping's own (which may override them, so only those are checked), `=` keys become strings.
     loader.flatten_mapping(node)
     own_pairs = node.value[len(node.value) - own :]
-    # The usual key is a plain string, equal to another exactly when their texts are: compared as texts, the
-    # keys of 10,000 probes cost 0.05 instead of 0.15 s in the reader (70,000 keys constructed twice).
+    # The usual key is a plain string, equal to another exactly when their texts are: compared as texts, no key
+    # is built twice. At 10,000 probes (70,000 keys) read_document took 0.49-0.57 s, now 0.43-0.46 s.
     texts = {
         key_node.value for key_node, _ in own_pairs if key_node.tag == _STR_TAG and type(key_node) is yaml.ScalarNode
     }

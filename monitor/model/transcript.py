@@ -140,8 +140,8 @@ class Transcript:
     def from_wire(cls, data: Any) -> Transcript:
         """A saved transcript, checked column by column and packed as it is read: a restart reads 10,000
         of them before the agent is ready. Each column is checked by one call that runs in C (the set of
-        offset types, the set of directions, interning each text); 10,000 of 17 lines take 0.08 s this way,
-        0.16 s with a test per value, 0.36 s with a TranscriptLine per line first."""
+        offset types, the set of directions, interning each text): 10,000 of 17 lines take 0.106 s, against
+        0.139 s with a test per value (2026-12-07) and 0.36 s with a TranscriptLine per line first."""
         if isinstance(data, Transcript):
             return data
         lines = data.get("lines", []) if isinstance(data, dict) else None
