@@ -43,7 +43,7 @@ _DIRECTIONS = tuple(Direction)
 _DIRECTION_CODE = {direction: index for index, direction in enumerate(_DIRECTIONS)}
 _VALUES = tuple(direction.value for direction in _DIRECTIONS)
 _CODE_BY_VALUE = {value: code for code, value in enumerate(_VALUES)}
-_ENTRY_TYPES = (list, tuple)  # a saved line, and one built in Python
+_ENTRY_TYPES = frozenset((list, tuple))  # a saved line, and one built in Python
 _NUMBER_TYPES = frozenset((float, int))  # not bool: JSON true is no time
 _DIRECTION_VALUES = frozenset(_VALUES)
 _SENT, _RECEIVED, _TLS, _NOTE = (_DIRECTION_CODE[d] for d in _DIRECTIONS)
@@ -148,9 +148,13 @@ class Transcript:
         if not isinstance(lines, list):
             raise ValueError("a transcript is {'lines': [[at, direction, text], ...], 'cut': bool}")
         lines = lines[:MAX_LINES_LONG]
-        if not all(type(entry) in _ENTRY_TYPES and len(entry) == 3 for entry in lines):
-            raise ValueError("a transcript line is [at, direction, text]")
-        offsets, directions, texts = zip(*lines, strict=True) if lines else ((), (), ())
+        try:
+            if not set(map(type, lines)) <= _ENTRY_TYPES:
+                raise ValueError
+            # lines of unequal lengths stop the strict zip, lines of another length than 3 the unpacking
+            offsets, directions, texts = zip(*lines, strict=True) if lines else ((), (), ())
+        except ValueError:
+            raise ValueError("a transcript line is [at, direction, text]") from None
         try:
             # not bool (JSON true is no time); a list among the directions is unhashable: TypeError
             valid = set(map(type, offsets)) <= _NUMBER_TYPES and set(directions) <= _DIRECTION_VALUES
