@@ -335,22 +335,26 @@ def compact(result: ProbeResult) -> HistoryEntry:
 HOURS_KEPT = 24
 DAYS_KEPT = 30
 WEEK_DAYS = 7
-_H_RUNS, _H_FAILS = 0, HOURS_KEPT
-_D_RUNS, _D_FAILS = 2 * HOURS_KEPT, 2 * HOURS_KEPT + DAYS_KEPT
-_SUMS = 2 * (HOURS_KEPT + DAYS_KEPT)  # then: day runs, day failures, week runs, week failures, month ...
-_COUNTS_LEN = _SUMS + 6
+_HOUR_MAX = 0xFFFF  # an hourly slot's count: 18 runs a second; past it (intervals under 55 ms) it saturates
 
 
 class _Windows:
-    """Per probe, runs and failures of the last 24 hours and 30 days in rings, with the sums of the three windows
-    kept as they are added to (so availability is three divisions, not 100 additions), in one flat uint32 array
-    (456 bytes a probe: 4.6 MB for 10,000). Written by the writer thread only."""
+    """Per probe, runs and failures of the last 24 hours and 30 days in rings. Every probe's rings sit in two flat
+    arrays, hourly counts in 16 bits: 336 bytes a probe, where an array of 114 uint32 per probe (the rings and
+    their sums) took 597. 10,000 probes' windows, names included: 4.3 instead of 6.2 MiB (tracemalloc,
+    2026-12-07), for the RSS target (< 286 MiB). A window's sum is taken from its slots when asked, and moving
+    the clock empties one slot of every probe with a strided slice: an hour's move and the availability of
+    10,000 probes take 0.04 s of the writer thread, as the kept sums did (0.05 s). Written by the writer
+    thread only."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, array[int]] = {}
+        self.slots: dict[str, int] = {}  # probe name -> its index in the arrays
+        self._hours = array("H")  # a probe's 24 hourly runs, then its 24 hourly failures
+        self._days = array("I")  # its 30 daily runs, then its 30 daily failures
         self._equal = SharedFacts()  # equal availabilities, held once
         self.hour = 0  # the newest hour (epoch // 3600) the rings hold
         self.day = 0
+        self._week: tuple[tuple[int, int], ...] = ()  # the last 7 days' slots: one or two (first, stop) ranges
 
     def advance(self, now: float) -> bool:
         """Move the newest hour and day to `now`'s, emptying the slots that fall out; True if they moved."""
@@ -360,54 +364,52 @@ class _Windows:
         hours = range(max(self.hour + 1, hour - HOURS_KEPT + 1), hour + 1) if hour > self.hour else range(0)
         days = range(max(self.day + 1, day - DAYS_KEPT + 1), day + 1) if day > self.day else range(0)
         self.hour, self.day = max(hour, self.hour), max(day, self.day)
-        for counts in self.counts.values():
-            for h in hours:
-                counts[_H_RUNS + h % HOURS_KEPT] = counts[_H_FAILS + h % HOURS_KEPT] = 0
-            for d in days:
-                counts[_D_RUNS + d % DAYS_KEPT] = counts[_D_FAILS + d % DAYS_KEPT] = 0
-            self._sum(counts)
+        probes = len(self.slots)
+        for h in hours:  # every probe's slot of that hour at once: a strided slice per column
+            for column in (h % HOURS_KEPT, HOURS_KEPT + h % HOURS_KEPT):
+                self._hours[column :: 2 * HOURS_KEPT] = array("H", bytes(2 * probes))
+        for d in days:
+            for column in (d % DAYS_KEPT, DAYS_KEPT + d % DAYS_KEPT):
+                self._days[column :: 2 * DAYS_KEPT] = array("I", bytes(4 * probes))
+        first, last = (self.day - WEEK_DAYS + 1) % DAYS_KEPT, self.day % DAYS_KEPT
+        self._week = ((first, last + 1),) if first <= last else ((first, DAYS_KEPT), (0, last + 1))
         return True
 
-    def _sum(self, counts: array[int]) -> None:
-        week = [(self.day - i) % DAYS_KEPT for i in range(WEEK_DAYS)]
-        counts[_SUMS] = sum(counts[_H_RUNS:_H_FAILS])
-        counts[_SUMS + 1] = sum(counts[_H_FAILS:_D_RUNS])
-        counts[_SUMS + 2] = sum(counts[_D_RUNS + i] for i in week)
-        counts[_SUMS + 3] = sum(counts[_D_FAILS + i] for i in week)
-        counts[_SUMS + 4] = sum(counts[_D_RUNS:_D_FAILS])
-        counts[_SUMS + 5] = sum(counts[_D_FAILS:_SUMS])
-
-    def _of(self, name: str) -> array[int]:
-        counts = self.counts.get(name)
-        if counts is None:
-            counts = self.counts[name] = array("I", bytes(4 * _COUNTS_LEN))
-        return counts
+    def _of(self, name: str) -> int:
+        index = self.slots.get(name)
+        if index is None:
+            index = self.slots[name] = len(self.slots)
+            self._hours.frombytes(bytes(2 * 2 * HOURS_KEPT))
+            self._days.frombytes(bytes(4 * 2 * DAYS_KEPT))
+        return index
 
     def add_hour(self, name: str, hour: int, runs: int, failures: int) -> None:
         if self.hour - HOURS_KEPT < hour <= self.hour:
-            counts = self._of(name)
-            counts[_H_RUNS + hour % HOURS_KEPT] += runs
-            counts[_H_FAILS + hour % HOURS_KEPT] += failures
-            counts[_SUMS] += runs
-            counts[_SUMS + 1] += failures
+            at = self._of(name) * 2 * HOURS_KEPT + hour % HOURS_KEPT
+            self._hours[at] = min(self._hours[at] + runs, _HOUR_MAX)
+            self._hours[at + HOURS_KEPT] = min(self._hours[at + HOURS_KEPT] + failures, _HOUR_MAX)
 
     def add_day(self, name: str, day: int, runs: int, failures: int) -> None:
         if self.day - DAYS_KEPT < day <= self.day:
-            counts = self._of(name)
-            counts[_D_RUNS + day % DAYS_KEPT] += runs
-            counts[_D_FAILS + day % DAYS_KEPT] += failures
-            if day > self.day - WEEK_DAYS:
-                counts[_SUMS + 2] += runs
-                counts[_SUMS + 3] += failures
-            counts[_SUMS + 4] += runs
-            counts[_SUMS + 5] += failures
+            at = self._of(name) * 2 * DAYS_KEPT + day % DAYS_KEPT
+            self._days[at] += runs
+            self._days[at + DAYS_KEPT] += failures
 
     def availability(self, name: str) -> Availability:
-        counts = self.counts.get(name)
-        if counts is None:
+        index = self.slots.get(name)
+        if index is None:
             return NO_AVAILABILITY
-        d_runs, d_fails, w_runs, w_fails, m_runs, m_fails = counts[_SUMS:]
-        found = Availability(_ratio(d_runs, d_fails), _ratio(w_runs, w_fails), _ratio(m_runs, m_fails))
+        hours, days = self._hours, self._days
+        h, d = index * 2 * HOURS_KEPT, index * 2 * DAYS_KEPT
+        week_runs = week_fails = 0
+        for first, stop in self._week:
+            week_runs += sum(days[d + first : d + stop])
+            week_fails += sum(days[d + DAYS_KEPT + first : d + DAYS_KEPT + stop])
+        found = Availability(
+            _ratio(sum(hours[h : h + HOURS_KEPT]), sum(hours[h + HOURS_KEPT : h + 2 * HOURS_KEPT])),
+            _ratio(week_runs, week_fails),
+            _ratio(sum(days[d : d + DAYS_KEPT]), sum(days[d + DAYS_KEPT : d + 2 * DAYS_KEPT])),
+        )
         # Most probes are available all of the time, or as often as their neighbours: equal values are held
         # once (10,000 probes: 1.2 MiB less)
         return self._equal.one(found, found)
@@ -893,7 +895,7 @@ class History:
 
     def _refresh_all(self) -> None:
         windows = self._windows
-        self._availability = MappingProxyType({name: windows.availability(name) for name in windows.counts})
+        self._availability = MappingProxyType({name: windows.availability(name) for name in windows.slots})
 
     # -- reads -------------------------------------------------------------------------------------------------
     def recent(self, name: str, limit: int = 60) -> list[HistoryEntry]:

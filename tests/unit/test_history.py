@@ -174,6 +174,34 @@ class TestScriptedSequence:
         assert history.availability("relay") == Availability(None, None, None)
         history.close()
 
+    def test_each_probes_windows_are_its_own_and_slide_alone(self) -> None:
+        # every probe's rings share three flat arrays: no count may land in a neighbour's slots
+        windows = history_module._Windows()
+        windows.advance(NOW)
+        hour, day = int(NOW // HOUR), int(NOW // DAY)
+        for index, name in enumerate(("a", "b", "c")):
+            windows.add_hour(name, hour, 10 * (index + 1), index)
+            windows.add_day(name, day, 10 * (index + 1), index)
+        windows.add_day("c", day - 8, 4, 4)  # in the month, not the week
+        assert windows.availability("a") == Availability(1.0, 1.0, 1.0)
+        assert windows.availability("b") == Availability(0.95, 0.95, 0.95)
+        assert windows.availability("c") == Availability(28 / 30, 28 / 30, 28 / 34)
+        assert windows.availability("nobody") == Availability(None, None, None)
+        windows.advance(NOW + DAY)  # the hour left the 24 h window, the day is still in the week and month
+        assert windows.availability("b") == Availability(None, 0.95, 0.95)
+        assert windows.availability("c") == Availability(None, 28 / 30, 28 / 34)
+
+    def test_an_hour_with_more_runs_than_its_slot_holds_is_counted_without_error(self) -> None:
+        # 16-bit hourly slots: 70,000 runs in an hour (an interval under 55 ms) saturate the slot; the daily
+        # slots are 32-bit, so the week and month stay exact
+        windows = history_module._Windows()
+        windows.advance(NOW)
+        windows.add_hour("fast", int(NOW // HOUR), 70_000, 7_000)
+        windows.add_day("fast", int(NOW // DAY), 70_000, 7_000)
+        found = windows.availability("fast")
+        assert found.day == pytest.approx((65_535 - 7_000) / 65_535)
+        assert (found.week, found.month) == (0.9, 0.9)
+
     def test_recent_is_newest_first_with_the_compact_fields(self, tmp_path: Path) -> None:
         history = opened(tmp_path, Clock(NOW))
         for i in range(5):
