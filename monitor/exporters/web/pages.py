@@ -151,6 +151,10 @@ class StatusPage:
         now = self.clock()
         return self.env.get_template("probe.html").render(d=view.detail(state, self.history, now), now=now, root="../")
 
+    def render_missing(self, name: str) -> str:
+        """The 404 page: in a worker thread like the others, as its template compiles at its first use."""
+        return self.env.get_template("missing.html").render(name=name[: view.MAX_QUERY], root="../")
+
     def probe_json(self, name: str) -> str | None:
         state = self.store.snapshot().states.get(name)
         if state is None:
@@ -180,8 +184,7 @@ class StatusPage:
         name = request.match_info["name"]
         page = await self._run(self.render_probe, name)
         if page is None:
-            missing = self.env.get_template("missing.html")
-            return _html(404, missing.render(name=name[: view.MAX_QUERY], root="../"))
+            return _html(404, await self._run(self.render_missing, name) or "")
         return _html(200, page)
 
     async def _probe_json(self, request: web.Request) -> web.Response:
