@@ -22,7 +22,7 @@ class ConfigError(Exception):
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_STR_TAG = "tag:yaml.org,2002:str"
+_STR_TAG = yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG
 
 
 class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
