@@ -1,5 +1,5 @@
 """The probe process's program: `python -m monitor.runtime.probe_worker FD LOG_FORMAT LOG_LEVEL`, started
-by the agent's ProbeProcess (monitor.runtime.probe_process, which describes the frames) only.
+by the agent's ProbeProcess (monitor.runtime.probe_process) only; the frames are those of monitor.runtime.frames.
 
 It runs the scheduler and the probes, sends their results to the agent in batches, and its own health
 once a second."""
@@ -16,14 +16,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client.process_collector import ProcessCollector
-
 from monitor.config.schema import Config
 from monitor.model.delivery import PendingMessage
 from monitor.model.probe_result import ProbeResult
 from monitor.probes import ProbeEnv
 from monitor.runtime import logs
-from monitor.runtime.probe_process import frame, read_frame
+from monitor.runtime.frames import frame, read_frame
 from monitor.runtime.scheduler import ProbeScheduler
 from monitor.state.health import AgentHealth, LatenessHistogram
 
@@ -33,25 +31,6 @@ HEALTH_EVERY = 1.0  # seconds between health frames from the probe process
 RESULTS_EVERY = 0.05
 RESULTS_MAX = 256  # results per frame: a frame stays far below MAX_FRAME whatever the backlog
 
-# The health facts the agent exports (smtp_monitor_probe_process_*), by client_python's sample names.
-_PROCESS_FACTS = {
-    "process_open_fds": "open_fds",
-    "process_resident_memory_bytes": "rss_bytes",
-    "process_cpu_seconds_total": "cpu_seconds",
-}
-
-
-def process_facts(collector: ProcessCollector) -> dict[str, float]:
-    """This process's asyncio tasks, and its open descriptors, resident memory and CPU time as
-    client_python's ProcessCollector reads them from /proc (what is unreadable is left out)."""
-    facts: dict[str, float] = {"tasks": len(asyncio.all_tasks())}
-    for family in collector.collect():
-        for sample in family.samples:
-            key = _PROCESS_FACTS.get(sample.name)
-            if key is not None:
-                facts[key] = sample.value
-    return facts
-
 
 class Worker:
     """The probe process's state: its scheduler, health and the batch of results not yet sent."""
@@ -60,7 +39,6 @@ class Worker:
         self.writer = writer
         self.health = AgentHealth()
         self.scheduler: ProbeScheduler | None = None
-        self.process = ProcessCollector(registry=None)
         self._results: list[tuple[str, ProbeResult]] = []
         self._flush: asyncio.TimerHandle | None = None
 
@@ -113,7 +91,8 @@ class Worker:
                         "in_flight": h.in_flight,
                         "skipped_runs": h.skipped_runs,
                         "lateness": lateness,
-                        "process": process_facts(self.process),
+                        # the agent reads this process's /proc entries itself (monitor.runtime.probe_process)
+                        "tasks": len(asyncio.all_tasks()),
                         "at": time.time(),
                     },
                 )

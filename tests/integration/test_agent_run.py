@@ -371,6 +371,10 @@ def wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 class TestProbeProcess:
     def test_probes_run_in_a_child_process_that_stops_with_the_agent(
         self,
@@ -386,6 +390,11 @@ class TestProbeProcess:
             lambda: (agent.value("smtp_monitor_probe_process_open_fds") or 0) > 0, 5, "no probe process health"
         )
         assert (agent.value("smtp_monitor_probe_process_tasks") or 0) >= 1
+        # the agent reads the child's /proc entries (not its own): the exported descriptors are the child's
+        agent.wait_until(
+            lambda: agent.value("smtp_monitor_probe_process_open_fds") == open_fds(child), 5, "not the child's fds"
+        )
+        assert open_fds(agent.proc.pid) != open_fds(child)
         assert (agent.value("smtp_monitor_tasks") or 0) >= 1
         agent.signal(signal.SIGTERM)
         assert agent.proc.wait(10) == 0

@@ -15,10 +15,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import pytest
-from jinja2 import DictLoader, Environment
+from jinja2 import Environment
 
 from monitor.config.schema import (
     ConfigError,
@@ -511,33 +512,38 @@ class TestConfigAndMounting:
         assert metrics == 200
 
     def test_a_missing_template_is_found_when_the_page_is_built_not_at_its_first_request(
-        self, monkeypatch: pytest.MonkeyPatch
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
-        # Templates compile at the first page; whether they are installed is still known at start-up, where
+        # Templates load at the first page; whether they are installed is still known at start-up, where
         # the agent turns the page off and says why instead of answering 500 later.
-        environment = pages.environment
-        full = environment()
-        assert full.loader is not None
-        sources = {name: full.loader.get_source(full, name)[0] for name in ("overview.html", "probe.html")}
-
-        def without_missing() -> Environment:
-            env = environment()
-            env.loader = DictLoader(sources)
-            return env
-
-        monkeypatch.setattr(pages, "environment", without_missing)
+        for name in ("overview.html", "probe.html"):
+            (tmp_path / name).write_text(pages.TEMPLATE_ROOT.joinpath(name).read_text())
+        monkeypatch.setattr(pages, "TEMPLATE_ROOT", tmp_path)
         with pytest.raises(StatusPageUnavailable, match=r"template missing\.html is not installed"):
             page_of(store_of(smtp("a")))
 
-    def test_templates_compile_at_the_first_page(self) -> None:
+    def test_jinja2_is_loaded_and_templates_compiled_at_the_first_page_once(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        built: list[Environment] = []
+
+        def counted() -> Environment:
+            built.append(environment())
+            return built[-1]
+
+        environment = pages.environment
+        monkeypatch.setattr(pages, "environment", counted)
         page = page_of(store_of(smtp("a")))
-        compiled = page.env.cache
-        assert compiled is not None
-        assert len(compiled) == 0
+        assert built == []
         assert probe_names(page.render_overview(Filters.parse({}))) == ["a"]
+        assert len(built) == 1
+        compiled = built[0].cache
+        assert compiled is not None
         names = {name for _, name in compiled}
         assert "overview.html" in names  # kept for the next page, with what it extends and imports
         assert "probe.html" not in names
+        assert probe_names(page.render_overview(Filters.parse({}))) == ["a"]
+        assert len(built) == 1
 
 
 def test_rendering_is_timed_against_the_clock_given() -> None:

@@ -109,11 +109,10 @@ def test_an_address_in_use_stops_the_start(tmp_path: Path) -> None:
 def test_an_installation_without_the_templates_runs_without_the_page(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from jinja2 import DictLoader, Environment
-
     from monitor.exporters.web import pages
 
-    monkeypatch.setattr(pages, "environment", lambda: Environment(loader=DictLoader({}), autoescape=True))
+    (tmp_path / "no-templates").mkdir()
+    monkeypatch.setattr(pages, "TEMPLATE_ROOT", tmp_path / "no-templates")
     (index, metrics) = _serve(tmp_path, _config(tmp_path), ("metrics", "/"), ("metrics", "/metrics"))
     assert index == (200, PLAIN_INDEX)
     assert metrics[0] == 200
