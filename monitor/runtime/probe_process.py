@@ -4,7 +4,7 @@ never delay the timings probes measure. The two talk in the frames of monitor.ru
 
 The probe process's descriptors, memory and CPU time are read here, from its /proc entries, by
 client_python's ProcessCollector: the probe process then needs no prometheus_client of its own
-(4.6 MiB of its resident memory, 76 modules).
+(76 modules; 1.4 MiB less resident memory in a running probe process, 2026-12-07).
 """
 
 from __future__ import annotations
