@@ -6,8 +6,8 @@ they wait for, taken from the store for a new probe process only (a running one 
 may not have its latest results).
 Probes -> agent: ("results", [(name, result), ...]), ("health", dict), ("stopped", None).
 
-A module of its own so that each end imports only this of the other's: the probe process never loads what
-the agent's side needs (prometheus_client, the store).
+A module of its own so that each end imports only this of the other's: the probe process does not load
+prometheus_client, which only the agent's side needs (it reads the probe process's /proc entries).
 """
 
 from __future__ import annotations
