@@ -21,6 +21,7 @@ from monitor.exporters.prometheus.http import AdhocProber, MetricsServer
 from monitor.exporters.prometheus.metrics import build_agent_registry
 from monitor.exporters.web.pages import StatusPage, StatusPageServer, StatusPageUnavailable
 from monitor.runtime import logs
+from monitor.runtime.malloc_arenas import one_malloc_arena
 from monitor.runtime.probe_process import ProbeProcess
 from monitor.runtime.sharding import Shard
 from monitor.state.health import AgentHealth
@@ -365,6 +366,7 @@ def run_agent(
     """Entry point of `smtp-monitor run`; config errors propagate to the CLI (exit 2).
 
     `reader`, if given, reads config_path: it started before the agent's imports."""
+    one_malloc_arena()  # before the first thread
     logs.setup(log_format, log_level)
     # Starting builds hundreds of thousands of objects (config models, store states) that the
     # cyclic collector traced again and again for nothing. Once started, the survivors are frozen
