@@ -42,15 +42,17 @@ def record(pid: int, seconds: float, out: Path) -> Path | None:
     return raw  # collapsed stacks: flamegraph.pl and speedscope read them
 
 
-def _frame_name(frame: str) -> str:
-    # "function (path/to/file.py:123)" -> "function (file.py)"
+def frame_name(frame: str) -> str:
+    # "function (path/to/file.py:123)" -> "function (file.py)": lines of one function count together
     name, _, where = frame.partition(" (")
     file = where.split(":")[0].rsplit("/", 1)[-1]
     return f"{name} ({file})" if file else name
 
 
-def summarize(raw: Path, top: int = 15) -> str:
-    """Top functions by self samples and by inclusive samples, as text lines."""
+def sample_counts(raw: Path) -> tuple[Counter[str], Counter[str], int]:
+    """(samples per function on top of the stack, samples per function anywhere in it, all samples).
+
+    py-spy's --subprocesses puts a "process PID:..." frame on top of each stack: not a function, left out."""
     self_counts: Counter[str] = Counter()
     total_counts: Counter[str] = Counter()
     total = 0
@@ -59,11 +61,18 @@ def summarize(raw: Path, top: int = 15) -> str:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame_name(f) for f in stack.split(";")]
+        frames = [frame_name(f) for f in stack.split(";") if not f.startswith("process ")]
         total += count
-        self_counts[frames[-1]] += count
+        if frames:
+            self_counts[frames[-1]] += count
         for frame in set(frames):
             total_counts[frame] += count
+    return self_counts, total_counts, total
+
+
+def summarize(raw: Path, top: int = 15) -> str:
+    """Top functions by self samples and by inclusive samples, as text lines."""
+    self_counts, total_counts, total = sample_counts(raw)
     if total == 0:
         return "(no samples)"
     lines = [f"{total} samples; top by self time:"]
