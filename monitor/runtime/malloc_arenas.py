@@ -2,11 +2,12 @@
 
 glibc gives each thread that allocates an arena of its own and keeps what is freed in an arena for that
 arena alone. The agent's worker threads (the /metrics render, the history writer, the status page) each
-kept several MiB that the event loop could not reuse. At 10,000 probes the agent's RSS was 188 and 185 MiB
-with an arena per thread, 180 MiB with one (bench/run.py --only scale, two runs each, alternating,
-2026-12-07; target 286 MiB for the agent and its probe process together). The probe process gained
-nothing measurable (97-98 MiB either way), so it keeps glibc's default. Only Python code runs in those
-threads, under the GIL, so they rarely wait on the arena's lock."""
+kept several MiB that the event loop could not reuse. At 10,000 probes the agent's RSS was 184-188 MiB
+with an arena per thread, 180-181 MiB with one (bench/run.py --only scale, 8 and 9 runs in two sessions,
+alternating, 2026-12-07; target 286 MiB for the agent and its probe process together). Its CPU did not
+tell the two apart: 35-46 % of a core with one arena (mean 42), 32-50 % without (mean 40), and in the last
+three alternating pairs the runs without were the higher. The probe process gained nothing measurable
+(97-98 MiB either way), so it keeps glibc's default."""
 
 from __future__ import annotations
 
