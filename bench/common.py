@@ -78,7 +78,7 @@ signal.signal(signal.SIGTERM, _on_signal)
 signal.signal(signal.SIGHUP, _on_signal)
 
 
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 10.0) -> None:
     """SIGTERM, wait `grace`, SIGKILL; always reaps; then SIGKILLs any descendant left behind
     (the agent's probe process runs in a session of its own)."""
     tree = descendants(proc.pid) if proc.poll() is None else set()

@@ -42,7 +42,7 @@ def record(pid: int, seconds: float, out: Path) -> Path | None:
     return raw  # collapsed stacks: flamegraph.pl and speedscope read them
 
 
-def frame_name(frame: str) -> str:
+def _frame_name(frame: str) -> str:
     # "function (path/to/file.py:123)" -> "function (file.py)": lines of one function count together
     name, _, where = frame.partition(" (")
     file = where.split(":")[0].rsplit("/", 1)[-1]
@@ -61,7 +61,7 @@ def sample_counts(raw: Path) -> tuple[Counter[str], Counter[str], int]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [frame_name(f) for f in stack.split(";") if not f.startswith("process ")]
+        frames = [_frame_name(f) for f in stack.split(";") if not f.startswith("process ")]
         total += count
         if frames:
             self_counts[frames[-1]] += count

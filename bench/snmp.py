@@ -42,6 +42,20 @@ def _oid(parts: tuple[int, ...]) -> str:
     return ".".join(str(p) for p in parts)
 
 
+FIRST_ROW = "t-00000"  # the first of table_agent_config's rows
+FIRST_ROW_STATUS = _oid(mib_oids.smtp_probe_oid(mib_oids.SmtpProbeColumn.STATUS, FIRST_ROW))
+
+
+def table_agent_config(rows: int, snmp_port: int, smtp_port: int, ca_file: Any) -> dict[str, Any]:
+    """The agent's config serving `rows` probe rows over SNMP on `snmp_port`: the probes run every hour, so
+    few run while GETs and walks are measured; the table is what is served."""
+    return {
+        "defaults": {"interval": "1h", "timeout": "10s", "max_concurrency": 500, "helo": "bench.test"},
+        "smtp": probe_mix(rows, smtp_port, ca_file, prefix="t"),
+        "snmp": snmp_tools.agent_snmp_config(snmp_port),
+    }
+
+
 def _gets(port: int, version: str, oid: str, seconds: float, pid: int) -> tuple[float, str]:
     packet = snmp_tools.capture_request(port, version, oid)
     cpu = CpuWindow(pid)
@@ -140,15 +154,9 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
     table = _oid(mib_oids.SMTP_PROBE_TABLE)
     for rows in (1_000, 10_000):
         port = free_udp_port()
-        config: dict[str, Any] = {
-            # an hour's interval: few probes run while we measure, the table is what is served
-            "defaults": {"interval": "1h", "timeout": "10s", "max_concurrency": 500, "helo": "bench.test"},
-            "smtp": probe_mix(rows, postfix.plain_port, postfix.ca_file, prefix="t"),
-            "snmp": snmp_tools.agent_snmp_config(port),
-        }
-        first = "t-00000"
-        get_oid = _oid(mib_oids.smtp_probe_oid(mib_oids.SmtpProbeColumn.STATUS, first))
-        log(f'snmp: agent with {rows:,} probe rows (GET smtpProbeStatus."{first}", bulk walks of smtpProbeTable)')
+        config = table_agent_config(rows, port, postfix.plain_port, postfix.ca_file)
+        get_oid = FIRST_ROW_STATUS
+        log(f'snmp: agent with {rows:,} probe rows (GET smtpProbeStatus."{FIRST_ROW}", bulk walks of smtpProbeTable)')
         agent = AgentProcess(settings.workdir / f"agent-snmp-{rows}", config)
         try:
             agent.start()

@@ -1,7 +1,7 @@
 """Where the agent's time goes per SNMP GET: one replayed GET under py-spy, in microseconds per GET.
 
 `PYTHONPATH=. python -m bench.snmp_get_profile [--version v3] [--rows 1000] [--seconds 12]` starts the
-agent with `--rows` SMTP probe rows (an hour's interval, against a closed port: the table is what is served),
+agent with `--rows` SMTP probe rows (the snmp section's config, the probes against a closed port),
 replays the datagram snmpget sends for smtpProbeStatus of the first row (`snmp_tools.get_loop`, 32 in
 flight) and samples the agent with py-spy meanwhile. The agent's loop runs at a full core, so a function's
 share of the samples times the time per GET (1 / GET/s) is what it costs per GET: two trees profiled this
@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench import snmp_tools
 from bench.common import AgentProcess, wait_settled
 from bench.profile import record, sample_counts
-from bench.scale import probe_mix
-from monitor.exporters.snmp import mib_oids
+from bench.snmp import FIRST_ROW_STATUS, table_agent_config
 from tests.support.ports import free_tcp_port, free_udp_port
 
 
@@ -45,29 +44,22 @@ def main(argv: list[str] | None = None) -> None:
     ca_file = workdir / "ca.pem"
     ca_file.write_text("")  # never read: every probe fails to connect first
     port = free_udp_port()
-    config = {
-        "defaults": {"interval": "1h", "timeout": "10s", "max_concurrency": 500, "helo": "bench.test"},
-        "smtp": probe_mix(args.rows, free_tcp_port(), str(ca_file), prefix="t"),
-        "snmp": snmp_tools.agent_snmp_config(port),
-    }
-    agent = AgentProcess(workdir / "agent", config)
+    agent = AgentProcess(workdir / "agent", table_agent_config(args.rows, port, free_tcp_port(), str(ca_file)))
     agent.start()
     try:
         wait_settled(agent.pid)
-        oid = ".".join(map(str, mib_oids.smtp_probe_oid(mib_oids.SmtpProbeColumn.STATUS, "t-00000")))
-        packet = snmp_tools.capture_request(port, args.version, oid)
-        raw: list[Path | None] = []
-        sampler = threading.Thread(target=lambda: raw.append(record(agent.pid, args.seconds, workdir / "stacks")))
-        sampler.start()
-        got = snmp_tools.get_loop(port, packet, args.seconds)
-        sampler.join()
+        packet = snmp_tools.capture_request(port, args.version, FIRST_ROW_STATUS)
+        with ThreadPoolExecutor(max_workers=1) as sampler:  # py-spy samples while this thread sends
+            sampled = sampler.submit(record, agent.pid, args.seconds, workdir / "stacks")
+            got = snmp_tools.get_loop(port, packet, args.seconds)
+            raw = sampled.result()
     finally:
         agent.stop()
     print(f"$ PYTHONPATH=. {Path(sys.executable).name} -m bench.snmp_get_profile " + " ".join(sys.argv[1:]))
     print(f"{args.version} GET of smtpProbeStatus, {args.rows:,} rows: {got.rate:,.0f} GET/s, {got.lost} lost")
-    if raw and raw[0] is not None:
-        print(f"per GET, inclusive (py-spy stacks in {raw[0]}):")
-        print("\n".join(per_get(raw[0], got.rate, args.top)))
+    if raw is not None:
+        print(f"per GET, inclusive (py-spy stacks in {raw}):")
+        print("\n".join(per_get(raw, got.rate, args.top)))
 
 
 if __name__ == "__main__":
