@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: bench.*, monitor.*
 
@@ -205,6 +205,15 @@ class AgentFigures:
     written: int  # results in the history tables at the end
 
 
+def refused_smtp_probes(count: int, port: int) -> list[dict[str, Any]]:
+    """`count` SMTP probes every 60 s against `port` on loopback, bound and never listening: each connect is
+    refused at once, so a probe costs little and what is measured is the agent's side of each result."""
+    return [
+        {"name": f"p-{i:05d}", "host": "127.0.0.1", "port": port, "tls": "none", "interval": "60s"}
+        for i in range(count)
+    ]
+
+
 def agent_run(
     workdir: Path, probes: int, history: bool, window: float, say: Callable[[str], None] = print
 ) -> AgentFigures:
@@ -216,10 +225,7 @@ def agent_run(
         config = {
             "status_page": {"enabled": False},
             "history": {"enabled": history},
-            "smtp": [
-                {"name": f"p-{i:05d}", "host": "127.0.0.1", "port": port, "tls": "none", "interval": "60s"}
-                for i in range(probes)
-            ],
+            "smtp": refused_smtp_probes(probes, port),
         }
         agent = AgentProcess(workdir, config)
         try:
