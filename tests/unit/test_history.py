@@ -283,6 +283,27 @@ class TestJournal:
             assert conn.execute("SELECT count(*) FROM history_result").fetchone()[0] == 1
         history.close()
 
+    def test_a_move_summed_in_chunks_that_split_probes_changes_no_answer(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(history_module, "MOVE_CHUNK_ROWS", 7)  # every probe's 30 rows fall in several chunks
+        clock = Clock(NOW)
+        history = opened(tmp_path, clock)
+        names = [f"relay-{n}" for n in range(3)]
+        for i in range(30):  # across the hour and day boundary before DAY0
+            for n, name in enumerate(names):
+                at = DAY0 - 900 + 60 * i
+                history.on_result(name, smtp(at, ok=(i + n) % 4 != 0, total=0.016 * (1 + (i + n) % 3)))
+        history.flush()
+        periods = ("hour", "day")
+        before = {name: [history.rollups(name, period) for period in periods] for name in names}
+        assert before["relay-0"][0][0].runs == 15  # 23:45 to 23:59, from the journal before the move
+        history.compact()
+        with sqlite3.connect(tmp_path / "state.db") as conn:
+            assert conn.execute("SELECT count(*) FROM history_journal").fetchone()[0] == 0
+        assert {name: [history.rollups(name, period) for period in periods] for name in names} == before
+        history.close()
+
     def test_moving_a_large_journal_keeps_sqlites_memory_bounded(self, tmp_path: Path) -> None:
         # A move touches pages of every probe in each table, and SQLite keeps what it touched up to its page
         # cache's size. With a 16 MiB cache this grew 3.4 MiB (10.9 MiB at 10,000 probes, and the agent 17 MiB
