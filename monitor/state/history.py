@@ -801,16 +801,7 @@ class History:
         try:
             with _transaction(conn):
                 conn.execute(_JOURNAL_MOVE)
-                # Summed a chunk at a time in probe order (MOVE_CHUNK_ROWS). A probe whose rows fall in two chunks is
-                # merged twice: the second time onto what the first wrote.
-                journal = conn.execute("SELECT probe, at, ok, total FROM history_journal ORDER BY probe")
-                while chunk := journal.fetchmany(MOVE_CHUNK_ROWS):
-                    deltas = _sum_journal(chunk)
-                    for period, statement in _REPLACE_ROLLUP.items():
-                        conn.executemany(
-                            statement,
-                            [self._merged(conn, *key, delta) for key, delta in deltas.items() if key[0] == period],
-                        )
+                self._add_journal_to_rollups(conn)
                 self._trim_counts(conn)
                 conn.execute("DELETE FROM history_journal")
         except Exception as exc:  # the journal stays: the next move takes it
@@ -819,6 +810,16 @@ class History:
             log.error("history: moving %d results into %s failed: %s", self._journal_rows, self.path, exc)
             return
         self._journal_ids, self._journal_rows = {}, 0
+
+    def _add_journal_to_rollups(self, conn: sqlite3.Connection) -> None:
+        """The journal summed into the hourly and daily rollups, MOVE_CHUNK_ROWS rows at a time in probe order. A
+        probe whose rows fall in two chunks is merged twice: the second time onto what the first wrote."""
+        journal = conn.execute("SELECT probe, at, ok, total FROM history_journal ORDER BY probe")
+        while chunk := journal.fetchmany(MOVE_CHUNK_ROWS):
+            deltas = _sum_journal(chunk)
+            for period, statement in _REPLACE_ROLLUP.items():
+                rows = [self._merged(conn, *key, delta) for key, delta in deltas.items() if key[0] == period]
+                conn.executemany(statement, rows)
 
     @staticmethod
     def _probe_id(conn: sqlite3.Connection, name: str) -> int:
