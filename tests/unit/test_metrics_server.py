@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -111,6 +113,27 @@ class TestMetricsServerWarming:
             text = await _scrape(server)
             assert server.exposition.formatted == formatted + 1
             assert 'smtp_probe_runs_total{probe="relay"} 1.0' in text
+
+        asyncio.run(_serving(store, body))
+
+    def test_states_replaced_after_warming_stops_are_not_held(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # Warming stops WARM_IDLE after start when nobody scrapes: the last pass's snapshot must not outlive
+        # the states it formatted (it held 10,000 probes' replaced results, 10 MiB, for good).
+        monkeypatch.setattr(http, "WARM_IDLE", 0.3)
+        store = _store()
+
+        async def body(server: MetricsServer) -> None:
+            store.record("relay", smtp_ok())
+            store.record("smtps", smtp_ok())
+            await _until(lambda: server.exposition.formatted == 2, "the warmer never formatted the two probes")
+            warmed = [weakref.ref(state) for state in store.snapshot().states.values()]
+            await asyncio.sleep(0.4)  # past WARM_IDLE: no more passes
+            store.record("relay", smtp_ok())
+            store.record("smtps", smtp_ok())
+            await asyncio.sleep(0.1)  # ten warming periods, none of them a pass
+            assert server.exposition.formatted == 2
+            gc.collect()
+            assert [ref() for ref in warmed] == [None, None]
 
         asyncio.run(_serving(store, body))
 
