@@ -10,12 +10,13 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -399,6 +400,20 @@ def wait_settled(pid: int, below: float = 0.3, timeout: float = 90.0) -> float:
         if window.cpu / window.wall < below:
             break
     return time.monotonic() - t0
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port bound and never listening while the block runs: every connect to it is refused at once."""
+    with socket.socket() as refused:
+        refused.bind((HOST, 0))
+        yield refused.getsockname()[1]
+
+
+def refused_smtp_probes(count: int, port: int) -> list[dict[str, Any]]:
+    """`count` SMTP probes every 60 s against a `refused_port()`: a probe costs little, so what is measured is
+    the agent's side of each result."""
+    return [{"name": f"p-{i:05d}", "host": HOST, "port": port, "tls": "none", "interval": "60s"} for i in range(count)]
 
 
 def smtp_probe(name: str, port: int, tls: str, ca_file: Path, **extra: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
 import sqlite3
 import statistics
 import sys
@@ -21,11 +20,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: bench.*, monitor.*
 
-from bench.common import AgentProcess, Results, Row, Settings, cpu_seconds, log, status_field
+from bench.common import (
+    AgentProcess,
+    Results,
+    Row,
+    Settings,
+    cpu_seconds,
+    log,
+    refused_port,
+    refused_smtp_probes,
+    status_field,
+)
 from monitor.config.schema import HistoryConfig
 from monitor.model.results import Phase, Reason, Reply, SmtpResult, TlsInfo
 from monitor.state.history import History
@@ -205,23 +214,12 @@ class AgentFigures:
     written: int  # results in the history tables at the end
 
 
-def refused_smtp_probes(count: int, port: int) -> list[dict[str, Any]]:
-    """`count` SMTP probes every 60 s against `port` on loopback, bound and never listening: each connect is
-    refused at once, so a probe costs little and what is measured is the agent's side of each result."""
-    return [
-        {"name": f"p-{i:05d}", "host": "127.0.0.1", "port": port, "tls": "none", "interval": "60s"}
-        for i in range(count)
-    ]
-
-
 def agent_run(
     workdir: Path, probes: int, history: bool, window: float, say: Callable[[str], None] = print
 ) -> AgentFigures:
     """A real agent with `probes` SMTP probes every 60 s against a refused loopback port (cheap probes: what is
     measured is the agent's side of each result): its own CPU over `window` seconds of steady running."""
-    with socket.socket() as refused:
-        refused.bind(("127.0.0.1", 0))  # bound, never listening: every connect is refused at once
-        port = refused.getsockname()[1]
+    with refused_port() as port:
         config = {
             "status_page": {"enabled": False},
             "history": {"enabled": history},

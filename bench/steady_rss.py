@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import socket
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from bench.common import AgentProcess, cpu_seconds, http_get, status_field
-from bench.history import refused_smtp_probes
+from bench.common import AgentProcess, cpu_seconds, http_get, refused_port, refused_smtp_probes, status_field
 
 
 def main(argv: list[str]) -> int:
@@ -33,9 +31,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--scrape-every", type=float, default=0.0, help="seconds between /metrics scrapes; 0: none")
     args = parser.parse_args(argv)
     print("command: PYTHONPATH=. python -m bench.steady_rss " + shlex.join(argv), flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-steady-rss-") as tmp, socket.socket() as refused:
-        refused.bind(("127.0.0.1", 0))  # bound, never listening: every connect is refused at once
-        port = refused.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="bench-steady-rss-") as tmp, refused_port() as port:
         config = {
             "status_page": {"enabled": False},
             "smtp": refused_smtp_probes(args.probes, port),

@@ -135,15 +135,16 @@ _SELECT_ROLLUPS = {
 }
 # The writer's page cache, SQLite's default size. A move of the journal and each retention pass touch pages of every
 # probe in each table, and SQLite keeps up to this much of what it touched. At 16 MiB, with 10,000 probes, the agent
-# grew 16 MiB at each of its first two moves (113 -> 152 MiB over three); at 2 MiB, 110 -> 128 MiB over three
-# (bench/steady_rss.py). Pages it no longer holds come from the OS's file cache: bench/history.py (24 h simulated)
-# writes a result in 34-39 µs against 32-36 µs, within the runs' noise.
+# grew 16 MiB at each of its first two moves, side by side with 2 MiB (bench/steady_rss.py); SQLite's heap after 15
+# moves was 16.7 against 2.2 MiB. Pages it no longer holds come from the OS's file cache: bench/history.py (24 h
+# simulated) writes a result in 34-39 µs against 32-36 µs, within the runs' noise.
 WRITER_CACHE_KIB = 2048
 COMPACT_INTERVAL = 600.0  # seconds between moves of the journal (and at stop); a kill -9 loses none of it
 JOURNAL_MAX_ROWS = 200_000  # a move comes sooner when the journal holds this many results
 # Journal rows summed into rollups at a time in a move. Summed at once, 10,000 probes' ten results each took 10.8 MiB
-# of dicts at the move's peak, 0.8 MiB in chunks of 2,000 rows. The agent at 10,000 probes (bench/steady_rss.py) had
-# 124.6 MiB after two moves against 129.1 MiB; writing a result costs the same (bench/history.py, bench/README.md).
+# of dicts at the move's peak, 0.8 MiB in chunks of 2,000 rows (tracemalloc). The agent at 10,000 probes grew 1.2
+# against 5.3 MiB at its second move, in one side-by-side pair (bench/steady_rss.py); writing a result costs the same
+# (bench/history.py, bench/README.md).
 MOVE_CHUNK_ROWS = 2_000
 _JOURNAL_INSERT = (
     "INSERT INTO history_journal (probe, at, ok, phase, reason, reply_code, total, layout, timings, cert_not_after) "
