@@ -607,3 +607,4 @@ class Settings:
     results_dir: Path
     profile: bool = False
     soak_seconds: float = 600.0
+    scale_minutes: float = 0.0  # keep the scale agent up this long after its start (0: not past the walks)

@@ -70,6 +70,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy profiles of the agent (smtp, mx, scale) in bench/results/"
     )
+    parser.add_argument(
+        "--scale-minutes",
+        type=float,
+        default=0.0,
+        help="keep the scale agent up this many minutes after its start, scraped and polled, and report its RSS"
+        " then (22 is past history's journal moves at 10 and 20 minutes; default 0: RSS after the walks only)",
+    )
     parser.add_argument("--no-install", action="store_true", help="do not apt-get/pip anything")
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -89,7 +96,12 @@ def main(argv: list[str]) -> int:
     workdir.mkdir()
     soak = args.soak_seconds if args.soak_seconds is not None else (60.0 if args.quick else 600.0)
     settings = Settings(
-        quick=args.quick, workdir=workdir, results_dir=RESULTS_DIR, profile=args.profile, soak_seconds=soak
+        quick=args.quick,
+        workdir=workdir,
+        results_dir=RESULTS_DIR,
+        profile=args.profile,
+        soak_seconds=soak,
+        scale_minutes=args.scale_minutes,
     )
     if not args.no_install:
         install()

@@ -32,6 +32,7 @@ from bench.common import (
 )
 from bench.peers import Peers
 from monitor.exporters.snmp import mib_oids
+from monitor.state.history import COMPACT_INTERVAL
 from tests.support.ports import free_udp_port
 
 LATENESS = "smtp_monitor_scheduler_lateness_seconds"
@@ -250,11 +251,56 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
                 note=f"peak {walked_peak:.0f} MiB; {rss_split(agent.pid)}",
             )
         )
+        if settings.scale_minutes > 0:
+            _held_rss_row(results, section, agent, snmp_port, settings.scale_minutes, scrape_every)
         # What an operator's restart costs: the same config, every probe's state saved at the stop.
         agent.stop()
         _startup_rows(results, section, f"restart with {n:,} saved states", agent, snmp_port)
     finally:
         agent.stop()
+
+
+def _held_rss_row(
+    results: Results, section: str, agent: AgentProcess, snmp_port: int, minutes: float, scrape_every: float
+) -> None:
+    """The agent kept up until `minutes` after its start, as an NMS and a Prometheus see it (/metrics every
+    `scrape_every` seconds, a GET of one probe row a minute); its RSS then, and every 5 minutes on the way.
+
+    The RSS after the walks comes 3.5-4 minutes after start, before history's first journal move
+    (every COMPACT_INTERVAL): a long-running agent's memory is this row's, not that one's."""
+    get_oid = ".".join(str(part) for part in mib_oids.smtp_probe_oid(mib_oids.SmtpProbeColumn.STATUS, "s-00000"))
+    end = agent.started_at + 60.0 * minutes
+    log(f"scale: holding the agent until {minutes:g} minutes after its start ({end - time.monotonic():.0f} s)")
+    trail: list[str] = []
+    gets = answered = 0
+    next_get = next_mark = time.monotonic()
+    while (now := time.monotonic()) < end:
+        if now >= next_get:
+            gets += 1
+            answered += snmp_tools.snmpget(snmp_port, "v2c", get_oid, timeout=5.0) is not None
+            next_get = now + 60.0
+        if now >= next_mark:
+            trail.append(f"{(now - agent.started_at) / 60:.0f} min {rss_mib(agent.pid):.0f}")
+            next_mark = now + 300.0
+        http_get(agent.url + "/metrics", timeout=60)
+        time.sleep(max(0.0, min(scrape_every, end - time.monotonic())))
+    rss, peak = rss_mib(agent.pid), peak_rss_mib(agent.pid)
+    moves = int(60.0 * minutes // COMPACT_INTERVAL)
+    results.add(
+        Row(
+            section,
+            f"agent RSS {minutes:g} minutes after start (peak)",
+            rss,
+            "MiB",
+            target=RSS_TARGET,
+            ok=peak < RSS_LIMIT_MIB,
+            note=(
+                f"peak {peak:.0f} MiB; MiB on the way: {', '.join(trail)}; history's journal moved about {moves} "
+                f"times; /metrics scraped every {scrape_every:g} s; {answered} of {gets} GETs (one a minute) "
+                f"answered; {rss_split(agent.pid)}"
+            ),
+        )
+    )
 
 
 def _startup_rows(results: Results, section: str, label: str, agent: AgentProcess, snmp_port: int) -> None:
