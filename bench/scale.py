@@ -295,9 +295,9 @@ def _held_rss_row(
             target=RSS_TARGET,
             ok=peak < RSS_LIMIT_MIB,
             note=(
-                f"peak {peak:.0f} MiB; MiB on the way: {', '.join(trail)}; history's journal moved about {moves} "
-                f"times; /metrics scraped every {scrape_every:g} s; {answered} of {gets} GETs (one a minute) "
-                f"answered; {rss_split(agent.pid)}"
+                f"peak {peak:.0f} MiB; MiB on the way: {', '.join(trail) or 'none'}; history's journal moved "
+                f"about {moves} times; /metrics scraped every {scrape_every:g} s; {answered} of {gets} GETs "
+                f"(one a minute) answered; {rss_split(agent.pid)}"
             ),
         )
     )
