@@ -158,7 +158,7 @@ class Load:
             self.scrape_failures += status != 200
 
     def _walk(self) -> None:
-        table = ".".join(str(p) for p in mib_oids.SMTP_PROBE_TABLE)
+        table = snmp_tools.dotted(mib_oids.SMTP_PROBE_TABLE)
         while self._running():
             remaining = self.end - time.monotonic()
             if remaining < 0.5:

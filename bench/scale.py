@@ -42,10 +42,16 @@ RSS_LIMIT_MIB = 300e6 / 2**20  # issue 5: RSS < 300 MB, i.e. 286 MiB
 RSS_TARGET = "< 300 MB (286 MiB)"
 
 
+def probe_name(prefix: str, i: int) -> str:
+    """The name of probe_mix's probe `i`: its row index in the MIB."""
+    return f"{prefix}-{i:05d}"
+
+
 def probe_mix(n: int, port: int, ca_file: Any, prefix: str = "s", **extra: Any) -> list[dict[str, Any]]:
     """n probes against one Postfix port, alternating STARTTLS and plain."""
     return [
-        smtp_probe(f"{prefix}-{i:05d}", port, "starttls" if i % 2 == 0 else "none", ca_file, **extra) for i in range(n)
+        smtp_probe(probe_name(prefix, i), port, "starttls" if i % 2 == 0 else "none", ca_file, **extra)
+        for i in range(n)
     ]
 
 
@@ -66,7 +72,7 @@ def first_run_seen(agent: AgentProcess, timeout: float) -> float:
 
 
 def enterprise_oid() -> str:
-    return ".".join(str(p) for p in mib_oids.MIB_ROOT)
+    return snmp_tools.dotted(mib_oids.MIB_ROOT)
 
 
 def run(settings: Settings, peers: Peers, results: Results) -> None:
@@ -268,7 +274,7 @@ def _held_rss_row(
 
     The RSS after the walks comes 3.5-4 minutes after start, before history's first journal move
     (every COMPACT_INTERVAL): a long-running agent's memory is this row's, not that one's."""
-    get_oid = ".".join(str(part) for part in mib_oids.smtp_probe_oid(mib_oids.SmtpProbeColumn.STATUS, "s-00000"))
+    get_oid = snmp_tools.dotted(mib_oids.smtp_probe_oid(mib_oids.SmtpProbeColumn.STATUS, probe_name("s", 0)))
     end = agent.started_at + 60.0 * minutes
     log(f"scale: holding the agent until {minutes:g} minutes after its start ({end - time.monotonic():.0f} s)")
     trail: list[str] = []

@@ -17,7 +17,7 @@ from bench.common import (
     wait_settled,
 )
 from bench.peers import Peers
-from bench.scale import probe_mix
+from bench.scale import probe_mix, probe_name
 from monitor.exporters.snmp import mib_oids
 from tests.support.ports import free_udp_port
 
@@ -38,12 +38,8 @@ class Figures:
     walk_note: str
 
 
-def _oid(parts: tuple[int, ...]) -> str:
-    return ".".join(str(p) for p in parts)
-
-
-FIRST_ROW = "t-00000"  # the first of table_agent_config's rows
-FIRST_ROW_STATUS = _oid(mib_oids.smtp_probe_oid(mib_oids.SmtpProbeColumn.STATUS, FIRST_ROW))
+FIRST_ROW = probe_name("t", 0)  # the first of table_agent_config's rows
+FIRST_ROW_STATUS = snmp_tools.dotted(mib_oids.smtp_probe_oid(mib_oids.SmtpProbeColumn.STATUS, FIRST_ROW))
 
 
 def table_agent_config(rows: int, snmp_port: int, smtp_port: int, ca_file: Any) -> dict[str, Any]:
@@ -151,7 +147,7 @@ def run(settings: Settings, peers: Peers, results: Results) -> None:
     finally:
         snmpd.stop()
     postfix = peers.postfix
-    table = _oid(mib_oids.SMTP_PROBE_TABLE)
+    table = snmp_tools.dotted(mib_oids.SMTP_PROBE_TABLE)
     for rows in (1_000, 10_000):
         port = free_udp_port()
         config = table_agent_config(rows, port, postfix.plain_port, postfix.ca_file)

@@ -25,6 +25,11 @@ V3_PRIV = ("AES", "benchpriv1")
 SYS_DESCR = "1.3.6.1.2.1.1.1.0"
 
 
+def dotted(oid: tuple[int, ...]) -> str:
+    """An OID as net-snmp's tools take it on the command line: 1.3.6.1..."""
+    return ".".join(map(str, oid))
+
+
 def agent_snmp_config(port: int) -> dict[str, Any]:
     """The agent's `snmp:` section: v2c community and one v3 authPriv user on 127.0.0.1:port."""
     return {
