@@ -55,7 +55,7 @@ def _count_queries() -> None:
         _Counted.queries += 1
         return await original(resolver, name, rdtype)
 
-    resolve.query = counted  # type: ignore[assignment]
+    resolve.query = counted
 
 
 async def _round(env: ProbeEnv, config: MxCheckConfig, checks: int) -> tuple[float, float]:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypedDict
 
 import aiohttp
 
@@ -48,6 +49,16 @@ def _tls(now: float) -> TlsInfo:
     return TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", True, cert=cert)
 
 
+class _Connection(TypedDict):
+    """The SmtpResult fields every result of _smtp has alike."""
+
+    host: str
+    port: int
+    tls_mode: str
+    started_at: float
+    address: str
+
+
 def _smtp(name: str, ok: bool, now: float, transcript: bool) -> SmtpResult:
     recorder = TranscriptRecorder()
     if transcript:
@@ -62,7 +73,13 @@ def _smtp(name: str, ok: bool, now: float, transcript: bool) -> SmtpResult:
         else:
             recorder.received("554 5.7.1 no service")
             recorder.note("failed in banner: reply: 554 5.7.1 no service")
-    common = {"host": "192.0.2.1", "port": 25, "tls_mode": "starttls", "started_at": now, "address": "192.0.2.1"}
+    common: _Connection = {
+        "host": "192.0.2.1",
+        "port": 25,
+        "tls_mode": "starttls",
+        "started_at": now,
+        "address": "192.0.2.1",
+    }
     if not ok:
         return SmtpResult(**common, ok=False, phase=Phase.BANNER, reason=Reason.REPLY, error="554 5.7.1 no service",
                           reply=Reply(554, ("5.7.1 no service",)), timings={"connect": 0.002}, total=0.004,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need (Debian packages for the real peers; .venv with the project
-# and the test extras exactly as uv.lock pins them), lints, type-checks and runs the whole suite.
+# and the test extras exactly as uv.lock pins them), lints, type-checks, spell-checks and runs the whole
+# suite.
 # Arguments go to pytest.
 #
 #   ./scripts/test.sh --latest   the same suite on the newest releases pyproject.toml allows, in
@@ -33,4 +34,5 @@ fi
 "$venv/bin/ruff" format --check .
 "$venv/bin/ruff" check .
 "$venv/bin/mypy"
+"$venv/bin/codespell"
 exec "$venv/bin/python" -m pytest "$@"

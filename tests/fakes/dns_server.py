@@ -383,7 +383,9 @@ def _raw_rdata_response(query: dns.message.Message, rdata: bytes) -> bytes:
     struct.pack_into("!H", header, 6, 1)  # ANCOUNT
     # The record follows the question: owner as a pointer to the question name at offset 12.
     record = struct.pack("!HHHIH", 0xC00C, question.rdtype, dns.rdataclass.IN, 300, len(rdata)) + rdata
-    end_of_question = 12 + len(question.name.to_wire()) + 4
+    name_wire = question.name.to_wire()
+    assert name_wire is not None  # no file given, so to_wire returns the bytes
+    end_of_question = 12 + len(name_wire) + 4
     return bytes(header[:end_of_question]) + record + bytes(header[end_of_question:])
 
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ EXERCISED = {
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def run(argv: list[str | Path], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run(argv: Sequence[str | Path], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run a command to completion (bounded), capturing text output."""
     return subprocess.run(
         [str(a) for a in argv], capture_output=True, text=True, timeout=PROCESS_DEADLINE, check=False, **kwargs
@@ -310,7 +310,8 @@ def dashboard_expressions(dashboard: dict[str, Any]) -> list[str]:
 
 
 def rules_groups() -> list[dict[str, Any]]:
-    return yaml.safe_load((DEPLOY / "prometheus/smtp-monitor.rules.yml").read_text())["groups"]
+    groups: list[dict[str, Any]] = yaml.safe_load((DEPLOY / "prometheus/smtp-monitor.rules.yml").read_text())["groups"]
+    return groups
 
 
 def all_rules() -> list[dict[str, Any]]:
@@ -715,7 +716,8 @@ class TestPrometheus:
 
     def test_unit_tests_see_every_alert_both_firing_and_quiet(self) -> None:
         tests = yaml.safe_load((PROMETHEUS / "tests.yml").read_text())["tests"]
-        firing, quiet = set(), set()
+        firing: set[str] = set()
+        quiet: set[str] = set()
         for case in tests:
             for check in case.get("alert_rule_test", []):
                 (firing if check["exp_alerts"] else quiet).add(check["alertname"])
@@ -792,7 +794,8 @@ DASHBOARD = DEPLOY / "grafana/smtp-monitor.json"
 
 
 def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return loaded
 
 
 def flat_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -1189,13 +1192,15 @@ def statefulset() -> dict[str, Any]:
 
 
 def agent_container() -> dict[str, Any]:
-    (container,) = statefulset()["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = statefulset()["spec"]["template"]["spec"]["containers"]
+    (container,) = containers
     return container
 
 
 def configmap_config() -> dict[str, Any]:
     data = k8s_objects()[("ConfigMap", "smtp-monitor-config")]["data"]
-    return yaml.safe_load(data["config.yaml"])
+    config: dict[str, Any] = yaml.safe_load(data["config.yaml"])
+    return config
 
 
 class TestKubernetesManifests:

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MIB_DIR = ROOT / "mibs"
 COMMUNITY = "dnsbl-read-51c7"
 ZONE = zones.DNSBL_ZONE
-CHECKS = {
+CHECKS: dict[str, dict[str, object]] = {
     "bl-listed": {"domain": "listed.pol.test", "dnsbl": [ZONE]},
     "bl-refused": {"domain": "refused.pol.test", "dnsbl": [ZONE]},
     "bl-unexpected": {"domain": "unexpected.pol.test", "dnsbl": [ZONE]},
@@ -105,7 +105,9 @@ def test_listings_refusals_and_findings_on_every_surface(
 
     # /metrics
     assert agent.value("mx_check_success", check="bl-listed", domain="listed.pol.test") == 0.0
-    assert agent.value("mx_check_failures_total", check="bl-listed", phase="dnsbl", reason="listed") >= 1
+    listed_failures = agent.value("mx_check_failures_total", check="bl-listed", phase="dnsbl", reason="listed")
+    assert listed_failures is not None
+    assert listed_failures >= 1
     assert agent.value("mx_check_dnsbl_listed", check="bl-listed", address=zones.LISTED_V4, zone=ZONE) == 1.0
     assert agent.value("mx_check_dnsbl_listed", check="bl-listed", address=zones.LISTED_V6, zone=ZONE) == 1.0
     assert agent.value("mx_check_success", check="bl-refused", domain="refused.pol.test") == 1.0
@@ -119,7 +121,11 @@ def test_listings_refusals_and_findings_on_every_surface(
     assert agent.value("mx_check_success", check="pol-none", domain="none.pol.test") == 1.0
     too_many = {"check": "pol-toomany", "record": "spf", "finding": "dns_lookups", "level": "error"}
     assert agent.value("mx_check_policy_finding", **too_many) == 1.0
-    assert agent.value("mx_check_failures_total", check="pol-toomany", phase="policy", reason="policy_record") >= 1
+    policy_failures = agent.value(
+        "mx_check_failures_total", check="pol-toomany", phase="policy", reason="policy_record"
+    )
+    assert policy_failures is not None
+    assert policy_failures >= 1
 
     status_code, body = agent.get("/metrics")
     assert status_code == 200

@@ -72,13 +72,13 @@ def open_half_requests(port: int, count: int) -> list[socket.socket]:
         pending, deadline = len(socks), time.monotonic() + 5
         while pending and time.monotonic() < deadline:
             for key, _ in selector.select(0.2):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                selector.unregister(sock)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
+                selector.unregister(ready)
                 pending -= 1
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                if ready.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
                     with contextlib.suppress(OSError):
-                        sock.send(HALF_REQUEST)
+                        ready.send(HALF_REQUEST)
     return socks
 
 
@@ -92,17 +92,17 @@ def still_open_after(socks: list[socket.socket], seconds: float) -> int:
         deadline = time.monotonic() + seconds
         while open_socks and time.monotonic() < deadline:
             for key, _ in selector.select(0.2):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
                 try:
-                    data = sock.recv(65536)
+                    data = ready.recv(65536)
                 except BlockingIOError:
                     continue
                 except OSError:
                     data = b""
                 if not data:
-                    selector.unregister(sock)
-                    open_socks.discard(sock)
+                    selector.unregister(ready)
+                    open_socks.discard(ready)
     return len(open_socks)
 
 

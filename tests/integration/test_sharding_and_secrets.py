@@ -33,11 +33,11 @@ class TestShards:
         try:
             owned = []
             for agent in agents:
-                agent.wait_until(
-                    lambda a=agent: sum(1 for (n, _) in a.samples() if n == "smtp_probe_runs_total") > 0,
-                    10,
-                    "no runs",
-                )
+
+                def has_runs(a: AgentProcess = agent) -> bool:
+                    return sum(1 for (n, _) in a.samples() if n == "smtp_probe_runs_total") > 0
+
+                agent.wait_until(has_runs, 10, "no runs")
                 owned.append(
                     {dict(labels)["probe"] for (name, labels) in agent.samples() if name == "smtp_probe_status"}
                 )

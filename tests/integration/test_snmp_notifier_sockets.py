@@ -83,12 +83,12 @@ def answered(address: tuple[str, int], datagram: bytes) -> bytes | None:
 
 def wait_acknowledged(agent: AgentProcess, labels: tuple[str, ...], count: int) -> None:
     for label in labels:
-        agent.wait_until(
-            lambda label=label: agent.value(
-                "smtp_monitor_notifications_total", receiver=label, outcome="acknowledged"
-            ) == float(count),
-            15, f"{count} informs to {label} not acknowledged",
-        )  # fmt: skip
+
+        def acknowledged(label: str = label) -> bool:
+            value = agent.value("smtp_monitor_notifications_total", receiver=label, outcome="acknowledged")
+            return value == float(count)
+
+        agent.wait_until(acknowledged, 15, f"{count} informs to {label} not acknowledged")
 
 
 class TestNotifierSockets:

@@ -231,8 +231,8 @@ class TestNoReportLoop:
             assert answer is not None
             engine_id, flags, report_boots, _, name = snmp_flood.report_of(answer)
             assert (engine_id, flags, report_boots, name) == (ENGINE_A, 0, boots, UNKNOWN_USER_NAMES)
-        flags = bytes((0x04, 0x01, AUTH | REPORTABLE))
-        unreportable = unknown_user_get(ENGINE_A).replace(flags, bytes((0x04, 0x01, AUTH)))
+        flags_field = bytes((0x04, 0x01, AUTH | REPORTABLE))
+        unreportable = unknown_user_get(ENGINE_A).replace(flags_field, bytes((0x04, 0x01, AUTH)))
         assert snmp_flood.ask(agent.port, unreportable, timeout=1.0) is None
 
 

@@ -207,9 +207,9 @@ def test_a_live_agent_keeps_the_failed_transcript_past_recovery_kill_and_restart
     assert _texts(kept) == _texts(failed)
 
     # the operator's view of the same, from the state database
-    status = cli("status", "-c", str(again.config_file), "--transcript", "sasl")
-    assert status.returncode == 0, status.stderr
-    shown = status.stdout.split("=== last run: ")
+    shown_status = cli("status", "-c", str(again.config_file), "--transcript", "sasl")
+    assert shown_status.returncode == 0, shown_status.stderr
+    shown = shown_status.stdout.split("=== last run: ")
     assert shown[0].startswith("=== last failed run: ")
     assert ", failed in auth\n" in shown[0]
     assert ("C", "AUTH PLAIN <redacted>") in dialogue(shown[0])
@@ -217,7 +217,7 @@ def test_a_live_agent_keeps_the_failed_transcript_past_recovery_kill_and_restart
     assert ("S", "235 <redacted>") in dialogue(shown[1])
 
     state_bytes = (tmp_path / "state" / "state.db").read_bytes().decode("latin-1")
-    for text in (state_bytes, agent.logs(), again.logs(), page, status.stdout):
+    for text in (state_bytes, agent.logs(), again.logs(), page, shown_status.stdout):
         no_password(text, server.password)
 
 

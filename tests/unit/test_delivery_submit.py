@@ -66,7 +66,9 @@ def test_the_message_goes_over_mail_rcpt_data_and_the_queue_id_is_kept() -> None
         assert handler.envelopes == [("probe@src.example", ["probe@dest.example"])]
         arrived = message_from_bytes(handler.messages[0])
         assert arrived["X-Smtp-Monitor-Token"] == TOKEN
-        assert arrived.get_payload().startswith(".a line")  # stuffed on the wire, unstuffed by the server
+        payload = arrived.get_payload()
+        assert isinstance(payload, str)  # a single-part message
+        assert payload.startswith(".a line")  # stuffed on the wire, unstuffed by the server
         assert {"submit_banner", "submit_ehlo", "submit_mail", "submit_rcpt", "submit_data"} <= submitted.timings.keys()
 
     asyncio.run(scenario())

@@ -26,6 +26,7 @@ from monitor.state.history import (
     Availability,
     History,
     HistoryEntry,
+    Period,
     bucket_bound,
     bucket_of,
     compact,
@@ -295,7 +296,7 @@ class TestJournal:
                 at = DAY0 - 900 + 60 * i
                 history.on_result(name, smtp(at, ok=(i + n) % 4 != 0, total=0.016 * (1 + (i + n) % 3)))
         history.flush()
-        periods = ("hour", "day")
+        periods: tuple[Period, ...] = ("hour", "day")
         before = {name: [history.rollups(name, period) for period in periods] for name in names}
         assert before["relay-0"][0][0].runs == 15  # 23:45 to 23:59, from the journal before the move
         history.compact()

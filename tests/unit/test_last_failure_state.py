@@ -164,14 +164,15 @@ def test_an_earlier_schema_is_updated_in_place_and_keeps_its_states(tmp_path: Pa
 def test_a_kept_failure_is_turned_into_json_once_over_many_saves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from monitor.model import probe_result
     from monitor.state import persistence
 
     made: list[object] = []
-    real = persistence.result_to_json
+    real = probe_result.result_to_json  # the function persistence imported under that name
 
-    def counting(result: object) -> str:
+    def counting(result: probe_result.ProbeResult) -> str:
         made.append(result)
-        return real(result)  # type: ignore[arg-type]
+        return real(result)
 
     monkeypatch.setattr(persistence, "result_to_json", counting)
     written = store()

@@ -390,8 +390,13 @@ class TestConnectionBounds:
 
         async def sock_accept(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[socket.socket, object]:
             """accept() as at the descriptor limit: a connection is queued, and accepting it fails."""
-            queued = loop.create_future()
-            loop.add_reader(sock.fileno(), lambda: queued.done() or queued.set_result(None))
+            queued: asyncio.Future[None] = loop.create_future()
+
+            def readable() -> None:
+                if not queued.done():
+                    queued.set_result(None)
+
+            loop.add_reader(sock.fileno(), readable)
             try:
                 await queued
             finally:

@@ -7,6 +7,7 @@ import math
 import re
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -198,24 +199,26 @@ class TestUnixTimeColumns:
 class TestSystemGroup:
     def test_sys_object_id_is_the_agent_registration_under_the_enterprise(self) -> None:
         view = view_of(store_with())
-        assert tuple(view.get(SYS_OBJECT_ID)) == (*mib_oids.ENTERPRISE_OID, 4, 1) == mib_oids.AGENT_OID
+        object_id = view.get(SYS_OBJECT_ID)
+        assert object_id is not None
+        assert tuple(object_id) == (*mib_oids.ENTERPRISE_OID, 4, 1) == mib_oids.AGENT_OID
 
-    def test_sys_location_is_agent_location_unless_snmp_location_is_set(self, tmp_path: object) -> None:
+    def test_sys_location_is_agent_location_unless_snmp_location_is_set(self, tmp_path: Path) -> None:
         plain = SnmpConfig.model_validate({"listen": []})
-        agent = SnmpAgent(plain, tmp_path, store_with(), AgentHealth(), location="fra-1")  # type: ignore[arg-type]
-        assert bytes(agent.view.get(SYS_LOCATION)) == b"fra-1"
+        agent = SnmpAgent(plain, tmp_path, store_with(), AgentHealth(), location="fra-1")
+        assert octets(agent.view, SYS_LOCATION) == b"fra-1"
         own = SnmpConfig.model_validate({"listen": [], "location": "rack 4, hall B"})
-        agent = SnmpAgent(own, tmp_path, store_with(), AgentHealth(), location="fra-1")  # type: ignore[arg-type]
-        assert bytes(agent.view.get(SYS_LOCATION)) == b"rack 4, hall B"
+        agent = SnmpAgent(own, tmp_path, store_with(), AgentHealth(), location="fra-1")
+        assert octets(agent.view, SYS_LOCATION) == b"rack 4, hall B"
 
-    def test_a_reload_changes_sys_location_of_a_table_already_built(self, tmp_path: object) -> None:
+    def test_a_reload_changes_sys_location_of_a_table_already_built(self, tmp_path: Path) -> None:
         import asyncio
 
-        agent = SnmpAgent(SnmpConfig.model_validate({"listen": []}), tmp_path, store_with(), AgentHealth())  # type: ignore[arg-type]
-        assert bytes(agent.view.get(SYS_LOCATION)) == b""
+        agent = SnmpAgent(SnmpConfig.model_validate({"listen": []}), tmp_path, store_with(), AgentHealth())
+        assert octets(agent.view, SYS_LOCATION) == b""
         table = agent.view.current()
         asyncio.run(agent.reconfigure(SnmpConfig.model_validate({"listen": [], "location": "ams-2"})))
-        assert bytes(agent.view.get(SYS_LOCATION)) == b"ams-2"
+        assert octets(agent.view, SYS_LOCATION) == b"ams-2"
         assert agent.view.current() is not table  # the fast path encodes the system group per table
 
 

@@ -85,6 +85,7 @@ class TestStateDatabase:
         assert (state.runs, state.failures, state.consecutive_failures) == (3, 3, 3)
         assert state.failures_by_cause == {("banner", "reply"): 3}
         assert state.last_result is not None
+        assert isinstance(state.last_result, SmtpResult)
         assert state.last_result.reply_code == 421
 
     def test_no_new_failed_event_after_restart_of_an_already_failed_probe(self, tmp_path: Path) -> None:

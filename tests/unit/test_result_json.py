@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -123,7 +124,11 @@ def mx_without_facts() -> MxResult:
     )
 
 
-CASES = {"smtp": smtp_result, "mx": mx_result, "mx_without_facts": mx_without_facts}
+CASES: dict[str, Callable[[], SmtpResult | MxResult]] = {
+    "smtp": smtp_result,
+    "mx": mx_result,
+    "mx_without_facts": mx_without_facts,
+}
 
 
 class TestJsonOutput:

@@ -70,7 +70,9 @@ class TestSharedFacts:
         assert first.transcript._at is not second.transcript._at  # the times are each run's own
         delivered = DeliveryResult("probe", time.time(), ok=True, transcript=other.transcript)
         assert facts.result(delivered) == delivered
-        shared = facts.result(delivered).transcript
+        shared_result = facts.result(delivered)
+        assert isinstance(shared_result, DeliveryResult)
+        shared = shared_result.transcript
         assert shared is not None
         assert shared._texts is first.transcript._texts
 

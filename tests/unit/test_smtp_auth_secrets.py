@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from monitor.config.schema import DnsConfig, SmtpProbeConfig
+from monitor.config.schema import DnsConfig, SmtpAuthConfig, SmtpProbeConfig
 from monitor.model.results import Phase, Reason, SmtpResult
 from monitor.probes import ProbeEnv, build_resolver, smtp
 from tests.fakes.auth_secrets import b64, password_only_runs, secret_forms
@@ -64,7 +64,7 @@ async def probe(port: int, pki: Pki, username: str, mechanism: str | None) -> Sm
         helo="probe.test",
         ca_file=pki.ca_file,
         servername=SERVER_NAME,
-        auth={"username": username, "password": PASSWORD, "mechanism": mechanism},
+        auth=SmtpAuthConfig.model_validate({"username": username, "password": PASSWORD, "mechanism": mechanism}),
     )
     return await smtp.run(config, ProbeEnv(resolver=build_resolver(DnsConfig())))
 
@@ -204,7 +204,9 @@ class TestUndecodableCredentials:
                     helo="probe.test",
                     ca_file=pki.ca_file,
                     servername=SERVER_NAME,
-                    auth={"username": "ab", "password": {"env": "SMTPMON_TEST_RAW_PASSWORD"}, "mechanism": "PLAIN"},
+                    auth=SmtpAuthConfig.model_validate(
+                        {"username": "ab", "password": {"env": "SMTPMON_TEST_RAW_PASSWORD"}, "mechanism": "PLAIN"}
+                    ),
                 )
                 return await smtp.run(config, ProbeEnv(resolver=build_resolver(DnsConfig())))
 
@@ -223,7 +225,7 @@ class TestUndecodableCredentials:
             port=25,
             tls="starttls",
             ca_file=pki.ca_file,
-            auth={"username": "ab", "password": "lone-\ud800-surrogate"},
+            auth=SmtpAuthConfig.model_validate({"username": "ab", "password": "lone-\ud800-surrogate"}),
         )
         with pytest.raises(ValueError, match="not valid UTF-8") as info:
             run_scenario(smtp.run(config, ProbeEnv(resolver=build_resolver(DnsConfig()))))

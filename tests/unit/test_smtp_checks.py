@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from monitor.config.schema import DnsConfig, SmtpProbeConfig
+from monitor.config.schema import DnsConfig, SmtpAuthConfig, SmtpProbeConfig
 from monitor.model.results import Phase, Reason, SmtpResult
 from monitor.probes import ProbeEnv, build_resolver, smtp
 from tests.support.certs import Pki
@@ -205,4 +205,9 @@ class TestAuth:
 
     def test_auth_without_tls_is_a_config_error(self) -> None:
         with pytest.raises(ValueError, match="over TLS only"):
-            SmtpProbeConfig(name="t", host="127.0.0.1", tls="none", auth={"username": USER, "password": PASSWORD})
+            SmtpProbeConfig(
+                name="t",
+                host="127.0.0.1",
+                tls="none",
+                auth=SmtpAuthConfig.model_validate({"username": USER, "password": PASSWORD}),
+            )

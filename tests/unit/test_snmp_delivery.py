@@ -467,7 +467,9 @@ class TestWithOtherKinds:
         view = view_of(store)
 
         def scalar(which: Scalar) -> int:
-            return int(view.get(mib.scalar_oid(which)))
+            value = view.get(mib.scalar_oid(which))
+            assert value is not None
+            return int(value)
 
         assert scalar(Scalar.PROBE_COUNT) == 1
         assert scalar(Scalar.MX_CHECK_COUNT) == 1
@@ -511,7 +513,10 @@ def varbind_map(event: StoreEvent) -> tuple[mib.Notification, dict[tuple[int, ..
     trap_oid = tuple(notification.varbinds[1][1])
     which = mib.Notification(trap_oid[-1])
     assert trap_oid == mib.notification_oid(which)
-    expected = [mib.delivery_oid(column, event.name) for column in mib.NOTIFICATION_OBJECTS[which]]
+    expected = []
+    for column in mib.NOTIFICATION_OBJECTS[which]:
+        assert isinstance(column, DeliveryColumn)  # a delivery probe's notification carries its own columns
+        expected.append(mib.delivery_oid(column, event.name))
     assert oids[2:] == expected  # the MIB's OBJECTS order
     return which, dict(notification.varbinds[2:])
 

@@ -304,7 +304,9 @@ def test_pysnmp_gets_no_more_than_its_time_budget(tmp_path: Path, store: Results
         assert ask(port, set_request) is not None  # refused by pysnmp with an error status, but answered
         dispatcher = agent._dispatcher
         assert dispatcher is not None
-        dispatcher.pysnmp_budget.charge(10.0)  # ten seconds of pysnmp work just done: 20 s to earn back
+        budget = dispatcher.pysnmp_budget
+        assert budget is not None  # the fast path is on, and the budget with it
+        budget.charge(10.0)  # ten seconds of pysnmp work just done: 20 s to earn back
         assert ask(port, set_request, timeout=0.5) is None
         assert ask(port, get_request) is not None  # the fast path's
         assert health.snmp_dropped_reasons["pysnmp busy"] == 1

@@ -15,7 +15,7 @@ import pytest
 
 from monitor.cli import status
 from monitor.cli.main import main
-from monitor.config.schema import AgentConfig, Config, MxCheckConfig
+from monitor.config.schema import AgentConfig, Config, MxCheckConfig, SpoofTestConfig
 from monitor.model.results import MxRecord, MxResult, Phase, Reason
 from monitor.model.spoof import SpoofAttempt, SpoofMailbox, SpoofOutcome, SpoofStep, SpoofVerdict
 from monitor.state.persistence import STATE_FILE, StateDB
@@ -110,7 +110,7 @@ class TestOneShot:
         assert handler.mail_from == []
 
 
-CHECK = MxCheckConfig(name="dom", domain="example.com", spoof_test={"recipient": "probe@example.com"})
+CHECK = MxCheckConfig(name="dom", domain="example.com", spoof_test=SpoofTestConfig(recipient="probe@example.com"))
 
 
 def test_status_lists_each_attempt_with_where_the_forgery_landed(

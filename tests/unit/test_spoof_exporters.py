@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitor.config.schema import MxCheckConfig
+from monitor.config.schema import MxCheckConfig, SpoofTestConfig
 from monitor.exporters.prometheus.metrics import ProbeExposition, StoreCollector
 from monitor.exporters.snmp import mib_oids as mib
 from monitor.exporters.snmp.mib_oids import MxAddressColumn, MxCheckColumn
@@ -19,7 +19,7 @@ from monitor.model.spoof import SpoofAttempt, SpoofMailbox, SpoofOutcome, SpoofS
 from monitor.state.health import AgentHealth
 from monitor.state.store import ResultsStore, StoreEvent
 
-CHECK = MxCheckConfig(name="spoofed", domain="example.com", spoof_test={"recipient": "probe@example.com"})
+CHECK = MxCheckConfig(name="spoofed", domain="example.com", spoof_test=SpoofTestConfig(recipient="probe@example.com"))
 SENDER = "spoof-test@example.com"
 ACCEPTED = SpoofAttempt(
     "mx2.example.com",
@@ -177,8 +177,12 @@ class TestSnmp:
         assert int(cell(MxAddressColumn.SPOOF, 1, 2)) == mib.SPOOF_VALUES["inconclusive"]
         assert b"authorises the agent's own address" in bytes(cell(MxAddressColumn.SPOOF_REPLY, 1, 2))
         assert int(cell(MxAddressColumn.SPOOF, 2, 1)) == mib.SPOOF_VALUES["spoofable"]
-        assert int(view.get(mib.mx_check_oid(MxCheckColumn.FAILED_PHASE, CHECK.name))) == mib.PHASE_VALUES["spoof"]
-        assert int(view.get(mib.mx_check_oid(MxCheckColumn.FAILED_REASON, CHECK.name))) == 37
+        failed_phase = view.get(mib.mx_check_oid(MxCheckColumn.FAILED_PHASE, CHECK.name))
+        assert failed_phase is not None
+        assert int(failed_phase) == mib.PHASE_VALUES["spoof"]
+        failed_reason = view.get(mib.mx_check_oid(MxCheckColumn.FAILED_REASON, CHECK.name))
+        assert failed_reason is not None
+        assert int(failed_reason) == 37
 
     def test_an_address_without_attempt_is_not_tested(self) -> None:
         plain = MxResult(domain="example.com", started_at=0.0, ok=True, records=(MxRecord(10, "mx", ("192.0.2.1",)),))

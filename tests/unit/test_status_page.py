@@ -160,7 +160,7 @@ def store_of(*configs: ProbeConfig) -> ResultsStore:
 async def _get(page: StatusPage, *paths: str, method: str = "GET") -> list[tuple[int, str, Mapping[str, str]]]:
     server = StatusPageServer(page, "127.0.0.1", 0)
     await server.start()
-    out = []
+    out: list[tuple[int, str, Mapping[str, str]]] = []
     try:
         async with aiohttp.ClientSession() as session:
             for path in paths:
@@ -616,7 +616,7 @@ class TestOwnListener:
 
 
 async def _get_from(port: int, *paths: str) -> list[tuple[int, str, Mapping[str, str]]]:
-    out = []
+    out: list[tuple[int, str, Mapping[str, str]]] = []
     async with aiohttp.ClientSession() as session:
         for path in paths:
             async with session.get(f"http://127.0.0.1:{port}{path}") as resp:
