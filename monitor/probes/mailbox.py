@@ -601,9 +601,18 @@ def _recorded_answer(recorder: TranscriptRecorder | None, read: Callable[[], byt
 class _Pop3(poplib.POP3):
     """poplib's POP3 with a bounded long answer; each command and status line goes to `recorder`."""
 
-    def __init__(self, recorder: TranscriptRecorder | None, host: str, port: int, timeout: float) -> None:
+    def __init__(self, recorder: TranscriptRecorder | None, host: str, port: int, timeout: float, **tls: Any) -> None:
         self.recorder = recorder  # before connecting: the greeting is read in poplib's __init__
-        super().__init__(host, port, timeout=timeout)
+        try:
+            super().__init__(host, port, timeout=timeout, **tls)
+        except BaseException:
+            # poplib's __init__ leaves the connection open when the greeting fails (garbage, a reset, a
+            # timeout): closed here, not whenever the garbage collector finds it.
+            for part in (getattr(self, "file", None), getattr(self, "sock", None)):
+                if part is not None:
+                    with contextlib.suppress(OSError):
+                        part.close()
+            raise
 
     def _putcmd(self, line: str) -> None:
         _record_command(self.recorder, line)
@@ -616,22 +625,13 @@ class _Pop3(poplib.POP3):
         return _bounded_long_answer(self)
 
 
-class _Pop3Ssl(poplib.POP3_SSL):
+class _Pop3Ssl(_Pop3, poplib.POP3_SSL):
+    """The same over implicit TLS (`context` reaches POP3_SSL through _Pop3's keywords)."""
+
     def __init__(
         self, recorder: TranscriptRecorder | None, host: str, port: int, timeout: float, context: ssl.SSLContext
     ) -> None:
-        self.recorder = recorder
-        super().__init__(host, port, timeout=timeout, context=context)
-
-    def _putcmd(self, line: str) -> None:
-        _record_command(self.recorder, line)
-        super()._putcmd(line)  # type: ignore[misc]  # private in poplib, not in typeshed
-
-    def _getresp(self) -> bytes:
-        return _recorded_answer(self.recorder, super()._getresp)  # type: ignore[misc]  # as _putcmd
-
-    def _getlongresp(self) -> tuple[bytes, list[bytes], int]:
-        return _bounded_long_answer(self)
+        super().__init__(recorder, host, port, timeout, context=context)
 
 
 class _Pop3Session:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import poplib
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 from monitor.config.schema import DeliveryMailboxConfig, DeliveryTimeouts
 from monitor.model.failures import ProbeFailure
 from monitor.model.results import Reason
-from monitor.probes import ProbeEnv
+from monitor.probes import ProbeEnv, mailbox
 from monitor.probes.mailbox import INBOX, JUNK, MAX_SESSION, ImapMailbox, Pop3Mailbox
 from tests.fakes.imap_servers import GREETING, Act, FakeImapServer, FakePop3Server, MailboxScript
 from tests.support.certs import SERVER_NAME, Pki
@@ -285,6 +287,34 @@ class TestPop3:
             failure, took = await failure_of(open_and_look)
         assert failure.reason is reason, failure.message
         assert took < 4 * STEP + 1.5  # one POP3 session is bounded by four steps
+
+    @pytest.mark.parametrize(
+        ("act", "reason"),
+        [(Act.GARBAGE, Reason.PROTOCOL), (Act.CLOSE, Reason.RESET)],
+        ids=lambda v: getattr(v, "value", v),
+    )
+    @scenario
+    async def test_a_failed_greeting_leaves_no_connection_open(
+        self, pki: Pki, tls: Any, act: Act, reason: Reason, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # poplib's __init__ keeps its socket when the greeting fails; left to the garbage collector, a
+        # long-running agent would hold it until a full collection (the tests saw ResourceWarnings).
+        opened: list[socket.socket] = []
+        create = poplib.POP3_SSL._create_socket  # type: ignore[attr-defined]  # private in poplib, not in typeshed
+
+        def recorded(pop: poplib.POP3_SSL, timeout: float) -> socket.socket:
+            sock: socket.socket = create(pop, timeout)
+            opened.append(sock)
+            return sock
+
+        monkeypatch.setattr(mailbox._Pop3Ssl, "_create_socket", recorded)
+        script = MailboxScript(misbehave={GREETING: act})
+        async with FakePop3Server(tls, script) as server:
+            config = mailbox_config(pki, server.port, "pop3")
+            failure, _ = await failure_of(Pop3Mailbox(config, env(), DeliveryTimeouts(mailbox=STEP)).open)
+        assert failure.reason is reason, failure.message
+        assert len(opened) == 1
+        assert opened[0].fileno() == -1  # closed, though this list still holds it
 
     @scenario
     async def test_refused_password_is_auth_failed_and_not_echoed(self, pki: Pki, tls: Any) -> None:

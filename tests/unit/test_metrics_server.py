@@ -311,8 +311,8 @@ class TestConnectionBounds:
             await _until(lambda: server.listener is not None and server.listener.open_connections == 1, "no scrape")
             started = time.monotonic()
             await asyncio.sleep(0.2)  # the response fills the socket buffers: the request runs on
-            waiting, _ = await _connect(server)
-            newest, _ = await _connect(server)
+            waiting, waiting_writer = await _connect(server)
+            newest, newest_writer = await _connect(server)
             assert await _closed_within(waiting, 1.0)  # displaced, not the running scrape
             assert server.listener.displaced == 1
             assert not await _closed_within(newest, 0.05)
@@ -323,6 +323,8 @@ class TestConnectionBounds:
                     received += len(chunk)
             assert time.monotonic() - started < 3.0
             assert received < len(block) * 128
+            for writer in (stalled_writer, waiting_writer, newest_writer):
+                writer.close()
 
         asyncio.run(_serving(_store(), body, _limits(max_connections=2, header_timeout=30, send_timeout=1)))
 
