@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import platform
 import socket
 import struct
@@ -94,6 +95,7 @@ def _keep_stamping_wanted() -> None:
         keeper.close()
         raise
     _keeper.append(keeper)
+    atexit.register(keeper.close)  # kept for the life of the process, and closed with it
 
 
 def rx_time(ancdata: list[tuple[int, int, bytes]]) -> float | None:

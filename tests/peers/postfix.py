@@ -69,16 +69,17 @@ def read_smtp_greeting(
     with socket.create_connection((host, port), timeout=timeout) as raw:
         sock: socket.socket = raw
         if tls_context is not None:
-            sock = tls_context.wrap_socket(raw, server_hostname=server_hostname)
-        data = b""
-        while b"\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        with contextlib.suppress(OSError):
-            sock.sendall(b"QUIT\r\n")  # polite close: keeps "lost connection" noise out of the log
-        return data.split(b"\n", 1)[0].decode("ascii", "replace").rstrip("\r")
+            sock = tls_context.wrap_socket(raw, server_hostname=server_hostname)  # takes over raw's descriptor
+        with sock:
+            data = b""
+            while b"\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            with contextlib.suppress(OSError):
+                sock.sendall(b"QUIT\r\n")  # polite close: keeps "lost connection" noise out of the log
+    return data.split(b"\n", 1)[0].decode("ascii", "replace").rstrip("\r")
 
 
 def _unverified_context() -> ssl.SSLContext:

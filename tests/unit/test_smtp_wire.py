@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
@@ -278,20 +279,22 @@ class TestParseExtensions:
         }
 
 
-async def _pulled_pair() -> tuple[SmtpClientProtocol, PulledSocket, socket.socket]:
-    """A protocol reading one end of a socketpair on demand; the other end plays the server."""
+@contextlib.asynccontextmanager
+async def _pulled_pair() -> AsyncIterator[tuple[SmtpClientProtocol, PulledSocket, socket.socket]]:
+    """A protocol reading one end of a socketpair on demand; the other end plays the server. Both ends
+    are closed on the way out, as the probe closes its socket after a dialogue."""
     ours, server = socket.socketpair()
-    ours.setblocking(False)
-    server.setblocking(False)
-    proto = SmtpClientProtocol()
-    return proto, proto.attach_socket(ours), server
+    with ours, server:
+        ours.setblocking(False)
+        server.setblocking(False)
+        proto = SmtpClientProtocol()
+        yield proto, proto.attach_socket(ours), server
 
 
 class TestPulledSocket:
     def test_a_reply_is_read_off_the_socket_when_asked_for(self) -> None:
         async def go() -> Reply:
-            proto, _, server = await _pulled_pair()
-            with server:
+            async with _pulled_pair() as (proto, _, server):
                 server.send(b"220 ready\r\n")
                 return await proto.read_reply()
 
@@ -299,8 +302,7 @@ class TestPulledSocket:
 
     def test_a_reply_sent_in_pieces_is_pulled_until_complete(self) -> None:
         async def go() -> Reply:
-            proto, _, server = await _pulled_pair()
-            with server:
+            async with _pulled_pair() as (proto, _, server):
                 reading = asyncio.create_task(proto.read_reply())
                 for piece in (b"250-first\r\n", b"250 sec", b"ond\r\n"):
                     await asyncio.sleep(0.01)
@@ -311,8 +313,7 @@ class TestPulledSocket:
 
     def test_a_command_reaches_the_server(self) -> None:
         async def go() -> bytes:
-            proto, _, server = await _pulled_pair()
-            with server:
+            async with _pulled_pair() as (proto, _, server):
                 proto.write(b"EHLO probe.test\r\n")
                 return await asyncio.get_running_loop().sock_recv(server, 1024)
 
@@ -322,9 +323,8 @@ class TestPulledSocket:
         big = b"x" * (8 * 1024 * 1024)  # more than a socketpair buffers
 
         async def go() -> tuple[int, Reply]:
-            proto, _, server = await _pulled_pair()
             loop = asyncio.get_running_loop()
-            with server:
+            async with _pulled_pair() as (proto, _, server):
                 proto.write(big)
                 reading = asyncio.create_task(proto.read_reply())
                 got = 0
@@ -337,12 +337,12 @@ class TestPulledSocket:
 
     def test_the_end_of_the_stream_mid_line_is_a_reset_and_closes(self) -> None:
         async def go() -> tuple[WireFailure, bool]:
-            proto, pulled, server = await _pulled_pair()
-            server.send(b"250-first\r\n250 unfinish")
-            server.close()
-            with pytest.raises(WireFailure) as info:
-                await proto.read_reply()
-            return info.value, pulled.is_closing()
+            async with _pulled_pair() as (proto, pulled, server):
+                server.send(b"250-first\r\n250 unfinish")
+                server.close()
+                with pytest.raises(WireFailure) as info:
+                    await proto.read_reply()
+                return info.value, pulled.is_closing()
 
         error, closing = run(go())
         assert error.reason is Reason.RESET
@@ -351,8 +351,7 @@ class TestPulledSocket:
 
     def test_an_endless_line_stops_being_read_at_the_line_limit(self) -> None:
         async def go() -> WireFailure:
-            proto, _, server = await _pulled_pair()
-            with server:
+            async with _pulled_pair() as (proto, _, server):
                 server.send(b"220 " + b"x" * (4 * MAX_LINE))
                 with pytest.raises(WireFailure) as info:
                     await proto.read_reply()
@@ -364,8 +363,7 @@ class TestPulledSocket:
 
     def test_abort_closes_the_socket(self) -> None:
         async def go() -> bytes:
-            _, pulled, server = await _pulled_pair()
-            with server:
+            async with _pulled_pair() as (_, pulled, server):
                 pulled.abort()
                 return await asyncio.get_running_loop().sock_recv(server, 16)
 
