@@ -27,8 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.support.ports import HOST, free_tcp_port  # noqa: E402
-from tests.support.procs import descendants, kill_quietly, wait_gone  # noqa: E402
+from tests.support.ports import HOST, free_tcp_port  # noqa: E402  # after the path above: bench/ runs as a script
+from tests.support.procs import descendants, kill_quietly, wait_gone  # noqa: E402  # as above
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -55,12 +55,12 @@ class _NotRecording(TranscriptRecorder):
 
 @contextmanager
 def recording(on: bool) -> Iterator[None]:
-    saved = smtp.TranscriptRecorder  # type: ignore[attr-defined]
-    smtp.TranscriptRecorder = TranscriptRecorder if on else _NotRecording  # type: ignore[attr-defined]
+    saved = smtp.TranscriptRecorder  # type: ignore[attr-defined]  # smtp's own import, swapped for the run
+    smtp.TranscriptRecorder = TranscriptRecorder if on else _NotRecording  # type: ignore[attr-defined]  # as above
     try:
         yield
     finally:
-        smtp.TranscriptRecorder = saved  # type: ignore[attr-defined]
+        smtp.TranscriptRecorder = saved  # type: ignore[attr-defined]  # as above
 
 
 async def _batch(config: SmtpProbeConfig, env: ProbeEnv, probes: int) -> tuple[float, float, int]:

@@ -25,7 +25,7 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR_TAG = yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG
 
 
-class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
+class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]  # a base chosen at import: libyaml's or not
     """A YAML loader that refuses duplicate mapping keys instead of keeping the last."""
 
     def __init__(self, stream: str) -> None:

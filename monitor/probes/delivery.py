@@ -27,7 +27,7 @@ from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 from email.policy import compat32
 
-import authres  # type: ignore[import-untyped]
+import authres
 import dns.rdtypes.ANY.MX
 
 from monitor.config.schema import DeliveryProbeConfig, SmtpAuthConfig, SmtpProbeConfig

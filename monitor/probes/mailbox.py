@@ -27,7 +27,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any, Protocol, TypeVar, cast
 
-import aioimaplib  # type: ignore[import-untyped]
+import aioimaplib
 
 from monitor.config.schema import DeliveryMailboxConfig, DeliveryTimeouts
 from monitor.model.failures import ProbeFailure, classify
@@ -133,7 +133,7 @@ def _printable(data: bytes | str, limit: int = 120) -> str:
 # -- IMAP -------------------------------------------------------------------------------------------------
 
 
-class _BoundedProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
+class _BoundedProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib is untyped: Any to mypy
     """aioimaplib's protocol with the bounds it lacks, and one future that says why the session broke.
 
     aioimaplib keeps an unfinished line and a literal in memory whatever their size, and a greeting it

@@ -121,7 +121,9 @@ class Relay:
             selector.register(self.to_b, selectors.EVENT_READ)
             while not self._stop.is_set() and len(self.a_to_b) + len(self.b_to_a) < self.limit:
                 for key, _ in selector.select(timeout=0.05):
-                    datagram = key.fileobj.recv(65535)  # type: ignore[union-attr]
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)
+                    datagram = ready.recv(65535)
                     if key.fileobj is self.to_a:
                         self.a_to_b.append(datagram)
                         self.to_b.sendto(datagram, ("127.0.0.1", self.b))

@@ -110,7 +110,9 @@ class TestSecureAlias:
         result = check(dns, pki.contexts[TARGET], tlsa)
         assert result.ok, result.error
         facts = dane_facts(result)
-        port = result.records[0].probe.port  # type: ignore[union-attr]
+        probe = result.records[0].probe
+        assert probe is not None
+        port = probe.port
         assert facts.tlsa_name == tlsa_owner(TARGET, port)
         assert (facts.cname_target, facts.cname_secure) == (TARGET, True)
         assert (facts.matched, facts.matched_record) == (True, str(pki.ta))
@@ -140,7 +142,9 @@ class TestSecureAlias:
     ) -> None:
         result = check(dns, pki.contexts[TARGET], {TARGET: denial, EXCHANGE: Records(str(pki.ta), secure=True)})
         assert result.ok, result.error
-        port = result.records[0].probe.port  # type: ignore[union-attr]
+        probe = result.records[0].probe
+        assert probe is not None
+        port = probe.port
         facts = dane_facts(result)
         assert facts.tlsa_name == tlsa_owner(EXCHANGE, port)
         assert (facts.cname_target, facts.cname_secure, facts.matched) == (TARGET, True, True)
@@ -157,7 +161,9 @@ class TestSecureAlias:
         tlsa = {TARGET: Rcode("SERVFAIL"), EXCHANGE: Records(str(pki.ta), secure=True)}
         result = check(dns, pki.contexts[TARGET], tlsa)
         assert (result.phase, result.reason) == (Phase.DANE, Reason.DANE_MISMATCH)
-        port = result.records[0].probe.port  # type: ignore[union-attr]
+        probe = result.records[0].probe
+        assert probe is not None
+        port = probe.port
         assert dane_facts(result).tlsa_name == tlsa_owner(TARGET, port)
         assert "TLSA lookup failed" in result.error
         assert tlsa_queries(dns) == [tlsa_owner(TARGET, port)]
@@ -181,7 +187,9 @@ class TestInsecureAlias:
         tlsa = {TARGET: Records(str(WRONG), secure=True), EXCHANGE: Records(str(pki.ta), secure=True)}
         result = check(insecure, pki.contexts[EXCHANGE], tlsa)
         assert result.ok, result.error
-        port = result.records[0].probe.port  # type: ignore[union-attr]
+        probe = result.records[0].probe
+        assert probe is not None
+        port = probe.port
         facts = dane_facts(result)
         assert facts.tlsa_name == tlsa_owner(EXCHANGE, port)
         assert (facts.cname_target, facts.cname_secure) == (TARGET, False)

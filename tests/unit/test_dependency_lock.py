@@ -39,7 +39,8 @@ class Declared:
 
 def _pyproject() -> dict[str, Any]:
     with (ROOT / "pyproject.toml").open("rb") as f:
-        return tomllib.load(f)["project"]  # type: ignore[no-any-return]
+        project: dict[str, Any] = tomllib.load(f)["project"]
+    return project
 
 
 def _lock() -> dict[str, Any]:

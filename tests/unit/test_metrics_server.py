@@ -406,7 +406,8 @@ class TestConnectionBounds:
             if failures["left"] > 0:
                 failures["left"] -= 1
                 raise OSError(errno.EMFILE, "Too many open files")
-            return await real_sock_accept(loop, sock)  # type: ignore[arg-type]
+            assert isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+            return await real_sock_accept(loop, sock)
 
         monkeypatch.setattr(asyncio.selector_events.BaseSelectorEventLoop, "sock_accept", sock_accept)
         with caplog.at_level(logging.INFO, logger="smtp_monitor.http"):

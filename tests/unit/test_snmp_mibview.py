@@ -183,7 +183,9 @@ class TestGetNext:
     def test_walk_starts_at_sys_descr(self) -> None:
         table = view_of(store_with()).current()
         assert table.next((0,)) is not None
-        assert table.next((1, 3))[0] == SYS_DESCR  # type: ignore[index]
+        found = table.next((1, 3))
+        assert found is not None
+        assert found[0] == SYS_DESCR
 
     def test_last_row_of_a_column_continues_with_first_row_of_the_next(self) -> None:
         view = view_of(store_with(smtp("a"), smtp("bb")))

@@ -47,7 +47,11 @@ def _serve(tmp_path: Path, document: dict[str, Any], *requests: tuple[str, str])
             assert agent.http is not None
             out = []
             for server, path in requests:
-                port = agent.http.port if server == "metrics" else agent.status_page.port  # type: ignore[union-attr]
+                if server == "metrics":
+                    port = agent.http.port
+                else:
+                    assert agent.status_page is not None
+                    port = agent.status_page.port
                 out += await _fetch(port, path)
             return out
         finally:

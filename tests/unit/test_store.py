@@ -269,11 +269,11 @@ class TestSnapshots:
         store, _ = store_with(smtp_config())
         snap = store.snapshot()
         with pytest.raises(TypeError):
-            snap.states["x"] = snap.states["a"]  # type: ignore[index]
+            snap.states["x"] = snap.states["a"]  # type: ignore[index]  # the point: a read-only mapping
         with pytest.raises(dataclasses.FrozenInstanceError):
-            snap.states["a"].runs = 9  # type: ignore[misc]
+            snap.states["a"].runs = 9  # type: ignore[misc]  # the point: a frozen dataclass
         with pytest.raises(dataclasses.FrozenInstanceError):
-            snap.version = 0  # type: ignore[misc]
+            snap.version = 0  # type: ignore[misc]  # as above
 
     def test_old_snapshot_is_unchanged_by_later_writes(self) -> None:
         store, _ = store_with(smtp_config(), alert_after=1)

@@ -493,7 +493,7 @@ def probe_metric_families(states: Iterable[ProbeState], *, location: str = "") -
             if isinstance(metric, InfoMetricFamily):
                 metric.add_metric(list(labels), {})
             else:
-                metric.add_metric(list(labels), value)  # type: ignore[attr-defined]
+                metric.add_metric(list(labels), value)  # type: ignore[attr-defined]  # each family's own, not Metric's
     return list(families.values())
 
 

@@ -435,11 +435,11 @@ class _BoundedResponder(cmdrsp.CommandResponderBase):  # type: ignore[misc]  # p
         return var_binds
 
 
-class _GetResponder(_BoundedResponder, cmdrsp.GetCommandResponder):  # type: ignore[misc]
+class _GetResponder(_BoundedResponder, cmdrsp.GetCommandResponder):  # type: ignore[misc]  # pysnmp is untyped
     pass
 
 
-class _NextResponder(_BoundedResponder, cmdrsp.NextCommandResponder):  # type: ignore[misc]
+class _NextResponder(_BoundedResponder, cmdrsp.NextCommandResponder):  # type: ignore[misc]  # as above
     pass
 
 

@@ -36,19 +36,19 @@ class _BytecodeMibSource(DirMibSource):  # type: ignore[misc]  # pysnmp is untyp
             with open(cached, "rb") as pyc:
                 data = pyc.read()
         except OSError:
-            return super().read(f)  # type: ignore[no-any-return]
+            return super().read(f)  # type: ignore[no-any-return]  # pysnmp is untyped
         header = struct.pack(
             "<4sIII", importlib.util.MAGIC_NUMBER, 0, int(source.st_mtime) & 0xFFFFFFFF, source.st_size & 0xFFFFFFFF
         )
         if data[:16] != header:
-            return super().read(f)  # type: ignore[no-any-return]
+            return super().read(f)  # type: ignore[no-any-return]  # pysnmp is untyped
         return marshal.loads(data[16:]), _BYTECODE  # noqa: S302 - the cache of code pysnmp runs anyway
 
     def full_path(self, f: str = "", sfx: str = "") -> str:
         # What pysnmp runs (runpy.run_path takes bytecode too): the cache, if read() chose it.
         if sfx == _BYTECODE:
             return self._cached(f)
-        return super().full_path(f, sfx)  # type: ignore[no-any-return]
+        return super().full_path(f, sfx)  # type: ignore[no-any-return]  # as read()
 
     def _cached(self, f: str) -> str:
         return importlib.util.cache_from_source(os.path.join(self._srcName, f + ".py"))

@@ -1222,9 +1222,10 @@ def row_values(state: ProbeState, columns: Sequence[mib_oids.NotificationColumn]
     are no row's: monitor.exporters.snmp.notify fills them from the event.)"""
     if state.kind == "smtp":
         cells = smtp_probe_row(state, 0.0)
+        # The kind says which table's columns these are; their type is the union of all notification columns.
         return [SMTP_PROBE_TYPES[c](cells[_SMTP_COLUMNS.index(c)]) for c in columns]  # type: ignore[index]
     if state.kind == "delivery":
         cells = delivery_row(state)
-        return [DELIVERY_TYPES[c](cells[_DELIVERY_COLUMNS.index(c)]) for c in columns]  # type: ignore[index]
+        return [DELIVERY_TYPES[c](cells[_DELIVERY_COLUMNS.index(c)]) for c in columns]  # type: ignore[index]  # as above
     cells = mx_check_row(state)
-    return [MX_CHECK_TYPES[c](cells[_MX_COLUMNS.index(c)]) for c in columns]  # type: ignore[index]
+    return [MX_CHECK_TYPES[c](cells[_MX_COLUMNS.index(c)]) for c in columns]  # type: ignore[index]  # as above

@@ -279,7 +279,7 @@ def build_notification(event: StoreEvent, started_at: float) -> Notification | N
     in_row = [column for column, event_only in zip(columns, from_event, strict=True) if not event_only]
     row = iter(row_values(event.state, in_row))
     for column, event_only in zip(columns, from_event, strict=True):
-        value = _event_value(column, event) if event_only else next(row)  # type: ignore[arg-type]
+        value = _event_value(column, event) if event_only else next(row)  # type: ignore[arg-type]  # from_event: DeliveryColumns only
         varbinds.append((mib.notification_object_oid(column, event.name), value))
     return Notification(mib.mib_label(which.name), event.name, tuple(varbinds))
 
