@@ -100,6 +100,13 @@ def dane_facts(result: MxResult) -> DaneFacts:
     return record.dane
 
 
+def probed_port(result: MxResult) -> int:
+    """The port the check's one exchange was probed on (the TLSA owner name carries it)."""
+    (record,) = result.records
+    assert record.probe is not None, "the exchange was not probed"
+    return record.probe.port
+
+
 def tlsa_queries(dns: ScriptedDnsServer) -> list[str]:
     return [q.qname for q in dns.queries if q.qtype == "TLSA"]
 
@@ -110,9 +117,7 @@ class TestSecureAlias:
         result = check(dns, pki.contexts[TARGET], tlsa)
         assert result.ok, result.error
         facts = dane_facts(result)
-        probe = result.records[0].probe
-        assert probe is not None
-        port = probe.port
+        port = probed_port(result)
         assert facts.tlsa_name == tlsa_owner(TARGET, port)
         assert (facts.cname_target, facts.cname_secure) == (TARGET, True)
         assert (facts.matched, facts.matched_record) == (True, str(pki.ta))
@@ -142,9 +147,7 @@ class TestSecureAlias:
     ) -> None:
         result = check(dns, pki.contexts[TARGET], {TARGET: denial, EXCHANGE: Records(str(pki.ta), secure=True)})
         assert result.ok, result.error
-        probe = result.records[0].probe
-        assert probe is not None
-        port = probe.port
+        port = probed_port(result)
         facts = dane_facts(result)
         assert facts.tlsa_name == tlsa_owner(EXCHANGE, port)
         assert (facts.cname_target, facts.cname_secure, facts.matched) == (TARGET, True, True)
@@ -161,9 +164,7 @@ class TestSecureAlias:
         tlsa = {TARGET: Rcode("SERVFAIL"), EXCHANGE: Records(str(pki.ta), secure=True)}
         result = check(dns, pki.contexts[TARGET], tlsa)
         assert (result.phase, result.reason) == (Phase.DANE, Reason.DANE_MISMATCH)
-        probe = result.records[0].probe
-        assert probe is not None
-        port = probe.port
+        port = probed_port(result)
         assert dane_facts(result).tlsa_name == tlsa_owner(TARGET, port)
         assert "TLSA lookup failed" in result.error
         assert tlsa_queries(dns) == [tlsa_owner(TARGET, port)]
@@ -187,9 +188,7 @@ class TestInsecureAlias:
         tlsa = {TARGET: Records(str(WRONG), secure=True), EXCHANGE: Records(str(pki.ta), secure=True)}
         result = check(insecure, pki.contexts[EXCHANGE], tlsa)
         assert result.ok, result.error
-        probe = result.records[0].probe
-        assert probe is not None
-        port = probe.port
+        port = probed_port(result)
         facts = dane_facts(result)
         assert facts.tlsa_name == tlsa_owner(EXCHANGE, port)
         assert (facts.cname_target, facts.cname_secure) == (TARGET, False)
