@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import socket
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -1082,6 +1084,47 @@ class TestReadAhead:
         fresh = fast_path_for(store).respond(datagram)
         assert third == fresh
         assert varbinds(third)[0][0] > prepared_rows[-1]
+
+    def test_a_request_read_before_its_read_ahead_ran_leaves_nothing_prepared(self) -> None:
+        """The agent reads a walk's next request in the turn it answered the one before, so the read
+        ahead scheduled then runs after that request was answered: it must not prepare that request's
+        answer, which nothing would take (and which held its table alive)."""
+        store = filled_store(40)
+        fast = fast_path_for(store)
+        scheduled = False  # a read_ahead() the agent scheduled after the last answer, not run yet
+        responses = []
+        for _, response in walk_requests(fast, mib_oids.MIB_ROOT, 9, read_ahead=False):
+            responses.append(response)
+            if scheduled:
+                fast.read_ahead()  # one answer late
+            scheduled = fast.planned
+            assert len(fast._prepared) <= 1  # the one the next request takes, never one none will take
+        if scheduled:
+            fast.read_ahead()
+        assert len(responses) > 5
+        assert not fast._prepared  # the walk ended at the end of the MIB view: nothing to take
+        assert not fast.planned
+        assert fast.read_ahead_served > 0  # the walk was still read ahead of, a request later
+        on_request = walk_requests(fast_path_for(store), mib_oids.MIB_ROOT, 9, read_ahead=False)
+        assert responses == [response for _, response in on_request]
+
+    def test_a_replaced_table_is_not_kept_alive_by_what_was_read_ahead_of_it(self) -> None:
+        now = [1000.0]
+        store = filled_store(40)
+        view = MibView(store, AgentHealth(), clock=lambda: now[0], max_staleness=0.5)
+        fast = FastPath(view, subtrees=READ_SUBTREES)
+        walk = walk_requests(fast, (*SMTP_ENTRY, int(SmtpProbeColumn.RUNS)), 4, read_ahead=True)
+        next(walk)
+        next(walk)  # continues the walk: the third response is prepared, of this table
+        assert fast._prepared
+        old_table = weakref.ref(view.current())  # and the manager walks no further
+        for i in range(40):
+            store.record(f"p{i}", SmtpResult(f"mx{i}.example.net", 25, "none", time.time(), True, total=0.01))
+        now[0] += 1.0  # past the view's staleness: the next request sees the new table
+        assert fast.respond(request(V2C, GET, [SYS_DESCR])) is not None
+        gc.collect()
+        assert not fast._prepared
+        assert old_table() is None
 
     def test_a_request_for_other_repetitions_is_answered_afresh(self) -> None:
         store = filled_store(40)

@@ -723,7 +723,13 @@ class FastPath(Guarded[bytes]):
                 self.read_ahead_served += 1
                 self._follow(compiled, m, budget, part, continues=True)
                 return _message(request, 0, 0, part.varbinds, part.used)
-        continues = not out and self._walk_ends.pop(start, False)
+        # The agent read this request in the turn it answered the one before (fast.receive), so
+        # read_ahead() has not run yet: the plan is this request's, and would prepare what none will take.
+        pending = self._plan
+        planned_here = pending is not None and pending.start == start
+        if planned_here:
+            self._plan = None
+        continues = not out and (planned_here or self._walk_ends.pop(start, False))
         k, j = self._locate(compiled, start)
         part = self._walk_part(compiled, k, j, m, budget, out, used, request.bodies[-1], columns_only=False)
         if part.truncated:
@@ -903,6 +909,10 @@ class FastPath(Guarded[bytes]):
             self._unsupported = table
             raise
         self._compiled = compiled
+        # What was read ahead of the old table is never served (_walk checks the table), and holding
+        # it would keep that table and its encoded cells alive: 5-6 MiB at 10,000 probes.
+        self._prepared.clear()
+        self._plan = None
         return compiled
 
     def _compile(self, table: MibTable) -> _Compiled:
