@@ -28,6 +28,7 @@ from monitor.exporters.snmp import mib_oids
 from monitor.exporters.snmp.engine import new_snmp_engine
 from monitor.exporters.snmp.fast.ber import BerError, any_item, oid_body, tlv_size
 from monitor.exporters.snmp.fast.fastpath import MAX_BULK_OCTETS, MAX_REQUEST_BINDINGS, MAX_RESPONSE_OCTETS, FastPath
+from monitor.exporters.snmp.fast.receive import Udp6Listener, UdpListener
 from monitor.exporters.snmp.fast.usm_fastpath import Refusal, Screened, UsmFastPath
 from monitor.exporters.snmp.identity import (
     AUTH_PROTOCOLS,
@@ -733,10 +734,10 @@ class SnmpAgent:
         self._domains += 1
         if sock.family == socket.AF_INET6:
             domain = (*udp6.DOMAIN_NAME, self._domains)
-            transport = udp6.Udp6AsyncioTransport(loop=loop).open_server_mode(sock=sock)
+            transport = Udp6Listener(loop=loop).open_server_mode(sock=sock)
         else:
             domain = (*udp.DOMAIN_NAME, self._domains)
-            transport = udp.UdpAsyncioTransport(loop=loop).open_server_mode(sock=sock)
+            transport = UdpListener(loop=loop).open_server_mode(sock=sock)
         pysnmp_config.add_transport(self._engine, domain, transport)
         return _Listener(text, domain, sock, transport)
 

@@ -578,8 +578,8 @@ class UsmFastPath(Guarded[tuple[bytes, int]]):
         and encrypting 3.6 µs, against 1.0 and 2.8 µs for CFB chained by hand over one ECB context per user
         (2026-12-07, one 80-octet authPriv GET). In the agent, between datagrams, the two contexts cost 12-16
         µs of CPU per GET: the replayed v3 GET ran at 14,100 GET/s (median of 8 rounds) against 18,100 with
-        CFB chained by hand in the same tree (bench/README.md). Hand-written cipher modes in the code that
-        guards SNMPv3 are not worth it back: v3 GET/s stays above half of snmpd's."""
+        CFB chained by hand in the same tree (bench/README.md). The listening sockets' reader (receive.py)
+        won it back instead of hand-written cipher modes in the code that guards SNMPv3."""
         salt = msg.priv_params
         if len(salt) != 8:
             raise NotHandled("msgPrivacyParameters is not an 8-octet salt")
