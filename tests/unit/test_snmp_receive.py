@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pysnmp.proto import rfc1905
 
 from monitor.config.schema import SnmpConfig
 from monitor.exporters.snmp.agent import SnmpAgent
+from monitor.exporters.snmp.fast.fastpath import GET
 from monitor.exporters.snmp.fast.receive import MAX_DATAGRAM, QUEUED_PER_TURN, Udp6Listener, UdpListener
+from monitor.exporters.snmp.mibview import SYS_DESCR
 from monitor.state.health import AgentHealth
 from tests.peers.snmp_agent_thread import AgentThread
 from tests.support.ports import free_udp_port
-from tests.unit.test_snmp_fastpath import ber, filled_store, integer
+from tests.unit.test_snmp_fastpath import V2C, decoded, filled_store, request
 
 FAMILIES = [
     pytest.param(socket.AF_INET, "127.0.0.1", UdpListener, id="ipv4"),
@@ -148,25 +151,19 @@ def test_an_agent_answers_a_burst_queued_before_it_reads(tmp_path: Path) -> None
     config = SnmpConfig.model_validate({"listen": [f"udp:127.0.0.1:{port}"], "communities": [{"name": "burst-c0de"}]})
     health = AgentHealth()
     agent = SnmpAgent(config, tmp_path, filled_store(), health)
-    sys_descr = ber(0x30, ber(0x30, ber(0x06, b"\x2b\x06\x01\x02\x01\x01\x01\x00") + b"\x05\x00"))
     request_ids = list(range(1000, 1200))
     with AgentThread(agent), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as manager:
         manager.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         manager.settimeout(5)
         manager.connect(("127.0.0.1", port))
         for request_id in request_ids:
-            pdu = ber(0xA0, integer(request_id) + integer(0) + integer(0) + sys_descr)
-            manager.send(ber(0x30, integer(1) + ber(0x04, b"burst-c0de") + pdu))
+            manager.send(request(V2C, GET, [SYS_DESCR], request_id=request_id, community="burst-c0de"))
         answered = []
         for _ in request_ids:
-            response = manager.recv(65535)
-            # message: version, community, then the Response PDU whose first item is the request ID
-            assert b"burst-c0de" in response
-            pdu_at = response.index(b"burst-c0de") + len(b"burst-c0de")
-            assert response[pdu_at] == 0xA2
-            id_at = pdu_at + 2 if response[pdu_at + 1] < 0x80 else pdu_at + 2 + (response[pdu_at + 1] & 0x7F)
-            assert response[id_at] == 0x02
-            answered.append(int.from_bytes(response[id_at + 2 : id_at + 2 + response[id_at + 1]], "big", signed=True))
+            _, community, pdu, request_id, *_ = decoded(manager.recv(65535))
+            assert community == b"burst-c0de"
+            assert pdu == rfc1905.ResponsePDU.tagSet
+            answered.append(request_id)
     assert sorted(answered) == request_ids
     assert health.snmp_dropped == 0
     assert health.snmp_requests["get"] == len(request_ids)
